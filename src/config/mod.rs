@@ -1,0 +1,142 @@
+//! Daemon configuration: the TOML file (`--config`), the ipvsadm-save rules file (`--rules`) and
+//! command-line overrides, merged into one validated [`DaemonConfig`].
+//!
+//! Raw → validated, once (ripgrep's low/high args): parsers in [`toml_file`] and [`rules`]
+//! produce plain data with file/line context in every error; nothing is started until the
+//! whole configuration has been accepted.
+
+pub mod rules;
+pub mod toml_file;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::model::ServiceTable;
+
+/// Which TPACKET ring layout the receive side uses. See `io::rx_ring` for the measured trade-off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RingVersion {
+    /// TPACKET_V3: variable-size frames packed into blocks; one wake-up per block.
+    V3,
+    /// TPACKET_V2: fixed-size frame slots; one wake-up per frame.
+    V2,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingOptions {
+    pub version: RingVersion,
+    /// Bytes per ring block (V3) or per allocation unit (V2). Power of two, multiple of the page size.
+    pub block_size: u32,
+    pub block_count: u32,
+    /// TPACKET_V3 block retire timeout in milliseconds (≥ 1).
+    pub block_timeout_ms: u32,
+    /// Bytes per frame slot for TPACKET_V2 (power of two).
+    pub frame_size: u32,
+}
+
+impl Default for RingOptions {
+    fn default() -> Self {
+        RingOptions {
+            version: RingVersion::V3,
+            block_size: 1 << 18,
+            block_count: 16,
+            block_timeout_ms: 1,
+            frame_size: 1 << 11,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowTableOptions {
+    /// Entries per worker (rounded up to a power of two).
+    pub capacity: u32,
+    /// Schedule TCP packets without SYN that match no entry (IPVS `sloppy_tcp`).
+    pub sloppy_tcp: bool,
+}
+
+impl Default for FlowTableOptions {
+    fn default() -> Self {
+        FlowTableOptions {
+            capacity: 1 << 18,
+            sloppy_tcp: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArpOptions {
+    /// Seconds a learned real-server MAC is trusted before it is refreshed.
+    pub reachable_secs: u32,
+    /// Milliseconds between ARP requests for a real server that has not answered.
+    pub retry_ms: u32,
+    /// Gratuitous ARPs per VIP at start (keepalived `vrrp_garp_master_repeat`).
+    pub garp_repeat: u32,
+    /// Seconds before the second gratuitous burst; 0 disables it (keepalived `vrrp_garp_master_delay`).
+    pub garp_delay_secs: u32,
+}
+
+impl Default for ArpOptions {
+    fn default() -> Self {
+        ArpOptions {
+            reachable_secs: 30,
+            retry_ms: 1000,
+            garp_repeat: 5,
+            garp_delay_secs: 5,
+        }
+    }
+}
+
+/// Everything `uvs run` needs, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Interfaces to serve. Empty = every up, non-loopback interface with an IPv4 address.
+    pub interfaces: Vec<String>,
+    /// Worker threads; `None` = one per core the process may run on.
+    pub workers: Option<usize>,
+    /// Prometheus listen address; `None` disables the exporter.
+    pub metrics: Option<SocketAddr>,
+    /// Install uvs's nftables table that keeps the director's own kernel off service traffic.
+    pub kernel_filter: bool,
+    pub ring: RingOptions,
+    pub flow_table: FlowTableOptions,
+    pub arp: ArpOptions,
+    pub services: ServiceTable,
+}
+
+/// Default Prometheus address: loopback only, port from the Prometheus default-port registry range.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9477";
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            interfaces: Vec::new(),
+            workers: None,
+            metrics: DEFAULT_METRICS_ADDR.parse().ok(),
+            kernel_filter: true,
+            ring: RingOptions::default(),
+            flow_table: FlowTableOptions::default(),
+            arp: ArpOptions::default(),
+            services: ServiceTable::new(),
+        }
+    }
+}
+
+/// A configuration input that was refused: which file, which line, what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    At {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}

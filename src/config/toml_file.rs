@@ -1,0 +1,912 @@
+//! The daemon's TOML configuration file (`--config`).
+//!
+//! Two steps, as everywhere in [`crate::config`]: serde reads the text into raw structs whose
+//! every field is optional (`deny_unknown_fields`, so a typo is an error, not a silent default),
+//! then [`parse`] validates each value and builds the [`DaemonConfig`]. Every refusal is a
+//! [`ConfigError::At`] naming the 1-based line: toml syntax and type errors carry a byte span,
+//! and the raw structs keep [`Spanned`] values so that a bad value points at its key and a
+//! refused service or real server points at its `[[service]]` / `[[service.real]]` header.
+//!
+//! Schema (defaults are those of the `Default` impls in [`crate::config`]; see
+//! `configs/full.toml` for every key):
+//!
+//! ```toml
+//! interfaces = ["eth0"]          # [] = every up non-loopback IPv4 interface
+//! workers = 2                    # absent = one per core; 1..=256
+//! metrics = "127.0.0.1:9477"     # "off" disables the exporter
+//! kernel_filter = true
+//! [ring]       # version = "v3" | "v2", block_size, block_count, block_timeout_ms, frame_size
+//! [flow_table] # capacity, sloppy_tcp
+//! [arp]        # reachable_secs, retry_ms, garp_repeat, garp_delay_secs
+//! [[service]]  # protocol = "tcp" | "udp", vip, port, scheduler (default "wlc", as ipvsadm),
+//!              # persistence_timeout, persistence_netmask
+//! [[service.real]] # address, port (= service port), weight (1), upper_threshold (0),
+//!                  # lower_threshold (0), forward = "route" | "dr" | "gate"
+//! ```
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    ArpOptions, ConfigError, DEFAULT_METRICS_ADDR, DaemonConfig, FlowTableOptions, RingOptions,
+    RingVersion,
+};
+use crate::model::{
+    ForwardMethod, MAX_WEIGHT, ModelError, Protocol, RealSpec, SchedulerKind, ServiceKey,
+    ServiceSpec, ServiceTable,
+};
+
+/// Smallest ring block: one page.
+const PAGE_SIZE: u32 = 4096;
+/// Smallest TPACKET frame slot.
+const MIN_FRAME_SIZE: u32 = 256;
+/// Flow-table capacity bounds (entries per worker).
+const MIN_FLOW_CAPACITY: i64 = 1024;
+const MAX_FLOW_CAPACITY: i64 = 1 << 27;
+const MAX_WORKERS: i64 = 256;
+/// Linux `IFNAMSIZ` − 1.
+const MAX_IFNAME_LEN: usize = 15;
+/// Longest persistence timeout accepted: 31 days.
+pub(crate) const MAX_PERSISTENCE_TIMEOUT: u32 = 31 * 86_400;
+/// Largest `-x` / `-y` connection threshold ipvsadm accepts.
+pub(crate) const MAX_THRESHOLD: u32 = 65_535;
+/// Scheduler used when a service names none, as ipvsadm does.
+pub(crate) const DEFAULT_SCHEDULER: SchedulerKind = SchedulerKind::Wlc;
+
+/// Reads and parses the TOML file at `path`.
+pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates TOML `text`; `path` is only used in error messages.
+pub fn parse(text: &str, path: &Path) -> Result<DaemonConfig, ConfigError> {
+    let at = |span: Range<usize>, message: String| ConfigError::At {
+        path: path.to_path_buf(),
+        line: line_of(text, span.start),
+        message,
+    };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let start = e.span().map_or(0, |s| s.start);
+        at(start..start, e.message().trim_end().to_string())
+    })?;
+    build(raw).map_err(|e| at(e.span, e.message))
+}
+
+/// 1-based line of byte `offset` in `text` (offsets past the end count as the last line).
+fn line_of(text: &str, offset: usize) -> usize {
+    text.bytes()
+        .take(offset)
+        .filter(|&b| b == b'\n')
+        .count()
+        .saturating_add(1)
+}
+
+/// A refusal before the line number is known.
+struct Located {
+    span: Range<usize>,
+    message: String,
+}
+
+fn err<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Located> {
+    Err(Located {
+        span,
+        message: message.into(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw (as written) structs.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    interfaces: Option<Vec<Spanned<String>>>,
+    workers: Option<Spanned<i64>>,
+    metrics: Option<Spanned<String>>,
+    kernel_filter: Option<bool>,
+    ring: Option<RawRing>,
+    flow_table: Option<RawFlowTable>,
+    arp: Option<RawArp>,
+    #[serde(default)]
+    service: Vec<Spanned<RawService>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRing {
+    version: Option<RingVersion>,
+    block_size: Option<Spanned<i64>>,
+    block_count: Option<Spanned<i64>>,
+    block_timeout_ms: Option<Spanned<i64>>,
+    frame_size: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFlowTable {
+    capacity: Option<Spanned<i64>>,
+    sloppy_tcp: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawArp {
+    reachable_secs: Option<Spanned<i64>>,
+    retry_ms: Option<Spanned<i64>>,
+    garp_repeat: Option<Spanned<i64>>,
+    garp_delay_secs: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    protocol: Option<Spanned<String>>,
+    vip: Spanned<String>,
+    port: Spanned<i64>,
+    scheduler: Option<Spanned<String>>,
+    persistence_timeout: Option<Spanned<i64>>,
+    persistence_netmask: Option<Spanned<String>>,
+    #[serde(default)]
+    real: Vec<Spanned<RawReal>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReal {
+    address: Spanned<String>,
+    port: Option<Spanned<i64>>,
+    weight: Option<Spanned<i64>>,
+    upper_threshold: Option<Spanned<i64>>,
+    lower_threshold: Option<Spanned<i64>>,
+    forward: Option<Spanned<String>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation.
+
+/// `value` as a `u32` within `lo..=hi`, or an error naming `what` and the range.
+fn ranged(value: &Spanned<i64>, lo: u32, hi: u32, what: &str) -> Result<u32, Located> {
+    let v = *value.get_ref();
+    match u32::try_from(v) {
+        Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+        _ => err(
+            value.span(),
+            format!("{what} = {v} is out of range {lo}..={hi}"),
+        ),
+    }
+}
+
+fn opt_ranged(
+    value: Option<&Spanned<i64>>,
+    default: u32,
+    lo: u32,
+    hi: u32,
+    what: &str,
+) -> Result<u32, Located> {
+    value.map_or(Ok(default), |v| ranged(v, lo, hi, what))
+}
+
+fn parse_ipv4(value: &Spanned<String>, what: &str) -> Result<Ipv4Addr, Located> {
+    let s = value.get_ref().trim();
+    s.parse().or_else(|_| {
+        let hint = if s.contains(':') {
+            " (IPv6 is not supported yet)"
+        } else {
+            ""
+        };
+        err(
+            value.span(),
+            format!("{what} = \"{s}\" is not an IPv4 address{hint}"),
+        )
+    })
+}
+
+fn build(raw: RawConfig) -> Result<DaemonConfig, Located> {
+    let defaults = DaemonConfig::default();
+
+    let mut interfaces = Vec::new();
+    for name in raw.interfaces.unwrap_or_default() {
+        let n = name.get_ref();
+        if n.is_empty() {
+            return err(
+                name.span(),
+                "interfaces: an interface name must not be empty",
+            );
+        }
+        if n.len() > MAX_IFNAME_LEN {
+            return err(
+                name.span(),
+                format!("interfaces: \"{n}\" is longer than {MAX_IFNAME_LEN} bytes (IFNAMSIZ)"),
+            );
+        }
+        if n.contains(['/', ' ', '\t', '\n', '\0']) || n == "." || n == ".." {
+            return err(
+                name.span(),
+                format!("interfaces: \"{n}\" is not a valid interface name"),
+            );
+        }
+        if interfaces.iter().any(|i| i == n) {
+            return err(name.span(), format!("interfaces: \"{n}\" is listed twice"));
+        }
+        interfaces.push(n.clone());
+    }
+
+    let workers = match &raw.workers {
+        None => defaults.workers,
+        Some(w) => {
+            let n = ranged(w, 1, MAX_WORKERS as u32, "workers")?;
+            usize::try_from(n).ok()
+        }
+    };
+
+    let metrics = match &raw.metrics {
+        None => defaults.metrics,
+        Some(m) if m.get_ref().trim() == "off" => None,
+        Some(m) => match m.get_ref().trim().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                return err(
+                    m.span(),
+                    format!(
+                        "metrics = \"{}\" is not an address:port (like \"{DEFAULT_METRICS_ADDR}\") or \"off\"",
+                        m.get_ref()
+                    ),
+                );
+            }
+        },
+    };
+
+    let ring = build_ring(raw.ring.unwrap_or_default())?;
+    let flow_table = build_flow_table(raw.flow_table.unwrap_or_default())?;
+    let arp = build_arp(raw.arp.unwrap_or_default())?;
+
+    let mut services = ServiceTable::new();
+    for svc in &raw.service {
+        add_service(&mut services, svc)?;
+    }
+
+    Ok(DaemonConfig {
+        interfaces,
+        workers,
+        metrics,
+        kernel_filter: raw.kernel_filter.unwrap_or(defaults.kernel_filter),
+        ring,
+        flow_table,
+        arp,
+        services,
+    })
+}
+
+fn build_ring(raw: RawRing) -> Result<RingOptions, Located> {
+    let d = RingOptions::default();
+    let block_size = opt_ranged(
+        raw.block_size.as_ref(),
+        d.block_size,
+        PAGE_SIZE,
+        1 << 30,
+        "ring.block_size",
+    )?;
+    if let Some(v) = &raw.block_size
+        && (!block_size.is_power_of_two() || block_size % PAGE_SIZE != 0)
+    {
+        return err(
+            v.span(),
+            format!(
+                "ring.block_size = {block_size} must be a power of two and a multiple of {PAGE_SIZE}"
+            ),
+        );
+    }
+    let block_count = opt_ranged(
+        raw.block_count.as_ref(),
+        d.block_count,
+        2,
+        1 << 16,
+        "ring.block_count",
+    )?;
+    let block_timeout_ms = opt_ranged(
+        raw.block_timeout_ms.as_ref(),
+        d.block_timeout_ms,
+        1,
+        60_000,
+        "ring.block_timeout_ms",
+    )?;
+    let frame_size = opt_ranged(
+        raw.frame_size.as_ref(),
+        d.frame_size,
+        MIN_FRAME_SIZE,
+        1 << 30,
+        "ring.frame_size",
+    )?;
+    if !frame_size.is_power_of_two() || frame_size > block_size {
+        // Point at frame_size if given, else at block_size (which made the default too big).
+        let span = raw
+            .frame_size
+            .as_ref()
+            .or(raw.block_size.as_ref())
+            .map_or(0..0, Spanned::span);
+        return err(
+            span,
+            format!(
+                "ring.frame_size = {frame_size} must be a power of two, at least {MIN_FRAME_SIZE} and at most ring.block_size ({block_size})"
+            ),
+        );
+    }
+    Ok(RingOptions {
+        version: raw.version.unwrap_or(d.version),
+        block_size,
+        block_count,
+        block_timeout_ms,
+        frame_size,
+    })
+}
+
+fn build_flow_table(raw: RawFlowTable) -> Result<FlowTableOptions, Located> {
+    let d = FlowTableOptions::default();
+    Ok(FlowTableOptions {
+        capacity: opt_ranged(
+            raw.capacity.as_ref(),
+            d.capacity,
+            MIN_FLOW_CAPACITY as u32,
+            MAX_FLOW_CAPACITY as u32,
+            "flow_table.capacity",
+        )?,
+        sloppy_tcp: raw.sloppy_tcp.unwrap_or(d.sloppy_tcp),
+    })
+}
+
+fn build_arp(raw: RawArp) -> Result<ArpOptions, Located> {
+    let d = ArpOptions::default();
+    Ok(ArpOptions {
+        reachable_secs: opt_ranged(
+            raw.reachable_secs.as_ref(),
+            d.reachable_secs,
+            1,
+            86_400,
+            "arp.reachable_secs",
+        )?,
+        retry_ms: opt_ranged(
+            raw.retry_ms.as_ref(),
+            d.retry_ms,
+            1,
+            3_600_000,
+            "arp.retry_ms",
+        )?,
+        garp_repeat: opt_ranged(
+            raw.garp_repeat.as_ref(),
+            d.garp_repeat,
+            0,
+            1000,
+            "arp.garp_repeat",
+        )?,
+        garp_delay_secs: opt_ranged(
+            raw.garp_delay_secs.as_ref(),
+            d.garp_delay_secs,
+            0,
+            86_400,
+            "arp.garp_delay_secs",
+        )?,
+    })
+}
+
+fn add_service(table: &mut ServiceTable, spanned: &Spanned<RawService>) -> Result<(), Located> {
+    let header = spanned.span();
+    let svc = spanned.get_ref();
+
+    let proto = match &svc.protocol {
+        None => Protocol::Tcp,
+        Some(p) => match p.get_ref().to_ascii_lowercase().as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            "sctp" => return err(p.span(), "protocol \"sctp\" is not supported yet"),
+            other => {
+                return err(
+                    p.span(),
+                    format!("protocol = \"{other}\" is unknown (expected \"tcp\" or \"udp\")"),
+                );
+            }
+        },
+    };
+    let vip = parse_ipv4(&svc.vip, "vip")?;
+    let port = ranged(&svc.port, 1, 65_535, "port")?;
+    let key = ServiceKey {
+        proto,
+        vip,
+        port: u16::try_from(port).unwrap_or(0),
+    };
+    let label = format!("service {key}");
+
+    let scheduler = match &svc.scheduler {
+        None => DEFAULT_SCHEDULER,
+        Some(s) => SchedulerKind::parse(s.get_ref().trim())
+            .or_else(|e| err(s.span(), format!("{label}: {e}")))?,
+    };
+    let persistence_timeout = svc
+        .persistence_timeout
+        .as_ref()
+        .map(|t| ranged(t, 1, MAX_PERSISTENCE_TIMEOUT, "persistence_timeout"))
+        .transpose()?;
+    let persistence_netmask = match &svc.persistence_netmask {
+        None => Ipv4Addr::BROADCAST,
+        Some(m) => parse_ipv4(m, "persistence_netmask")?,
+    };
+    let spec = ServiceSpec {
+        key,
+        scheduler,
+        persistence_timeout,
+        persistence_netmask,
+    };
+    table.add_service(spec).or_else(|e| {
+        let mut message = format!("{label}: {e}");
+        if svc.scheduler.is_none() && matches!(e, ModelError::SchedulerNotImplemented(_)) {
+            message.push_str(&format!(
+                "; '{DEFAULT_SCHEDULER}' is the default when `scheduler` is absent, as in ipvsadm: set scheduler = \"rr\" or \"wrr\""
+            ));
+        }
+        err(header.clone(), message)
+    })?;
+
+    for real in &svc.real {
+        add_real(table, &key, &label, real)?;
+    }
+    Ok(())
+}
+
+fn add_real(
+    table: &mut ServiceTable,
+    key: &ServiceKey,
+    label: &str,
+    spanned: &Spanned<RawReal>,
+) -> Result<(), Located> {
+    let header = spanned.span();
+    let real = spanned.get_ref();
+    let addr = parse_ipv4(&real.address, "address")?;
+    let port = opt_ranged(real.port.as_ref(), u32::from(key.port), 1, 65_535, "port")?;
+    let port = u16::try_from(port).unwrap_or(key.port);
+    let real_label = format!("{label}: real {addr}:{port}");
+    let weight = match &real.weight {
+        None => 1,
+        Some(w) => match u32::try_from(*w.get_ref()) {
+            Ok(n) if n <= MAX_WEIGHT => n,
+            _ => {
+                let shown = *w.get_ref();
+                return err(
+                    w.span(),
+                    format!("{real_label}: weight {shown} is out of range 0..65535"),
+                );
+            }
+        },
+    };
+    let upper_threshold = opt_ranged(
+        real.upper_threshold.as_ref(),
+        0,
+        0,
+        MAX_THRESHOLD,
+        "upper_threshold",
+    )?;
+    let lower_threshold = opt_ranged(
+        real.lower_threshold.as_ref(),
+        0,
+        0,
+        MAX_THRESHOLD,
+        "lower_threshold",
+    )?;
+    let forward = match &real.forward {
+        None => ForwardMethod::Route,
+        Some(f) => match f.get_ref().to_ascii_lowercase().as_str() {
+            "route" | "dr" | "gate" | "droute" => ForwardMethod::Route,
+            m @ ("masq" | "nat" | "masquerading" | "tunnel" | "ipip" | "tun") => {
+                return err(
+                    f.span(),
+                    format!(
+                        "{real_label}: forwarding method \"{m}\" is not supported yet (only \"route\", direct routing)"
+                    ),
+                );
+            }
+            m => {
+                return err(
+                    f.span(),
+                    format!(
+                        "{real_label}: forward = \"{m}\" is unknown (expected \"route\", \"dr\" or \"gate\")"
+                    ),
+                );
+            }
+        },
+    };
+    let spec = RealSpec {
+        addr,
+        port,
+        weight,
+        forward,
+        upper_threshold,
+        lower_threshold,
+    };
+    table
+        .add_real(key, spec)
+        .map(|_| ())
+        .or_else(|e| err(header, format!("{real_label}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn p(text: &str) -> Result<DaemonConfig, ConfigError> {
+        parse(text, Path::new("uvs.toml"))
+    }
+
+    /// Asserts `text` is refused at `line` with a message containing every one of `needles`.
+    #[track_caller]
+    fn refused(text: &str, line: usize, needles: &[&str]) {
+        match p(text) {
+            Err(ConfigError::At {
+                line: l, message, ..
+            }) => {
+                assert_eq!(l, line, "wrong line for {message:?}");
+                for n in needles {
+                    assert!(message.contains(n), "{message:?} lacks {n:?}");
+                }
+            }
+            other => panic!("expected At error, got {other:?}"),
+        }
+    }
+
+    fn key(proto: Protocol, port: u16) -> ServiceKey {
+        ServiceKey {
+            proto,
+            vip: Ipv4Addr::new(10, 0, 0, 100),
+            port,
+        }
+    }
+
+    const MINIMAL: &str = include_str!("../../configs/minimal.toml");
+    const FULL: &str = include_str!("../../configs/full.toml");
+
+    #[test]
+    fn empty_file_is_the_default_config() {
+        assert_eq!(p("").unwrap(), DaemonConfig::default());
+    }
+
+    #[test]
+    fn full_toml_equals_the_defaults_except_services() {
+        let mut cfg = p(FULL).unwrap();
+        assert!(!cfg.services.services().is_empty());
+        cfg.services = ServiceTable::new();
+        assert_eq!(cfg, DaemonConfig::default());
+    }
+
+    #[test]
+    fn full_toml_service_is_complete() {
+        let cfg = p(FULL).unwrap();
+        let svc = cfg.services.service(&key(Protocol::Tcp, 80)).unwrap();
+        assert_eq!(svc.scheduler, SchedulerKind::Rr);
+        assert_eq!(svc.persistence_timeout, None);
+        assert_eq!(svc.persistence_netmask, Ipv4Addr::BROADCAST);
+        assert_eq!(svc.reals.len(), 1);
+        assert_eq!(svc.reals[0].weight, 1);
+    }
+
+    #[test]
+    fn minimal_toml_parses_to_the_expected_model() {
+        let cfg = p(MINIMAL).unwrap();
+        assert_eq!(cfg.interfaces, vec!["eth0".to_string()]);
+        let mut want = ServiceTable::new();
+        want.add_service(ServiceSpec::new(key(Protocol::Tcp, 80), SchedulerKind::Rr))
+            .unwrap();
+        for last in [11, 12] {
+            want.add_real(
+                &key(Protocol::Tcp, 80),
+                RealSpec::route(Ipv4Addr::new(10, 0, 0, last), 80),
+            )
+            .unwrap();
+        }
+        assert_eq!(cfg.services, want);
+    }
+
+    #[test]
+    fn every_field_is_read() {
+        let cfg = p(r#"
+interfaces = ["eth0", "eth1"]
+workers = 4
+metrics = "0.0.0.0:9100"
+kernel_filter = false
+[ring]
+version = "v2"
+block_size = 65536
+block_count = 8
+block_timeout_ms = 3
+frame_size = 4096
+[flow_table]
+capacity = 1024
+sloppy_tcp = true
+[arp]
+reachable_secs = 10
+retry_ms = 200
+garp_repeat = 2
+garp_delay_secs = 0
+[[service]]
+protocol = "udp"
+vip = "10.0.0.100"
+port = 53
+scheduler = "wrr"
+persistence_timeout = 600
+persistence_netmask = "255.255.255.0"
+[[service.real]]
+address = "10.0.0.11"
+port = 53
+weight = 3
+upper_threshold = 100
+lower_threshold = 50
+forward = "gate"
+"#)
+        .unwrap();
+        assert_eq!(cfg.interfaces, ["eth0", "eth1"]);
+        assert_eq!(cfg.workers, Some(4));
+        assert_eq!(cfg.metrics, "0.0.0.0:9100".parse().ok());
+        assert!(!cfg.kernel_filter);
+        assert_eq!(
+            cfg.ring,
+            RingOptions {
+                version: RingVersion::V2,
+                block_size: 65536,
+                block_count: 8,
+                block_timeout_ms: 3,
+                frame_size: 4096
+            }
+        );
+        assert_eq!(
+            cfg.flow_table,
+            FlowTableOptions {
+                capacity: 1024,
+                sloppy_tcp: true
+            }
+        );
+        assert_eq!(
+            cfg.arp,
+            ArpOptions {
+                reachable_secs: 10,
+                retry_ms: 200,
+                garp_repeat: 2,
+                garp_delay_secs: 0
+            }
+        );
+        let svc = cfg.services.service(&key(Protocol::Udp, 53)).unwrap();
+        assert_eq!(svc.scheduler, SchedulerKind::Wrr);
+        assert_eq!(svc.persistence_timeout, Some(600));
+        assert_eq!(svc.persistence_netmask, Ipv4Addr::new(255, 255, 255, 0));
+        let r = &svc.reals[0];
+        assert_eq!(
+            (
+                r.addr,
+                r.port,
+                r.weight,
+                r.upper_threshold,
+                r.lower_threshold
+            ),
+            (Ipv4Addr::new(10, 0, 0, 11), 53, 3, 100, 50)
+        );
+    }
+
+    #[test]
+    fn metrics_off_disables_the_exporter() {
+        assert_eq!(p("metrics = \"off\"").unwrap().metrics, None);
+    }
+
+    #[test]
+    fn real_port_defaults_to_the_service_port() {
+        let cfg = p("[[service]]\nvip = \"10.0.0.100\"\nport = 8080\nscheduler = \"rr\"\n[[service.real]]\naddress = \"10.0.0.11\"\n").unwrap();
+        let svc = cfg.services.service(&key(Protocol::Tcp, 8080)).unwrap();
+        assert_eq!(svc.reals[0].port, 8080);
+        assert_eq!(svc.key.proto, Protocol::Tcp);
+    }
+
+    #[test]
+    fn syntax_and_unknown_keys_are_refused_with_their_line() {
+        refused("workers = 2\n\nbogus = 1\n", 3, &["unknown field", "bogus"]);
+        refused(
+            "[ring]\nblock_size = 4096\nblok_count = 2\n",
+            3,
+            &["blok_count"],
+        );
+        refused("interfaces = [\"eth0\"\nworkers = 1\n", 2, &["comma"]);
+        refused("\n\nworkers = \"two\"\n", 3, &["invalid type"]);
+        refused("[ring]\nversion = \"v4\"\n", 2, &["v4"]);
+        refused("[[service]]\nport = 80\n", 1, &["missing field", "vip"]);
+        refused(
+            "[[service]]\nvip = \"10.0.0.1\"\nport = 80\n[[service.real]]\naddress = \"10.0.0.2\"\nweight = 1\ncolour = 1\n",
+            7,
+            &["colour"],
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_at_their_key() {
+        refused("\nworkers = 0\n", 2, &["workers", "1..=256"]);
+        refused("workers = 257\n", 1, &["workers"]);
+        refused("workers = -1\n", 1, &["workers"]);
+        refused("metrics = \"localhost\"\n", 1, &["metrics", "localhost"]);
+        refused("interfaces = [\"eth0\",\n  \"\"]\n", 2, &["empty"]);
+        refused(
+            "interfaces = [\"averyveryverylongname\"]\n",
+            1,
+            &["longer than 15"],
+        );
+        refused(
+            "[ring]\nblock_size = 12288\n",
+            2,
+            &["block_size", "power of two"],
+        );
+        refused("[ring]\nblock_size = 2048\n", 2, &["block_size"]);
+        refused("[ring]\nblock_count = 1\n", 2, &["block_count"]);
+        refused("[ring]\nblock_timeout_ms = 0\n", 2, &["block_timeout_ms"]);
+        refused(
+            "[ring]\nframe_size = 1000\n",
+            2,
+            &["frame_size", "power of two"],
+        );
+        refused("[ring]\nframe_size = 128\n", 2, &["frame_size"]);
+        refused(
+            "[ring]\nblock_size = 4096\n\nframe_size = 8192\n",
+            4,
+            &["frame_size", "block_size"],
+        );
+        refused(
+            "[flow_table]\ncapacity = 1023\n",
+            2,
+            &["flow_table.capacity", "1024"],
+        );
+        refused(
+            "[flow_table]\ncapacity = 134217729\n",
+            2,
+            &["flow_table.capacity"],
+        );
+        refused("[arp]\nretry_ms = 0\n", 2, &["arp.retry_ms"]);
+    }
+
+    const SVC: &str = "[[service]]\nvip = \"10.0.0.100\"\nport = 80\nscheduler = \"rr\"\n";
+
+    #[test]
+    fn service_errors_point_at_the_service() {
+        // Default scheduler is wlc, refused by the model as not implemented.
+        refused(
+            "workers = 1\n\n[[service]]\nvip = \"10.0.0.100\"\nport = 80\n",
+            3,
+            &[
+                "service TCP 10.0.0.100:80",
+                "'wlc' is not supported yet",
+                "default",
+            ],
+        );
+        refused(
+            &format!("{SVC}\n{SVC}"),
+            6,
+            &["service TCP 10.0.0.100:80: Service already exists"],
+        );
+        refused(
+            "[[service]]\nvip = \"10.0.0.100\"\nport = 80\nscheduler = \"roundrobin\"\n",
+            4,
+            &["Scheduler not found", "roundrobin"],
+        );
+        refused(
+            "[[service]]\nvip = \"10.0.0.300\"\nport = 80\n",
+            2,
+            &["vip", "10.0.0.300"],
+        );
+        refused("[[service]]\nvip = \"::1\"\nport = 80\n", 2, &["IPv6"]);
+        refused(
+            "[[service]]\nvip = \"10.0.0.1\"\nport = 0\n",
+            3,
+            &["port", "1..=65535"],
+        );
+        refused(
+            "[[service]]\nvip = \"10.0.0.1\"\nport = 65536\n",
+            3,
+            &["port"],
+        );
+        refused(
+            "[[service]]\nprotocol = \"icmp\"\nvip = \"10.0.0.1\"\nport = 1\n",
+            2,
+            &["icmp"],
+        );
+        refused(
+            &format!("{SVC}persistence_timeout = 0\n"),
+            5,
+            &["persistence_timeout"],
+        );
+        refused(
+            &format!("{SVC}persistence_netmask = \"255.255.255\"\n"),
+            5,
+            &["persistence_netmask"],
+        );
+    }
+
+    #[test]
+    fn real_errors_point_at_the_real() {
+        let real = "[[service.real]]\naddress = \"10.0.0.11\"\n";
+        refused(
+            &format!("{SVC}{real}{real}"),
+            7,
+            &["service TCP 10.0.0.100:80: real 10.0.0.11:80: Destination already exists"],
+        );
+        refused(
+            &format!("{SVC}{real}weight = 65536\n"),
+            7,
+            &["weight 65536 is out of range"],
+        );
+        refused(&format!("{SVC}{real}weight = -1\n"), 7, &["weight -1"]);
+        for m in ["masq", "nat", "tunnel", "ipip"] {
+            refused(
+                &format!("{SVC}{real}forward = \"{m}\"\n"),
+                7,
+                &[m, "not supported yet"],
+            );
+        }
+        refused(
+            &format!("{SVC}{real}forward = \"magic\"\n"),
+            7,
+            &["magic", "unknown"],
+        );
+        refused(&format!("{SVC}{real}port = 0\n"), 7, &["port"]);
+        refused(
+            &format!("{SVC}{real}upper_threshold = 70000\n"),
+            7,
+            &["upper_threshold"],
+        );
+        refused(
+            &format!("{SVC}[[service.real]]\naddress = \"10.0.0\"\n"),
+            6,
+            &["address", "10.0.0"],
+        );
+    }
+
+    #[test]
+    fn load_reports_unreadable_files() {
+        assert!(matches!(
+            load(Path::new("/nonexistent/uvs.toml")),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn line_of_counts_from_one() {
+        assert_eq!(line_of("a\nb\nc", 0), 1);
+        assert_eq!(line_of("a\nb\nc", 2), 2);
+        assert_eq!(line_of("a\nb\nc", 4), 3);
+        assert_eq!(line_of("a\nb\nc", 400), 3);
+    }
+
+    proptest! {
+        #[test]
+        fn random_text_never_panics(text in "\\PC*") {
+            let _ = p(&text);
+        }
+
+        #[test]
+        fn random_toml_shaped_text_never_panics(
+            lines in proptest::collection::vec(
+                prop_oneof![
+                    Just("[[service]]".to_string()),
+                    Just("[[service.real]]".to_string()),
+                    Just("[ring]".to_string()),
+                    Just("[arp]".to_string()),
+                    Just("[flow_table]".to_string()),
+                    "(vip|address|port|weight|workers|scheduler|forward|frame_size|block_size|capacity|metrics|interfaces) = (-?[0-9]{1,12}|\"[a-z0-9.:]{0,20}\"|\\[\\])",
+                ],
+                0..20,
+            )
+        ) {
+            let text = lines.join("\n");
+            if let Err(ConfigError::At { line, .. }) = p(&text) {
+                prop_assert!(line >= 1 && line <= lines.len().max(1));
+            }
+        }
+    }
+}

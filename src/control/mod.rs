@@ -1,0 +1,208 @@
+//! The control thread: owns all mutable shared state, answers ARP, resolves real-server MACs,
+//! reads ring statistics, serves /metrics. Workers never wait for it.
+
+pub mod signals;
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::clock;
+use crate::datapath::counters::{DropReason, WorkerCounters};
+use crate::interfaces::Interface;
+use crate::io::socket::{RingStats, recv_frame, send_frame, take_ring_stats, wait_readable};
+use crate::metrics::{Backend, Endpoint, Figures, IpvsTotals, RingFigures, WorkerFigures};
+use crate::model::ServiceTable;
+use crate::neigh::arp::{ArpEngine, ArpIgnore, Outgoing};
+use crate::neigh::cache::NeighTable;
+
+/// How often the control loop runs its timers when nothing arrives.
+const TICK_MS: i32 = 20;
+/// Ring statistics are read this often (each read resets the kernel's counters).
+const RING_STATS_EVERY: Duration = Duration::from_secs(1);
+
+pub struct Control {
+    pub interfaces: Vec<Interface>,
+    pub arp_sockets: Vec<OwnedFd>,
+    pub arp: ArpEngine,
+    pub neigh: Arc<NeighTable>,
+    pub workers: Vec<Arc<WorkerCounters>>,
+    /// (interface index, receive socket) of every worker ring.
+    pub ring_fds: Vec<(usize, RawFd)>,
+    pub ring_totals: Vec<RingStats>,
+    pub table: ServiceTable,
+    pub metrics: Option<Endpoint>,
+}
+
+impl Control {
+    /// Runs until SIGINT or SIGTERM.
+    pub fn run(&mut self) {
+        let mut pollfds: Vec<libc::pollfd> = self
+            .arp_sockets
+            .iter()
+            .map(|fd| fd.as_raw_fd())
+            .chain(self.metrics.as_ref().map(|m| m.raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let mut last_ring_read = Instant::now();
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 2048];
+        let mut last_conflict = None;
+        while !signals::stop_requested() {
+            wait_readable(&mut pollfds, TICK_MS);
+            let now = clock::now_ms();
+            for i in 0..self.arp_sockets.len() {
+                let fd = self.arp_sockets[i].as_raw_fd();
+                // Bounded per tick so an ARP flood cannot starve the rest of the loop.
+                for _ in 0..256 {
+                    match recv_frame(fd, &mut buf) {
+                        Ok(Some(n)) => {
+                            if let Some(reply) = self.arp.on_frame(i, &buf[..n], now, &self.neigh) {
+                                out.push(reply);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            log::warn!("ARP socket on {}: {e}", self.interfaces[i].name);
+                            break;
+                        }
+                    }
+                }
+            }
+            self.arp.on_tick(now, &self.neigh, &mut out);
+            self.send(&mut out);
+            if self.arp.last_conflict != last_conflict {
+                if let Some((vip, mac)) = self.arp.last_conflict {
+                    log::warn!(
+                        "another host ({mac}) claims VIP {vip} on the LAN — a real server without arp_ignore=1/arp_announce=2?"
+                    );
+                }
+                last_conflict = self.arp.last_conflict;
+            }
+            if last_ring_read.elapsed() >= RING_STATS_EVERY {
+                self.read_ring_stats();
+                last_ring_read = Instant::now();
+            }
+            if let Some(m) = self.metrics.take() {
+                m.serve_pending(&mut || {
+                    self.read_ring_stats();
+                    crate::metrics::render(&self.figures())
+                });
+                self.metrics = Some(m);
+            }
+        }
+    }
+
+    fn send(&self, out: &mut Vec<Outgoing>) {
+        for o in out.drain(..) {
+            if o.frame.is_empty() {
+                continue;
+            }
+            if let Some(fd) = self.arp_sockets.get(o.interface) {
+                if let Err(e) = send_frame(fd.as_raw_fd(), &o.frame) {
+                    log::debug!("ARP send on {}: {e}", self.interfaces[o.interface].name);
+                }
+            }
+        }
+    }
+
+    fn read_ring_stats(&mut self) {
+        for &(iface, fd) in &self.ring_fds {
+            if let (Ok(s), Some(t)) = (take_ring_stats(fd), self.ring_totals.get_mut(iface)) {
+                t.packets += s.packets;
+                t.drops += s.drops;
+                t.freezes += s.freezes;
+            }
+        }
+    }
+
+    /// Sums every worker's counters into one scrape.
+    pub fn figures(&self) -> Figures {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut f = Figures::default();
+        for svc in self.table.services() {
+            for r in &svc.reals {
+                let (mut conns, mut pkts, mut bytes, mut active, mut inactive) =
+                    (0, 0, 0, 0u64, 0u64);
+                for w in &self.workers {
+                    if let Some(c) = w.real(r.id) {
+                        conns += c.conns.load(Relaxed);
+                        pkts += c.in_packets.load(Relaxed);
+                        bytes += c.in_bytes.load(Relaxed);
+                        active = active.wrapping_add(c.active.load(Relaxed));
+                        inactive = inactive.wrapping_add(c.inactive.load(Relaxed));
+                    }
+                }
+                f.ipvs.connections += conns;
+                f.ipvs.in_packets += pkts;
+                f.ipvs.in_bytes += bytes;
+                f.backends.push(Backend {
+                    local_address: svc.key.vip.to_string(),
+                    local_port: svc.key.port,
+                    remote_address: r.addr.to_string(),
+                    remote_port: r.port,
+                    proto: svc.key.proto.ipvsadm_name(),
+                    // A worker's count can be transiently "negative" (wrapped) between a
+                    // decrement on one worker and its increment elsewhere; never show that.
+                    active: if active > u64::MAX / 2 { 0 } else { active },
+                    inactive: if inactive > u64::MAX / 2 { 0 } else { inactive },
+                    weight: r.weight,
+                });
+            }
+        }
+        let _ = IpvsTotals::default();
+        f.drops = DropReason::ALL
+            .iter()
+            .map(|d| {
+                (
+                    d.name(),
+                    self.workers.iter().map(|w| w.drop_count(*d)).sum(),
+                )
+            })
+            .collect();
+        f.arp_ignored = ArpIgnore::ALL
+            .iter()
+            .map(|r| (r.name(), self.arp.counters.ignored[*r as usize]))
+            .collect();
+        f.arp_answered = self.arp.counters.requests_answered;
+        f.arp_requests_sent = self.arp.counters.requests_sent;
+        f.arp_gratuitous_sent = self.arp.counters.gratuitous_sent;
+        f.arp_replies_learned = self.arp.counters.replies_learned;
+        f.neighbors_resolved = self
+            .arp
+            .neighbors
+            .iter()
+            .filter(|n| n.mac.is_some())
+            .count() as u64;
+        f.neighbors_unresolved = self.arp.neighbors.len() as u64 - f.neighbors_resolved;
+        f.workers = self
+            .workers
+            .iter()
+            .map(|w| WorkerFigures {
+                rx_frames: w.totals.rx_frames.load(Relaxed),
+                forwarded: w.totals.forwarded.load(Relaxed),
+                batches: w.totals.batches.load(Relaxed),
+                busy_seconds: w.totals.busy_us.load(Relaxed) as f64 / 1e6,
+                flows: w.totals.flows.load(Relaxed),
+                evictions: w.totals.flow_evictions.load(Relaxed),
+                tx_syscalls: w.totals.tx_syscalls.load(Relaxed),
+            })
+            .collect();
+        f.rings = self
+            .interfaces
+            .iter()
+            .zip(&self.ring_totals)
+            .map(|(i, t)| RingFigures {
+                interface: i.name.clone(),
+                packets: t.packets,
+                drops: t.drops,
+                freezes: t.freezes,
+            })
+            .collect();
+        f
+    }
+}

@@ -1,0 +1,445 @@
+//! Per-worker flow table: fixed capacity, open addressing with linear probing inside a bounded
+//! window, backward-shift deletion (no tombstones), no allocation after construction.
+//!
+//! Lock-free by construction: the fanout hash delivers every packet of a flow to the same
+//! worker, so each worker owns its table outright.
+//!
+//! Sizing: linear probing stays short while the table is at most about half full, so the
+//! configured capacity should be at least twice the flows a worker is expected to hold.
+//!
+//! Table full: an insert that finds no free slot within its probe window of
+//! [`PROBE_WINDOW`] slots replaces the entry in that window that expires soonest (an expired
+//! one first), and counts an eviction. Memory never grows and no insert ever fails.
+//!
+//! Expiry is incremental: [`FlowTable::expire_some`] examines a bounded number of slots per
+//! call, so no call ever pauses for the whole table. Lookups treat an expired entry as absent,
+//! so late reaping never extends a flow's life.
+//!
+//! Entry: 24 bytes, all included (IPVS estimates 128 bytes per connection).
+
+use crate::datapath::tcp_state::TcpState;
+use crate::model::RealId;
+
+/// Slots examined by a lookup or insert, at most.
+pub const PROBE_WINDOW: usize = 32;
+
+/// The five-tuple a flow is keyed by (network byte order values as host integers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+impl FlowKey {
+    #[inline]
+    fn hash(&self) -> u64 {
+        // One multiply to fold the two words, then murmur3's 64-bit finaliser: every input bit
+        // reaches every index bit, which linear probing needs (clustered keys such as
+        // consecutive source ports must not map to clustered slots).
+        let a = (u64::from(self.saddr) << 32) | u64::from(self.daddr);
+        let b =
+            (u64::from(self.sport) << 32) | (u64::from(self.dport) << 16) | u64::from(self.proto);
+        let mut h = a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+        h ^ (h >> 33)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+struct Slot {
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    /// TCP: [`TcpState`] as u8; UDP: 0.
+    state: u8,
+    _pad: u16,
+    /// Real id; 0 = empty slot.
+    real: u32,
+    /// Expiry time in milliseconds on the worker's clock, wrapping.
+    expires: u32,
+}
+
+const EMPTY: Slot = Slot {
+    saddr: 0,
+    daddr: 0,
+    sport: 0,
+    dport: 0,
+    proto: 0,
+    state: 0,
+    _pad: 0,
+    real: 0,
+    expires: 0,
+};
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 24);
+
+impl Slot {
+    fn key(&self) -> FlowKey {
+        FlowKey {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.real == 0
+    }
+    fn matches(&self, k: &FlowKey) -> bool {
+        self.real != 0
+            && self.saddr == k.saddr
+            && self.daddr == k.daddr
+            && self.sport == k.sport
+            && self.dport == k.dport
+            && self.proto == k.proto
+    }
+}
+
+/// `true` if `t` is at or after `deadline` on a wrapping millisecond clock.
+#[inline]
+pub fn reached(t: u32, deadline: u32) -> bool {
+    (t.wrapping_sub(deadline) as i32) >= 0
+}
+
+/// A live flow, as seen by a lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub real: RealId,
+    pub state: TcpState,
+    pub expires: u32,
+}
+
+/// Where a lookup found (or would insert) a flow; pass back to [`FlowTable::update`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotRef(usize);
+
+pub struct FlowTable {
+    slots: Box<[Slot]>,
+    mask: usize,
+    len: usize,
+    expire_cursor: usize,
+    pub evictions: u64,
+}
+
+impl FlowTable {
+    /// A table of at least `capacity` slots (rounded up to a power of two, minimum 64).
+    pub fn new(capacity: usize) -> FlowTable {
+        let cap = capacity.max(64).next_power_of_two();
+        FlowTable {
+            slots: vec![EMPTY; cap].into_boxed_slice(),
+            mask: cap - 1,
+            len: 0,
+            expire_cursor: 0,
+            evictions: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Occupied slots (expired but not yet reaped ones included).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn bytes_per_flow() -> usize {
+        std::mem::size_of::<Slot>()
+    }
+
+    /// Finds a live flow.
+    #[inline]
+    pub fn lookup(&self, key: &FlowKey, now: u32) -> Option<(SlotRef, Flow)> {
+        let home = key.hash() as usize & self.mask;
+        for i in 0..PROBE_WINDOW {
+            let idx = (home + i) & self.mask;
+            let s = &self.slots[idx];
+            if s.is_empty() {
+                return None;
+            }
+            if s.matches(key) {
+                if reached(now, s.expires) {
+                    return None;
+                }
+                let real = RealId(std::num::NonZeroU32::new(s.real)?);
+                return Some((
+                    SlotRef(idx),
+                    Flow {
+                        real,
+                        state: TcpState::from_u8(s.state),
+                        expires: s.expires,
+                    },
+                ));
+            }
+        }
+        None
+    }
+
+    /// Updates the state and expiry of the flow at `at` (from a lookup in the same batch).
+    #[inline]
+    pub fn update(&mut self, at: SlotRef, state: TcpState, expires: u32) {
+        let s = &mut self.slots[at.0];
+        s.state = state as u8;
+        s.expires = expires;
+    }
+
+    /// Inserts (or replaces) the flow for `key`. Returns the entry it overwrote, if any, so
+    /// the caller can undo that entry's connection counts; `Overwritten::evicted` is true when
+    /// a live, unrelated flow had to make room (table full within the probe window).
+    pub fn insert(
+        &mut self,
+        key: &FlowKey,
+        real: RealId,
+        state: TcpState,
+        expires: u32,
+        now: u32,
+    ) -> Option<Overwritten> {
+        let home = key.hash() as usize & self.mask;
+        let mut victim = home;
+        let mut victim_expires_in = i64::MAX;
+        for i in 0..PROBE_WINDOW {
+            let idx = (home + i) & self.mask;
+            let s = self.slots[idx];
+            if s.is_empty() {
+                self.len += 1;
+                self.slots[idx] = slot(key, real, state, expires);
+                return None;
+            }
+            if s.matches(key) {
+                self.slots[idx] = slot(key, real, state, expires);
+                return overwritten(&s, false);
+            }
+            let left = i64::from(s.expires.wrapping_sub(now) as i32);
+            if left < victim_expires_in {
+                victim_expires_in = left;
+                victim = idx;
+            }
+        }
+        let old = self.slots[victim];
+        self.slots[victim] = slot(key, real, state, expires);
+        let evicted = victim_expires_in > 0;
+        if evicted {
+            self.evictions += 1;
+        }
+        overwritten(&old, evicted)
+    }
+
+    /// Reaps expired entries among the next `budget` slots, reporting each to `on_remove`.
+    /// Returns how many were removed.
+    pub fn expire_some(
+        &mut self,
+        now: u32,
+        budget: usize,
+        mut on_remove: impl FnMut(RealId, TcpState),
+    ) -> usize {
+        let mut removed = 0;
+        let mut examined = 0;
+        while examined < budget.min(self.slots.len()) {
+            let idx = self.expire_cursor;
+            let s = self.slots[idx];
+            if !s.is_empty() && reached(now, s.expires) {
+                if let Some(o) = overwritten(&s, false) {
+                    on_remove(o.real, o.state);
+                }
+                self.remove_at(idx);
+                removed += 1;
+                // The backward shift may have moved a later entry into `idx`: look again.
+                examined += 1;
+                continue;
+            }
+            self.expire_cursor = (idx + 1) & self.mask;
+            examined += 1;
+        }
+        removed
+    }
+
+    /// Backward-shift deletion: pull later entries of the same probe run into the hole.
+    fn remove_at(&mut self, mut hole: usize) {
+        self.slots[hole] = EMPTY;
+        self.len -= 1;
+        let mut next = (hole + 1) & self.mask;
+        loop {
+            let s = self.slots[next];
+            if s.is_empty() {
+                return;
+            }
+            let home = s.key().hash() as usize & self.mask;
+            // Distance from home to the entry's slot and to the hole (cyclic).
+            let dist_next = next.wrapping_sub(home) & self.mask;
+            let dist_hole = hole.wrapping_sub(home) & self.mask;
+            if dist_hole < dist_next {
+                self.slots[hole] = s;
+                self.slots[next] = EMPTY;
+                hole = next;
+            }
+            next = (next + 1) & self.mask;
+            if next == hole {
+                return;
+            }
+        }
+    }
+
+    /// Visits every live flow (control-path use: listings). Not for the packet path.
+    pub fn for_each_live(&self, now: u32, mut f: impl FnMut(&FlowKey, &Flow)) {
+        for s in self.slots.iter() {
+            if s.is_empty() || reached(now, s.expires) {
+                continue;
+            }
+            if let Some(id) = std::num::NonZeroU32::new(s.real) {
+                f(
+                    &s.key(),
+                    &Flow {
+                        real: RealId(id),
+                        state: TcpState::from_u8(s.state),
+                        expires: s.expires,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// An entry that an insert replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overwritten {
+    pub real: RealId,
+    pub state: TcpState,
+    pub evicted: bool,
+}
+
+fn overwritten(s: &Slot, evicted: bool) -> Option<Overwritten> {
+    Some(Overwritten {
+        real: RealId(std::num::NonZeroU32::new(s.real)?),
+        state: TcpState::from_u8(s.state),
+        evicted,
+    })
+}
+
+fn slot(key: &FlowKey, real: RealId, state: TcpState, expires: u32) -> Slot {
+    Slot {
+        saddr: key.saddr,
+        daddr: key.daddr,
+        sport: key.sport,
+        dport: key.dport,
+        proto: key.proto,
+        state: state as u8,
+        _pad: 0,
+        real: real.0.get(),
+        expires,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+
+    fn rid(n: u32) -> RealId {
+        RealId(NonZeroU32::new(n).unwrap())
+    }
+
+    fn key(i: u32) -> FlowKey {
+        FlowKey {
+            saddr: 0x0a00_0000 + i,
+            daddr: 0x0a00_0064,
+            sport: (i % 60000) as u16 + 1024,
+            dport: 80,
+            proto: 6,
+        }
+    }
+
+    #[test]
+    fn insert_lookup_update_expire() {
+        let mut t = FlowTable::new(1024);
+        t.insert(&key(1), rid(7), TcpState::SynRecv, 60_000, 0);
+        let (at, f) = t.lookup(&key(1), 10).unwrap();
+        assert_eq!(f.real, rid(7));
+        assert_eq!(f.state, TcpState::SynRecv);
+        t.update(at, TcpState::Established, 900_000);
+        assert_eq!(
+            t.lookup(&key(1), 70_000).unwrap().1.state,
+            TcpState::Established
+        );
+        assert!(
+            t.lookup(&key(1), 900_000).is_none(),
+            "expired flows are absent"
+        );
+        assert!(t.lookup(&key(2), 10).is_none());
+    }
+
+    #[test]
+    fn incremental_expiry_reaps_everything_in_bounded_steps() {
+        let mut t = FlowTable::new(4096);
+        // 49 % full (the sizing rule in the module doc): no insert needs an eviction.
+        for i in 0..2000 {
+            t.insert(
+                &key(i),
+                rid(1),
+                TcpState::Established,
+                if i % 2 == 0 { 100 } else { 10_000 },
+                0,
+            );
+        }
+        assert_eq!(t.len(), 2000);
+        assert_eq!(t.evictions, 0);
+        let mut removed = 0;
+        // One sweep examines every slot once plus once more per removal.
+        for _ in 0..((4096 + 1000) / 64 + 1) {
+            let r = t.expire_some(200, 64, |_, _| {});
+            assert!(r <= 64);
+            removed += r;
+        }
+        assert_eq!(removed, 1000);
+        assert_eq!(t.len(), 1000);
+        for i in (1..2000).step_by(2) {
+            assert!(
+                t.lookup(&key(i), 200).is_some(),
+                "survivor {i} still found after shifts"
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_table_evicts_within_its_bounds_and_counts_it() {
+        let mut t = FlowTable::new(64);
+        for i in 0..1000 {
+            t.insert(&key(i), rid(1), TcpState::Established, 1000 + i, 0);
+        }
+        assert_eq!(t.len(), 64, "never grows");
+        assert!(t.evictions > 0);
+        // The newest flow is always findable right after its insert.
+        t.insert(&key(5000), rid(2), TcpState::SynRecv, 5000, 0);
+        assert_eq!(t.lookup(&key(5000), 1).unwrap().1.real, rid(2));
+    }
+
+    #[test]
+    fn wrapping_clock() {
+        assert!(reached(5, u32::MAX - 5));
+        assert!(!reached(u32::MAX - 5, 5));
+        let mut t = FlowTable::new(64);
+        let now = u32::MAX - 10;
+        t.insert(
+            &key(1),
+            rid(1),
+            TcpState::Established,
+            now.wrapping_add(100),
+            now,
+        );
+        assert!(t.lookup(&key(1), now.wrapping_add(50)).is_some());
+        assert!(t.lookup(&key(1), now.wrapping_add(100)).is_none());
+    }
+}

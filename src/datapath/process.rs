@@ -1,0 +1,255 @@
+//! The per-frame decision, pure: bytes in, verdict out, frame rewritten in place when it is
+//! forwarded. No I/O, no allocation, no lock; time is a parameter.
+//!
+//! DR rewrites the two MAC fields only: destination := the real server's MAC, source := the
+//! egress interface's MAC (keeping the router's MAC as source would teach the LAN switch the
+//! router's MAC on the director's port). IP addresses and ports never change. Like IPVS
+//! (`ip_vs_dr_xmit` → `decrement_ttl` + `ip_send_check`), the TTL is decremented and the IP
+//! header checksum refreshed — incrementally here (RFC 1624), which is exact for a valid
+//! header, and headers are verified first. The transport checksum is not touched: it does not
+//! cover the TTL, and when it is still partial (veth offloads) the `virtio_net_hdr` carried
+//! along tells the kernel to finish it on transmit.
+
+use crate::datapath::counters::{DropReason, WorkerCounters, bump, count_conn};
+use crate::datapath::flow_table::{FlowKey, FlowTable};
+use crate::datapath::tcp_state::{TcpState, Timeouts, next_state};
+use crate::io::ring::RxFrame;
+use crate::io::{VNET_F_DATA_VALID, VNET_HDR_LEN};
+use crate::neigh::cache::NeighTable;
+use crate::snapshot::Snapshot;
+use crate::wire::{
+    self, ETH_HDR_LEN, ETHERTYPE_IPV4, IPV4_MIN_HDR_LEN, MacAddr, ethernet, ipv4, tcp,
+};
+
+/// What to do with a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Rewritten in place; send it (virtio header + frame) on egress interface `egress`.
+    Forward {
+        egress: u16,
+    },
+    Drop(DropReason),
+}
+
+/// Receive-ring status bit for a VLAN tag carried out of band.
+pub const STATUS_VLAN_VALID: u32 = 1 << 4;
+
+/// Per-worker forwarding state.
+pub struct Forwarder {
+    pub flows: FlowTable,
+    pub timeouts: Timeouts,
+    pub sloppy_tcp: bool,
+    /// MAC of each interface, by the index snapshots use for `egress`.
+    pub interface_macs: Vec<MacAddr>,
+}
+
+/// Parsed fields of a frame worth a flow lookup.
+struct Parsed {
+    key: FlowKey,
+    tcp_flags: u8,
+    ip_len: usize,
+}
+
+fn parse(frame: &[u8], status: u32) -> Result<Parsed, DropReason> {
+    if status & STATUS_VLAN_VALID != 0 {
+        return Err(DropReason::VlanTagged);
+    }
+    if frame.len() < ETH_HDR_LEN {
+        return Err(DropReason::Truncated);
+    }
+    if ethernet::ethertype(frame) != ETHERTYPE_IPV4 {
+        return Err(DropReason::NotIpv4);
+    }
+    if ethernet::src(frame).is_group() {
+        return Err(DropReason::BadSource);
+    }
+    let ip = &frame[ETH_HDR_LEN..];
+    if ip.len() < IPV4_MIN_HDR_LEN {
+        return Err(DropReason::Truncated);
+    }
+    let ihl = ipv4::header_len(ip);
+    if ipv4::version(ip) != 4 || ihl < IPV4_MIN_HDR_LEN {
+        return Err(DropReason::BadIpHeader);
+    }
+    if ip.len() < ihl {
+        return Err(DropReason::Truncated);
+    }
+    let total = ipv4::total_len(ip);
+    if total < ihl || total > ip.len() {
+        return Err(DropReason::BadIpLength);
+    }
+    if ipv4::checksum(&ip[..ihl]) != 0 {
+        return Err(DropReason::BadIpChecksum);
+    }
+    let saddr = ipv4::src(ip);
+    // 0.0.0.0, multicast, class E and broadcast are never a client.
+    if saddr == 0 || saddr >= 0xE000_0000 {
+        return Err(DropReason::BadSource);
+    }
+    if ipv4::is_fragment(ip) {
+        return Err(DropReason::Fragment);
+    }
+    let proto = ipv4::protocol(ip);
+    let l4 = &ip[ihl..total];
+    let tcp_flags = match proto {
+        6 => {
+            if l4.len() < wire::TCP_MIN_HDR_LEN {
+                return Err(DropReason::BadL4Header);
+            }
+            let doff = tcp::header_len(l4);
+            if doff < wire::TCP_MIN_HDR_LEN || doff > l4.len() {
+                return Err(DropReason::BadL4Header);
+            }
+            tcp::flags(l4)
+        }
+        17 => {
+            if l4.len() < wire::UDP_HDR_LEN {
+                return Err(DropReason::BadL4Header);
+            }
+            0
+        }
+        _ => return Err(DropReason::NotAService),
+    };
+    let sport = wire::be16(l4, 0);
+    let dport = wire::be16(l4, 2);
+    if sport == 0 || dport == 0 {
+        return Err(DropReason::ZeroPort);
+    }
+    Ok(Parsed {
+        key: FlowKey {
+            saddr,
+            daddr: ipv4::dst(ip),
+            sport,
+            dport,
+            proto,
+        },
+        tcp_flags,
+        ip_len: total,
+    })
+}
+
+impl Forwarder {
+    pub fn new(flow_capacity: usize, sloppy_tcp: bool, interface_macs: Vec<MacAddr>) -> Forwarder {
+        Forwarder {
+            flows: FlowTable::new(flow_capacity),
+            timeouts: Timeouts::default(),
+            sloppy_tcp,
+            interface_macs,
+        }
+    }
+
+    /// Decides one frame (the `virtio_net_hdr` followed by the frame, as the ring holds it),
+    /// rewriting it in place if it is to be forwarded; `now` in milliseconds.
+    #[inline]
+    pub fn process(
+        &mut self,
+        snap: &Snapshot,
+        neigh: &NeighTable,
+        counters: &WorkerCounters,
+        frame: RxFrame<'_>,
+        now: u32,
+    ) -> Verdict {
+        match self.decide(snap, neigh, counters, frame, now) {
+            Ok(egress) => Verdict::Forward { egress },
+            Err(reason) => {
+                counters.count_drop(reason);
+                Verdict::Drop(reason)
+            }
+        }
+    }
+
+    #[inline]
+    fn decide(
+        &mut self,
+        snap: &Snapshot,
+        neigh: &NeighTable,
+        counters: &WorkerCounters,
+        frame: RxFrame<'_>,
+        now: u32,
+    ) -> Result<u16, DropReason> {
+        let RxFrame {
+            buf,
+            wire_len,
+            status,
+        } = frame;
+        if buf.len() < VNET_HDR_LEN {
+            return Err(DropReason::Truncated);
+        }
+        if buf.len() - VNET_HDR_LEN < wire_len {
+            return Err(DropReason::RingTruncated);
+        }
+        let p = parse(&buf[VNET_HDR_LEN..], status)?;
+        let svc = snap
+            .service(p.key.proto, p.key.daddr, p.key.dport)
+            .ok_or(DropReason::NotAService)?;
+        let ip_off = VNET_HDR_LEN + ETH_HDR_LEN;
+        if ipv4::ttl(&buf[ip_off..]) <= 1 {
+            return Err(DropReason::TtlExceeded);
+        }
+        let is_tcp = p.key.proto == 6;
+        let real = match self.flows.lookup(&p.key, now) {
+            Some((at, flow)) => {
+                let (state, timeout) = if is_tcp {
+                    let s = next_state(flow.state, p.tcp_flags);
+                    (s, self.timeouts.tcp(s))
+                } else {
+                    (TcpState::None, self.timeouts.udp_ms)
+                };
+                self.flows.update(at, state, now.wrapping_add(timeout));
+                if state.is_active() != flow.state.is_active() {
+                    count_conn(counters, flow.real, flow.state, -1);
+                    count_conn(counters, flow.real, state, 1);
+                }
+                snap.real(flow.real).ok_or(DropReason::RealRemoved)?
+            }
+            None => {
+                let syn_only = p.tcp_flags & (tcp::SYN | tcp::RST) == tcp::SYN;
+                if is_tcp && !syn_only && !self.sloppy_tcp {
+                    return Err(DropReason::TcpNoFlow);
+                }
+                let i = svc
+                    .scheduler
+                    .pick(&svc.reals, &p.key)
+                    .ok_or(DropReason::NoRealServer)?;
+                let real = svc.reals.get(i).ok_or(DropReason::NoRealServer)?;
+                let (state, timeout) = if is_tcp {
+                    let s = next_state(TcpState::None, p.tcp_flags);
+                    (s, self.timeouts.tcp(s))
+                } else {
+                    (TcpState::None, self.timeouts.udp_ms)
+                };
+                if let Some(old) =
+                    self.flows
+                        .insert(&p.key, real.id, state, now.wrapping_add(timeout), now)
+                {
+                    count_conn(counters, old.real, old.state, -1);
+                    if old.evicted {
+                        bump(&counters.totals.flow_evictions, 1);
+                    }
+                }
+                count_conn(counters, real.id, state, 1);
+                if let Some(c) = counters.real(real.id) {
+                    bump(&c.conns, 1);
+                }
+                real
+            }
+        };
+        let mac = neigh.get(real.neigh).ok_or(DropReason::NoNeighbor)?;
+        let src = *self
+            .interface_macs
+            .get(usize::from(real.egress))
+            .ok_or(DropReason::NoNeighbor)?;
+        ethernet::set_macs(&mut buf[VNET_HDR_LEN..], mac, src);
+        ipv4::decrement_ttl(&mut buf[ip_off..]);
+        // The receive side's "checksum verified" flag means nothing on transmit.
+        buf[0] &= !VNET_F_DATA_VALID;
+        if let Some(c) = counters.real(real.id) {
+            bump(&c.in_packets, 1);
+            bump(&c.in_bytes, p.ip_len as u64);
+        }
+        Ok(real.egress)
+    }
+}
+
+#[cfg(test)]
+mod tests;

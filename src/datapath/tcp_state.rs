@@ -1,0 +1,190 @@
+//! IPVS's TCP state table for direct routing: the INPUT_ONLY rows of `tcp_states[]`
+//! (net/netfilter/ipvs/ip_vs_proto_tcp.c), used because a DR director never sees replies
+//! (the entry keeps IP_VS_CONN_F_NOOUTPUT). Flag priority per packet: RST, then SYN, then FIN,
+//! then ACK; a packet with none of them leaves the state as it is.
+
+/// Connection states, in the kernel's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TcpState {
+    None = 0,
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    SynAck,
+}
+
+use TcpState::*;
+
+impl TcpState {
+    pub const fn from_u8(v: u8) -> TcpState {
+        match v {
+            1 => Established,
+            2 => SynSent,
+            3 => SynRecv,
+            4 => FinWait,
+            5 => TimeWait,
+            6 => Close,
+            7 => CloseWait,
+            8 => LastAck,
+            9 => Listen,
+            10 => SynAck,
+            _ => None,
+        }
+    }
+
+    /// Name as `ipvsadm -Lnc` prints it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            None => "NONE",
+            Established => "ESTABLISHED",
+            SynSent => "SYN_SENT",
+            SynRecv => "SYN_RECV",
+            FinWait => "FIN_WAIT",
+            TimeWait => "TIME_WAIT",
+            Close => "CLOSE",
+            CloseWait => "CLOSE_WAIT",
+            LastAck => "LAST_ACK",
+            Listen => "LISTEN",
+            SynAck => "SYNACK",
+        }
+    }
+
+    /// Counted as an active connection (`tcp_state_active_table`, modern kernels).
+    pub const fn is_active(self) -> bool {
+        matches!(self, Established | SynSent | SynRecv | SynAck)
+    }
+}
+
+// Columns: sNO sES sSS sSR sFW sTW sCL sCW sLA sLI sSA (the kernel's state order).
+const INPUT_ONLY: [[TcpState; 11]; 4] = [
+    /*syn*/
+    [
+        SynRecv,
+        Established,
+        Established,
+        SynRecv,
+        SynRecv,
+        SynRecv,
+        SynRecv,
+        SynRecv,
+        SynRecv,
+        SynRecv,
+        SynRecv,
+    ],
+    /*fin*/
+    [
+        Close, FinWait, SynSent, TimeWait, FinWait, TimeWait, Close, CloseWait, LastAck, Listen,
+        TimeWait,
+    ],
+    /*ack*/
+    [
+        Established,
+        Established,
+        SynSent,
+        Established,
+        FinWait,
+        TimeWait,
+        Close,
+        CloseWait,
+        Close,
+        Listen,
+        Established,
+    ],
+    /*rst*/
+    [
+        Close, Close, Close, SynRecv, Close, Close, Close, Close, LastAck, Listen, Close,
+    ],
+];
+
+/// The state after a client packet with `flags` (TCP header byte 13).
+pub fn next_state(state: TcpState, flags: u8) -> TcpState {
+    use crate::wire::tcp::{ACK, FIN, RST, SYN};
+    let row = if flags & RST != 0 {
+        3
+    } else if flags & SYN != 0 {
+        0
+    } else if flags & FIN != 0 {
+        1
+    } else if flags & ACK != 0 {
+        2
+    } else {
+        return state;
+    };
+    INPUT_ONLY[row][state as usize]
+}
+
+/// Per-state timeouts in milliseconds. Defaults are the kernel's `tcp_timeouts[]`;
+/// `ipvsadm --set tcp tcpfin udp` changes ESTABLISHED, FIN_WAIT and UDP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_ms: [u32; 11],
+    pub udp_ms: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        const S: u32 = 1000;
+        Timeouts {
+            tcp_ms: [
+                2 * S,   // NONE
+                900 * S, // ESTABLISHED
+                120 * S, // SYN_SENT
+                60 * S,  // SYN_RECV
+                120 * S, // FIN_WAIT
+                120 * S, // TIME_WAIT
+                10 * S,  // CLOSE
+                60 * S,  // CLOSE_WAIT
+                30 * S,  // LAST_ACK
+                120 * S, // LISTEN
+                120 * S, // SYNACK
+            ],
+            udp_ms: 300 * S,
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn tcp(&self, s: TcpState) -> u32 {
+        self.tcp_ms[s as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::tcp::{ACK, FIN, RST, SYN};
+
+    #[test]
+    fn life_of_a_dr_connection() {
+        let s = next_state(None, SYN);
+        assert_eq!(s, SynRecv);
+        assert!(s.is_active());
+        let s = next_state(s, ACK);
+        assert_eq!(s, Established);
+        let s = next_state(s, ACK | 0x08);
+        assert_eq!(s, Established);
+        let s = next_state(s, FIN | ACK);
+        assert_eq!(s, FinWait);
+        assert!(!s.is_active());
+        assert_eq!(next_state(s, ACK), FinWait);
+        assert_eq!(next_state(Established, RST), Close);
+        assert_eq!(next_state(SynRecv, RST), SynRecv);
+        assert_eq!(next_state(Established, 0), Established);
+        assert_eq!(next_state(None, SYN | RST), Close);
+    }
+
+    #[test]
+    fn default_timeouts_match_ipvsadm() {
+        let t = Timeouts::default();
+        assert_eq!(t.tcp(Established), 900_000);
+        assert_eq!(t.tcp(FinWait), 120_000);
+        assert_eq!(t.udp_ms, 300_000);
+    }
+}

@@ -1,0 +1,136 @@
+//! A worker thread: drains its receive rings batch by batch, forwards with one `sendmmsg` per
+//! egress interface per batch, reaps expired flows a little at a time, and sleeps in `poll`
+//! only when every ring is empty.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::clock;
+use crate::datapath::counters::{DropReason, WorkerCounters, bump, count_conn};
+use crate::datapath::process::{Forwarder, Verdict};
+use crate::io::ring::RxRing;
+use crate::io::socket::wait_readable;
+use crate::io::tx::TxQueue;
+use crate::neigh::cache::NeighTable;
+use crate::snapshot::SharedSnapshot;
+
+/// Flow-table slots examined per batch, and per idle wake-up.
+const EXPIRE_PER_BATCH: usize = 256;
+const EXPIRE_PER_IDLE: usize = 16384;
+/// Idle sleep bound: how quickly a worker notices shutdown with no traffic.
+const IDLE_POLL_MS: i32 = 50;
+
+/// One receive ring of a worker (one per served interface).
+pub struct RxPort {
+    pub fd: OwnedFd,
+    pub ring: RxRing,
+}
+
+/// Everything a worker owns, built on the control thread and moved into the worker thread.
+pub struct Worker {
+    pub index: usize,
+    pub core: Option<core_affinity::CoreId>,
+    pub rx: Vec<RxPort>,
+    /// Transmit sockets, by interface index (the snapshot's `egress`).
+    pub tx: Vec<OwnedFd>,
+    pub tx_queue_capacity: usize,
+    pub forwarder: Forwarder,
+    pub counters: Arc<WorkerCounters>,
+    pub snapshot: SharedSnapshot,
+    pub neigh: Arc<NeighTable>,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Worker {
+    pub fn run(mut self) {
+        if let Some(core) = self.core {
+            if !core_affinity::set_for_current(core) {
+                log::warn!("worker {}: could not pin to core {}", self.index, core.id);
+            }
+        }
+        let mut queues: Vec<TxQueue> = self
+            .tx
+            .iter()
+            .map(|fd| TxQueue::new(fd.as_raw_fd(), self.tx_queue_capacity))
+            .collect();
+        let mut pollfds: Vec<libc::pollfd> = self
+            .rx
+            .iter()
+            .map(|p| libc::pollfd {
+                fd: p.fd.as_raw_fd(),
+                events: libc::POLLIN | libc::POLLERR,
+                revents: 0,
+            })
+            .collect();
+        let c = Arc::clone(&self.counters);
+        while !self.stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            let now = clock::now_ms();
+            let snap = self.snapshot.load();
+            let mut batches = 0u64;
+            for port in self.rx.iter_mut() {
+                // Bounded so one busy interface cannot starve shutdown or the others.
+                for _ in 0..64 {
+                    let Some(mut batch) = port.ring.next_batch() else {
+                        break;
+                    };
+                    batches += 1;
+                    while let Some(frame) = batch.next_frame() {
+                        bump(&c.totals.rx_frames, 1);
+                        bump(&c.totals.rx_bytes, frame.wire_len as u64);
+                        let (ptr, len) = (frame.buf.as_ptr(), frame.buf.len());
+                        let verdict = self.forwarder.process(&snap, &self.neigh, &c, frame, now);
+                        if let Verdict::Forward { egress } = verdict {
+                            let Some(q) = queues.get_mut(usize::from(egress)) else {
+                                c.count_drop(DropReason::TxFailed);
+                                continue;
+                            };
+                            if q.is_full() {
+                                account(&c, q.flush());
+                            }
+                            // SAFETY: the frame lies in the ring block owned by `batch`, which is
+                            // dropped (handing the block back) only after the flush below.
+                            unsafe {
+                                q.push(ptr, len);
+                            }
+                        }
+                    }
+                    for q in queues.iter_mut() {
+                        if !q.is_empty() {
+                            account(&c, q.flush());
+                        }
+                    }
+                    drop(batch);
+                }
+            }
+            drop(snap);
+            let budget = if batches > 0 {
+                EXPIRE_PER_BATCH
+            } else {
+                EXPIRE_PER_IDLE
+            };
+            self.forwarder
+                .flows
+                .expire_some(now, budget, |real, state| count_conn(&c, real, state, -1));
+            c.totals
+                .flows
+                .store(self.forwarder.flows.len() as u64, Ordering::Relaxed);
+            if batches > 0 {
+                bump(&c.totals.batches, batches);
+                bump(&c.totals.busy_us, started.elapsed().as_micros() as u64);
+            } else {
+                wait_readable(&mut pollfds, IDLE_POLL_MS);
+            }
+        }
+    }
+}
+
+fn account(c: &WorkerCounters, f: crate::io::tx::Flushed) {
+    bump(&c.totals.forwarded, f.sent);
+    bump(&c.totals.tx_syscalls, f.syscalls);
+    for _ in 0..f.failed {
+        c.count_drop(DropReason::TxFailed);
+    }
+}

@@ -1,0 +1,50 @@
+//! The only module with `unsafe` and raw syscalls: AF_PACKET sockets, PACKET_MMAP receive
+//! rings, the socket filter and batched transmit. It knows nothing about load balancing.
+//!
+//! Receive and transmit are built around one measured fact (../shared/perf-baseline): rewriting
+//! a frame in place inside the receive ring and handing it to `sendmmsg` from there costs
+//! about 14 % less CPU than copying it into a TX ring, because the TX ring's page-fragment skbs
+//! are copied again at the veth. So there is no TX ring: a worker rewrites frames in the RX
+//! block, queues `iovec`s pointing into it ([`tx::TxQueue`]), sends them with one `sendmmsg`
+//! per egress interface per batch, and only then returns the block to the kernel.
+//!
+//! Both socket kinds use `PACKET_VNET_HDR`: every received frame is preceded by a
+//! `virtio_net_hdr` that says whether its transport checksum is still partial
+//! (`CHECKSUM_PARTIAL` on veth) and whether it is a GSO super-frame larger than the MTU. The
+//! transmit socket takes the same header back, so the kernel completes the checksum or
+//! segments the frame on the way out. Without it a userspace forwarder sends broken checksums
+//! and oversize frames on veth with default offloads.
+
+pub mod filter;
+pub mod ring;
+pub mod socket;
+pub mod tx;
+
+/// Size of `struct virtio_net_hdr`, which precedes every frame on a `PACKET_VNET_HDR` socket.
+pub const VNET_HDR_LEN: usize = 10;
+/// `virtio_net_hdr.flags`: the transport checksum must still be completed.
+pub const VNET_F_NEEDS_CSUM: u8 = 1;
+/// `virtio_net_hdr.flags`: the receiver validated the checksum. Meaningless on transmit.
+pub const VNET_F_DATA_VALID: u8 = 2;
+
+/// Errors that setting up sockets or rings can produce; each names what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    #[error("{what} on interface {interface}: {source}")]
+    Sys {
+        what: &'static str,
+        interface: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ring geometry rejected: {0}")]
+    Geometry(String),
+}
+
+pub(crate) fn sys_err(what: &'static str, interface: &str) -> IoError {
+    IoError::Sys {
+        what,
+        interface: interface.to_string(),
+        source: std::io::Error::last_os_error(),
+    }
+}

@@ -1,0 +1,408 @@
+//! PACKET_MMAP receive rings, TPACKET_V3 (blocks) or TPACKET_V2 (frame slots), behind one
+//! batch interface.
+//!
+//! The ownership hand-off is the whole contract: a block (V3) or frame slot (V2) whose status
+//! word has `TP_STATUS_USER` belongs to us until we store `TP_STATUS_KERNEL` into it with
+//! Release ordering; before that the kernel never writes it, after that we never touch it.
+//! A [`Batch`] owns the blocks or slots it covers and hands them back when dropped, so frames
+//! referenced by queued transmits must be sent before the batch is dropped (the worker does:
+//! `tx.flush()` then drop).
+//!
+//! V3 versus V2, as measured for this project (bench/README.md): V3 packs variable-size frames
+//! into large blocks and wakes the reader once per block, which is what makes it cheap at high
+//! rates, but a block is only handed over when it is full or its retire timer fires (≥ 1 ms,
+//! in jiffies), so at low rates every frame waits for that timer. V2 wakes the reader per
+//! frame. Both are supported; `ring.version` picks one.
+
+use std::os::fd::RawFd;
+use std::ptr;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::socket::set_opt;
+use super::{IoError, VNET_HDR_LEN, sys_err};
+use crate::config::{RingOptions, RingVersion};
+
+/// Most V2 frame slots handed out in one batch (bounds the transmit queue).
+pub const MAX_V2_BATCH: usize = 256;
+
+#[derive(Clone, Copy, Debug)]
+enum Layout {
+    V3 { block_size: usize, blocks: usize },
+    V2 { frame_size: usize, frames: usize },
+}
+
+/// A mapped receive ring. Owns the mapping; the socket is owned by the caller and must outlive it.
+pub struct RxRing {
+    map: *mut u8,
+    map_len: usize,
+    layout: Layout,
+    cursor: usize,
+}
+
+// SAFETY: the mapping is owned exclusively by this value; moving it to another thread moves
+// that exclusive ownership (workers are created on the control thread and moved into theirs).
+unsafe impl Send for RxRing {}
+
+impl std::fmt::Debug for RxRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RxRing")
+            .field("layout", &self.layout)
+            .field("map_len", &self.map_len)
+            .finish()
+    }
+}
+
+impl RxRing {
+    /// Sets the TPACKET version, requests the ring and maps it.
+    pub fn new(fd: RawFd, opts: &RingOptions, interface: &str) -> Result<RxRing, IoError> {
+        let block_size = opts.block_size as usize;
+        let blocks = opts.block_count as usize;
+        if !block_size.is_power_of_two() || block_size < 4096 || blocks < 2 {
+            return Err(IoError::Geometry(format!(
+                "block_size {block_size} must be a power of two ≥ 4096 and block_count {blocks} ≥ 2"
+            )));
+        }
+        let layout = match opts.version {
+            RingVersion::V3 => {
+                let version = libc::tpacket_versions::TPACKET_V3 as libc::c_int;
+                set_opt(
+                    fd,
+                    libc::SOL_PACKET,
+                    libc::PACKET_VERSION,
+                    &version,
+                    "PACKET_VERSION",
+                    interface,
+                )?;
+                let frame_size: u32 = 2048;
+                let req = libc::tpacket_req3 {
+                    tp_block_size: opts.block_size,
+                    tp_block_nr: opts.block_count,
+                    tp_frame_size: frame_size,
+                    tp_frame_nr: opts.block_size / frame_size * opts.block_count,
+                    tp_retire_blk_tov: opts.block_timeout_ms.max(1),
+                    tp_sizeof_priv: 0,
+                    tp_feature_req_word: 0,
+                };
+                set_opt(
+                    fd,
+                    libc::SOL_PACKET,
+                    libc::PACKET_RX_RING,
+                    &req,
+                    "PACKET_RX_RING (V3)",
+                    interface,
+                )?;
+                Layout::V3 { block_size, blocks }
+            }
+            RingVersion::V2 => {
+                let frame_size = opts.frame_size as usize;
+                if !frame_size.is_power_of_two() || frame_size < 256 || frame_size > block_size {
+                    return Err(IoError::Geometry(format!(
+                        "frame_size {frame_size} must be a power of two in 256..=block_size"
+                    )));
+                }
+                let version = libc::tpacket_versions::TPACKET_V2 as libc::c_int;
+                set_opt(
+                    fd,
+                    libc::SOL_PACKET,
+                    libc::PACKET_VERSION,
+                    &version,
+                    "PACKET_VERSION",
+                    interface,
+                )?;
+                let frames = block_size / frame_size * blocks;
+                let req = libc::tpacket_req {
+                    tp_block_size: opts.block_size,
+                    tp_block_nr: opts.block_count,
+                    tp_frame_size: opts.frame_size,
+                    tp_frame_nr: frames as u32,
+                };
+                set_opt(
+                    fd,
+                    libc::SOL_PACKET,
+                    libc::PACKET_RX_RING,
+                    &req,
+                    "PACKET_RX_RING (V2)",
+                    interface,
+                )?;
+                Layout::V2 { frame_size, frames }
+            }
+        };
+        let map_len = block_size * blocks;
+        // SAFETY: mapping the ring the kernel just allocated for this socket; length matches
+        // the request; MAP_SHARED is how PACKET_MMAP shares it.
+        let map = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE | libc::MAP_LOCKED,
+                fd,
+                0,
+            )
+        };
+        let map = if map == libc::MAP_FAILED {
+            // MAP_LOCKED fails under a small RLIMIT_MEMLOCK; the ring works unlocked too.
+            // SAFETY: as above, without MAP_LOCKED.
+            let m = unsafe {
+                libc::mmap(
+                    ptr::null_mut(),
+                    map_len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_POPULATE,
+                    fd,
+                    0,
+                )
+            };
+            if m == libc::MAP_FAILED {
+                return Err(sys_err("mmap ring", interface));
+            }
+            m
+        } else {
+            map
+        };
+        Ok(RxRing {
+            map: map.cast(),
+            map_len,
+            layout,
+            cursor: 0,
+        })
+    }
+
+    /// The next batch of frames owned by userspace, if any. Never blocks.
+    pub fn next_batch(&mut self) -> Option<Batch<'_>> {
+        match self.layout {
+            Layout::V3 { block_size, .. } => {
+                // SAFETY: cursor < blocks, so the block descriptor lies inside the mapping.
+                let bd = unsafe { self.map.add(self.cursor * block_size) };
+                if block_status(bd).load(Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
+                    return None;
+                }
+                // SAFETY: the block is ours (TP_STATUS_USER seen with Acquire); these header
+                // fields lie at fixed offsets inside its descriptor.
+                let (num, first) = unsafe {
+                    let h = ptr::addr_of!((*bd.cast::<libc::tpacket_block_desc>()).hdr.bh1);
+                    ((*h).num_pkts as usize, (*h).offset_to_first_pkt as usize)
+                };
+                Some(Batch {
+                    ring: self,
+                    state: BatchState::V3 {
+                        block: bd,
+                        block_size,
+                        remaining: num,
+                        next_offset: first,
+                    },
+                })
+            }
+            Layout::V2 { frame_size, frames } => {
+                let mut count = 0;
+                while count < MAX_V2_BATCH.min(frames) {
+                    let idx = (self.cursor + count) % frames;
+                    // SAFETY: idx < frames, so the slot lies inside the mapping.
+                    let slot = unsafe { self.map.add(idx * frame_size) };
+                    if slot_status(slot).load(Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
+                        break;
+                    }
+                    count += 1;
+                }
+                if count == 0 {
+                    return None;
+                }
+                Some(Batch {
+                    ring: self,
+                    state: BatchState::V2 {
+                        frame_size,
+                        frames,
+                        first: 0,
+                        count,
+                        next: 0,
+                    },
+                })
+            }
+        }
+    }
+}
+
+impl Drop for RxRing {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped; no Batch can outlive the ring.
+        unsafe {
+            libc::munmap(self.map.cast(), self.map_len);
+        }
+    }
+}
+
+fn block_status<'a>(bd: *mut u8) -> &'a AtomicU32 {
+    // SAFETY: block_status is a naturally aligned u32 inside the mapped block descriptor,
+    // shared with the kernel, so it is accessed atomically.
+    unsafe {
+        &*ptr::addr_of_mut!(
+            (*bd.cast::<libc::tpacket_block_desc>())
+                .hdr
+                .bh1
+                .block_status
+        )
+        .cast::<AtomicU32>()
+    }
+}
+
+fn slot_status<'a>(slot: *mut u8) -> &'a AtomicU32 {
+    // SAFETY: tp_status is the first, aligned u32 of a mapped tpacket2_hdr.
+    unsafe {
+        &*ptr::addr_of_mut!((*slot.cast::<libc::tpacket2_hdr>()).tp_status).cast::<AtomicU32>()
+    }
+}
+
+enum BatchState {
+    V3 {
+        block: *mut u8,
+        block_size: usize,
+        remaining: usize,
+        next_offset: usize,
+    },
+    V2 {
+        frame_size: usize,
+        frames: usize,
+        first: usize,
+        count: usize,
+        next: usize,
+    },
+}
+
+/// Frames owned by userspace until this value is dropped.
+pub struct Batch<'r> {
+    ring: &'r mut RxRing,
+    state: BatchState,
+}
+
+/// One received frame, inside the ring.
+pub struct RxFrame<'a> {
+    /// The `virtio_net_hdr` followed by the Ethernet frame: contiguous in the ring, so both
+    /// can be rewritten in place and transmitted as one buffer.
+    pub buf: &'a mut [u8],
+    /// Length of the frame on the wire (may exceed `buf.len() - VNET_HDR_LEN` if the ring
+    /// truncated it).
+    pub wire_len: usize,
+    /// `tp_status` bits (`TP_STATUS_VLAN_VALID`, `TP_STATUS_CSUMNOTREADY`, …).
+    pub status: u32,
+}
+
+impl RxFrame<'_> {
+    pub fn truncated(&self) -> bool {
+        self.buf.len() - VNET_HDR_LEN < self.wire_len
+    }
+}
+
+impl Batch<'_> {
+    /// The next frame of the batch. Frames whose ring header is inconsistent (never seen from a
+    /// correct kernel) end the batch rather than risk reading outside the block.
+    pub fn next_frame(&mut self) -> Option<RxFrame<'_>> {
+        match &mut self.state {
+            BatchState::V3 {
+                block,
+                block_size,
+                remaining,
+                next_offset,
+            } => {
+                if *remaining == 0 {
+                    return None;
+                }
+                *remaining -= 1;
+                let off = *next_offset;
+                if off + size_of_v3() > *block_size {
+                    *remaining = 0;
+                    return None;
+                }
+                // SAFETY: `off` plus the header size is inside the block (checked above) and the
+                // block is owned by us for the life of this batch.
+                let h = unsafe { &*block.add(off).cast::<libc::tpacket3_hdr>() };
+                let mac = h.tp_mac as usize;
+                let snap = h.tp_snaplen as usize;
+                let start = off + mac;
+                if mac < VNET_HDR_LEN || start + snap > *block_size {
+                    *remaining = 0;
+                    return None;
+                }
+                *next_offset = off + h.tp_next_offset as usize;
+                // SAFETY: [start - VNET_HDR_LEN, start + snap) lies inside the owned block
+                // (checked above) and no other live reference covers it: each frame is handed
+                // out once per batch.
+                let buf = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        block.add(start - VNET_HDR_LEN),
+                        snap + VNET_HDR_LEN,
+                    )
+                };
+                Some(RxFrame {
+                    buf,
+                    wire_len: h.tp_len as usize,
+                    status: h.tp_status,
+                })
+            }
+            BatchState::V2 {
+                frame_size,
+                frames,
+                first,
+                count,
+                next,
+            } => {
+                if *next >= *count {
+                    return None;
+                }
+                let idx = (self.ring.cursor + *first + *next) % *frames;
+                *next += 1;
+                // SAFETY: idx < frames; the slot is owned by this batch.
+                let slot = unsafe { self.ring.map.add(idx * *frame_size) };
+                // SAFETY: the slot starts with a tpacket2_hdr.
+                let h = unsafe { &*slot.cast::<libc::tpacket2_hdr>() };
+                let mac = h.tp_mac as usize;
+                let snap = h.tp_snaplen as usize;
+                if mac < VNET_HDR_LEN || mac + snap > *frame_size {
+                    return None;
+                }
+                // SAFETY: the range lies inside the owned slot (checked above).
+                let buf = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        slot.add(mac - VNET_HDR_LEN),
+                        snap + VNET_HDR_LEN,
+                    )
+                };
+                Some(RxFrame {
+                    buf,
+                    wire_len: h.tp_len as usize,
+                    status: h.tp_status & !libc::TP_STATUS_USER,
+                })
+            }
+        }
+    }
+}
+
+const fn size_of_v3() -> usize {
+    std::mem::size_of::<libc::tpacket3_hdr>()
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        match self.state {
+            BatchState::V3 { block, .. } => {
+                block_status(block).store(libc::TP_STATUS_KERNEL, Ordering::Release);
+                if let Layout::V3 { blocks, .. } = self.ring.layout {
+                    self.ring.cursor = (self.ring.cursor + 1) % blocks;
+                }
+            }
+            BatchState::V2 {
+                frame_size,
+                frames,
+                count,
+                ..
+            } => {
+                for i in 0..count {
+                    let idx = (self.ring.cursor + i) % frames;
+                    // SAFETY: idx < frames.
+                    let slot = unsafe { self.ring.map.add(idx * frame_size) };
+                    slot_status(slot).store(libc::TP_STATUS_KERNEL, Ordering::Release);
+                }
+                self.ring.cursor = (self.ring.cursor + count) % frames;
+            }
+        }
+    }
+}

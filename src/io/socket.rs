@@ -1,0 +1,259 @@
+//! AF_PACKET socket set-up: open, options, filter, bind, fanout, statistics.
+
+use std::ffi::CString;
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use super::filter::Insn;
+use super::{IoError, sys_err};
+
+const ETH_P_ALL: u16 = 0x0003;
+const ETH_P_ARP: u16 = 0x0806;
+
+/// Looks up an interface index by name.
+pub fn if_index(name: &str) -> Result<u32, IoError> {
+    let c = CString::new(name).map_err(|_| IoError::Sys {
+        what: "interface name",
+        interface: name.to_string(),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(sys_err("if_nametoindex", name));
+    }
+    Ok(idx)
+}
+
+fn new_packet_socket(interface: &str) -> Result<OwnedFd, IoError> {
+    // Protocol 0: the socket receives nothing until it is bound with a protocol, so options,
+    // ring and filter are all in place before the first frame arrives.
+    // SAFETY: plain syscall with constant arguments.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(sys_err("socket(AF_PACKET)", interface));
+    }
+    // SAFETY: `fd` was just returned by socket() and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub(crate) fn set_opt<T>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+    what: &'static str,
+    interface: &str,
+) -> Result<(), IoError> {
+    // SAFETY: `value` points to a live `T` of the given size for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(sys_err(what, interface));
+    }
+    Ok(())
+}
+
+/// Attaches (or replaces) a classic BPF filter. Replacing is atomic in the kernel, so the
+/// control thread can call this on a worker's socket while the worker runs.
+pub fn attach_filter(fd: RawFd, program: &[Insn], interface: &str) -> Result<(), IoError> {
+    let prog = libc::sock_fprog {
+        len: u16::try_from(program.len())
+            .map_err(|_| IoError::Geometry("socket filter too long".into()))?,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    set_opt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_ATTACH_FILTER,
+        &prog,
+        "SO_ATTACH_FILTER",
+        interface,
+    )
+}
+
+fn bind(fd: RawFd, ifindex: u32, protocol: u16, interface: &str) -> Result<(), IoError> {
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = protocol.to_be();
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: `sll` is a valid sockaddr_ll and the length matches it.
+    let rc = unsafe {
+        libc::bind(
+            fd,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(sys_err("bind", interface));
+    }
+    Ok(())
+}
+
+/// Options for a receive socket; the ring itself is set up by `ring::RxRing::new`.
+pub struct RxSocketPlan<'a> {
+    pub interface: &'a str,
+    pub ifindex: u32,
+    /// `PACKET_FANOUT` group id (unique per interface within the namespace).
+    pub fanout_group: u16,
+    pub filter: &'a [Insn],
+}
+
+/// Opens the receive socket of one worker on one interface and calls `setup_ring` with it
+/// after `PACKET_VNET_HDR` (which must precede the ring) and before `bind` (so no frame lands
+/// before the filter is attached).
+pub fn open_rx<R>(
+    plan: &RxSocketPlan<'_>,
+    setup_ring: impl FnOnce(RawFd) -> Result<R, IoError>,
+) -> Result<(OwnedFd, R), IoError> {
+    let fd = new_packet_socket(plan.interface)?;
+    let raw = fd.as_raw_fd();
+    let one: libc::c_int = 1;
+    set_opt(
+        raw,
+        libc::SOL_PACKET,
+        libc::PACKET_VNET_HDR,
+        &one,
+        "PACKET_VNET_HDR",
+        plan.interface,
+    )?;
+    let ring = setup_ring(raw)?;
+    // Never read our own transmissions back (a one-armed director would loop).
+    set_opt(
+        raw,
+        libc::SOL_PACKET,
+        libc::PACKET_IGNORE_OUTGOING,
+        &one,
+        "PACKET_IGNORE_OUTGOING",
+        plan.interface,
+    )?;
+    attach_filter(raw, plan.filter, plan.interface)?;
+    bind(raw, plan.ifindex, ETH_P_ALL, plan.interface)?;
+    // Hash mode: every packet of a flow reaches the same worker, so flow tables are per worker
+    // and lock-free. DEFRAG makes the kernel hash fragments of one datagram alike.
+    let fanout: libc::c_int = libc::c_int::from(plan.fanout_group)
+        | ((libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_DEFRAG) as libc::c_int) << 16;
+    set_opt(
+        raw,
+        libc::SOL_PACKET,
+        libc::PACKET_FANOUT,
+        &fanout,
+        "PACKET_FANOUT",
+        plan.interface,
+    )?;
+    Ok((fd, ring))
+}
+
+/// Opens a transmit-only socket on an interface: protocol 0, so it never receives, and
+/// `PACKET_VNET_HDR`, so each frame is sent with the offload header it arrived with.
+/// No `PACKET_QDISC_BYPASS`: forwarded frames must stay visible to tcpdump on the director.
+pub fn open_tx(interface: &str, ifindex: u32) -> Result<OwnedFd, IoError> {
+    let fd = new_packet_socket(interface)?;
+    let raw = fd.as_raw_fd();
+    let one: libc::c_int = 1;
+    set_opt(
+        raw,
+        libc::SOL_PACKET,
+        libc::PACKET_VNET_HDR,
+        &one,
+        "PACKET_VNET_HDR",
+        interface,
+    )?;
+    bind(raw, ifindex, 0, interface)?;
+    Ok(fd)
+}
+
+/// Opens the control thread's ARP socket on an interface (receives ARP only, sends raw frames).
+pub fn open_arp(interface: &str, ifindex: u32) -> Result<OwnedFd, IoError> {
+    let fd = new_packet_socket(interface)?;
+    let raw = fd.as_raw_fd();
+    attach_filter(raw, &super::filter::arp_filter(), interface)?;
+    bind(raw, ifindex, ETH_P_ARP, interface)?;
+    Ok(fd)
+}
+
+/// Receive-ring counters since the previous call (the kernel resets them on every read, so
+/// exactly one reader — the control thread — may call this).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingStats {
+    pub packets: u64,
+    pub drops: u64,
+    pub freezes: u64,
+}
+
+pub fn take_ring_stats(fd: RawFd) -> std::io::Result<RingStats> {
+    let mut st = libc::tpacket_stats_v3 {
+        tp_packets: 0,
+        tp_drops: 0,
+        tp_freeze_q_cnt: 0,
+    };
+    let mut len = size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;
+    // SAFETY: `st` is large enough for either stats layout and `len` says how large it is.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut st as *mut libc::tpacket_stats_v3).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // tp_packets counts every frame the socket saw, drops included.
+    Ok(RingStats {
+        packets: u64::from(st.tp_packets),
+        drops: u64::from(st.tp_drops),
+        freezes: u64::from(st.tp_freeze_q_cnt),
+    })
+}
+
+/// Sends one frame on a socket bound to an interface (control-path use: ARP).
+pub fn send_frame(fd: RawFd, frame: &[u8]) -> std::io::Result<()> {
+    // SAFETY: `frame` is a live slice for the duration of the call.
+    let rc = unsafe { libc::send(fd, frame.as_ptr().cast(), frame.len(), libc::MSG_DONTWAIT) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one frame (control-path use: ARP). `Ok(None)` when nothing is waiting.
+pub fn recv_frame(fd: RawFd, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+    // SAFETY: `buf` is a live, writable slice of the given length.
+    let rc = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some(rc as usize))
+}
+
+/// Waits until any of `fds` is readable or `timeout_ms` passes. Returns false on timeout.
+pub fn wait_readable(fds: &mut [libc::pollfd], timeout_ms: i32) -> bool {
+    for p in fds.iter_mut() {
+        p.revents = 0;
+    }
+    // SAFETY: `fds` is a live, writable array of pollfd of the given length.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    rc > 0
+}

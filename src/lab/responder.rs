@@ -1,0 +1,260 @@
+//! Built-in test responders, run by the hidden `uvs lab-http` / `uvs lab-udp-echo`
+//! subcommands inside a lab namespace when nginx is not wanted or not installed.
+//!
+//! Both answer with the server's name (`<name>\n`) so a client can tell which real server a
+//! director picked.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+/// Idle keep-alive connections are dropped after this, so abandoned clients do not pin threads.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bounds on one request head, so a broken client cannot make us buffer without limit.
+const MAX_HEADER_LINES: usize = 100;
+const MAX_LINE: usize = 8 * 1024;
+
+/// Serves HTTP/1.x on 0.0.0.0:`port`, one thread per connection: every request gets
+/// `200 OK` with body `<name>\n`, keep-alive honoured (HTTP/1.1 default, `Connection: close`
+/// and HTTP/1.0 without `keep-alive` close after the reply). Runs until the process is killed.
+pub fn serve_http(name: &str, port: u16) -> Result<()> {
+    let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+        .with_context(|| format!("binding TCP port {port}"))?;
+    let body: std::sync::Arc<str> = format!("{name}\n").into();
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                let body = body.clone();
+                thread::spawn(move || {
+                    if let Err(e) = http_conn(stream, &body) {
+                        log::debug!("lab-http: connection: {e}");
+                    }
+                });
+            }
+            // Transient (EMFILE, ECONNABORTED): keep serving the rest.
+            Err(e) => {
+                log::warn!("lab-http: accept: {e}");
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn http_conn(stream: TcpStream, body: &str) -> io::Result<()> {
+    stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
+    let _ = stream.set_nodelay(true);
+    let mut w = stream.try_clone()?;
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if read_line(&mut r, &mut line)? == 0 {
+            return Ok(());
+        }
+        let request_line = line.trim_end().to_string();
+        if request_line.is_empty() {
+            // Stray CRLF between requests is allowed (RFC 9112 §2.2).
+            continue;
+        }
+        let mut parts = request_line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let version = parts.nth(1).unwrap_or("HTTP/1.0").to_string();
+        let mut keep_alive = version == "HTTP/1.1";
+        let mut content_length: u64 = 0;
+        let mut lines = 0;
+        loop {
+            line.clear();
+            if read_line(&mut r, &mut line)? == 0 {
+                return Ok(());
+            }
+            let h = line.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            lines += 1;
+            if lines > MAX_HEADER_LINES {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "too many headers",
+                ));
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                let (k, v) = (k.trim(), v.trim());
+                if k.eq_ignore_ascii_case("connection") {
+                    let v = v.to_ascii_lowercase();
+                    if v.contains("close") {
+                        keep_alive = false;
+                    } else if v.contains("keep-alive") {
+                        keep_alive = true;
+                    }
+                } else if k.eq_ignore_ascii_case("content-length") {
+                    content_length = v.parse().unwrap_or(0);
+                }
+            }
+        }
+        // Discard a request body so the next request on this connection parses cleanly.
+        io::copy(&mut (&mut r).take(content_length), &mut io::sink())?;
+        let conn = if keep_alive { "keep-alive" } else { "close" };
+        let mut resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+             Connection: {conn}\r\n\r\n",
+            body.len()
+        );
+        if method != "HEAD" {
+            resp.push_str(body);
+        }
+        w.write_all(resp.as_bytes())?;
+        if !keep_alive {
+            return Ok(());
+        }
+    }
+}
+
+fn read_line(r: &mut impl BufRead, line: &mut String) -> io::Result<usize> {
+    let n = r.take(MAX_LINE as u64).read_line(line)?;
+    if n == MAX_LINE && !line.ends_with('\n') {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
+    }
+    Ok(n)
+}
+
+/// Serves UDP on 0.0.0.0:`port`: every datagram gets `<name>\n` back. The reply leaves from
+/// the address the datagram was sent to (IP_PKTINFO): on a DR real server that is the VIP on
+/// `lo`, and a reply from the RS's own address would not match the client's socket.
+pub fn serve_udp(name: &str, port: u16) -> Result<()> {
+    let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+        .with_context(|| format!("binding UDP port {port}"))?;
+    let fd = sock.as_raw_fd();
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a live c_int and the length passed matches it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        bail!("setsockopt(IP_PKTINFO): {}", io::Error::last_os_error());
+    }
+    let reply = format!("{name}\n");
+    let mut buf = [0u8; 65536];
+    loop {
+        let (peer, local) = match recv_pktinfo(fd, &mut buf) {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("recvmsg"),
+        };
+        if let Err(e) = send_from(fd, reply.as_bytes(), peer, local) {
+            log::warn!("lab-udp-echo: reply to {peer}: {e}");
+        }
+    }
+}
+
+/// Control buffer big enough for one `in_pktinfo`, aligned for `cmsghdr`.
+#[repr(C, align(8))]
+struct CmsgBuf([u8; 64]);
+
+fn recv_pktinfo(
+    fd: libc::c_int,
+    buf: &mut [u8],
+) -> io::Result<(SocketAddrV4, Option<libc::in_pktinfo>)> {
+    // SAFETY: all-zero is a valid sockaddr_in / msghdr; the kernel fills them.
+    let mut peer: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut cbuf = CmsgBuf([0; 64]);
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut peer as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.0.as_mut_ptr().cast();
+    msg.msg_controllen = cbuf.0.len();
+    // SAFETY: every pointer in `msg` refers to a live local buffer with the stated length.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut info = None;
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel just filled, bounded by
+    // msg_controllen; the payload of an IP_PKTINFO cmsg is an in_pktinfo (read unaligned).
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_PKTINFO {
+                info = Some(std::ptr::read_unaligned(
+                    libc::CMSG_DATA(c).cast::<libc::in_pktinfo>(),
+                ));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let addr = SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(peer.sin_addr.s_addr)),
+        u16::from_be(peer.sin_port),
+    );
+    Ok((addr, info))
+}
+
+fn send_from(
+    fd: libc::c_int,
+    data: &[u8],
+    peer: SocketAddrV4,
+    local: Option<libc::in_pktinfo>,
+) -> io::Result<()> {
+    let mut dst = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: peer.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*peer.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let mut cbuf = CmsgBuf([0; 64]);
+    // SAFETY: all-zero is a valid msghdr.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut dst as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(pi) = local {
+        // Source address only; ifindex 0 lets routing pick the way out.
+        let pi = libc::in_pktinfo {
+            ipi_ifindex: 0,
+            ipi_spec_dst: pi.ipi_addr,
+            ipi_addr: libc::in_addr { s_addr: 0 },
+        };
+        // SAFETY: CMSG_SPACE of one in_pktinfo (32 bytes) fits the 64-byte aligned buffer; the
+        // header and payload are written through the CMSG_* pointers inside it.
+        unsafe {
+            msg.msg_control = cbuf.0.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::IPPROTO_IP;
+            (*c).cmsg_type = libc::IP_PKTINFO;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::in_pktinfo>(), pi);
+        }
+    }
+    // SAFETY: `msg` points at live locals (dst, iov→data, cbuf) for the duration of the call.
+    let n = unsafe { libc::sendmsg(fd, &msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

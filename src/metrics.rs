@@ -1,0 +1,218 @@
+//! Prometheus exposition on the control thread.
+//!
+//! IPVS figures use node_exporter's ipvs collector names and labels, so existing IPVS
+//! dashboards and alerts work unchanged. uvs's own figures live under `uvs_` with bounded
+//! label sets (drop reasons, worker numbers, interface names).
+//!
+//! A fresh recorder is filled from the summed counters on every scrape, so a deleted real
+//! server's series disappears with it; values are set with `absolute`/`set`, never counted
+//! here.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use metrics::{counter, gauge, with_local_recorder};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+/// One scrape's worth of figures, gathered by the control thread.
+#[derive(Clone, Debug, Default)]
+pub struct Figures {
+    pub ipvs: IpvsTotals,
+    pub backends: Vec<Backend>,
+    pub drops: Vec<(&'static str, u64)>,
+    pub arp_ignored: Vec<(&'static str, u64)>,
+    pub arp_answered: u64,
+    pub arp_requests_sent: u64,
+    pub arp_gratuitous_sent: u64,
+    pub arp_replies_learned: u64,
+    pub neighbors_resolved: u64,
+    pub neighbors_unresolved: u64,
+    pub workers: Vec<WorkerFigures>,
+    pub rings: Vec<RingFigures>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct IpvsTotals {
+    pub connections: u64,
+    pub in_packets: u64,
+    pub in_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Backend {
+    pub local_address: String,
+    pub local_port: u16,
+    pub remote_address: String,
+    pub remote_port: u16,
+    pub proto: &'static str,
+    pub active: u64,
+    pub inactive: u64,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct WorkerFigures {
+    pub rx_frames: u64,
+    pub forwarded: u64,
+    pub batches: u64,
+    pub busy_seconds: f64,
+    pub flows: u64,
+    pub evictions: u64,
+    pub tx_syscalls: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RingFigures {
+    pub interface: String,
+    pub packets: u64,
+    pub drops: u64,
+    pub freezes: u64,
+}
+
+/// Renders figures as Prometheus text.
+pub fn render(f: &Figures) -> String {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    with_local_recorder(&recorder, || {
+        counter!("node_ipvs_connections_total").absolute(f.ipvs.connections);
+        counter!("node_ipvs_incoming_packets_total").absolute(f.ipvs.in_packets);
+        counter!("node_ipvs_incoming_bytes_total").absolute(f.ipvs.in_bytes);
+        // Direct routing: replies never pass the director.
+        counter!("node_ipvs_outgoing_packets_total").absolute(0);
+        counter!("node_ipvs_outgoing_bytes_total").absolute(0);
+        for b in &f.backends {
+            let labels = [
+                ("local_address", b.local_address.clone()),
+                ("local_port", b.local_port.to_string()),
+                ("remote_address", b.remote_address.clone()),
+                ("remote_port", b.remote_port.to_string()),
+                ("proto", b.proto.to_string()),
+                ("local_mark", String::new()),
+            ];
+            gauge!("node_ipvs_backend_connections_active", &labels).set(b.active as f64);
+            gauge!("node_ipvs_backend_connections_inactive", &labels).set(b.inactive as f64);
+            gauge!("node_ipvs_backend_weight", &labels).set(f64::from(b.weight));
+        }
+        for (reason, v) in &f.drops {
+            counter!("uvs_drops_total", "reason" => *reason).absolute(*v);
+        }
+        for (reason, v) in &f.arp_ignored {
+            counter!("uvs_arp_ignored_total", "reason" => *reason).absolute(*v);
+        }
+        counter!("uvs_arp_requests_answered_total").absolute(f.arp_answered);
+        counter!("uvs_arp_requests_sent_total").absolute(f.arp_requests_sent);
+        counter!("uvs_arp_gratuitous_sent_total").absolute(f.arp_gratuitous_sent);
+        counter!("uvs_arp_replies_learned_total").absolute(f.arp_replies_learned);
+        gauge!("uvs_neighbors", "state" => "resolved").set(f.neighbors_resolved as f64);
+        gauge!("uvs_neighbors", "state" => "unresolved").set(f.neighbors_unresolved as f64);
+        for (i, w) in f.workers.iter().enumerate() {
+            let worker = i.to_string();
+            counter!("uvs_worker_rx_frames_total", "worker" => worker.clone())
+                .absolute(w.rx_frames);
+            counter!("uvs_worker_forwarded_total", "worker" => worker.clone())
+                .absolute(w.forwarded);
+            counter!("uvs_worker_batches_total", "worker" => worker.clone()).absolute(w.batches);
+            counter!("uvs_worker_tx_syscalls_total", "worker" => worker.clone())
+                .absolute(w.tx_syscalls);
+            gauge!("uvs_worker_busy_seconds_total", "worker" => worker.clone()).set(w.busy_seconds);
+            gauge!("uvs_worker_flows", "worker" => worker.clone()).set(w.flows as f64);
+            counter!("uvs_flow_evictions_total", "worker" => worker).absolute(w.evictions);
+        }
+        for r in &f.rings {
+            let i = r.interface.clone();
+            counter!("uvs_ring_packets_total", "interface" => i.clone()).absolute(r.packets);
+            counter!("uvs_ring_drops_total", "interface" => i.clone()).absolute(r.drops);
+            counter!("uvs_ring_freezes_total", "interface" => i).absolute(r.freezes);
+        }
+    });
+    handle.render()
+}
+
+/// A minimal HTTP endpoint served from the control loop (no extra thread, no async runtime).
+pub struct Endpoint {
+    listener: TcpListener,
+}
+
+impl Endpoint {
+    pub fn bind(addr: SocketAddr) -> std::io::Result<Endpoint> {
+        let listener = TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        Ok(Endpoint { listener })
+    }
+
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.listener)
+    }
+
+    /// Answers every pending connection with the text `figures` renders.
+    pub fn serve_pending(&self, figures: &mut dyn FnMut() -> String) {
+        while let Ok((mut stream, _)) = self.listener.accept() {
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(500)));
+            let mut req = [0u8; 1024];
+            let n = stream.read(&mut req).unwrap_or(0);
+            let head = String::from_utf8_lossy(&req[..n]);
+            let response = if head.starts_with("GET /metrics") || head.starts_with("GET / ") {
+                let body = figures();
+                format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                    body.len(),
+                    body
+                )
+            } else {
+                "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
+            };
+            let _ = stream.write_all(response.as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_exporter_names_and_labels() {
+        let f = Figures {
+            ipvs: IpvsTotals {
+                connections: 7,
+                in_packets: 70,
+                in_bytes: 7000,
+            },
+            backends: vec![Backend {
+                local_address: "10.0.0.100".into(),
+                local_port: 80,
+                remote_address: "10.0.0.11".into(),
+                remote_port: 80,
+                proto: "TCP",
+                active: 2,
+                inactive: 3,
+                weight: 1,
+            }],
+            drops: vec![("fragment", 4)],
+            ..Figures::default()
+        };
+        let text = render(&f);
+        assert!(text.contains("node_ipvs_connections_total 7"), "{text}");
+        assert!(text.contains("node_ipvs_outgoing_packets_total 0"));
+        assert!(text.contains("uvs_drops_total{reason=\"fragment\"} 4"));
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("node_ipvs_backend_connections_active{"))
+            .expect("backend series");
+        for l in [
+            "local_address=\"10.0.0.100\"",
+            "local_port=\"80\"",
+            "remote_address=\"10.0.0.11\"",
+            "remote_port=\"80\"",
+            "proto=\"TCP\"",
+            "local_mark=\"\"",
+        ] {
+            assert!(line.contains(l), "{line}");
+        }
+        assert!(line.ends_with(" 2"));
+    }
+}

@@ -1,0 +1,501 @@
+//! Validated, owned control-plane types: what ipvsadm talks about.
+//!
+//! Nothing here knows about packets, rings or threads. The control thread owns one
+//! [`ServiceTable`]; every change goes through its methods, which either apply the whole
+//! change or return a [`ModelError`] and leave the table as it was.
+//!
+//! Invariant: a [`RealId`] is stable for the life of a real server and never reused while the
+//! daemon runs, so a flow-table entry that names a deleted real can never be mistaken for a
+//! new one. `0` is never a valid id (`RealId` wraps a `NonZeroU32`, so `Option<RealId>` is free).
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::num::NonZeroU32;
+
+/// Transport protocol of a virtual service (`-t` / `-u` in ipvsadm).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// IANA protocol number, as it appears in the IPv4 header.
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+
+    pub const fn from_number(n: u8) -> Option<Protocol> {
+        match n {
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+
+    /// Name as ipvsadm prints it (`TCP`, `UDP`).
+    pub const fn ipvsadm_name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+}
+
+/// A virtual service: protocol, VIP and port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub proto: Protocol,
+    pub vip: Ipv4Addr,
+    pub port: u16,
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}:{}",
+            self.proto.ipvsadm_name(),
+            self.vip,
+            self.port
+        )
+    }
+}
+
+/// Scheduler names exactly as `ipvsadm -s` spells them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SchedulerKind {
+    Rr,
+    Wrr,
+    Lc,
+    Wlc,
+    Lblc,
+    Lblcr,
+    Dh,
+    Sh,
+    Sed,
+    Nq,
+    Fo,
+    Ovf,
+    Mh,
+    Twos,
+}
+
+impl SchedulerKind {
+    pub const ALL: [SchedulerKind; 14] = [
+        SchedulerKind::Rr,
+        SchedulerKind::Wrr,
+        SchedulerKind::Lc,
+        SchedulerKind::Wlc,
+        SchedulerKind::Lblc,
+        SchedulerKind::Lblcr,
+        SchedulerKind::Dh,
+        SchedulerKind::Sh,
+        SchedulerKind::Sed,
+        SchedulerKind::Nq,
+        SchedulerKind::Fo,
+        SchedulerKind::Ovf,
+        SchedulerKind::Mh,
+        SchedulerKind::Twos,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            SchedulerKind::Rr => "rr",
+            SchedulerKind::Wrr => "wrr",
+            SchedulerKind::Lc => "lc",
+            SchedulerKind::Wlc => "wlc",
+            SchedulerKind::Lblc => "lblc",
+            SchedulerKind::Lblcr => "lblcr",
+            SchedulerKind::Dh => "dh",
+            SchedulerKind::Sh => "sh",
+            SchedulerKind::Sed => "sed",
+            SchedulerKind::Nq => "nq",
+            SchedulerKind::Fo => "fo",
+            SchedulerKind::Ovf => "ovf",
+            SchedulerKind::Mh => "mh",
+            SchedulerKind::Twos => "twos",
+        }
+    }
+
+    /// Parses an ipvsadm scheduler name. Unknown names are an error that lists the known ones.
+    pub fn parse(name: &str) -> Result<SchedulerKind, ModelError> {
+        SchedulerKind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| ModelError::UnknownScheduler(name.to_string()))
+    }
+
+    /// Whether the datapath implements this scheduler yet. The others are recognised (so a
+    /// rules file naming them gets a precise message) but refused until they exist.
+    pub const fn is_implemented(self) -> bool {
+        matches!(self, SchedulerKind::Rr | SchedulerKind::Wrr)
+    }
+}
+
+impl fmt::Display for SchedulerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Forwarding method of a real server. Only direct routing (`-g`, "Route") exists so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ForwardMethod {
+    Route,
+}
+
+/// Stable identity of a real server inside one daemon's lifetime (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RealId(pub NonZeroU32);
+
+impl RealId {
+    pub fn index(self) -> usize {
+        self.0.get() as usize
+    }
+}
+
+/// Largest weight ipvsadm accepts (`-w 0..65535`).
+pub const MAX_WEIGHT: u32 = 65535;
+
+/// A real server as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RealServer {
+    pub id: RealId,
+    pub addr: Ipv4Addr,
+    /// For direct routing this is always the service port: ipvsadm forces it
+    /// ("The destination port must be equal to service port … DROUTE"), because DR never
+    /// rewrites the packet above layer 2, so a different port could never be honoured.
+    pub port: u16,
+    pub weight: u32,
+    pub forward: ForwardMethod,
+    /// `-x`: 0 = no upper connection threshold.
+    pub upper_threshold: u32,
+    /// `-y`: 0 = no lower connection threshold.
+    pub lower_threshold: u32,
+}
+
+/// A virtual service with its real servers, in the order they were added (IPVS's tie-break
+/// order: "ties go to the earliest destination in the service's list").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtualService {
+    pub key: ServiceKey,
+    pub scheduler: SchedulerKind,
+    /// `-p [timeout]` in seconds; `None` = not persistent.
+    pub persistence_timeout: Option<u32>,
+    /// `-M`: persistence granularity netmask.
+    pub persistence_netmask: Ipv4Addr,
+    pub reals: Vec<RealServer>,
+}
+
+/// What an operator asks for when adding or editing a real server (no id yet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RealSpec {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+    pub forward: ForwardMethod,
+    pub upper_threshold: u32,
+    pub lower_threshold: u32,
+}
+
+impl RealSpec {
+    /// A direct-routing real with ipvsadm's defaults (`-g -w 1`, no thresholds).
+    pub fn route(addr: Ipv4Addr, port: u16) -> RealSpec {
+        RealSpec {
+            addr,
+            port,
+            weight: 1,
+            forward: ForwardMethod::Route,
+            upper_threshold: 0,
+            lower_threshold: 0,
+        }
+    }
+}
+
+/// What an operator asks for when adding or editing a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub key: ServiceKey,
+    pub scheduler: SchedulerKind,
+    pub persistence_timeout: Option<u32>,
+    pub persistence_netmask: Ipv4Addr,
+}
+
+impl ServiceSpec {
+    pub fn new(key: ServiceKey, scheduler: SchedulerKind) -> ServiceSpec {
+        ServiceSpec {
+            key,
+            scheduler,
+            persistence_timeout: None,
+            persistence_netmask: Ipv4Addr::BROADCAST,
+        }
+    }
+}
+
+/// Why a change to the service table was refused. Messages follow ipvsadm's wording where
+/// ipvsadm has one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("Service already exists")]
+    ServiceExists(ServiceKey),
+    #[error("Service not defined")]
+    NoService(ServiceKey),
+    #[error("Destination already exists")]
+    RealExists(ServiceKey, Ipv4Addr, u16),
+    #[error("No such destination")]
+    NoReal(ServiceKey, Ipv4Addr, u16),
+    #[error(
+        "Scheduler not found: '{0}' (known: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos)"
+    )]
+    UnknownScheduler(String),
+    #[error("scheduler '{0}' is not supported yet (implemented: rr, wrr)")]
+    SchedulerNotImplemented(SchedulerKind),
+    #[error("weight {0} is out of range 0..65535")]
+    WeightOutOfRange(u64),
+    #[error("port 0 is not supported for a TCP/UDP service yet")]
+    ZeroPort(ServiceKey),
+    #[error("too many real servers (limit {0})")]
+    TooManyReals(usize),
+}
+
+/// Upper bound on real servers alive at once; sizes the neighbour (MAC) slot array that workers
+/// read without locks.
+pub const MAX_REALS: usize = 4096;
+
+/// The whole configured state: services in the order they were added.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceTable {
+    services: Vec<VirtualService>,
+    next_real_id: u32,
+}
+
+impl ServiceTable {
+    pub fn new() -> ServiceTable {
+        ServiceTable::default()
+    }
+
+    pub fn services(&self) -> &[VirtualService] {
+        &self.services
+    }
+
+    pub fn service(&self, key: &ServiceKey) -> Option<&VirtualService> {
+        self.services.iter().find(|s| s.key == *key)
+    }
+
+    fn service_mut(&mut self, key: &ServiceKey) -> Result<&mut VirtualService, ModelError> {
+        self.services
+            .iter_mut()
+            .find(|s| s.key == *key)
+            .ok_or(ModelError::NoService(*key))
+    }
+
+    /// Every real server of every service, with its service.
+    pub fn reals(&self) -> impl Iterator<Item = (&VirtualService, &RealServer)> {
+        self.services
+            .iter()
+            .flat_map(|s| s.reals.iter().map(move |r| (s, r)))
+    }
+
+    pub fn add_service(&mut self, spec: ServiceSpec) -> Result<(), ModelError> {
+        if self.service(&spec.key).is_some() {
+            return Err(ModelError::ServiceExists(spec.key));
+        }
+        if spec.key.port == 0 {
+            return Err(ModelError::ZeroPort(spec.key));
+        }
+        if !spec.scheduler.is_implemented() {
+            return Err(ModelError::SchedulerNotImplemented(spec.scheduler));
+        }
+        self.services.push(VirtualService {
+            key: spec.key,
+            scheduler: spec.scheduler,
+            persistence_timeout: spec.persistence_timeout,
+            persistence_netmask: spec.persistence_netmask,
+            reals: Vec::new(),
+        });
+        Ok(())
+    }
+
+    pub fn edit_service(&mut self, spec: ServiceSpec) -> Result<(), ModelError> {
+        if !spec.scheduler.is_implemented() {
+            return Err(ModelError::SchedulerNotImplemented(spec.scheduler));
+        }
+        let svc = self.service_mut(&spec.key)?;
+        svc.scheduler = spec.scheduler;
+        svc.persistence_timeout = spec.persistence_timeout;
+        svc.persistence_netmask = spec.persistence_netmask;
+        Ok(())
+    }
+
+    pub fn delete_service(&mut self, key: &ServiceKey) -> Result<(), ModelError> {
+        let before = self.services.len();
+        self.services.retain(|s| s.key != *key);
+        if self.services.len() == before {
+            return Err(ModelError::NoService(*key));
+        }
+        Ok(())
+    }
+
+    /// Adds a real server. For direct routing the port is forced to the service port, as
+    /// ipvsadm does (see [`RealServer::port`]).
+    pub fn add_real(&mut self, key: &ServiceKey, spec: RealSpec) -> Result<RealId, ModelError> {
+        if spec.weight > MAX_WEIGHT {
+            return Err(ModelError::WeightOutOfRange(u64::from(spec.weight)));
+        }
+        let live = self.reals().count();
+        if live >= MAX_REALS - 1 {
+            return Err(ModelError::TooManyReals(MAX_REALS - 1));
+        }
+        let next = self.next_real_id.checked_add(1);
+        let svc = self.service_mut(key)?;
+        let port = match spec.forward {
+            ForwardMethod::Route => svc.key.port,
+        };
+        if svc
+            .reals
+            .iter()
+            .any(|r| r.addr == spec.addr && r.port == port)
+        {
+            return Err(ModelError::RealExists(*key, spec.addr, port));
+        }
+        let id = next
+            .and_then(NonZeroU32::new)
+            .map(RealId)
+            .ok_or(ModelError::TooManyReals(MAX_REALS - 1))?;
+        svc.reals.push(RealServer {
+            id,
+            addr: spec.addr,
+            port,
+            weight: spec.weight,
+            forward: spec.forward,
+            upper_threshold: spec.upper_threshold,
+            lower_threshold: spec.lower_threshold,
+        });
+        self.next_real_id = id.0.get();
+        Ok(id)
+    }
+
+    pub fn edit_real(&mut self, key: &ServiceKey, spec: RealSpec) -> Result<(), ModelError> {
+        if spec.weight > MAX_WEIGHT {
+            return Err(ModelError::WeightOutOfRange(u64::from(spec.weight)));
+        }
+        let svc = self.service_mut(key)?;
+        let port = svc.key.port;
+        let real = svc
+            .reals
+            .iter_mut()
+            .find(|r| r.addr == spec.addr && r.port == port)
+            .ok_or(ModelError::NoReal(*key, spec.addr, port))?;
+        real.weight = spec.weight;
+        real.upper_threshold = spec.upper_threshold;
+        real.lower_threshold = spec.lower_threshold;
+        Ok(())
+    }
+
+    pub fn delete_real(
+        &mut self,
+        key: &ServiceKey,
+        addr: Ipv4Addr,
+        port: u16,
+    ) -> Result<(), ModelError> {
+        let svc = self.service_mut(key)?;
+        let port = if port == 0 { svc.key.port } else { port };
+        let before = svc.reals.len();
+        svc.reals.retain(|r| !(r.addr == addr && r.port == port));
+        if svc.reals.len() == before {
+            return Err(ModelError::NoReal(*key, addr, port));
+        }
+        Ok(())
+    }
+
+    /// Distinct VIPs, in first-seen order.
+    pub fn vips(&self) -> Vec<Ipv4Addr> {
+        let mut vips: Vec<Ipv4Addr> = Vec::new();
+        for s in &self.services {
+            if !vips.contains(&s.key.vip) {
+                vips.push(s.key.vip);
+            }
+        }
+        vips
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16) -> ServiceKey {
+        ServiceKey {
+            proto: Protocol::Tcp,
+            vip: Ipv4Addr::new(10, 0, 0, 100),
+            port,
+        }
+    }
+
+    #[test]
+    fn dr_real_port_is_forced_to_the_service_port_like_ipvsadm() {
+        let mut t = ServiceTable::new();
+        t.add_service(ServiceSpec::new(key(80), SchedulerKind::Rr))
+            .unwrap();
+        t.add_real(&key(80), RealSpec::route(Ipv4Addr::new(10, 0, 0, 11), 8080))
+            .unwrap();
+        assert_eq!(t.service(&key(80)).unwrap().reals[0].port, 80);
+    }
+
+    #[test]
+    fn refused_changes_leave_the_table_unchanged() {
+        let mut t = ServiceTable::new();
+        t.add_service(ServiceSpec::new(key(80), SchedulerKind::Rr))
+            .unwrap();
+        t.add_real(&key(80), RealSpec::route(Ipv4Addr::new(10, 0, 0, 11), 80))
+            .unwrap();
+        let before = t.clone();
+        assert_eq!(
+            t.add_service(ServiceSpec::new(key(80), SchedulerKind::Rr)),
+            Err(ModelError::ServiceExists(key(80)))
+        );
+        assert!(matches!(
+            t.add_real(&key(80), RealSpec::route(Ipv4Addr::new(10, 0, 0, 11), 80)),
+            Err(ModelError::RealExists(..))
+        ));
+        let mut heavy = RealSpec::route(Ipv4Addr::new(10, 0, 0, 12), 80);
+        heavy.weight = 70000;
+        assert_eq!(
+            t.add_real(&key(80), heavy),
+            Err(ModelError::WeightOutOfRange(70000))
+        );
+        assert_eq!(
+            t.add_service(ServiceSpec::new(key(81), SchedulerKind::Wlc)),
+            Err(ModelError::SchedulerNotImplemented(SchedulerKind::Wlc))
+        );
+        assert_eq!(t, before);
+    }
+
+    #[test]
+    fn real_ids_are_never_reused_after_delete() {
+        let mut t = ServiceTable::new();
+        t.add_service(ServiceSpec::new(key(80), SchedulerKind::Rr))
+            .unwrap();
+        let a = t
+            .add_real(&key(80), RealSpec::route(Ipv4Addr::new(10, 0, 0, 11), 80))
+            .unwrap();
+        t.delete_real(&key(80), Ipv4Addr::new(10, 0, 0, 11), 80)
+            .unwrap();
+        let b = t
+            .add_real(&key(80), RealSpec::route(Ipv4Addr::new(10, 0, 0, 11), 80))
+            .unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn scheduler_names_round_trip() {
+        for k in SchedulerKind::ALL {
+            assert_eq!(SchedulerKind::parse(k.name()), Ok(k));
+        }
+        assert!(SchedulerKind::parse("roundrobin").is_err());
+    }
+}

@@ -1,0 +1,83 @@
+//! `rr`: the next usable destination after the last one chosen, circularly
+//! (ip_vs_rr.c: weight-0 and overloaded destinations are skipped).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::{Schedule, usable};
+use crate::datapath::flow_table::FlowKey;
+use crate::snapshot::RealEntry;
+
+/// Position of the last destination chosen; `u32::MAX` = none yet (the list head).
+#[derive(Debug)]
+pub struct RoundRobin {
+    last: AtomicU32,
+}
+
+impl RoundRobin {
+    pub fn new() -> RoundRobin {
+        RoundRobin {
+            last: AtomicU32::new(u32::MAX),
+        }
+    }
+}
+
+impl Default for RoundRobin {
+    fn default() -> Self {
+        RoundRobin::new()
+    }
+}
+
+fn next_after(last: u32, reals: &[RealEntry]) -> Option<usize> {
+    let n = reals.len();
+    let start = if last == u32::MAX {
+        0
+    } else {
+        last as usize + 1
+    };
+    (0..n).map(|i| (start + i) % n).find(|&i| usable(&reals[i]))
+}
+
+impl Schedule for RoundRobin {
+    fn pick(&self, reals: &[RealEntry], _flow: &FlowKey) -> Option<usize> {
+        let mut chosen = None;
+        // CAS so that concurrent workers each take the next one in turn.
+        let _ = self
+            .last
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                chosen = next_after(last, reals);
+                chosen.map(|i| i as u32)
+            });
+        chosen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::tests::reals_with_weights;
+
+    fn key() -> FlowKey {
+        FlowKey {
+            saddr: 1,
+            daddr: 2,
+            sport: 3,
+            dport: 80,
+            proto: 6,
+        }
+    }
+
+    #[test]
+    fn cycles_in_order_and_skips_weight_zero() {
+        let reals = reals_with_weights(&[1, 0, 5]);
+        let rr = RoundRobin::new();
+        let seq: Vec<usize> = (0..6).map(|_| rr.pick(&reals, &key()).unwrap()).collect();
+        assert_eq!(seq, [0, 2, 0, 2, 0, 2]);
+    }
+
+    #[test]
+    fn nothing_usable() {
+        let rr = RoundRobin::new();
+        assert_eq!(rr.pick(&reals_with_weights(&[0, 0]), &key()), None);
+        assert_eq!(rr.pick(&[], &key()), None);
+    }
+}
