@@ -8,7 +8,6 @@ use super::filter::Insn;
 use super::{IoError, sys_err};
 
 const ETH_P_ALL: u16 = 0x0003;
-const ETH_P_ARP: u16 = 0x0806;
 
 /// Looks up an interface index by name.
 pub fn if_index(name: &str) -> Result<u32, IoError> {
@@ -179,11 +178,25 @@ pub fn open_tx(interface: &str, ifindex: u32) -> Result<OwnedFd, IoError> {
 }
 
 /// Opens the control thread's ARP socket on an interface (receives ARP only, sends raw frames).
+///
+/// Bound with `ETH_P_ALL` and an ARP-only filter rather than `ETH_P_ARP`: only `ETH_P_ALL`
+/// taps run before the netdev ingress hook, and uvs's own nftables table drops ARP requests for
+/// the VIPs there (so the director's kernel never answers them); an `ETH_P_ARP` socket would
+/// never see those requests either.
 pub fn open_arp(interface: &str, ifindex: u32) -> Result<OwnedFd, IoError> {
     let fd = new_packet_socket(interface)?;
     let raw = fd.as_raw_fd();
+    let one: libc::c_int = 1;
     attach_filter(raw, &super::filter::arp_filter(), interface)?;
-    bind(raw, ifindex, ETH_P_ARP, interface)?;
+    set_opt(
+        raw,
+        libc::SOL_PACKET,
+        libc::PACKET_IGNORE_OUTGOING,
+        &one,
+        "PACKET_IGNORE_OUTGOING",
+        interface,
+    )?;
+    bind(raw, ifindex, ETH_P_ALL, interface)?;
     Ok(fd)
 }
 
