@@ -145,8 +145,17 @@ pub fn open_rx<R>(
     bind(raw, plan.ifindex, ETH_P_ALL, plan.interface)?;
     // Hash mode: every packet of a flow reaches the same worker, so flow tables are per worker
     // and lock-free. DEFRAG makes the kernel hash fragments of one datagram alike.
+    //
+    // IGNORE_OUTGOING must be given here as well: once a socket joins a fanout group the
+    // kernel registers the group's packet hook instead of the socket's, and the group takes
+    // its ignore-outgoing bit from this flag only (fanout_add), so the socket option above
+    // alone silently stops working and every transmitted frame comes back to be forwarded
+    // again until its TTL runs out.
     let fanout: libc::c_int = libc::c_int::from(plan.fanout_group)
-        | ((libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_DEFRAG) as libc::c_int) << 16;
+        | ((libc::PACKET_FANOUT_HASH
+            | libc::PACKET_FANOUT_FLAG_DEFRAG
+            | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING) as libc::c_int)
+            << 16;
     set_opt(
         raw,
         libc::SOL_PACKET,
