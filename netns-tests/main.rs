@@ -1,1 +1,13 @@
+//! Network-namespace integration tests: real namespaces, veths, nginx/curl/tcpdump, and the
+//! `uvs` binary as a user runs it. They need root (CAP_NET_ADMIN, CAP_SYS_ADMIN). Without it
+//! they print "skipping" and pass, except under `CI=true`, where they fail.
+//!
+//! Tests take a global lock (see `common::setup`): on a 2-core machine, several labs with a
+//! director each would compete for CPU and make timing-sensitive checks flaky.
 
+mod common;
+mod demo;
+mod dr_basic;
+mod malformed;
+mod offloads;
+mod two_arm;

@@ -57,6 +57,14 @@ enum Command {
         #[arg(long, default_value_t = 53)]
         port: u16,
     },
+    /// Sends raw frames (file of u16-BE length + bytes records) on an interface; for tests.
+    #[command(hide = true)]
+    LabSendFrames {
+        #[arg(long)]
+        interface: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 fn parse_metrics(s: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
@@ -91,6 +99,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo => uvs::lab::demo::run(&std::env::current_exe()?),
         Command::LabHttp { name, port } => uvs::lab::responder::serve_http(&name, port),
         Command::LabUdpEcho { name, port } => uvs::lab::responder::serve_udp(&name, port),
+        Command::LabSendFrames { interface, file } => {
+            let r = uvs::lab::inject::send_frames(&interface, &file)?;
+            println!("sent {} frames, {} too short to send", r.sent, r.too_short);
+            Ok(())
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! process group) recorded at spawn time.
 
 pub mod demo;
+pub mod inject;
 pub mod responder;
 mod topology;
 
@@ -28,7 +29,7 @@ use anyhow::{Context, Result, anyhow, bail};
 pub mod addr {
     use std::net::Ipv4Addr;
 
-    /// The virtual IP served by the director (both topologies use the LAN-side form below).
+    /// The virtual IP of the DR lab.
     pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 
     /// DR lab ("the seeds' lab"): client side.
@@ -42,14 +43,21 @@ pub mod addr {
     pub const CLIENT_PREFIX_LEN: u8 = 24;
     pub const LAN_PREFIX_LEN: u8 = 24;
 
-    /// Two-arm lab (the kernel's IPVS DR selftest shape).
+    /// Two-arm lab (the kernel's IPVS DR selftest shape and addresses, except the VIP: the
+    /// selftest's is a public address, this one is private).
     pub mod two_arm {
         use std::net::Ipv4Addr;
-        pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
-        pub const DIRECTOR_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
-        pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 100);
-        pub const DIRECTOR_RS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
-        pub const RS1: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+        /// On the client's bridge `br0`.
+        pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+        /// Director `veth10` (the selftest's gateway address, `gip`).
+        pub const DIRECTOR_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+        /// Director `veth12` (`dip`).
+        pub const DIRECTOR_RS: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 1);
+        /// rs1 `veth21`, the real server address (`rip`).
+        pub const RS1: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 2);
+        /// rs1 `veth20` on the client's segment (`sip`): the way its replies go back.
+        pub const RS1_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
+        pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 110);
     }
 
     /// Host numbers used in MACs: equal to the host's last address octet where it has one on
@@ -108,7 +116,7 @@ impl Default for LabOptions {
 pub enum Topology {
     /// client → router → bridge with director, rs1, rs2 (director one-armed).
     Dr,
-    /// client → director → rs1 (director two-armed, like the kernel selftest).
+    /// client → director → rs1, rs1 answering straight back (the kernel IPVS DR selftest).
     TwoArm,
 }
 
@@ -344,19 +352,49 @@ impl Lab {
         prefer_nginx: bool,
         uvs_exe: &Path,
     ) -> Result<u32> {
-        let pid = match nginx_path() {
-            Some(nginx) if prefer_nginx => self.start_nginx(host, name, &nginx)?,
-            _ => {
-                let log = self.dir.join(format!("{host}-http.log"));
-                let exe = path_str(uvs_exe)?;
-                self.spawn(
-                    host,
-                    &[exe, "lab-http", "--name", name, "--port", "80"],
-                    &log,
-                )?
+        match nginx_path() {
+            Some(nginx) if prefer_nginx => {
+                let pid = self.start_nginx(host, name, &nginx)?;
+                self.wait_http(host, name, 80, pid)?;
+                Ok(pid)
             }
-        };
-        let url = "http://127.0.0.1:80/";
+            _ => self.start_builtin_http(host, name, 80, uvs_exe),
+        }
+    }
+
+    /// Whether [`Lab::start_http`] with `prefer_nginx` would run nginx.
+    pub fn nginx_installed() -> bool {
+        nginx_path().is_some()
+    }
+
+    /// Starts the built-in `uvs lab-http --name NAME --port PORT` in `host` (GET answers
+    /// `<name>\n`, POST `<name> bytes=<N> fnv=<H>\n`, see [`responder`]); returns once it
+    /// answers.
+    pub fn start_builtin_http(
+        &mut self,
+        host: &str,
+        name: &str,
+        port: u16,
+        uvs_exe: &Path,
+    ) -> Result<u32> {
+        let log = self.dir.join(if port == 80 {
+            format!("{host}-http.log")
+        } else {
+            format!("{host}-http{port}.log")
+        });
+        let exe = path_str(uvs_exe)?;
+        let port_s = port.to_string();
+        let pid = self.spawn(
+            host,
+            &[exe, "lab-http", "--name", name, "--port", &port_s],
+            &log,
+        )?;
+        self.wait_http(host, name, port, pid)?;
+        Ok(pid)
+    }
+
+    fn wait_http(&mut self, host: &str, name: &str, port: u16, pid: u32) -> Result<()> {
+        let url = format!("http://127.0.0.1:{port}/");
         let want = format!("{name}\n");
         for _ in 0..100 {
             if !self.is_running(pid) {
@@ -367,15 +405,15 @@ impl Lab {
             }
             let out = self.exec(
                 host,
-                &["curl", "-s", "--max-time", "1", "--noproxy", "*", url],
+                &["curl", "-s", "--max-time", "1", "--noproxy", "*", &url],
             )?;
             if out.status.success() && out.stdout == want.as_bytes() {
-                return Ok(pid);
+                return Ok(());
             }
             thread::sleep(Duration::from_millis(50));
         }
         bail!(
-            "HTTP responder in {host} did not answer within 5 s:\n{}",
+            "HTTP responder in {host} did not answer on port {port} within 5 s:\n{}",
             self.logs_tail(host)
         )
     }
@@ -502,6 +540,11 @@ http {{
             ready.display(),
             tail(log, 30)
         )
+    }
+
+    /// Sets sysctls in `host`'s namespace (`key=value` pairs, must all exist).
+    pub fn set_sysctls(&self, host: &str, kv: &[(&str, &str)]) -> Result<()> {
+        self.sysctl(host, kv, false)
     }
 
     /// `curl -sS --max-time 5 [extra] URL` from `host`; returns the body.

@@ -2,7 +2,9 @@
 //! subcommands inside a lab namespace when nginx is not wanted or not installed.
 //!
 //! Both answer with the server's name (`<name>\n`) so a client can tell which real server a
-//! director picked.
+//! director picked. An HTTP `POST` is answered with `<name> bytes=<N> fnv=<H>\n`: the body's
+//! length and its FNV-1a 64-bit hash (16 hex digits), so a test can check an upload arrived
+//! intact through the director.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -19,18 +21,19 @@ const MAX_HEADER_LINES: usize = 100;
 const MAX_LINE: usize = 8 * 1024;
 
 /// Serves HTTP/1.x on 0.0.0.0:`port`, one thread per connection: every request gets
-/// `200 OK` with body `<name>\n`, keep-alive honoured (HTTP/1.1 default, `Connection: close`
+/// `200 OK` with body `<name>\n` (a `POST`: `<name> bytes=<N> fnv=<H>\n`, see [`fnv1a64`]),
+/// `Expect: 100-continue` answered, keep-alive honoured (HTTP/1.1 default, `Connection: close`
 /// and HTTP/1.0 without `keep-alive` close after the reply). Runs until the process is killed.
 pub fn serve_http(name: &str, port: u16) -> Result<()> {
     let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
         .with_context(|| format!("binding TCP port {port}"))?;
-    let body: std::sync::Arc<str> = format!("{name}\n").into();
+    let name: std::sync::Arc<str> = name.into();
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
-                let body = body.clone();
+                let name = name.clone();
                 thread::spawn(move || {
-                    if let Err(e) = http_conn(stream, &body) {
+                    if let Err(e) = http_conn(stream, &name) {
                         log::debug!("lab-http: connection: {e}");
                     }
                 });
@@ -45,7 +48,62 @@ pub fn serve_http(name: &str, port: u16) -> Result<()> {
     Ok(())
 }
 
-fn http_conn(stream: TcpStream, body: &str) -> io::Result<()> {
+/// FNV-1a, 64-bit: state for hashing a stream in pieces.
+#[derive(Clone, Copy, Debug)]
+pub struct Fnv1a64(u64);
+
+impl Default for Fnv1a64 {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a64 {
+    pub fn update(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    pub fn finish(self) -> u64 {
+        self.0
+    }
+}
+
+/// FNV-1a 64-bit hash of `data`.
+pub fn fnv1a64(data: &[u8]) -> u64 {
+    let mut h = Fnv1a64::default();
+    h.update(data);
+    h.finish()
+}
+
+/// Reads exactly `len` bytes of a request body; returns how many arrived and their hash.
+fn hash_body(r: &mut impl Read, len: u64) -> io::Result<(u64, u64)> {
+    let mut h = Fnv1a64::default();
+    let mut n = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut rest = r.take(len);
+    loop {
+        let k = match rest.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    if n < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("request body: {n} of {len} bytes"),
+        ));
+    }
+    Ok((n, h.finish()))
+}
+
+fn http_conn(stream: TcpStream, name: &str) -> io::Result<()> {
     stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
     let _ = stream.set_nodelay(true);
     let mut w = stream.try_clone()?;
@@ -66,6 +124,7 @@ fn http_conn(stream: TcpStream, body: &str) -> io::Result<()> {
         let version = parts.nth(1).unwrap_or("HTTP/1.0").to_string();
         let mut keep_alive = version == "HTTP/1.1";
         let mut content_length: u64 = 0;
+        let mut expect_continue = false;
         let mut lines = 0;
         loop {
             line.clear();
@@ -94,11 +153,22 @@ fn http_conn(stream: TcpStream, body: &str) -> io::Result<()> {
                     }
                 } else if k.eq_ignore_ascii_case("content-length") {
                     content_length = v.parse().unwrap_or(0);
+                } else if k.eq_ignore_ascii_case("expect") {
+                    expect_continue = v.eq_ignore_ascii_case("100-continue");
                 }
             }
         }
-        // Discard a request body so the next request on this connection parses cleanly.
-        io::copy(&mut (&mut r).take(content_length), &mut io::sink())?;
+        if expect_continue && content_length > 0 {
+            w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+        let body = if method == "POST" {
+            let (n, h) = hash_body(&mut r, content_length)?;
+            format!("{name} bytes={n} fnv={h:016x}\n")
+        } else {
+            // Discard a request body so the next request on this connection parses cleanly.
+            io::copy(&mut (&mut r).take(content_length), &mut io::sink())?;
+            format!("{name}\n")
+        };
         let conn = if keep_alive { "keep-alive" } else { "close" };
         let mut resp = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
@@ -106,7 +176,7 @@ fn http_conn(stream: TcpStream, body: &str) -> io::Result<()> {
             body.len()
         );
         if method != "HEAD" {
-            resp.push_str(body);
+            resp.push_str(&body);
         }
         w.write_all(resp.as_bytes())?;
         if !keep_alive {
@@ -257,4 +327,20 @@ fn send_from(
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a64_known_vectors() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+        let mut h = Fnv1a64::default();
+        h.update(b"foo");
+        h.update(b"bar");
+        assert_eq!(h.finish(), fnv1a64(b"foobar"));
+    }
 }

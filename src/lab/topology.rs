@@ -16,14 +16,21 @@
 //! bypass the director). The VIP is on no interface of the director: answering ARP for it is
 //! uvs's job.
 //!
-//! Two-arm lab (the shape of the kernel's IPVS DR selftest), namespaces `<p>client <p>dir <p>rs1`:
+//! Two-arm lab (the shape of the kernel's IPVS DR selftest, `ipvs.sh` `test_dr`), namespaces
+//! `<p>client <p>dir <p>rs1`:
 //!
 //! ```text
-//!  client 10.0.1.1/24 ── eth0 10.0.1.2/24  director  eth1 10.0.2.1/24 ── rs1 10.0.2.2/24
-//!   eth0 02:..:10:00     02:..:02:00     VIP 10.0.1.100 on lo   02:..:02:01   eth0 02:..:11:00
-//!                                        ip_forward=1                        VIP 10.0.1.100 on lo
+//!            client: br0 10.0.0.2/24 (02:..:10:00), route VIP/32 via 10.0.0.1 dev br0
+//!              veth01 (02:..:10:01)                  veth02 (02:..:10:02)
+//!                 │                                     │
+//!  dir veth10 10.0.0.1/24 (02:..:02:00)      rs1 veth20 10.0.0.3/24 (02:..:11:00)
+//!      VIP 10.10.0.110/32 on lo                  VIP 10.10.0.110/32 on lo
+//!      ip_forward=1                              arp_ignore=1 arp_announce=2 rp_filter=0
+//!  dir veth12 172.16.0.1/24 (02:..:02:01) ── rs1 veth21 172.16.0.2/24 (02:..:11:01)
 //! ```
-//! Default routes: client → 10.0.1.2; rs1 → 10.0.2.1 (the director routes the replies back).
+//! The director gets client traffic on veth10 and hands it to rs1 over veth12; rs1 answers
+//! from the VIP straight over veth20 to the client's bridge, never through the director. No
+//! default routes: every peer is on a connected subnet.
 //!
 //! MACs are `02:00:00:00:<host>:<if>` (see [`super::addr`]).
 
@@ -163,59 +170,106 @@ pub fn build_dr_lab(prefix: &str, opts: &LabOptions) -> Result<Lab> {
     Ok(lab)
 }
 
-/// Builds the two-arm lab (client → director → rs1), the kernel IPVS DR selftest's shape.
+/// Builds the two-arm lab, the shape of the kernel's IPVS DR selftest
+/// (`tools/testing/selftests/net/netfilter/ipvs.sh`, `test_dr`): client → director → rs1, with
+/// rs1 also attached to the client's bridge so its replies go straight back, never through the
+/// director. Only the VIP differs from the selftest: a private address instead of its public one.
 pub fn build_two_arm_lab(prefix: &str, opts: &LabOptions) -> Result<Lab> {
     use addr::two_arm as a;
     let mut lab = Lab::new(prefix, Topology::TwoArm)?;
     for h in ["client", "dir", "rs1"] {
         lab.add_ns(h)?;
     }
+    // The selftest's three pairs: veth01-veth10 (client-dir), veth02-veth20 (client-rs1),
+    // veth12-veth21 (dir-rs1).
     lab.veth(
         "client",
-        "eth0",
-        mac(addr::HOST_CLIENT, 0),
+        "veth01",
+        mac(addr::HOST_CLIENT, 1),
         "dir",
-        "eth0",
+        "veth10",
         mac(addr::HOST_DIR, 0),
     )?;
     lab.veth(
-        "dir",
-        "eth1",
-        mac(addr::HOST_DIR, 1),
+        "client",
+        "veth02",
+        mac(addr::HOST_CLIENT, 2),
         "rs1",
-        "eth0",
+        "veth20",
         mac(addr::HOST_RS1, 0),
     )?;
-    rs_arp_sysctls(&lab, "rs1", "eth0")?;
+    lab.veth(
+        "dir",
+        "veth12",
+        mac(addr::HOST_DIR, 1),
+        "rs1",
+        "veth21",
+        mac(addr::HOST_RS1, 1),
+    )?;
 
-    lab.addr_up("client", "eth0", &format!("{}/24", a::CLIENT))?;
-    lab.addr_up("dir", "eth0", &format!("{}/24", a::DIRECTOR_CLIENT))?;
-    lab.addr_up("dir", "eth1", &format!("{}/24", a::DIRECTOR_RS))?;
-    lab.addr_up("rs1", "eth0", &format!("{}/24", a::RS1))?;
+    // The client's bridge joins its two veths: one segment with the director's and rs1's
+    // client-side ends.
+    let br_mac = mac(addr::HOST_CLIENT, 0);
+    lab.ip(
+        "client",
+        &[
+            "link",
+            "add",
+            "br0",
+            "address",
+            &super::fmt_mac(br_mac),
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        ],
+    )?;
+    lab.ifaces.push(super::Iface {
+        host: "client".into(),
+        name: "br0".into(),
+        mac: br_mac,
+    });
+    for port in ["veth01", "veth02"] {
+        lab.ip("client", &["link", "set", port, "master", "br0", "up"])?;
+    }
 
-    // The RS's replies (from the VIP, to the client) are routed back by the director's kernel.
-    lab.sysctl("dir", &[("net.ipv4.ip_forward", "1")], false)?;
+    // rs1: ARP sysctls before any address exists, and no reverse-path check (packets for the
+    // VIP arrive on veth21 from a client that is reachable via veth20).
+    lab.sysctl(
+        "rs1",
+        &[
+            ("net.ipv4.conf.all.arp_ignore", "1"),
+            ("net.ipv4.conf.all.arp_announce", "2"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+        ],
+        false,
+    )?;
+
+    lab.addr_up("client", "br0", &format!("{}/24", a::CLIENT))?;
+    lab.addr_up("dir", "veth10", &format!("{}/24", a::DIRECTOR_CLIENT))?;
+    lab.addr_up("dir", "veth12", &format!("{}/24", a::DIRECTOR_RS))?;
+    lab.addr_up("rs1", "veth21", &format!("{}/24", a::RS1))?;
+    lab.addr_up("rs1", "veth20", &format!("{}/24", a::RS1_CLIENT_SIDE))?;
+    lab.sysctl("rs1", &[("net.ipv4.conf.veth21.rp_filter", "0")], false)?;
+
+    // As in the selftest: the client reaches the VIP via the director's client-side address,
+    // and the director forwards (uvs's nftables table keeps its kernel off the service).
     lab.ip(
         "client",
         &[
             "route",
             "add",
-            "default",
+            &format!("{}/32", a::VIP),
             "via",
             &a::DIRECTOR_CLIENT.to_string(),
+            "dev",
+            "br0",
         ],
     )?;
-    lab.ip(
-        "rs1",
-        &[
-            "route",
-            "add",
-            "default",
-            "via",
-            &a::DIRECTOR_RS.to_string(),
-        ],
-    )?;
-
+    lab.sysctl("dir", &[("net.ipv4.ip_forward", "1")], false)?;
     vip_on_lo(&lab, "dir", a::VIP)?;
     vip_on_lo(&lab, "rs1", a::VIP)?;
 

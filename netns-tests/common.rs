@@ -1,0 +1,313 @@
+//! Shared helpers: root/CI gate, unique prefixes, director start-up, metrics, captures.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use uvs::lab::{Lab, addr, fmt_mac, tail};
+
+/// Serialises the tests (see the crate docs).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn uvs_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_uvs"))
+}
+
+fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// Can we create namespaces? Probes with a throw-away namespace of our own.
+fn netns_usable(probe: &str) -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("not root".into());
+    }
+    let out = Command::new("ip")
+        .args(["netns", "add", probe])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ip netns add failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "del", probe])
+        .stderr(Stdio::null())
+        .status();
+    Ok(())
+}
+
+/// A test's context: holds the global lock and names the test's namespaces.
+pub struct Ctx {
+    _guard: MutexGuard<'static, ()>,
+    pub prefix: String,
+}
+
+/// Takes the lock and checks the environment. `None`: skip (only outside CI). `testno` makes
+/// the prefix unique per test; the PID part makes it unique per run.
+pub fn setup(testno: u32) -> Option<Ctx> {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let prefix = format!("ut{}{testno:02}-", std::process::id() % 1000);
+    if let Err(why) = netns_usable(&format!("{prefix}probe")) {
+        if under_ci() {
+            panic!("netns tests cannot run under CI=true: {why}");
+        }
+        eprintln!("skipping: {why}");
+        return None;
+    }
+    Some(Ctx {
+        _guard: guard,
+        prefix,
+    })
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("lab paths are UTF-8")
+}
+
+/// Writes `rules` to the lab directory and starts the director with
+/// `--rules FILE` plus `args`. Returns its PID.
+pub fn start_director(lab: &mut Lab, rules: &str, args: &[&str]) -> u32 {
+    let file = lab.dir().join("rules");
+    std::fs::write(&file, rules).expect("writing rules");
+    let log = director_log(lab);
+    let file_s = path_str(&file).to_string();
+    let mut full = vec!["--rules", &file_s];
+    full.extend_from_slice(args);
+    lab.start_director(&uvs_exe(), &full, &log)
+        .unwrap_or_else(|e| panic!("starting the director: {e:#}"))
+}
+
+pub fn director_log(lab: &Lab) -> PathBuf {
+    lab.dir().join("director.log")
+}
+
+/// The last lines of the director's log, for assertion messages.
+pub fn director_tail(lab: &Lab) -> String {
+    tail(&director_log(lab), 30)
+}
+
+/// DR rules: `proto` `t`/`u`, the VIP at `port`, rr over rs1 and rs2.
+pub fn dr_rules(proto: char, port: u16) -> String {
+    let vip = addr::VIP;
+    format!(
+        "-A -{proto} {vip}:{port} -s rr\n\
+         -a -{proto} {vip}:{port} -r {}:{port} -g -w 1\n\
+         -a -{proto} {vip}:{port} -r {}:{port} -g -w 1\n",
+        addr::RS1,
+        addr::RS2
+    )
+}
+
+pub fn mac_str(host: u8, ifno: u8) -> String {
+    fmt_mac(addr::mac(host, ifno))
+}
+
+/// `n` sequential `curl http://VIP/` from the client; the trimmed bodies.
+pub fn curl_vip(lab: &Lab, n: usize) -> Vec<String> {
+    let url = format!("http://{}/", addr::VIP);
+    (0..n)
+        .map(|i| {
+            lab.curl("client", &url, &[])
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "request {i} to {url}: {e:#}\ndirector log:\n{}",
+                        director_tail(lab)
+                    )
+                })
+                .trim()
+                .to_string()
+        })
+        .collect()
+}
+
+pub fn count<'a>(answers: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for a in answers {
+        *m.entry(a.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Scrapes the director's Prometheus endpoint (inside its namespace).
+pub fn scrape(lab: &Lab) -> String {
+    lab.curl("dir", "http://127.0.0.1:9477/metrics", &[])
+        .unwrap_or_else(|e| panic!("scraping metrics: {e:#}"))
+}
+
+/// Sum of the samples of `name` whose labels include every `k="v"` of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, l) = match series.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if n != name {
+            continue;
+        }
+        if labels
+            .iter()
+            .all(|(k, v)| l.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
+        {
+            sum += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    sum
+}
+
+/// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
+pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One packet line of `tcpdump -n -e -r`, the fields the tests look at.
+#[derive(Debug, Clone)]
+pub struct Pkt {
+    pub src_mac: String,
+    pub dst_mac: String,
+    /// Source and destination IP (without port) of an IPv4 packet.
+    pub src_ip: Option<String>,
+    pub dst_ip: Option<String>,
+    pub line: String,
+}
+
+impl Pkt {
+    pub fn is_rst(&self) -> bool {
+        self.line.contains("Flags [R")
+    }
+    pub fn is_icmp(&self) -> bool {
+        self.line.contains(": ICMP ")
+    }
+}
+
+/// Strips a `.port` suffix: `10.0.0.100.80` → `10.0.0.100`.
+fn ip_only(s: &str) -> String {
+    let s = s.trim_end_matches(':');
+    let parts: Vec<&str> = s.split('.').collect();
+    if parts.len() >= 4 {
+        parts[..4].join(".")
+    } else {
+        s.to_string()
+    }
+}
+
+pub fn parse_pkt(line: &str) -> Option<Pkt> {
+    // "TS SRC > DST, ethertype IPv4 (0x0800), length N: A.B.C.D.P > E.F.G.H.Q: ..."
+    let mut w = line.split_whitespace();
+    let _ts = w.next()?;
+    let src_mac = w.next()?.to_string();
+    if w.next()? != ">" {
+        return None;
+    }
+    let dst_mac = w.next()?.trim_end_matches(',').to_string();
+    let (mut src_ip, mut dst_ip) = (None, None);
+    if line.contains("ethertype IPv4")
+        && let Some((_, rest)) = line.split_once("length ")
+        && let Some((_, l3)) = rest.split_once(": ")
+    {
+        let mut t = l3.split_whitespace();
+        if let (Some(a), Some(">"), Some(b)) = (t.next(), t.next(), t.next()) {
+            src_ip = Some(ip_only(a));
+            dst_ip = Some(ip_only(b));
+        }
+    }
+    Some(Pkt {
+        src_mac,
+        dst_mac,
+        src_ip,
+        dst_ip,
+        line: line.to_string(),
+    })
+}
+
+pub fn read_pcap(lab: &Lab, pcap: &Path) -> Vec<Pkt> {
+    lab.tcpdump_read(pcap)
+        .unwrap_or_else(|e| panic!("reading {}: {e:#}", pcap.display()))
+        .iter()
+        .filter_map(|l| parse_pkt(l))
+        .collect()
+}
+
+/// Stops a capture after a short pause, so the last frames of an exchange are written.
+pub fn stop_capture(lab: &mut Lab, pid: u32) {
+    thread::sleep(Duration::from_millis(300));
+    lab.kill(pid);
+}
+
+/// `n` pseudo-random bytes (xorshift64*, fixed seed): reproducible test data.
+pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// Uploads `data` with `curl --data-binary @file` from the client to `url` and checks the
+/// responder's `<name> bytes=<N> fnv=<H>` answer against the data. Returns the name.
+pub fn upload_and_verify(lab: &Lab, url: &str, data: &[u8], tag: &str) -> String {
+    let file = lab.dir().join(format!("upload-{tag}.bin"));
+    std::fs::write(&file, data).expect("writing upload file");
+    let at = format!("@{}", path_str(&file));
+    let body = lab
+        .curl(
+            "client",
+            url,
+            &[
+                "--max-time",
+                "60",
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+                &at,
+            ],
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "upload {tag} to {url}: {e:#}\ndirector log:\n{}",
+                director_tail(lab)
+            )
+        });
+    let want_tail = format!(
+        "bytes={} fnv={:016x}",
+        data.len(),
+        uvs::lab::responder::fnv1a64(data)
+    );
+    let body = body.trim();
+    let (name, got_tail) = body
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("unexpected upload answer {body:?}"));
+    assert_eq!(
+        got_tail, want_tail,
+        "upload {tag} via {url} arrived altered at {name}"
+    );
+    name.to_string()
+}

@@ -1,0 +1,295 @@
+//! The DR lab with nginx behind the director: scheduling, keep-alive, the rewritten frames,
+//! ARP for the VIP, UDP.
+
+use std::time::Duration;
+
+use uvs::lab::{Lab, LabOptions, addr, build_dr_lab};
+
+use crate::common::{self, Ctx, mac_str};
+
+fn dr_lab(ctx: &Ctx) -> Lab {
+    build_dr_lab(&ctx.prefix, &LabOptions::default())
+        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"))
+}
+
+/// nginx (or, only if it is not installed, the built-in responder) on rs1 and rs2, port 80.
+pub fn start_web(lab: &mut Lab) {
+    if !Lab::nginx_installed() {
+        eprintln!("nginx not installed: using the built-in HTTP responder");
+    }
+    for rs in ["rs1", "rs2"] {
+        lab.start_http(rs, rs, true, &common::uvs_exe())
+            .unwrap_or_else(|e| panic!("web server on {rs}: {e:#}"));
+    }
+}
+
+#[test]
+fn rr_splits_ten_requests_five_five() {
+    let Some(ctx) = common::setup(1) else { return };
+    let mut lab = dr_lab(&ctx);
+    start_web(&mut lab);
+    common::start_director(
+        &mut lab,
+        &common::dr_rules('t', 80),
+        &["--interface", "eth0"],
+    );
+    let answers = common::curl_vip(&lab, 10);
+    let c = common::count(&answers);
+    assert_eq!(
+        (c.get("rs1").copied(), c.get("rs2").copied(), c.len()),
+        (Some(5), Some(5), 2),
+        "10 requests under rr should split 5/5 between rs1 and rs2, got {answers:?}"
+    );
+}
+
+#[test]
+fn keepalive_connection_stays_on_one_rs() {
+    let Some(ctx) = common::setup(2) else { return };
+    let mut lab = dr_lab(&ctx);
+    start_web(&mut lab);
+    common::start_director(
+        &mut lab,
+        &common::dr_rules('t', 80),
+        &["--interface", "eth0"],
+    );
+    let url = format!("http://{}/", addr::VIP);
+    let mut args: Vec<&str> = vec!["-w", "connects=%{num_connects}\\n"];
+    // curl takes the URLs after the options; Lab::curl appends the last one.
+    for _ in 0..9 {
+        args.push(&url);
+    }
+    let out = lab
+        .curl("client", &url, &args)
+        .unwrap_or_else(|e| panic!("keep-alive curl: {e:#}\n{}", common::director_tail(&lab)));
+    let mut bodies = Vec::new();
+    let mut connects = 0u32;
+    for line in out.lines() {
+        match line.strip_prefix("connects=") {
+            Some(n) => connects += n.parse::<u32>().expect("num_connects"),
+            None => bodies.push(line.to_string()),
+        }
+    }
+    assert_eq!(bodies.len(), 10, "expected 10 answers, got {out:?}");
+    assert!(
+        bodies.iter().all(|b| b == &bodies[0]) && (bodies[0] == "rs1" || bodies[0] == "rs2"),
+        "one keep-alive connection must stay on one real server, got {bodies:?}"
+    );
+    assert_eq!(
+        connects, 1,
+        "curl opened {connects} connections for 10 requests"
+    );
+}
+
+/// `ip -n <router> neigh show VIP` → (lladdr, state).
+fn router_neigh_vip(lab: &Lab) -> Option<(String, String)> {
+    let out = lab
+        .exec_ok("router", &["ip", "neigh", "show", &addr::VIP.to_string()])
+        .ok()?;
+    let w: Vec<&str> = out.split_whitespace().collect();
+    let i = w.iter().position(|x| *x == "lladdr")?;
+    Some((w.get(i + 1)?.to_string(), w.last()?.to_string()))
+}
+
+#[test]
+fn frames_at_the_rs_are_rewritten_and_replies_bypass_the_director() {
+    let Some(ctx) = common::setup(3) else { return };
+    let mut lab = dr_lab(&ctx);
+    lab.set_sysctls(
+        "router",
+        &[("net.ipv4.neigh.eth1.delay_first_probe_time", "1")],
+    )
+    .expect("sysctl");
+    start_web(&mut lab);
+    common::start_director(
+        &mut lab,
+        &common::dr_rules('t', 80),
+        &["--interface", "eth0"],
+    );
+
+    let rs1_pcap = lab.dir().join("rs1.pcap");
+    let dir_pcap = lab.dir().join("dir.pcap");
+    let rs1_cap = lab
+        .tcpdump_start("rs1", "eth0", "tcp port 80", &rs1_pcap)
+        .unwrap();
+    let dir_cap = lab.tcpdump_start("dir", "eth0", "", &dir_pcap).unwrap();
+    // Two requests: rr sends one of them to rs1.
+    let answers = common::curl_vip(&lab, 2);
+    common::stop_capture(&mut lab, rs1_cap);
+    lab.kill(dir_cap);
+    assert!(answers.contains(&"rs1".to_string()), "{answers:?}");
+
+    let dir_mac = mac_str(addr::HOST_DIR, 0);
+    let rs1_mac = mac_str(addr::HOST_RS1, 0);
+    let router_mac = mac_str(addr::HOST_ROUTER, 1);
+    let vip = addr::VIP.to_string();
+    let at_rs1 = common::read_pcap(&lab, &rs1_pcap);
+    let to_vip: Vec<_> = at_rs1
+        .iter()
+        .filter(|p| p.dst_ip.as_deref() == Some(&vip))
+        .collect();
+    let from_vip: Vec<_> = at_rs1
+        .iter()
+        .filter(|p| p.src_ip.as_deref() == Some(&vip))
+        .collect();
+    assert!(
+        to_vip.len() >= 3,
+        "rs1 saw too few frames to the VIP: {at_rs1:#?}"
+    );
+    assert!(from_vip.len() >= 2, "rs1 sent too few replies: {at_rs1:#?}");
+    for p in &to_vip {
+        assert_eq!(
+            (p.dst_mac.as_str(), p.src_mac.as_str()),
+            (rs1_mac.as_str(), dir_mac.as_str()),
+            "frame to the VIP at rs1 not rewritten dst=rs1/src=director: {}",
+            p.line
+        );
+    }
+    for p in &from_vip {
+        assert_eq!(
+            (p.dst_mac.as_str(), p.src_mac.as_str()),
+            (router_mac.as_str(), rs1_mac.as_str()),
+            "rs1's reply does not go straight to the router: {}",
+            p.line
+        );
+    }
+    let at_dir = common::read_pcap(&lab, &dir_pcap);
+    assert!(
+        at_dir.iter().any(|p| p.dst_ip.as_deref() == Some(&vip)),
+        "the director's capture saw no request at all: {at_dir:#?}"
+    );
+    let leaked: Vec<_> = at_dir
+        .iter()
+        .filter(|p| p.src_ip.as_deref() == Some(&vip))
+        .map(|p| &p.line)
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "replies passed the director: {leaked:#?}"
+    );
+
+    // ARP: the router learned the VIP at the director, and re-confirms it by unicast.
+    let (mac, _) = router_neigh_vip(&lab).expect("router has no neighbour entry for the VIP");
+    assert_eq!(mac, dir_mac, "router resolved the VIP to the wrong MAC");
+    let arp_pcap = lab.dir().join("router-arp.pcap");
+    let arp_cap = lab
+        .tcpdump_start("router", "eth1", "arp", &arp_pcap)
+        .unwrap();
+    lab.exec_ok(
+        "router",
+        &[
+            "ip", "neigh", "change", &vip, "dev", "eth1", "lladdr", &dir_mac, "nud", "stale",
+        ],
+    )
+    .expect("making the entry stale");
+    assert_eq!(
+        router_neigh_vip(&lab).map(|x| x.1).as_deref(),
+        Some("STALE")
+    );
+    common::curl_vip(&lab, 1);
+    let reachable = common::poll(Duration::from_secs(6), || {
+        router_neigh_vip(&lab).filter(|(_, state)| state == "REACHABLE")
+    });
+    common::stop_capture(&mut lab, arp_cap);
+    let arp = common::read_pcap(&lab, &arp_pcap);
+    let (mac, _) = reachable.unwrap_or_else(|| {
+        panic!(
+            "router's entry for the VIP did not become REACHABLE again: {:?}\nARP seen: {arp:#?}\n{}",
+            router_neigh_vip(&lab),
+            common::director_tail(&lab)
+        )
+    });
+    assert_eq!(mac, dir_mac);
+    let probe = arp.iter().any(|p| {
+        p.dst_mac == dir_mac
+            && p.src_mac == router_mac
+            && p.line.contains(&format!("Request who-has {vip} tell"))
+    });
+    let answer = arp.iter().any(|p| {
+        p.src_mac == dir_mac
+            && p.dst_mac == router_mac
+            && p.line.contains(&format!("Reply {vip} is-at {dir_mac}"))
+    });
+    assert!(
+        probe,
+        "no unicast ARP probe from the router to the director: {arp:#?}"
+    );
+    assert!(
+        answer,
+        "the director did not answer the unicast probe: {arp:#?}"
+    );
+    let again = common::curl_vip(&lab, 2);
+    assert_eq!(common::count(&again).len(), 2, "{again:?}");
+}
+
+#[test]
+fn udp_service_works() {
+    let Some(ctx) = common::setup(4) else { return };
+    let mut lab = dr_lab(&ctx);
+    for rs in ["rs1", "rs2"] {
+        lab.start_udp_echo(rs, rs, 53, &common::uvs_exe())
+            .unwrap_or_else(|e| panic!("UDP echo on {rs}: {e:#}"));
+    }
+    common::start_director(
+        &mut lab,
+        &common::dr_rules('u', 53),
+        &["--interface", "eth0"],
+    );
+    // Each request is a new socket, so a new source port: a new flow for the scheduler. The
+    // socket is connected to the VIP, so only a reply from the VIP is accepted.
+    let answers: Vec<String> = (0..4)
+        .map(|i| {
+            lab.udp_request("client", addr::VIP, 53, &format!("ping {i}"))
+                .unwrap_or_else(|e| {
+                    panic!("UDP request {i}: {e:#}\n{}", common::director_tail(&lab))
+                })
+                .trim()
+                .to_string()
+        })
+        .collect();
+    let c = common::count(&answers);
+    assert_eq!(
+        (c.get("rs1").copied(), c.get("rs2").copied()),
+        (Some(2), Some(2)),
+        "4 UDP flows under rr should reach rs1 and rs2 twice each: {answers:?}"
+    );
+}
+
+#[test]
+#[ignore = "daemon bug: the director re-sends every frame it already forwarded, about once per \
+            millisecond (see the report: captures show the same SYN leaving eth0 every 1 ms)"]
+fn each_frame_is_forwarded_exactly_once() {
+    let Some(ctx) = common::setup(11) else { return };
+    let mut lab = dr_lab(&ctx);
+    start_web(&mut lab);
+    common::start_director(
+        &mut lab,
+        &common::dr_rules('t', 80),
+        &["--interface", "eth0"],
+    );
+    let pcap = lab.dir().join("dir.pcap");
+    let cap = lab
+        .tcpdump_start("dir", "eth0", &format!("dst host {}", addr::VIP), &pcap)
+        .unwrap();
+    common::curl_vip(&lab, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    common::stop_capture(&mut lab, cap);
+    let pkts = common::read_pcap(&lab, &pcap);
+    let dir_mac = mac_str(addr::HOST_DIR, 0);
+    let router_mac = mac_str(addr::HOST_ROUTER, 1);
+    let inbound = pkts.iter().filter(|p| p.src_mac == router_mac).count();
+    let outbound = pkts.iter().filter(|p| p.src_mac == dir_mac).count();
+    let m = common::scrape(&lab);
+    assert_eq!(
+        outbound,
+        inbound,
+        "the director received {inbound} frames for the VIP and sent {outbound} \
+         (rx_frames {}, forwarded {}); first frames:\n{}",
+        common::metric(&m, "uvs_worker_rx_frames_total", &[]),
+        common::metric(&m, "uvs_worker_forwarded_total", &[]),
+        pkts.iter()
+            .take(12)
+            .map(|p| p.line.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
