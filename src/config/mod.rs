@@ -35,10 +35,15 @@ pub struct RingOptions {
     pub frame_size: u32,
 }
 
+/// The default is TPACKET_V2 by measurement (bench/README.md, `cargo bench --bench latency`):
+/// on this kind of machine a V3 block waits for its retire timer at low rates, adding about
+/// 0.75 ms at the median even with the minimum 1 ms timer, while V2 wakes the worker per frame
+/// and adds about 0.1 ms. Frames larger than a V2 slot (GSO super-frames) take the
+/// `PACKET_COPY_THRESH` path, so default veth offloads work with either.
 impl Default for RingOptions {
     fn default() -> Self {
         RingOptions {
-            version: RingVersion::V3,
+            version: RingVersion::V2,
             block_size: 1 << 18,
             block_count: 16,
             block_timeout_ms: 1,

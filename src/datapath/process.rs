@@ -171,6 +171,7 @@ impl Forwarder {
             buf,
             wire_len,
             status,
+            ..
         } = frame;
         if buf.len() < VNET_HDR_LEN {
             return Err(DropReason::Truncated);

@@ -81,6 +81,7 @@ impl Worker {
                         bump(&c.totals.rx_frames, 1);
                         bump(&c.totals.rx_bytes, frame.wire_len as u64);
                         let (ptr, len) = (frame.buf.as_ptr(), frame.buf.len());
+                        let scratch = frame.scratch;
                         let verdict = self.forwarder.process(&snap, &self.neigh, &c, frame, now);
                         if let Verdict::Forward { egress } = verdict {
                             let Some(q) = queues.get_mut(usize::from(egress)) else {
@@ -91,9 +92,13 @@ impl Worker {
                                 account(&c, q.flush());
                             }
                             // SAFETY: the frame lies in the ring block owned by `batch`, which is
-                            // dropped (handing the block back) only after the flush below.
+                            // dropped (handing the block back) only after the flush below; a
+                            // scratch frame is flushed right here, before the buffer is reused.
                             unsafe {
                                 q.push(ptr, len);
+                            }
+                            if scratch {
+                                account(&c, q.flush());
                             }
                         }
                     }

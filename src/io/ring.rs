@@ -25,6 +25,13 @@ use crate::config::{RingOptions, RingVersion};
 /// Most V2 frame slots handed out in one batch (bounds the transmit queue).
 pub const MAX_V2_BATCH: usize = 256;
 
+/// Receive buffer for V2 frames too large for a slot: a 64 KiB GSO super-frame plus its
+/// virtio header and link header, rounded up.
+const COPY_BUF_LEN: usize = 1 << 17;
+
+/// `PACKET_COPY_THRESH` socket option (linux/if_packet.h).
+const PACKET_COPY_THRESH: libc::c_int = 7;
+
 #[derive(Clone, Copy, Debug)]
 enum Layout {
     V3 { block_size: usize, blocks: usize },
@@ -37,6 +44,9 @@ pub struct RxRing {
     map_len: usize,
     layout: Layout,
     cursor: usize,
+    fd: RawFd,
+    /// V2 only: where a frame larger than a slot is read (see `RxFrame::scratch`).
+    copy_buf: Box<[u8]>,
 }
 
 // SAFETY: the mapping is owned exclusively by this value; moving it to another thread moves
@@ -109,6 +119,28 @@ impl RxRing {
                     "PACKET_VERSION",
                     interface,
                 )?;
+                // Frames that do not fit a slot (GSO super-frames from veth with default
+                // offloads) are marked TP_STATUS_COPY and queued whole on the socket, as
+                // libpcap does for its immediate mode; `next_frame` reads them with recv.
+                let one: libc::c_int = 1;
+                set_opt(
+                    fd,
+                    libc::SOL_PACKET,
+                    PACKET_COPY_THRESH,
+                    &one,
+                    "PACKET_COPY_THRESH",
+                    interface,
+                )?;
+                let rcvbuf: libc::c_int = 8 << 20;
+                // Best effort: without CAP_NET_ADMIN the smaller default still works.
+                let _ = set_opt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    &rcvbuf,
+                    "SO_RCVBUFFORCE",
+                    interface,
+                );
                 let frames = block_size / frame_size * blocks;
                 let req = libc::tpacket_req {
                     tp_block_size: opts.block_size,
@@ -160,11 +192,17 @@ impl RxRing {
         } else {
             map
         };
+        let copy_buf = match layout {
+            Layout::V2 { .. } => vec![0u8; COPY_BUF_LEN].into_boxed_slice(),
+            Layout::V3 { .. } => Box::default(),
+        };
         Ok(RxRing {
             map: map.cast(),
             map_len,
             layout,
             cursor: 0,
+            fd,
+            copy_buf,
         })
     }
 
@@ -284,6 +322,9 @@ pub struct RxFrame<'a> {
     pub wire_len: usize,
     /// `tp_status` bits (`TP_STATUS_VLAN_VALID`, `TP_STATUS_CSUMNOTREADY`, …).
     pub status: u32,
+    /// The frame lives in the ring's single copy buffer, not in a slot: it must be sent
+    /// before the next frame is taken from the batch.
+    pub scratch: bool,
 }
 
 impl RxFrame<'_> {
@@ -336,6 +377,7 @@ impl Batch<'_> {
                     buf,
                     wire_len: h.tp_len as usize,
                     status: h.tp_status,
+                    scratch: false,
                 })
             }
             BatchState::V2 {
@@ -359,6 +401,30 @@ impl Batch<'_> {
                 if mac < VNET_HDR_LEN || mac + snap > *frame_size {
                     return None;
                 }
+                let status = h.tp_status & !libc::TP_STATUS_USER;
+                if status & libc::TP_STATUS_COPY != 0 {
+                    // The whole frame waits on the socket queue, in slot order.
+                    // SAFETY: copy_buf is a live, writable buffer of the given length.
+                    let n = unsafe {
+                        libc::recv(
+                            self.ring.fd,
+                            self.ring.copy_buf.as_mut_ptr().cast(),
+                            self.ring.copy_buf.len(),
+                            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                        )
+                    };
+                    if n > 0 && (n as usize) <= self.ring.copy_buf.len() {
+                        let n = n as usize;
+                        return Some(RxFrame {
+                            buf: &mut self.ring.copy_buf[..n],
+                            wire_len: n.saturating_sub(VNET_HDR_LEN),
+                            status: status & !libc::TP_STATUS_COPY,
+                            scratch: true,
+                        });
+                    }
+                    // No copy queued (receive buffer full): fall through with the truncated
+                    // slot contents, which the worker counts as ring_truncated.
+                }
                 // SAFETY: the range lies inside the owned slot (checked above).
                 let buf = unsafe {
                     std::slice::from_raw_parts_mut(
@@ -369,7 +435,8 @@ impl Batch<'_> {
                 Some(RxFrame {
                     buf,
                     wire_len: h.tp_len as usize,
-                    status: h.tp_status & !libc::TP_STATUS_USER,
+                    status,
+                    scratch: false,
                 })
             }
         }

@@ -99,6 +99,7 @@ impl Rig {
                 buf,
                 wire_len,
                 status,
+                scratch: false,
             },
             0,
         )
@@ -114,6 +115,7 @@ impl Rig {
                 buf,
                 wire_len: wire,
                 status: 0,
+                scratch: false,
             },
             now,
         )
