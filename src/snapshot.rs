@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::conns::Thresholds;
 use crate::model::{Protocol, RealId, ServiceKey, ServiceTable};
 use crate::sched::Scheduler;
 
@@ -27,6 +28,7 @@ pub struct RealEntry {
     pub neigh: u32,
     /// Index of the egress interface in the daemon's interface list.
     pub egress: u16,
+    pub thresholds: Thresholds,
 }
 
 #[derive(Debug)]
@@ -102,6 +104,10 @@ impl Snapshot {
                     weight: r.weight,
                     neigh,
                     egress,
+                    thresholds: Thresholds {
+                        upper: r.upper_threshold,
+                        lower: r.lower_threshold,
+                    },
                 });
             }
             let scheduler = Scheduler::build(svc.scheduler, &reals)
@@ -202,6 +208,7 @@ pub(crate) mod tests {
                 weight,
                 neigh: i as u32,
                 egress: 0,
+                thresholds: Thresholds::default(),
             })
             .collect()
     }

@@ -10,6 +10,7 @@
 pub mod rr;
 pub mod wrr;
 
+use crate::conns::ConnCounts;
 use crate::datapath::flow_table::FlowKey;
 use crate::model::SchedulerKind;
 use crate::snapshot::RealEntry;
@@ -17,8 +18,9 @@ use crate::snapshot::RealEntry;
 /// The selection rule of one scheduler.
 pub trait Schedule {
     /// Picks a real server among `reals` (the service's, in configuration order) for a new
-    /// flow. `None` = no usable real server (all weight 0, or none).
-    fn pick(&self, reals: &[RealEntry], flow: &FlowKey) -> Option<usize>;
+    /// flow. `None` = no usable real server (all weight 0 or overloaded, or none). `conns`
+    /// holds the live connection counts and overload flags of every real.
+    fn pick(&self, reals: &[RealEntry], flow: &FlowKey, conns: &ConnCounts) -> Option<usize>;
 }
 
 /// Static dispatch over the implemented schedulers.
@@ -40,16 +42,16 @@ impl Scheduler {
     }
 
     #[inline]
-    pub fn pick(&self, reals: &[RealEntry], flow: &FlowKey) -> Option<usize> {
+    pub fn pick(&self, reals: &[RealEntry], flow: &FlowKey, conns: &ConnCounts) -> Option<usize> {
         match self {
-            Scheduler::Rr(s) => s.pick(reals, flow),
-            Scheduler::Wrr(s) => s.pick(reals, flow),
+            Scheduler::Rr(s) => s.pick(reals, flow, conns),
+            Scheduler::Wrr(s) => s.pick(reals, flow, conns),
         }
     }
 }
 
-/// Usable for new flows: weight > 0. (Overload thresholds arrive with connection counting.)
+/// Usable for new flows: weight > 0 and not overloaded (every IPVS scheduler skips both).
 #[inline]
-pub(crate) fn usable(r: &RealEntry) -> bool {
-    r.weight > 0
+pub(crate) fn usable(r: &RealEntry, conns: &ConnCounts) -> bool {
+    r.weight > 0 && !conns.overloaded(r.id)
 }
