@@ -171,6 +171,9 @@ pub struct RealServer {
     /// rewrites the packet above layer 2, so a different port could never be honoured.
     pub port: u16,
     pub weight: u32,
+    /// The last non-zero weight (IPVS `last_weight`): `mh` keeps a quiesced real's table
+    /// slots with it, so setting weight 0 and back does not reshuffle other flows.
+    pub last_weight: u32,
     pub forward: ForwardMethod,
     /// `-x`: 0 = no upper connection threshold.
     pub upper_threshold: u32,
@@ -371,6 +374,7 @@ impl ServiceTable {
             addr: spec.addr,
             port,
             weight: spec.weight,
+            last_weight: spec.weight,
             forward: spec.forward,
             upper_threshold: spec.upper_threshold,
             lower_threshold: spec.lower_threshold,
@@ -391,6 +395,9 @@ impl ServiceTable {
             .find(|r| r.addr == spec.addr && r.port == port)
             .ok_or(ModelError::NoReal(*key, spec.addr, port))?;
         real.weight = spec.weight;
+        if spec.weight > 0 {
+            real.last_weight = spec.weight;
+        }
         real.upper_threshold = spec.upper_threshold;
         real.lower_threshold = spec.lower_threshold;
         Ok(())

@@ -24,6 +24,8 @@ pub struct RealEntry {
     pub id: RealId,
     pub addr: u32,
     pub weight: u32,
+    /// The last non-zero weight (`mh`'s table uses it; see `model::RealServer`).
+    pub last_weight: u32,
     /// Index into the neighbour table (one slot per egress interface + address).
     pub neigh: u32,
     /// Index of the egress interface in the daemon's interface list.
@@ -102,6 +104,7 @@ impl Snapshot {
                     id: r.id,
                     addr: u32::from(r.addr),
                     weight: r.weight,
+                    last_weight: r.last_weight,
                     neigh,
                     egress,
                     thresholds: Thresholds {
@@ -206,6 +209,7 @@ pub(crate) mod tests {
                 id: RealId(NonZeroU32::new(i as u32 + 1).unwrap()),
                 addr: 0x0a00_000b + i as u32,
                 weight,
+                last_weight: weight,
                 neigh: i as u32,
                 egress: 0,
                 thresholds: Thresholds::default(),
