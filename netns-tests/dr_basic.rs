@@ -246,32 +246,23 @@ fn udp_service_works() {
         &["--interface", "eth0"],
     );
     // Each request is a new socket, so a new source port: a new flow for the scheduler. The
-    // socket is connected to the VIP, so only a reply from the VIP is accepted.
-    // A datagram may be lost (UDP); one retry per request, again from a fresh source port.
-    let mut answers = Vec::new();
-    for i in 0..4 {
-        let mut last_err = None;
-        for attempt in 0..2 {
-            match lab.udp_request("client", addr::VIP, 53, &format!("ping {i}.{attempt}")) {
-                Ok(a) => {
-                    answers.push(a.trim().to_string());
-                    last_err = None;
-                    break;
-                }
-                Err(e) => {
-                    eprintln!("UDP request {i} attempt {attempt}: {e:#}");
-                    last_err = Some(e);
-                }
-            }
-        }
-        if let Some(e) = last_err {
-            panic!("UDP request {i}: {e:#}\n{}", common::director_tail(&lab));
-        }
-    }
+    // socket is connected to the VIP, so only a reply from the VIP is accepted. No retries:
+    // the director reports ready only once it knows both real servers' MACs.
+    let answers: Vec<String> = (0..4)
+        .map(|i| {
+            lab.udp_request("client", addr::VIP, 53, &format!("ping {i}"))
+                .unwrap_or_else(|e| {
+                    panic!("UDP request {i}: {e:#}\n{}", common::director_tail(&lab))
+                })
+                .trim()
+                .to_string()
+        })
+        .collect();
     let c = common::count(&answers);
-    assert!(
-        c.keys().all(|k| k == "rs1" || k == "rs2") && c.len() == 2,
-        "4 UDP flows under rr should be answered by both rs1 and rs2: {answers:?}"
+    assert_eq!(
+        (c.get("rs1"), c.get("rs2")),
+        (Some(&2), Some(&2)),
+        "4 UDP flows under rr go 2/2 to rs1 and rs2: {answers:?}"
     );
 }
 
