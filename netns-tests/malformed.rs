@@ -234,7 +234,7 @@ fn malformed_burst_is_counted_and_traffic_survives() {
         ("bad_ip_header", 1.0),
         ("bad_ip_length", 1.0),
         ("bad_ip_checksum", 1.0),
-        // ("fragment", 2.0): see fragments_to_the_vip_are_counted_and_never_forwarded.
+        ("fragment", 2.0),
         ("bad_l4_header", 1.0),
         ("zero_port", 2.0),
         ("not_ipv4", 1.0),
@@ -328,9 +328,6 @@ fn fragmented_syn() -> [Vec<u8>; 2] {
 }
 
 #[test]
-#[ignore = "daemon bug: PACKET_FANOUT_FLAG_DEFRAG (src/io/socket.rs) makes the kernel hold \
-            fragments for reassembly before uvs sees them: lone fragments are never counted, \
-            complete ones are reassembled and forwarded"]
 fn fragments_to_the_vip_are_counted_and_never_forwarded() {
     let Some(ctx) = common::setup(10) else { return };
     let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())

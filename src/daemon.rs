@@ -263,11 +263,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
         cfg.ring.version,
         vips
     );
-    if let Some(p) = &args.ready_file {
-        std::fs::write(p, format!("{}\n", std::process::id()))
-            .with_context(|| format!("cannot write ready file {}", p.display()))?;
-    }
-
     let mut control = Control {
         interfaces: ifaces.clone(),
         arp_sockets,
@@ -279,6 +274,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         ring_totals: vec![RingStats::default(); ifaces.len()],
         table: cfg.services.clone(),
         metrics,
+        ready_file: args.ready_file.clone(),
     };
     control.run();
 

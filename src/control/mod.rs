@@ -34,7 +34,13 @@ pub struct Control {
     pub ring_totals: Vec<RingStats>,
     pub table: ServiceTable,
     pub metrics: Option<Endpoint>,
+    /// Written (with the PID) once uvs can forward: every real server's MAC is known, or
+    /// [`READY_TIMEOUT`] has passed (then the unresolved ones are logged).
+    pub ready_file: Option<std::path::PathBuf>,
 }
+
+/// Longest wait for real-server MACs before declaring readiness anyway.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Control {
     /// Runs until SIGINT or SIGTERM.
@@ -54,6 +60,8 @@ impl Control {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 2048];
         let mut last_conflict = None;
+        let started = Instant::now();
+        let mut ready = false;
         while !signals::stop_requested() {
             wait_readable(&mut pollfds, TICK_MS);
             let now = clock::now_ms();
@@ -85,6 +93,9 @@ impl Control {
                 }
                 last_conflict = self.arp.last_conflict;
             }
+            if !ready {
+                ready = self.announce_ready_when_resolved(started.elapsed());
+            }
             if last_ring_read.elapsed() >= RING_STATS_EVERY {
                 self.read_ring_stats();
                 last_ring_read = Instant::now();
@@ -97,6 +108,33 @@ impl Control {
                 self.metrics = Some(m);
             }
         }
+    }
+
+    fn announce_ready_when_resolved(&self, waited: Duration) -> bool {
+        let unresolved: Vec<String> = self
+            .arp
+            .neighbors
+            .iter()
+            .filter(|n| n.mac.is_none())
+            .map(|n| n.addr.to_string())
+            .collect();
+        if !unresolved.is_empty() && waited < READY_TIMEOUT {
+            return false;
+        }
+        if unresolved.is_empty() {
+            log::info!("ready: every real server's MAC is known");
+        } else {
+            log::warn!(
+                "ready, but no ARP answer yet from {}; their traffic is dropped as no_neighbor until they answer",
+                unresolved.join(", ")
+            );
+        }
+        if let Some(p) = &self.ready_file {
+            if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+                log::warn!("cannot write ready file {}: {e}", p.display());
+            }
+        }
+        true
     }
 
     fn send(&self, out: &mut Vec<Outgoing>) {

@@ -144,7 +144,8 @@ pub fn open_rx<R>(
     attach_filter(raw, plan.filter, plan.interface)?;
     bind(raw, plan.ifindex, ETH_P_ALL, plan.interface)?;
     // Hash mode: every packet of a flow reaches the same worker, so flow tables are per worker
-    // and lock-free. DEFRAG makes the kernel hash fragments of one datagram alike.
+    // and lock-free. No DEFRAG flag: it would make the kernel reassemble fragments before the
+    // tap, while uvs's documented behaviour is to count and drop them (`fragment`).
     //
     // IGNORE_OUTGOING must be given here as well: once a socket joins a fanout group the
     // kernel registers the group's packet hook instead of the socket's, and the group takes
@@ -152,9 +153,7 @@ pub fn open_rx<R>(
     // alone silently stops working and every transmitted frame comes back to be forwarded
     // again until its TTL runs out.
     let fanout: libc::c_int = libc::c_int::from(plan.fanout_group)
-        | ((libc::PACKET_FANOUT_HASH
-            | libc::PACKET_FANOUT_FLAG_DEFRAG
-            | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING) as libc::c_int)
+        | ((libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING) as libc::c_int)
             << 16;
     set_opt(
         raw,
