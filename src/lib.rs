@@ -27,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod conns;
 pub mod control;
+pub mod ctl;
 pub mod daemon;
 pub mod datapath;
 pub mod interfaces;

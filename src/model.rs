@@ -13,7 +13,9 @@ use std::net::Ipv4Addr;
 use std::num::NonZeroU32;
 
 /// Transport protocol of a virtual service (`-t` / `-u` in ipvsadm).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -46,7 +48,9 @@ impl Protocol {
 }
 
 /// A virtual service: protocol, VIP and port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ServiceKey {
     pub proto: Protocol,
     pub vip: Ipv4Addr,
@@ -66,7 +70,7 @@ impl fmt::Display for ServiceKey {
 }
 
 /// Scheduler names exactly as `ipvsadm -s` spells them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum SchedulerKind {
     Rr,
     Wrr,
@@ -143,7 +147,7 @@ impl fmt::Display for SchedulerKind {
 }
 
 /// Forwarding method of a real server. Only direct routing (`-g`, "Route") exists so far.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ForwardMethod {
     Route,
 }
@@ -195,7 +199,7 @@ pub struct VirtualService {
 }
 
 /// What an operator asks for when adding or editing a real server (no id yet).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RealSpec {
     pub addr: Ipv4Addr,
     pub port: u16,
@@ -220,7 +224,7 @@ impl RealSpec {
 }
 
 /// What an operator asks for when adding or editing a service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServiceSpec {
     pub key: ServiceKey,
     pub scheduler: SchedulerKind,
@@ -324,6 +328,7 @@ impl ServiceTable {
     }
 
     pub fn edit_service(&mut self, spec: ServiceSpec) -> Result<(), ModelError> {
+        self.service_mut(&spec.key)?;
         if !spec.scheduler.is_implemented() {
             return Err(ModelError::SchedulerNotImplemented(spec.scheduler));
         }
@@ -417,6 +422,11 @@ impl ServiceTable {
             return Err(ModelError::NoReal(*key, addr, port));
         }
         Ok(())
+    }
+
+    /// Removes every service (`ipvsadm -C`). Real ids keep counting up, never reused.
+    pub fn clear(&mut self) {
+        self.services.clear();
     }
 
     /// Distinct VIPs, in first-seen order.

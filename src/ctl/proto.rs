@@ -1,0 +1,246 @@
+//! Admin protocol, version 1: one request, one reply, each a frame of a 4-byte big-endian
+//! length followed by that many bytes of JSON (`{"version":1,"body":…}`). JSON because it is
+//! debuggable with `socat` and the messages are small and rare; the version lets a newer
+//! `uvsadm` refuse an older daemon clearly instead of misreading it.
+//!
+//! The socket is abstract (`@uvs/admin`), so it is per network namespace: `ip netns exec NS
+//! uvsadm -Ln` talks to the director of NS. A filesystem path can be used instead.
+
+use std::io::{self, Read, Write};
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ForwardMethod, Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Abstract socket name of the admin socket.
+pub const ADMIN_SOCKET_NAME: &[u8] = b"uvs/admin";
+
+/// Largest request the daemon accepts (a `-R` of ~100k lines fits).
+pub const MAX_REQUEST: usize = 8 << 20;
+/// Largest reply a client accepts (connection listings can be large).
+pub const MAX_REPLY: usize = 1 << 30;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub version: u32,
+    pub body: T,
+}
+
+/// One change to the configuration, as one ipvsadm command expresses it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    AddService(ServiceSpec),
+    EditService(ServiceSpec),
+    DeleteService(ServiceKey),
+    AddReal(ServiceKey, RealSpec),
+    EditReal(ServiceKey, RealSpec),
+    /// Address and port of the real (port 0 = the service's port).
+    DeleteReal(ServiceKey, Ipv4Addr, u16),
+    Clear,
+    /// `--set tcp tcpfin udp` in seconds; 0 leaves that value unchanged.
+    SetTimeouts {
+        tcp: u32,
+        tcpfin: u32,
+        udp: u32,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Apply all changes or none (one ipvsadm command, or a whole `-R` input).
+    Apply(Vec<Change>),
+    /// What `-L` shows: services, reals, counts, statistics, rates, timeouts.
+    Status,
+    /// `-Lc`: the connection entries of every worker.
+    Connections,
+    /// `-Z [service]`: zero the statistics.
+    Zero(Option<ServiceKey>),
+}
+
+/// Per-service or per-real counters, as `ipvsadm --stats` shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub conns: u64,
+    pub in_pkts: u64,
+    pub out_pkts: u64,
+    pub in_bytes: u64,
+    pub out_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RealStatus {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub forward: ForwardMethod,
+    pub weight: u32,
+    pub active: u32,
+    pub inactive: u32,
+    pub persistent: u32,
+    pub upper_threshold: u32,
+    pub lower_threshold: u32,
+    pub stats: Stats,
+    /// Per second (`--rate`), estimated as IPVS does (2 s period, EWMA W = 1/4).
+    pub rates: Stats,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub key: ServiceKey,
+    pub scheduler: SchedulerKind,
+    /// ipvsadm `-b` flags text ("sh-fallback,sh-port"), empty when none.
+    pub sched_flags: String,
+    pub persistence_timeout: Option<u32>,
+    pub persistence_netmask: Ipv4Addr,
+    pub stats: Stats,
+    pub rates: Stats,
+    pub reals: Vec<RealStatus>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeoutsSecs {
+    pub tcp: u32,
+    pub tcpfin: u32,
+    pub udp: u32,
+}
+
+impl Default for TimeoutsSecs {
+    fn default() -> Self {
+        TimeoutsSecs {
+            tcp: 900,
+            tcpfin: 120,
+            udp: 300,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Shown by `-L` as "(size=N)"; IPVS prints its connection hash table size.
+    pub conn_tab_size: u32,
+    pub services: Vec<ServiceStatus>,
+    pub timeouts: TimeoutsSecs,
+}
+
+/// One connection entry (`-Lc`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnEntry {
+    pub proto: Protocol,
+    /// Seconds until it expires.
+    pub expires: u32,
+    /// State name as IPVS prints it ("ESTABLISHED", "UDP", "NONE" for templates, …).
+    pub state: String,
+    pub client: (Ipv4Addr, u16),
+    pub virt: (Ipv4Addr, u16),
+    pub dest: (Ipv4Addr, u16),
+}
+
+/// Why a request was refused. `exit_code` is what ipvsadm would exit with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub message: String,
+    /// Index of the change that failed, for `-R` to name the input line.
+    pub change: Option<usize>,
+    pub exit_code: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Done,
+    Status(Status),
+    Connections(Vec<ConnEntry>),
+    Refused(Refusal),
+}
+
+/// Writes one frame.
+pub fn write_frame<T: Serialize>(w: &mut impl Write, body: &T) -> io::Result<()> {
+    let env = Envelope {
+        version: PROTOCOL_VERSION,
+        body,
+    };
+    let bytes = serde_json::to_vec(&env).map_err(io::Error::other)?;
+    let len = u32::try_from(bytes.len()).map_err(|_| io::Error::other("message too large"))?;
+    w.write_all(&len.to_be_bytes())?;
+    w.write_all(&bytes)?;
+    w.flush()
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("message of {0} bytes exceeds the limit of {1}")]
+    TooLarge(usize, usize),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error(
+        "protocol version {0} (this side speaks {PROTOCOL_VERSION}); use matching uvs and uvsadm"
+    )]
+    Version(u32),
+}
+
+/// Reads one frame of at most `limit` bytes.
+pub fn read_frame<T: for<'de> Deserialize<'de>>(
+    r: &mut impl Read,
+    limit: usize,
+) -> Result<T, FrameError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > limit {
+        return Err(FrameError::TooLarge(len, limit));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf)?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&buf).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let version = v.get("version").and_then(|x| x.as_u64()).unwrap_or(0) as u32;
+    if version != PROTOCOL_VERSION {
+        return Err(FrameError::Version(version));
+    }
+    let env: Envelope<T> =
+        serde_json::from_value(v).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    Ok(env.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_limits_hold() {
+        let key = ServiceKey {
+            proto: Protocol::Tcp,
+            vip: Ipv4Addr::new(10, 0, 0, 100),
+            port: 80,
+        };
+        let req = Request::Apply(vec![
+            Change::AddService(ServiceSpec::new(key, SchedulerKind::Rr)),
+            Change::AddReal(key, RealSpec::route(Ipv4Addr::new(10, 0, 0, 11), 80)),
+        ]);
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &req).unwrap();
+        let back: Request = read_frame(&mut buf.as_slice(), MAX_REQUEST).unwrap();
+        assert_eq!(back, req);
+        assert!(matches!(
+            read_frame::<Request>(&mut buf.as_slice(), 8),
+            Err(FrameError::TooLarge(..))
+        ));
+        let mut garbage = 5u32.to_be_bytes().to_vec();
+        garbage.extend(b"nope!");
+        assert!(matches!(
+            read_frame::<Request>(&mut garbage.as_slice(), MAX_REQUEST),
+            Err(FrameError::Malformed(_))
+        ));
+        let other = br#"{"version":9,"body":"Status"}"#;
+        let mut f = (other.len() as u32).to_be_bytes().to_vec();
+        f.extend(other);
+        assert!(matches!(
+            read_frame::<Request>(&mut f.as_slice(), MAX_REQUEST),
+            Err(FrameError::Version(9))
+        ));
+    }
+}
