@@ -132,7 +132,7 @@ impl SchedulerKind {
     /// Whether the datapath implements this scheduler yet. The others are recognised (so a
     /// rules file naming them gets a precise message) but refused until they exist.
     pub const fn is_implemented(self) -> bool {
-        matches!(self, SchedulerKind::Rr | SchedulerKind::Wrr)
+        !matches!(self, SchedulerKind::Wlc)
     }
 }
 

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::conns::Thresholds;
 use crate::model::{Protocol, RealId, ServiceKey, ServiceTable};
-use crate::sched::Scheduler;
+use crate::sched::{SchedFlags, Scheduler};
 
 /// A real server as a worker sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,8 +113,9 @@ impl Snapshot {
                     },
                 });
             }
-            let scheduler = Scheduler::build(svc.scheduler, &reals)
-                .ok_or(SnapshotError::Scheduler(svc.scheduler.name()))?;
+            let scheduler =
+                Scheduler::build(svc.scheduler, &reals, SchedFlags::default(), svc.key.port)
+                    .ok_or(SnapshotError::Scheduler(svc.scheduler.name()))?;
             services.push(ServiceEntry {
                 key: svc.key,
                 scheduler,
