@@ -52,8 +52,6 @@ pub enum SnapshotError {
         "real server {0} is not on-link on any served interface (direct routing needs the real server on the director's LAN)"
     )]
     NotOnLink(Ipv4Addr),
-    #[error("scheduler {0} is not implemented yet")]
-    Scheduler(&'static str),
 }
 
 #[derive(Debug)]
@@ -114,8 +112,7 @@ impl Snapshot {
                 });
             }
             let scheduler =
-                Scheduler::build(svc.scheduler, &reals, SchedFlags::default(), svc.key.port)
-                    .ok_or(SnapshotError::Scheduler(svc.scheduler.name()))?;
+                Scheduler::build(svc.scheduler, &reals, SchedFlags::default(), svc.key.port);
             services.push(ServiceEntry {
                 key: svc.key,
                 scheduler,

@@ -170,8 +170,8 @@ impl Scheduler {
         reals: &[RealEntry],
         flags: SchedFlags,
         dest_port: u16,
-    ) -> Option<Scheduler> {
-        Some(match kind {
+    ) -> Scheduler {
+        match kind {
             SchedulerKind::Rr => Scheduler::Rr(rr::RoundRobin::new()),
             SchedulerKind::Wrr => Scheduler::Wrr(wrr::WeightedRoundRobin::new(reals)),
             SchedulerKind::Lc => Scheduler::Lc(lc::LeastConn),
@@ -186,7 +186,7 @@ impl Scheduler {
             SchedulerKind::Twos => Scheduler::Twos(twos::PowerOfTwo::new()),
             SchedulerKind::Lblc => Scheduler::Lblc(lblc::LocalityLeastConn::new()),
             SchedulerKind::Lblcr => Scheduler::Lblcr(lblcr::LocalityReplicated::new()),
-        })
+        }
     }
 
     #[inline]
