@@ -5,9 +5,11 @@
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use etherparse::PacketBuilder;
+use uvs::conns::ConnCounts;
 use uvs::datapath::counters::WorkerCounters;
 use uvs::datapath::flow_table::{FlowKey, FlowTable};
 use uvs::datapath::process::Forwarder;
@@ -64,7 +66,12 @@ fn main() {
     let counters = WorkerCounters::new();
 
     // Established flows: 1024 distinct flows, each SYN'd once, then ACKs round-robin.
-    let mut fwd = Forwarder::new(1 << 16, false, vec![MacAddr([2, 0, 0, 0, 2, 0])]);
+    let mut fwd = Forwarder::new(
+        1 << 16,
+        false,
+        vec![MacAddr([2, 0, 0, 0, 2, 0])],
+        Arc::new(ConnCounts::new()),
+    );
     let mut frames: Vec<Vec<u8>> = (0..1024u16)
         .map(|i| frame(10000 + i, [172, 30, 0, 10], true))
         .collect();
@@ -111,7 +118,12 @@ fn main() {
     let est = start.elapsed().as_nanos() as f64 / (rounds as f64 * 1024.0);
 
     // New flows: every frame a SYN from a new source (the SYN-flood path).
-    let mut fwd = Forwarder::new(1 << 22, false, vec![MacAddr([2, 0, 0, 0, 2, 0])]);
+    let mut fwd = Forwarder::new(
+        1 << 22,
+        false,
+        vec![MacAddr([2, 0, 0, 0, 2, 0])],
+        Arc::new(ConnCounts::new()),
+    );
     let n_new = 2_000_000u32;
     let base = frame(1, [172, 30, 0, 10], true);
     let mut w = base.clone();

@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
 
 use crate::config::{DaemonConfig, RingVersion};
+use crate::conns::ConnCounts;
 use crate::control::{Control, signals};
 use crate::datapath::counters::WorkerCounters;
 use crate::datapath::process::Forwarder;
@@ -174,6 +175,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         RingVersion::V3 => (cfg.ring.block_size as usize / 64).max(256),
         RingVersion::V2 => MAX_V2_BATCH,
     };
+    let conns = Arc::new(ConnCounts::new());
     let mut workers = Vec::with_capacity(n_workers);
     let mut ring_fds = Vec::new();
     let mut counters = Vec::new();
@@ -206,6 +208,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 cfg.flow_table.capacity as usize,
                 cfg.flow_table.sloppy_tcp,
                 ifaces.iter().map(|i| i.mac).collect(),
+                Arc::clone(&conns),
             ),
             counters: c,
             snapshot: Arc::clone(&shared),
@@ -266,6 +269,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         arp,
         neigh,
         workers: counters,
+        conns,
         ring_fds,
         ring_totals: vec![RingStats::default(); ifaces.len()],
         table: cfg.services.clone(),

@@ -25,6 +25,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod conns;
 pub mod control;
 pub mod daemon;
 pub mod datapath;

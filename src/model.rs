@@ -128,12 +128,6 @@ impl SchedulerKind {
             .find(|k| k.name() == name)
             .ok_or_else(|| ModelError::UnknownScheduler(name.to_string()))
     }
-
-    /// Whether the datapath implements this scheduler yet. The others are recognised (so a
-    /// rules file naming them gets a precise message) but refused until they exist.
-    pub const fn is_implemented(self) -> bool {
-        matches!(self, SchedulerKind::Rr | SchedulerKind::Wrr)
-    }
 }
 
 impl fmt::Display for SchedulerKind {
@@ -171,6 +165,9 @@ pub struct RealServer {
     /// rewrites the packet above layer 2, so a different port could never be honoured.
     pub port: u16,
     pub weight: u32,
+    /// The last non-zero weight (IPVS `last_weight`): `mh` keeps a quiesced real's table
+    /// slots with it, so setting weight 0 and back does not reshuffle other flows.
+    pub last_weight: u32,
     pub forward: ForwardMethod,
     /// `-x`: 0 = no upper connection threshold.
     pub upper_threshold: u32,
@@ -252,8 +249,6 @@ pub enum ModelError {
         "Scheduler not found: '{0}' (known: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos)"
     )]
     UnknownScheduler(String),
-    #[error("scheduler '{0}' is not supported yet (implemented: rr, wrr)")]
-    SchedulerNotImplemented(SchedulerKind),
     #[error("weight {0} is out of range 0..65535")]
     WeightOutOfRange(u64),
     #[error("port 0 is not supported for a TCP/UDP service yet")]
@@ -307,9 +302,6 @@ impl ServiceTable {
         if spec.key.port == 0 {
             return Err(ModelError::ZeroPort(spec.key));
         }
-        if !spec.scheduler.is_implemented() {
-            return Err(ModelError::SchedulerNotImplemented(spec.scheduler));
-        }
         self.services.push(VirtualService {
             key: spec.key,
             scheduler: spec.scheduler,
@@ -321,9 +313,6 @@ impl ServiceTable {
     }
 
     pub fn edit_service(&mut self, spec: ServiceSpec) -> Result<(), ModelError> {
-        if !spec.scheduler.is_implemented() {
-            return Err(ModelError::SchedulerNotImplemented(spec.scheduler));
-        }
         let svc = self.service_mut(&spec.key)?;
         svc.scheduler = spec.scheduler;
         svc.persistence_timeout = spec.persistence_timeout;
@@ -371,6 +360,7 @@ impl ServiceTable {
             addr: spec.addr,
             port,
             weight: spec.weight,
+            last_weight: spec.weight,
             forward: spec.forward,
             upper_threshold: spec.upper_threshold,
             lower_threshold: spec.lower_threshold,
@@ -391,6 +381,9 @@ impl ServiceTable {
             .find(|r| r.addr == spec.addr && r.port == port)
             .ok_or(ModelError::NoReal(*key, spec.addr, port))?;
         real.weight = spec.weight;
+        if spec.weight > 0 {
+            real.last_weight = spec.weight;
+        }
         real.upper_threshold = spec.upper_threshold;
         real.lower_threshold = spec.lower_threshold;
         Ok(())
@@ -469,8 +462,8 @@ mod tests {
             Err(ModelError::WeightOutOfRange(70000))
         );
         assert_eq!(
-            t.add_service(ServiceSpec::new(key(81), SchedulerKind::Wlc)),
-            Err(ModelError::SchedulerNotImplemented(SchedulerKind::Wlc))
+            t.add_service(ServiceSpec::new(key(0), SchedulerKind::Wlc)),
+            Err(ModelError::ZeroPort(key(0)))
         );
         assert_eq!(t, before);
     }

@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::conns::Thresholds;
 use crate::model::{Protocol, RealId, ServiceKey, ServiceTable};
-use crate::sched::Scheduler;
+use crate::sched::{SchedFlags, Scheduler};
 
 /// A real server as a worker sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,10 +24,13 @@ pub struct RealEntry {
     pub id: RealId,
     pub addr: u32,
     pub weight: u32,
+    /// The last non-zero weight (`mh`'s table uses it; see `model::RealServer`).
+    pub last_weight: u32,
     /// Index into the neighbour table (one slot per egress interface + address).
     pub neigh: u32,
     /// Index of the egress interface in the daemon's interface list.
     pub egress: u16,
+    pub thresholds: Thresholds,
 }
 
 #[derive(Debug)]
@@ -48,8 +52,6 @@ pub enum SnapshotError {
         "real server {0} is not on-link on any served interface (direct routing needs the real server on the director's LAN)"
     )]
     NotOnLink(Ipv4Addr),
-    #[error("scheduler {0} is not implemented yet")]
-    Scheduler(&'static str),
 }
 
 #[derive(Debug)]
@@ -100,12 +102,17 @@ impl Snapshot {
                     id: r.id,
                     addr: u32::from(r.addr),
                     weight: r.weight,
+                    last_weight: r.last_weight,
                     neigh,
                     egress,
+                    thresholds: Thresholds {
+                        upper: r.upper_threshold,
+                        lower: r.lower_threshold,
+                    },
                 });
             }
-            let scheduler = Scheduler::build(svc.scheduler, &reals)
-                .ok_or(SnapshotError::Scheduler(svc.scheduler.name()))?;
+            let scheduler =
+                Scheduler::build(svc.scheduler, &reals, SchedFlags::default(), svc.key.port);
             services.push(ServiceEntry {
                 key: svc.key,
                 scheduler,
@@ -200,8 +207,10 @@ pub(crate) mod tests {
                 id: RealId(NonZeroU32::new(i as u32 + 1).unwrap()),
                 addr: 0x0a00_000b + i as u32,
                 weight,
+                last_weight: weight,
                 neigh: i as u32,
                 egress: 0,
+                thresholds: Thresholds::default(),
             })
             .collect()
     }

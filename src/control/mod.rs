@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::clock;
+use crate::conns::ConnCounts;
 use crate::datapath::counters::{DropReason, WorkerCounters};
 use crate::interfaces::Interface;
 use crate::io::socket::{RingStats, recv_frame, send_frame, take_ring_stats, wait_readable};
@@ -27,6 +28,7 @@ pub struct Control {
     pub arp: ArpEngine,
     pub neigh: Arc<NeighTable>,
     pub workers: Vec<Arc<WorkerCounters>>,
+    pub conns: Arc<ConnCounts>,
     /// (interface index, receive socket) of every worker ring.
     pub ring_fds: Vec<(usize, RawFd)>,
     pub ring_totals: Vec<RingStats>,
@@ -164,15 +166,12 @@ impl Control {
         let mut f = Figures::default();
         for svc in self.table.services() {
             for r in &svc.reals {
-                let (mut conns, mut pkts, mut bytes, mut active, mut inactive) =
-                    (0, 0, 0, 0u64, 0u64);
+                let (mut conns, mut pkts, mut bytes) = (0, 0, 0);
                 for w in &self.workers {
                     if let Some(c) = w.real(r.id) {
                         conns += c.conns.load(Relaxed);
                         pkts += c.in_packets.load(Relaxed);
                         bytes += c.in_bytes.load(Relaxed);
-                        active = active.wrapping_add(c.active.load(Relaxed));
-                        inactive = inactive.wrapping_add(c.inactive.load(Relaxed));
                     }
                 }
                 f.ipvs.connections += conns;
@@ -184,10 +183,8 @@ impl Control {
                     remote_address: r.addr.to_string(),
                     remote_port: r.port,
                     proto: svc.key.proto.ipvsadm_name(),
-                    // A worker's count can be transiently "negative" (wrapped) between a
-                    // decrement on one worker and its increment elsewhere; never show that.
-                    active: if active > u64::MAX / 2 { 0 } else { active },
-                    inactive: if inactive > u64::MAX / 2 { 0 } else { inactive },
+                    active: u64::from(self.conns.active(r.id)),
+                    inactive: u64::from(self.conns.inactive(r.id)),
                     weight: r.weight,
                 });
             }

@@ -109,34 +109,6 @@ pub struct RealCounters {
     pub conns: AtomicU64,
     pub in_packets: AtomicU64,
     pub in_bytes: AtomicU64,
-    /// Flows of this real in an active TCP state (SYN_RECV, ESTABLISHED, …) in this worker's
-    /// table, and all others (FIN_WAIT, CLOSE, UDP): IPVS's ActiveConn / InActConn. Expired
-    /// flows leave the counts when they are reaped, so the control thread's sum lags by at
-    /// most one full sweep of the table (a few seconds at idle, see `datapath::worker`).
-    pub active: AtomicU64,
-    pub inactive: AtomicU64,
-}
-
-/// Moves one connection of `id` into (`delta` = 1) or out of (`delta` = -1) the active or
-/// inactive count for `state`.
-#[inline]
-pub fn count_conn(
-    c: &WorkerCounters,
-    id: RealId,
-    state: crate::datapath::tcp_state::TcpState,
-    delta: i64,
-) {
-    if let Some(r) = c.real(id) {
-        let which = if state.is_active() {
-            &r.active
-        } else {
-            &r.inactive
-        };
-        which.store(
-            which.load(Ordering::Relaxed).wrapping_add(delta as u64),
-            Ordering::Relaxed,
-        );
-    }
 }
 
 /// One counter with a single writer.

@@ -10,7 +10,10 @@
 //! cover the TTL, and when it is still partial (veth offloads) the `virtio_net_hdr` carried
 //! along tells the kernel to finish it on transmit.
 
-use crate::datapath::counters::{DropReason, WorkerCounters, bump, count_conn};
+use std::sync::Arc;
+
+use crate::conns::ConnCounts;
+use crate::datapath::counters::{DropReason, WorkerCounters, bump};
 use crate::datapath::flow_table::{FlowKey, FlowTable};
 use crate::datapath::tcp_state::{TcpState, Timeouts, next_state};
 use crate::io::ring::RxFrame;
@@ -41,6 +44,8 @@ pub struct Forwarder {
     pub sloppy_tcp: bool,
     /// MAC of each interface, by the index snapshots use for `egress`.
     pub interface_macs: Vec<MacAddr>,
+    /// Live connection counts, shared by all workers (see `conns`).
+    pub conns: Arc<ConnCounts>,
 }
 
 /// Parsed fields of a frame worth a flow lookup.
@@ -129,13 +134,28 @@ fn parse(frame: &[u8], status: u32) -> Result<Parsed, DropReason> {
 }
 
 impl Forwarder {
-    pub fn new(flow_capacity: usize, sloppy_tcp: bool, interface_macs: Vec<MacAddr>) -> Forwarder {
+    pub fn new(
+        flow_capacity: usize,
+        sloppy_tcp: bool,
+        interface_macs: Vec<MacAddr>,
+        conns: Arc<ConnCounts>,
+    ) -> Forwarder {
         Forwarder {
             flows: FlowTable::new(flow_capacity),
             timeouts: Timeouts::default(),
             sloppy_tcp,
             interface_macs,
+            conns,
         }
+    }
+
+    /// Reaps expired flows among the next `budget` slots, unbinding each from its real.
+    pub fn expire_some(&mut self, snap: &Snapshot, now: u32, budget: usize) -> usize {
+        let conns = &self.conns;
+        self.flows.expire_some(now, budget, |real, state| {
+            let t = snap.real(real).map(|r| r.thresholds).unwrap_or_default();
+            conns.unbind(real, state.is_active(), t);
+        })
     }
 
     /// Decides one frame (the `virtio_net_hdr` followed by the frame, as the ring holds it),
@@ -198,8 +218,7 @@ impl Forwarder {
                 };
                 self.flows.update(at, state, now.wrapping_add(timeout));
                 if state.is_active() != flow.state.is_active() {
-                    count_conn(counters, flow.real, flow.state, -1);
-                    count_conn(counters, flow.real, state, 1);
+                    self.conns.moved(flow.real, state.is_active());
                 }
                 snap.real(flow.real).ok_or(DropReason::RealRemoved)?
             }
@@ -210,7 +229,7 @@ impl Forwarder {
                 }
                 let i = svc
                     .scheduler
-                    .pick(&svc.reals, &p.key)
+                    .pick(&svc.reals, &p.key, &self.conns)
                     .ok_or(DropReason::NoRealServer)?;
                 let real = svc.reals.get(i).ok_or(DropReason::NoRealServer)?;
                 let (state, timeout) = if is_tcp {
@@ -223,12 +242,16 @@ impl Forwarder {
                     self.flows
                         .insert(&p.key, real.id, state, now.wrapping_add(timeout), now)
                 {
-                    count_conn(counters, old.real, old.state, -1);
+                    let t = snap
+                        .real(old.real)
+                        .map(|r| r.thresholds)
+                        .unwrap_or_default();
+                    self.conns.unbind(old.real, old.state.is_active(), t);
                     if old.evicted {
                         bump(&counters.totals.flow_evictions, 1);
                     }
                 }
-                count_conn(counters, real.id, state, 1);
+                self.conns.bind(real.id, state.is_active(), real.thresholds);
                 if let Some(c) = counters.real(real.id) {
                     bump(&c.conns, 1);
                 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::clock;
-use crate::datapath::counters::{DropReason, WorkerCounters, bump, count_conn};
+use crate::datapath::counters::{DropReason, WorkerCounters, bump};
 use crate::datapath::process::{Forwarder, Verdict};
 use crate::io::ring::RxRing;
 use crate::io::socket::wait_readable;
@@ -110,15 +110,13 @@ impl Worker {
                     drop(batch);
                 }
             }
-            drop(snap);
             let budget = if batches > 0 {
                 EXPIRE_PER_BATCH
             } else {
                 EXPIRE_PER_IDLE
             };
-            self.forwarder
-                .flows
-                .expire_some(now, budget, |real, state| count_conn(&c, real, state, -1));
+            self.forwarder.expire_some(&snap, now, budget);
+            drop(snap);
             c.totals
                 .flows
                 .store(self.forwarder.flows.len() as u64, Ordering::Relaxed);

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::{Schedule, usable};
+use crate::conns::ConnCounts;
 use crate::datapath::flow_table::FlowKey;
 use crate::snapshot::RealEntry;
 
@@ -27,24 +28,26 @@ impl Default for RoundRobin {
     }
 }
 
-fn next_after(last: u32, reals: &[RealEntry]) -> Option<usize> {
+fn next_after(last: u32, reals: &[RealEntry], conns: &ConnCounts) -> Option<usize> {
     let n = reals.len();
     let start = if last == u32::MAX {
         0
     } else {
         last as usize + 1
     };
-    (0..n).map(|i| (start + i) % n).find(|&i| usable(&reals[i]))
+    (0..n)
+        .map(|i| (start + i) % n)
+        .find(|&i| usable(&reals[i], conns))
 }
 
 impl Schedule for RoundRobin {
-    fn pick(&self, reals: &[RealEntry], _flow: &FlowKey) -> Option<usize> {
+    fn pick(&self, reals: &[RealEntry], _flow: &FlowKey, conns: &ConnCounts) -> Option<usize> {
         let mut chosen = None;
         // CAS so that concurrent workers each take the next one in turn.
         let _ = self
             .last
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-                chosen = next_after(last, reals);
+                chosen = next_after(last, reals, conns);
                 chosen.map(|i| i as u32)
             });
         chosen
@@ -70,14 +73,19 @@ mod tests {
     fn cycles_in_order_and_skips_weight_zero() {
         let reals = reals_with_weights(&[1, 0, 5]);
         let rr = RoundRobin::new();
-        let seq: Vec<usize> = (0..6).map(|_| rr.pick(&reals, &key()).unwrap()).collect();
+        let seq: Vec<usize> = (0..6)
+            .map(|_| rr.pick(&reals, &key(), &ConnCounts::new()).unwrap())
+            .collect();
         assert_eq!(seq, [0, 2, 0, 2, 0, 2]);
     }
 
     #[test]
     fn nothing_usable() {
         let rr = RoundRobin::new();
-        assert_eq!(rr.pick(&reals_with_weights(&[0, 0]), &key()), None);
-        assert_eq!(rr.pick(&[], &key()), None);
+        assert_eq!(
+            rr.pick(&reals_with_weights(&[0, 0]), &key(), &ConnCounts::new()),
+            None
+        );
+        assert_eq!(rr.pick(&[], &key(), &ConnCounts::new()), None);
     }
 }

@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Schedule, usable};
+use crate::conns::ConnCounts;
 use crate::datapath::flow_table::FlowKey;
 use crate::snapshot::RealEntry;
 
@@ -46,7 +47,13 @@ impl WeightedRoundRobin {
         }
     }
 
-    fn step(&self, pos: u32, cw: i64, reals: &[RealEntry]) -> Option<(usize, i64)> {
+    fn step(
+        &self,
+        pos: u32,
+        cw: i64,
+        reals: &[RealEntry],
+        conns: &ConnCounts,
+    ) -> Option<(usize, i64)> {
         if self.mw == 0 || reals.is_empty() {
             return None;
         }
@@ -65,7 +72,7 @@ impl WeightedRoundRobin {
                 continue;
             }
             let r = &reals[i];
-            if usable(r) && i64::from(r.weight) >= cw {
+            if usable(r, conns) && i64::from(r.weight) >= cw {
                 return Some((i, cw));
             }
             i += 1;
@@ -83,13 +90,13 @@ fn unpack(v: u64) -> (u32, i64) {
 }
 
 impl Schedule for WeightedRoundRobin {
-    fn pick(&self, reals: &[RealEntry], _flow: &FlowKey) -> Option<usize> {
+    fn pick(&self, reals: &[RealEntry], _flow: &FlowKey, conns: &ConnCounts) -> Option<usize> {
         let mut chosen = None;
         let _ = self
             .state
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
                 let (pos, cw) = unpack(v);
-                let (i, cw) = self.step(pos, cw, reals)?;
+                let (i, cw) = self.step(pos, cw, reals, conns)?;
                 chosen = Some(i);
                 Some(pack(i as u32, cw))
             });
@@ -116,7 +123,7 @@ mod tests {
         let reals = reals_with_weights(weights);
         let s = WeightedRoundRobin::new(&reals);
         (0..n)
-            .map(|_| match s.pick(&reals, &key()) {
+            .map(|_| match s.pick(&reals, &key(), &ConnCounts::new()) {
                 Some(i) => (b'A' + i as u8) as char,
                 None => '-',
             })

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use etherparse::PacketBuilder;
 
 use super::*;
+use crate::conns::ConnCounts;
 use crate::model::{Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec, ServiceTable};
 use crate::snapshot::tests::AllOnLink;
 
@@ -43,7 +44,12 @@ fn rig() -> Rig {
     neigh.set(11, Some(MacAddr(RS1_MAC)));
     neigh.set(12, Some(MacAddr(RS2_MAC)));
     Rig {
-        fwd: Forwarder::new(1024, false, vec![MacAddr(DIR_MAC)]),
+        fwd: Forwarder::new(
+            1024,
+            false,
+            vec![MacAddr(DIR_MAC)],
+            Arc::new(ConnCounts::new()),
+        ),
         snap,
         neigh,
         counters: WorkerCounters::new(),
@@ -470,4 +476,42 @@ proptest::proptest! {
             Verdict::Forward { .. } => proptest::prop_assert_eq!(after, before),
         }
     }
+}
+
+#[test]
+fn connection_counts_follow_the_ipvs_lifecycle() {
+    let mut r = rig();
+    let rs1 = r
+        .snap
+        .service(6, u32::from(Ipv4Addr::from(VIP)), 80)
+        .unwrap()
+        .reals[0]
+        .id;
+    let counts = |r: &Rig| (r.fwd.conns.active(rs1), r.fwd.conns.inactive(rs1));
+    let mut b = tcp(40000, 80, true, false, false, false);
+    r.run(&mut b, 0);
+    assert_eq!(counts(&r), (1, 0), "SYN_RECV is active");
+    let mut b = tcp(40000, 80, false, true, false, false);
+    r.run(&mut b, 1);
+    assert_eq!(counts(&r), (1, 0), "ESTABLISHED is active");
+    let mut b = tcp(40000, 80, false, true, true, false);
+    r.run(&mut b, 2);
+    assert_eq!(counts(&r), (0, 1), "FIN_WAIT is inactive");
+    // FIN_WAIT lives 120 s; reaping after that leaves nothing counted.
+    let snap = std::mem::replace(&mut r.snap, Snapshot::empty());
+    r.fwd.expire_some(&snap, 200_000, 1 << 12);
+    assert_eq!(counts(&r), (0, 0));
+    // UDP is always inactive.
+    let rs1_udp = snap
+        .service(17, u32::from(Ipv4Addr::from(VIP)), 53)
+        .unwrap()
+        .reals[0]
+        .id;
+    r.snap = snap;
+    let mut b = udp(5000, 53);
+    r.run(&mut b, 0);
+    assert_eq!(
+        (r.fwd.conns.active(rs1_udp), r.fwd.conns.inactive(rs1_udp)),
+        (0, 1)
+    );
 }
