@@ -132,12 +132,6 @@ impl SchedulerKind {
             .find(|k| k.name() == name)
             .ok_or_else(|| ModelError::UnknownScheduler(name.to_string()))
     }
-
-    /// Whether the datapath implements this scheduler yet. The others are recognised (so a
-    /// rules file naming them gets a precise message) but refused until they exist.
-    pub const fn is_implemented(self) -> bool {
-        matches!(self, SchedulerKind::Rr | SchedulerKind::Wrr)
-    }
 }
 
 impl fmt::Display for SchedulerKind {
@@ -259,8 +253,6 @@ pub enum ModelError {
         "Scheduler not found: '{0}' (known: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos)"
     )]
     UnknownScheduler(String),
-    #[error("scheduler '{0}' is not supported yet (implemented: rr, wrr)")]
-    SchedulerNotImplemented(SchedulerKind),
     #[error("weight {0} is out of range 0..65535")]
     WeightOutOfRange(u64),
     #[error("port 0 is not supported for a TCP/UDP service yet")]
@@ -314,9 +306,6 @@ impl ServiceTable {
         if spec.key.port == 0 {
             return Err(ModelError::ZeroPort(spec.key));
         }
-        if !spec.scheduler.is_implemented() {
-            return Err(ModelError::SchedulerNotImplemented(spec.scheduler));
-        }
         self.services.push(VirtualService {
             key: spec.key,
             scheduler: spec.scheduler,
@@ -328,10 +317,6 @@ impl ServiceTable {
     }
 
     pub fn edit_service(&mut self, spec: ServiceSpec) -> Result<(), ModelError> {
-        self.service_mut(&spec.key)?;
-        if !spec.scheduler.is_implemented() {
-            return Err(ModelError::SchedulerNotImplemented(spec.scheduler));
-        }
         let svc = self.service_mut(&spec.key)?;
         svc.scheduler = spec.scheduler;
         svc.persistence_timeout = spec.persistence_timeout;
@@ -486,8 +471,8 @@ mod tests {
             Err(ModelError::WeightOutOfRange(70000))
         );
         assert_eq!(
-            t.add_service(ServiceSpec::new(key(81), SchedulerKind::Wlc)),
-            Err(ModelError::SchedulerNotImplemented(SchedulerKind::Wlc))
+            t.add_service(ServiceSpec::new(key(0), SchedulerKind::Wlc)),
+            Err(ModelError::ZeroPort(key(0)))
         );
         assert_eq!(t, before);
     }

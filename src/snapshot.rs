@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::conns::Thresholds;
 use crate::model::{Protocol, RealId, ServiceKey, ServiceTable};
-use crate::sched::Scheduler;
+use crate::sched::{SchedFlags, Scheduler};
 
 /// A real server as a worker sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,8 +52,6 @@ pub enum SnapshotError {
         "real server {0} is not on-link on any served interface (direct routing needs the real server on the director's LAN)"
     )]
     NotOnLink(Ipv4Addr),
-    #[error("scheduler {0} is not implemented yet")]
-    Scheduler(&'static str),
 }
 
 #[derive(Debug)]
@@ -113,8 +111,8 @@ impl Snapshot {
                     },
                 });
             }
-            let scheduler = Scheduler::build(svc.scheduler, &reals)
-                .ok_or(SnapshotError::Scheduler(svc.scheduler.name()))?;
+            let scheduler =
+                Scheduler::build(svc.scheduler, &reals, SchedFlags::default(), svc.key.port);
             services.push(ServiceEntry {
                 key: svc.key,
                 scheduler,

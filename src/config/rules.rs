@@ -428,17 +428,7 @@ fn apply_line(table: &mut ServiceTable, text: &str) -> Result<(), String> {
             } else {
                 table.edit_service(spec)
             };
-            result.map_err(|e| {
-                let hint = line.scheduler.is_none()
-                    && matches!(e, ModelError::SchedulerNotImplemented(_));
-                let mut msg = in_service(e);
-                if hint {
-                    msg.push_str(&format!(
-                        "; '{DEFAULT_SCHEDULER}' is ipvsadm's default when -s is absent: add -s rr or -s wrr"
-                    ));
-                }
-                msg
-            })
+            result.map_err(&in_service)
         }
         Command::DeleteService => table.delete_service(&key).map_err(in_service),
         Command::AddServer | Command::EditServer | Command::DeleteServer => {
@@ -833,11 +823,6 @@ mod tests {
             &format!("{RR80}{RR80}"),
             2,
             &["service TCP 10.0.0.100:80: Service already exists"],
-        );
-        refused(
-            "# no -s\n-A -t 10.0.0.100:80\n",
-            2,
-            &["scheduler 'wlc' is not supported yet", "-s rr"],
         );
         refused(
             &format!(

@@ -36,8 +36,8 @@ use super::{
     RingVersion,
 };
 use crate::model::{
-    ForwardMethod, MAX_WEIGHT, ModelError, Protocol, RealSpec, SchedulerKind, ServiceKey,
-    ServiceSpec, ServiceTable,
+    ForwardMethod, MAX_WEIGHT, Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec,
+    ServiceTable,
 };
 
 /// Smallest ring block: one page.
@@ -443,15 +443,9 @@ fn add_service(table: &mut ServiceTable, spanned: &Spanned<RawService>) -> Resul
         persistence_timeout,
         persistence_netmask,
     };
-    table.add_service(spec).or_else(|e| {
-        let mut message = format!("{label}: {e}");
-        if svc.scheduler.is_none() && matches!(e, ModelError::SchedulerNotImplemented(_)) {
-            message.push_str(&format!(
-                "; '{DEFAULT_SCHEDULER}' is the default when `scheduler` is absent, as in ipvsadm: set scheduler = \"rr\" or \"wrr\""
-            ));
-        }
-        err(header.clone(), message)
-    })?;
+    table
+        .add_service(spec)
+        .or_else(|e| err(header.clone(), format!("{label}: {e}")))?;
 
     for real in &svc.real {
         add_real(table, &key, &label, real)?;
@@ -775,15 +769,10 @@ forward = "gate"
 
     #[test]
     fn service_errors_point_at_the_service() {
-        // Default scheduler is wlc, refused by the model as not implemented.
         refused(
-            "workers = 1\n\n[[service]]\nvip = \"10.0.0.100\"\nport = 80\n",
-            3,
-            &[
-                "service TCP 10.0.0.100:80",
-                "'wlc' is not supported yet",
-                "default",
-            ],
+            "workers = 1\n\n[[service]]\nvip = \"10.0.0.100\"\nport = 0\n",
+            5,
+            &["port = 0 is out of range"],
         );
         refused(
             &format!("{SVC}\n{SVC}"),
