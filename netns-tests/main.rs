@@ -5,6 +5,7 @@
 //! Tests take a global lock (see `common::setup`): on a 2-core machine, several labs with a
 //! director each would compete for CPU and make timing-sensitive checks flaky.
 
+mod admin;
 mod common;
 mod demo;
 mod dr_basic;

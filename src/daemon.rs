@@ -3,8 +3,6 @@
 //! server are all checked before the first socket is opened; any later set-up failure unwinds
 //! what was done (RAII), including the nftables table.
 
-use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
@@ -17,18 +15,22 @@ use arc_swap::ArcSwap;
 
 use crate::config::{DaemonConfig, RingVersion};
 use crate::conns::ConnCounts;
+use crate::control::placement::Placer;
+use crate::control::stats::StatsKeeper;
 use crate::control::{Control, signals};
+use crate::ctl::apply::AdminState;
+use crate::ctl::proto::TimeoutsSecs;
 use crate::datapath::counters::WorkerCounters;
 use crate::datapath::process::Forwarder;
 use crate::datapath::worker::{RxPort, Worker};
-use crate::interfaces::{self, Interface};
+use crate::interfaces;
 use crate::io::filter::receive_filter;
 use crate::io::ring::{MAX_V2_BATCH, RxRing};
 use crate::io::socket::{self, RingStats, RxSocketPlan};
 use crate::kernel_filter::KernelFilter;
-use crate::neigh::arp::{ArpEngine, ArpInterface, Neighbor};
+use crate::neigh::arp::{ArpEngine, ArpInterface};
 use crate::neigh::cache::NeighTable;
-use crate::snapshot::{Placement, Snapshot};
+use crate::snapshot::Snapshot;
 
 /// The abstract Unix socket name that marks "a uvs serves this network namespace" (abstract
 /// names are per namespace and vanish with the process, so a killed instance leaves no lock).
@@ -47,6 +49,8 @@ pub struct RunArgs {
     /// `Some(None)` = `--metrics off`.
     pub metrics: Option<Option<std::net::SocketAddr>>,
     pub ready_file: Option<PathBuf>,
+    /// Admin socket path; `None` = the abstract name (one per network namespace).
+    pub admin_socket: Option<PathBuf>,
 }
 
 /// Reads and merges the configuration inputs; refuses with file, line and problem.
@@ -79,27 +83,6 @@ pub fn load_config(args: &RunArgs) -> Result<DaemonConfig> {
         bail!("the configuration defines no virtual service");
     }
     Ok(cfg)
-}
-
-/// Places each real server on the served interface whose network contains it, one neighbour
-/// slot per (interface, address).
-struct OnLink<'a> {
-    interfaces: &'a [Interface],
-    slots: HashMap<(u16, Ipv4Addr), u32>,
-}
-
-impl Placement for OnLink<'_> {
-    fn place(&mut self, addr: Ipv4Addr) -> Option<(u16, u32)> {
-        let egress = self
-            .interfaces
-            .iter()
-            .position(|i| i.source_for(addr).is_some())? as u16;
-        let next = self.slots.len() as u32;
-        if next as usize >= NEIGH_SLOTS {
-            return None;
-        }
-        Some((egress, *self.slots.entry((egress, addr)).or_insert(next)))
-    }
 }
 
 fn check_privileges() -> Result<()> {
@@ -135,17 +118,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let ifaces = interfaces::resolve(&cfg.interfaces)?;
     let if_names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
 
-    let mut placement = OnLink {
-        interfaces: &ifaces,
-        slots: HashMap::new(),
-    };
-    let snapshot = Snapshot::build(&cfg.services, 1, &mut placement)?;
+    let mut placer = Placer::new(ifaces.clone(), NEIGH_SLOTS);
+    let snapshot = Snapshot::build(&cfg.services, 1, &mut placer)?;
     let neigh = Arc::new(NeighTable::new(NEIGH_SLOTS));
-    let neighbors: Vec<Neighbor> = placement
-        .slots
-        .iter()
-        .map(|(&(egress, addr), &slot)| Neighbor::new(slot, usize::from(egress), addr))
-        .collect();
+    let neighbors = placer.neighbors(&cfg.services);
+    let admin = crate::ctl::server::bind(args.admin_socket.as_deref())
+        .map_err(|e| anyhow::anyhow!("cannot open the admin socket: {e}"))?;
     let vips = snapshot.vips();
     let service_keys: Vec<_> = cfg.services.services().iter().map(|s| s.key).collect();
 
@@ -177,6 +155,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     };
     let conns = Arc::new(ConnCounts::new());
     let mut workers = Vec::with_capacity(n_workers);
+    let mut worker_requests = Vec::with_capacity(n_workers);
     let mut ring_fds = Vec::new();
     let mut counters = Vec::new();
     for w in 0..n_workers {
@@ -198,6 +177,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
         let c = Arc::new(WorkerCounters::new());
         counters.push(Arc::clone(&c));
+        let (requests_tx, requests) = crossbeam_channel::bounded(4);
+        worker_requests.push(requests_tx);
         workers.push(Worker {
             index: w,
             core: cores.get(w % cores.len().max(1)).copied(),
@@ -214,6 +195,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             snapshot: Arc::clone(&shared),
             neigh: Arc::clone(&neigh),
             stop: Arc::clone(&stop),
+            requests,
         });
     }
 
@@ -269,10 +251,19 @@ pub fn run(args: &RunArgs) -> Result<()> {
         arp,
         neigh,
         workers: counters,
+        worker_requests,
         conns,
         ring_fds,
         ring_totals: vec![RingStats::default(); ifaces.len()],
-        table: cfg.services.clone(),
+        state: AdminState {
+            table: cfg.services.clone(),
+            timeouts: TimeoutsSecs::default(),
+        },
+        snapshot: Arc::clone(&shared),
+        placer,
+        kernel_filter,
+        stats: StatsKeeper::default(),
+        admin: Some(admin),
         metrics,
         ready_file: args.ready_file.clone(),
     };
@@ -283,7 +274,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     for h in handles {
         let _ = h.join();
     }
-    drop(kernel_filter);
+    // Removes the nftables table and closes the admin socket.
+    drop(control);
     if let Some(p) = &args.ready_file {
         let _ = std::fs::remove_file(p);
     }

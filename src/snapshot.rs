@@ -15,6 +15,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::conns::Thresholds;
+use crate::datapath::tcp_state::Timeouts;
 use crate::model::{Protocol, RealId, ServiceKey, ServiceTable};
 use crate::sched::{SchedFlags, Scheduler};
 
@@ -57,6 +58,8 @@ pub enum SnapshotError {
 #[derive(Debug)]
 pub struct Snapshot {
     pub generation: u64,
+    /// Flow timeouts per TCP state and for UDP (`--set tcp tcpfin udp`).
+    pub timeouts: Timeouts,
     services: Vec<ServiceEntry>,
     /// Open-addressing index: slot → service index + 1 (0 = empty).
     index: Vec<u32>,
@@ -75,6 +78,7 @@ impl Snapshot {
     pub fn empty() -> Snapshot {
         Snapshot {
             generation: 0,
+            timeouts: Timeouts::default(),
             services: Vec::new(),
             index: vec![0; 1],
             index_mask: 0,
@@ -139,11 +143,18 @@ impl Snapshot {
         }
         Ok(Snapshot {
             generation,
+            timeouts: Timeouts::default(),
             services,
             index,
             index_mask: mask,
             real_by_id,
         })
+    }
+
+    /// The same snapshot with other flow timeouts.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Snapshot {
+        self.timeouts = timeouts;
+        self
     }
 
     /// The service for a packet's protocol, destination address and port.

@@ -38,6 +38,9 @@ enum Command {
         /// Create FILE (containing the PID) once forwarding; removed on exit. For test harnesses.
         #[arg(long, value_name = "FILE", hide = true)]
         ready_file: Option<PathBuf>,
+        /// Admin socket path for uvsadm (default: an abstract socket, one per network namespace).
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<PathBuf>,
     },
     /// Build a namespace DR lab, run the director in it, send requests, show the packet flow.
     Demo,
@@ -85,6 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             workers,
             metrics,
             ready_file,
+            admin_socket,
         } => {
             let args = uvs::daemon::RunArgs {
                 config,
@@ -93,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 workers,
                 metrics: metrics.as_deref().map(parse_metrics).transpose()?,
                 ready_file,
+                admin_socket,
             };
             uvs::daemon::run(&args)
         }

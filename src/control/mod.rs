@@ -1,7 +1,10 @@
 //! The control thread: owns all mutable shared state, answers ARP, resolves real-server MACs,
 //! reads ring statistics, serves /metrics. Workers never wait for it.
 
+pub mod admin;
+pub mod placement;
 pub mod signals;
+pub mod stats;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -9,13 +12,19 @@ use std::time::{Duration, Instant};
 
 use crate::clock;
 use crate::conns::ConnCounts;
+use crate::ctl::apply::AdminState;
 use crate::datapath::counters::{DropReason, WorkerCounters};
+use crate::datapath::worker::WorkerRequest;
 use crate::interfaces::Interface;
 use crate::io::socket::{RingStats, recv_frame, send_frame, take_ring_stats, wait_readable};
+use crate::kernel_filter::KernelFilter;
 use crate::metrics::{Backend, Endpoint, Figures, IpvsTotals, RingFigures, WorkerFigures};
-use crate::model::ServiceTable;
 use crate::neigh::arp::{ArpEngine, ArpIgnore, Outgoing};
 use crate::neigh::cache::NeighTable;
+use crate::snapshot::SharedSnapshot;
+use placement::Placer;
+use stats::StatsKeeper;
+use std::os::unix::net::UnixListener;
 
 /// How often the control loop runs its timers when nothing arrives.
 const TICK_MS: i32 = 20;
@@ -28,11 +37,18 @@ pub struct Control {
     pub arp: ArpEngine,
     pub neigh: Arc<NeighTable>,
     pub workers: Vec<Arc<WorkerCounters>>,
+    pub worker_requests: Vec<crossbeam_channel::Sender<WorkerRequest>>,
     pub conns: Arc<ConnCounts>,
     /// (interface index, receive socket) of every worker ring.
     pub ring_fds: Vec<(usize, RawFd)>,
     pub ring_totals: Vec<RingStats>,
-    pub table: ServiceTable,
+    /// The configured state the admin interface changes.
+    pub state: AdminState,
+    pub snapshot: SharedSnapshot,
+    pub placer: Placer,
+    pub kernel_filter: Option<KernelFilter>,
+    pub stats: StatsKeeper,
+    pub admin: Option<UnixListener>,
     pub metrics: Option<Endpoint>,
     /// Written (with the PID) once uvs can forward: every real server's MAC is known, or
     /// [`READY_TIMEOUT`] has passed (then the unresolved ones are logged).
@@ -50,6 +66,7 @@ impl Control {
             .iter()
             .map(|fd| fd.as_raw_fd())
             .chain(self.metrics.as_ref().map(|m| m.raw_fd()))
+            .chain(self.admin.as_ref().map(|a| a.as_raw_fd()))
             .map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -57,6 +74,7 @@ impl Control {
             })
             .collect();
         let mut last_ring_read = Instant::now();
+        let mut last_estimate = Instant::now();
         let mut out = Vec::new();
         let mut buf = vec![0u8; 2048];
         let mut last_conflict = None;
@@ -96,6 +114,11 @@ impl Control {
             if !ready {
                 ready = self.announce_ready_when_resolved(started.elapsed());
             }
+            if last_estimate.elapsed() >= Duration::from_secs(stats::PERIOD_SECS) {
+                self.estimate();
+                last_estimate += Duration::from_secs(stats::PERIOD_SECS);
+            }
+            self.serve_admin();
             if last_ring_read.elapsed() >= RING_STATS_EVERY {
                 self.read_ring_stats();
                 last_ring_read = Instant::now();
@@ -108,6 +131,25 @@ impl Control {
                 self.metrics = Some(m);
             }
         }
+    }
+
+    /// Serves every pending admin connection (one request each).
+    fn serve_admin(&mut self) {
+        let Some(listener) = self.admin.take() else {
+            return;
+        };
+        // Bounded per tick so a flood of clients cannot starve ARP and the rest.
+        for _ in 0..16 {
+            match listener.accept() {
+                Ok((stream, _)) => crate::ctl::server::serve(stream, &mut |req| self.handle(req)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    log::warn!("admin socket: {e}");
+                    break;
+                }
+            }
+        }
+        self.admin = Some(listener);
     }
 
     fn announce_ready_when_resolved(&self, waited: Duration) -> bool {
@@ -164,7 +206,7 @@ impl Control {
     pub fn figures(&self) -> Figures {
         use std::sync::atomic::Ordering::Relaxed;
         let mut f = Figures::default();
-        for svc in self.table.services() {
+        for svc in self.state.table.services() {
             for r in &svc.reals {
                 let (mut conns, mut pkts, mut bytes) = (0, 0, 0);
                 for w in &self.workers {

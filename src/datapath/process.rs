@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::conns::ConnCounts;
 use crate::datapath::counters::{DropReason, WorkerCounters, bump};
 use crate::datapath::flow_table::{FlowKey, FlowTable};
-use crate::datapath::tcp_state::{TcpState, Timeouts, next_state};
+use crate::datapath::tcp_state::{TcpState, next_state};
 use crate::io::ring::RxFrame;
 use crate::io::{VNET_F_DATA_VALID, VNET_HDR_LEN};
 use crate::neigh::cache::NeighTable;
@@ -40,7 +40,6 @@ pub const STATUS_VLAN_VALID: u32 = 1 << 4;
 /// Per-worker forwarding state.
 pub struct Forwarder {
     pub flows: FlowTable,
-    pub timeouts: Timeouts,
     pub sloppy_tcp: bool,
     /// MAC of each interface, by the index snapshots use for `egress`.
     pub interface_macs: Vec<MacAddr>,
@@ -142,7 +141,6 @@ impl Forwarder {
     ) -> Forwarder {
         Forwarder {
             flows: FlowTable::new(flow_capacity),
-            timeouts: Timeouts::default(),
             sloppy_tcp,
             interface_macs,
             conns,
@@ -212,9 +210,9 @@ impl Forwarder {
             Some((at, flow)) => {
                 let (state, timeout) = if is_tcp {
                     let s = next_state(flow.state, p.tcp_flags);
-                    (s, self.timeouts.tcp(s))
+                    (s, snap.timeouts.tcp(s))
                 } else {
-                    (TcpState::None, self.timeouts.udp_ms)
+                    (TcpState::None, snap.timeouts.udp_ms)
                 };
                 self.flows.update(at, state, now.wrapping_add(timeout));
                 if state.is_active() != flow.state.is_active() {
@@ -234,9 +232,9 @@ impl Forwarder {
                 let real = svc.reals.get(i).ok_or(DropReason::NoRealServer)?;
                 let (state, timeout) = if is_tcp {
                     let s = next_state(TcpState::None, p.tcp_flags);
-                    (s, self.timeouts.tcp(s))
+                    (s, snap.timeouts.tcp(s))
                 } else {
-                    (TcpState::None, self.timeouts.udp_ms)
+                    (TcpState::None, snap.timeouts.udp_ms)
                 };
                 if let Some(old) =
                     self.flows

@@ -151,6 +151,16 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
+    /// The defaults with ipvsadm's three settable values (`--set tcp tcpfin udp`, seconds):
+    /// ESTABLISHED, FIN_WAIT and UDP.
+    pub fn with_set(tcp_secs: u32, tcpfin_secs: u32, udp_secs: u32) -> Timeouts {
+        let mut t = Timeouts::default();
+        t.tcp_ms[TcpState::Established as usize] = tcp_secs.saturating_mul(1000);
+        t.tcp_ms[TcpState::FinWait as usize] = tcpfin_secs.saturating_mul(1000);
+        t.udp_ms = udp_secs.saturating_mul(1000);
+        t
+    }
+
     pub fn tcp(&self, s: TcpState) -> u32 {
         self.tcp_ms[s as usize]
     }

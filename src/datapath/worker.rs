@@ -9,10 +9,13 @@ use std::time::Instant;
 
 use crate::clock;
 use crate::datapath::counters::{DropReason, WorkerCounters, bump};
+use crate::datapath::flow_table::FlowKey;
 use crate::datapath::process::{Forwarder, Verdict};
+use crate::datapath::tcp_state::TcpState;
 use crate::io::ring::RxRing;
 use crate::io::socket::wait_readable;
 use crate::io::tx::TxQueue;
+use crate::model::RealId;
 use crate::neigh::cache::NeighTable;
 use crate::snapshot::SharedSnapshot;
 
@@ -21,6 +24,24 @@ const EXPIRE_PER_BATCH: usize = 256;
 const EXPIRE_PER_IDLE: usize = 16384;
 /// Idle sleep bound: how quickly a worker notices shutdown with no traffic.
 const IDLE_POLL_MS: i32 = 50;
+
+/// One live flow, as a connection listing (`-Lc`) shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowRecord {
+    pub key: FlowKey,
+    pub real: RealId,
+    pub state: TcpState,
+    /// Milliseconds until the flow expires.
+    pub expires_in: u32,
+}
+
+/// Requests the control thread sends a worker. Served between batches; a worker asleep in
+/// `poll` answers within its idle wake-up bound (`IDLE_POLL_MS`).
+pub enum WorkerRequest {
+    /// Every live flow of this worker's table. The reply allocates, but on request, never on
+    /// the packet path.
+    DumpFlows(crossbeam_channel::Sender<Vec<FlowRecord>>),
+}
 
 /// One receive ring of a worker (one per served interface).
 pub struct RxPort {
@@ -41,6 +62,7 @@ pub struct Worker {
     pub snapshot: SharedSnapshot,
     pub neigh: Arc<NeighTable>,
     pub stop: Arc<AtomicBool>,
+    pub requests: crossbeam_channel::Receiver<WorkerRequest>,
 }
 
 impl Worker {
@@ -117,6 +139,9 @@ impl Worker {
             };
             self.forwarder.expire_some(&snap, now, budget);
             drop(snap);
+            while let Ok(req) = self.requests.try_recv() {
+                self.serve(req, now);
+            }
             c.totals
                 .flows
                 .store(self.forwarder.flows.len() as u64, Ordering::Relaxed);
@@ -125,6 +150,26 @@ impl Worker {
                 bump(&c.totals.busy_us, started.elapsed().as_micros() as u64);
             } else {
                 wait_readable(&mut pollfds, IDLE_POLL_MS);
+            }
+        }
+    }
+}
+
+impl Worker {
+    fn serve(&self, req: WorkerRequest, now: u32) {
+        match req {
+            WorkerRequest::DumpFlows(reply) => {
+                let mut out = Vec::with_capacity(self.forwarder.flows.len());
+                self.forwarder.flows.for_each_live(now, |key, flow| {
+                    out.push(FlowRecord {
+                        key: *key,
+                        real: flow.real,
+                        state: flow.state,
+                        expires_in: flow.expires.wrapping_sub(now),
+                    });
+                });
+                // The requester may have given up waiting; that is fine.
+                let _ = reply.send(out);
             }
         }
     }

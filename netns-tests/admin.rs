@@ -1,0 +1,235 @@
+//! The admin socket applied live: changes under traffic lose nothing and move no established
+//! connection; refused changes change nothing; status and connection listings report what
+//! the traffic did. Talks to the director through a filesystem admin socket, reachable from
+//! the test process across namespaces.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use uvs::ctl::backend::{Backend, SocketBackend, SocketLocation};
+use uvs::ctl::proto::{Change, Reply, Request, Status};
+use uvs::lab::{LabOptions, addr, build_dr_lab};
+use uvs::model::{Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec};
+
+use crate::common;
+use crate::dr_basic::start_web;
+
+fn vip80() -> ServiceKey {
+    ServiceKey {
+        proto: Protocol::Tcp,
+        vip: addr::VIP,
+        port: 80,
+    }
+}
+
+fn call(sock: &Path, req: Request) -> Reply {
+    let mut b = SocketBackend {
+        location: SocketLocation::Path(sock.to_path_buf()),
+    };
+    b.call(&req)
+        .unwrap_or_else(|e| panic!("admin request {req:?}: {e}"))
+}
+
+fn status(sock: &Path) -> Status {
+    match call(sock, Request::Status) {
+        Reply::Status(s) => s,
+        other => panic!("unexpected reply {other:?}"),
+    }
+}
+
+/// The i-th of a cycle of harmless changes: weights, scheduler, a second service, timeouts.
+fn change(i: usize) -> Vec<Change> {
+    let mut rs2 = RealSpec::route(addr::RS2, 80);
+    rs2.weight = 1 + (i % 3) as u32;
+    let extra = ServiceKey {
+        port: 8080,
+        ..vip80()
+    };
+    match i % 5 {
+        0 => vec![Change::EditReal(vip80(), rs2)],
+        1 => vec![Change::EditService(ServiceSpec::new(
+            vip80(),
+            if i % 2 == 0 {
+                SchedulerKind::Rr
+            } else {
+                SchedulerKind::Wrr
+            },
+        ))],
+        2 => vec![
+            Change::AddService(ServiceSpec::new(extra, SchedulerKind::Rr)),
+            Change::AddReal(extra, RealSpec::route(addr::RS1, 8080)),
+        ],
+        3 => vec![Change::DeleteService(extra)],
+        _ => vec![Change::SetTimeouts {
+            tcp: 900 + i as u32,
+            tcpfin: 0,
+            udp: 0,
+        }],
+    }
+}
+
+#[test]
+fn hundred_live_changes_under_traffic_lose_nothing_and_move_no_connection() {
+    let Some(ctx) = common::setup(20) else { return };
+    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
+        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
+    start_web(&mut lab);
+    let sock = lab.dir().join("admin.sock");
+    common::start_director(
+        &mut lab,
+        &common::dr_rules('t', 80),
+        &[
+            "--interface",
+            "eth0",
+            "--admin-socket",
+            common::path_str(&sock),
+        ],
+    );
+
+    // One keep-alive connection, 60 requests at 10/s, spanning all the changes below.
+    let urls: Vec<String> = (0..60).map(|_| format!("http://{}/", addr::VIP)).collect();
+    let mut args = vec!["curl", "-s", "--max-time", "20", "--rate", "10/s"];
+    args.extend(urls.iter().map(String::as_str));
+    let keepalive_log = lab.dir().join("keepalive.log");
+    let keepalive = lab
+        .spawn("client", &args, &keepalive_log)
+        .unwrap_or_else(|e| panic!("starting the keep-alive client: {e:#}"));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut answers = Vec::new();
+    for i in 0..100 {
+        match call(&sock, Request::Apply(change(i))) {
+            Reply::Done => {}
+            other => panic!("change {i} {:?} refused: {other:?}", change(i)),
+        }
+        if i % 2 == 0 {
+            answers.extend(common::curl_vip(&lab, 1));
+        }
+    }
+    assert_eq!(
+        answers.len(),
+        50,
+        "every request during the changes was answered"
+    );
+    assert!(
+        answers.iter().all(|a| a == "rs1" || a == "rs2"),
+        "{answers:?}"
+    );
+
+    let done = common::poll(Duration::from_secs(15), || {
+        (!lab.is_running(keepalive)).then_some(())
+    });
+    assert!(done.is_some(), "the keep-alive client did not finish");
+    let text = std::fs::read_to_string(&keepalive_log).unwrap_or_default();
+    let bodies: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(
+        bodies.len(),
+        60,
+        "all 60 keep-alive requests answered: {text}"
+    );
+    assert!(
+        bodies.iter().all(|b| *b == bodies[0]),
+        "the established connection stayed on one real server: {bodies:?}"
+    );
+
+    // The status shows the traffic: 50 short connections + 1 keep-alive (+ the extra service
+    // added and removed).
+    let st = status(&sock);
+    let svc = st
+        .services
+        .iter()
+        .find(|s| s.key == vip80())
+        .expect("VIP:80 listed");
+    assert!(svc.stats.conns >= 51, "{svc:?}");
+    assert_eq!(svc.stats.out_pkts, 0, "DR: no outgoing packets");
+    assert!(
+        svc.reals
+            .iter()
+            .all(|r| r.forward == uvs::model::ForwardMethod::Route)
+    );
+    let counted: u32 = svc.reals.iter().map(|r| r.active + r.inactive).sum();
+    assert!(counted >= 1, "connections are counted per real: {svc:?}");
+
+    // The connection listing holds the short connections in FIN_WAIT/CLOSE etc.
+    let conns = match call(&sock, Request::Connections) {
+        Reply::Connections(c) => c,
+        other => panic!("{other:?}"),
+    };
+    assert!(!conns.is_empty());
+    for c in &conns {
+        assert_eq!(c.virt, (addr::VIP, 80));
+        assert!(
+            c.dest == (addr::RS1, 80) || c.dest == (addr::RS2, 80),
+            "{c:?}"
+        );
+        assert_eq!(c.client.0, addr::CLIENT);
+    }
+}
+
+#[test]
+fn a_refused_change_leaves_the_running_state_as_it_was() {
+    let Some(ctx) = common::setup(21) else { return };
+    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
+        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
+    start_web(&mut lab);
+    let sock = lab.dir().join("admin.sock");
+    common::start_director(
+        &mut lab,
+        &common::dr_rules('t', 80),
+        &[
+            "--interface",
+            "eth0",
+            "--admin-socket",
+            common::path_str(&sock),
+        ],
+    );
+    let before = status(&sock);
+    let undefined = ServiceKey {
+        port: 81,
+        ..vip80()
+    };
+    let reply = call(
+        &sock,
+        Request::Apply(vec![
+            Change::DeleteReal(vip80(), addr::RS2, 80),
+            Change::AddReal(undefined, RealSpec::route(addr::RS1, 81)),
+        ]),
+    );
+    match reply {
+        Reply::Refused(r) => {
+            assert_eq!(r.message, "Service not defined");
+            assert_eq!(r.change, Some(1));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A real that is not on the director's LAN is refused too, before anything changes.
+    let reply = call(
+        &sock,
+        Request::Apply(vec![Change::AddReal(
+            vip80(),
+            RealSpec::route(Ipv4Addr::new(192, 168, 77, 7), 80),
+        )]),
+    );
+    assert!(
+        matches!(reply, Reply::Refused(ref r) if r.message.contains("not on-link")),
+        "{reply:?}"
+    );
+    let after = status(&sock);
+    assert_eq!(before.services.len(), after.services.len());
+    let reals = |s: &Status| -> Vec<(Ipv4Addr, u32)> {
+        s.services[0]
+            .reals
+            .iter()
+            .map(|r| (r.addr, r.weight))
+            .collect()
+    };
+    assert_eq!(reals(&before), reals(&after));
+    // And traffic still reaches both real servers.
+    let c = common::count(&common::curl_vip(&lab, 4));
+    assert_eq!(c.len(), 2, "{c:?}");
+}

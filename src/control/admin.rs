@@ -1,0 +1,181 @@
+//! Admin requests on the control thread: apply changes live, report status, list connections,
+//! zero statistics.
+//!
+//! A change is applied as build aside → publish → free later: the new service table is
+//! validated and compiled into a snapshot (placing every real on an interface); the kernel
+//! filter and the workers' socket filters are updated; only then is the snapshot published with
+//! one atomic store. Any failure before the publish leaves the running state as it was.
+//! Established flows keep their real server across changes (they live in the workers' flow
+//! tables, keyed by real id); a real set to weight 0 gets no new flows but keeps its
+//! established ones (quiescing); a deleted real's flows are dropped (`real_removed`), as IPVS
+//! does with `expire_nodest_conn = 0`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Control;
+use crate::ctl::apply::{EXIT_REFUSED, apply};
+use crate::ctl::backend::{RealFigures, status_of};
+use crate::ctl::proto::{Change, ConnEntry, Refusal, Reply, Request, Stats};
+use crate::datapath::tcp_state::Timeouts;
+use crate::datapath::worker::{FlowRecord, WorkerRequest};
+use crate::io::filter::receive_filter;
+use crate::io::socket::attach_filter;
+use crate::model::{Protocol, RealId};
+use crate::snapshot::Snapshot;
+use crate::wire::ipv4_from_u32;
+
+/// How long a connection listing waits for each worker.
+const DUMP_WAIT: Duration = Duration::from_millis(500);
+
+fn refused(message: String) -> Reply {
+    Reply::Refused(Refusal {
+        message,
+        change: None,
+        exit_code: EXIT_REFUSED,
+    })
+}
+
+impl Control {
+    pub fn handle(&mut self, req: Request) -> Reply {
+        match req {
+            Request::Apply(changes) => self.apply_changes(&changes),
+            Request::Status => Reply::Status(self.status()),
+            Request::Connections => Reply::Connections(self.connections()),
+            Request::Zero(key) => self.zero(key),
+        }
+    }
+
+    fn apply_changes(&mut self, changes: &[Change]) -> Reply {
+        let next = match apply(&self.state, changes) {
+            Ok(n) => n,
+            Err(r) => return Reply::Refused(r),
+        };
+        // Placement on a copy, so a refused change leaves the slots as they were.
+        let mut placer = self.placer.clone();
+        let generation = self.snapshot.load().generation + 1;
+        let t = next.timeouts;
+        let snap = match Snapshot::build(&next.table, generation, &mut placer) {
+            Ok(s) => s.with_timeouts(Timeouts::with_set(t.tcp, t.tcpfin, t.udp)),
+            Err(e) => return refused(e.to_string()),
+        };
+        let keys: Vec<_> = next.table.services().iter().map(|s| s.key).collect();
+        if let Some(kf) = &self.kernel_filter {
+            if let Err(e) = kf.update(&keys) {
+                return refused(format!("cannot update the kernel filter: {e}"));
+            }
+        }
+        let vips = snap.vips();
+        let program = receive_filter(&vips);
+        for &(iface, fd) in &self.ring_fds {
+            let name = self.interfaces.get(iface).map_or("?", |i| i.name.as_str());
+            if let Err(e) = attach_filter(fd, &program, name) {
+                log::warn!("cannot update a worker's socket filter: {e}");
+            }
+        }
+        self.snapshot.store(Arc::new(snap));
+        let now = crate::clock::now_ms();
+        self.arp.set_vips(vips, now);
+        self.arp
+            .set_neighbors(placer.neighbors(&next.table), &self.neigh);
+        self.placer = placer;
+        for c in changes {
+            log::info!("applied: {c:?}");
+        }
+        self.state = next;
+        Reply::Done
+    }
+
+    /// Raw (monotonic) traffic sums of one real across workers.
+    fn raw_stats(&self, id: RealId) -> Stats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut s = Stats::default();
+        for w in &self.workers {
+            if let Some(c) = w.real(id) {
+                s.conns += c.conns.load(Relaxed);
+                s.in_pkts += c.in_packets.load(Relaxed);
+                s.in_bytes += c.in_bytes.load(Relaxed);
+            }
+        }
+        s
+    }
+
+    pub fn status(&self) -> crate::ctl::proto::Status {
+        let services = self.state.table.services();
+        status_of(&self.state, &|si, ri| {
+            let Some(r) = services.get(si).and_then(|s| s.reals.get(ri)) else {
+                return RealFigures::default();
+            };
+            RealFigures {
+                active: self.conns.active(r.id),
+                inactive: self.conns.inactive(r.id),
+                persistent: self.conns.persistent(r.id),
+                stats: self.stats.shown(r.id, self.raw_stats(r.id)),
+                rates: self.stats.rates(r.id),
+            }
+        })
+    }
+
+    /// Runs one estimator period over every configured real.
+    pub fn estimate(&mut self) {
+        let reals: Vec<(RealId, Stats)> = self
+            .state
+            .table
+            .reals()
+            .map(|(_, r)| (r.id, self.raw_stats(r.id)))
+            .collect();
+        self.stats.tick(&reals);
+    }
+
+    fn zero(&mut self, key: Option<crate::model::ServiceKey>) -> Reply {
+        let ids: Vec<RealId> = match key {
+            Some(k) => match self.state.table.service(&k) {
+                Some(s) => s.reals.iter().map(|r| r.id).collect(),
+                None => return refused("Service not defined".into()),
+            },
+            None => self.state.table.reals().map(|(_, r)| r.id).collect(),
+        };
+        for id in ids {
+            let raw = self.raw_stats(id);
+            self.stats.zero(id, raw);
+        }
+        Reply::Done
+    }
+
+    fn connections(&self) -> Vec<ConnEntry> {
+        let mut records: Vec<FlowRecord> = Vec::new();
+        let mut pending = Vec::new();
+        for tx in &self.worker_requests {
+            let (reply, rx) = crossbeam_channel::bounded(1);
+            if tx.send(WorkerRequest::DumpFlows(reply)).is_ok() {
+                pending.push(rx);
+            }
+        }
+        for rx in pending {
+            match rx.recv_timeout(DUMP_WAIT) {
+                Ok(mut v) => records.append(&mut v),
+                Err(_) => log::warn!("a worker did not answer a connection listing in time"),
+            }
+        }
+        let snap = self.snapshot.load();
+        records
+            .into_iter()
+            .filter_map(|f| {
+                let real = snap.real(f.real)?;
+                let proto = Protocol::from_number(f.key.proto)?;
+                let state = match proto {
+                    Protocol::Tcp => f.state.name().to_string(),
+                    Protocol::Udp => "UDP".to_string(),
+                };
+                Some(ConnEntry {
+                    proto,
+                    expires: f.expires_in / 1000,
+                    state,
+                    client: (ipv4_from_u32(f.key.saddr), f.key.sport),
+                    virt: (ipv4_from_u32(f.key.daddr), f.key.dport),
+                    dest: (ipv4_from_u32(real.addr), f.key.dport),
+                })
+            })
+            .collect()
+    }
+}
