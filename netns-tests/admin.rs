@@ -233,3 +233,73 @@ fn a_refused_change_leaves_the_running_state_as_it_was() {
     let c = common::count(&common::curl_vip(&lab, 4));
     assert_eq!(c.len(), 2, "{c:?}");
 }
+
+#[test]
+fn sighup_reloads_transactionally() {
+    let Some(ctx) = common::setup(22) else { return };
+    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
+        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
+    start_web(&mut lab);
+    let sock = lab.dir().join("admin.sock");
+    let pid = common::start_director(
+        &mut lab,
+        &common::dr_rules('t', 80),
+        &[
+            "--interface",
+            "eth0",
+            "--admin-socket",
+            common::path_str(&sock),
+        ],
+    );
+    let rules = lab.dir().join("rules");
+    let hup = |lab: &uvs::lab::Lab| {
+        // SAFETY: kill(2) on the director's PID, which this test started.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+        assert!(lab.pids().contains(&pid));
+    };
+    let weights = |s: &Status| -> Vec<(Ipv4Addr, u32)> {
+        s.services[0]
+            .reals
+            .iter()
+            .map(|r| (r.addr, r.weight))
+            .collect()
+    };
+    // A valid edit: rs2's weight becomes 3.
+    std::fs::write(
+        &rules,
+        common::dr_rules('t', 80).replace(
+            &format!("{}:80 -g -w 1", addr::RS2),
+            &format!("{}:80 -g -w 3", addr::RS2),
+        ),
+    )
+    .expect("rewrite rules");
+    hup(&lab);
+    let reloaded = common::poll(Duration::from_secs(3), || {
+        let s = status(&sock);
+        (weights(&s) == vec![(addr::RS1, 1), (addr::RS2, 3)]).then_some(())
+    });
+    assert!(
+        reloaded.is_some(),
+        "weights after reload: {:?}",
+        weights(&status(&sock))
+    );
+    // An invalid file (line 2 names an undefined service) changes nothing.
+    std::fs::write(
+        &rules,
+        "-A -t 10.0.0.100:80 -s rr\n-a -t 10.0.0.100:99 -r 10.0.0.11\n",
+    )
+    .expect("rewrite");
+    hup(&lab);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(lab.is_running(pid), "the director survives a bad reload");
+    assert_eq!(
+        weights(&status(&sock)),
+        vec![(addr::RS1, 1), (addr::RS2, 3)]
+    );
+    let log = std::fs::read_to_string(common::director_log(&lab)).unwrap_or_default();
+    assert!(
+        log.contains("configuration refused") && log.contains(":2:"),
+        "{log}"
+    );
+    assert_eq!(common::count(&common::curl_vip(&lab, 4)).len(), 2);
+}

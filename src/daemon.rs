@@ -264,6 +264,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         kernel_filter,
         stats: StatsKeeper::default(),
         admin: Some(admin),
+        reload: {
+            let args = args.clone();
+            Some(Box::new(move || Ok(load_config(&args)?.services)))
+        },
         metrics,
         ready_file: args.ready_file.clone(),
     };

@@ -53,6 +53,8 @@ pub struct Control {
     /// Written (with the PID) once uvs can forward: every real server's MAC is known, or
     /// [`READY_TIMEOUT`] has passed (then the unresolved ones are logged).
     pub ready_file: Option<std::path::PathBuf>,
+    /// Re-reads the configuration files (SIGHUP). `None`: nothing to reload.
+    pub reload: Option<Box<dyn Fn() -> anyhow::Result<crate::model::ServiceTable>>>,
 }
 
 /// Longest wait for real-server MACs before declaring readiness anyway.
@@ -119,6 +121,9 @@ impl Control {
                 last_estimate += Duration::from_secs(stats::PERIOD_SECS);
             }
             self.serve_admin();
+            if signals::take_reload() {
+                self.reload_config();
+            }
             if last_ring_read.elapsed() >= RING_STATS_EVERY {
                 self.read_ring_stats();
                 last_ring_read = Instant::now();
@@ -129,6 +134,37 @@ impl Control {
                     crate::metrics::render(&self.figures())
                 });
                 self.metrics = Some(m);
+            }
+        }
+    }
+
+    /// SIGHUP: re-read the files and apply the difference, all or nothing. Reals present
+    /// before and after keep their ids and their flows. An invalid file changes nothing.
+    /// Interfaces, workers and ring settings are fixed at start and not reloaded.
+    fn reload_config(&mut self) {
+        let Some(load) = &self.reload else {
+            log::warn!("SIGHUP: nothing to reload");
+            return;
+        };
+        let desired = match load() {
+            Ok(t) => t,
+            Err(e) => {
+                log::error!("SIGHUP: configuration refused, keeping the running one: {e:#}");
+                return;
+            }
+        };
+        let changes = crate::ctl::apply::diff(&self.state.table, &desired);
+        if changes.is_empty() {
+            log::info!("SIGHUP: configuration unchanged");
+            return;
+        }
+        let n = changes.len();
+        match self.handle(crate::ctl::proto::Request::Apply(changes)) {
+            crate::ctl::proto::Reply::Done => {
+                log::info!("SIGHUP: configuration reloaded ({n} changes)")
+            }
+            other => {
+                log::error!("SIGHUP: reload refused, keeping the running configuration: {other:?}")
             }
         }
     }

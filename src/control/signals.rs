@@ -1,12 +1,18 @@
-//! Process signals, turned into flags the loops poll: SIGINT/SIGTERM request a clean stop.
-//! SIGPIPE is ignored (a scraper that hangs up must not kill the director).
+//! Process signals, turned into flags the loops poll: SIGINT/SIGTERM request a clean stop,
+//! SIGHUP a configuration reload. SIGPIPE is ignored (a scraper that hangs up must not kill
+//! the director).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static STOP: AtomicBool = AtomicBool::new(false);
+static RELOAD: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_stop(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
+}
+
+extern "C" fn on_reload(_: libc::c_int) {
+    RELOAD.store(true, Ordering::SeqCst);
 }
 
 pub fn install() {
@@ -18,12 +24,21 @@ pub fn install() {
         libc::sigemptyset(&mut sa.sa_mask);
         libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
         libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+        let mut hup: libc::sigaction = std::mem::zeroed();
+        hup.sa_sigaction = on_reload as *const () as usize;
+        libc::sigemptyset(&mut hup.sa_mask);
+        libc::sigaction(libc::SIGHUP, &hup, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
 }
 
 pub fn stop_requested() -> bool {
     STOP.load(Ordering::SeqCst)
+}
+
+/// True once per SIGHUP received.
+pub fn take_reload() -> bool {
+    RELOAD.swap(false, Ordering::SeqCst)
 }
 
 pub fn request_stop() {

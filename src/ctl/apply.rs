@@ -124,3 +124,154 @@ mod tests {
         );
     }
 }
+
+/// The changes that turn `current` into `desired` while keeping every real that exists in both
+/// (same service, address and port) — its id, and so its established flows, survive. Used by
+/// configuration reloads. Services are matched by key, reals by address and port.
+pub fn diff(current: &ServiceTable, desired: &ServiceTable) -> Vec<Change> {
+    use crate::model::{RealSpec, ServiceSpec};
+    let mut out = Vec::new();
+    for s in current.services() {
+        if desired.service(&s.key).is_none() {
+            out.push(Change::DeleteService(s.key));
+        }
+    }
+    for d in desired.services() {
+        let spec = ServiceSpec {
+            key: d.key,
+            scheduler: d.scheduler,
+            persistence_timeout: d.persistence_timeout,
+            persistence_netmask: d.persistence_netmask,
+        };
+        let real_spec = |r: &crate::model::RealServer| RealSpec {
+            addr: r.addr,
+            port: r.port,
+            weight: r.weight,
+            forward: r.forward,
+            upper_threshold: r.upper_threshold,
+            lower_threshold: r.lower_threshold,
+        };
+        match current.service(&d.key) {
+            None => {
+                out.push(Change::AddService(spec));
+                out.extend(d.reals.iter().map(|r| Change::AddReal(d.key, real_spec(r))));
+            }
+            Some(c) => {
+                if c.scheduler != d.scheduler
+                    || c.persistence_timeout != d.persistence_timeout
+                    || c.persistence_netmask != d.persistence_netmask
+                {
+                    out.push(Change::EditService(spec));
+                }
+                for r in &c.reals {
+                    if !d.reals.iter().any(|x| x.addr == r.addr && x.port == r.port) {
+                        out.push(Change::DeleteReal(d.key, r.addr, r.port));
+                    }
+                }
+                for r in &d.reals {
+                    match c
+                        .reals
+                        .iter()
+                        .find(|x| x.addr == r.addr && x.port == r.port)
+                    {
+                        None => out.push(Change::AddReal(d.key, real_spec(r))),
+                        Some(x) => {
+                            if x.weight != r.weight
+                                || x.upper_threshold != r.upper_threshold
+                                || x.lower_threshold != r.lower_threshold
+                            {
+                                out.push(Change::EditReal(d.key, real_spec(r)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod diff_tests {
+    use super::*;
+    use crate::model::{Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec};
+    use std::net::Ipv4Addr;
+
+    /// (port, scheduler, [(last address octet, weight)]) per service.
+    type Spec<'a> = (u16, SchedulerKind, &'a [(u8, u32)]);
+    /// (port, scheduler, [(address, weight)]) per service, sorted by port.
+    type Shape = Vec<(u16, SchedulerKind, Vec<(Ipv4Addr, u32)>)>;
+
+    fn table(spec: &[Spec<'_>]) -> ServiceTable {
+        let mut t = ServiceTable::new();
+        for (port, sched, reals) in spec {
+            let key = ServiceKey {
+                proto: Protocol::Tcp,
+                vip: Ipv4Addr::new(10, 0, 0, 100),
+                port: *port,
+            };
+            t.add_service(ServiceSpec::new(key, *sched)).unwrap();
+            for (last, w) in reals.iter() {
+                let mut r = RealSpec::route(Ipv4Addr::new(10, 0, 0, *last), *port);
+                r.weight = *w;
+                t.add_real(&key, r).unwrap();
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn reload_keeps_unchanged_reals_and_reaches_the_desired_table() {
+        let current = table(&[
+            (80, SchedulerKind::Rr, &[(11, 1), (12, 1)]),
+            (81, SchedulerKind::Rr, &[(11, 1)]),
+        ]);
+        let desired = table(&[
+            (80, SchedulerKind::Wrr, &[(11, 3), (13, 1)]),
+            (82, SchedulerKind::Lc, &[(12, 1)]),
+        ]);
+        let changes = diff(&current, &desired);
+        let state = AdminState {
+            table: current.clone(),
+            ..AdminState::default()
+        };
+        let next = apply(&state, &changes).unwrap();
+        let key80 = ServiceKey {
+            proto: Protocol::Tcp,
+            vip: Ipv4Addr::new(10, 0, 0, 100),
+            port: 80,
+        };
+        // Same services, schedulers, reals and weights as desired.
+        let shape = |t: &ServiceTable| -> Shape {
+            let mut v: Vec<_> = t
+                .services()
+                .iter()
+                .map(|s| {
+                    (
+                        s.key.port,
+                        s.scheduler,
+                        s.reals.iter().map(|r| (r.addr, r.weight)).collect(),
+                    )
+                })
+                .collect();
+            v.sort_by_key(|x| x.0);
+            v
+        };
+        assert_eq!(shape(&next.table), shape(&desired));
+        // 10.0.0.11 on port 80 kept its id (its flows survive the reload).
+        let id = |t: &ServiceTable| {
+            t.service(&key80)
+                .unwrap()
+                .reals
+                .iter()
+                .find(|r| r.addr == Ipv4Addr::new(10, 0, 0, 11))
+                .unwrap()
+                .id
+        };
+        assert_eq!(id(&current), id(&next.table));
+        assert!(
+            diff(&next.table, &desired).is_empty(),
+            "a second reload changes nothing"
+        );
+    }
+}
