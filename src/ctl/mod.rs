@@ -9,5 +9,6 @@
 
 pub mod apply;
 pub mod backend;
+pub mod ipvsadm;
 pub mod proto;
 pub mod server;

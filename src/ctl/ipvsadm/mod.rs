@@ -1,0 +1,489 @@
+//! `uvsadm`: ipvsadm's command line and output, talking to a uvs director.
+//!
+//! - [`args`]: ipvsadm's argument syntax (popt semantics), its checks, messages and exit codes.
+//! - [`print`]: ipvsadm 1.31's listing formats, byte for byte.
+//! - [`names`]: port and host names without the network.
+//! - [`run`]: the whole program, in-process (the `uvsadm` binary is a thin wrapper), so tests
+//!   drive exactly what users run.
+//!
+//! `-R` is transactional in uvs: all lines are parsed first (a bad line names its number and
+//! nothing is sent), then one request applies all of them or none.
+
+pub mod args;
+pub mod names;
+pub mod print;
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+
+use args::{ArgError, Command, Format, ListWhat};
+use names::Names;
+
+use super::backend::{Backend, BackendError};
+use super::proto::{Change, Reply, Request, Status};
+use crate::model::{SchedulerKind, ServiceKey};
+
+/// What `--version` prints: ipvsadm's own line, so scripts that parse it keep working.
+pub const VERSION_LINE: &str = "ipvsadm v1.31 2019/12/24 (compiled with popt and IPVS v1.2.1)";
+
+/// Runs one `uvsadm`/`ipvsadm` invocation: `argv[0]` is the program name as invoked (used in
+/// messages, as ipvsadm does). Returns the exit status.
+pub fn run(
+    argv: &[String],
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+    backend: &mut dyn Backend,
+) -> i32 {
+    run_with_names(argv, stdin, stdout, stderr, backend, &Names::system())
+}
+
+/// [`run`] with explicit name tables (tests use [`Names::none`] or their own).
+pub fn run_with_names(
+    argv: &[String],
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+    backend: &mut dyn Backend,
+    names: &Names,
+) -> i32 {
+    let program = argv.first().map(String::as_str).unwrap_or("ipvsadm");
+    let mut out = String::new();
+    let mut err = String::new();
+    let code = execute(argv, stdin, &mut out, &mut err, backend, names, program);
+    // `uvsadm -Ln | head`: a closed pipe is not an error.
+    let ok = |r: io::Result<()>| match r {
+        Ok(()) => true,
+        Err(e) => e.kind() == io::ErrorKind::BrokenPipe,
+    };
+    let wrote_out = ok(stdout
+        .write_all(out.as_bytes())
+        .and_then(|()| stdout.flush()));
+    let _ = stderr.write_all(err.as_bytes());
+    let _ = stderr.flush();
+    if !wrote_out {
+        return 1;
+    }
+    code
+}
+
+fn execute(
+    argv: &[String],
+    stdin: &mut dyn Read,
+    out: &mut String,
+    err: &mut String,
+    backend: &mut dyn Backend,
+    names: &Names,
+    program: &str,
+) -> i32 {
+    // ipvsadm without arguments lists the table.
+    let command = if argv.len() <= 1 {
+        Command::List(ListWhat::All, Format::default())
+    } else {
+        match args::parse(argv, names) {
+            Ok(c) => c,
+            Err(e) => {
+                err.push_str(&e.message);
+                err.push('\n');
+                return e.exit;
+            }
+        }
+    };
+    let mut call = |req: &Request, err: &mut String| -> Result<Reply, i32> {
+        backend.call(req).map_err(|e| {
+            err.push_str(&format!("{program}: {e}\n"));
+            match e {
+                BackendError::NoDaemon(_) => 2,
+                _ => 1,
+            }
+        })
+    };
+    let status = |call: &mut dyn FnMut(&Request, &mut String) -> Result<Reply, i32>,
+                  err: &mut String|
+     -> Result<Status, i32> {
+        match call(&Request::Status, err)? {
+            Reply::Status(s) => Ok(s),
+            other => Err(unexpected(other, err)),
+        }
+    };
+
+    match command {
+        Command::Help => {
+            out.push_str(&usage(program));
+            0
+        }
+        Command::Version => {
+            out.push_str(VERSION_LINE);
+            out.push('\n');
+            0
+        }
+        Command::List(ListWhat::Daemon, _) => 0,
+        Command::List(ListWhat::Connections, f) => match call(&Request::Connections, err) {
+            Ok(Reply::Connections(c)) => {
+                out.push_str(&print::list_conns(&c, &f, names));
+                0
+            }
+            Ok(other) => unexpected(other, err),
+            Err(code) => code,
+        },
+        Command::List(what, f) => {
+            let s = match status(&mut call, err) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            match what {
+                ListWhat::Timeout => out.push_str(&print::list_timeout(&s.timeouts)),
+                ListWhat::Service(key) => match s.services.iter().find(|x| x.key == key) {
+                    Some(svc) => out.push_str(&print::list_service(svc, &f, names)),
+                    None => {
+                        err.push_str("No such service\n");
+                        return 1;
+                    }
+                },
+                _ => out.push_str(&print::list_all(&s, &f, names)),
+            }
+            0
+        }
+        Command::Save(f) => match status(&mut call, err) {
+            Ok(s) => {
+                out.push_str(&print::list_all(&s, &f, names));
+                0
+            }
+            Err(code) => code,
+        },
+        Command::Zero(key) => match call(&Request::Zero(key), err) {
+            Ok(Reply::Done) => 0,
+            Ok(Reply::Refused(r)) => {
+                let msg = if r.message == "Service not defined" {
+                    "No such service".to_string()
+                } else {
+                    r.message
+                };
+                err.push_str(&msg);
+                err.push('\n');
+                r.exit_code
+            }
+            Ok(other) => unexpected(other, err),
+            Err(code) => code,
+        },
+        Command::Restore => {
+            let mut text = String::new();
+            if let Err(e) = stdin.read_to_string(&mut text) {
+                err.push_str(&format!("{program}: reading the rules from stdin: {e}\n"));
+                return 1;
+            }
+            // Schedulers of existing services, for `-E` without `-s` (asked only if needed).
+            let mut known = HashMap::new();
+            if needs_current_schedulers(&text, names) {
+                match status(&mut call, err) {
+                    Ok(s) => known = s.services.iter().map(|x| (x.key, x.scheduler)).collect(),
+                    Err(code) => return code,
+                }
+            }
+            let changes = match changes_from_text(&text, names, program, known) {
+                Ok(c) => c,
+                Err(e) => {
+                    err.push_str(&format!("line {}: {}\n", e.line, e.render()));
+                    return e.exit();
+                }
+            };
+            let list: Vec<Change> = changes.iter().map(|c| c.change.clone()).collect();
+            if list.is_empty() {
+                return 0;
+            }
+            match call(&Request::Apply(list), err) {
+                Ok(Reply::Done) => 0,
+                Ok(Reply::Refused(r)) => {
+                    match r.change.and_then(|i| changes.get(i)) {
+                        Some(c) => err.push_str(&format!(
+                            "line {}: {}\n",
+                            c.line,
+                            refusal_text(c, &r.message)
+                        )),
+                        None => err.push_str(&format!("{}\n", r.message)),
+                    }
+                    r.exit_code
+                }
+                Ok(other) => unexpected(other, err),
+                Err(code) => code,
+            }
+        }
+        command => {
+            // One change command.
+            let mut known = HashMap::new();
+            if matches!(&command, Command::EditService(a) if a.scheduler.is_none()) {
+                match status(&mut call, err) {
+                    Ok(s) => known = s.services.iter().map(|x| (x.key, x.scheduler)).collect(),
+                    Err(code) => return code,
+                }
+            }
+            let change = match command.to_change(&|k| known.get(k).copied()) {
+                Ok(Some(c)) => c,
+                Ok(None) => return 0,
+                Err(e) => {
+                    err.push_str(&e.message);
+                    err.push('\n');
+                    return e.exit;
+                }
+            };
+            let lc = LineChange {
+                line: 1,
+                defaulted_scheduler: defaulted(&command),
+                change,
+            };
+            match call(&Request::Apply(vec![lc.change.clone()]), err) {
+                Ok(Reply::Done) => 0,
+                Ok(Reply::Refused(r)) => {
+                    err.push_str(&refusal_text(&lc, &r.message));
+                    err.push('\n');
+                    r.exit_code
+                }
+                Ok(other) => unexpected(other, err),
+                Err(code) => code,
+            }
+        }
+    }
+}
+
+fn unexpected(reply: Reply, err: &mut String) -> i32 {
+    err.push_str(&format!(
+        "unexpected reply from the uvs director: {reply:?}\n"
+    ));
+    1
+}
+
+fn defaulted(c: &Command) -> bool {
+    matches!(c, Command::AddService(a) if a.scheduler.is_none())
+}
+
+/// A refusal as ipvsadm words it (its `ipvs_strerror` table says "No such service" for
+/// `-E`/`-D` and "Service not defined" for the real-server commands), plus a hint when the
+/// scheduler was ipvsadm's default `wlc`.
+pub fn refusal_text(c: &LineChange, message: &str) -> String {
+    let mut msg = match (&c.change, message) {
+        (Change::EditService(_) | Change::DeleteService(_), "Service not defined") => {
+            "No such service".to_string()
+        }
+        _ => message.to_string(),
+    };
+    if c.defaulted_scheduler && message.contains("is not supported yet") {
+        msg.push_str(&format!(
+            "; '{}' is ipvsadm's default when -s is absent: add -s rr or -s wrr",
+            args::DEFAULT_SCHEDULER
+        ));
+    }
+    msg
+}
+
+/// One change of a `-R` input or rules file, with its line number (1-based).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineChange {
+    pub line: usize,
+    pub change: Change,
+    /// `-A` without `-s` (the scheduler is ipvsadm's default `wlc`).
+    pub defaulted_scheduler: bool,
+}
+
+/// Why a line of a `-R` input or rules file was refused before anything was applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineError {
+    pub line: usize,
+    pub error: LineErrorKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LineErrorKind {
+    Parse(ArgError),
+    /// A listing or other non-change command (its first word).
+    NotAChange(String),
+}
+
+impl LineError {
+    /// The message without the line number, in ipvsadm's words where it has them.
+    pub fn render(&self) -> String {
+        match &self.error {
+            LineErrorKind::Parse(e) => e.message.trim_end().to_string(),
+            LineErrorKind::NotAChange(word) => format!(
+                "'{word}' cannot be used here: -R input and rules files take only -A, -E, -D, -a, -e, -d, -C and --set"
+            ),
+        }
+    }
+
+    pub fn exit(&self) -> i32 {
+        match &self.error {
+            LineErrorKind::Parse(e) => e.exit,
+            LineErrorKind::NotAChange(_) => args::EXIT_FAIL,
+        }
+    }
+}
+
+/// Splits one line as ipvsadm's `config_stream_read` does: whitespace-separated words, the
+/// word `ipvsadm` dropped, everything from a word starting with `#` ignored.
+pub fn line_words(line: &str) -> Vec<&str> {
+    let mut words: Vec<&str> = line
+        .split_whitespace()
+        .take_while(|t| !t.starts_with('#'))
+        .collect();
+    if words
+        .first()
+        .is_some_and(|t| *t == "ipvsadm" || t.ends_with("/ipvsadm"))
+    {
+        words.remove(0);
+    }
+    words
+}
+
+fn needs_current_schedulers(text: &str, names: &Names) -> bool {
+    text.lines().any(|l| {
+        let w = line_words(l);
+        if w.is_empty() {
+            return false;
+        }
+        let mut argv = vec!["ipvsadm".to_string()];
+        argv.extend(w.iter().map(|s| s.to_string()));
+        matches!(args::parse(&argv, names), Ok(Command::EditService(a)) if a.scheduler.is_none())
+    })
+}
+
+/// Parses every line of `text` into changes, before any is applied. `known` holds the
+/// schedulers of the services that exist before the first line (for `-E` without `-s`).
+pub fn changes_from_text(
+    text: &str,
+    names: &Names,
+    program: &str,
+    mut known: HashMap<ServiceKey, SchedulerKind>,
+) -> Result<Vec<LineChange>, LineError> {
+    let mut out = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let number = index.saturating_add(1);
+        let words = line_words(line);
+        if words.is_empty() {
+            continue;
+        }
+        let mut argv = vec![program.to_string()];
+        argv.extend(words.iter().map(|s| s.to_string()));
+        let fail = |error| LineError {
+            line: number,
+            error,
+        };
+        let command = args::parse(&argv, names).map_err(|e| fail(LineErrorKind::Parse(e)))?;
+        if !command.is_change() {
+            return Err(fail(LineErrorKind::NotAChange(words[0].to_string())));
+        }
+        let change = match command.to_change(&|k| known.get(k).copied()) {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => return Err(fail(LineErrorKind::Parse(e))),
+        };
+        match &change {
+            Change::AddService(s) | Change::EditService(s) => {
+                known.insert(s.key, s.scheduler);
+            }
+            Change::DeleteService(k) => {
+                known.remove(k);
+            }
+            Change::Clear => known.clear(),
+            _ => {}
+        }
+        out.push(LineChange {
+            line: number,
+            defaulted_scheduler: defaulted(&command),
+            change,
+        });
+    }
+    Ok(out)
+}
+
+/// ipvsadm's `-h` text (`usage_exit`), with `program` as invoked.
+pub fn usage(program: &str) -> String {
+    let p = program;
+    let mut s = format!("{VERSION_LINE}\nUsage:\n");
+    for tail in [
+        "-A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [--pe persistence_engine] [-b sched-flags]",
+        "-D virtual-service",
+        "-C",
+        "-R",
+        "-S [-n]",
+        "-a|e virtual-service -r server-address [options]",
+        "-d virtual-service -r server-address",
+        "-L|l [virtual-service] [options]",
+        "-Z [virtual-service]",
+        "--set tcp tcpfin udp",
+        "--start-daemon {master|backup} [daemon-options]",
+        "--stop-daemon {master|backup}",
+        "-h",
+    ] {
+        s.push_str(&format!("  {p} {tail}\n"));
+    }
+    s.push('\n');
+    s.push_str(USAGE_BODY);
+    s
+}
+
+const USAGE_BODY: &str = "Commands:
+Either long or short options are allowed.
+  --add-service     -A        add virtual service with options
+  --edit-service    -E        edit virtual service with options
+  --delete-service  -D        delete virtual service
+  --clear           -C        clear the whole table
+  --restore         -R        restore rules from stdin
+  --save            -S        save rules to stdout
+  --add-server      -a        add real server with options
+  --edit-server     -e        edit real server with options
+  --delete-server   -d        delete real server
+  --list            -L|-l     list the table
+  --zero            -Z        zero counters in a service or all services
+  --set tcp tcpfin udp        set connection timeout values
+  --start-daemon              start connection sync daemon
+  --stop-daemon               stop connection sync daemon
+  --help            -h        display this help message
+
+virtual-service:
+  --tcp-service|-t  service-address   service-address is host[:port]
+  --udp-service|-u  service-address   service-address is host[:port]
+  --sctp-service    service-address   service-address is host[:port]
+  --fwmark-service|-f fwmark          fwmark is an integer greater than zero
+
+Options:
+  --ipv6         -6                   fwmark entry uses IPv6
+  --scheduler    -s scheduler         one of rr|wrr|lc|wlc|lblc|lblcr|dh|sh|sed|nq|fo|ovf|mh,
+                                      the default scheduler is wlc.
+  --pe            engine              alternate persistence engine may be sip,
+                                      not set by default.
+  --persistent   -p [timeout]         persistent service
+  --netmask      -M netmask           persistent granularity mask
+  --real-server  -r server-address    server-address is host (and port)
+  --gatewaying   -g                   gatewaying (direct routing) (default)
+  --ipip         -i                   ipip encapsulation (tunneling)
+  --masquerading -m                   masquerading (NAT)
+  --tun-type      type                one of ipip|gue,
+                                      the default tunnel type is ipip.
+  --tun-port      port                tunnel destination port
+  --tun-nocsum                        tunnel encapsulation without checksum
+  --tun-csum                          tunnel encapsulation with checksum
+  --tun-remcsum                       tunnel encapsulation with remote checksum
+  --weight       -w weight            capacity of real server
+  --u-threshold  -x uthreshold        upper threshold of connections
+  --l-threshold  -y lthreshold        lower threshold of connections
+  --connection   -c                   output of current IPVS connections
+  --timeout                           output of timeout (tcp tcpfin udp)
+  --daemon                            output of daemon information
+  --stats                             output of statistics information
+  --rate                              output of rate information
+  --exact                             expand numbers (display exact values)
+  --thresholds                        output of thresholds information
+  --persistent-conn                   output of persistent connection info
+  --tun-info                          output of tunnel information
+  --nosort                            disable sorting output of service/server entries
+  --sort                              does nothing, for backwards compatibility
+  --ops          -o                   one-packet scheduling
+  --numeric      -n                   numeric output of addresses and ports
+  --sched-flags  -b flags             scheduler flags (comma-separated)
+Daemon Options:
+  --syncid sid                        syncid for connection sync (default=255)
+  --sync-maxlen length                Max sync message length (default=1472)
+  --mcast-interface interface         multicast interface for connection sync
+  --mcast-group address               IPv4/IPv6 group (default=224.0.0.81)
+  --mcast-port port                   UDP port (default=8848)
+  --mcast-ttl ttl                     Multicast TTL (default=1)
+";
