@@ -144,12 +144,14 @@ fn ipvsadm_refusals_use_its_words_and_exit_codes() {
             "Try `ipvsadm -h' or 'ipvsadm --help' for more information.\n"
         )
     );
+    // Without -s the scheduler is ipvsadm's default, wlc.
     let o = uvsadm_in(&mut b, "-A -t 10.0.0.1:80", "");
-    assert_eq!(o.code, 255);
+    assert_eq!((o.code, o.stderr.as_str()), (0, ""));
+    let o = uvsadm_in(&mut b, "-S -n", "");
     assert!(
-        o.stderr.contains("scheduler 'wlc' is not supported yet"),
+        o.stdout.contains("-A -t 10.0.0.1:80 -s wlc\n"),
         "{}",
-        o.stderr
+        o.stdout
     );
     let o = uvsadm_in(&mut b, "-A -t 10.0.0.1:80 -s bogus", "");
     assert_eq!(

@@ -8,8 +8,7 @@
 //!
 //! Semantics follow ipvsadm: `-E` and `-e` replace the service's (server's) settings, so an
 //! option left out gets its default (`-e` without `-w` sets weight 1, `-E` without `-p` makes the
-//! service non-persistent). One deliberate difference: `-E` without `-s` keeps the service's
-//! current scheduler instead of resetting it to `wlc`, which is not implemented yet.
+//! service non-persistent, `-E` without `-s` sets ipvsadm's default scheduler, `wlc`).
 //!
 //! [`parse`] is transactional, unlike `ipvsadm -R`: all lines are parsed first, then applied with
 //! [`crate::ctl::apply::apply`] to a copy of the base table, which is returned only if every line
@@ -45,12 +44,7 @@ pub fn parse(text: &str, path: &Path, base: &ServiceTable) -> Result<ServiceTabl
         line,
         message,
     };
-    let known = base
-        .services()
-        .iter()
-        .map(|s| (s.key, s.scheduler))
-        .collect();
-    let changes = changes_from_text(text, &Names::system(), "ipvsadm", known)
+    let changes = changes_from_text(text, &Names::system(), "ipvsadm")
         .map_err(|e| at(e.line, parse_message(&e)))?;
     if let Some(c) = changes
         .iter()
@@ -95,7 +89,7 @@ fn parse_message(e: &LineError) -> String {
 
 /// A model refusal with the service (and real server) it concerns.
 fn refused_message(c: &LineChange, message: &str) -> String {
-    let text = refusal_text(c, message);
+    let text = refusal_text(&c.change, message);
     match &c.change {
         Change::AddService(s) | Change::EditService(s) => format!("service {}: {text}", s.key),
         Change::DeleteService(k) => format!("service {k}: {text}"),
@@ -242,8 +236,8 @@ mod tests {
         let s = t.service(&key(Protocol::Tcp, 80)).unwrap();
         assert_eq!(
             s.scheduler,
-            SchedulerKind::Rr,
-            "-E without -s keeps the scheduler"
+            SchedulerKind::Wlc,
+            "-E without -s sets ipvsadm's default scheduler"
         );
         assert_eq!(s.persistence_timeout, Some(60));
         assert_eq!(t.services().len(), 1);
@@ -454,11 +448,6 @@ mod tests {
             &format!("{RR80}{RR80}"),
             2,
             &["service TCP 10.0.0.100:80: Service already exists"],
-        );
-        refused(
-            "# no -s\n-A -t 10.0.0.100:80\n",
-            2,
-            &["scheduler 'wlc' is not supported yet", "-s rr"],
         );
         refused(
             &format!(

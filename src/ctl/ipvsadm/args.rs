@@ -493,7 +493,7 @@ pub enum ListWhat {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceArgs {
     pub key: ServiceKey,
-    /// `-s`; `None` when absent (ipvsadm then uses `wlc` for -A; see [`Command::to_change`]).
+    /// `-s`; `None` when absent (ipvsadm then uses `wlc`; see [`Command::to_change`]).
     pub scheduler: Option<String>,
     pub persistence_timeout: Option<u32>,
     pub netmask: Ipv4Addr,
@@ -544,24 +544,16 @@ impl Command {
         )
     }
 
-    /// The change this command asks for (`None` for commands that change nothing).
-    ///
-    /// `current` tells the scheduler of an existing service: uvs deliberately differs from
-    /// ipvsadm for `-E` without `-s`, keeping the service's scheduler instead of resetting it
-    /// to `wlc` (which uvs does not implement). For `-A` without `-s`, `wlc` is used, as in
-    /// ipvsadm, and the model refuses it with a clear message.
-    pub fn to_change(
-        &self,
-        current: &dyn Fn(&ServiceKey) -> Option<SchedulerKind>,
-    ) -> Result<Option<Change>, ArgError> {
-        let service = |a: &ServiceArgs, edit: bool| -> Result<ServiceSpec, ArgError> {
+    /// The change this command asks for (`None` for commands that change nothing). Without
+    /// `-s`, `-A` and `-E` both mean ipvsadm's default scheduler, `wlc`, as in ipvsadm.
+    pub fn to_change(&self) -> Result<Option<Change>, ArgError> {
+        let service = |a: &ServiceArgs| -> Result<ServiceSpec, ArgError> {
             let scheduler = match &a.scheduler {
                 Some(name) => SchedulerKind::parse(name).map_err(|_| ArgError {
                     message: "Scheduler or persistence engine not found".into(),
                     exit: EXIT_USAGE,
                     kind: ErrorKind::UnknownScheduler(name.clone()),
                 })?,
-                None if edit => current(&a.key).unwrap_or(DEFAULT_SCHEDULER),
                 None => DEFAULT_SCHEDULER,
             };
             Ok(ServiceSpec {
@@ -581,8 +573,8 @@ impl Command {
             lower_threshold: r.lower_threshold,
         };
         Ok(Some(match self {
-            Command::AddService(a) => Change::AddService(service(a, false)?),
-            Command::EditService(a) => Change::EditService(service(a, true)?),
+            Command::AddService(a) => Change::AddService(service(a)?),
+            Command::EditService(a) => Change::EditService(service(a)?),
             Command::DeleteService(k) => Change::DeleteService(*k),
             Command::AddServer(k, r) => Change::AddReal(*k, real(r, k)),
             Command::EditServer(k, r) => Change::EditReal(*k, real(r, k)),

@@ -13,7 +13,6 @@ pub mod args;
 pub mod names;
 pub mod print;
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 
 use args::{ArgError, Command, Format, ListWhat};
@@ -21,7 +20,6 @@ use names::Names;
 
 use super::backend::{Backend, BackendError};
 use super::proto::{Change, Reply, Request, Status};
-use crate::model::{SchedulerKind, ServiceKey};
 
 /// What `--version` prints: ipvsadm's own line, so scripts that parse it keep working.
 pub const VERSION_LINE: &str = "ipvsadm v1.31 2019/12/24 (compiled with popt and IPVS v1.2.1)";
@@ -172,15 +170,7 @@ fn execute(
                 err.push_str(&format!("{program}: reading the rules from stdin: {e}\n"));
                 return 1;
             }
-            // Schedulers of existing services, for `-E` without `-s` (asked only if needed).
-            let mut known = HashMap::new();
-            if needs_current_schedulers(&text, names) {
-                match status(&mut call, err) {
-                    Ok(s) => known = s.services.iter().map(|x| (x.key, x.scheduler)).collect(),
-                    Err(code) => return code,
-                }
-            }
-            let changes = match changes_from_text(&text, names, program, known) {
+            let changes = match changes_from_text(&text, names, program) {
                 Ok(c) => c,
                 Err(e) => {
                     err.push_str(&format!("line {}: {}\n", e.line, e.render()));
@@ -198,7 +188,7 @@ fn execute(
                         Some(c) => err.push_str(&format!(
                             "line {}: {}\n",
                             c.line,
-                            refusal_text(c, &r.message)
+                            refusal_text(&c.change, &r.message)
                         )),
                         None => err.push_str(&format!("{}\n", r.message)),
                     }
@@ -210,14 +200,7 @@ fn execute(
         }
         command => {
             // One change command.
-            let mut known = HashMap::new();
-            if matches!(&command, Command::EditService(a) if a.scheduler.is_none()) {
-                match status(&mut call, err) {
-                    Ok(s) => known = s.services.iter().map(|x| (x.key, x.scheduler)).collect(),
-                    Err(code) => return code,
-                }
-            }
-            let change = match command.to_change(&|k| known.get(k).copied()) {
+            let change = match command.to_change() {
                 Ok(Some(c)) => c,
                 Ok(None) => return 0,
                 Err(e) => {
@@ -226,15 +209,10 @@ fn execute(
                     return e.exit;
                 }
             };
-            let lc = LineChange {
-                line: 1,
-                defaulted_scheduler: defaulted(&command),
-                change,
-            };
-            match call(&Request::Apply(vec![lc.change.clone()]), err) {
+            match call(&Request::Apply(vec![change.clone()]), err) {
                 Ok(Reply::Done) => 0,
                 Ok(Reply::Refused(r)) => {
-                    err.push_str(&refusal_text(&lc, &r.message));
+                    err.push_str(&refusal_text(&change, &r.message));
                     err.push('\n');
                     r.exit_code
                 }
@@ -252,27 +230,15 @@ fn unexpected(reply: Reply, err: &mut String) -> i32 {
     1
 }
 
-fn defaulted(c: &Command) -> bool {
-    matches!(c, Command::AddService(a) if a.scheduler.is_none())
-}
-
 /// A refusal as ipvsadm words it (its `ipvs_strerror` table says "No such service" for
-/// `-E`/`-D` and "Service not defined" for the real-server commands), plus a hint when the
-/// scheduler was ipvsadm's default `wlc`.
-pub fn refusal_text(c: &LineChange, message: &str) -> String {
-    let mut msg = match (&c.change, message) {
+/// `-E`/`-D` and "Service not defined" for the real-server commands).
+pub fn refusal_text(change: &Change, message: &str) -> String {
+    match (change, message) {
         (Change::EditService(_) | Change::DeleteService(_), "Service not defined") => {
             "No such service".to_string()
         }
         _ => message.to_string(),
-    };
-    if c.defaulted_scheduler && message.contains("is not supported yet") {
-        msg.push_str(&format!(
-            "; '{}' is ipvsadm's default when -s is absent: add -s rr or -s wrr",
-            args::DEFAULT_SCHEDULER
-        ));
     }
-    msg
 }
 
 /// One change of a `-R` input or rules file, with its line number (1-based).
@@ -280,8 +246,6 @@ pub fn refusal_text(c: &LineChange, message: &str) -> String {
 pub struct LineChange {
     pub line: usize,
     pub change: Change,
-    /// `-A` without `-s` (the scheduler is ipvsadm's default `wlc`).
-    pub defaulted_scheduler: bool,
 }
 
 /// Why a line of a `-R` input or rules file was refused before anything was applied.
@@ -333,25 +297,11 @@ pub fn line_words(line: &str) -> Vec<&str> {
     words
 }
 
-fn needs_current_schedulers(text: &str, names: &Names) -> bool {
-    text.lines().any(|l| {
-        let w = line_words(l);
-        if w.is_empty() {
-            return false;
-        }
-        let mut argv = vec!["ipvsadm".to_string()];
-        argv.extend(w.iter().map(|s| s.to_string()));
-        matches!(args::parse(&argv, names), Ok(Command::EditService(a)) if a.scheduler.is_none())
-    })
-}
-
-/// Parses every line of `text` into changes, before any is applied. `known` holds the
-/// schedulers of the services that exist before the first line (for `-E` without `-s`).
+/// Parses every line of `text` into changes, before any is applied.
 pub fn changes_from_text(
     text: &str,
     names: &Names,
     program: &str,
-    mut known: HashMap<ServiceKey, SchedulerKind>,
 ) -> Result<Vec<LineChange>, LineError> {
     let mut out = Vec::new();
     for (index, line) in text.lines().enumerate() {
@@ -370,24 +320,13 @@ pub fn changes_from_text(
         if !command.is_change() {
             return Err(fail(LineErrorKind::NotAChange(words[0].to_string())));
         }
-        let change = match command.to_change(&|k| known.get(k).copied()) {
+        let change = match command.to_change() {
             Ok(Some(c)) => c,
             Ok(None) => continue,
             Err(e) => return Err(fail(LineErrorKind::Parse(e))),
         };
-        match &change {
-            Change::AddService(s) | Change::EditService(s) => {
-                known.insert(s.key, s.scheduler);
-            }
-            Change::DeleteService(k) => {
-                known.remove(k);
-            }
-            Change::Clear => known.clear(),
-            _ => {}
-        }
         out.push(LineChange {
             line: number,
-            defaulted_scheduler: defaulted(&command),
             change,
         });
     }
