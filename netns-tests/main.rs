@@ -13,3 +13,4 @@ mod malformed;
 mod offloads;
 mod refusals;
 mod two_arm;
+mod uvsadm;

@@ -53,13 +53,10 @@ pub struct RunArgs {
     pub admin_socket: Option<PathBuf>,
 }
 
-/// Reads and merges the configuration inputs; refuses with file, line and problem.
+/// Reads and merges the configuration inputs; refuses with file, line and problem. With
+/// neither file, the director starts with no service, to be configured with `uvsadm` (as a
+/// kernel with the ip_vs module loaded waits for `ipvsadm`).
 pub fn load_config(args: &RunArgs) -> Result<DaemonConfig> {
-    if args.config.is_none() && args.rules.is_none() {
-        bail!(
-            "nothing to serve: give --config FILE (TOML) or --rules FILE (ipvsadm-save lines), or both"
-        );
-    }
     let mut cfg = match &args.config {
         Some(p) => crate::config::toml_file::load(p)?,
         None => DaemonConfig::default(),
@@ -78,9 +75,6 @@ pub fn load_config(args: &RunArgs) -> Result<DaemonConfig> {
     }
     if let Some(m) = args.metrics {
         cfg.metrics = m;
-    }
-    if cfg.services.services().is_empty() {
-        bail!("the configuration defines no virtual service");
     }
     Ok(cfg)
 }
