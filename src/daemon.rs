@@ -20,6 +20,7 @@ use crate::conns::ConnCounts;
 use crate::control::{Control, signals};
 use crate::datapath::counters::WorkerCounters;
 use crate::datapath::process::Forwarder;
+use crate::datapath::templates::TemplateTable;
 use crate::datapath::worker::{RxPort, Worker};
 use crate::interfaces::{self, Interface};
 use crate::io::filter::receive_filter;
@@ -176,6 +177,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         RingVersion::V2 => MAX_V2_BATCH,
     };
     let conns = Arc::new(ConnCounts::new());
+    // Persistence templates are global in IPVS: one table for all workers.
+    let templates = Arc::new(TemplateTable::new(
+        cfg.flow_table.template_capacity as usize,
+    ));
     let mut workers = Vec::with_capacity(n_workers);
     let mut ring_fds = Vec::new();
     let mut counters = Vec::new();
@@ -209,6 +214,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 cfg.flow_table.sloppy_tcp,
                 ifaces.iter().map(|i| i.mac).collect(),
                 Arc::clone(&conns),
+            )
+            .with_templates(
+                Arc::clone(&templates),
+                cfg.flow_table.expire_quiescent_template,
             ),
             counters: c,
             snapshot: Arc::clone(&shared),

@@ -70,6 +70,8 @@ enum Opt {
     Scheduler,
     Persistent,
     Netmask,
+    SchedFlags,
+    Ops,
     RealServer,
     Gatewaying,
     Weight,
@@ -85,7 +87,7 @@ enum Arg {
 }
 
 /// (short, long, option, argument)
-const OPTIONS: [(char, &str, Opt, Arg); 17] = [
+const OPTIONS: [(char, &str, Opt, Arg); 19] = [
     ('A', "add-service", Opt::AddService, Arg::None),
     ('E', "edit-service", Opt::EditService, Arg::None),
     ('D', "delete-service", Opt::DeleteService, Arg::None),
@@ -98,6 +100,8 @@ const OPTIONS: [(char, &str, Opt, Arg); 17] = [
     ('s', "scheduler", Opt::Scheduler, Arg::Required),
     ('p', "persistent", Opt::Persistent, Arg::Optional),
     ('M', "netmask", Opt::Netmask, Arg::Required),
+    ('b', "sched-flags", Opt::SchedFlags, Arg::Required),
+    ('o', "ops", Opt::Ops, Arg::None),
     ('r', "real-server", Opt::RealServer, Arg::Required),
     ('g', "gatewaying", Opt::Gatewaying, Arg::None),
     ('w', "weight", Opt::Weight, Arg::Required),
@@ -117,14 +121,9 @@ fn unsupported(short: Option<char>, long: Option<&str>, shown: &str) -> Option<S
         }
         (Some('6'), _) | (_, Some("ipv6")) => "IPv6 is not supported yet".into(),
         (_, Some("sctp-service")) => "SCTP services are not supported yet".into(),
-        (Some('o' | 'b'), _)
-        | (
-            _,
-            Some(
-                "ops" | "pe" | "sched-flags" | "tun-type" | "tun-port" | "tun-nocsum" | "tun-csum"
-                | "tun-remcsum",
-            ),
-        ) => format!("option '{shown}' is not supported yet"),
+        (_, Some("pe" | "tun-type" | "tun-port" | "tun-nocsum" | "tun-csum" | "tun-remcsum")) => {
+            format!("option '{shown}' is not supported yet")
+        }
         (Some('R' | 'S' | 'L' | 'l' | 'Z' | 'h' | 'c' | 'n' | 'v'), _)
         | (
             _,
@@ -267,6 +266,8 @@ struct Line<'a> {
     /// `Some(None)`: `-p` without a timeout.
     persistent: Option<Option<&'a str>>,
     netmask: Option<&'a str>,
+    sched_flags: Option<&'a str>,
+    ops: bool,
     real: Option<&'a str>,
     weight: Option<&'a str>,
     upper: Option<&'a str>,
@@ -316,6 +317,8 @@ fn collect(given: Given<'_>) -> Result<(Line<'_>, Vec<(Opt, String)>), String> {
             Opt::Scheduler => line.scheduler = Some(v),
             Opt::Persistent => line.persistent = Some(value),
             Opt::Netmask => line.netmask = Some(v),
+            Opt::SchedFlags => line.sched_flags = Some(v),
+            Opt::Ops => line.ops = true,
             Opt::RealServer => line.real = Some(v),
             Opt::Weight => line.weight = Some(v),
             Opt::UThreshold => line.upper = Some(v),
@@ -334,7 +337,7 @@ fn allowed(cmd: Command, opt: Opt) -> bool {
         Command::AddService | Command::EditService => {
             matches!(
                 opt,
-                TcpService | UdpService | Scheduler | Persistent | Netmask
+                TcpService | UdpService | Scheduler | Persistent | Netmask | SchedFlags | Ops
             )
         }
         Command::DeleteService => matches!(opt, TcpService | UdpService),
@@ -417,11 +420,16 @@ fn apply_line(table: &mut ServiceTable, text: &str) -> Result<(), String> {
                     .parse()
                     .map_err(|_| format!("netmask '{m}' is not a dotted-quad IPv4 netmask"))?,
             };
+            let sched_flags =
+                crate::sched::SchedFlags::parse(line.sched_flags.unwrap_or(""), scheduler)
+                    .map_err(|e| format!("{label}: {e}"))?;
             let spec = ServiceSpec {
                 key,
                 scheduler,
                 persistence_timeout,
                 persistence_netmask,
+                sched_flags,
+                ops: line.ops,
             };
             let result = if cmd == Command::AddService {
                 table.add_service(spec)
@@ -594,6 +602,22 @@ mod tests {
         assert_eq!(s.persistence_timeout, Some(600));
         assert_eq!(s.persistence_netmask, Ipv4Addr::new(255, 255, 255, 0));
         assert_eq!(s.reals[0].weight, 5);
+    }
+
+    #[test]
+    fn sched_flags_and_ops_map_into_the_model() {
+        let t = p("-A -t 10.0.0.100:80 -s sh -b sh-fallback,sh-port -p 60\n\
+                   -A -u 10.0.0.100:53 -s rr -o\n")
+        .unwrap();
+        let s = t.service(&key(Protocol::Tcp, 80)).unwrap();
+        assert!(s.sched_flags.sh_fallback && s.sched_flags.sh_port && !s.ops);
+        assert_eq!(s.persistence_timeout, Some(60));
+        assert!(t.service(&key(Protocol::Udp, 53)).unwrap().ops);
+        assert!(
+            p("-A -t 10.0.0.100:80 -s rr -o\n").is_err(),
+            "OPS is UDP only"
+        );
+        assert!(p("-A -t 10.0.0.100:80 -s rr -b sh-port\n").is_err());
     }
 
     #[test]
