@@ -10,4 +10,5 @@ mod demo;
 mod dr_basic;
 mod malformed;
 mod offloads;
+mod schedulers;
 mod two_arm;
