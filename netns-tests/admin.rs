@@ -303,3 +303,103 @@ fn sighup_reloads_transactionally() {
     );
     assert_eq!(common::count(&common::curl_vip(&lab, 4)).len(), 2);
 }
+
+#[test]
+fn weight_zero_drains_existing_connections_finish_new_ones_go_elsewhere() {
+    let Some(ctx) = common::setup(23) else { return };
+    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
+        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
+    start_web(&mut lab);
+    let sock = lab.dir().join("admin.sock");
+    // Persistent rr service: the template must also appear in the connection listing.
+    let rules = format!(
+        "-A -t {vip}:80 -s rr -p 30\n-a -t {vip}:80 -r {}:80 -g -w 1\n-a -t {vip}:80 -r {}:80 -g -w 1\n",
+        addr::RS1,
+        addr::RS2,
+        vip = addr::VIP
+    );
+    common::start_director(
+        &mut lab,
+        &rules,
+        &[
+            "--interface",
+            "eth0",
+            "--admin-socket",
+            common::path_str(&sock),
+        ],
+    );
+    // A long keep-alive connection from the client (40 requests at 10/s).
+    let urls: Vec<String> = (0..40).map(|_| format!("http://{}/", addr::VIP)).collect();
+    let mut args = vec!["curl", "-s", "--max-time", "20", "--rate", "10/s"];
+    args.extend(urls.iter().map(String::as_str));
+    let log = lab.dir().join("drain.log");
+    let pid = lab.spawn("client", &args, &log).expect("keep-alive client");
+    std::thread::sleep(Duration::from_millis(500));
+    let first = std::fs::read_to_string(&log).unwrap_or_default();
+    let pinned = first
+        .lines()
+        .next()
+        .map(str::trim)
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        pinned == "rs1" || pinned == "rs2",
+        "first answer: {first:?}"
+    );
+    let pinned_ip = if pinned == "rs1" {
+        addr::RS1
+    } else {
+        addr::RS2
+    };
+    let other = if pinned == "rs1" { "rs2" } else { "rs1" };
+
+    let conns = match call(&sock, Request::Connections) {
+        Reply::Connections(c) => c,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        conns
+            .iter()
+            .any(|c| c.state == "NONE" && c.client.1 == 0 && c.dest.0 == pinned_ip),
+        "the persistence template is listed: {conns:?}"
+    );
+
+    // Quiesce the pinned real server: delete the persistence so new clients are scheduled
+    // afresh, and set its weight to 0.
+    let mut quiesced = RealSpec::route(pinned_ip, 80);
+    quiesced.weight = 0;
+    let mut spec = ServiceSpec::new(vip80(), SchedulerKind::Rr);
+    spec.persistence_timeout = None;
+    match call(
+        &sock,
+        Request::Apply(vec![
+            Change::EditService(spec),
+            Change::EditReal(vip80(), quiesced),
+        ]),
+    ) {
+        Reply::Done => {}
+        other => panic!("{other:?}"),
+    }
+    // New connections all go to the other real server...
+    let fresh = common::curl_vip(&lab, 6);
+    assert!(
+        fresh.iter().all(|a| a == other),
+        "new connections avoid the quiesced real: {fresh:?}"
+    );
+    // ...while the established connection keeps being served by the quiesced one.
+    let done = common::poll(Duration::from_secs(15), || {
+        (!lab.is_running(pid)).then_some(())
+    });
+    assert!(done.is_some(), "the keep-alive client did not finish");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let bodies: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(bodies.len(), 40, "{text}");
+    assert!(
+        bodies.iter().all(|b| *b == pinned),
+        "the drained connection stayed: {bodies:?}"
+    );
+}

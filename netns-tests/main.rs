@@ -12,5 +12,6 @@ mod dr_basic;
 mod malformed;
 mod offloads;
 mod refusals;
+mod schedulers;
 mod two_arm;
 mod uvsadm;

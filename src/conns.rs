@@ -108,6 +108,10 @@ impl ConnCounts {
     pub fn unbind(&self, id: RealId, active: bool, t: Thresholds) {
         let Some(s) = self.slot(id) else { return };
         dec(if active { &s.active } else { &s.inactive });
+        Self::clear_overload(s, t);
+    }
+
+    fn clear_overload(s: &Slot, t: Thresholds) {
         let total = Self::total(s);
         let clear = if t.lower != 0 {
             total < u64::from(t.lower)
@@ -133,16 +137,22 @@ impl ConnCounts {
         }
     }
 
-    pub fn bind_template(&self, id: RealId) {
-        if let Some(s) = self.slot(id) {
-            s.persistent.fetch_add(1, Ordering::Relaxed);
+    /// A persistence template was bound to `id` (`ip_vs_bind_dest` with
+    /// `IP_VS_CONN_F_TEMPLATE`): `persistconns` grows, and, as in the kernel, the upper
+    /// threshold is checked against active + inactive (templates are not in that total).
+    pub fn bind_template(&self, id: RealId, t: Thresholds) {
+        let Some(s) = self.slot(id) else { return };
+        s.persistent.fetch_add(1, Ordering::Relaxed);
+        if t.upper != 0 && Self::total(s) >= u64::from(t.upper) {
+            s.overloaded.store(true, Ordering::Relaxed);
         }
     }
 
-    pub fn unbind_template(&self, id: RealId) {
-        if let Some(s) = self.slot(id) {
-            dec(&s.persistent);
-        }
+    /// A template left `id` (`ip_vs_unbind_dest`): same overload clearing as [`Self::unbind`].
+    pub fn unbind_template(&self, id: RealId, t: Thresholds) {
+        let Some(s) = self.slot(id) else { return };
+        dec(&s.persistent);
+        Self::clear_overload(s, t);
     }
 
     /// Test helper: set counts directly.

@@ -22,6 +22,7 @@ use crate::ctl::apply::AdminState;
 use crate::ctl::proto::TimeoutsSecs;
 use crate::datapath::counters::WorkerCounters;
 use crate::datapath::process::Forwarder;
+use crate::datapath::templates::TemplateTable;
 use crate::datapath::worker::{RxPort, Worker};
 use crate::interfaces;
 use crate::io::filter::receive_filter;
@@ -148,6 +149,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         RingVersion::V2 => MAX_V2_BATCH,
     };
     let conns = Arc::new(ConnCounts::new());
+    // Persistence templates are global in IPVS: one table for all workers.
+    let templates = Arc::new(TemplateTable::new(
+        cfg.flow_table.template_capacity as usize,
+    ));
     let mut workers = Vec::with_capacity(n_workers);
     let mut worker_requests = Vec::with_capacity(n_workers);
     let mut ring_fds = Vec::new();
@@ -184,6 +189,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 cfg.flow_table.sloppy_tcp,
                 ifaces.iter().map(|i| i.mac).collect(),
                 Arc::clone(&conns),
+            )
+            .with_templates(
+                Arc::clone(&templates),
+                cfg.flow_table.expire_quiescent_template,
             ),
             counters: c,
             snapshot: Arc::clone(&shared),
@@ -247,6 +256,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         workers: counters,
         worker_requests,
         conns,
+        templates: Arc::clone(&templates),
         ring_fds,
         ring_totals: vec![RingStats::default(); ifaces.len()],
         state: AdminState {

@@ -179,6 +179,24 @@ pub struct RealServer {
     pub lower_threshold: u32,
 }
 
+/// Per-service scheduler flags (`ipvsadm -b`). The kernel has three anonymous bits
+/// (`IP_VS_SVC_F_SCHED1..3`); `sh` and `mh` give the first two a meaning each. Defined here so
+/// the model does not depend on the schedulers; parsing and printing live in `crate::sched`,
+/// which re-exports it.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct SchedFlags {
+    /// `sh`: probe further buckets when the hashed real is unusable (SCHED1).
+    pub sh_fallback: bool,
+    /// `sh`: hash the source port too (SCHED2).
+    pub sh_port: bool,
+    /// `mh`: probe further when the hashed real is unusable (SCHED1).
+    pub mh_fallback: bool,
+    /// `mh`: hash the source port too (SCHED2).
+    pub mh_port: bool,
+}
+
 /// A virtual service with its real servers, in the order they were added (IPVS's tie-break
 /// order: "ties go to the earliest destination in the service's list").
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,6 +207,10 @@ pub struct VirtualService {
     pub persistence_timeout: Option<u32>,
     /// `-M`: persistence granularity netmask.
     pub persistence_netmask: Ipv4Addr,
+    /// `-b`: scheduler flags.
+    pub sched_flags: SchedFlags,
+    /// `-o`: one-packet scheduling (UDP only): every datagram is scheduled, no entry is kept.
+    pub ops: bool,
     pub reals: Vec<RealServer>,
 }
 
@@ -224,16 +246,29 @@ pub struct ServiceSpec {
     pub scheduler: SchedulerKind,
     pub persistence_timeout: Option<u32>,
     pub persistence_netmask: Ipv4Addr,
+    pub sched_flags: SchedFlags,
+    pub ops: bool,
 }
 
 impl ServiceSpec {
+    /// A service with ipvsadm's defaults: not persistent, netmask /32, no flags, no OPS.
     pub fn new(key: ServiceKey, scheduler: SchedulerKind) -> ServiceSpec {
         ServiceSpec {
             key,
             scheduler,
             persistence_timeout: None,
             persistence_netmask: Ipv4Addr::BROADCAST,
+            sched_flags: SchedFlags::default(),
+            ops: false,
         }
+    }
+
+    /// ipvsadm's check: "One-Packet Scheduling is only for UDP virtual services".
+    fn check(&self) -> Result<(), ModelError> {
+        if self.ops && self.key.proto != Protocol::Udp {
+            return Err(ModelError::OpsNotUdp(self.key));
+        }
+        Ok(())
     }
 }
 
@@ -259,6 +294,8 @@ pub enum ModelError {
     ZeroPort(ServiceKey),
     #[error("too many real servers (limit {0})")]
     TooManyReals(usize),
+    #[error("One-Packet Scheduling is only for UDP virtual services")]
+    OpsNotUdp(ServiceKey),
 }
 
 /// Upper bound on real servers alive at once; sizes the neighbour (MAC) slot array that workers
@@ -306,21 +343,27 @@ impl ServiceTable {
         if spec.key.port == 0 {
             return Err(ModelError::ZeroPort(spec.key));
         }
+        spec.check()?;
         self.services.push(VirtualService {
             key: spec.key,
             scheduler: spec.scheduler,
             persistence_timeout: spec.persistence_timeout,
             persistence_netmask: spec.persistence_netmask,
+            sched_flags: spec.sched_flags,
+            ops: spec.ops,
             reals: Vec::new(),
         });
         Ok(())
     }
 
     pub fn edit_service(&mut self, spec: ServiceSpec) -> Result<(), ModelError> {
+        spec.check()?;
         let svc = self.service_mut(&spec.key)?;
         svc.scheduler = spec.scheduler;
         svc.persistence_timeout = spec.persistence_timeout;
         svc.persistence_netmask = spec.persistence_netmask;
+        svc.sched_flags = spec.sched_flags;
+        svc.ops = spec.ops;
         Ok(())
     }
 
@@ -475,6 +518,26 @@ mod tests {
             Err(ModelError::ZeroPort(key(0)))
         );
         assert_eq!(t, before);
+    }
+
+    #[test]
+    fn ops_is_refused_on_tcp_as_ipvsadm_does() {
+        let mut t = ServiceTable::new();
+        let mut spec = ServiceSpec::new(key(80), SchedulerKind::Rr);
+        spec.ops = true;
+        assert_eq!(t.add_service(spec), Err(ModelError::OpsNotUdp(key(80))));
+        let udp = ServiceKey {
+            proto: Protocol::Udp,
+            ..key(53)
+        };
+        spec.key = udp;
+        t.add_service(spec).unwrap();
+        assert!(t.service(&udp).unwrap().ops);
+        t.add_service(ServiceSpec::new(key(80), SchedulerKind::Rr))
+            .unwrap();
+        spec.key = key(80);
+        assert_eq!(t.edit_service(spec), Err(ModelError::OpsNotUdp(key(80))));
+        assert!(!t.service(&key(80)).unwrap().ops);
     }
 
     #[test]

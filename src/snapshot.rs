@@ -17,7 +17,10 @@ use arc_swap::ArcSwap;
 use crate::conns::Thresholds;
 use crate::datapath::tcp_state::Timeouts;
 use crate::model::{Protocol, RealId, ServiceKey, ServiceTable};
-use crate::sched::{SchedFlags, Scheduler};
+use crate::sched::Scheduler;
+
+/// IPVS's `FTPPORT`: persistent FTP services share one template per client across ports.
+const FTP_PORT: u16 = 21;
 
 /// A real server as a worker sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,10 +37,26 @@ pub struct RealEntry {
     pub thresholds: Thresholds,
 }
 
+/// Persistence of a service (`-p`, `-M`), compiled for the datapath.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Persistence {
+    /// Template timeout (`svc->timeout`) in milliseconds.
+    pub timeout_ms: u32,
+    /// `-M`, host order: the client address is masked with it.
+    pub netmask: u32,
+    /// Virtual port in the template key: the service port, or 0 for FTP (port 21) and
+    /// port-zero services, as `ip_vs_sched_persist` builds it.
+    pub template_vport: u16,
+}
+
 #[derive(Debug)]
 pub struct ServiceEntry {
     pub key: ServiceKey,
     pub scheduler: Scheduler,
+    /// `None` = not persistent.
+    pub persistence: Option<Persistence>,
+    /// One-packet scheduling (`-o`; only ever set on UDP services).
+    pub ops: bool,
     /// This service's reals in configuration order (IPVS's tie-break order).
     pub reals: Vec<RealEntry>,
 }
@@ -115,11 +134,21 @@ impl Snapshot {
                     },
                 });
             }
-            let scheduler =
-                Scheduler::build(svc.scheduler, &reals, SchedFlags::default(), svc.key.port);
+            let scheduler = Scheduler::build(svc.scheduler, &reals, svc.sched_flags, svc.key.port);
+            let persistence = svc.persistence_timeout.map(|t| Persistence {
+                timeout_ms: t.saturating_mul(1000),
+                netmask: u32::from(svc.persistence_netmask),
+                template_vport: if svc.key.port == FTP_PORT {
+                    0
+                } else {
+                    svc.key.port
+                },
+            });
             services.push(ServiceEntry {
                 key: svc.key,
                 scheduler,
+                persistence,
+                ops: svc.ops && svc.key.proto == Protocol::Udp,
                 reals,
             });
         }

@@ -276,6 +276,7 @@ impl Backend for Fixed {
                     sched_flags: String::new(),
                     persistence_timeout: None,
                     persistence_netmask: Ipv4Addr::BROADCAST,
+                    ops: false,
                     stats: Stats {
                         conns: 1520,
                         in_pkts: 199_999_999,
@@ -534,4 +535,45 @@ fn word() -> impl Strategy<Value = String> {
         .prop_map(str::to_string),
         "\\PC{0,10}",
     ]
+}
+
+/// `-o` and `-b` are carried into the director and printed where ipvsadm prints them:
+/// `-S` as `-p … -M … -o -b …`, `-L` as `sched (flags) persistent … mask … ops`.
+#[test]
+fn ops_and_scheduler_flags_round_trip() {
+    let mut b = MemoryBackend::default();
+    let o = uvsadm_in(
+        &mut b,
+        "-A -u 10.0.0.1:53 -s sh -b sh-port,sh-fallback -o -p 60 -M 255.255.255.0",
+        "",
+    );
+    assert_eq!((o.code, o.stderr.as_str()), (0, ""));
+    let o = uvsadm_in(&mut b, "-S -n", "");
+    assert_eq!(
+        o.stdout,
+        "-A -u 10.0.0.1:53 -s sh -p 60 -M 255.255.255.0 -o -b sh-fallback,sh-port\n"
+    );
+    let o = uvsadm_in(&mut b, "-L -n", "");
+    assert!(
+        o.stdout.contains(
+            "UDP  10.0.0.1:53 sh (sh-fallback,sh-port) persistent 60 mask 255.255.255.0 ops\n"
+        ),
+        "{}",
+        o.stdout
+    );
+    let o = uvsadm_in(&mut b, "-A -t 10.0.0.1:80 -s rr -o", "");
+    assert_eq!(
+        (o.code, o.stderr.as_str()),
+        (
+            2,
+            "One-Packet Scheduling is only for UDP virtual services\n"
+        )
+    );
+    let o = uvsadm_in(&mut b, "-A -t 10.0.0.1:81 -s rr -b sh-port", "");
+    assert_eq!(o.code, 2);
+    assert!(
+        o.stderr.contains("incompatible scheduler flag"),
+        "{}",
+        o.stderr
+    );
 }

@@ -58,6 +58,11 @@ pub struct FlowTableOptions {
     pub capacity: u32,
     /// Schedule TCP packets without SYN that match no entry (IPVS `sloppy_tcp`).
     pub sloppy_tcp: bool,
+    /// Persistence-template slots, shared by all workers (rounded up to a power of two).
+    pub template_capacity: u32,
+    /// IPVS `expire_quiescent_template`: a template whose real has weight 0 is dropped when
+    /// next used, so persistent clients move off a quiesced real.
+    pub expire_quiescent_template: bool,
 }
 
 impl Default for FlowTableOptions {
@@ -65,6 +70,8 @@ impl Default for FlowTableOptions {
         FlowTableOptions {
             capacity: 1 << 18,
             sloppy_tcp: false,
+            template_capacity: 1 << 16,
+            expire_quiescent_template: false,
         }
     }
 }

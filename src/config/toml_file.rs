@@ -16,10 +16,10 @@
 //! metrics = "127.0.0.1:9477"     # "off" disables the exporter
 //! kernel_filter = true
 //! [ring]       # version = "v3" | "v2", block_size, block_count, block_timeout_ms, frame_size
-//! [flow_table] # capacity, sloppy_tcp
+//! [flow_table] # capacity, sloppy_tcp, template_capacity, expire_quiescent_template
 //! [arp]        # reachable_secs, retry_ms, garp_repeat, garp_delay_secs
 //! [[service]]  # protocol = "tcp" | "udp", vip, port, scheduler (default "wlc", as ipvsadm),
-//!              # persistence_timeout, persistence_netmask
+//!              # persistence_timeout, persistence_netmask, sched_flags ([]), ops (false)
 //! [[service.real]] # address, port (= service port), weight (1), upper_threshold (0),
 //!                  # lower_threshold (0), forward = "route" | "dr" | "gate"
 //! ```
@@ -134,6 +134,8 @@ struct RawRing {
 struct RawFlowTable {
     capacity: Option<Spanned<i64>>,
     sloppy_tcp: Option<bool>,
+    template_capacity: Option<Spanned<i64>>,
+    expire_quiescent_template: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -154,6 +156,8 @@ struct RawService {
     scheduler: Option<Spanned<String>>,
     persistence_timeout: Option<Spanned<i64>>,
     persistence_netmask: Option<Spanned<String>>,
+    sched_flags: Option<Spanned<Vec<String>>>,
+    ops: Option<bool>,
     #[serde(default)]
     real: Vec<Spanned<RawReal>>,
 }
@@ -359,6 +363,16 @@ fn build_flow_table(raw: RawFlowTable) -> Result<FlowTableOptions, Located> {
             "flow_table.capacity",
         )?,
         sloppy_tcp: raw.sloppy_tcp.unwrap_or(d.sloppy_tcp),
+        template_capacity: opt_ranged(
+            raw.template_capacity.as_ref(),
+            d.template_capacity,
+            MIN_FLOW_CAPACITY as u32,
+            MAX_FLOW_CAPACITY as u32,
+            "flow_table.template_capacity",
+        )?,
+        expire_quiescent_template: raw
+            .expire_quiescent_template
+            .unwrap_or(d.expire_quiescent_template),
     })
 }
 
@@ -437,11 +451,18 @@ fn add_service(table: &mut ServiceTable, spanned: &Spanned<RawService>) -> Resul
         None => Ipv4Addr::BROADCAST,
         Some(m) => parse_ipv4(m, "persistence_netmask")?,
     };
+    let sched_flags = match &svc.sched_flags {
+        None => crate::sched::SchedFlags::default(),
+        Some(f) => crate::sched::SchedFlags::parse(&f.get_ref().join(","), scheduler)
+            .or_else(|e| err(f.span(), format!("{label}: sched_flags: {e}")))?,
+    };
     let spec = ServiceSpec {
         key,
         scheduler,
         persistence_timeout,
         persistence_netmask,
+        sched_flags,
+        ops: svc.ops.unwrap_or(false),
     };
     table
         .add_service(spec)
@@ -565,6 +586,25 @@ mod tests {
     const FULL: &str = include_str!("../../configs/full.toml");
 
     #[test]
+    fn sched_flags_ops_and_template_options() {
+        let cfg = p("[flow_table]\nexpire_quiescent_template = true\ntemplate_capacity = 4096\n\
+                     [[service]]\nvip = \"10.0.0.100\"\nport = 80\nscheduler = \"mh\"\n\
+                     sched_flags = [\"mh-port\"]\n\
+                     [[service]]\nprotocol = \"udp\"\nvip = \"10.0.0.100\"\nport = 53\nops = true\n")
+        .unwrap();
+        assert!(cfg.flow_table.expire_quiescent_template);
+        assert_eq!(cfg.flow_table.template_capacity, 4096);
+        let svcs = cfg.services.services();
+        assert!(svcs[0].sched_flags.mh_port && !svcs[0].ops);
+        assert!(svcs[1].ops);
+        assert!(p("[[service]]\nvip = \"10.0.0.100\"\nport = 80\nops = true\n").is_err());
+        assert!(
+            p("[[service]]\nvip = \"10.0.0.100\"\nport = 80\nsched_flags = [\"sh-port\"]\n")
+                .is_err()
+        );
+    }
+
+    #[test]
     fn empty_file_is_the_default_config() {
         assert_eq!(p("").unwrap(), DaemonConfig::default());
     }
@@ -660,7 +700,8 @@ forward = "gate"
             cfg.flow_table,
             FlowTableOptions {
                 capacity: 1024,
-                sloppy_tcp: true
+                sloppy_tcp: true,
+                ..FlowTableOptions::default()
             }
         );
         assert_eq!(

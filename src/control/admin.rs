@@ -158,7 +158,25 @@ impl Control {
             }
         }
         let snap = self.snapshot.load();
-        records
+        let now = crate::clock::now_ms();
+        // Persistence templates, as IPVS lists them: state NONE, client port 0.
+        let templates: Vec<ConnEntry> = self
+            .templates
+            .live(now)
+            .into_iter()
+            .filter_map(|t| {
+                let real = snap.real(t.real)?;
+                Some(ConnEntry {
+                    proto: Protocol::from_number(t.key.proto)?,
+                    expires: t.expires_in_ms / 1000,
+                    state: "NONE".to_string(),
+                    client: (ipv4_from_u32(t.key.snet), 0),
+                    virt: (ipv4_from_u32(t.key.vip), t.key.vport),
+                    dest: (ipv4_from_u32(real.addr), t.key.vport),
+                })
+            })
+            .collect();
+        let mut flows: Vec<ConnEntry> = records
             .into_iter()
             .filter_map(|f| {
                 let real = snap.real(f.real)?;
@@ -176,6 +194,8 @@ impl Control {
                     dest: (ipv4_from_u32(real.addr), f.key.dport),
                 })
             })
-            .collect()
+            .collect();
+        flows.extend(templates);
+        flows
     }
 }

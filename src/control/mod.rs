@@ -39,6 +39,8 @@ pub struct Control {
     pub workers: Vec<Arc<WorkerCounters>>,
     pub worker_requests: Vec<crossbeam_channel::Sender<WorkerRequest>>,
     pub conns: Arc<ConnCounts>,
+    /// Persistence templates, shared with the workers (listed by `-Lc`).
+    pub templates: Arc<crate::datapath::templates::TemplateTable>,
     /// (interface index, receive socket) of every worker ring.
     pub ring_fds: Vec<(usize, RawFd)>,
     pub ring_totals: Vec<RingStats>,

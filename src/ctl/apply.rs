@@ -142,6 +142,8 @@ pub fn diff(current: &ServiceTable, desired: &ServiceTable) -> Vec<Change> {
             scheduler: d.scheduler,
             persistence_timeout: d.persistence_timeout,
             persistence_netmask: d.persistence_netmask,
+            sched_flags: d.sched_flags,
+            ops: d.ops,
         };
         let real_spec = |r: &crate::model::RealServer| RealSpec {
             addr: r.addr,
@@ -160,6 +162,8 @@ pub fn diff(current: &ServiceTable, desired: &ServiceTable) -> Vec<Change> {
                 if c.scheduler != d.scheduler
                     || c.persistence_timeout != d.persistence_timeout
                     || c.persistence_netmask != d.persistence_netmask
+                    || c.sched_flags != d.sched_flags
+                    || c.ops != d.ops
                 {
                     out.push(Change::EditService(spec));
                 }

@@ -184,7 +184,8 @@ pub fn status_of(state: &AdminState, figures: &dyn Fn(usize, usize) -> RealFigur
             ServiceStatus {
                 key: s.key,
                 scheduler: s.scheduler,
-                sched_flags: String::new(),
+                sched_flags: s.sched_flags.to_string(),
+                ops: s.ops,
                 persistence_timeout: s.persistence_timeout,
                 persistence_netmask: s.persistence_netmask,
                 stats: sum(|r| r.stats),

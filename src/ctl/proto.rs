@@ -93,6 +93,8 @@ pub struct ServiceStatus {
     /// ipvsadm `-b` flags text ("sh-fallback,sh-port"), empty when none.
     pub sched_flags: String,
     pub persistence_timeout: Option<u32>,
+    /// `-o`: one-packet scheduling (UDP).
+    pub ops: bool,
     pub persistence_netmask: Ipv4Addr,
     pub stats: Stats,
     pub rates: Stats,

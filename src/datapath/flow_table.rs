@@ -15,7 +15,8 @@
 //! call, so no call ever pauses for the whole table. Lookups treat an expired entry as absent,
 //! so late reaping never extends a flow's life.
 //!
-//! Entry: 24 bytes, all included (IPVS estimates 128 bytes per connection).
+//! Entry: 32 bytes, all included (IPVS estimates 128 bytes per connection): the five-tuple,
+//! TCP state, real id, expiry, and the persistence template the flow is a child of.
 
 use crate::datapath::tcp_state::TcpState;
 use crate::model::RealId;
@@ -66,6 +67,9 @@ struct Slot {
     real: u32,
     /// Expiry time in milliseconds on the worker's clock, wrapping.
     expires: u32,
+    /// Persistence template slot + 1 this flow is a child of; 0 = none.
+    template: u32,
+    _pad2: u32,
 }
 
 const EMPTY: Slot = Slot {
@@ -78,9 +82,11 @@ const EMPTY: Slot = Slot {
     _pad: 0,
     real: 0,
     expires: 0,
+    template: 0,
+    _pad2: 0,
 };
 
-const _: () = assert!(std::mem::size_of::<Slot>() == 24);
+const _: () = assert!(std::mem::size_of::<Slot>() == 32);
 
 impl Slot {
     fn key(&self) -> FlowKey {
@@ -135,8 +141,10 @@ impl FlowTable {
     /// A table of at least `capacity` slots (rounded up to a power of two, minimum 64).
     pub fn new(capacity: usize) -> FlowTable {
         let cap = capacity.max(64).next_power_of_two();
+        let slots = vec![EMPTY; cap].into_boxed_slice();
+        advise_huge_pages(&slots);
         FlowTable {
-            slots: vec![EMPTY; cap].into_boxed_slice(),
+            slots,
             mask: cap - 1,
             len: 0,
             expire_cursor: 0,
@@ -200,6 +208,7 @@ impl FlowTable {
     /// Inserts (or replaces) the flow for `key`. Returns the entry it overwrote, if any, so
     /// the caller can undo that entry's connection counts; `Overwritten::evicted` is true when
     /// a live, unrelated flow had to make room (table full within the probe window).
+    /// `template`: the persistence template slot the flow is a child of, if any.
     pub fn insert(
         &mut self,
         key: &FlowKey,
@@ -207,7 +216,9 @@ impl FlowTable {
         state: TcpState,
         expires: u32,
         now: u32,
+        template: Option<u32>,
     ) -> Option<Overwritten> {
+        let tmpl = template.map_or(0, |t| t + 1);
         let home = key.hash() as usize & self.mask;
         let mut victim = home;
         let mut victim_expires_in = i64::MAX;
@@ -216,11 +227,11 @@ impl FlowTable {
             let s = self.slots[idx];
             if s.is_empty() {
                 self.len += 1;
-                self.slots[idx] = slot(key, real, state, expires);
+                self.slots[idx] = slot(key, real, state, expires, tmpl);
                 return None;
             }
             if s.matches(key) {
-                self.slots[idx] = slot(key, real, state, expires);
+                self.slots[idx] = slot(key, real, state, expires, tmpl);
                 return overwritten(&s, false);
             }
             let left = i64::from(s.expires.wrapping_sub(now) as i32);
@@ -230,7 +241,7 @@ impl FlowTable {
             }
         }
         let old = self.slots[victim];
-        self.slots[victim] = slot(key, real, state, expires);
+        self.slots[victim] = slot(key, real, state, expires, tmpl);
         let evicted = victim_expires_in > 0;
         if evicted {
             self.evictions += 1;
@@ -238,13 +249,13 @@ impl FlowTable {
         overwritten(&old, evicted)
     }
 
-    /// Reaps expired entries among the next `budget` slots, reporting each to `on_remove`.
-    /// Returns how many were removed.
+    /// Reaps expired entries among the next `budget` slots, reporting each to `on_remove`
+    /// (real, state, template slot). Returns how many were removed.
     pub fn expire_some(
         &mut self,
         now: u32,
         budget: usize,
-        mut on_remove: impl FnMut(RealId, TcpState),
+        mut on_remove: impl FnMut(RealId, TcpState, Option<u32>),
     ) -> usize {
         let mut removed = 0;
         let mut examined = 0;
@@ -253,7 +264,7 @@ impl FlowTable {
             let s = self.slots[idx];
             if !s.is_empty() && reached(now, s.expires) {
                 if let Some(o) = overwritten(&s, false) {
-                    on_remove(o.real, o.state);
+                    on_remove(o.real, o.state, o.template);
                 }
                 self.remove_at(idx);
                 removed += 1;
@@ -313,12 +324,33 @@ impl FlowTable {
     }
 }
 
+/// Asks for transparent huge pages under a large table (THP in `madvise` mode is the common
+/// default): a new flow's lookup lands on a random slot, and with 4 KiB pages nearly every one
+/// also misses the TLB. Advisory only; errors are ignored.
+fn advise_huge_pages<T>(slots: &[T]) {
+    const PAGE: usize = 4096;
+    let bytes = std::mem::size_of_val(slots);
+    if bytes < (4 << 20) {
+        return;
+    }
+    let start = slots.as_ptr() as usize;
+    let aligned = (start + PAGE - 1) & !(PAGE - 1);
+    let len = (start + bytes - aligned) & !(PAGE - 1);
+    // SAFETY: the range lies inside `slots`' allocation, which stays mapped; MADV_HUGEPAGE
+    // changes no contents, only how future faults are served.
+    unsafe {
+        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+    }
+}
+
 /// An entry that an insert replaced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Overwritten {
     pub real: RealId,
     pub state: TcpState,
     pub evicted: bool,
+    /// The persistence template slot it was a child of.
+    pub template: Option<u32>,
 }
 
 fn overwritten(s: &Slot, evicted: bool) -> Option<Overwritten> {
@@ -326,10 +358,11 @@ fn overwritten(s: &Slot, evicted: bool) -> Option<Overwritten> {
         real: RealId(std::num::NonZeroU32::new(s.real)?),
         state: TcpState::from_u8(s.state),
         evicted,
+        template: s.template.checked_sub(1),
     })
 }
 
-fn slot(key: &FlowKey, real: RealId, state: TcpState, expires: u32) -> Slot {
+fn slot(key: &FlowKey, real: RealId, state: TcpState, expires: u32, template: u32) -> Slot {
     Slot {
         saddr: key.saddr,
         daddr: key.daddr,
@@ -340,6 +373,8 @@ fn slot(key: &FlowKey, real: RealId, state: TcpState, expires: u32) -> Slot {
         _pad: 0,
         real: real.0.get(),
         expires,
+        template,
+        _pad2: 0,
     }
 }
 
@@ -365,7 +400,7 @@ mod tests {
     #[test]
     fn insert_lookup_update_expire() {
         let mut t = FlowTable::new(1024);
-        t.insert(&key(1), rid(7), TcpState::SynRecv, 60_000, 0);
+        t.insert(&key(1), rid(7), TcpState::SynRecv, 60_000, 0, None);
         let (at, f) = t.lookup(&key(1), 10).unwrap();
         assert_eq!(f.real, rid(7));
         assert_eq!(f.state, TcpState::SynRecv);
@@ -392,6 +427,7 @@ mod tests {
                 TcpState::Established,
                 if i % 2 == 0 { 100 } else { 10_000 },
                 0,
+                None,
             );
         }
         assert_eq!(t.len(), 2000);
@@ -399,7 +435,7 @@ mod tests {
         let mut removed = 0;
         // One sweep examines every slot once plus once more per removal.
         for _ in 0..((4096 + 1000) / 64 + 1) {
-            let r = t.expire_some(200, 64, |_, _| {});
+            let r = t.expire_some(200, 64, |_, _, _| {});
             assert!(r <= 64);
             removed += r;
         }
@@ -417,12 +453,12 @@ mod tests {
     fn a_full_table_evicts_within_its_bounds_and_counts_it() {
         let mut t = FlowTable::new(64);
         for i in 0..1000 {
-            t.insert(&key(i), rid(1), TcpState::Established, 1000 + i, 0);
+            t.insert(&key(i), rid(1), TcpState::Established, 1000 + i, 0, None);
         }
         assert_eq!(t.len(), 64, "never grows");
         assert!(t.evictions > 0);
         // The newest flow is always findable right after its insert.
-        t.insert(&key(5000), rid(2), TcpState::SynRecv, 5000, 0);
+        t.insert(&key(5000), rid(2), TcpState::SynRecv, 5000, 0, None);
         assert_eq!(t.lookup(&key(5000), 1).unwrap().1.real, rid(2));
     }
 
@@ -438,6 +474,7 @@ mod tests {
             TcpState::Established,
             now.wrapping_add(100),
             now,
+            None,
         );
         assert!(t.lookup(&key(1), now.wrapping_add(50)).is_some());
         assert!(t.lookup(&key(1), now.wrapping_add(100)).is_none());

@@ -11,4 +11,5 @@ pub mod counters;
 pub mod flow_table;
 pub mod process;
 pub mod tcp_state;
+pub mod templates;
 pub mod worker;

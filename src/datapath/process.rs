@@ -16,10 +16,11 @@ use crate::conns::ConnCounts;
 use crate::datapath::counters::{DropReason, WorkerCounters, bump};
 use crate::datapath::flow_table::{FlowKey, FlowTable};
 use crate::datapath::tcp_state::{TcpState, next_state};
+use crate::datapath::templates::{TemplateKey, TemplateTable};
 use crate::io::ring::RxFrame;
 use crate::io::{VNET_F_DATA_VALID, VNET_HDR_LEN};
 use crate::neigh::cache::NeighTable;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{RealEntry, ServiceEntry, Snapshot};
 use crate::wire::{
     self, ETH_HDR_LEN, ETHERTYPE_IPV4, IPV4_MIN_HDR_LEN, MacAddr, ethernet, ipv4, tcp,
 };
@@ -45,7 +46,15 @@ pub struct Forwarder {
     pub interface_macs: Vec<MacAddr>,
     /// Live connection counts, shared by all workers (see `conns`).
     pub conns: Arc<ConnCounts>,
+    /// Persistence templates, shared by all workers (see `templates`).
+    pub templates: Arc<TemplateTable>,
+    /// IPVS `expire_quiescent_template`.
+    pub expire_quiescent_template: bool,
 }
+
+/// Template slots a worker's [`Forwarder::new`] gets until the daemon hands it the shared
+/// table ([`Forwarder::with_templates`]).
+const PRIVATE_TEMPLATES: usize = 1024;
 
 /// Parsed fields of a frame worth a flow lookup.
 struct Parsed {
@@ -144,16 +153,109 @@ impl Forwarder {
             sloppy_tcp,
             interface_macs,
             conns,
+            templates: Arc::new(TemplateTable::new(PRIVATE_TEMPLATES)),
+            expire_quiescent_template: false,
         }
     }
 
-    /// Reaps expired flows among the next `budget` slots, unbinding each from its real.
+    /// Uses the daemon's shared template table (every worker must share one, as IPVS's
+    /// templates are global) and its `expire_quiescent_template` setting.
+    pub fn with_templates(
+        mut self,
+        templates: Arc<TemplateTable>,
+        expire_quiescent_template: bool,
+    ) -> Forwarder {
+        self.templates = templates;
+        self.expire_quiescent_template = expire_quiescent_template;
+        self
+    }
+
+    /// Reaps expired flows among the next `budget` slots, unbinding each from its real and
+    /// its persistence template; then sweeps a quarter as many template slots (the sweep
+    /// cursor is shared, so the workers together cover the template table).
     pub fn expire_some(&mut self, snap: &Snapshot, now: u32, budget: usize) -> usize {
         let conns = &self.conns;
-        self.flows.expire_some(now, budget, |real, state| {
+        let templates = &self.templates;
+        let removed = self
+            .flows
+            .expire_some(now, budget, |real, state, template| {
+                let t = snap.real(real).map(|r| r.thresholds).unwrap_or_default();
+                conns.unbind(real, state.is_active(), t);
+                if let Some(slot) = template {
+                    templates.release(slot, now);
+                }
+            });
+        templates.expire_some(now, budget / 4 + 1, |real| {
             let t = snap.real(real).map(|r| r.thresholds).unwrap_or_default();
-            conns.unbind(real, state.is_active(), t);
-        })
+            conns.unbind_template(real, t);
+        });
+        removed
+    }
+
+    /// Picks the real for a new connection of `svc`: through its persistence template if
+    /// the service is persistent (`ip_vs_sched_persist`), else by its scheduler. Returns the
+    /// real's position in the snapshot and the template slot the connection is a child of.
+    #[inline]
+    fn schedule<'s>(
+        &self,
+        snap: &'s Snapshot,
+        svc: &'s ServiceEntry,
+        key: &FlowKey,
+        child: bool,
+        now: u32,
+    ) -> Result<(&'s RealEntry, Option<u32>), DropReason> {
+        let Some(p) = svc.persistence else {
+            let i = svc
+                .scheduler
+                .pick(&svc.reals, key, &self.conns)
+                .ok_or(DropReason::NoRealServer)?;
+            return Ok((svc.reals.get(i).ok_or(DropReason::NoRealServer)?, None));
+        };
+        let tkey = TemplateKey {
+            proto: key.proto,
+            snet: key.saddr & p.netmask,
+            vip: key.daddr,
+            vport: p.template_vport,
+        };
+        let eqt = self.expire_quiescent_template;
+        // `ip_vs_check_template`: the real still exists (in this service's snapshot) and is
+        // not quiesced when expire_quiescent_template is on.
+        let valid = |id| snap.real(id).is_some_and(|r| !(eqt && r.weight == 0));
+        let placed = match self.templates.lookup(&tkey, now, child, valid) {
+            Some(hit) => hit,
+            None => {
+                let i = svc
+                    .scheduler
+                    .pick(&svc.reals, key, &self.conns)
+                    .ok_or(DropReason::NoRealServer)?;
+                let real = svc.reals.get(i).ok_or(DropReason::NoRealServer)?;
+                match self
+                    .templates
+                    .insert(&tkey, real.id, p.timeout_ms, now, child, valid)
+                {
+                    Some(placed) => placed,
+                    // No room for a template: schedule without persistence (counted).
+                    None => return Ok((real, None)),
+                }
+            }
+        };
+        if let Some(old) = placed.displaced {
+            let t = snap.real(old).map(|r| r.thresholds).unwrap_or_default();
+            self.conns.unbind_template(old, t);
+        }
+        if let Some(new) = placed.created {
+            let t = snap.real(new).map(|r| r.thresholds).unwrap_or_default();
+            self.conns.bind_template(new, t);
+        }
+        match snap.real(placed.real) {
+            Some(r) => Ok((r, placed.slot)),
+            None => {
+                if let Some(slot) = placed.slot {
+                    self.templates.release(slot, now);
+                }
+                Err(DropReason::NoRealServer)
+            }
+        }
     }
 
     /// Decides one frame (the `virtio_net_hdr` followed by the frame, as the ring holds it),
@@ -225,31 +327,44 @@ impl Forwarder {
                 if is_tcp && !syn_only && !self.sloppy_tcp {
                     return Err(DropReason::TcpNoFlow);
                 }
-                let i = svc
-                    .scheduler
-                    .pick(&svc.reals, &p.key, &self.conns)
-                    .ok_or(DropReason::NoRealServer)?;
-                let real = svc.reals.get(i).ok_or(DropReason::NoRealServer)?;
+                // One-packet scheduling (UDP only, the snapshot guarantees it): the entry is
+                // created, bound and freed at once, so it is never inserted.
+                let ops = svc.ops;
+                let (real, template) = self.schedule(snap, svc, &p.key, !ops, now)?;
                 let (state, timeout) = if is_tcp {
                     let s = next_state(TcpState::None, p.tcp_flags);
                     (s, snap.timeouts.tcp(s))
                 } else {
                     (TcpState::None, snap.timeouts.udp_ms)
                 };
-                if let Some(old) =
-                    self.flows
-                        .insert(&p.key, real.id, state, now.wrapping_add(timeout), now)
-                {
-                    let t = snap
-                        .real(old.real)
-                        .map(|r| r.thresholds)
-                        .unwrap_or_default();
-                    self.conns.unbind(old.real, old.state.is_active(), t);
-                    if old.evicted {
-                        bump(&counters.totals.flow_evictions, 1);
+                if ops {
+                    // `ip_vs_bind_dest` then `ip_vs_unbind_dest`: no count remains, but the
+                    // thresholds see the connection pass, as in the kernel.
+                    self.conns.bind(real.id, false, real.thresholds);
+                    self.conns.unbind(real.id, false, real.thresholds);
+                } else {
+                    if let Some(old) = self.flows.insert(
+                        &p.key,
+                        real.id,
+                        state,
+                        now.wrapping_add(timeout),
+                        now,
+                        template,
+                    ) {
+                        let t = snap
+                            .real(old.real)
+                            .map(|r| r.thresholds)
+                            .unwrap_or_default();
+                        self.conns.unbind(old.real, old.state.is_active(), t);
+                        if let Some(slot) = old.template {
+                            self.templates.release(slot, now);
+                        }
+                        if old.evicted {
+                            bump(&counters.totals.flow_evictions, 1);
+                        }
                     }
+                    self.conns.bind(real.id, state.is_active(), real.thresholds);
                 }
-                self.conns.bind(real.id, state.is_active(), real.thresholds);
                 if let Some(c) = counters.real(real.id) {
                     bump(&c.conns, 1);
                 }

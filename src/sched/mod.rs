@@ -42,19 +42,8 @@ pub trait Schedule {
     fn pick(&self, reals: &[RealEntry], flow: &FlowKey, conns: &ConnCounts) -> Option<usize>;
 }
 
-/// Per-service scheduler flags (`ipvsadm -b`). The kernel has three anonymous bits
-/// (`IP_VS_SVC_F_SCHED1..3`); `sh` and `mh` give the first two a meaning each.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SchedFlags {
-    /// `sh`: probe further buckets when the hashed real is unusable (SCHED1).
-    pub sh_fallback: bool,
-    /// `sh`: hash the source port too (SCHED2).
-    pub sh_port: bool,
-    /// `mh`: probe further when the hashed real is unusable (SCHED1).
-    pub mh_fallback: bool,
-    /// `mh`: hash the source port too (SCHED2).
-    pub mh_port: bool,
-}
+/// Per-service scheduler flags (`ipvsadm -b`), defined in the model (see there).
+pub use crate::model::SchedFlags;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchedFlagsError {

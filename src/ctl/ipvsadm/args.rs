@@ -497,6 +497,10 @@ pub struct ServiceArgs {
     pub scheduler: Option<String>,
     pub persistence_timeout: Option<u32>,
     pub netmask: Ipv4Addr,
+    /// `-o`.
+    pub ops: bool,
+    /// `-b`, validated as ipvsadm does (names, and against the scheduler).
+    pub sched_flags: Option<String>,
 }
 
 /// A real server as `-a`/`-e` describe it.
@@ -556,11 +560,20 @@ impl Command {
                 })?,
                 None => DEFAULT_SCHEDULER,
             };
+            // The names were checked against the scheduler as ipvsadm does; this only maps
+            // them onto the flag bits.
+            let sched_flags = match &a.sched_flags {
+                Some(f) => crate::sched::SchedFlags::parse(f, scheduler)
+                    .map_err(|e| ArgError::fail(e.to_string()))?,
+                None => Default::default(),
+            };
             Ok(ServiceSpec {
                 key: a.key,
                 scheduler,
                 persistence_timeout: a.persistence_timeout,
                 persistence_netmask: a.netmask,
+                sched_flags,
+                ops: a.ops,
             })
         };
         let real = |r: &RealArgs, key: &ServiceKey| RealSpec {
@@ -1054,19 +1067,9 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
     if matches!(ce.forward, Some(Tag::Masq | Tag::Ipip)) || ce.tunnel_options {
         return Err(ArgError::unsupported(FORWARD_UNSUPPORTED));
     }
-    if ce.ops {
-        return Err(ArgError::unsupported(
-            "one-packet scheduling (-o) is not supported yet",
-        ));
-    }
     if ce.pe {
         return Err(ArgError::unsupported(
             "persistence engines (--pe) are not supported yet",
-        ));
-    }
-    if sched_flags.is_some() {
-        return Err(ArgError::unsupported(
-            "scheduler flags (-b) are not supported yet",
         ));
     }
 
@@ -1093,6 +1096,8 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
             scheduler: ce.sched.map(str::to_string),
             persistence_timeout: ce.persistent,
             netmask: ce.netmask.unwrap_or(Ipv4Addr::BROADCAST),
+            ops: ce.ops,
+            sched_flags: sched_flags.clone(),
         })
     };
     Ok(match cmd {

@@ -175,6 +175,9 @@ fn service_entry(out: &mut String, se: &ServiceStatus, f: &Format, names: &Names
                 let _ = write!(out, " -M {}", se.persistence_netmask);
             }
         }
+        if se.ops {
+            out.push_str(" -o");
+        }
         if !se.sched_flags.is_empty() {
             let _ = write!(out, " -b {}", se.sched_flags);
         }
@@ -194,6 +197,9 @@ fn service_entry(out: &mut String, se: &ServiceStatus, f: &Format, names: &Names
             if se.persistence_netmask != Ipv4Addr::BROADCAST {
                 let _ = write!(out, " mask {}", se.persistence_netmask);
             }
+        }
+        if se.ops {
+            out.push_str(" ops");
         }
     }
     out.push('\n');

@@ -515,3 +515,133 @@ fn connection_counts_follow_the_ipvs_lifecycle() {
         (0, 1)
     );
 }
+
+/// The rig's two services rebuilt with `-p persist` on both, `-o` on the UDP one, and rs1 at
+/// weight `w1` (same real ids as `rig()`, so flows and templates carry over).
+fn snapshot_with(persist: Option<u32>, ops: bool, w1: u32) -> Snapshot {
+    let mut t = ServiceTable::new();
+    for (proto, port) in [(Protocol::Tcp, 80u16), (Protocol::Udp, 53)] {
+        let key = ServiceKey {
+            proto,
+            vip: Ipv4Addr::from(VIP),
+            port,
+        };
+        let mut spec = ServiceSpec::new(key, SchedulerKind::Rr);
+        spec.persistence_timeout = persist;
+        spec.ops = ops && proto == Protocol::Udp;
+        t.add_service(spec).unwrap();
+        let mut rs1 = RealSpec::route(Ipv4Addr::new(10, 0, 0, 11), port);
+        rs1.weight = w1;
+        t.add_real(&key, rs1).unwrap();
+        t.add_real(&key, RealSpec::route(Ipv4Addr::new(10, 0, 0, 12), port))
+            .unwrap();
+    }
+    Snapshot::build(&t, 2, &mut AllOnLink).unwrap()
+}
+
+fn dst_mac(b: &[u8]) -> [u8; 6] {
+    b[VNET_HDR_LEN..VNET_HDR_LEN + 6].try_into().unwrap()
+}
+
+fn rid(n: u32) -> crate::model::RealId {
+    crate::model::RealId(std::num::NonZeroU32::new(n).unwrap())
+}
+
+#[test]
+fn persistence_keeps_a_client_on_one_real_under_rr() {
+    let mut r = rig();
+    r.snap = snapshot_with(Some(60), false, 1);
+    for sport in 40000..40010u16 {
+        let mut b = tcp(sport, 80, true, false, false, false);
+        assert!(matches!(r.run(&mut b, 0), Verdict::Forward { .. }));
+        assert_eq!(dst_mac(&b), RS1_MAC, "sport {sport}");
+    }
+    assert_eq!(r.fwd.conns.persistent(rid(1)), 1);
+    assert_eq!(r.fwd.conns.active(rid(1)), 10);
+    let live = r.fwd.templates.live(0);
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].n_control, 10);
+    assert_eq!(live[0].key.snet, u32::from(Ipv4Addr::from(CLIENT)));
+    assert_eq!(live[0].key.vport, 80);
+    // The SYN_RECV children expire at 60 s; the template (timer at 60 s) goes with them.
+    let snap = std::mem::replace(&mut r.snap, Snapshot::empty());
+    r.fwd.expire_some(&snap, 61_000, 1 << 12);
+    assert_eq!(r.fwd.conns.active(rid(1)), 0);
+    // Its timer had fired with children: it ticks on to the next 60 s mark, 120 s.
+    assert_eq!(r.fwd.templates.live(61_000)[0].n_control, 0);
+    r.fwd.expire_some(&snap, 120_000, 1 << 12);
+    assert!(r.fwd.templates.live(120_000).is_empty());
+    assert_eq!(r.fwd.conns.persistent(rid(1)), 0);
+    // A new connection after that is scheduled afresh (rr's cursor moved on: rs2).
+    r.snap = snap;
+    let mut b = tcp(41000, 80, true, false, false, false);
+    r.run(&mut b, 120_000);
+    assert_eq!(dst_mac(&b), RS2_MAC);
+}
+
+#[test]
+fn persistence_sticks_to_a_quiesced_real_unless_expire_quiescent_template() {
+    for eqt in [false, true] {
+        let mut r = rig();
+        r.fwd.expire_quiescent_template = eqt;
+        r.snap = snapshot_with(Some(300), false, 1);
+        let mut b = tcp(40000, 80, true, false, false, false);
+        r.run(&mut b, 0);
+        assert_eq!(dst_mac(&b), RS1_MAC);
+        r.snap = snapshot_with(Some(300), false, 0);
+        // The established connection stays on rs1 either way.
+        let mut b = tcp(40000, 80, false, true, false, false);
+        r.run(&mut b, 1);
+        assert_eq!(dst_mac(&b), RS1_MAC);
+        let mut b = tcp(40001, 80, true, false, false, false);
+        r.run(&mut b, 2);
+        let want = if eqt { RS2_MAC } else { RS1_MAC };
+        assert_eq!(dst_mac(&b), want, "expire_quiescent_template = {eqt}");
+    }
+}
+
+#[test]
+fn ops_schedules_every_datagram_and_keeps_no_entry() {
+    let mut r = rig();
+    r.snap = snapshot_with(None, true, 1);
+    let mut macs = Vec::new();
+    for _ in 0..4 {
+        let mut b = udp(5000, 53);
+        assert!(matches!(r.run(&mut b, 0), Verdict::Forward { .. }));
+        macs.push(dst_mac(&b));
+    }
+    assert_eq!(macs, [RS1_MAC, RS2_MAC, RS1_MAC, RS2_MAC]);
+    assert_eq!(r.fwd.flows.len(), 0);
+    let udp1 = rid(3);
+    assert_eq!(
+        (r.fwd.conns.active(udp1), r.fwd.conns.inactive(udp1)),
+        (0, 0)
+    );
+    let conns = |id| {
+        r.counters
+            .real(id)
+            .unwrap()
+            .conns
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(
+        (conns(rid(3)), conns(rid(4))),
+        (2, 2),
+        "a connection per datagram"
+    );
+}
+
+#[test]
+fn ops_with_persistence_keeps_the_template_without_children() {
+    let mut r = rig();
+    r.snap = snapshot_with(Some(60), true, 1);
+    for i in 0..4 {
+        let mut b = udp(5000 + i, 53);
+        r.run(&mut b, 0);
+        assert_eq!(dst_mac(&b), RS1_MAC);
+    }
+    assert_eq!(r.fwd.flows.len(), 0);
+    let live = r.fwd.templates.live(0);
+    assert_eq!((live.len(), live[0].n_control), (1, 0));
+    assert_eq!(r.fwd.conns.persistent(rid(3)), 1);
+}

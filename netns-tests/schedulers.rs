@@ -1,0 +1,102 @@
+//! Schedulers and persistence end to end in the DR lab: wlc balancing by active connections,
+//! sh and `-p` keeping a client on one real server.
+//!
+//! Weight-0 draining needs a weight change on a running daemon; until the admin socket exists
+//! it is tested at the unit level (`datapath::process::tests::
+//! weight_zero_reals_get_no_new_flows_but_keep_their_flows` and
+//! `persistence_sticks_to_a_quiesced_real_unless_expire_quiescent_template`).
+
+use std::time::Duration;
+
+use uvs::lab::{Lab, LabOptions, addr, build_dr_lab};
+
+use crate::common::{self, Ctx};
+use crate::dr_basic::start_web;
+
+fn dr_lab(ctx: &Ctx) -> Lab {
+    build_dr_lab(&ctx.prefix, &LabOptions::default())
+        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"))
+}
+
+/// A service on VIP:80 over rs1 and rs2 (weight 1), with `opts` on the `-A` line.
+fn rules(opts: &str) -> String {
+    let vip = addr::VIP;
+    format!(
+        "-A -t {vip}:80 {opts}\n\
+         -a -t {vip}:80 -r {}:80 -g -w 1\n\
+         -a -t {vip}:80 -r {}:80 -g -w 1\n",
+        addr::RS1,
+        addr::RS2
+    )
+}
+
+fn active(lab: &Lab, rs: std::net::Ipv4Addr) -> f64 {
+    common::metric(
+        &common::scrape(lab),
+        "node_ipvs_backend_connections_active",
+        &[("remote_address", &rs.to_string()), ("local_port", "80")],
+    )
+}
+
+#[test]
+fn wlc_sends_new_connections_to_the_real_with_fewer_active_ones() {
+    let Some(ctx) = common::setup(40) else { return };
+    let mut lab = dr_lab(&ctx);
+    start_web(&mut lab);
+    common::start_director(&mut lab, &rules("-s wlc"), &["--interface", "eth0"]);
+    // Three idle connections held open: wlc ties go to the earliest real, so rs1, rs2, rs1.
+    let vip = addr::VIP;
+    for i in 0..3 {
+        let log = lab.dir().join(format!("hold{i}.log"));
+        let script = format!("exec 3<>/dev/tcp/{vip}/80 && echo open && sleep 60");
+        lab.spawn("client", &["bash", "-c", &script], &log)
+            .unwrap_or_else(|e| panic!("holding connection {i}: {e:#}"));
+        let opened = common::poll(Duration::from_secs(5), || {
+            let total = active(&lab, addr::RS1) + active(&lab, addr::RS2);
+            (total >= f64::from(i + 1)).then_some(())
+        });
+        assert!(
+            opened.is_some(),
+            "held connection {i} never became active\n{}",
+            common::director_tail(&lab)
+        );
+    }
+    assert_eq!(
+        (active(&lab, addr::RS1), active(&lab, addr::RS2)),
+        (2.0, 1.0),
+        "3 long-lived connections under wlc: rs1, rs2, rs1"
+    );
+    // Short requests: rs2 has fewer active connections (256 + inactive < 512) every time.
+    let answers = common::curl_vip(&lab, 10);
+    assert!(
+        answers.iter().all(|a| a == "rs2"),
+        "new connections must go to rs2 (1 active) rather than rs1 (2 active): {answers:?}"
+    );
+    assert_eq!(active(&lab, addr::RS1), 2.0, "held connections stay");
+}
+
+#[test]
+fn sh_keeps_a_client_on_one_real_server() {
+    let Some(ctx) = common::setup(41) else { return };
+    let mut lab = dr_lab(&ctx);
+    start_web(&mut lab);
+    common::start_director(&mut lab, &rules("-s sh"), &["--interface", "eth0"]);
+    let answers = common::curl_vip(&lab, 10);
+    assert!(
+        answers.iter().all(|a| a == &answers[0]) && answers[0].starts_with("rs"),
+        "sh must send one client to one real server: {answers:?}"
+    );
+}
+
+#[test]
+fn persistence_keeps_a_client_on_one_real_server_under_rr() {
+    let Some(ctx) = common::setup(42) else { return };
+    let mut lab = dr_lab(&ctx);
+    start_web(&mut lab);
+    common::start_director(&mut lab, &rules("-s rr -p 60"), &["--interface", "eth0"]);
+    let answers = common::curl_vip(&lab, 10);
+    assert!(
+        answers.iter().all(|a| a == &answers[0]) && answers[0].starts_with("rs"),
+        "-p 60 must keep one client on one real server under rr: {answers:?}"
+    );
+}
