@@ -1287,13 +1287,15 @@ mod tests {
             err("-A -t 10.0.0.1:80 -s rr -m").0,
             "Illegal 'forwarding-method' option with the 'add-service' command"
         );
-        assert!(err("-A -u 10.0.0.1:53 -s rr -o").0.contains("one-packet"));
         assert!(err("-A -t 10.0.0.1:80 -s rr -o").0.contains("only for UDP"));
-        assert!(
-            err("-A -t 10.0.0.1:80 -s sh -b sh-port")
-                .0
-                .contains("scheduler flags")
-        );
+        // -o and -b are supported: they parse into the service.
+        match p("-A -u 10.0.0.1:53 -s sh -o -b sh-port") {
+            Ok(Command::AddService(a)) => {
+                assert!(a.ops);
+                assert_eq!(a.sched_flags.as_deref(), Some("sh-port"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
