@@ -53,6 +53,8 @@ pub struct Control {
     /// Written (with the PID) once uvs can forward: every real server's MAC is known, or
     /// [`READY_TIMEOUT`] has passed (then the unresolved ones are logged).
     pub ready_file: Option<std::path::PathBuf>,
+    /// Health checks (issue 5): reports drained each tick, applied through `publish`.
+    pub health: crate::health::control::HealthCtl,
 }
 
 /// Longest wait for real-server MACs before declaring readiness anyway.
@@ -119,6 +121,7 @@ impl Control {
                 last_estimate += Duration::from_secs(stats::PERIOD_SECS);
             }
             self.serve_admin();
+            self.drain_health();
             if last_ring_read.elapsed() >= RING_STATS_EVERY {
                 self.read_ring_stats();
                 last_ring_read = Instant::now();
