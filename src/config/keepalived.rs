@@ -197,7 +197,6 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
         warnings: Vec::new(),
         table: ServiceTable::new(),
         health: HealthConfig::default(),
-        end: (file, text.lines().count().max(1)),
     };
     p.top()?;
     Ok(Parsed {
@@ -213,7 +212,6 @@ struct Parser {
     warnings: Vec<String>,
     table: ServiceTable,
     health: HealthConfig,
-    end: (Rc<PathBuf>, usize),
 }
 
 /// A checker as written, before defaults.
@@ -772,18 +770,6 @@ impl Parser {
                 alpha: c.alpha || d.alpha,
                 warmup: c.warmup.or(d.warmup).unwrap_or(Duration::ZERO),
             },
-        }
-    }
-}
-
-impl Parser {
-    #[allow(dead_code)]
-    fn end_tok(&self) -> Tok {
-        Tok {
-            text: String::new(),
-            file: Rc::clone(&self.end.0),
-            line: self.end.1,
-            bol: true,
         }
     }
 }

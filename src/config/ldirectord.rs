@@ -591,3 +591,20 @@ virtual=10.0.0.100:80
         assert_eq!(p.table.services()[0].scheduler, SchedulerKind::Wrr);
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    /// The example configs in configs/ load (warnings allowed, errors not).
+    #[test]
+    fn shipped_examples_load() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        for f in ["keepalived/keepalived.conf", "keepalived/quorum.conf"] {
+            let (t, h) = super::super::keepalived::load(&root.join(f)).unwrap();
+            assert_eq!((t.services().len(), h.services.len()), (1, 1), "{f}");
+        }
+        let (t, _) = super::load(&root.join("ldirectord/ldirectord.cf")).unwrap();
+        assert_eq!(t.services()[0].reals.len(), 2);
+        let cfg = super::super::toml_file::load(&root.join("full.toml")).unwrap();
+        assert_eq!(cfg.health.services.len(), 1);
+    }
+}

@@ -836,6 +836,17 @@ mod tests {
         let mut cfg = p(FULL).unwrap();
         assert!(!cfg.services.services().is_empty());
         cfg.services = ServiceTable::new();
+        // Health keys (issue 5) are per service: full.toml's are the defaults.
+        let mut want = crate::health::ServiceHealth::new(key(Protocol::Tcp, 80));
+        want.reals.push(crate::health::RealHealth {
+            addr: Ipv4Addr::new(10, 0, 0, 11),
+            check: crate::health::CheckSpec::default(),
+            notify_up: None,
+            notify_down: None,
+            quiescent: None,
+        });
+        assert_eq!(cfg.health.services, vec![want]);
+        cfg.health = crate::health::HealthConfig::default();
         assert_eq!(cfg, DaemonConfig::default());
     }
 

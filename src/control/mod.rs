@@ -283,6 +283,7 @@ impl Control {
                 freezes: t.freezes,
             })
             .collect();
+        f.health = self.health_listing();
         f
     }
 }
