@@ -52,16 +52,38 @@ pub struct RunArgs {
     pub ready_file: Option<PathBuf>,
     /// Admin socket path; `None` = the abstract name (one per network namespace).
     pub admin_socket: Option<PathBuf>,
+    /// keepalived.conf whose `virtual_server` blocks to serve (issue 5).
+    pub keepalived: Option<PathBuf>,
+    /// ldirectord.cf to serve (issue 5).
+    pub ldirectord: Option<PathBuf>,
 }
 
 /// Reads and merges the configuration inputs; refuses with file, line and problem. With
 /// neither file, the director starts with no service, to be configured with `uvsadm` (as a
 /// kernel with the ip_vs module loaded waits for `ipvsadm`).
 pub fn load_config(args: &RunArgs) -> Result<DaemonConfig> {
+    if args.keepalived.is_some() && args.ldirectord.is_some() {
+        bail!("--keepalived and --ldirectord are exclusive");
+    }
     let mut cfg = match &args.config {
         Some(p) => crate::config::toml_file::load(p)?,
         None => DaemonConfig::default(),
     };
+    // keepalived.conf / ldirectord.cf: services and health on top of the TOML daemon options.
+    let foreign = match (&args.keepalived, &args.ldirectord) {
+        (Some(p), _) => Some(crate::config::keepalived::load(p)?),
+        (_, Some(p)) => Some(crate::config::ldirectord::load(p)?),
+        _ => None,
+    };
+    if let Some((table, health)) = foreign {
+        if !cfg.services.services().is_empty() {
+            bail!(
+                "services come either from the TOML file or from --keepalived/--ldirectord, not both"
+            );
+        }
+        cfg.services = table;
+        cfg.health = health;
+    }
     if let Some(p) = &args.rules {
         cfg.services = crate::config::rules::load(p, &cfg.services)?;
     }
@@ -114,13 +136,30 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let if_names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
 
     let mut placer = Placer::new(ifaces.clone(), NEIGH_SLOTS);
-    let snapshot = Snapshot::build(&cfg.services, 1, &mut placer)?;
+    // Health (issue 5): the initial desired state (alpha reals start down), then every real
+    // (also those health starts without) is placed so checks can reach it.
+    let own: Vec<std::net::Ipv4Addr> = ifaces
+        .iter()
+        .flat_map(|i| i.ipv4.iter().map(|(a, _)| *a))
+        .collect();
+    let mut book = crate::health::book::Book::new(&cfg.health, &cfg.services, &own);
+    Snapshot::build(&cfg.services, 0, &mut placer)?;
+    let plan = book.reconcile(&cfg.services);
+    let state0 = AdminState {
+        table: cfg.services.clone(),
+        timeouts: TimeoutsSecs::default(),
+    };
+    let table = crate::ctl::apply::apply(&state0, &plan.changes)
+        .map_err(|r| anyhow::anyhow!("initial health state: {}", r.message))?
+        .table;
+    let published = crate::health::book::published(&table, &plan.local);
+    let snapshot = Snapshot::build(&published, 1, &mut placer)?;
     let neigh = Arc::new(NeighTable::new(NEIGH_SLOTS));
     let neighbors = placer.neighbors(&cfg.services);
     let admin = crate::ctl::server::bind(args.admin_socket.as_deref())
         .map_err(|e| anyhow::anyhow!("cannot open the admin socket: {e}"))?;
     let vips = snapshot.vips();
-    let service_keys: Vec<_> = cfg.services.services().iter().map(|s| s.key).collect();
+    let service_keys: Vec<_> = published.services().iter().map(|s| s.key).collect();
 
     signals::install();
     let metrics = match cfg.metrics {
@@ -226,8 +265,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
     }
     let now = crate::clock::now_ms();
-    arp.set_vips(vips.clone(), now);
+    let mut arp_vips = table.vips();
+    arp_vips.sort();
+    arp.set_vips(arp_vips, now);
     arp.set_neighbors(neighbors, &neigh);
+    let health = start_health(&cfg, &mut book, &ifaces, &mut placer, &neigh, plan)?;
 
     let handles: Vec<_> = workers
         .into_iter()
@@ -260,7 +302,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         ring_fds,
         ring_totals: vec![RingStats::default(); ifaces.len()],
         state: AdminState {
-            table: cfg.services.clone(),
+            table,
             timeouts: TimeoutsSecs::default(),
         },
         snapshot: Arc::clone(&shared),
@@ -274,6 +316,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         },
         metrics,
         ready_file: args.ready_file.clone(),
+        health,
     };
     control.run();
 
@@ -288,4 +331,72 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let _ = std::fs::remove_file(p);
     }
     Ok(())
+}
+
+/// Starts one health thread per checked real; returns the control side.
+fn start_health(
+    cfg: &DaemonConfig,
+    book: &mut crate::health::book::Book,
+    ifaces: &[interfaces::Interface],
+    placer: &mut Placer,
+    neigh: &Arc<NeighTable>,
+    plan: crate::health::book::Plan,
+) -> Result<crate::health::control::HealthCtl> {
+    use crate::health::{CheckKind, Runner, vip::VipPath};
+    use crate::snapshot::Placement;
+    if cfg.health.is_empty() {
+        return Ok(crate::health::control::HealthCtl::default());
+    }
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut n = 0;
+    for svc in &cfg.health.services {
+        for r in &svc.reals {
+            if r.check.kind == CheckKind::None {
+                continue;
+            }
+            let regex = match &r.check.kind {
+                CheckKind::Http(h) => h
+                    .regex
+                    .as_deref()
+                    .map(regex::Regex::new)
+                    .transpose()
+                    .context("HTTP check regex")?,
+                _ => None,
+            };
+            let vip_path = placer.place(r.addr).and_then(|(egress, slot)| {
+                let ifc = ifaces.get(usize::from(egress))?;
+                Some(VipPath {
+                    interface: ifc.name.clone(),
+                    ifindex: ifc.index,
+                    src_mac: ifc.mac,
+                    src_ip: ifc.source_for(r.addr)?,
+                    slot,
+                    neigh: Arc::clone(neigh),
+                })
+            });
+            let runner = Runner {
+                service: svc.key,
+                addr: r.addr,
+                spec: r.check.clone(),
+                regex,
+                vip_path,
+                reports: tx.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("uvs-health-{}", r.addr))
+                .spawn(move || runner.run(&signals::stop_requested))
+                .context("cannot start a health thread")?;
+            n += 1;
+        }
+    }
+    log::info!(
+        "health: {n} checker(s) on {} service(s)",
+        cfg.health.services.len()
+    );
+    crate::health::control::run_commands(plan.commands);
+    Ok(crate::health::control::HealthCtl::new(
+        std::mem::take(book),
+        rx,
+        plan.local,
+    ))
 }

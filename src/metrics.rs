@@ -30,6 +30,8 @@ pub struct Figures {
     pub neighbors_unresolved: u64,
     pub workers: Vec<WorkerFigures>,
     pub rings: Vec<RingFigures>,
+    /// Health checks (issue 5).
+    pub health: crate::health::book::HealthListing,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -125,8 +127,35 @@ pub fn render(f: &Figures) -> String {
             counter!("uvs_ring_drops_total", "interface" => i.clone()).absolute(r.drops);
             counter!("uvs_ring_freezes_total", "interface" => i).absolute(r.freezes);
         }
+        render_health(&f.health);
     });
     handle.render()
+}
+
+/// Health series (issue 5). Labels: the service (`local_address`, `local_port`, `proto`, as
+/// node_exporter's ipvs series) and the real (`remote_address`); bounded by the configuration.
+fn render_health(h: &crate::health::book::HealthListing) {
+    for s in &h.services {
+        let svc = [
+            ("local_address", s.key.vip.to_string()),
+            ("local_port", s.key.port.to_string()),
+            ("proto", s.key.proto.ipvsadm_name().to_string()),
+        ];
+        gauge!("uvs_health_quorum_up", &svc).set(if s.quorum_up { 1.0 } else { 0.0 });
+        gauge!("uvs_health_sorry_active", &svc).set(if s.sorry_active { 1.0 } else { 0.0 });
+        for r in &s.reals {
+            let mut l = svc.to_vec();
+            l.push(("remote_address", r.addr.to_string()));
+            gauge!("uvs_health_real_up", &l).set(if r.up { 1.0 } else { 0.0 });
+            counter!("uvs_health_transitions_total", &l).absolute(r.transitions);
+            gauge!("uvs_health_check_latency_seconds", &l).set(r.last_latency_us as f64 / 1e6);
+            let mut pass = l.clone();
+            pass.push(("result", "pass".to_string()));
+            counter!("uvs_health_checks_total", &pass).absolute(r.checks - r.failures);
+            l.push(("result", "fail".to_string()));
+            counter!("uvs_health_checks_total", &l).absolute(r.failures);
+        }
+    }
 }
 
 /// A minimal HTTP endpoint served from the control loop (no extra thread, no async runtime).

@@ -41,6 +41,21 @@ enum Command {
         /// Admin socket path for uvsadm (default: an abstract socket, one per network namespace).
         #[arg(long, value_name = "PATH")]
         admin_socket: Option<PathBuf>,
+        /// keepalived.conf: serve its virtual_server blocks with their health checks.
+        #[arg(long, value_name = "FILE")]
+        keepalived: Option<PathBuf>,
+        /// ldirectord.cf: serve its virtual services with their health checks.
+        #[arg(long, value_name = "FILE")]
+        ldirectord: Option<PathBuf>,
+    },
+    /// Show the health-check state of a running director (asks its admin socket).
+    Health {
+        /// Admin socket path (default: the abstract socket of this network namespace).
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<PathBuf>,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Build a namespace DR lab, run the director in it, send requests, show the packet flow.
     Demo,
@@ -79,6 +94,22 @@ fn parse_metrics(s: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
         .map_err(|e| anyhow::anyhow!("--metrics {s}: {e} (expected ADDR:PORT or off)"))
 }
 
+fn health(admin_socket: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    use uvs::ctl::backend::{Backend, SocketBackend, SocketLocation};
+    use uvs::ctl::proto::{Reply, Request};
+    let mut b = SocketBackend {
+        location: admin_socket.map_or(SocketLocation::Abstract, SocketLocation::Path),
+    };
+    match b.call(&Request::Health)? {
+        Reply::Health(h) if json => println!("{}", serde_json::to_string_pretty(&h)?),
+        Reply::Health(h) if h.services.is_empty() => println!("no health checks configured"),
+        Reply::Health(h) => print!("{}", h.render()),
+        Reply::Refused(r) => anyhow::bail!("{}", r.message),
+        other => anyhow::bail!("unexpected reply {other:?}"),
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run {
@@ -89,6 +120,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             metrics,
             ready_file,
             admin_socket,
+            keepalived,
+            ldirectord,
         } => {
             let args = uvs::daemon::RunArgs {
                 config,
@@ -98,9 +131,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 metrics: metrics.as_deref().map(parse_metrics).transpose()?,
                 ready_file,
                 admin_socket,
+                keepalived,
+                ldirectord,
             };
             uvs::daemon::run(&args)
         }
+        Command::Health { admin_socket, json } => health(admin_socket, json),
         Command::Demo => uvs::lab::demo::run(&std::env::current_exe()?),
         Command::LabHttp { name, port } => uvs::lab::responder::serve_http(&name, port),
         Command::LabUdpEcho { name, port } => uvs::lab::responder::serve_udp(&name, port),

@@ -5,6 +5,8 @@
 //! produce plain data with file/line context in every error; nothing is started until the
 //! whole configuration has been accepted.
 
+pub mod keepalived;
+pub mod ldirectord;
 pub mod rules;
 pub mod toml_file;
 
@@ -114,6 +116,8 @@ pub struct DaemonConfig {
     pub flow_table: FlowTableOptions,
     pub arp: ArpOptions,
     pub services: ServiceTable,
+    /// Health checks, quorum and sorry servers per service (issue 5).
+    pub health: crate::health::HealthConfig,
 }
 
 /// Default Prometheus address: loopback only, port from the Prometheus default-port registry range.
@@ -130,6 +134,7 @@ impl Default for DaemonConfig {
             flow_table: FlowTableOptions::default(),
             arp: ArpOptions::default(),
             services: ServiceTable::new(),
+            health: crate::health::HealthConfig::default(),
         }
     }
 }

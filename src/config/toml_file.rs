@@ -160,6 +160,10 @@ struct RawService {
     ops: Option<bool>,
     #[serde(default)]
     real: Vec<Spanned<RawReal>>,
+    /// Health (issue 5): quorum, sorry server, quiescent.
+    health: Option<RawSvcHealth>,
+    /// Health (issue 5): the checker of every real of the service.
+    check: Option<RawCheck>,
 }
 
 #[derive(Deserialize)]
@@ -171,6 +175,8 @@ struct RawReal {
     upper_threshold: Option<Spanned<i64>>,
     lower_threshold: Option<Spanned<i64>>,
     forward: Option<Spanned<String>>,
+    /// Health (issue 5): overrides the service's `check` keys for this real.
+    check: Option<RawCheck>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -273,8 +279,12 @@ fn build(raw: RawConfig) -> Result<DaemonConfig, Located> {
     let arp = build_arp(raw.arp.unwrap_or_default())?;
 
     let mut services = ServiceTable::new();
+    let mut health = crate::health::HealthConfig::default();
     for svc in &raw.service {
         add_service(&mut services, svc)?;
+        if let Some(h) = health_of(&services, svc)? {
+            health.services.push(h);
+        }
     }
 
     Ok(DaemonConfig {
@@ -286,6 +296,7 @@ fn build(raw: RawConfig) -> Result<DaemonConfig, Located> {
         flow_table,
         arp,
         services,
+        health,
     })
 }
 
@@ -549,6 +560,257 @@ fn add_real(
         .or_else(|e| err(header, format!("{real_label}: {e}")))
 }
 
+// ---------------------------------------------------------------------------------------------
+// Health checks (issue 5): `[service.health]`, `[service.check]`, `[service.real.check]`.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSvcHealth {
+    quiescent: Option<bool>,
+    quorum: Option<Spanned<i64>>,
+    hysteresis: Option<Spanned<i64>>,
+    sorry_server: Option<Spanned<String>>,
+    quorum_up: Option<String>,
+    quorum_down: Option<String>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    #[serde(rename = "type")]
+    kind: Option<Spanned<String>>,
+    interval: Option<Spanned<f64>>,
+    timeout: Option<Spanned<f64>>,
+    retry: Option<Spanned<i64>>,
+    delay_before_retry: Option<Spanned<f64>>,
+    rise: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
+    alpha: Option<bool>,
+    warmup: Option<Spanned<f64>>,
+    connect_ip: Option<Spanned<String>>,
+    connect_port: Option<Spanned<i64>>,
+    method: Option<Spanned<String>>,
+    path: Option<String>,
+    host: Option<String>,
+    status: Option<Spanned<String>>,
+    expect: Option<String>,
+    regex: Option<Spanned<String>>,
+    digest: Option<String>,
+    command: Option<String>,
+    misc_dynamic: Option<bool>,
+    notify_up: Option<String>,
+    notify_down: Option<String>,
+}
+
+macro_rules! merge_fields {
+    ($a:expr, $b:expr, $($f:ident),*) => {
+        RawCheck { $($f: $a.$f.clone().or_else(|| $b.$f.clone()),)* }
+    };
+}
+
+impl RawCheck {
+    /// `self`'s keys over `base`'s.
+    fn over(&self, base: &RawCheck) -> RawCheck {
+        merge_fields!(
+            self,
+            base,
+            kind,
+            interval,
+            timeout,
+            retry,
+            delay_before_retry,
+            rise,
+            fall,
+            alpha,
+            warmup,
+            connect_ip,
+            connect_port,
+            method,
+            path,
+            host,
+            status,
+            expect,
+            regex,
+            digest,
+            command,
+            misc_dynamic,
+            notify_up,
+            notify_down
+        )
+    }
+}
+
+fn secs(
+    v: Option<&Spanned<f64>>,
+    default: std::time::Duration,
+    what: &str,
+) -> Result<std::time::Duration, Located> {
+    match v {
+        None => Ok(default),
+        Some(s) => {
+            let x = *s.get_ref();
+            if !(0.001..=86_400.0).contains(&x) {
+                return err(
+                    s.span(),
+                    format!("{what} = {x} is out of range 0.001..=86400 seconds"),
+                );
+            }
+            Ok(std::time::Duration::from_secs_f64(x))
+        }
+    }
+}
+
+fn build_check(c: &RawCheck) -> Result<crate::health::CheckSpec, Located> {
+    use crate::health::{CheckKind, CheckSpec, HttpCheck, fsm::Timing};
+    let kind_name = c
+        .kind
+        .as_ref()
+        .map_or("none".to_string(), |k| k.get_ref().to_ascii_lowercase());
+    let d = Timing::default();
+    let mut http = HttpCheck::default();
+    if let Some(m) = &c.method {
+        match m.get_ref().to_ascii_uppercase().as_str() {
+            v @ ("GET" | "HEAD") => http.method = v.to_string(),
+            v => {
+                return err(
+                    m.span(),
+                    format!("check.method = \"{v}\" (expected GET or HEAD)"),
+                );
+            }
+        }
+    }
+    if let Some(p) = &c.path {
+        http.path = if p.starts_with('/') {
+            p.clone()
+        } else {
+            format!("/{p}")
+        };
+    }
+    http.host = c.host.clone();
+    if let Some(s) = &c.status {
+        http.status = crate::health::parse_status(s.get_ref()).or_else(|e| err(s.span(), e))?;
+    }
+    http.expect = c.expect.clone();
+    if let Some(r) = &c.regex {
+        regex::Regex::new(r.get_ref()).or_else(|e| err(r.span(), format!("check.regex: {e}")))?;
+        http.regex = Some(r.get_ref().clone());
+    }
+    http.digest = c.digest.clone();
+    let kind = match kind_name.as_str() {
+        "none" => CheckKind::None,
+        "tcp" => CheckKind::Tcp,
+        "http" => CheckKind::Http(http),
+        "vip" => CheckKind::ThroughVip,
+        "misc" => match &c.command {
+            Some(cmd) => CheckKind::Misc {
+                command: cmd.clone(),
+                dynamic: c.misc_dynamic.unwrap_or(false),
+            },
+            None => {
+                return err(
+                    c.kind.as_ref().map_or(0..0, Spanned::span),
+                    "check.type = \"misc\" needs check.command",
+                );
+            }
+        },
+        other => {
+            return err(
+                c.kind.as_ref().map_or(0..0, Spanned::span),
+                format!(
+                    "check.type = \"{other}\" is unknown (expected none, tcp, http, misc or vip)"
+                ),
+            );
+        }
+    };
+    let retry_default = if matches!(kind, CheckKind::Misc { .. }) {
+        0
+    } else {
+        d.retry
+    };
+    let timing = Timing {
+        interval: secs(c.interval.as_ref(), d.interval, "check.interval")?,
+        timeout: secs(c.timeout.as_ref(), d.timeout, "check.timeout")?,
+        retry: opt_ranged(c.retry.as_ref(), retry_default, 0, 1000, "check.retry")?,
+        delay_before_retry: secs(
+            c.delay_before_retry.as_ref(),
+            d.delay_before_retry,
+            "check.delay_before_retry",
+        )?,
+        rise: opt_ranged(c.rise.as_ref(), d.rise, 1, 1000, "check.rise")?,
+        fall: opt_ranged(c.fall.as_ref(), d.fall, 1, 1000, "check.fall")?,
+        alpha: c.alpha.unwrap_or(d.alpha),
+        warmup: match &c.warmup {
+            None => d.warmup,
+            Some(w) if *w.get_ref() == 0.0 => std::time::Duration::ZERO,
+            Some(_) => secs(c.warmup.as_ref(), d.warmup, "check.warmup")?,
+        },
+    };
+    let connect_ip = c
+        .connect_ip
+        .as_ref()
+        .map(|a| parse_ipv4(a, "check.connect_ip"))
+        .transpose()?;
+    let connect_port = c
+        .connect_port
+        .as_ref()
+        .map(|p| ranged(p, 1, 65_535, "check.connect_port").map(|n| n as u16))
+        .transpose()?;
+    Ok(CheckSpec {
+        kind,
+        connect_ip,
+        connect_port,
+        timing,
+    })
+}
+
+fn health_of(
+    table: &ServiceTable,
+    spanned: &Spanned<RawService>,
+) -> Result<Option<crate::health::ServiceHealth>, Located> {
+    use crate::health::{RealHealth, ServiceHealth};
+    let svc = spanned.get_ref();
+    if svc.health.is_none()
+        && svc.check.is_none()
+        && svc.real.iter().all(|r| r.get_ref().check.is_none())
+    {
+        return Ok(None);
+    }
+    let Some(key) = table.services().last().map(|s| s.key) else {
+        return Ok(None);
+    };
+    let mut h = ServiceHealth::new(key);
+    if let Some(sh) = &svc.health {
+        h.quiescent = sh.quiescent.unwrap_or(true);
+        h.quorum = opt_ranged(sh.quorum.as_ref(), 1, 0, u32::MAX, "health.quorum")?;
+        h.hysteresis = opt_ranged(sh.hysteresis.as_ref(), 0, 0, u32::MAX, "health.hysteresis")?;
+        h.quorum_up = sh.quorum_up.clone();
+        h.quorum_down = sh.quorum_down.clone();
+        if let Some(s) = &sh.sorry_server {
+            h.sorry = Some(
+                crate::health::parse_sorry(s.get_ref(), key.port)
+                    .or_else(|e| err(s.span(), format!("health.sorry_server: {e}")))?,
+            );
+        }
+    }
+    let base = svc.check.clone().unwrap_or_default();
+    for r in &svc.real {
+        let raw = r.get_ref();
+        let merged = raw
+            .check
+            .as_ref()
+            .map_or_else(|| base.clone(), |c| c.over(&base));
+        let addr = parse_ipv4(&raw.address, "address")?;
+        h.reals.push(RealHealth {
+            addr,
+            check: build_check(&merged)?,
+            notify_up: merged.notify_up.clone(),
+            notify_down: merged.notify_down.clone(),
+            quiescent: None,
+        });
+    }
+    Ok(Some(h))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -614,6 +876,17 @@ mod tests {
         let mut cfg = p(FULL).unwrap();
         assert!(!cfg.services.services().is_empty());
         cfg.services = ServiceTable::new();
+        // Health keys (issue 5) are per service: full.toml's are the defaults.
+        let mut want = crate::health::ServiceHealth::new(key(Protocol::Tcp, 80));
+        want.reals.push(crate::health::RealHealth {
+            addr: Ipv4Addr::new(10, 0, 0, 11),
+            check: crate::health::CheckSpec::default(),
+            notify_up: None,
+            notify_down: None,
+            quiescent: None,
+        });
+        assert_eq!(cfg.health.services, vec![want]);
+        cfg.health = crate::health::HealthConfig::default();
         assert_eq!(cfg, DaemonConfig::default());
     }
 

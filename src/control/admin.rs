@@ -39,14 +39,22 @@ fn refused(message: String) -> Reply {
 impl Control {
     pub fn handle(&mut self, req: Request) -> Reply {
         match req {
-            Request::Apply(changes) => self.apply_changes(&changes),
+            Request::Apply(changes) => self.apply_operator(&changes),
             Request::Status => Reply::Status(self.status()),
             Request::Connections => Reply::Connections(self.connections()),
             Request::Zero(key) => self.zero(key),
+            Request::Health => Reply::Health(self.health_listing()),
         }
     }
 
-    fn apply_changes(&mut self, changes: &[Change]) -> Reply {
+    /// Applies `changes` and publishes the result; `local` = the services handed to the
+    /// director's own stack (health's local sorry server, see `health::book`): they stay in
+    /// the configured table but not in the snapshot, the socket filters or the nft table.
+    pub(crate) fn publish(
+        &mut self,
+        changes: &[Change],
+        local: &std::collections::BTreeSet<crate::model::ServiceKey>,
+    ) -> Reply {
         let next = match apply(&self.state, changes) {
             Ok(n) => n,
             Err(r) => return Reply::Refused(r),
@@ -55,11 +63,12 @@ impl Control {
         let mut placer = self.placer.clone();
         let generation = self.snapshot.load().generation + 1;
         let t = next.timeouts;
-        let snap = match Snapshot::build(&next.table, generation, &mut placer) {
+        let published = crate::health::book::published(&next.table, local);
+        let snap = match Snapshot::build(&published, generation, &mut placer) {
             Ok(s) => s.with_timeouts(Timeouts::with_set(t.tcp, t.tcpfin, t.udp)),
             Err(e) => return refused(e.to_string()),
         };
-        let keys: Vec<_> = next.table.services().iter().map(|s| s.key).collect();
+        let keys: Vec<_> = published.services().iter().map(|s| s.key).collect();
         if let Some(kf) = &self.kernel_filter {
             if let Err(e) = kf.update(&keys) {
                 return refused(format!("cannot update the kernel filter: {e}"));
@@ -75,14 +84,20 @@ impl Control {
         }
         self.snapshot.store(Arc::new(snap));
         let now = crate::clock::now_ms();
-        self.arp.set_vips(vips, now);
+        // ARP keeps answering for local services' VIPs too (the kernel filter no longer
+        // drops those requests, so the director's kernel may answer as well, with the same MAC).
+        let mut arp_vips = next.table.vips();
+        arp_vips.sort();
+        self.arp.set_vips(arp_vips, now);
+        let resolve = crate::health::control::with_managed_reals(&self.health.book, &next.table);
         self.arp
-            .set_neighbors(placer.neighbors(&next.table), &self.neigh);
+            .set_neighbors(placer.neighbors(&resolve), &self.neigh);
         self.placer = placer;
         for c in changes {
             log::info!("applied: {c:?}");
         }
         self.state = next;
+        self.health.local = local.clone();
         Reply::Done
     }
 

@@ -57,6 +57,8 @@ pub struct Control {
     pub ready_file: Option<std::path::PathBuf>,
     /// Re-reads the configuration files (SIGHUP). `None`: nothing to reload.
     pub reload: Option<Box<dyn Fn() -> anyhow::Result<crate::model::ServiceTable>>>,
+    /// Health checks: reports drained each tick, applied through `publish`.
+    pub health: crate::health::control::HealthCtl,
 }
 
 /// Longest wait for real-server MACs before declaring readiness anyway.
@@ -126,6 +128,7 @@ impl Control {
             if signals::take_reload() {
                 self.reload_config();
             }
+            self.drain_health();
             if last_ring_read.elapsed() >= RING_STATS_EVERY {
                 self.read_ring_stats();
                 last_ring_read = Instant::now();
@@ -318,6 +321,7 @@ impl Control {
                 freezes: t.freezes,
             })
             .collect();
+        f.health = self.health_listing();
         f
     }
 }

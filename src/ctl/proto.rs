@@ -58,6 +58,8 @@ pub enum Request {
     Connections,
     /// `-Z [service]`: zero the statistics.
     Zero(Option<ServiceKey>),
+    /// `uvs health`: the check state of every health-managed real (issue 5).
+    Health,
 }
 
 /// Per-service or per-real counters, as `ipvsadm --stats` shows them.
@@ -154,6 +156,8 @@ pub enum Reply {
     Status(Status),
     Connections(Vec<ConnEntry>),
     Refused(Refusal),
+    /// Answer to [`Request::Health`].
+    Health(crate::health::book::HealthListing),
 }
 
 /// Writes one frame.

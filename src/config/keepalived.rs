@@ -1,0 +1,977 @@
+//! `uvs run --keepalived FILE`: the `virtual_server` blocks of a keepalived.conf.
+//!
+//! Grammar subset (keepalived.conf(5), ../shared/reference/ipvs-semantics.md §3.2–§3.3):
+//! tokens separated by blanks, `{ }` blocks, `"quoted strings"`, `!` and `#` comments to the
+//! end of the line, `include GLOB` (relative to the including file; `*` and `?` in the last
+//! path component). Statements end at the end of a line or at a brace, and keywords take a
+//! known number of arguments, so one-line blocks (`url { path /  status_code 200 }`) work.
+//!
+//! - `virtual_server IP PORT { … }`: `delay_loop`, `lb_algo`/`lvs_sched`, `lb_kind`/`lvs_method`
+//!   (`DR` only; `NAT` and `TUN` are refused, and so is a missing `lb_kind`, whose keepalived
+//!   default is NAT), `persistence_timeout [N]` (no value = 360 s), `persistence_granularity`,
+//!   `protocol TCP|UDP`, `quorum`, `hysteresis`, `quorum_up`, `quorum_down`, `sorry_server IP
+//!   PORT`, `inhibit_on_failure` (for every real), `alpha`, checker defaults (`retry`,
+//!   `delay_before_retry`, `connect_timeout`, `warmup`), `real_server IP PORT { … }`.
+//! - `real_server`: `weight` (1), `inhibit_on_failure`, `uthreshold`, `lthreshold`, `notify_up`,
+//!   `notify_down`, one checker: `TCP_CHECK`, `HTTP_GET`, `MISC_CHECK`.
+//! - Checkers: `connect_ip`, `connect_port`, `connect_timeout` (5), `retry` (1; MISC 0;
+//!   `nb_get_retry` is the deprecated alias), `delay_before_retry` (1; HTTP 3), `delay_loop`
+//!   (the virtual server's, default 60), `warmup`, `alpha`; HTTP_GET: `url { path; digest;
+//!   status_code; virtualhost; regex }`, `virtualhost`; MISC_CHECK: `misc_path`,
+//!   `misc_timeout` (default `delay_loop`), `misc_dynamic`. uvs extension: `through_vip` in a
+//!   TCP_CHECK makes it the DR through-the-VIP probe (see `health::vip`).
+//!
+//! `vrrp_instance`, `vrrp_sync_group`, `vrrp_script`, `global_defs`, … are read and reported
+//! as not yet supported, without failing. Other unknown keywords are warnings naming file and
+//! line. Errors name file and line; nothing is returned (so nothing starts) unless the whole
+//! file is accepted.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::ConfigError;
+use crate::health::fsm::Timing;
+use crate::health::{
+    CheckKind, CheckSpec, HealthConfig, HttpCheck, RealHealth, ServiceHealth, parse_status,
+};
+use crate::model::{
+    ForwardMethod, Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec, ServiceTable,
+};
+
+#[derive(Clone, Debug)]
+struct Tok {
+    text: String,
+    file: Rc<PathBuf>,
+    line: usize,
+    /// First token of its line.
+    bol: bool,
+}
+
+/// Deepest `include` nesting accepted.
+const MAX_INCLUDE_DEPTH: usize = 8;
+
+fn at(file: &Path, line: usize, message: impl Into<String>) -> ConfigError {
+    ConfigError::At {
+        path: file.to_path_buf(),
+        line,
+        message: message.into(),
+    }
+}
+
+fn tokenize_text(
+    text: &str,
+    file: &Rc<PathBuf>,
+    out: &mut Vec<Tok>,
+    depth: usize,
+) -> Result<(), ConfigError> {
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let mut toks: Vec<String> = Vec::new();
+        let mut chars = raw.chars().peekable();
+        let mut cur = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '#' | '!' if cur.is_empty() => break,
+                '"' if cur.is_empty() => {
+                    let mut q = String::new();
+                    let mut closed = false;
+                    for c in chars.by_ref() {
+                        if c == '"' {
+                            closed = true;
+                            break;
+                        }
+                        q.push(c);
+                    }
+                    if !closed {
+                        return Err(at(file, line, "unterminated quoted string"));
+                    }
+                    toks.push(q);
+                }
+                '{' | '}' => {
+                    if !cur.is_empty() {
+                        toks.push(std::mem::take(&mut cur));
+                    }
+                    toks.push(c.to_string());
+                }
+                c if c.is_whitespace() => {
+                    if !cur.is_empty() {
+                        toks.push(std::mem::take(&mut cur));
+                    }
+                }
+                c => cur.push(c),
+            }
+        }
+        if !cur.is_empty() {
+            toks.push(cur);
+        }
+        if toks.first().is_some_and(|t| t == "include") {
+            let Some(pattern) = toks.get(1) else {
+                return Err(at(file, line, "include needs a file name"));
+            };
+            if depth >= MAX_INCLUDE_DEPTH {
+                return Err(at(file, line, "include nested too deeply"));
+            }
+            let base = file.parent().unwrap_or(Path::new("."));
+            let pat = if Path::new(pattern).is_absolute() {
+                PathBuf::from(pattern)
+            } else {
+                base.join(pattern)
+            };
+            for p in glob(&pat).map_err(|m| at(file, line, m))? {
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| at(file, line, format!("include {}: {e}", p.display())))?;
+                tokenize_text(&text, &Rc::new(p), out, depth + 1)?;
+            }
+            continue;
+        }
+        for (j, t) in toks.into_iter().enumerate() {
+            out.push(Tok {
+                text: t,
+                file: Rc::clone(file),
+                line,
+                bol: j == 0,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn wildcard(p: &[u8], s: &[u8]) -> bool {
+    match (p.first(), s.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => wildcard(&p[1..], s) || (!s.is_empty() && wildcard(p, &s[1..])),
+        (Some(b'?'), Some(_)) => wildcard(&p[1..], &s[1..]),
+        (Some(a), Some(b)) if a == b => wildcard(&p[1..], &s[1..]),
+        _ => false,
+    }
+}
+
+/// Expands `*`/`?` in the last component; a pattern without wildcards must exist.
+fn glob(pat: &Path) -> Result<Vec<PathBuf>, String> {
+    let name = pat.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if !name.contains(['*', '?']) {
+        return Ok(vec![pat.to_path_buf()]);
+    }
+    let dir = pat.parent().unwrap_or(Path::new("."));
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("include {}: {e}", pat.display()))?
+        .flatten()
+        .filter(|e| wildcard(name.as_bytes(), e.file_name().as_encoded_bytes()))
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The parse result plus the warnings (also logged).
+#[derive(Debug)]
+pub struct Parsed {
+    pub table: ServiceTable,
+    pub health: HealthConfig,
+    pub warnings: Vec<String>,
+}
+
+/// Reads `path` (and its includes).
+pub fn load(path: &Path) -> Result<(ServiceTable, HealthConfig), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let p = parse(&text, path)?;
+    for w in &p.warnings {
+        log::warn!("{w}");
+    }
+    Ok((p.table, p.health))
+}
+
+/// Parses keepalived.conf `text`; `path` names it in messages and anchors includes.
+pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
+    let file = Rc::new(path.to_path_buf());
+    let mut toks = Vec::new();
+    tokenize_text(text, &file, &mut toks, 0)?;
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        warnings: Vec::new(),
+        table: ServiceTable::new(),
+        health: HealthConfig::default(),
+    };
+    p.top()?;
+    Ok(Parsed {
+        table: p.table,
+        health: p.health,
+        warnings: p.warnings,
+    })
+}
+
+struct Parser {
+    toks: Vec<Tok>,
+    pos: usize,
+    warnings: Vec<String>,
+    table: ServiceTable,
+    health: HealthConfig,
+}
+
+/// A checker as written, before defaults.
+#[derive(Default, Clone)]
+struct RawChecker {
+    kind: Option<(String, Tok)>,
+    connect_ip: Option<Ipv4Addr>,
+    connect_port: Option<u16>,
+    connect_timeout: Option<Duration>,
+    retry: Option<u32>,
+    delay_before_retry: Option<Duration>,
+    delay_loop: Option<Duration>,
+    warmup: Option<Duration>,
+    alpha: bool,
+    http: HttpCheck,
+    url_seen: bool,
+    misc_path: Option<String>,
+    misc_timeout: Option<Duration>,
+    misc_dynamic: bool,
+    through_vip: bool,
+}
+
+struct RawReal {
+    tok: Tok,
+    addr: Ipv4Addr,
+    weight: u32,
+    inhibit: Option<bool>,
+    uthreshold: u32,
+    lthreshold: u32,
+    notify_up: Option<String>,
+    notify_down: Option<String>,
+    checker: RawChecker,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos)
+    }
+
+    fn next(&mut self) -> Option<Tok> {
+        let t = self.toks.get(self.pos).cloned();
+        self.pos += 1;
+        t
+    }
+
+    fn err(&self, t: &Tok, m: impl Into<String>) -> ConfigError {
+        at(&t.file, t.line, m)
+    }
+
+    fn warn(&mut self, t: &Tok, m: impl std::fmt::Display) {
+        self.warnings
+            .push(format!("{}:{}: {m}", t.file.display(), t.line));
+    }
+
+    /// The next token if it continues `kw`'s line and is not a brace.
+    fn arg_opt(&mut self) -> Option<Tok> {
+        match self.peek() {
+            Some(t) if !t.bol && t.text != "{" && t.text != "}" => self.next(),
+            _ => None,
+        }
+    }
+
+    fn arg(&mut self, kw: &Tok) -> Result<Tok, ConfigError> {
+        self.arg_opt()
+            .ok_or_else(|| self.err(kw, format!("{} needs a value", kw.text)))
+    }
+
+    fn rest_of_line(&mut self) -> Vec<Tok> {
+        let mut v = Vec::new();
+        while let Some(t) = self.arg_opt() {
+            v.push(t);
+        }
+        v
+    }
+
+    fn open(&mut self, kw: &Tok) -> Result<(), ConfigError> {
+        match self.next() {
+            Some(t) if t.text == "{" => Ok(()),
+            Some(t) => Err(self.err(
+                &t,
+                format!("expected {{ after {}, found {:?}", kw.text, t.text),
+            )),
+            None => Err(self.err(kw, format!("expected {{ after {}", kw.text))),
+        }
+    }
+
+    /// Skips a `{ … }` block if one follows.
+    fn skip_block(&mut self) -> Result<(), ConfigError> {
+        if self.peek().is_none_or(|t| t.text != "{") {
+            return Ok(());
+        }
+        let start = self.next().expect("peeked");
+        let mut depth = 1;
+        while depth > 0 {
+            match self.next() {
+                Some(t) if t.text == "{" => depth += 1,
+                Some(t) if t.text == "}" => depth -= 1,
+                Some(_) => {}
+                None => return Err(self.err(&start, "block not closed (missing })")),
+            }
+        }
+        Ok(())
+    }
+
+    fn number<T: std::str::FromStr>(&self, t: &Tok, what: &str) -> Result<T, ConfigError> {
+        t.text
+            .parse()
+            .map_err(|_| self.err(t, format!("{what}: {:?} is not a valid number", t.text)))
+    }
+
+    fn secs(&self, t: &Tok, what: &str) -> Result<Duration, ConfigError> {
+        let x: f64 = self.number(t, what)?;
+        if !(0.0..=86_400.0).contains(&x) {
+            return Err(self.err(t, format!("{what} {x} is out of range 0..=86400 seconds")));
+        }
+        Ok(Duration::from_secs_f64(x))
+    }
+
+    fn ipv4(&self, t: &Tok, what: &str) -> Result<Ipv4Addr, ConfigError> {
+        t.text.parse().map_err(|_| {
+            self.err(
+                t,
+                format!(
+                    "{what}: {:?} is not an IPv4 address (IPv6 and names are not supported)",
+                    t.text
+                ),
+            )
+        })
+    }
+
+    fn num_arg<T: std::str::FromStr>(&mut self, kw: &Tok, what: &str) -> Result<T, ConfigError> {
+        let v = self.arg(kw)?;
+        self.number(&v, what)
+    }
+
+    fn secs_arg(&mut self, kw: &Tok, what: &str) -> Result<Duration, ConfigError> {
+        let v = self.arg(kw)?;
+        self.secs(&v, what)
+    }
+
+    fn ipv4_arg(&mut self, kw: &Tok, what: &str) -> Result<Ipv4Addr, ConfigError> {
+        let v = self.arg(kw)?;
+        self.ipv4(&v, what)
+    }
+
+    fn top(&mut self) -> Result<(), ConfigError> {
+        while let Some(t) = self.next() {
+            match t.text.as_str() {
+                "virtual_server" => self.virtual_server(&t)?,
+                "vrrp_instance"
+                | "vrrp_sync_group"
+                | "vrrp_script"
+                | "vrrp_track_file"
+                | "static_ipaddress"
+                | "static_routes"
+                | "static_rules"
+                | "linkbeat_interfaces"
+                | "track_file" => {
+                    let name: Vec<String> =
+                        self.rest_of_line().into_iter().map(|t| t.text).collect();
+                    self.warn(
+                        &t,
+                        format!(
+                            "{} {}: not yet supported by uvs, ignored (uvs does not speak VRRP)",
+                            t.text,
+                            name.join(" ")
+                        ),
+                    );
+                    self.skip_block()?;
+                }
+                "global_defs" => {
+                    self.warn(&t, "global_defs: ignored by uvs");
+                    self.skip_block()?;
+                }
+                "virtual_server_group" => {
+                    return Err(self.err(&t, "virtual_server_group is not supported; write one virtual_server per VIP:port"));
+                }
+                "}" => return Err(self.err(&t, "unexpected }")),
+                other => {
+                    self.warn(&t, format!("unknown keyword {other:?}, ignored"));
+                    self.rest_of_line();
+                    self.skip_block()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn virtual_server(&mut self, kw: &Tok) -> Result<(), ConfigError> {
+        let a = self.arg(kw)?;
+        if a.text == "fwmark" || a.text == "group" {
+            return Err(self.err(
+                &a,
+                format!(
+                    "virtual_server {} is not supported; use virtual_server IP PORT",
+                    a.text
+                ),
+            ));
+        }
+        let vip = self.ipv4(&a, "virtual_server")?;
+        let pt = self.arg(kw)?;
+        let port: u16 = self.number(&pt, "virtual_server port")?;
+        self.open(kw)?;
+        let mut proto = Protocol::Tcp;
+        let mut sched = SchedulerKind::Wlc;
+        let mut kind_seen = false;
+        let mut persistence = None;
+        let mut netmask = Ipv4Addr::BROADCAST;
+        let mut delay_loop = Duration::from_secs(60);
+        let mut sh = ServiceHealth::new(ServiceKey { proto, vip, port });
+        sh.quiescent = false; // keepalived removes a failed real unless inhibit_on_failure
+        let mut defaults = RawChecker::default();
+        let mut reals: Vec<RawReal> = Vec::new();
+        loop {
+            let Some(t) = self.next() else {
+                return Err(self.err(kw, "virtual_server block not closed (missing })"));
+            };
+            match t.text.as_str() {
+                "}" => break,
+                "delay_loop" => delay_loop = self.secs_arg(&t, "delay_loop")?,
+                "lb_algo" | "lvs_sched" => {
+                    let v = self.arg(&t)?;
+                    sched =
+                        SchedulerKind::parse(&v.text).map_err(|e| self.err(&v, e.to_string()))?;
+                }
+                "lb_kind" | "lvs_method" => {
+                    let v = self.arg(&t)?;
+                    match v.text.to_ascii_uppercase().as_str() {
+                        "DR" => kind_seen = true,
+                        "NAT" | "TUN" => {
+                            return Err(self.err(&v, format!("lb_kind {}: uvs is a direct-routing director; only lb_kind DR is supported", v.text)));
+                        }
+                        _ => {
+                            return Err(self.err(
+                                &v,
+                                format!("lb_kind {:?} is unknown (DR, NAT or TUN)", v.text),
+                            ));
+                        }
+                    }
+                    self.rest_of_line();
+                }
+                "persistence_timeout" => {
+                    persistence = Some(match self.arg_opt() {
+                        Some(v) => self.number::<u32>(&v, "persistence_timeout")?,
+                        None => 360,
+                    });
+                }
+                "persistence_granularity" => {
+                    let v = self.arg(&t)?;
+                    netmask = self.ipv4(&v, "persistence_granularity")?;
+                }
+                "protocol" => {
+                    let v = self.arg(&t)?;
+                    proto = match v.text.to_ascii_uppercase().as_str() {
+                        "TCP" => Protocol::Tcp,
+                        "UDP" => Protocol::Udp,
+                        other => {
+                            return Err(self.err(
+                                &v,
+                                format!("protocol {other} is not supported (TCP or UDP)"),
+                            ));
+                        }
+                    };
+                }
+                "quorum" => sh.quorum = self.num_arg(&t, "quorum")?,
+                "hysteresis" => sh.hysteresis = self.num_arg(&t, "hysteresis")?,
+                "quorum_up" => sh.quorum_up = Some(self.command(&t)?),
+                "quorum_down" => sh.quorum_down = Some(self.command(&t)?),
+                "sorry_server" => {
+                    let ip = self.arg(&t)?;
+                    let ip = self.ipv4(&ip, "sorry_server")?;
+                    let p = match self.arg_opt() {
+                        Some(p) => self.number(&p, "sorry_server port")?,
+                        None => port,
+                    };
+                    sh.sorry = Some(SocketAddrV4::new(ip, p));
+                }
+                "inhibit_on_failure" => sh.quiescent = true,
+                "alpha" => defaults.alpha = true,
+                "retry" | "delay_before_retry" | "connect_timeout" | "warmup" => {
+                    self.checker_key(&t, &mut defaults)?;
+                }
+                "real_server" => reals.push(self.real_server(&t)?),
+                "omega"
+                | "ha_suspend"
+                | "hashed"
+                | "sorry_server_inhibit"
+                | "ops"
+                | "sh-port"
+                | "sh-fallback"
+                | "mh-port"
+                | "mh-fallback"
+                | "virtualhost"
+                | "lvs_timeouts" => {
+                    self.warn(&t, format!("{}: not supported by uvs, ignored", t.text));
+                    self.rest_of_line();
+                }
+                other => {
+                    self.warn(
+                        &t,
+                        format!("unknown keyword {other:?} in virtual_server, ignored"),
+                    );
+                    self.rest_of_line();
+                    self.skip_block()?;
+                }
+            }
+        }
+        if !kind_seen {
+            return Err(self.err(kw, "virtual_server without lb_kind: keepalived's default is NAT; uvs only does direct routing, so write lb_kind DR"));
+        }
+        let key = ServiceKey { proto, vip, port };
+        sh.key = key;
+        let mut spec = ServiceSpec::new(key, sched);
+        spec.persistence_timeout = persistence;
+        spec.persistence_netmask = netmask;
+        self.table
+            .add_service(spec)
+            .map_err(|e| self.err(kw, format!("virtual_server {vip} {port}: {e}")))?;
+        for r in reals {
+            let rs = RealSpec {
+                addr: r.addr,
+                port,
+                weight: r.weight,
+                forward: ForwardMethod::Route,
+                upper_threshold: r.uthreshold,
+                lower_threshold: r.lthreshold,
+            };
+            self.table
+                .add_real(&key, rs)
+                .map_err(|e| self.err(&r.tok, format!("real_server {}: {e}", r.addr)))?;
+            let check = self.finish_checker(&r.checker, &defaults, delay_loop);
+            sh.reals.push(RealHealth {
+                addr: r.addr,
+                check,
+                notify_up: r.notify_up,
+                notify_down: r.notify_down,
+                quiescent: r.inhibit,
+            });
+        }
+        self.health.services.push(sh);
+        Ok(())
+    }
+
+    fn command(&mut self, kw: &Tok) -> Result<String, ConfigError> {
+        let parts = self.rest_of_line();
+        if parts.is_empty() {
+            return Err(self.err(kw, format!("{} needs a command", kw.text)));
+        }
+        Ok(parts
+            .into_iter()
+            .map(|t| t.text)
+            .collect::<Vec<_>>()
+            .join(" "))
+    }
+
+    fn real_server(&mut self, kw: &Tok) -> Result<RawReal, ConfigError> {
+        let a = self.arg(kw)?;
+        let addr = self.ipv4(&a, "real_server")?;
+        let pt = self.arg(kw)?;
+        let _port: u16 = self.number(&pt, "real_server port")?;
+        let mut r = RawReal {
+            tok: kw.clone(),
+            addr,
+            weight: 1,
+            inhibit: None,
+            uthreshold: 0,
+            lthreshold: 0,
+            notify_up: None,
+            notify_down: None,
+            checker: RawChecker::default(),
+        };
+        self.open(kw)?;
+        loop {
+            let Some(t) = self.next() else {
+                return Err(self.err(kw, "real_server block not closed (missing })"));
+            };
+            match t.text.as_str() {
+                "}" => break,
+                "weight" => {
+                    r.weight = self.num_arg(&t, "weight")?;
+                    if r.weight > crate::model::MAX_WEIGHT {
+                        return Err(
+                            self.err(&t, format!("weight {} is out of range 0..65535", r.weight))
+                        );
+                    }
+                }
+                "inhibit_on_failure" => r.inhibit = Some(true),
+                "uthreshold" => r.uthreshold = self.num_arg(&t, "uthreshold")?,
+                "lthreshold" => r.lthreshold = self.num_arg(&t, "lthreshold")?,
+                "notify_up" => r.notify_up = Some(self.command(&t)?),
+                "notify_down" => r.notify_down = Some(self.command(&t)?),
+                "TCP_CHECK" | "HTTP_GET" | "MISC_CHECK" => {
+                    if r.checker.kind.is_some() {
+                        self.warn(
+                            &t,
+                            format!(
+                                "{}: uvs runs one checker per real server; this one is ignored",
+                                t.text
+                            ),
+                        );
+                        self.skip_block()?;
+                        continue;
+                    }
+                    r.checker.kind = Some((t.text.clone(), t.clone()));
+                    self.checker_block(&t, &mut r.checker)?;
+                }
+                "SSL_GET" | "SMTP_CHECK" | "DNS_CHECK" | "UDP_CHECK" | "PING_CHECK"
+                | "BFD_CHECK" | "FILE_CHECK" => {
+                    self.warn(
+                        &t,
+                        format!("{}: not supported by uvs; this checker is ignored", t.text),
+                    );
+                    self.skip_block()?;
+                }
+                other => {
+                    self.warn(
+                        &t,
+                        format!("unknown keyword {other:?} in real_server, ignored"),
+                    );
+                    self.rest_of_line();
+                    self.skip_block()?;
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    fn checker_block(&mut self, kw: &Tok, c: &mut RawChecker) -> Result<(), ConfigError> {
+        self.open(kw)?;
+        loop {
+            let Some(t) = self.next() else {
+                return Err(self.err(kw, format!("{} block not closed (missing }})", kw.text)));
+            };
+            if t.text == "}" {
+                return Ok(());
+            }
+            self.checker_key(&t, c)?;
+        }
+    }
+
+    fn checker_key(&mut self, t: &Tok, c: &mut RawChecker) -> Result<(), ConfigError> {
+        match t.text.as_str() {
+            "connect_ip" => c.connect_ip = Some(self.ipv4_arg(t, "connect_ip")?),
+            "connect_port" => c.connect_port = Some(self.num_arg(t, "connect_port")?),
+            "connect_timeout" => c.connect_timeout = Some(self.secs_arg(t, "connect_timeout")?),
+            "retry" => c.retry = Some(self.num_arg(t, "retry")?),
+            "nb_get_retry" => {
+                self.warn(t, "nb_get_retry is deprecated - please use 'retry'");
+                c.retry = Some(self.num_arg(t, "nb_get_retry")?);
+            }
+            "delay_before_retry" => {
+                c.delay_before_retry = Some(self.secs_arg(t, "delay_before_retry")?)
+            }
+            "delay_loop" => c.delay_loop = Some(self.secs_arg(t, "delay_loop")?),
+            "warmup" => c.warmup = Some(self.secs_arg(t, "warmup")?),
+            "alpha" => c.alpha = true,
+            "through_vip" => c.through_vip = true,
+            "misc_path" => c.misc_path = Some(self.command(t)?),
+            "misc_timeout" => c.misc_timeout = Some(self.secs_arg(t, "misc_timeout")?),
+            "misc_dynamic" => c.misc_dynamic = true,
+            "virtualhost" => c.http.host = Some(self.arg(t)?.text),
+            "url" => {
+                if c.url_seen {
+                    self.warn(
+                        t,
+                        "uvs checks the first url block only; this one is ignored",
+                    );
+                    self.skip_block()?;
+                    return Ok(());
+                }
+                c.url_seen = true;
+                self.open(t)?;
+                loop {
+                    let Some(u) = self.next() else {
+                        return Err(self.err(t, "url block not closed (missing })"));
+                    };
+                    match u.text.as_str() {
+                        "}" => break,
+                        "path" => c.http.path = self.arg(&u)?.text,
+                        "digest" => c.http.digest = Some(self.arg(&u)?.text),
+                        "status_code" => {
+                            let v: Vec<String> =
+                                self.rest_of_line().into_iter().map(|x| x.text).collect();
+                            c.http.status = parse_status(&v.join(","))
+                                .map_err(|m| self.err(&u, format!("status_code: {m}")))?;
+                        }
+                        "virtualhost" => c.http.host = Some(self.arg(&u)?.text),
+                        "regex" => {
+                            let v = self.arg(&u)?;
+                            regex::Regex::new(&v.text)
+                                .map_err(|e| self.err(&v, format!("regex: {e}")))?;
+                            c.http.regex = Some(v.text);
+                        }
+                        other => {
+                            self.warn(&u, format!("url: {other:?} not supported by uvs, ignored"));
+                            self.rest_of_line();
+                        }
+                    }
+                }
+            }
+            "bindto" | "bind_port" | "bind_if" | "fwmark" | "http_protocol" | "user"
+            | "log_all_failures" | "fast_recovery" | "enable_sni" | "sni_name"
+            | "tls_compliant" => {
+                self.warn(t, format!("{}: not supported by uvs, ignored", t.text));
+                self.rest_of_line();
+            }
+            other => {
+                self.warn(t, format!("unknown checker keyword {other:?}, ignored"));
+                self.rest_of_line();
+                self.skip_block()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_checker(&self, c: &RawChecker, d: &RawChecker, delay_loop: Duration) -> CheckSpec {
+        let name = c.kind.as_ref().map(|(n, _)| n.as_str());
+        let kind = match name {
+            None => CheckKind::None,
+            Some("TCP_CHECK") if c.through_vip => CheckKind::ThroughVip,
+            Some("TCP_CHECK") => CheckKind::Tcp,
+            Some("HTTP_GET") => CheckKind::Http(c.http.clone()),
+            Some(_) => CheckKind::Misc {
+                command: c.misc_path.clone().unwrap_or_else(|| "/bin/false".into()),
+                dynamic: c.misc_dynamic,
+            },
+        };
+        let interval = c.delay_loop.unwrap_or(delay_loop);
+        let is_misc = matches!(kind, CheckKind::Misc { .. });
+        let timeout = if is_misc {
+            c.misc_timeout.unwrap_or(interval)
+        } else {
+            c.connect_timeout
+                .or(d.connect_timeout)
+                .unwrap_or(Duration::from_secs(5))
+        };
+        let dbr_default = if matches!(kind, CheckKind::Http(_)) {
+            3
+        } else {
+            1
+        };
+        CheckSpec {
+            kind,
+            connect_ip: c.connect_ip,
+            connect_port: c.connect_port,
+            timing: Timing {
+                interval,
+                timeout,
+                retry: c.retry.or(d.retry).unwrap_or(if is_misc { 0 } else { 1 }),
+                delay_before_retry: c
+                    .delay_before_retry
+                    .or(d.delay_before_retry)
+                    .unwrap_or(Duration::from_secs(dbr_default)),
+                rise: 1,
+                fall: 1,
+                alpha: c.alpha || d.alpha,
+                warmup: c.warmup.or(d.warmup).unwrap_or(Duration::ZERO),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Parsed, ConfigError> {
+        parse(text, Path::new("keepalived.conf"))
+    }
+
+    #[track_caller]
+    fn refused(text: &str, line: usize, needle: &str) {
+        match p(text) {
+            Err(ConfigError::At {
+                line: l, message, ..
+            }) => {
+                assert_eq!(l, line, "{message}");
+                assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    const TUTORIAL: &str = r#"! Configuration File for keepalived
+global_defs {
+   router_id LVS_DEVEL
+}
+
+vrrp_instance VI_1 {
+    state MASTER
+    interface eth0
+    virtual_router_id 51
+    priority 100
+    advert_int 1
+    authentication {
+        auth_type PASS
+        auth_pass 1111
+    }
+    virtual_ipaddress {
+        10.0.0.100
+    }
+}
+
+virtual_server 10.0.0.100 80 {
+    delay_loop 6
+    lb_algo rr
+    lb_kind DR
+    persistence_timeout 50
+    protocol TCP
+    sorry_server 127.0.0.1 80
+
+    real_server 10.0.0.11 80 {
+        weight 3
+        TCP_CHECK {
+            connect_timeout 3
+            nb_get_retry 3
+            delay_before_retry 3
+            connect_port 80
+        }
+    }
+    real_server 10.0.0.12 80 {
+        weight 1
+        inhibit_on_failure
+        HTTP_GET { url { path /health  status_code 200-299 } connect_timeout 3  retry 3  delay_before_retry 3 }
+    }
+}
+"#;
+
+    #[test]
+    fn the_tutorial_file_loads() {
+        let r = p(TUTORIAL).unwrap();
+        let svc = &r.table.services()[0];
+        assert_eq!(svc.key.vip, Ipv4Addr::new(10, 0, 0, 100));
+        assert_eq!(svc.scheduler, SchedulerKind::Rr);
+        assert_eq!(svc.persistence_timeout, Some(50));
+        assert_eq!(svc.reals.len(), 2);
+        assert_eq!(svc.reals[0].weight, 3);
+        let h = &r.health.services[0];
+        assert_eq!(h.sorry, Some("127.0.0.1:80".parse().unwrap()));
+        assert!(!h.quiescent);
+        assert_eq!(h.reals[0].check.kind, CheckKind::Tcp);
+        assert_eq!(h.reals[0].check.timing.retry, 3);
+        assert_eq!(h.reals[0].check.timing.interval, Duration::from_secs(6));
+        assert_eq!(h.reals[0].check.timing.timeout, Duration::from_secs(3));
+        assert_eq!(h.reals[0].check.connect_port, Some(80));
+        assert_eq!(h.reals[1].quiescent, Some(true));
+        match &h.reals[1].check.kind {
+            CheckKind::Http(hc) => {
+                assert_eq!(hc.path, "/health");
+                assert_eq!(hc.status, vec![(200, 299)]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains(":6: vrrp_instance VI_1: not yet supported")),
+            "{:?}",
+            r.warnings
+        );
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains("nb_get_retry is deprecated"))
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_line() {
+        refused(
+            "virtual_server 10.0.0.100 80 {\n lb_kind NAT\n}\n",
+            2,
+            "only lb_kind DR",
+        );
+        refused(
+            "virtual_server 10.0.0.100 80 {\n lb_kind TUN\n}\n",
+            2,
+            "only lb_kind DR",
+        );
+        refused(
+            "virtual_server 10.0.0.100 80 {\n lb_algo rr\n}\n",
+            1,
+            "lb_kind DR",
+        );
+        refused(
+            "virtual_server 10.0.0.100 80 {\n lb_kind DR\n lb_algo fastest\n}\n",
+            3,
+            "Scheduler not found",
+        );
+        refused(
+            "virtual_server 10.0.0.100 80 {\n lb_kind DR\n",
+            1,
+            "not closed",
+        );
+        refused("virtual_server fwmark 1 {\n}\n", 1, "not supported");
+        refused(
+            "virtual_server 10.0.0.100 80 {\n lb_kind DR\n real_server 10.0.0.11 80 {\n weight 70000\n }\n}\n",
+            4,
+            "out of range",
+        );
+        refused(
+            "virtual_server 10.0.0.100 80 {\n lb_kind DR\n real_server 10.0.0.11 80 {\n HTTP_GET {\n url {\n regex (unclosed\n }\n }\n }\n}\n",
+            6,
+            "regex",
+        );
+    }
+
+    #[test]
+    fn unknown_keywords_warn_with_the_line_and_misc_defaults() {
+        let r = p("virtual_server 10.0.0.100 80 {\n lb_kind DR\n frobnicate 3\n real_server 10.0.0.11 80 {\n MISC_CHECK {\n misc_path \"/bin/check 10.0.0.11\"\n misc_dynamic\n }\n }\n}\nbogus_top x\n").unwrap();
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.starts_with("keepalived.conf:3: unknown keyword \"frobnicate\"")),
+            "{:?}",
+            r.warnings
+        );
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.starts_with("keepalived.conf:11:"))
+        );
+        let c = &r.health.services[0].reals[0].check;
+        assert_eq!(
+            c.kind,
+            CheckKind::Misc {
+                command: "/bin/check 10.0.0.11".into(),
+                dynamic: true
+            }
+        );
+        assert_eq!(c.timing.retry, 0);
+        assert_eq!(c.timing.interval, Duration::from_secs(60));
+        assert_eq!(c.timing.timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn includes_are_followed() {
+        let dir = std::env::temp_dir().join(format!("uvs-ka-inc-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+        std::fs::write(
+            dir.join("conf.d/web.conf"),
+            "virtual_server 10.0.0.100 80 {\n lb_kind DR\n real_server 10.0.0.11 80 {\n }\n}\n",
+        )
+        .unwrap();
+        let main = dir.join("keepalived.conf");
+        std::fs::write(&main, "# main\ninclude conf.d/*.conf\n").unwrap();
+        let (t, _) = load(&main).unwrap();
+        assert_eq!(t.services().len(), 1);
+        std::fs::write(
+            dir.join("conf.d/web.conf"),
+            "virtual_server 10.0.0.100 80 {\n lb_kind NAT\n}\n",
+        )
+        .unwrap();
+        match load(&main) {
+            Err(ConfigError::At { path, line, .. }) => {
+                assert!(path.ends_with("conf.d/web.conf"));
+                assert_eq!(line, 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,291 @@
+//! The DR-specific "through the VIP" probe.
+//!
+//! A real server that lacks the VIP on `lo` passes every check sent to its own address, yet
+//! drops every request the director forwards (they are addressed to the VIP). This probe sends
+//! what the director would forward: a TCP SYN to VIP:port, in an Ethernet frame addressed to
+//! the real server's MAC (taken from the control thread's ARP-resolved neighbour slot, read
+//! only), from the director's interface address. A real with the VIP answers with a SYN-ACK
+//! from VIP:port to the director's address (passes; the probe then resets the half-open
+//! connection with a RST), or a RST (service closed: fails). A real without the VIP drops the
+//! frame: the probe times out (fails).
+//!
+//! The director's own kernel also sees the SYN-ACK and answers it with a RST towards the VIP;
+//! that is harmless (nobody on the LAN answers ARP for the VIP but uvs, which ignores its own
+//! kernel's requests, so it is dropped).
+//!
+//! Frames are built and parsed here (pure, unit tested); the socket is an AF_PACKET socket
+//! bound to the interface with `ETH_P_IP`.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::fsm::Outcome;
+use crate::io::socket::{recv_frame, send_frame, wait_readable};
+use crate::neigh::cache::NeighTable;
+use crate::wire::{self, MacAddr};
+
+const ETH_P_IP: u16 = 0x0800;
+
+/// Everything the probe needs to reach one real server.
+#[derive(Clone)]
+pub struct VipPath {
+    pub interface: String,
+    pub ifindex: u32,
+    pub src_mac: MacAddr,
+    pub src_ip: Ipv4Addr,
+    /// The real's neighbour slot (written by the control thread's ARP engine).
+    pub slot: u32,
+    pub neigh: Arc<NeighTable>,
+}
+
+impl std::fmt::Debug for VipPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VipPath({} from {})", self.interface, self.src_ip)
+    }
+}
+
+fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [b] = chunks.remainder() {
+        sum += u32::from(*b) << 8;
+    }
+    sum
+}
+
+fn csum_fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A TCP segment in an Ethernet frame, checksums complete.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_frame(
+    dst_mac: MacAddr,
+    src_mac: MacAddr,
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    seq: u32,
+    ack: u32,
+    flags: u8,
+) -> Vec<u8> {
+    let mss: &[u8] = if flags & wire::tcp::SYN != 0 {
+        &[2, 4, 0x05, 0xb4]
+    } else {
+        &[]
+    };
+    let tcp_len = 20 + mss.len();
+    let total = 20 + tcp_len;
+    let mut f = Vec::with_capacity(14 + total);
+    f.extend_from_slice(&dst_mac.0);
+    f.extend_from_slice(&src_mac.0);
+    f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    let ip_at = f.len();
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&(total as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
+    f.extend_from_slice(&src.0.octets());
+    f.extend_from_slice(&dst.0.octets());
+    let c = csum_fold(csum_add(0, &f[ip_at..ip_at + 20]));
+    f[ip_at + 10..ip_at + 12].copy_from_slice(&c.to_be_bytes());
+    let tcp_at = f.len();
+    f.extend_from_slice(&src.1.to_be_bytes());
+    f.extend_from_slice(&dst.1.to_be_bytes());
+    f.extend_from_slice(&seq.to_be_bytes());
+    f.extend_from_slice(&ack.to_be_bytes());
+    f.push(((tcp_len / 4) as u8) << 4);
+    f.push(flags);
+    f.extend_from_slice(&64240u16.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 0]);
+    f.extend_from_slice(mss);
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src.0.octets());
+    pseudo.extend_from_slice(&dst.0.octets());
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&(tcp_len as u16).to_be_bytes());
+    let c = csum_fold(csum_add(csum_add(0, &pseudo), &f[tcp_at..]));
+    f[tcp_at + 16..tcp_at + 18].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// What came back for our SYN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// SYN-ACK; carries its sequence number.
+    SynAck(u32),
+    Rst,
+}
+
+/// Matches a received frame against the probe `(us, vip)`.
+pub fn match_answer(frame: &[u8], us: (Ipv4Addr, u16), vip: (Ipv4Addr, u16)) -> Option<Answer> {
+    if frame.len() < 14 + 20 + 20 || wire::ethernet::ethertype(frame) != ETH_P_IP {
+        return None;
+    }
+    let ip = &frame[14..];
+    if wire::ipv4::protocol(ip) != 6
+        || wire::ipv4::src(ip) != u32::from(vip.0)
+        || wire::ipv4::dst(ip) != u32::from(us.0)
+    {
+        return None;
+    }
+    let t = &ip[wire::ipv4::header_len(ip)..];
+    if t.len() < 20 || wire::be16(t, 0) != vip.1 || wire::be16(t, 2) != us.1 {
+        return None;
+    }
+    let flags = wire::tcp::flags(t);
+    if flags & wire::tcp::RST != 0 {
+        return Some(Answer::Rst);
+    }
+    (flags & (wire::tcp::SYN | wire::tcp::ACK) == wire::tcp::SYN | wire::tcp::ACK)
+        .then(|| Answer::SynAck(wire::be32(t, 4)))
+}
+
+fn open_socket(ifindex: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall with constant arguments.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            i32::from(ETH_P_IP.to_be()),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket() and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = ETH_P_IP.to_be();
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: `sll` is a valid sockaddr_ll and the length passed is its size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn pseudo_random() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let x = (t.subsec_nanos() as u64) ^ ((std::process::id() as u64) << 32) ^ t.as_secs();
+    (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32
+}
+
+/// Sends one SYN to `vip:port` at the real's MAC and waits for the answer.
+pub fn probe(path: &VipPath, vip: Ipv4Addr, port: u16, timeout: Duration) -> Outcome {
+    let Some(rs_mac) = path.neigh.get(path.slot) else {
+        return Outcome::Fail("through-the-VIP: the real server's MAC is not known yet".into());
+    };
+    let fd = match open_socket(path.ifindex) {
+        Ok(fd) => fd,
+        Err(e) => {
+            return Outcome::Fail(format!(
+                "through-the-VIP: packet socket on {}: {e}",
+                path.interface
+            ));
+        }
+    };
+    let r = pseudo_random();
+    let sport = 40_000 + (r % 20_000) as u16;
+    let seq = r.rotate_left(13);
+    let us = (path.src_ip, sport);
+    let syn = tcp_frame(
+        rs_mac,
+        path.src_mac,
+        us,
+        (vip, port),
+        seq,
+        0,
+        wire::tcp::SYN,
+    );
+    if let Err(e) = send_frame(fd.as_raw_fd(), &syn) {
+        return Outcome::Fail(format!("through-the-VIP: sending the SYN: {e}"));
+    }
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 2048];
+    let mut pfd = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    loop {
+        while let Ok(Some(n)) = recv_frame(fd.as_raw_fd(), &mut buf) {
+            match match_answer(&buf[..n], us, (vip, port)) {
+                Some(Answer::SynAck(their_seq)) => {
+                    // Tear the half-open connection down on the real server.
+                    let rst = tcp_frame(
+                        rs_mac,
+                        path.src_mac,
+                        us,
+                        (vip, port),
+                        seq.wrapping_add(1),
+                        their_seq.wrapping_add(1),
+                        wire::tcp::RST | wire::tcp::ACK,
+                    );
+                    let _ = send_frame(fd.as_raw_fd(), &rst);
+                    return Outcome::Pass { weight: None };
+                }
+                Some(Answer::Rst) => {
+                    return Outcome::Fail(format!(
+                        "through-the-VIP: {vip}:{port} answered RST (service not listening)"
+                    ));
+                }
+                None => {}
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Outcome::Fail(format!(
+                "through-the-VIP: no answer from {vip}:{port} at {rs_mac} within {timeout:?} (VIP not on the real server's lo?)"
+            ));
+        }
+        wait_readable(&mut pfd, left.as_millis().clamp(1, 1000) as i32);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syn_frame_has_valid_checksums_and_matches_its_answer() {
+        let a = MacAddr([2, 0, 0, 0, 0, 0x11]);
+        let b = MacAddr([2, 0, 0, 0, 0, 0x02]);
+        let us = (Ipv4Addr::new(10, 0, 0, 2), 45_000);
+        let vip = (Ipv4Addr::new(10, 0, 0, 100), 80);
+        let f = tcp_frame(a, b, us, vip, 7, 0, wire::tcp::SYN);
+        assert_eq!(f.len(), 14 + 20 + 24);
+        assert_eq!(wire::ipv4::checksum(&f[14..34]), 0);
+        // TCP checksum over pseudo header + segment folds to zero.
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&us.0.octets());
+        pseudo.extend_from_slice(&vip.0.octets());
+        pseudo.extend_from_slice(&[0, 6, 0, 24]);
+        assert_eq!(csum_fold(csum_add(csum_add(0, &pseudo), &f[34..])), 0);
+        // The SYN-ACK a real with the VIP sends back.
+        let synack = tcp_frame(b, a, vip, us, 99, 8, wire::tcp::SYN | wire::tcp::ACK);
+        assert_eq!(match_answer(&synack, us, vip), Some(Answer::SynAck(99)));
+        let rst = tcp_frame(b, a, vip, us, 0, 8, wire::tcp::RST | wire::tcp::ACK);
+        assert_eq!(match_answer(&rst, us, vip), Some(Answer::Rst));
+        // Our own SYN, or an answer for another port, is not an answer.
+        assert_eq!(match_answer(&f, us, vip), None);
+        let other = tcp_frame(b, a, vip, (us.0, 1), 0, 0, wire::tcp::SYN | wire::tcp::ACK);
+        assert_eq!(match_answer(&other, us, vip), None);
+    }
+}
