@@ -137,6 +137,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         None
     };
 
+    // HA (issue 8): VRRP instances and the sync daemon, opened before the workers start so
+    // that a BACKUP never forwards a frame.
+    let ha = crate::vrrp::control::open(&cfg)?;
+
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
     let stop = Arc::new(AtomicBool::new(false));
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -171,6 +175,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
         let c = Arc::new(WorkerCounters::new());
         counters.push(Arc::clone(&c));
+        let mut forwarder = Forwarder::new(
+            cfg.flow_table.capacity as usize,
+            cfg.flow_table.sloppy_tcp,
+            ifaces.iter().map(|i| i.mac).collect(),
+            Arc::clone(&conns),
+        );
+        forwarder.ha = ha.as_ref().map(|h| Arc::clone(&h.hooks)); // HA (issue 8)
         let (requests_tx, requests) = crossbeam_channel::bounded(4);
         worker_requests.push(requests_tx);
         workers.push(Worker {
@@ -179,12 +190,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             rx,
             tx,
             tx_queue_capacity: tx_capacity,
-            forwarder: Forwarder::new(
-                cfg.flow_table.capacity as usize,
-                cfg.flow_table.sloppy_tcp,
-                ifaces.iter().map(|i| i.mac).collect(),
-                Arc::clone(&conns),
-            ),
+            forwarder,
             counters: c,
             snapshot: Arc::clone(&shared),
             neigh: Arc::clone(&neigh),
@@ -219,6 +225,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let now = crate::clock::now_ms();
     arp.set_vips(vips.clone(), now);
     arp.set_neighbors(neighbors, &neigh);
+    let mut ha = ha;
+    if let Some(h) = &mut ha {
+        h.start(&mut arp, vips.clone(), now); // HA (issue 8): only MASTER VIPs are answered
+    }
 
     let handles: Vec<_> = workers
         .into_iter()
@@ -264,6 +274,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         },
         metrics,
         ready_file: args.ready_file.clone(),
+        ha,
     };
     control.run();
 

@@ -107,6 +107,9 @@ pub struct DaemonConfig {
     pub flow_table: FlowTableOptions,
     pub arp: ArpOptions,
     pub services: ServiceTable,
+    // HA (issue 8): VRRP instances and the IPVS sync daemon.
+    pub vrrp: Vec<crate::vrrp::InstanceConfig>,
+    pub sync: Option<crate::sync::SyncConfig>,
 }
 
 /// Default Prometheus address: loopback only, port from the Prometheus default-port registry range.
@@ -123,6 +126,8 @@ impl Default for DaemonConfig {
             flow_table: FlowTableOptions::default(),
             arp: ArpOptions::default(),
             services: ServiceTable::new(),
+            vrrp: Vec::new(),
+            sync: None,
         }
     }
 }

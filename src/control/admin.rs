@@ -43,6 +43,8 @@ impl Control {
             Request::Status => Reply::Status(self.status()),
             Request::Connections => Reply::Connections(self.connections()),
             Request::Zero(key) => self.zero(key),
+            // HA (issue 8).
+            Request::Ha => Reply::Ha(self.ha.as_ref().map(|h| h.status()).unwrap_or_default()),
         }
     }
 
@@ -75,6 +77,11 @@ impl Control {
         }
         self.snapshot.store(Arc::new(snap));
         let now = crate::clock::now_ms();
+        // HA (issue 8): VIPs standing by (VRRP BACKUP) are not answered.
+        let vips = match &self.ha {
+            Some(ha) => ha.arp_vips(vips),
+            None => vips,
+        };
         self.arp.set_vips(vips, now);
         self.arp
             .set_neighbors(placer.neighbors(&next.table), &self.neigh);

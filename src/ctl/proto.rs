@@ -58,6 +58,8 @@ pub enum Request {
     Connections,
     /// `-Z [service]`: zero the statistics.
     Zero(Option<ServiceKey>),
+    /// HA (issue 8): VRRP instances and the sync daemon (`uvs status`, `-L --daemon`).
+    Ha,
 }
 
 /// Per-service or per-real counters, as `ipvsadm --stats` shows them.
@@ -152,6 +154,8 @@ pub enum Reply {
     Status(Status),
     Connections(Vec<ConnEntry>),
     Refused(Refusal),
+    /// HA (issue 8).
+    Ha(crate::vrrp::control::HaStatus),
 }
 
 /// Writes one frame.
