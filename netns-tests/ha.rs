@@ -384,3 +384,170 @@ fn uvs_graceful_stop_sends_priority_zero() {
     assert!(took < Duration::from_millis(2500), "took {took:?}");
     assert_eq!(common::curl_vip(&lab, 2).len(), 2);
 }
+
+fn keepalived_path() -> Option<PathBuf> {
+    [
+        "/usr/sbin/keepalived",
+        "/sbin/keepalived",
+        "/usr/local/sbin/keepalived",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// keepalived (VRRP only) in `dir2`, one instance: its own process group, killed by PID.
+fn start_keepalived(lab: &mut Lab, ka: &Path, conf: &str) -> u32 {
+    let dir = lab.dir().to_path_buf();
+    let cfg = dir.join("keepalived.conf");
+    std::fs::write(&cfg, conf).unwrap();
+    let log = dir.join("keepalived.log");
+    lab.spawn(
+        "dir2",
+        &[
+            path_str(ka),
+            "-n",
+            "-l",
+            "-D",
+            "-P",
+            "-f",
+            path_str(&cfg),
+            "-p",
+            path_str(&dir.join("keepalived.pid")),
+            "-r",
+            path_str(&dir.join("keepalived-vrrp.pid")),
+        ],
+        &log,
+    )
+    .expect("starting keepalived")
+}
+
+fn ka_has_vip(lab: &Lab) -> bool {
+    lab.exec_ok("dir2", &["ip", "-4", "addr", "show", "dev", "eth0"])
+        .unwrap_or_default()
+        .contains(&format!("{}/", addr::VIP))
+}
+
+fn wait_ka(lab: &Lab, master: bool, within: Duration) {
+    let ok = poll(within, || (ka_has_vip(lab) == master).then_some(()));
+    assert!(
+        ok.is_some(),
+        "keepalived {} expected\n{}",
+        if master { "MASTER" } else { "BACKUP" },
+        uvs::lab::tail(&lab.dir().join("keepalived.log"), 30)
+    );
+}
+
+/// uvs and a real keepalived (VRRP only) on one LAN: both versions, both roles, preempt.
+#[test]
+fn uvs_keepalived_interop() {
+    let Some(ctx) = common::setup(82) else { return };
+    let Some(ka) = keepalived_path() else {
+        eprintln!("skipping: keepalived not installed (apt-get install keepalived)");
+        return;
+    };
+    let (mut lab, _dir2) = ha_lab(&ctx);
+    // What keepalived's host serves once it holds the VIP (it has no IPVS here).
+    lab.start_builtin_http("dir2", "ka", 80, &common::uvs_exe())
+        .expect("responder in dir2");
+    let rules = common::dr_rules('t', 80);
+    for (version, advert, auth_uvs, auth_ka) in [
+        (
+            2u8,
+            "1",
+            "auth_pass = \"1111\"",
+            "authentication {\n auth_type PASS\n auth_pass 1111\n }",
+        ),
+        (3u8, "0.1", "", ""),
+    ] {
+        let conf = format!(
+            "global_defs {{\n router_id ka_{version}\n vrrp_garp_master_delay 5\n}}\n\
+             vrrp_instance VI_1 {{\n state BACKUP\n interface eth0\n virtual_router_id 51\n \
+             version {version}\n priority 100\n advert_int {advert}\n {auth_ka}\n \
+             virtual_ipaddress {{\n {}/32\n }}\n}}\n",
+            addr::VIP
+        );
+        // uvs MASTER (150) and keepalived BACKUP (100).
+        let u = start_uvs(
+            &mut lab,
+            "dir",
+            &vrrp_toml(150, version, advert, auth_uvs, false),
+            &rules,
+        );
+        wait_state(&lab, "dir", "MASTER", Duration::from_secs(5));
+        let k = start_keepalived(&mut lab, &ka, &conf);
+        thread::sleep(Duration::from_secs(2));
+        wait_ka(&lab, false, Duration::from_secs(1));
+        assert!(
+            status(&lab, "dir").contains(": MASTER"),
+            "exactly one MASTER"
+        );
+        let answers = common::curl_vip(&lab, 2);
+        assert!(answers.iter().all(|a| a.starts_with("rs")), "{answers:?}");
+
+        // Failure of uvs: keepalived takes over.
+        let (probe, file) = start_prober(&mut lab, &format!("ka{version}"));
+        thread::sleep(Duration::from_millis(1000));
+        let killed_at = now_ns();
+        sigkill(&mut lab, u);
+        wait_ka(&lab, true, Duration::from_secs(5));
+        thread::sleep(Duration::from_millis(1500));
+        lab.kill(probe);
+        let (gap, late, ok, fail) = probe_report(&file, killed_at);
+        eprintln!(
+            "HA uvs→keepalived (v{version}, advert_int {advert}): unreachable window {gap:?} \
+             ({ok} ok / {fail} failed probes, {late} after recovery)"
+        );
+        assert_eq!(late, 0);
+        assert_eq!(common::curl_vip(&lab, 1), vec!["ka".to_string()]);
+        assert_eq!(router_vip_mac(&lab), fmt_mac(DIR2_MAC));
+
+        // uvs back with the higher priority: it preempts keepalived (keepalived's rules).
+        let (probe, file) = start_prober(&mut lab, &format!("back{version}"));
+        let back_at = now_ns();
+        let u = start_uvs(
+            &mut lab,
+            "dir",
+            &vrrp_toml(150, version, advert, auth_uvs, false),
+            &rules,
+        );
+        wait_state(&lab, "dir", "MASTER", Duration::from_secs(6));
+        wait_ka(&lab, false, Duration::from_secs(3));
+        thread::sleep(Duration::from_millis(1000));
+        lab.kill(probe);
+        let (gap2, late2, _, _) = probe_report(&file, back_at);
+        eprintln!("HA keepalived→uvs preemption (v{version}): unreachable window {gap2:?}");
+        assert_eq!(late2, 0);
+        assert_eq!(router_vip_mac(&lab), lab.mac_str("dir", "eth0").unwrap());
+        assert!(common::curl_vip(&lab, 1)[0].starts_with("rs"));
+
+        // keepalived dies: uvs stays MASTER; then uvs with nopreempt must not take over from a
+        // lower-priority keepalived MASTER.
+        lab.kill(k);
+        lab.kill(u);
+        let k = start_keepalived(&mut lab, &ka, &conf);
+        wait_ka(&lab, true, Duration::from_secs(6));
+        let u = start_uvs(
+            &mut lab,
+            "dir",
+            &vrrp_toml(
+                150,
+                version,
+                advert,
+                &format!("{auth_uvs}\nnopreempt = true"),
+                false,
+            ),
+            &rules,
+        );
+        thread::sleep(Duration::from_secs(5));
+        assert!(
+            status(&lab, "dir").contains(": BACKUP"),
+            "nopreempt: {}",
+            status(&lab, "dir")
+        );
+        assert!(ka_has_vip(&lab), "keepalived stays MASTER");
+        lab.kill(u);
+        lab.kill(k);
+        thread::sleep(Duration::from_millis(300));
+    }
+}
