@@ -177,6 +177,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         None
     };
 
+    // HA (issue 8): VRRP instances and the sync daemon, opened before the workers start so
+    // that a BACKUP never forwards a frame.
+    let ha = crate::vrrp::control::open(&cfg)?;
+
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
     let stop = Arc::new(AtomicBool::new(false));
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -215,6 +219,17 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
         let c = Arc::new(WorkerCounters::new());
         counters.push(Arc::clone(&c));
+        let mut forwarder = Forwarder::new(
+            cfg.flow_table.capacity as usize,
+            cfg.flow_table.sloppy_tcp,
+            ifaces.iter().map(|i| i.mac).collect(),
+            Arc::clone(&conns),
+        )
+        .with_templates(
+            Arc::clone(&templates),
+            cfg.flow_table.expire_quiescent_template,
+        );
+        forwarder.ha = ha.as_ref().map(|h| Arc::clone(&h.hooks)); // HA (issue 8)
         let (requests_tx, requests) = crossbeam_channel::bounded(4);
         worker_requests.push(requests_tx);
         workers.push(Worker {
@@ -223,16 +238,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             rx,
             tx,
             tx_queue_capacity: tx_capacity,
-            forwarder: Forwarder::new(
-                cfg.flow_table.capacity as usize,
-                cfg.flow_table.sloppy_tcp,
-                ifaces.iter().map(|i| i.mac).collect(),
-                Arc::clone(&conns),
-            )
-            .with_templates(
-                Arc::clone(&templates),
-                cfg.flow_table.expire_quiescent_template,
-            ),
+            forwarder,
             counters: c,
             snapshot: Arc::clone(&shared),
             neigh: Arc::clone(&neigh),
@@ -270,6 +276,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
     arp.set_vips(arp_vips, now);
     arp.set_neighbors(neighbors, &neigh);
     let health = start_health(&cfg, &mut book, &ifaces, &mut placer, &neigh, plan)?;
+    let mut ha = ha;
+    if let Some(h) = &mut ha {
+        h.start(&mut arp, vips.clone(), now); // only MASTER VIPs are answered
+    }
 
     let handles: Vec<_> = workers
         .into_iter()
@@ -317,6 +327,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         metrics,
         ready_file: args.ready_file.clone(),
         health,
+        ha,
     };
     control.run();
 

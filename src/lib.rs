@@ -40,4 +40,6 @@ pub mod model;
 pub mod neigh;
 pub mod sched;
 pub mod snapshot;
+pub mod sync;
+pub mod vrrp;
 pub mod wire;

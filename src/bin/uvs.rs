@@ -57,6 +57,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the HA state of the director of this network namespace: VRRP instances and the
+    /// connection sync daemon.
+    Status {
+        /// Admin socket path (default: the abstract socket of this network namespace).
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<PathBuf>,
+    },
     /// Build a namespace DR lab, run the director in it, send requests, show the packet flow.
     Demo,
     /// Built-in HTTP responder used by labs when nginx is missing.
@@ -137,6 +144,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             uvs::daemon::run(&args)
         }
         Command::Health { admin_socket, json } => health(admin_socket, json),
+        Command::Status { admin_socket } => {
+            print!("{}", uvs::vrrp::control::status_text(admin_socket)?);
+            Ok(())
+        }
         Command::Demo => uvs::lab::demo::run(&std::env::current_exe()?),
         Command::LabHttp { name, port } => uvs::lab::responder::serve_http(&name, port),
         Command::LabUdpEcho { name, port } => uvs::lab::responder::serve_udp(&name, port),

@@ -118,6 +118,9 @@ pub struct DaemonConfig {
     pub services: ServiceTable,
     /// Health checks, quorum and sorry servers per service (issue 5).
     pub health: crate::health::HealthConfig,
+    // HA (issue 8): VRRP instances and the IPVS sync daemon.
+    pub vrrp: Vec<crate::vrrp::InstanceConfig>,
+    pub sync: Option<crate::sync::SyncConfig>,
 }
 
 /// Default Prometheus address: loopback only, port from the Prometheus default-port registry range.
@@ -135,6 +138,8 @@ impl Default for DaemonConfig {
             arp: ArpOptions::default(),
             services: ServiceTable::new(),
             health: crate::health::HealthConfig::default(),
+            vrrp: Vec::new(),
+            sync: None,
         }
     }
 }

@@ -117,6 +117,10 @@ struct RawConfig {
     arp: Option<RawArp>,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
+    // HA (issue 8).
+    #[serde(default)]
+    vrrp: Vec<Spanned<crate::vrrp::config_toml::RawVrrp>>,
+    sync: Option<crate::vrrp::config_toml::RawSync>,
 }
 
 #[derive(Deserialize, Default)]
@@ -287,7 +291,17 @@ fn build(raw: RawConfig) -> Result<DaemonConfig, Located> {
         }
     }
 
+    // HA (issue 8).
+    let located = |(span, message): (Range<usize>, String)| Located { span, message };
+    let vrrp = crate::vrrp::config_toml::build_vrrp(&raw.vrrp).map_err(located)?;
+    let sync = match &raw.sync {
+        Some(s) => Some(crate::vrrp::config_toml::build_sync(s, &vrrp).map_err(located)?),
+        None => None,
+    };
+
     Ok(DaemonConfig {
+        vrrp,
+        sync,
         interfaces,
         workers,
         metrics,

@@ -44,6 +44,7 @@ impl Control {
             Request::Connections => Reply::Connections(self.connections()),
             Request::Zero(key) => self.zero(key),
             Request::Health => Reply::Health(self.health_listing()),
+            Request::Ha => Reply::Ha(self.ha.as_ref().map(|h| h.status()).unwrap_or_default()),
         }
     }
 
@@ -85,9 +86,14 @@ impl Control {
         self.snapshot.store(Arc::new(snap));
         let now = crate::clock::now_ms();
         // ARP keeps answering for local services' VIPs too (the kernel filter no longer
-        // drops those requests, so the director's kernel may answer as well, with the same MAC).
+        // drops those requests, so the director's kernel may answer as well, with the same
+        // MAC) — except VIPs standing by (VRRP BACKUP), which are not answered.
         let mut arp_vips = next.table.vips();
         arp_vips.sort();
+        let arp_vips = match &self.ha {
+            Some(ha) => ha.arp_vips(arp_vips),
+            None => arp_vips,
+        };
         self.arp.set_vips(arp_vips, now);
         let resolve = crate::health::control::with_managed_reals(&self.health.book, &next.table);
         self.arp

@@ -59,6 +59,8 @@ pub struct Control {
     pub reload: Option<Box<dyn Fn() -> anyhow::Result<crate::model::ServiceTable>>>,
     /// Health checks: reports drained each tick, applied through `publish`.
     pub health: crate::health::control::HealthCtl,
+    /// VRRP and connection sync; `None` when not configured.
+    pub ha: Option<crate::vrrp::control::HaRuntime>,
 }
 
 /// Longest wait for real-server MACs before declaring readiness anyway.
@@ -73,6 +75,7 @@ impl Control {
             .map(|fd| fd.as_raw_fd())
             .chain(self.metrics.as_ref().map(|m| m.raw_fd()))
             .chain(self.admin.as_ref().map(|a| a.as_raw_fd()))
+            .chain(self.ha.as_ref().map(|h| h.fds()).unwrap_or_default())
             .map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -107,6 +110,10 @@ impl Control {
                     }
                 }
             }
+            if let Some(ha) = &mut self.ha {
+                // HA (issue 8): VRRP adverts and timers, sync messages.
+                ha.poll(&mut self.arp, self.snapshot.load().vips(), now);
+            }
             self.arp.on_tick(now, &self.neigh, &mut out);
             self.send(&mut out);
             if self.arp.last_conflict != last_conflict {
@@ -136,10 +143,18 @@ impl Control {
             if let Some(m) = self.metrics.take() {
                 m.serve_pending(&mut || {
                     self.read_ring_stats();
-                    crate::metrics::render(&self.figures())
+                    let mut text = crate::metrics::render(&self.figures());
+                    if let Some(ha) = &self.ha {
+                        text.push_str(&ha.render_metrics()); // HA (issue 8)
+                    }
+                    text
                 });
                 self.metrics = Some(m);
             }
+        }
+        // HA (issue 8): a MASTER resigns with priority 0 so the peer takes over at once.
+        if let Some(ha) = &mut self.ha {
+            ha.shutdown();
         }
     }
 

@@ -111,6 +111,7 @@ impl Backend for MemoryBackend {
             Request::Status => Reply::Status(status_of(&self.state, &|_, _| Default::default())),
             Request::Connections => Reply::Connections(Vec::new()),
             Request::Health => Reply::Health(Default::default()),
+            Request::Ha => Reply::Ha(Default::default()), // HA (issue 8): none in memory
             Request::Zero(key) => {
                 if let Some(k) = key {
                     if self.state.table.service(k).is_none() {

@@ -60,6 +60,8 @@ pub enum Request {
     Zero(Option<ServiceKey>),
     /// `uvs health`: the check state of every health-managed real (issue 5).
     Health,
+    /// HA (issue 8): VRRP instances and the sync daemon (`uvs status`, `-L --daemon`).
+    Ha,
 }
 
 /// Per-service or per-real counters, as `ipvsadm --stats` shows them.
@@ -158,6 +160,8 @@ pub enum Reply {
     Refused(Refusal),
     /// Answer to [`Request::Health`].
     Health(crate::health::book::HealthListing),
+    /// HA (issue 8).
+    Ha(crate::vrrp::control::HaStatus),
 }
 
 /// Writes one frame.

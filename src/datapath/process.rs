@@ -50,6 +50,8 @@ pub struct Forwarder {
     pub templates: Arc<TemplateTable>,
     /// IPVS `expire_quiescent_template`.
     pub expire_quiescent_template: bool,
+    /// VRRP standby gate, synced flows, sync records out. `None`: no HA.
+    pub ha: Option<Arc<crate::sync::HaHooks>>,
 }
 
 /// Template slots a worker's [`Forwarder::new`] gets until the daemon hands it the shared
@@ -155,6 +157,7 @@ impl Forwarder {
             conns,
             templates: Arc::new(TemplateTable::new(PRIVATE_TEMPLATES)),
             expire_quiescent_template: false,
+            ha: None,
         }
     }
 
@@ -303,6 +306,12 @@ impl Forwarder {
         let svc = snap
             .service(p.key.proto, p.key.daddr, p.key.dport)
             .ok_or(DropReason::NotAService)?;
+        // HA (issue 8): a VRRP BACKUP forwards nothing for its instance's VIPs.
+        if let Some(ha) = &self.ha {
+            if ha.gate.is_standby(p.key.daddr) {
+                return Err(DropReason::NotAService);
+            }
+        }
         let ip_off = VNET_HDR_LEN + ETH_HDR_LEN;
         if ipv4::ttl(&buf[ip_off..]) <= 1 {
             return Err(DropReason::TtlExceeded);
@@ -320,19 +329,43 @@ impl Forwarder {
                 if state.is_active() != flow.state.is_active() {
                     self.conns.moved(flow.real, state.is_active());
                 }
+                // HA (issue 8): state changes go to the sync backup.
+                if state != flow.state {
+                    if let (Some(ha), Some(r)) = (&self.ha, snap.real(flow.real)) {
+                        ha.emit(crate::sync::SyncRecord {
+                            key: p.key,
+                            real_addr: r.addr,
+                            state,
+                            timeout_secs: timeout / 1000,
+                        });
+                    }
+                }
                 snap.real(flow.real).ok_or(DropReason::RealRemoved)?
             }
             None => {
+                // HA (issue 8): a flow synced from the former MASTER is adopted on its first
+                // packet here, whichever worker the fanout hash picked.
+                let adopted = self.ha.as_ref().and_then(|ha| {
+                    let f = ha.synced.take(&p.key, now)?;
+                    let i = svc.reals.iter().position(|r| r.addr == f.real_addr)?;
+                    Some((i, f.state))
+                });
                 let syn_only = p.tcp_flags & (tcp::SYN | tcp::RST) == tcp::SYN;
-                if is_tcp && !syn_only && !self.sloppy_tcp {
+                if is_tcp && !syn_only && !self.sloppy_tcp && adopted.is_none() {
                     return Err(DropReason::TcpNoFlow);
                 }
                 // One-packet scheduling (UDP only, the snapshot guarantees it): the entry is
                 // created, bound and freed at once, so it is never inserted.
                 let ops = svc.ops;
-                let (real, template) = self.schedule(snap, svc, &p.key, !ops, now)?;
+                // An adopted (synced) flow keeps the real the former MASTER chose; it is not
+                // scheduled again and takes no persistence template of its own.
+                let (real, template) = match adopted {
+                    Some((i, _)) => (svc.reals.get(i).ok_or(DropReason::NoRealServer)?, None),
+                    None => self.schedule(snap, svc, &p.key, !ops, now)?,
+                };
+                let prior = adopted.map_or(TcpState::None, |(_, s)| s);
                 let (state, timeout) = if is_tcp {
-                    let s = next_state(TcpState::None, p.tcp_flags);
+                    let s = next_state(prior, p.tcp_flags);
                     (s, snap.timeouts.tcp(s))
                 } else {
                     (TcpState::None, snap.timeouts.udp_ms)
@@ -367,6 +400,15 @@ impl Forwarder {
                 }
                 if let Some(c) = counters.real(real.id) {
                     bump(&c.conns, 1);
+                }
+                // HA (issue 8): new flows go to the sync backup.
+                if let Some(ha) = &self.ha {
+                    ha.emit(crate::sync::SyncRecord {
+                        key: p.key,
+                        real_addr: real.addr,
+                        state,
+                        timeout_secs: timeout / 1000,
+                    });
                 }
                 real
             }

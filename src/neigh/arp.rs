@@ -174,6 +174,18 @@ impl ArpEngine {
         self.vips = vips;
     }
 
+    /// HA (issue 8): announces `vips` again (a burst now, and again after `garp_delay_secs`)
+    /// although they are already answered — a VRRP MASTER that heard a lower-priority advert.
+    pub fn announce(&mut self, vips: &[Ipv4Addr], now: u32) {
+        for v in vips.iter().filter(|v| self.vips.contains(v)) {
+            self.garp_due.push((now, *v));
+            if self.opts.garp_delay_secs > 0 {
+                self.garp_due
+                    .push((now.wrapping_add(self.opts.garp_delay_secs * 1000), *v));
+            }
+        }
+    }
+
     /// Replaces the set of addresses to resolve, keeping what is known about the ones that stay.
     pub fn set_neighbors(&mut self, mut wanted: Vec<Neighbor>, table: &NeighTable) {
         for w in wanted.iter_mut() {

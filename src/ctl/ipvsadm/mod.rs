@@ -115,7 +115,15 @@ fn execute(
             out.push('\n');
             0
         }
-        Command::List(ListWhat::Daemon, _) => 0,
+        // HA (issue 8): the sync daemon lines, as ipvsadm prints them.
+        Command::List(ListWhat::Daemon, _) => match call(&Request::Ha, err) {
+            Ok(Reply::Ha(h)) => {
+                out.push_str(&h.daemon_listing);
+                0
+            }
+            Ok(other) => unexpected(other, err),
+            Err(code) => code,
+        },
         Command::List(ListWhat::Connections, f) => match call(&Request::Connections, err) {
             Ok(Reply::Connections(c)) => {
                 out.push_str(&print::list_conns(&c, &f, names));

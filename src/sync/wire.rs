@@ -1,0 +1,158 @@
+//! The IPVS sync protocol, version 1 (net/netfilter/ipvs/ip_vs_sync.c), IPv4 records.
+//!
+//! ```text
+//! header (8): u8 reserved=0 | u8 syncid | be16 size | u8 nr_conns | s8 version=1 | be16 spare
+//! record (36): u8 type=0 (v4) | u8 protocol | be16 ver_size (ver 0 << 12 | 36) | be32 flags
+//!            | be16 state | be16 cport | be16 vport | be16 dport | be32 fwmark
+//!            | be32 timeout (s) | be32 caddr | be32 vaddr | be32 daddr  [options, padded to 4]
+//! ```
+//! Version 0 messages (the old format, first byte = nr_conns ≠ 0) are refused.
+
+use crate::datapath::flow_table::FlowKey;
+use crate::datapath::tcp_state::TcpState;
+
+use super::SyncRecord;
+
+pub const SYNC_GROUP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(224, 0, 0, 81);
+pub const SYNC_PORT: u16 = 8848;
+pub const HEADER_LEN: usize = 8;
+pub const RECORD_LEN: usize = 36;
+/// Records per message: keeps a message within a 1500-byte MTU (8 + 40 × 36 = 1448).
+pub const MAX_PER_MESSAGE: usize = 40;
+/// IP_VS_CONN_F_DROUTE.
+pub const F_DROUTE: u32 = 0x0003;
+/// IP_VS_CONN_F_INACTIVE.
+pub const F_INACTIVE: u32 = 0x0100;
+/// IP_VS_CONN_F_TEMPLATE: persistence templates are not adopted (uvs keeps none here).
+pub const F_TEMPLATE: u32 = 0x1000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireError {
+    Truncated,
+    NotVersion1,
+    BadSize,
+}
+
+/// One message of up to [`MAX_PER_MESSAGE`] records.
+pub fn encode(syncid: u8, records: &[SyncRecord]) -> Vec<u8> {
+    let n = records.len().min(MAX_PER_MESSAGE);
+    let size = HEADER_LEN + n * RECORD_LEN;
+    let mut b = Vec::with_capacity(size);
+    b.extend_from_slice(&[0, syncid]);
+    b.extend_from_slice(&(size as u16).to_be_bytes());
+    b.extend_from_slice(&[n as u8, 1, 0, 0]);
+    for r in &records[..n] {
+        b.push(0);
+        b.push(r.key.proto);
+        b.extend_from_slice(&(RECORD_LEN as u16).to_be_bytes());
+        let mut flags = F_DROUTE;
+        if !r.state.is_active() {
+            flags |= F_INACTIVE;
+        }
+        b.extend_from_slice(&flags.to_be_bytes());
+        b.extend_from_slice(&(r.state as u16).to_be_bytes());
+        b.extend_from_slice(&r.key.sport.to_be_bytes());
+        b.extend_from_slice(&r.key.dport.to_be_bytes());
+        b.extend_from_slice(&r.key.dport.to_be_bytes());
+        b.extend_from_slice(&0u32.to_be_bytes());
+        b.extend_from_slice(&r.timeout_secs.to_be_bytes());
+        b.extend_from_slice(&r.key.saddr.to_be_bytes());
+        b.extend_from_slice(&r.key.daddr.to_be_bytes());
+        b.extend_from_slice(&r.real_addr.to_be_bytes());
+    }
+    b
+}
+
+fn be16(b: &[u8], o: usize) -> u16 {
+    u16::from_be_bytes([b[o], b[o + 1]])
+}
+fn be32(b: &[u8], o: usize) -> u32 {
+    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+/// Decodes a message: its syncid and the IPv4 direct-routing records (others are skipped).
+pub fn decode(m: &[u8]) -> Result<(u8, Vec<SyncRecord>), WireError> {
+    if m.len() < HEADER_LEN {
+        return Err(WireError::Truncated);
+    }
+    if m[0] != 0 || m[5] != 1 {
+        return Err(WireError::NotVersion1);
+    }
+    let size = usize::from(be16(m, 2));
+    if size != m.len() {
+        return Err(WireError::BadSize);
+    }
+    let mut out = Vec::new();
+    let mut off = HEADER_LEN;
+    for _ in 0..m[4] {
+        if off + 4 > m.len() {
+            return Err(WireError::Truncated);
+        }
+        let rsize = usize::from(be16(m, off + 2) & 0x0fff);
+        if rsize < RECORD_LEN || off + rsize > m.len() {
+            return Err(WireError::BadSize);
+        }
+        let r = &m[off..off + rsize];
+        let flags = be32(r, 4);
+        let is_v6 = r[0] & 1 != 0;
+        if !is_v6 && flags & F_TEMPLATE == 0 && flags & 0x7 == F_DROUTE && (r[1] == 6 || r[1] == 17)
+        {
+            out.push(SyncRecord {
+                key: FlowKey {
+                    saddr: be32(r, 24),
+                    daddr: be32(r, 28),
+                    sport: be16(r, 10),
+                    dport: be16(r, 12),
+                    proto: r[1],
+                },
+                real_addr: be32(r, 32),
+                state: if r[1] == 6 {
+                    TcpState::from_u8(be16(r, 8) as u8)
+                } else {
+                    TcpState::None
+                },
+                timeout_secs: be32(r, 20),
+            });
+        }
+        // Records (with options) are padded to 32 bits.
+        off += (rsize + 3) & !3;
+    }
+    Ok((m[1], out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_layout() {
+        let r = SyncRecord {
+            key: FlowKey {
+                saddr: 0xac1e_000a,
+                daddr: 0x0a00_0064,
+                sport: 40000,
+                dport: 80,
+                proto: 6,
+            },
+            real_addr: 0x0a00_000b,
+            state: TcpState::Established,
+            timeout_secs: 900,
+        };
+        let m = encode(5, &[r, r]);
+        assert_eq!(m.len(), 8 + 72);
+        assert_eq!(&m[..8], &[0, 5, 0, 80, 2, 1, 0, 0]);
+        assert_eq!(&m[8..12], &[0, 6, 0, 36]);
+        assert_eq!(&m[12..16], &[0, 0, 0, 3], "DROUTE, active");
+        assert_eq!(&m[16..18], &[0, 1], "ESTABLISHED");
+        assert_eq!(decode(&m), Ok((5, vec![r, r])));
+        for cut in 0..m.len() {
+            assert!(decode(&m[..cut]).is_err());
+        }
+        let mut v0 = m.clone();
+        v0[0] = 2;
+        assert_eq!(decode(&v0), Err(WireError::NotVersion1));
+        let mut big = m;
+        big[8 + 3] = 200; // record size beyond the message
+        assert_eq!(decode(&big), Err(WireError::BadSize));
+    }
+}

@@ -1,0 +1,172 @@
+//! The HA part of the control thread, kept in one place so the hooks in `control` stay
+//! small: VRRP instances, the sync daemon, and their effect on the ARP engine.
+
+use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use super::runtime::{InstanceStatus, Vrrp};
+use crate::neigh::arp::ArpEngine;
+use crate::sync::HaHooks;
+use crate::sync::daemon::SyncDaemon;
+
+pub struct HaRuntime {
+    pub vrrp: Option<Vrrp>,
+    pub sync: Option<SyncDaemon>,
+    pub hooks: Arc<HaHooks>,
+}
+
+/// What `uvs status` / the admin socket report about HA.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HaStatus {
+    pub instances: Vec<InstanceStatus>,
+    /// ipvsadm `-L --daemon` text.
+    pub daemon_listing: String,
+    pub synced_flows: u64,
+}
+
+impl HaRuntime {
+    pub fn fds(&self) -> Vec<RawFd> {
+        let mut v = self.vrrp.as_ref().map(|v| v.fds()).unwrap_or_default();
+        v.extend(self.sync.as_ref().map(|s| s.fd()));
+        v
+    }
+
+    /// The VIPs the ARP engine answers for, given the services' VIPs.
+    pub fn arp_vips(&self, service_vips: Vec<Ipv4Addr>) -> Vec<Ipv4Addr> {
+        match &self.vrrp {
+            Some(v) => v.arp_vips(service_vips),
+            None => service_vips,
+        }
+    }
+
+    pub fn start(&mut self, arp: &mut ArpEngine, service_vips: Vec<Ipv4Addr>, now: u32) {
+        if let Some(v) = &mut self.vrrp {
+            v.start();
+        }
+        arp.set_vips(self.arp_vips(service_vips), now);
+    }
+
+    /// One control-loop turn.
+    pub fn poll(&mut self, arp: &mut ArpEngine, service_vips: Vec<Ipv4Addr>, now: u32) {
+        if let Some(v) = &mut self.vrrp {
+            let ch = v.poll();
+            if ch.vips_changed {
+                // Newly answered VIPs get keepalived's gratuitous ARP bursts from set_vips.
+                arp.set_vips(v.arp_vips(service_vips), now);
+            }
+            if !ch.reannounce.is_empty() {
+                arp.announce(&ch.reannounce, now);
+            }
+        }
+        if let Some(s) = &mut self.sync {
+            if let Some(v) = &self.vrrp {
+                s.follow(|name| {
+                    v.instances.iter().any(|i| {
+                        i.cfg.name == name && i.machine.state() == super::machine::State::Master
+                    })
+                });
+            }
+            s.poll(now);
+        }
+    }
+
+    pub fn shutdown(&mut self) {
+        if let Some(v) = &mut self.vrrp {
+            v.shutdown();
+        }
+    }
+
+    pub fn status(&self) -> HaStatus {
+        HaStatus {
+            instances: self.vrrp.as_ref().map(|v| v.status()).unwrap_or_default(),
+            daemon_listing: self.sync.as_ref().map(|s| s.listing()).unwrap_or_default(),
+            synced_flows: self.hooks.synced.len() as u64,
+        }
+    }
+
+    pub fn render_metrics(&self) -> String {
+        let mut s = self
+            .vrrp
+            .as_ref()
+            .map(|v| v.render_metrics())
+            .unwrap_or_default();
+        if let Some(d) = &self.sync {
+            s.push_str(&d.render_metrics());
+        }
+        s
+    }
+}
+
+/// Opens what `cfg` asks for (nothing: `None`). Every VRRP VIP starts standing by.
+pub fn open(cfg: &crate::config::DaemonConfig) -> anyhow::Result<Option<HaRuntime>> {
+    if cfg.vrrp.is_empty() && cfg.sync.is_none() {
+        return Ok(None);
+    }
+    let gate = super::HaGate::new();
+    let capacity = (cfg.flow_table.capacity as usize)
+        .saturating_mul(4)
+        .max(1 << 16);
+    let (hooks, queue) = HaHooks::new(Arc::clone(&gate), capacity);
+    let vrrp = if cfg.vrrp.is_empty() {
+        None
+    } else {
+        Some(Vrrp::open(&cfg.vrrp, gate)?)
+    };
+    let sync = match &cfg.sync {
+        Some(s) => Some(SyncDaemon::open(s.clone(), Arc::clone(&hooks), queue)?),
+        None => None,
+    };
+    Ok(Some(HaRuntime { vrrp, sync, hooks }))
+}
+
+/// `uvs status`: asks the director of this namespace and formats its HA state.
+pub fn status_text(admin_socket: Option<std::path::PathBuf>) -> anyhow::Result<String> {
+    use crate::ctl::backend::{Backend, SocketBackend, SocketLocation};
+    use crate::ctl::proto::{Reply, Request};
+    let mut b = SocketBackend {
+        location: match admin_socket {
+            Some(p) => SocketLocation::Path(p),
+            None => SocketLocation::Abstract,
+        },
+    };
+    let h = match b.call(&Request::Ha)? {
+        Reply::Ha(h) => h,
+        other => anyhow::bail!("unexpected reply {other:?}"),
+    };
+    let mut s = String::new();
+    if h.instances.is_empty() {
+        s.push_str("VRRP: not configured\n");
+    }
+    for i in &h.instances {
+        s.push_str(&format!(
+            "VRRP instance {} ({} vrid {} v{} priority {} advert {} ms): {}{}; VIPs {}; {} transitions\n",
+            i.name,
+            i.interface,
+            i.vrid,
+            i.version,
+            i.priority,
+            i.advert_int_ms,
+            i.state.name(),
+            i.master
+                .map(|m| format!(", master {m}"))
+                .unwrap_or_default(),
+            i.vips
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            i.transitions
+        ));
+    }
+    if h.daemon_listing.is_empty() {
+        s.push_str("sync daemon: not running\n");
+    } else {
+        s.push_str(&h.daemon_listing);
+        s.push_str(&format!(
+            "synced connections waiting for adoption: {}\n",
+            h.synced_flows
+        ));
+    }
+    Ok(s)
+}
