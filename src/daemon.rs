@@ -148,6 +148,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         RingVersion::V2 => MAX_V2_BATCH,
     };
     let conns = Arc::new(ConnCounts::new());
+    let trace = Arc::new(crate::trace::TraceHub::new(n_workers));
     let mut workers = Vec::with_capacity(n_workers);
     let mut worker_requests = Vec::with_capacity(n_workers);
     let mut ring_fds = Vec::new();
@@ -173,18 +174,20 @@ pub fn run(args: &RunArgs) -> Result<()> {
         counters.push(Arc::clone(&c));
         let (requests_tx, requests) = crossbeam_channel::bounded(4);
         worker_requests.push(requests_tx);
+        let mut forwarder = Forwarder::new(
+            cfg.flow_table.capacity as usize,
+            cfg.flow_table.sloppy_tcp,
+            ifaces.iter().map(|i| i.mac).collect(),
+            Arc::clone(&conns),
+        );
+        forwarder.tap = trace.tap(w);
         workers.push(Worker {
             index: w,
             core: cores.get(w % cores.len().max(1)).copied(),
             rx,
             tx,
             tx_queue_capacity: tx_capacity,
-            forwarder: Forwarder::new(
-                cfg.flow_table.capacity as usize,
-                cfg.flow_table.sloppy_tcp,
-                ifaces.iter().map(|i| i.mac).collect(),
-                Arc::clone(&conns),
-            ),
+            forwarder,
             counters: c,
             snapshot: Arc::clone(&shared),
             neigh: Arc::clone(&neigh),
@@ -264,6 +267,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         },
         metrics,
         ready_file: args.ready_file.clone(),
+        trace,
+        trace_sessions: Vec::new(),
     };
     control.run();
 

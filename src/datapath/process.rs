@@ -45,6 +45,8 @@ pub struct Forwarder {
     pub interface_macs: Vec<MacAddr>,
     /// Live connection counts, shared by all workers (see `conns`).
     pub conns: Arc<ConnCounts>,
+    /// `uvs trace` / `uvs capture` producer side (see `crate::trace`); `None` in tests.
+    pub tap: Option<crate::trace::Tap>,
 }
 
 /// Parsed fields of a frame worth a flow lookup.
@@ -144,6 +146,7 @@ impl Forwarder {
             sloppy_tcp,
             interface_macs,
             conns,
+            tap: None,
         }
     }
 
@@ -167,12 +170,63 @@ impl Forwarder {
         frame: RxFrame<'_>,
         now: u32,
     ) -> Verdict {
+        // ---- trace hook: `armed` is refreshed once per worker round (crate::trace) ----
+        if self.tap.as_ref().is_some_and(|t| t.armed) {
+            return self.process_traced(snap, neigh, counters, frame, now);
+        }
+        // ---- end trace hook ----
         match self.decide(snap, neigh, counters, frame, now) {
             Ok(egress) => Verdict::Forward { egress },
             Err(reason) => {
                 counters.count_drop(reason);
                 Verdict::Drop(reason)
             }
+        }
+    }
+
+    /// [`Forwarder::process`] with a trace attached: the same decision, plus one record.
+    #[cold]
+    #[inline(never)]
+    fn process_traced(
+        &mut self,
+        snap: &Snapshot,
+        neigh: &NeighTable,
+        counters: &WorkerCounters,
+        frame: RxFrame<'_>,
+        now: u32,
+    ) -> Verdict {
+        let RxFrame {
+            buf,
+            wire_len,
+            status,
+            scratch,
+        } = frame;
+        let eth = buf.get(VNET_HDR_LEN..).unwrap_or(&[]);
+        let rx = crate::trace::rx_header(eth);
+        if let Some(t) = self.tap.as_mut() {
+            t.note = crate::trace::Note::default();
+        }
+        let again = RxFrame {
+            buf: &mut *buf,
+            wire_len,
+            status,
+            scratch,
+        };
+        let result = self.decide(snap, neigh, counters, again, now);
+        if let Err(reason) = result {
+            counters.count_drop(reason);
+        }
+        if let Some(t) = self.tap.as_mut() {
+            t.record(
+                buf.get(VNET_HDR_LEN..).unwrap_or(&[]),
+                wire_len,
+                &rx,
+                result,
+            );
+        }
+        match result {
+            Ok(egress) => Verdict::Forward { egress },
+            Err(reason) => Verdict::Drop(reason),
         }
     }
 
@@ -230,6 +284,11 @@ impl Forwarder {
                     .pick(&svc.reals, &p.key, &self.conns)
                     .ok_or(DropReason::NoRealServer)?;
                 let real = svc.reals.get(i).ok_or(DropReason::NoRealServer)?;
+                if let Some(t) = self.tap.as_mut().filter(|t| t.armed) {
+                    // trace hook: what the scheduler compared, before this flow is bound.
+                    t.note.new_flow = true;
+                    t.note.why = crate::trace::explain(svc, &self.conns, i);
+                }
                 let (state, timeout) = if is_tcp {
                     let s = next_state(TcpState::None, p.tcp_flags);
                     (s, snap.timeouts.tcp(s))
@@ -256,6 +315,9 @@ impl Forwarder {
                 real
             }
         };
+        if let Some(t) = self.tap.as_mut().filter(|t| t.armed) {
+            t.note.real_addr = real.addr; // trace hook
+        }
         let mac = neigh.get(real.neigh).ok_or(DropReason::NoNeighbor)?;
         let src = *self
             .interface_macs
