@@ -118,7 +118,7 @@ fn trace_under_load_loses_no_packets() {
     let Some(ctx) = common::setup(46) else { return };
     let mut lab = lab_with_director(&ctx.prefix);
     // A low rate limit, so the worker-side limiter is exercised under load.
-    let (pid, log) = start_trace(&mut lab, &["--rate", "200"]);
+    let (pid, log) = start_trace(&mut lab, &["--rate", "20"]);
     let url = format!("http://{}/", addr::VIP);
     let script = format!(
         "seq 400 | xargs -P 8 -I{{}} curl -s -o /dev/null -w '%{{http_code}}\\n' --max-time 5 {url} | sort | uniq -c"
@@ -132,7 +132,7 @@ fn trace_under_load_loses_no_packets() {
         "every request must succeed with a trace attached"
     );
     let traced = lines.iter().filter(|l| l.contains(" w")).count();
-    assert!(traced > 100, "only {traced} trace lines");
+    assert!(traced >= 20, "only {traced} trace lines");
     assert!(
         lines.iter().any(|l| l.contains("rate limit")),
         "the rate limit should have dropped trace records (not packets):\n{}",

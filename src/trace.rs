@@ -1066,3 +1066,157 @@ pub fn read_stream(
         n += 1;
     }
 }
+
+/// The forwarding cost of a trace, in memory (no sockets): `cargo test --release --lib
+/// trace::cost -- --ignored --nocapture`. Figures are in docs/trace-and-capture.md.
+#[cfg(test)]
+mod cost {
+    use std::net::Ipv4Addr;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::datapath::counters::WorkerCounters;
+    use crate::datapath::process::Forwarder;
+    use crate::io::VNET_HDR_LEN;
+    use crate::io::ring::RxFrame;
+    use crate::model::{Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec, ServiceTable};
+    use crate::neigh::cache::NeighTable;
+    use crate::snapshot::{Placement, Snapshot};
+    use crate::wire::MacAddr;
+
+    struct Lan;
+    impl Placement for Lan {
+        fn place(&mut self, addr: Ipv4Addr) -> Option<(u16, u32)> {
+            Some((0, u32::from(addr) & 0xff))
+        }
+    }
+
+    fn frame(sport: u16, syn: bool) -> Vec<u8> {
+        let mut out = vec![0u8; VNET_HDR_LEN];
+        let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 2, 0])
+            .ipv4([172, 30, 0, 10], [10, 0, 0, 100], 64)
+            .tcp(sport, 80, 1, 65535);
+        let b = if syn { b.syn() } else { b.ack(1) };
+        b.write(&mut out, &[]).unwrap();
+        out
+    }
+
+    /// ns per packet over `rounds` passes of established-flow ACKs.
+    fn run(
+        fwd: &mut Forwarder,
+        snap: &Snapshot,
+        neigh: &NeighTable,
+        hub: Option<&TraceHub>,
+    ) -> f64 {
+        let c = WorkerCounters::new();
+        let mut frames: Vec<Vec<u8>> = (0..1024u16).map(|i| frame(10000 + i, true)).collect();
+        for f in frames.iter_mut() {
+            let n = f.len() - VNET_HDR_LEN;
+            fwd.process(
+                snap,
+                neigh,
+                &c,
+                RxFrame {
+                    buf: f,
+                    wire_len: n,
+                    status: 0,
+                    scratch: false,
+                },
+                0,
+            );
+        }
+        let mut acks: Vec<Vec<u8>> = (0..1024u16).map(|i| frame(10000 + i, false)).collect();
+        let mut sink = Vec::with_capacity(RING_RECORDS);
+        let rounds = 2000;
+        let t = Instant::now();
+        for _ in 0..rounds {
+            if let Some(tap) = fwd.tap.as_mut() {
+                tap.refresh();
+            }
+            for f in acks.iter_mut() {
+                // Undo the previous rewrite so every pass forwards the same frame.
+                f[VNET_HDR_LEN..VNET_HDR_LEN + 12]
+                    .copy_from_slice(&[2, 0, 0, 0, 2, 0, 2, 0, 0, 0, 1, 1]);
+                let n = f.len() - VNET_HDR_LEN;
+                let v = fwd.process(
+                    snap,
+                    neigh,
+                    &c,
+                    RxFrame {
+                        buf: f,
+                        wire_len: n,
+                        status: 0,
+                        scratch: false,
+                    },
+                    1,
+                );
+                std::hint::black_box(v);
+            }
+            if let Some(h) = hub {
+                sink.clear();
+                h.drain(&mut sink);
+            }
+        }
+        t.elapsed().as_nanos() as f64 / (rounds * 1024) as f64
+    }
+
+    #[test]
+    #[ignore]
+    fn forwarding_cost_with_a_trace_attached() {
+        let mut t = ServiceTable::new();
+        let key = ServiceKey {
+            proto: Protocol::Tcp,
+            vip: Ipv4Addr::new(10, 0, 0, 100),
+            port: 80,
+        };
+        t.add_service(ServiceSpec::new(key, SchedulerKind::Rr))
+            .unwrap();
+        for i in 0..2u8 {
+            t.add_real(&key, RealSpec::route(Ipv4Addr::new(10, 0, 0, 11 + i), 80))
+                .unwrap();
+        }
+        let snap = Snapshot::build(&t, 1, &mut Lan).unwrap();
+        let neigh = NeighTable::new(256);
+        neigh.set(11, Some(MacAddr([2, 0, 0, 0, 0x11, 0])));
+        neigh.set(12, Some(MacAddr([2, 0, 0, 0, 0x12, 0])));
+        let new_fwd = || {
+            Forwarder::new(
+                1 << 16,
+                false,
+                vec![MacAddr([2, 0, 0, 0, 2, 0])],
+                Arc::new(crate::conns::ConnCounts::new()),
+            )
+        };
+        let mut f0 = new_fwd();
+        let base = run(&mut f0, &snap, &neigh, None);
+        let hub = Arc::new(TraceHub::new(1));
+        let mut f1 = new_fwd();
+        f1.tap = hub.tap(0);
+        let idle = run(&mut f1, &snap, &neigh, None);
+        let hub2 = Arc::new(TraceHub::new(1));
+        let mut f2 = new_fwd();
+        f2.tap = hub2.tap(0);
+        hub2.attach(&TraceFilter {
+            rate: u32::MAX,
+            ..Default::default()
+        })
+        .unwrap();
+        let all = run(&mut f2, &snap, &neigh, Some(&hub2));
+        let hub3 = Arc::new(TraceHub::new(1));
+        let mut f3 = new_fwd();
+        f3.tap = hub3.tap(0);
+        hub3.attach(&TraceFilter {
+            client: Some(Ipv4Addr::new(192, 168, 1, 1)),
+            ..Default::default()
+        })
+        .unwrap();
+        let filtered = run(&mut f3, &snap, &neigh, Some(&hub3));
+        println!(
+            "ns/packet (established flow): no tap {base:.1}; tap, nobody attached {idle:.1}; \
+             attached, every packet recorded {all:.1}; attached, filtered out {filtered:.1}; \
+             records lost to full ring {}",
+            hub2.dropped_full.load(Ordering::Relaxed)
+        );
+    }
+}
