@@ -196,6 +196,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let templates = Arc::new(TemplateTable::new(
         cfg.flow_table.template_capacity as usize,
     ));
+    let trace = Arc::new(crate::trace::TraceHub::new(n_workers));
     let mut workers = Vec::with_capacity(n_workers);
     let mut worker_requests = Vec::with_capacity(n_workers);
     let mut ring_fds = Vec::new();
@@ -229,9 +230,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
             Arc::clone(&templates),
             cfg.flow_table.expire_quiescent_template,
         );
-        forwarder.ha = ha.as_ref().map(|h| Arc::clone(&h.hooks)); // HA (issue 8)
+        forwarder.ha = ha.as_ref().map(|h| Arc::clone(&h.hooks));
         let (requests_tx, requests) = crossbeam_channel::bounded(4);
         worker_requests.push(requests_tx);
+        forwarder.tap = trace.tap(w);
         workers.push(Worker {
             index: w,
             core: cores.get(w % cores.len().max(1)).copied(),
@@ -328,6 +330,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         ready_file: args.ready_file.clone(),
         health,
         ha,
+        trace,
+        trace_sessions: Vec::new(),
     };
     control.run();
 

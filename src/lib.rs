@@ -23,6 +23,7 @@
 //! (publication), `model` (stable real ids), `datapath::process` (what DR rewrites),
 //! `neigh::cache` (no MAC → counted drop), `io::ring` (ring ownership hand-off).
 
+pub mod capture;
 pub mod clock;
 pub mod config;
 pub mod conns;
@@ -41,5 +42,6 @@ pub mod neigh;
 pub mod sched;
 pub mod snapshot;
 pub mod sync;
+pub mod trace;
 pub mod vrrp;
 pub mod wire;

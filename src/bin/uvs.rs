@@ -66,6 +66,44 @@ enum Command {
     },
     /// Build a namespace DR lab, run the director in it, send requests, show the packet flow.
     Demo,
+    /// Build, inspect and remove namespace labs described by lab files (configs/labs/).
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+    },
+    /// Stream one line per forwarding decision (and ARP event) of the director of this network
+    /// namespace: flow, flags, scheduler and why, MAC rewrite, egress — or the drop reason.
+    Trace {
+        /// Only this service (VIP:PORT) or VIP.
+        #[arg(long, value_name = "VIP[:PORT]")]
+        service: Option<String>,
+        /// Only this client address.
+        #[arg(long, value_name = "IP")]
+        client: Option<std::net::Ipv4Addr>,
+        /// Stop after N decisions.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        count: u64,
+        /// Records per second per worker at most (default 20000).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        rate: u32,
+        /// Admin socket path (default: the abstract socket of this network namespace).
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<PathBuf>,
+    },
+    /// Record what the director received and sent (both, per interface) as pcapng.
+    Capture {
+        /// Output file (pcapng; tcpdump -r and Wireshark read it).
+        #[arg(short = 'w', value_name = "FILE")]
+        write: PathBuf,
+        /// `service VIP[:PORT]` and/or `client IP`, e.g. --filter "service 10.0.0.100:80".
+        #[arg(long, value_name = "EXPR")]
+        filter: Option<String>,
+        /// Stop after N decisions (a forwarded packet gives two frames).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        count: u64,
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<PathBuf>,
+    },
     /// Built-in HTTP responder used by labs when nginx is missing.
     #[command(hide = true)]
     LabHttp {
@@ -90,6 +128,103 @@ enum Command {
         #[arg(long)]
         file: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum LabAction {
+    /// Build the lab, start its servers and director, and leave it running.
+    Up(LabArgs),
+    /// Remove everything `lab up` recorded (processes by PID, namespaces).
+    Down(LabArgs),
+    /// Show what is up.
+    Status(LabArgs),
+    /// Run the lab file's smoke check against the running lab.
+    Check(LabArgs),
+}
+
+#[derive(clap::Args)]
+struct LabArgs {
+    /// Lab file (TOML), e.g. configs/labs/dr-router.toml.
+    file: PathBuf,
+    /// Namespace prefix instead of the file's (to run two copies).
+    #[arg(long)]
+    prefix: Option<String>,
+}
+
+fn parse_service(s: &str) -> anyhow::Result<(std::net::Ipv4Addr, Option<u16>)> {
+    match s.split_once(':') {
+        Some((a, p)) => Ok((a.parse()?, Some(p.parse()?))),
+        None => Ok((s.parse()?, None)),
+    }
+}
+
+fn parse_capture_filter(s: &str) -> anyhow::Result<uvs::trace::TraceFilter> {
+    let mut f = uvs::trace::TraceFilter::default();
+    let words: Vec<&str> = s.split_whitespace().collect();
+    let mut i = 0;
+    while i < words.len() {
+        let v = words
+            .get(i + 1)
+            .ok_or_else(|| anyhow::anyhow!("--filter: {} needs a value", words[i]))?;
+        match words[i] {
+            "service" | "vip" => {
+                let (a, p) = parse_service(v)?;
+                f.vip = Some(a);
+                f.port = p;
+            }
+            "client" | "host" => f.client = Some(v.parse()?),
+            "port" => f.port = Some(v.parse()?),
+            w => anyhow::bail!(
+                "--filter: unknown term {w:?} (service VIP[:PORT], client IP, port N)"
+            ),
+        }
+        i += 2;
+    }
+    Ok(f)
+}
+
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn stream(
+    admin_socket: Option<PathBuf>,
+    req: uvs::ctl::proto::TraceRequest,
+    sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+) -> anyhow::Result<u64> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixStream};
+    use uvs::ctl::proto::{ADMIN_SOCKET_NAME, MAX_REPLY, Reply, Request, read_frame, write_frame};
+    let mut s = match &admin_socket {
+        Some(p) => UnixStream::connect(p),
+        None => SocketAddr::from_abstract_name(ADMIN_SOCKET_NAME)
+            .and_then(|a| UnixStream::connect_addr(&a)),
+    }
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "no uvs director is running in {} ({e})",
+            uvs::ctl::backend::namespace_name()
+        )
+    })?;
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: installing an async-signal-safe handler (one atomic store).
+        unsafe {
+            libc::signal(
+                sig,
+                on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            )
+        };
+    }
+    write_frame(&mut s, &Request::Trace(req))?;
+    match read_frame::<Reply>(&mut s, MAX_REPLY)? {
+        Reply::Streaming => {}
+        Reply::Refused(r) => anyhow::bail!("{}", r.message),
+        other => anyhow::bail!("unexpected reply {other:?}"),
+    }
+    let stop = || STOP.load(std::sync::atomic::Ordering::SeqCst);
+    Ok(uvs::trace::read_stream(&mut s, &stop, sink)?)
 }
 
 fn parse_metrics(s: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
@@ -149,6 +284,83 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo => uvs::lab::demo::run(&std::env::current_exe()?),
+        Command::Lab { action } => {
+            use uvs::lab::build;
+            match action {
+                LabAction::Up(a) => {
+                    build::up(&a.file, a.prefix.as_deref(), &std::env::current_exe()?)
+                }
+                LabAction::Down(a) => build::down(&a.file, a.prefix.as_deref()),
+                LabAction::Status(a) => {
+                    if build::status(&a.file, a.prefix.as_deref())? {
+                        Ok(())
+                    } else {
+                        anyhow::bail!("lab is not (completely) up")
+                    }
+                }
+                LabAction::Check(a) => build::check(&a.file, a.prefix.as_deref()),
+            }
+        }
+        Command::Trace {
+            service,
+            client,
+            count,
+            rate,
+            admin_socket,
+        } => {
+            let mut filter = uvs::trace::TraceFilter {
+                client,
+                count,
+                rate,
+                ..Default::default()
+            };
+            if let Some(s) = service {
+                let (a, p) = parse_service(&s)?;
+                filter.vip = Some(a);
+                filter.port = p;
+            }
+            let req = uvs::ctl::proto::TraceRequest {
+                mode: uvs::trace::StreamMode::Trace,
+                filter,
+            };
+            let mut out = std::io::stdout().lock();
+            stream(admin_socket, req, &mut |b| {
+                use std::io::Write;
+                out.write_all(b)?;
+                out.flush()
+            })?;
+            Ok(())
+        }
+        Command::Capture {
+            write,
+            filter,
+            count,
+            admin_socket,
+        } => {
+            let mut f = match filter {
+                Some(s) => parse_capture_filter(&s)?,
+                None => uvs::trace::TraceFilter::default(),
+            };
+            f.count = count;
+            let req = uvs::ctl::proto::TraceRequest {
+                mode: uvs::trace::StreamMode::Capture,
+                filter: f,
+            };
+            let mut file = std::fs::File::create(&write)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", write.display()))?;
+            eprintln!("uvs capture: writing {} (Ctrl-C to stop)", write.display());
+            let n = stream(admin_socket, req, &mut |b| {
+                use std::io::Write;
+                file.write_all(b)?;
+                file.flush()
+            })?;
+            eprintln!(
+                "uvs capture: {} decisions written to {}",
+                n.saturating_sub(1),
+                write.display()
+            );
+            Ok(())
+        }
         Command::LabHttp { name, port } => uvs::lab::responder::serve_http(&name, port),
         Command::LabUdpEcho { name, port } => uvs::lab::responder::serve_udp(&name, port),
         Command::LabSendFrames { interface, file } => {

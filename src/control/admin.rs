@@ -45,6 +45,34 @@ impl Control {
             Request::Zero(key) => self.zero(key),
             Request::Health => Reply::Health(self.health_listing()),
             Request::Ha => Reply::Ha(self.ha.as_ref().map(|h| h.status()).unwrap_or_default()),
+            // Streams are started by `serve_admin` (see `start_stream`), never answered here.
+            Request::Trace(_) => refused("trace requests are streamed".into()),
+        }
+    }
+
+    /// `uvs trace` / `uvs capture`: attach a session; its own thread serves the stream.
+    pub fn start_stream(
+        &mut self,
+        req: crate::ctl::proto::TraceRequest,
+        mut stream: std::os::unix::net::UnixStream,
+    ) {
+        use crate::ctl::proto::write_frame;
+        let names: Vec<String> = self.interfaces.iter().map(|i| i.name.clone()).collect();
+        let Ok(clone) = stream.try_clone() else {
+            return;
+        };
+        if let Err(e) = write_frame(&mut stream, &Reply::Streaming) {
+            log::debug!("trace client gone: {e}");
+            return;
+        }
+        match crate::trace::start_session(&self.trace, req.mode, req.filter, clone, names) {
+            Ok(s) => self.trace_sessions.push(s),
+            Err(e) => {
+                // The client already has `Streaming`: say why in the stream, then close.
+                let msg = format!("# uvs: {e}\n");
+                let _ = std::io::Write::write_all(&mut stream, &(msg.len() as u32).to_be_bytes());
+                let _ = std::io::Write::write_all(&mut stream, msg.as_bytes());
+            }
         }
     }
 

@@ -55,6 +55,9 @@ pub struct Control {
     /// Written (with the PID) once uvs can forward: every real server's MAC is known, or
     /// [`READY_TIMEOUT`] has passed (then the unresolved ones are logged).
     pub ready_file: Option<std::path::PathBuf>,
+    /// `uvs trace` / `uvs capture`: the workers' trace rings and the attached sessions.
+    pub trace: Arc<crate::trace::TraceHub>,
+    pub trace_sessions: Vec<crate::trace::Session>,
     /// Re-reads the configuration files (SIGHUP). `None`: nothing to reload.
     pub reload: Option<Box<dyn Fn() -> anyhow::Result<crate::model::ServiceTable>>>,
     /// Health checks: reports drained each tick, applied through `publish`.
@@ -89,6 +92,7 @@ impl Control {
         let mut last_conflict = None;
         let started = Instant::now();
         let mut ready = false;
+        let mut trace_buf = Vec::new();
         while !signals::stop_requested() {
             wait_readable(&mut pollfds, TICK_MS);
             let now = clock::now_ms();
@@ -98,8 +102,14 @@ impl Control {
                 for _ in 0..256 {
                     match recv_frame(fd, &mut buf) {
                         Ok(Some(n)) => {
+                            // trace hook: ARP events for `uvs trace`
+                            let before = (!self.trace_sessions.is_empty())
+                                .then(|| self.arp_trace_before(&buf[..n]));
                             if let Some(reply) = self.arp.on_frame(i, &buf[..n], now, &self.neigh) {
                                 out.push(reply);
+                            }
+                            if let Some(b) = before {
+                                self.arp_trace_after(i, &buf[..n], b);
                             }
                         }
                         Ok(None) => break,
@@ -132,6 +142,7 @@ impl Control {
                 last_estimate += Duration::from_secs(stats::PERIOD_SECS);
             }
             self.serve_admin();
+            crate::trace::pump(&self.trace, &mut self.trace_sessions, &mut trace_buf);
             if signals::take_reload() {
                 self.reload_config();
             }
@@ -197,7 +208,14 @@ impl Control {
         // Bounded per tick so a flood of clients cannot starve ARP and the rest.
         for _ in 0..16 {
             match listener.accept() {
-                Ok((stream, _)) => crate::ctl::server::serve(stream, &mut |req| self.handle(req)),
+                Ok((stream, _)) => {
+                    let me = std::cell::RefCell::new(&mut *self);
+                    crate::ctl::server::serve_or_stream(
+                        stream,
+                        &mut |req| me.borrow_mut().handle(req),
+                        &mut |req, s| me.borrow_mut().start_stream(req, s),
+                    )
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     log::warn!("admin socket: {e}");
@@ -206,6 +224,76 @@ impl Control {
             }
         }
         self.admin = Some(listener);
+    }
+
+    /// trace hook: ARP figures before a frame is handled.
+    fn arp_trace_before(&self, frame: &[u8]) -> (u64, u64, Option<crate::wire::MacAddr>) {
+        let sender = arp_fields(frame).map(|f| f.1);
+        let known = sender.and_then(|ip| {
+            self.arp
+                .neighbors
+                .iter()
+                .find(|n| n.addr == ip)
+                .and_then(|n| n.mac)
+        });
+        (
+            self.arp.counters.requests_answered,
+            self.arp.counters.replies_learned,
+            known,
+        )
+    }
+
+    /// trace hook: an ARP event line per change the frame caused.
+    fn arp_trace_after(
+        &self,
+        iface: usize,
+        frame: &[u8],
+        before: (u64, u64, Option<crate::wire::MacAddr>),
+    ) {
+        let Some((op, sip, smac, tip)) = arp_fields(frame) else {
+            return;
+        };
+        let ifname = self.interfaces.get(iface).map_or("?", |i| i.name.as_str());
+        let t = crate::trace::clock(crate::trace::realtime_ns());
+        let ours = self
+            .interfaces
+            .get(iface)
+            .map(|i| i.mac.to_string())
+            .unwrap_or_default();
+        if self.arp.counters.requests_answered > before.0 {
+            crate::trace::arp_event(
+                &self.trace_sessions,
+                &[tip],
+                &format!(
+                    "{t} ARP who-has {tip} tell {sip} ({smac}) in {ifname}: answered {tip} is-at {ours} (the VIP is uvs's)"
+                ),
+            );
+        }
+        if self.arp.counters.replies_learned > before.1 {
+            let what = match before.2 {
+                None => "learned".to_string(),
+                Some(m) if m == smac => "refreshed".to_string(),
+                Some(m) => format!("changed (was {m})"),
+            };
+            crate::trace::arp_event(
+                &self.trace_sessions,
+                &[sip],
+                &format!("{t} ARP {sip} is-at {smac} in {ifname}: real server MAC {what}"),
+            );
+        }
+        if op == 2 || op == 1 {
+            if let Some((vip, mac)) = self.arp.last_conflict {
+                if vip == sip && mac == smac {
+                    crate::trace::arp_event(
+                        &self.trace_sessions,
+                        &[vip],
+                        &format!(
+                            "{t} ARP CONFLICT: {smac} claims VIP {vip} in {ifname} (a real server without arp_ignore=1/arp_announce=2?)"
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     fn announce_ready_when_resolved(&self, waited: Duration) -> bool {
@@ -339,4 +427,24 @@ impl Control {
         f.health = self.health_listing();
         f
     }
+}
+
+/// (op, sender IP, sender MAC, target IP) of an Ethernet/ARP IPv4 frame.
+fn arp_fields(
+    f: &[u8],
+) -> Option<(
+    u16,
+    std::net::Ipv4Addr,
+    crate::wire::MacAddr,
+    std::net::Ipv4Addr,
+)> {
+    if f.len() < 42 || f[12] != 0x08 || f[13] != 0x06 {
+        return None;
+    }
+    let op = u16::from_be_bytes([f[20], f[21]]);
+    let mut m = [0u8; 6];
+    m.copy_from_slice(&f[22..28]);
+    let sip = std::net::Ipv4Addr::new(f[28], f[29], f[30], f[31]);
+    let tip = std::net::Ipv4Addr::new(f[38], f[39], f[40], f[41]);
+    Some((op, sip, crate::wire::MacAddr(m), tip))
 }

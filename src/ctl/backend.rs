@@ -124,6 +124,11 @@ impl Backend for MemoryBackend {
                 }
                 Reply::Done
             }
+            Request::Trace(_) => Reply::Refused(Refusal {
+                message: "the in-memory director has no traffic to trace".into(),
+                change: None,
+                exit_code: super::apply::EXIT_REFUSED,
+            }),
         })
     }
 }

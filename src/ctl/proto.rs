@@ -62,6 +62,17 @@ pub enum Request {
     Health,
     /// HA (issue 8): VRRP instances and the sync daemon (`uvs status`, `-L --daemon`).
     Ha,
+    /// `uvs trace` / `uvs capture`: a stream. The daemon replies `Streaming`, then keeps
+    /// writing chunks (u32 big-endian length + bytes: text lines or pcapng blocks) until the
+    /// count is reached or the client disconnects. Needs root or CAP_NET_ADMIN.
+    Trace(TraceRequest),
+}
+
+/// What `uvs trace` / `uvs capture` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceRequest {
+    pub mode: crate::trace::StreamMode,
+    pub filter: crate::trace::TraceFilter,
 }
 
 /// Per-service or per-real counters, as `ipvsadm --stats` shows them.
@@ -162,6 +173,8 @@ pub enum Reply {
     Health(crate::health::book::HealthListing),
     /// HA (issue 8).
     Ha(crate::vrrp::control::HaStatus),
+    /// A `Trace` request was accepted: chunks follow on the same connection.
+    Streaming,
 }
 
 /// Writes one frame.

@@ -88,7 +88,19 @@ fn refused(message: impl Into<String>) -> Reply {
 
 /// Serves one connection: one request, one reply. Bad or oversize requests get an error reply;
 /// nothing the peer sends can take the daemon down.
-pub fn serve(mut stream: UnixStream, handle: &mut dyn FnMut(Request) -> Reply) {
+pub fn serve(stream: UnixStream, handle: &mut dyn FnMut(Request) -> Reply) {
+    serve_or_stream(stream, handle, &mut |_, mut s| {
+        let _ = write_frame(&mut s, &refused("this daemon does not stream"));
+    });
+}
+
+/// Like [`serve`], but an authorised streaming request (`Request::Trace`) is handed, with the
+/// connection, to `stream_to`, which replies and keeps the connection.
+pub fn serve_or_stream(
+    mut stream: UnixStream,
+    handle: &mut dyn FnMut(Request) -> Reply,
+    stream_to: &mut dyn FnMut(super::proto::TraceRequest, UnixStream),
+) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
@@ -104,7 +116,10 @@ pub fn serve(mut stream: UnixStream, handle: &mut dyn FnMut(Request) -> Reply) {
     };
     let reply = match read_frame::<Request>(&mut stream, MAX_REQUEST) {
         Ok(req) => {
-            let changes = matches!(req, Request::Apply(_) | Request::Zero(_));
+            let changes = matches!(
+                req,
+                Request::Apply(_) | Request::Zero(_) | Request::Trace(_)
+            );
             if changes && !peer.may_change {
                 log::warn!(
                     "refused a change from uid {} (pid {}): needs root or CAP_NET_ADMIN",
@@ -112,6 +127,9 @@ pub fn serve(mut stream: UnixStream, handle: &mut dyn FnMut(Request) -> Reply) {
                     peer.pid
                 );
                 refused("Permission denied (you must be root or have CAP_NET_ADMIN)")
+            } else if let Request::Trace(t) = req {
+                stream_to(t, stream);
+                return;
             } else {
                 handle(req)
             }

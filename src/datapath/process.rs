@@ -52,6 +52,8 @@ pub struct Forwarder {
     pub expire_quiescent_template: bool,
     /// VRRP standby gate, synced flows, sync records out. `None`: no HA.
     pub ha: Option<Arc<crate::sync::HaHooks>>,
+    /// `uvs trace` / `uvs capture` producer side (see `crate::trace`); `None` in tests.
+    pub tap: Option<crate::trace::Tap>,
 }
 
 /// Template slots a worker's [`Forwarder::new`] gets until the daemon hands it the shared
@@ -158,6 +160,7 @@ impl Forwarder {
             templates: Arc::new(TemplateTable::new(PRIVATE_TEMPLATES)),
             expire_quiescent_template: false,
             ha: None,
+            tap: None,
         }
     }
 
@@ -272,12 +275,63 @@ impl Forwarder {
         frame: RxFrame<'_>,
         now: u32,
     ) -> Verdict {
+        // ---- trace hook: `armed` is refreshed once per worker round (crate::trace) ----
+        if self.tap.as_ref().is_some_and(|t| t.armed) {
+            return self.process_traced(snap, neigh, counters, frame, now);
+        }
+        // ---- end trace hook ----
         match self.decide(snap, neigh, counters, frame, now) {
             Ok(egress) => Verdict::Forward { egress },
             Err(reason) => {
                 counters.count_drop(reason);
                 Verdict::Drop(reason)
             }
+        }
+    }
+
+    /// [`Forwarder::process`] with a trace attached: the same decision, plus one record.
+    #[cold]
+    #[inline(never)]
+    fn process_traced(
+        &mut self,
+        snap: &Snapshot,
+        neigh: &NeighTable,
+        counters: &WorkerCounters,
+        frame: RxFrame<'_>,
+        now: u32,
+    ) -> Verdict {
+        let RxFrame {
+            buf,
+            wire_len,
+            status,
+            scratch,
+        } = frame;
+        let eth = buf.get(VNET_HDR_LEN..).unwrap_or(&[]);
+        let rx = crate::trace::rx_header(eth);
+        if let Some(t) = self.tap.as_mut() {
+            t.note = crate::trace::Note::default();
+        }
+        let again = RxFrame {
+            buf: &mut *buf,
+            wire_len,
+            status,
+            scratch,
+        };
+        let result = self.decide(snap, neigh, counters, again, now);
+        if let Err(reason) = result {
+            counters.count_drop(reason);
+        }
+        if let Some(t) = self.tap.as_mut() {
+            t.record(
+                buf.get(VNET_HDR_LEN..).unwrap_or(&[]),
+                wire_len,
+                &rx,
+                result,
+            );
+        }
+        match result {
+            Ok(egress) => Verdict::Forward { egress },
+            Err(reason) => Verdict::Drop(reason),
         }
     }
 
@@ -364,6 +418,13 @@ impl Forwarder {
                     None => self.schedule(snap, svc, &p.key, !ops, now)?,
                 };
                 let prior = adopted.map_or(TcpState::None, |(_, s)| s);
+                if let Some(t) = self.tap.as_mut().filter(|t| t.armed) {
+                    // trace hook: what the scheduler compared, before this flow is bound.
+                    t.note.new_flow = true;
+                    if let Some(i) = svc.reals.iter().position(|r| r.id == real.id) {
+                        t.note.why = crate::trace::explain(svc, &self.conns, i);
+                    }
+                }
                 let (state, timeout) = if is_tcp {
                     let s = next_state(prior, p.tcp_flags);
                     (s, snap.timeouts.tcp(s))
@@ -413,6 +474,9 @@ impl Forwarder {
                 real
             }
         };
+        if let Some(t) = self.tap.as_mut().filter(|t| t.armed) {
+            t.note.real_addr = real.addr; // trace hook
+        }
         let mac = neigh.get(real.neigh).ok_or(DropReason::NoNeighbor)?;
         let src = *self
             .interface_macs

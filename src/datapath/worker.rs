@@ -92,7 +92,13 @@ impl Worker {
             let now = clock::now_ms();
             let snap = self.snapshot.load();
             let mut batches = 0u64;
-            for port in self.rx.iter_mut() {
+            if let Some(t) = self.forwarder.tap.as_mut() {
+                t.refresh(); // trace hook: one relaxed load per round
+            }
+            for (port_no, port) in self.rx.iter_mut().enumerate() {
+                if let Some(t) = self.forwarder.tap.as_mut() {
+                    t.ingress = port_no as u16; // trace hook
+                }
                 // Bounded so one busy interface cannot starve shutdown or the others.
                 for _ in 0..64 {
                     let Some(mut batch) = port.ring.next_batch() else {

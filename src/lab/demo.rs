@@ -3,7 +3,6 @@
 //! end, on error, and on Ctrl-C / SIGTERM.
 
 use std::fmt::Write as _;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -11,6 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use super::build::{start_director, start_http_servers};
+use super::spec::{DR_ROUTER, LabSpec};
 use super::{Lab, LabOptions, addr, build_dr_lab};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -49,8 +50,9 @@ pub fn run(uvs_exe: &Path) -> Result<()> {
     install_signal_handlers()?;
     let prefix = format!("uvsdemo{}-", std::process::id() % 10000);
     println!("building the DR lab (namespaces {prefix}*) ...");
+    let spec = LabSpec::parse(DR_ROUTER)?;
     let mut lab = build_dr_lab(&prefix, &LabOptions::default())?;
-    let result = run_in(&mut lab, uvs_exe);
+    let result = run_in(&mut lab, &spec, uvs_exe);
     if result.is_err() && !INTERRUPTED.load(Ordering::SeqCst) {
         // A failed demo is worth debugging: keep the logs and captures (path printed).
         lab.keep_dir(true);
@@ -59,14 +61,12 @@ pub fn run(uvs_exe: &Path) -> Result<()> {
     result
 }
 
-fn run_in(lab: &mut Lab, uvs_exe: &Path) -> Result<()> {
+fn run_in(lab: &mut Lab, spec: &LabSpec, uvs_exe: &Path) -> Result<()> {
     println!("{}", diagram(lab)?);
     check_interrupted()?;
 
-    for rs in ["rs1", "rs2"] {
-        lab.start_http(rs, rs, true, uvs_exe)?;
-        check_interrupted()?;
-    }
+    start_http_servers(lab, spec, uvs_exe)?;
+    check_interrupted()?;
     println!("web servers answering on rs1 and rs2");
 
     let captures = [
@@ -83,37 +83,14 @@ fn run_in(lab: &mut Lab, uvs_exe: &Path) -> Result<()> {
         check_interrupted()?;
     }
 
-    let rules = lab.dir().join("rules");
     let vip = addr::VIP;
-    fs::write(
-        &rules,
-        format!(
-            "-A -t {vip}:80 -s rr\n\
-             -a -t {vip}:80 -r {}:80 -g -w 1\n\
-             -a -t {vip}:80 -r {}:80 -g -w 1\n",
-            addr::RS1,
-            addr::RS2
-        ),
-    )
-    .with_context(|| format!("writing {}", rules.display()))?;
-    let rules_s = rules
-        .to_str()
-        .context("lab directory path is not UTF-8")?
-        .to_string();
+    let rules = lab.dir().join("rules");
+    println!(
+        "starting the director: uvs run --interface eth0 --rules {} --metrics off",
+        rules.display()
+    );
+    let (_, _) = start_director(lab, spec, uvs_exe)?;
     let log = lab.dir().join("director.log");
-    println!("starting the director: uvs run --interface eth0 --rules {rules_s} --metrics off");
-    lab.start_director(
-        uvs_exe,
-        &[
-            "--interface",
-            "eth0",
-            "--rules",
-            &rules_s,
-            "--metrics",
-            "off",
-        ],
-        &log,
-    )?;
     check_interrupted()?;
 
     let url = format!("http://{vip}/");

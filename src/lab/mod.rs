@@ -8,9 +8,11 @@
 //! them. Processes are started in their own session (`setsid`) and killed only by the PID (and
 //! process group) recorded at spawn time.
 
+pub mod build;
 pub mod demo;
 pub mod inject;
 pub mod responder;
+pub mod spec;
 mod topology;
 
 pub use topology::{build_dr_lab, build_two_arm_lab};
@@ -118,6 +120,8 @@ pub enum Topology {
     Dr,
     /// client → director → rs1, rs1 answering straight back (the kernel IPVS DR selftest).
     TwoArm,
+    /// Built from a lab file (see [`spec`]).
+    File,
 }
 
 /// One interface of a lab host, as built.
@@ -138,18 +142,35 @@ pub struct Lab {
     /// Background processes we started, by PID. Keeping the `Child` means the PID cannot be
     /// recycled before we reap it, so signalling it (and its process group) stays safe.
     children: HashMap<u32, Child>,
+    /// What each child runs ("rs1: nginx"), for `uvs lab status`.
+    what: HashMap<u32, String>,
     ifaces: Vec<Iface>,
     dir: PathBuf,
     keep_dir: bool,
     torn_down: bool,
+    /// `uvs lab up`: namespaces and processes are recorded here as they are made, so
+    /// `uvs lab down` can remove them even after a crash.
+    state_file: Option<PathBuf>,
+    name: String,
 }
 
 impl Lab {
     /// An empty lab; the builders fill it in. Creating the scratch directory first means a
     /// failure later still has a `Lab` whose `Drop` cleans up whatever was made.
     fn new(prefix: &str, topology: Topology) -> Result<Self> {
-        validate_prefix(prefix)?;
         let dir = std::env::temp_dir().join(format!("{prefix}lab"));
+        Self::new_in(prefix, topology, dir, None)
+    }
+
+    /// An empty lab with its scratch directory at `dir` (replaced if it exists). With
+    /// `state_file`, every namespace and process is recorded there as soon as it exists.
+    pub(crate) fn new_in(
+        prefix: &str,
+        topology: Topology,
+        dir: PathBuf,
+        state_file: Option<PathBuf>,
+    ) -> Result<Self> {
+        validate_prefix(prefix)?;
         if dir.exists() {
             // Same prefix ⇒ same (dead) owner: the prefix embeds the creator's PID.
             fs::remove_dir_all(&dir)
@@ -161,11 +182,51 @@ impl Lab {
             topology,
             namespaces: Vec::new(),
             children: HashMap::new(),
+            what: HashMap::new(),
             ifaces: Vec::new(),
             dir,
             keep_dir: std::env::var_os("UVS_LAB_KEEP").is_some(),
             torn_down: false,
+            state_file,
+            name: prefix.trim_end_matches(['-', '_']).to_string(),
         })
+    }
+
+    pub(crate) fn set_name(&mut self, name: &str) {
+        self.name = name.to_string();
+    }
+
+    /// Writes the state file (if any): what `uvs lab down` will remove.
+    fn save_state(&self) {
+        let Some(p) = &self.state_file else { return };
+        let st = build::LabState {
+            name: self.name.clone(),
+            prefix: self.prefix.clone(),
+            dir: self.dir.clone(),
+            namespaces: self.namespaces.clone(),
+            processes: self
+                .children
+                .keys()
+                .map(|pid| build::ProcState {
+                    pid: *pid,
+                    start_time: build::proc_start_time(*pid).unwrap_or(0),
+                    what: self.what.get(pid).cloned().unwrap_or_default(),
+                })
+                .collect(),
+        };
+        if let Err(e) = st.save(p) {
+            log::warn!("lab: writing {}: {e:#}", p.display());
+        }
+    }
+
+    /// Leaves everything running (for `uvs lab up`): the state file keeps the record, and
+    /// dropping the lab no longer tears it down.
+    pub fn detach(mut self) {
+        self.save_state();
+        self.torn_down = true;
+        // Dropping a `Child` neither waits for nor kills it.
+        self.children.clear();
+        self.namespaces.clear();
     }
 
     pub fn prefix(&self) -> &str {
@@ -288,6 +349,13 @@ impl Lab {
         let pid = child.id();
         log::debug!("lab: spawned pid {pid} in {}: {args:?}", self.ns(host));
         self.children.insert(pid, child);
+        let prog = args[0].rsplit('/').next().unwrap_or(args[0]);
+        let what = match args.get(1) {
+            Some(a) if !a.starts_with('-') && prog == "uvs" => format!("{host}: uvs {a}"),
+            _ => format!("{host}: {prog}"),
+        };
+        self.what.insert(pid, what);
+        self.save_state();
         Ok(pid)
     }
 
@@ -304,6 +372,8 @@ impl Lab {
     pub fn kill(&mut self, pid: u32) {
         if let Some(child) = self.children.remove(&pid) {
             stop_child(child);
+            self.what.remove(&pid);
+            self.save_state();
         }
     }
 
@@ -332,6 +402,9 @@ impl Lab {
                 Ok(s) => log::warn!("lab: ip netns del {ns}: {s}"),
                 Err(e) => log::warn!("lab: ip netns del {ns}: {e}"),
             }
+        }
+        if let Some(p) = &self.state_file {
+            let _ = fs::remove_file(p);
         }
         if self.keep_dir {
             eprintln!("lab: kept {}", self.dir.display());
@@ -509,13 +582,24 @@ http {{
     /// Starts `uvs run --ready-file <dir>/ready <args...>` in the director's namespace and
     /// waits (up to 10 s) for the ready file. Fails with the log's tail if it exits first.
     pub fn start_director(&mut self, uvs_exe: &Path, args: &[&str], log: &Path) -> Result<u32> {
+        self.start_director_in("dir", uvs_exe, args, log)
+    }
+
+    /// [`Lab::start_director`] in namespace `host`.
+    pub fn start_director_in(
+        &mut self,
+        host: &str,
+        uvs_exe: &Path,
+        args: &[&str],
+        log: &Path,
+    ) -> Result<u32> {
         let ready = self.dir.join("ready");
         let _ = fs::remove_file(&ready);
         let exe = path_str(uvs_exe)?;
         let ready_s = path_str(&ready)?;
         let mut full = vec![exe, "run", "--ready-file", ready_s];
         full.extend_from_slice(args);
-        let pid = self.spawn("dir", &full, log)?;
+        let pid = self.spawn(host, &full, log)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if ready.exists() {
@@ -643,6 +727,7 @@ http {{
         }
         run_ok(Command::new("ip").args(["netns", "add", &ns]))?;
         self.namespaces.push(ns);
+        self.save_state();
         self.ip(host, &["link", "set", "lo", "up"])?;
         // Before any veth arrives, so `default` covers the new interfaces too.
         self.sysctl(
@@ -724,7 +809,7 @@ impl Drop for Lab {
     }
 }
 
-fn validate_prefix(prefix: &str) -> Result<()> {
+pub(crate) fn validate_prefix(prefix: &str) -> Result<()> {
     if prefix.is_empty()
         || prefix.len() > 20
         || !prefix

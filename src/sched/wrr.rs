@@ -47,6 +47,11 @@ impl WeightedRoundRobin {
         }
     }
 
+    /// The current weight `cw` after the last pick (for `uvs trace`'s explanation).
+    pub fn current_weight(&self) -> i64 {
+        unpack(self.state.load(Ordering::Relaxed)).1
+    }
+
     fn step(
         &self,
         pos: u32,

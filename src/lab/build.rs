@@ -1,0 +1,485 @@
+//! Builds a lab from a [`LabSpec`], and `uvs lab up | down | status | check`.
+//!
+//! `lab up` builds the topology, starts the HTTP servers and the director, and returns,
+//! leaving everything running. What it made is recorded as it is made in
+//! `/run/uvs-lab/<prefix>/state.json` (namespaces; processes with PID and kernel start time),
+//! so `lab down` removes exactly that, also after `lab up` crashed half-way. `lab down` signals
+//! only recorded PIDs whose start time still matches (a recycled PID is left alone) and deletes
+//! only recorded namespaces.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::addr::mac;
+use super::spec::{HttpKind, LabSpec};
+use super::{Iface, Lab, LabOptions, Topology, fmt_mac};
+
+/// Where `uvs lab up` keeps its state and scratch files.
+pub const STATE_ROOT: &str = "/run/uvs-lab";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcState {
+    pub pid: u32,
+    /// `/proc/PID/stat` field 22 at spawn (clock ticks since boot): guards against PID reuse.
+    pub start_time: u64,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    pub name: String,
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub namespaces: Vec<String>,
+    pub processes: Vec<ProcState>,
+}
+
+impl LabState {
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    pub fn load(path: &Path) -> Result<LabState> {
+        let b = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&b).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+/// Start time of a process (field 22 of /proc/PID/stat), `None` if it does not exist.
+pub fn proc_start_time(pid: u32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    let rest = &s[s.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn alive(p: &ProcState) -> bool {
+    proc_start_time(p.pid).is_some_and(|t| t == p.start_time)
+}
+
+/// Builds the namespaces, links, addresses, routes and DR real-server settings of `spec`
+/// (no processes). `prefix` overrides the file's.
+pub fn build_topology(spec: &LabSpec, prefix: Option<&str>, opts: &LabOptions) -> Result<Lab> {
+    let prefix = prefix.unwrap_or(&spec.prefix);
+    let lab = Lab::new(prefix, Topology::File)?;
+    populate(lab, spec, opts)
+}
+
+pub(crate) fn populate(mut lab: Lab, spec: &LabSpec, opts: &LabOptions) -> Result<Lab> {
+    lab.set_name(&spec.name);
+    let has_switch = !spec.bridges.is_empty();
+    for h in &spec.hosts {
+        lab.add_ns(&h.name)?;
+    }
+    if has_switch {
+        lab.add_ns("sw")?;
+        // Bridge netfilter off, so malformed frames reach the director instead of being
+        // dropped at the bridge.
+        lab.sysctl(
+            "sw",
+            &[
+                ("net.bridge.bridge-nf-call-iptables", "0"),
+                ("net.bridge.bridge-nf-call-ip6tables", "0"),
+                ("net.bridge.bridge-nf-call-arptables", "0"),
+            ],
+            true,
+        )?;
+    }
+    for (bi, b) in spec.bridges.iter().enumerate() {
+        let m = mac(super::addr::HOST_SW + bi as u8, 0);
+        lab.ip(
+            "sw",
+            &[
+                "link",
+                "add",
+                &b.name,
+                "address",
+                &fmt_mac(m),
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+                "forward_delay",
+                "0",
+                "nf_call_iptables",
+                "0",
+                "nf_call_ip6tables",
+                "0",
+                "nf_call_arptables",
+                "0",
+            ],
+        )?;
+        lab.ifaces.push(Iface {
+            host: "sw".into(),
+            name: b.name.clone(),
+            mac: m,
+        });
+        lab.ip("sw", &["link", "set", &b.name, "up"])?;
+    }
+
+    // Links: bridge ports in declaration order (port MAC 02:..:f0:<n>), veth pairs once.
+    let mut port_no = 0u8;
+    let mut made: Vec<(String, String)> = Vec::new();
+    for h in &spec.hosts {
+        let hid = spec.host_id(&h.name);
+        let bridge_ports = h.interfaces.iter().filter(|i| i.bridge.is_some()).count();
+        for (ifno, i) in h.interfaces.iter().enumerate() {
+            let m = mac(hid, ifno as u8);
+            if let Some(b) = &i.bridge {
+                port_no += 1;
+                let bi = spec.bridges.iter().position(|x| &x.name == b).unwrap_or(0);
+                let port = if bridge_ports == 1 {
+                    h.name.clone()
+                } else {
+                    format!("{}-{}", h.name, i.name)
+                };
+                let port: String = port.chars().take(15).collect();
+                let pm = mac(super::addr::HOST_SW + bi as u8, port_no);
+                lab.veth(&h.name, &i.name, m, "sw", &port, pm)?;
+                lab.ip("sw", &["link", "set", &port, "master", b, "up"])?;
+                continue;
+            }
+            if made.contains(&(h.name.clone(), i.name.clone())) {
+                continue;
+            }
+            // The other end: named by `peer`, or the interface whose `peer` names this one.
+            let (ph, pi) = match &i.peer {
+                Some(p) => {
+                    let (a, b) = p.split_once(':').context("peer")?;
+                    (a.to_string(), b.to_string())
+                }
+                None => spec
+                    .hosts
+                    .iter()
+                    .find_map(|o| {
+                        o.interfaces
+                            .iter()
+                            .find(|oi| {
+                                oi.peer.as_deref() == Some(&format!("{}:{}", h.name, i.name))
+                            })
+                            .map(|oi| (o.name.clone(), oi.name.clone()))
+                    })
+                    .context("unlinked interface")?,
+            };
+            let po = spec
+                .host(&ph)
+                .and_then(|o| o.interfaces.iter().position(|x| x.name == pi))
+                .context("peer interface")?;
+            let pm = mac(spec.host_id(&ph), po as u8);
+            lab.veth(&h.name, &i.name, m, &ph, &pi, pm)?;
+            made.push((ph, pi));
+        }
+    }
+
+    // Real servers: ARP sysctls before any address exists, or the RS answers ARP for the VIP
+    // in between.
+    for h in spec.hosts.iter().filter(|h| !h.vips.is_empty()) {
+        let mut kv: Vec<(String, String)> = vec![
+            ("net.ipv4.conf.all.arp_ignore".into(), "1".into()),
+            ("net.ipv4.conf.all.arp_announce".into(), "2".into()),
+        ];
+        for i in &h.interfaces {
+            kv.push((format!("net.ipv4.conf.{}.arp_ignore", i.name), "1".into()));
+            kv.push((format!("net.ipv4.conf.{}.arp_announce", i.name), "2".into()));
+        }
+        let kv: Vec<(&str, &str)> = kv.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        lab.sysctl(&h.name, &kv, false)?;
+    }
+    for h in &spec.hosts {
+        for i in &h.interfaces {
+            match &i.addr {
+                Some(a) => lab.addr_up(&h.name, &i.name, a)?,
+                None => lab.ip(&h.name, &["link", "set", &i.name, "up"])?,
+            }
+        }
+    }
+    let director = spec.director.as_ref().map(|d| d.host.as_str());
+    for h in &spec.hosts {
+        if h.forward {
+            lab.sysctl(&h.name, &[("net.ipv4.ip_forward", "1")], false)?;
+        } else if Some(h.name.as_str()) == director {
+            // Explicit, so a distro default cannot turn the director into a kernel router.
+            lab.sysctl(&h.name, &[("net.ipv4.ip_forward", "0")], false)?;
+        }
+    }
+    for h in &spec.hosts {
+        if let Some(gw) = h.gateway {
+            lab.ip(
+                &h.name,
+                &["route", "add", "default", "via", &gw.to_string()],
+            )?;
+        }
+    }
+    for h in &spec.hosts {
+        for v in &h.vips {
+            lab.ip(&h.name, &["addr", "add", &format!("{v}/32"), "dev", "lo"])?;
+        }
+    }
+    if !opts.offloads {
+        lab.disable_offloads()?;
+    }
+    Ok(lab)
+}
+
+/// Starts the HTTP servers of `spec` (each answering its body, by default the host name).
+pub fn start_http_servers(lab: &mut Lab, spec: &LabSpec, uvs_exe: &Path) -> Result<()> {
+    for h in &spec.hosts {
+        let Some(kind) = h.http else { continue };
+        let body = h.http_body.clone().unwrap_or_else(|| h.name.clone());
+        lab.start_http(&h.name, &body, kind == HttpKind::Nginx, uvs_exe)
+            .with_context(|| format!("HTTP server on {}", h.name))?;
+    }
+    Ok(())
+}
+
+/// Writes the director's rules into the lab directory and starts it; returns its PID and the
+/// command line (for display).
+pub fn start_director(lab: &mut Lab, spec: &LabSpec, uvs_exe: &Path) -> Result<(u32, String)> {
+    let d = spec
+        .director
+        .as_ref()
+        .context("the lab file has no [director]")?;
+    let mut args: Vec<String> = d.args.clone();
+    if let Some(rules) = &d.rules {
+        let file = lab.dir().join("rules");
+        fs::write(&file, rules).with_context(|| format!("writing {}", file.display()))?;
+        let f = super::path_str(&file)?.to_string();
+        args = [vec!["--rules".to_string(), f], args].concat();
+    }
+    let shown = format!("uvs run {}", args.join(" "));
+    let log = lab.dir().join("director.log");
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pid = lab.start_director_in(&d.host, uvs_exe, &a, &log)?;
+    Ok((pid, shown))
+}
+
+/// Runs the lab file's smoke check: `requests` sequential GETs, every body among `expect`,
+/// every `expect` seen. Returns the bodies.
+pub fn smoke(lab: &Lab, spec: &LabSpec) -> Result<Vec<String>> {
+    let s = spec.smoke.as_ref().context("the lab file has no [smoke]")?;
+    let mut got = Vec::new();
+    for _ in 0..s.requests {
+        let body = lab.curl(&s.from, &s.url, &[])?;
+        got.push(body.trim().to_string());
+    }
+    check_bodies(&got, &s.expect)?;
+    Ok(got)
+}
+
+fn check_bodies(got: &[String], expect: &[String]) -> Result<()> {
+    if let Some(b) = got.iter().find(|b| !expect.contains(b)) {
+        bail!("unexpected answer {b:?} (expected one of {expect:?}); all: {got:?}");
+    }
+    if let Some(e) = expect.iter().find(|e| !got.contains(e)) {
+        bail!("{e} never answered; answers: {got:?}");
+    }
+    Ok(())
+}
+
+fn state_dir(prefix: &str) -> PathBuf {
+    Path::new(STATE_ROOT).join(prefix.trim_end_matches(['-', '_']))
+}
+
+/// `uvs lab up FILE`: build, start servers and director, record, return.
+pub fn up(file: &Path, prefix: Option<&str>, uvs_exe: &Path) -> Result<()> {
+    let spec = LabSpec::load(file)?;
+    let prefix = prefix.unwrap_or(&spec.prefix).to_string();
+    let dir = state_dir(&prefix);
+    let state = dir.join("state.json");
+    if state.exists() {
+        bail!(
+            "lab {} (prefix {prefix}) is already up ({}): `uvs lab down {}` first",
+            spec.name,
+            state.display(),
+            file.display()
+        );
+    }
+    fs::create_dir_all(STATE_ROOT).with_context(|| format!("creating {STATE_ROOT}"))?;
+    let mut lab = Lab::new_in(&prefix, Topology::File, dir.clone(), Some(state.clone()))?;
+    lab.keep_dir(false);
+    lab.save_state();
+    let result = (|| -> Result<Lab> {
+        let mut lab = populate(lab, &spec, &LabOptions::default())?;
+        start_http_servers(&mut lab, &spec, uvs_exe)?;
+        if spec.director.is_some() {
+            let (pid, shown) = start_director(&mut lab, &spec, uvs_exe)?;
+            println!("director: {shown} (pid {pid})");
+        }
+        Ok(lab)
+    })();
+    // `populate` consumed the lab: on error it was dropped (torn down) already.
+    let lab = result?;
+    println!(
+        "lab {} is up: namespaces {}",
+        spec.name,
+        lab.namespaces().join(" ")
+    );
+    println!(
+        "  state {}; logs in {}\n  try: ip netns exec {prefix}dir uvsadm -Ln\n       ip netns exec {prefix}dir uvs trace\n  remove: uvs lab down {}",
+        state.display(),
+        dir.display(),
+        file.display()
+    );
+    lab.detach();
+    Ok(())
+}
+
+/// `uvs lab down FILE`: remove what `lab up` recorded.
+pub fn down(file: &Path, prefix: Option<&str>) -> Result<()> {
+    let spec = LabSpec::load(file)?;
+    let prefix = prefix.unwrap_or(&spec.prefix).to_string();
+    let dir = state_dir(&prefix);
+    let state_path = dir.join("state.json");
+    if !state_path.exists() {
+        println!("lab {} (prefix {prefix}) is not up", spec.name);
+        return Ok(());
+    }
+    let st = LabState::load(&state_path)?;
+    teardown_recorded(&st);
+    if st.dir == dir {
+        let _ = fs::remove_dir_all(&dir);
+    } else {
+        let _ = fs::remove_file(&state_path);
+    }
+    println!("lab {} is down", spec.name);
+    Ok(())
+}
+
+/// Kills recorded processes (SIGTERM to their group, SIGKILL after 2 s) whose start time
+/// matches, then deletes the recorded namespaces.
+pub fn teardown_recorded(st: &LabState) {
+    let live: Vec<&ProcState> = st.processes.iter().filter(|p| alive(p)).collect();
+    for p in &live {
+        signal(p.pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline && live.iter().any(|p| alive(p)) {
+        thread::sleep(Duration::from_millis(20));
+    }
+    for p in &live {
+        // The group id is the recorded PID (setsid); only while that process is still the
+        // one we started, or its group may be someone else's.
+        if alive(p) {
+            signal(p.pid, libc::SIGKILL);
+        }
+    }
+    for ns in st.namespaces.iter().rev() {
+        if !ns.starts_with(&st.prefix) {
+            continue;
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", ns])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    if p <= 1 {
+        return;
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions; `p` is a recorded PID whose start
+    // time was just checked, and the group leader (setsid) is that process.
+    unsafe {
+        libc::kill(-p, sig);
+        libc::kill(p, sig);
+    }
+}
+
+/// `uvs lab status FILE`.
+pub fn status(file: &Path, prefix: Option<&str>) -> Result<bool> {
+    let spec = LabSpec::load(file)?;
+    let prefix = prefix.unwrap_or(&spec.prefix).to_string();
+    let state_path = state_dir(&prefix).join("state.json");
+    if !state_path.exists() {
+        println!("lab {} (prefix {prefix}): down", spec.name);
+        return Ok(false);
+    }
+    let st = LabState::load(&state_path)?;
+    let mut all = true;
+    println!(
+        "lab {} (prefix {prefix}): up, state {}",
+        st.name,
+        state_path.display()
+    );
+    for ns in &st.namespaces {
+        let ok = Path::new("/run/netns").join(ns).exists();
+        all &= ok;
+        println!(
+            "  netns   {ns:<24} {}",
+            if ok { "present" } else { "MISSING" }
+        );
+    }
+    for p in &st.processes {
+        let ok = alive(p);
+        all &= ok;
+        println!(
+            "  process {:<24} pid {:<8} {}",
+            p.what,
+            p.pid,
+            if ok { "running" } else { "EXITED" }
+        );
+    }
+    Ok(all)
+}
+
+/// `uvs lab check FILE`: the smoke check against a lab that is up.
+pub fn check(file: &Path, prefix: Option<&str>) -> Result<()> {
+    let spec = LabSpec::load(file)?;
+    let prefix = prefix.unwrap_or(&spec.prefix).to_string();
+    let s = spec.smoke.as_ref().context("the lab file has no [smoke]")?;
+    let ns = format!("{prefix}{}", s.from);
+    let mut got = Vec::new();
+    for i in 1..=s.requests {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns, "curl", "-sS", "--noproxy", "*"])
+            .args(["--max-time", "5", &s.url])
+            .stdin(Stdio::null())
+            .output()
+            .context("running curl")?;
+        if !out.status.success() {
+            bail!(
+                "request {i} to {} failed: {}",
+                s.url,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        println!("request {i} -> {body}");
+        got.push(body);
+    }
+    check_bodies(&got, &s.expect)?;
+    println!("smoke check passed: every expected server answered");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_self_and_of_nobody() {
+        assert!(proc_start_time(std::process::id()).is_some());
+        assert!(proc_start_time(u32::MAX - 1).is_none());
+    }
+
+    #[test]
+    fn bodies_must_cover_expect() {
+        let e = vec!["rs1".to_string(), "rs2".to_string()];
+        assert!(check_bodies(&["rs1".into(), "rs2".into()], &e).is_ok());
+        assert!(check_bodies(&["rs1".into(), "rs1".into()], &e).is_err());
+        assert!(check_bodies(&["rs1".into(), "x".into(), "rs2".into()], &e).is_err());
+    }
+}

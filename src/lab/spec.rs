@@ -1,0 +1,367 @@
+//! Lab files: a namespace topology in a small TOML file (see docs/testing-with-labs.md for the
+//! format, configs/labs/ for examples).
+//!
+//! ```toml
+//! name = "dr-router"
+//! prefix = "uvl-drr-"                  # namespace prefix: <prefix><host>
+//!
+//! [[bridge]]                           # a switch; all bridges live in namespace <prefix>sw
+//! name = "br0"
+//!
+//! [[host]]
+//! name = "client"
+//! gateway = "172.30.0.1"
+//! interfaces = [{ name = "eth0", peer = "router:eth0", addr = "172.30.0.10/24" }]
+//!
+//! [[host]]
+//! name = "rs1"
+//! vips = ["10.0.0.100"]                # a DR real server: arp_ignore/announce, VIP on lo
+//! http = "nginx"                       # or "builtin"; answers "<host>\n"
+//! gateway = "10.0.0.1"
+//! interfaces = [{ name = "eth0", bridge = "br0", addr = "10.0.0.11/24" }]
+//!
+//! [director]
+//! host = "dir"
+//! args = ["--interface", "eth0", "--metrics", "off"]
+//! rules = """
+//! -A -t 10.0.0.100:80 -s rr
+//! -a -t 10.0.0.100:80 -r 10.0.0.11:80 -g -w 1
+//! """
+//!
+//! [smoke]
+//! from = "client"
+//! url = "http://10.0.0.100/"
+//! expect = ["rs1", "rs2"]
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabSpec {
+    pub name: String,
+    /// Namespace prefix; every namespace is `<prefix><host>`, the switch `<prefix>sw`.
+    pub prefix: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, rename = "bridge")]
+    pub bridges: Vec<BridgeSpec>,
+    #[serde(rename = "host")]
+    pub hosts: Vec<HostSpec>,
+    pub director: Option<DirectorSpec>,
+    pub smoke: Option<SmokeSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeSpec {
+    /// Device name of the bridge in the switch namespace.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpKind {
+    /// nginx if installed, else the built-in responder.
+    Nginx,
+    /// `uvs lab-http`.
+    Builtin,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    pub name: String,
+    /// Host number used in MACs `02:00:00:00:<id>:<ifno>` (default: the DR lab's numbers for
+    /// its host names, else 0x20 + position).
+    pub id: Option<u8>,
+    pub gateway: Option<Ipv4Addr>,
+    /// `ip_forward=1` (a router).
+    #[serde(default)]
+    pub forward: bool,
+    /// VIPs this host serves as a DR real server: arp_ignore=1, arp_announce=2 (before any
+    /// address exists), then each VIP/32 on lo.
+    #[serde(default)]
+    pub vips: Vec<Ipv4Addr>,
+    /// Start an HTTP server on port 80 answering the body `http_body` (default: host name).
+    pub http: Option<HttpKind>,
+    pub http_body: Option<String>,
+    #[serde(default)]
+    pub interfaces: Vec<IfaceSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IfaceSpec {
+    pub name: String,
+    /// `a.b.c.d/len`.
+    pub addr: Option<String>,
+    /// Port of this bridge (a veth whose other end, named after the host, is in the switch).
+    pub bridge: Option<String>,
+    /// Other end of a veth pair, `host:ifname` (declare it on either side, or both).
+    pub peer: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorSpec {
+    pub host: String,
+    /// Arguments after `uvs run` (the lab adds `--ready-file`, and `--rules` if `rules`).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// ipvsadm-save rules, written to the lab directory and passed as `--rules`.
+    pub rules: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmokeSpec {
+    /// Host the requests are sent from.
+    pub from: String,
+    pub url: String,
+    /// Every body that must be seen (trimmed), and the only ones accepted.
+    pub expect: Vec<String>,
+    #[serde(default = "default_requests")]
+    pub requests: usize,
+}
+
+fn default_requests() -> usize {
+    6
+}
+
+/// Private (RFC 1918) or loopback-free link-local test ranges only: labs must never use
+/// addresses that could be someone's.
+pub fn is_private(a: Ipv4Addr) -> bool {
+    a.is_private()
+}
+
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
+    let (a, l) = s
+        .split_once('/')
+        .with_context(|| format!("address {s:?} must be a.b.c.d/len"))?;
+    let a: Ipv4Addr = a.parse().with_context(|| format!("address {s:?}"))?;
+    let l: u8 = l
+        .parse()
+        .with_context(|| format!("prefix length in {s:?}"))?;
+    if l > 32 {
+        bail!("prefix length in {s:?} exceeds 32");
+    }
+    Ok((a, l))
+}
+
+impl LabSpec {
+    pub fn parse(text: &str) -> Result<LabSpec> {
+        let spec: LabSpec = toml::from_str(text).context("lab file")?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn load(path: &Path) -> Result<LabSpec> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        LabSpec::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn host(&self, name: &str) -> Option<&HostSpec> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// Host number for MACs.
+    pub fn host_id(&self, name: &str) -> u8 {
+        let (i, h) = self
+            .hosts
+            .iter()
+            .enumerate()
+            .find(|(_, h)| h.name == name)
+            .expect("validated host");
+        h.id.or_else(|| super::addr::host_no(name))
+            .unwrap_or(0x20 + i as u8)
+    }
+
+    fn validate(&self) -> Result<()> {
+        super::validate_prefix(&self.prefix)?;
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!("lab name {:?} must be [A-Za-z0-9_-]+", self.name);
+        }
+        let mut names = HashSet::new();
+        for h in &self.hosts {
+            if h.name == "sw" && !self.bridges.is_empty() {
+                bail!("host name \"sw\" is taken by the switch namespace");
+            }
+            if h.name.is_empty()
+                || h.name.len() > 15
+                || !h.name.chars().all(|c| c.is_ascii_alphanumeric())
+            {
+                bail!("host name {:?} must be 1-15 chars of [A-Za-z0-9]", h.name);
+            }
+            if !names.insert(h.name.as_str()) {
+                bail!("host {} declared twice", h.name);
+            }
+        }
+        let bridges: HashSet<&str> = self.bridges.iter().map(|b| b.name.as_str()).collect();
+        let mut ifaces: HashMap<(String, String), Option<String>> = HashMap::new();
+        for h in &self.hosts {
+            for i in &h.interfaces {
+                if i.name.is_empty() || i.name.len() > 15 || i.name == "lo" {
+                    bail!("{}: bad interface name {:?}", h.name, i.name);
+                }
+                if ifaces
+                    .insert((h.name.clone(), i.name.clone()), i.peer.clone())
+                    .is_some()
+                {
+                    bail!("{}: interface {} declared twice", h.name, i.name);
+                }
+                if let Some(a) = &i.addr {
+                    let (ip, _) =
+                        parse_cidr(a).with_context(|| format!("{}:{}", h.name, i.name))?;
+                    if !is_private(ip) {
+                        bail!(
+                            "{}:{}: {ip} is not a private address (labs use 10/8, 172.16/12, 192.168/16 only)",
+                            h.name,
+                            i.name
+                        );
+                    }
+                }
+                match (&i.bridge, &i.peer) {
+                    (Some(_), Some(_)) => {
+                        bail!("{}:{}: both bridge and peer", h.name, i.name)
+                    }
+                    (Some(b), None) if !bridges.contains(b.as_str()) => {
+                        bail!("{}:{}: no bridge {b}", h.name, i.name)
+                    }
+                    _ => {}
+                }
+            }
+            for v in h.vips.iter().chain(h.gateway.iter()) {
+                if !is_private(*v) {
+                    bail!("{}: {v} is not a private address", h.name);
+                }
+            }
+        }
+        // Every interface is linked exactly once: a bridge port, or one end of a pair.
+        for h in &self.hosts {
+            for i in &h.interfaces {
+                if i.bridge.is_some() {
+                    continue;
+                }
+                let back = self.hosts.iter().flat_map(|o| {
+                    o.interfaces
+                        .iter()
+                        .filter(|oi| oi.peer.as_deref() == Some(&format!("{}:{}", h.name, i.name)))
+                        .map(move |oi| (o.name.clone(), oi.name.clone()))
+                });
+                let back: Vec<(String, String)> = back.collect();
+                match &i.peer {
+                    Some(p) => {
+                        let (ph, pi) = p.split_once(':').with_context(|| {
+                            format!("{}:{}: peer must be host:if", h.name, i.name)
+                        })?;
+                        match ifaces.get(&(ph.to_string(), pi.to_string())) {
+                            None => bail!("{}:{}: peer {p} is not declared", h.name, i.name),
+                            Some(Some(pp)) if *pp != format!("{}:{}", h.name, i.name) => {
+                                bail!("{}:{}: peer {p} points elsewhere ({pp})", h.name, i.name)
+                            }
+                            _ => {}
+                        }
+                    }
+                    None if back.len() == 1 => {}
+                    None => bail!(
+                        "{}:{}: not linked (give it a bridge or a peer)",
+                        h.name,
+                        i.name
+                    ),
+                }
+            }
+            if h.http.is_none() && h.http_body.is_some() {
+                bail!("{}: http_body without http", h.name);
+            }
+        }
+        if let Some(d) = &self.director {
+            if self.host(&d.host).is_none() {
+                bail!("director host {} is not declared", d.host);
+            }
+            if d.args.iter().any(|a| a == "--ready-file") {
+                bail!("director args: --ready-file is added by the lab");
+            }
+        }
+        if let Some(s) = &self.smoke {
+            if self.host(&s.from).is_none() {
+                bail!("smoke.from host {} is not declared", s.from);
+            }
+            if s.expect.is_empty() || s.requests == 0 {
+                bail!("smoke needs expect bodies and requests > 0");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The DR lab (client → router → bridge with director, rs1, rs2), which `uvs demo` and the
+/// tests build: configs/labs/dr-router.toml, compiled in.
+pub const DR_ROUTER: &str = include_str!("../../configs/labs/dr-router.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::addr;
+
+    #[test]
+    fn every_shipped_lab_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/labs");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                let s = LabSpec::load(&p).unwrap_or_else(|e| panic!("{e:#}"));
+                assert!(s.smoke.is_some(), "{} has no smoke check", p.display());
+                n += 1;
+            }
+        }
+        assert!(n >= 3);
+    }
+
+    #[test]
+    fn embedded_dr_lab_matches_the_addr_constants() {
+        let s = LabSpec::parse(DR_ROUTER).unwrap();
+        let a = |h: &str| {
+            s.host(h).unwrap().interfaces[0]
+                .addr
+                .as_deref()
+                .map(|x| parse_cidr(x).unwrap().0)
+                .unwrap()
+        };
+        assert_eq!(a("client"), addr::CLIENT);
+        assert_eq!(a("router"), addr::ROUTER_CLIENT);
+        assert_eq!(a("dir"), addr::DIRECTOR);
+        assert_eq!(a("rs1"), addr::RS1);
+        assert_eq!(a("rs2"), addr::RS2);
+        assert_eq!(s.host("rs1").unwrap().vips, [addr::VIP]);
+        assert_eq!(s.host_id("rs2"), addr::HOST_RS2);
+    }
+
+    #[test]
+    fn refuses_public_addresses_and_dangling_links() {
+        let base = "name='x'\nprefix='x-'\n";
+        let e = LabSpec::parse(&format!(
+            "{base}[[host]]\nname='a'\ninterfaces=[{{name='eth0',peer='b:eth0',addr='8.8.8.8/24'}}]\n\
+             [[host]]\nname='b'\ninterfaces=[{{name='eth0'}}]\n"
+        ))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("not a private address"), "{e:#}");
+        let e = LabSpec::parse(&format!(
+            "{base}[[host]]\nname='a'\ninterfaces=[{{name='eth0'}}]\n"
+        ))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("not linked"), "{e:#}");
+    }
+}
