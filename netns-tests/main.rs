@@ -11,4 +11,5 @@ mod demo;
 mod dr_basic;
 mod malformed;
 mod offloads;
+mod refusals;
 mod two_arm;

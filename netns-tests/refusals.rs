@@ -1,0 +1,97 @@
+//! `uvs run` refuses clearly, and starts nothing, when it lacks privileges, an interface is
+//! missing, the rules are bad, or another uvs already serves the namespace.
+
+use std::process::Command;
+
+use uvs::lab::{LabOptions, build_dr_lab};
+
+use crate::common;
+
+/// Runs `uvs run ARGS` in the lab's director namespace (optionally as `nobody`) and returns
+/// (exit success, stderr).
+fn run_in_dir(lab: &uvs::lab::Lab, as_nobody: bool, args: &[&str]) -> (bool, String) {
+    let exe = common::uvs_exe();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.ns("dir")]);
+    if as_nobody {
+        cmd.args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ]);
+    }
+    cmd.arg(&exe).arg("run").args(args);
+    let out = cmd.output().unwrap_or_else(|e| panic!("running uvs: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn refusals_name_the_problem_and_start_nothing() {
+    let Some(ctx) = common::setup(30) else { return };
+    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
+        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
+    let rules = lab.dir().join("refusal.rules");
+    std::fs::write(&rules, common::dr_rules('t', 80)).expect("rules");
+    // The rules file must be readable by nobody for the privilege check to be the first error.
+    let _ = std::fs::set_permissions(
+        lab.dir(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    );
+    let r = common::path_str(&rules);
+
+    let (ok, err) = run_in_dir(
+        &lab,
+        true,
+        &["--rules", r, "--interface", "eth0", "--metrics", "off"],
+    );
+    assert!(!ok);
+    assert!(err.contains("needs root"), "{err}");
+
+    let (ok, err) = run_in_dir(
+        &lab,
+        false,
+        &["--rules", r, "--interface", "eth9", "--metrics", "off"],
+    );
+    assert!(!ok);
+    assert!(err.contains("interface eth9 does not exist"), "{err}");
+
+    std::fs::write(
+        &rules,
+        "-A -t 10.0.0.100:80 -s rr\n-a -t 10.0.0.100:80 -r 10.0.0.11 -w 70000\n",
+    )
+    .expect("rules");
+    let (ok, err) = run_in_dir(
+        &lab,
+        false,
+        &["--rules", r, "--interface", "eth0", "--metrics", "off"],
+    );
+    assert!(!ok);
+    assert!(err.contains(":2:"), "the error names the line: {err}");
+
+    std::fs::write(&rules, common::dr_rules('t', 80)).expect("rules");
+    common::start_director(
+        &mut lab,
+        &common::dr_rules('t', 80),
+        &["--interface", "eth0"],
+    );
+    let (ok, err) = run_in_dir(
+        &lab,
+        false,
+        &["--rules", r, "--interface", "eth0", "--metrics", "off"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("another uvs is already running in this network namespace"),
+        "{err}"
+    );
+    // None of the refused starts touched the running director's nftables table.
+    let tables = lab
+        .exec_ok("dir", &["nft", "list", "tables"])
+        .unwrap_or_default();
+    assert!(tables.contains("netdev uvs"), "{tables}");
+}
