@@ -28,6 +28,8 @@ use std::os::unix::net::UnixListener;
 
 /// How often the control loop runs its timers when nothing arrives.
 const TICK_MS: i32 = 20;
+/// Time the admin socket may take per control-loop pass before the loop gets back to ARP.
+const ADMIN_BUDGET: Duration = Duration::from_millis(100);
 /// Ring statistics are read this often (each read resets the kernel's counters).
 const RING_STATS_EVERY: Duration = Duration::from_secs(1);
 
@@ -174,8 +176,13 @@ impl Control {
         let Some(listener) = self.admin.take() else {
             return;
         };
-        // Bounded per tick so a flood of clients cannot starve ARP and the rest.
+        // Bounded per tick, in count and in time, so a flood of clients (or slow ones, each
+        // held up to the server's deadlines) cannot starve ARP and the rest.
+        let started = Instant::now();
         for _ in 0..16 {
+            if started.elapsed() >= ADMIN_BUDGET {
+                break;
+            }
             match listener.accept() {
                 Ok((stream, _)) => crate::ctl::server::serve(stream, &mut |req| self.handle(req)),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,

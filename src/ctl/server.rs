@@ -5,12 +5,12 @@
 //! changing anything requires root or CAP_NET_ADMIN in the peer's effective set. Reading
 //! (`-L`) is allowed to anyone: it changes nothing and teaching labs run it unprivileged.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::apply::EXIT_REFUSED;
 use super::proto::{
@@ -86,23 +86,74 @@ fn refused(message: impl Into<String>) -> Reply {
     })
 }
 
+/// Longest time a peer gets to deliver its whole request. The control thread serves the admin
+/// socket between ARP and metrics work, so this bounds how long one client can hold it; a real
+/// client writes its request at once (an 8 MB `-R` crosses a Unix socket in milliseconds).
+pub const REQUEST_DEADLINE: Duration = Duration::from_millis(500);
+/// Longest time a peer gets to take its whole reply.
+pub const REPLY_DEADLINE: Duration = Duration::from_secs(2);
+
+/// A stream whose reads or writes must all finish before one deadline. A per-call socket
+/// timeout alone lets a peer that trickles one byte per timeout hold the reader forever.
+struct Deadline<'a> {
+    stream: &'a UnixStream,
+    until: Instant,
+}
+
+impl Deadline<'_> {
+    fn remaining(&self) -> io::Result<Duration> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer was too slow (deadline passed)",
+            ));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.remaining()?))?;
+        (&mut &*self.stream).read(buf)
+    }
+}
+
+impl Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.remaining()?))?;
+        (&mut &*self.stream).write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Serves one connection: one request, one reply. Bad or oversize requests get an error reply;
-/// nothing the peer sends can take the daemon down.
-pub fn serve(mut stream: UnixStream, handle: &mut dyn FnMut(Request) -> Reply) {
+/// nothing the peer sends can take the daemon down, and no peer holds it longer than
+/// [`REQUEST_DEADLINE`] + [`REPLY_DEADLINE`].
+pub fn serve(stream: UnixStream, handle: &mut dyn FnMut(Request) -> Reply) {
     let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+    let mut reader = Deadline {
+        stream: &stream,
+        until: Instant::now() + REQUEST_DEADLINE,
+    };
+    let writer = |reply: &Reply| {
+        let mut w = Deadline {
+            stream: &stream,
+            until: Instant::now() + REPLY_DEADLINE,
+        };
+        let _ = write_frame(&mut w, reply);
+    };
     let peer = match peer_of(&stream) {
         Ok(p) => p,
         Err(e) => {
-            let _ = write_frame(
-                &mut stream,
-                &refused(format!("cannot read peer credentials: {e}")),
-            );
+            writer(&refused(format!("cannot read peer credentials: {e}")));
             return;
         }
     };
-    let reply = match read_frame::<Request>(&mut stream, MAX_REQUEST) {
+    let reply = match read_frame::<Request>(&mut reader, MAX_REQUEST) {
         Ok(req) => {
             let changes = matches!(req, Request::Apply(_) | Request::Zero(_));
             if changes && !peer.may_change {
@@ -119,6 +170,44 @@ pub fn serve(mut stream: UnixStream, handle: &mut dyn FnMut(Request) -> Reply) {
         Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return,
         Err(e) => refused(format!("bad request: {e}")),
     };
-    let _ = write_frame(&mut stream, &reply);
-    let _ = stream.flush();
+    writer(&reply);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ctl::proto::MAX_REPLY;
+
+    #[test]
+    fn a_peer_trickling_its_request_is_cut_off_at_the_deadline() {
+        let (daemon, mut client) = UnixStream::pair().unwrap();
+        let trickle = std::thread::spawn(move || {
+            // A 4-byte length claiming 100 bytes, then one byte every 100 ms: each read
+            // returns well within any per-call timeout.
+            let _ = client.write_all(&100u32.to_be_bytes());
+            for _ in 0..40 {
+                if client.write_all(b" ").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            read_frame::<Reply>(&mut client, MAX_REPLY)
+        });
+        let t0 = Instant::now();
+        let mut called = false;
+        serve(daemon, &mut |_| {
+            called = true;
+            Reply::Done
+        });
+        let took = t0.elapsed();
+        assert!(!called);
+        assert!(
+            took < REQUEST_DEADLINE + Duration::from_millis(300),
+            "held for {took:?}"
+        );
+        match trickle.join().unwrap() {
+            Ok(Reply::Refused(r)) => assert!(r.message.contains("bad request"), "{r:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }
