@@ -28,8 +28,6 @@ use std::os::unix::net::UnixListener;
 
 /// How often the control loop runs its timers when nothing arrives.
 const TICK_MS: i32 = 20;
-/// Time the admin socket may take per control-loop pass before the loop gets back to ARP.
-const ADMIN_BUDGET: Duration = Duration::from_millis(100);
 /// Ring statistics are read this often (each read resets the kernel's counters).
 const RING_STATS_EVERY: Duration = Duration::from_secs(1);
 
@@ -51,6 +49,8 @@ pub struct Control {
     pub kernel_filter: Option<KernelFilter>,
     pub stats: StatsKeeper,
     pub admin: Option<UnixListener>,
+    /// Admin connections whose requests are still arriving.
+    pub admin_conns: crate::ctl::server::AdminConns,
     pub metrics: Option<Endpoint>,
     /// Written (with the PID) once uvs can forward: every real server's MAC is known, or
     /// [`READY_TIMEOUT`] has passed (then the unresolved ones are logged).
@@ -176,22 +176,9 @@ impl Control {
         let Some(listener) = self.admin.take() else {
             return;
         };
-        // Bounded per tick, in count and in time, so a flood of clients (or slow ones, each
-        // held up to the server's deadlines) cannot starve ARP and the rest.
-        let started = Instant::now();
-        for _ in 0..16 {
-            if started.elapsed() >= ADMIN_BUDGET {
-                break;
-            }
-            match listener.accept() {
-                Ok((stream, _)) => crate::ctl::server::serve(stream, &mut |req| self.handle(req)),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    log::warn!("admin socket: {e}");
-                    break;
-                }
-            }
-        }
+        let mut conns = std::mem::take(&mut self.admin_conns);
+        conns.poll(&listener, &mut |req| self.handle(req));
+        self.admin_conns = conns;
         self.admin = Some(listener);
     }
 
