@@ -8,6 +8,7 @@
 mod admin;
 mod common;
 mod demo;
+mod doctor;
 mod dr_basic;
 mod hostile;
 mod malformed;

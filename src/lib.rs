@@ -30,6 +30,7 @@ pub mod control;
 pub mod ctl;
 pub mod daemon;
 pub mod datapath;
+pub mod doctor;
 pub mod interfaces;
 pub mod io;
 pub mod kernel_filter;
