@@ -14,4 +14,5 @@ mod hostile;
 mod malformed;
 mod offloads;
 mod refusals;
+mod soak;
 mod two_arm;
