@@ -89,7 +89,7 @@ fn main() {
         let mut spec = ServiceSpec::new(key, SchedulerKind::Wrr);
         spec.persistence_timeout = Some(300);
         let req = Request::Apply(vec![
-            Change::AddService(spec.clone()),
+            Change::AddService(spec),
             Change::AddReal(key, RealSpec::route(Ipv4Addr::new(10, 0, 0, 11), 80)),
             Change::EditService(spec),
             Change::DeleteReal(key, Ipv4Addr::new(10, 0, 0, 11), 0),
