@@ -559,7 +559,9 @@ fn delta(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> BTreeMap<Strin
 }
 
 /// Frames the kernel dropped between the sender and the director's packet sockets: the
-/// per-CPU backlog (softnet_stat, global) and the interfaces' rx/tx drop counters.
+/// per-CPU backlog (softnet_stat, global to the host) and the drop counters of the veths on
+/// the way. Not the director's own `rx_dropped`: the kernel counts there the frames it
+/// discards *after* the packet taps (unknown ethertypes), which uvs has already seen.
 fn kernel_path_drops(lab: &Lab) -> u64 {
     let softnet: u64 = std::fs::read_to_string("/proc/net/softnet_stat")
         .unwrap_or_default()
@@ -580,10 +582,10 @@ fn kernel_path_drops(lab: &Lab) -> u64 {
         .unwrap_or(0)
     };
     softnet
-        + link("dir", "eth0", "rx_dropped")
         + link("router", "eth1", "tx_dropped")
         + link("sw", "dir", "tx_dropped")
         + link("sw", "router", "rx_dropped")
+        + link("sw", "br0", "tx_dropped")
 }
 
 fn show(text: &str, prefixes: &[&str]) -> String {
