@@ -8,14 +8,17 @@
 mod admin;
 mod common;
 mod demo;
+mod doctor;
 mod dr_basic;
 mod ha;
 mod health;
+mod hostile;
 mod labs;
 mod malformed;
 mod offloads;
 mod refusals;
 mod schedulers;
+mod soak;
 mod trace;
 mod two_arm;
 mod uvsadm;

@@ -322,6 +322,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         kernel_filter,
         stats: StatsKeeper::default(),
         admin: Some(admin),
+        admin_conns: Default::default(),
         reload: {
             let args = args.clone();
             Some(Box::new(move || Ok(load_config(&args)?.services)))

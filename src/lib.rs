@@ -31,6 +31,7 @@ pub mod control;
 pub mod ctl;
 pub mod daemon;
 pub mod datapath;
+pub mod doctor;
 pub mod health;
 pub mod interfaces;
 pub mod io;

@@ -101,6 +101,24 @@ enum Command {
         /// Stop after N decisions (a forwarded packet gives two frames).
         #[arg(long, value_name = "N", default_value_t = 0)]
         count: u64,
+        /// Admin socket path (default: the abstract socket of this network namespace).
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<PathBuf>,
+    },
+    /// Check the director's setup and probe the LAN: who answers ARP for a VIP, which real
+    /// servers are reachable and answer on the VIP. Exits 1 when it finds a problem.
+    Doctor {
+        /// Interface to probe (repeatable). Default: the configuration's, else every up
+        /// non-loopback IPv4 interface.
+        #[arg(long = "interface", short = 'i', value_name = "IF")]
+        interfaces: Vec<String>,
+        /// TOML configuration to check (default: the running uvs's services).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// ipvsadm-save style rules to check (default: the running uvs's services).
+        #[arg(long, value_name = "FILE")]
+        rules: Option<PathBuf>,
+        /// Admin socket of the running uvs (default: the abstract one of this namespace).
         #[arg(long, value_name = "PATH")]
         admin_socket: Option<PathBuf>,
     },
@@ -361,6 +379,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Doctor {
+            interfaces,
+            config,
+            rules,
+            admin_socket,
+        } => uvs::doctor::run(&uvs::doctor::DoctorArgs {
+            interfaces,
+            config,
+            rules,
+            admin_socket,
+        }),
         Command::LabHttp { name, port } => uvs::lab::responder::serve_http(&name, port),
         Command::LabUdpEcho { name, port } => uvs::lab::responder::serve_udp(&name, port),
         Command::LabSendFrames { interface, file } => {

@@ -51,6 +51,8 @@ pub struct Control {
     pub kernel_filter: Option<KernelFilter>,
     pub stats: StatsKeeper,
     pub admin: Option<UnixListener>,
+    /// Admin connections whose requests are still arriving.
+    pub admin_conns: crate::ctl::server::AdminConns,
     pub metrics: Option<Endpoint>,
     /// Written (with the PID) once uvs can forward: every real server's MAC is known, or
     /// [`READY_TIMEOUT`] has passed (then the unresolved ones are logged).
@@ -205,24 +207,16 @@ impl Control {
         let Some(listener) = self.admin.take() else {
             return;
         };
-        // Bounded per tick so a flood of clients cannot starve ARP and the rest.
-        for _ in 0..16 {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    let me = std::cell::RefCell::new(&mut *self);
-                    crate::ctl::server::serve_or_stream(
-                        stream,
-                        &mut |req| me.borrow_mut().handle(req),
-                        &mut |req, s| me.borrow_mut().start_stream(req, s),
-                    )
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    log::warn!("admin socket: {e}");
-                    break;
-                }
-            }
+        let mut conns = std::mem::take(&mut self.admin_conns);
+        {
+            let me = std::cell::RefCell::new(&mut *self);
+            conns.poll(
+                &listener,
+                &mut |req| me.borrow_mut().handle(req),
+                &mut |req, s| me.borrow_mut().start_stream(req, s),
+            );
         }
+        self.admin_conns = conns;
         self.admin = Some(listener);
     }
 

@@ -8,8 +8,10 @@
 //! configured capacity should be at least twice the flows a worker is expected to hold.
 //!
 //! Table full: an insert that finds no free slot within its probe window of
-//! [`PROBE_WINDOW`] slots replaces the entry in that window that expires soonest (an expired
-//! one first), and counts an eviction. Memory never grows and no insert ever fails.
+//! [`PROBE_WINDOW`] slots replaces an entry of that window: an expired one first, then the
+//! not-established TCP entry that expires soonest (SYN_RECV, closing states), and only then
+//! the established (or UDP) flow that expires soonest; a live victim counts as an eviction.
+//! Memory never grows and no insert ever fails.
 //!
 //! Expiry is incremental: [`FlowTable::expire_some`] examines a bounded number of slots per
 //! call, so no call ever pauses for the whole table. Lookups treat an expired entry as absent,
@@ -221,7 +223,7 @@ impl FlowTable {
         let tmpl = template.map_or(0, |t| t + 1);
         let home = key.hash() as usize & self.mask;
         let mut victim = home;
-        let mut victim_expires_in = i64::MAX;
+        let mut victim_rank = (u8::MAX, i64::MAX);
         for i in 0..PROBE_WINDOW {
             let idx = (home + i) & self.mask;
             let s = self.slots[idx];
@@ -234,15 +236,15 @@ impl FlowTable {
                 self.slots[idx] = slot(key, real, state, expires, tmpl);
                 return overwritten(&s, false);
             }
-            let left = i64::from(s.expires.wrapping_sub(now) as i32);
-            if left < victim_expires_in {
-                victim_expires_in = left;
+            let rank = eviction_rank(&s, now);
+            if rank < victim_rank {
+                victim_rank = rank;
                 victim = idx;
             }
         }
         let old = self.slots[victim];
         self.slots[victim] = slot(key, real, state, expires, tmpl);
-        let evicted = victim_expires_in > 0;
+        let evicted = victim_rank.1 > 0;
         if evicted {
             self.evictions += 1;
         }
@@ -341,6 +343,25 @@ fn advise_huge_pages<T>(slots: &[T]) {
     unsafe {
         libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
     }
+}
+
+/// Eviction order, lowest first: expired entries; then TCP entries that are not established
+/// (SYN_RECV and the closing states — what a SYN flood of random sources fills a table with);
+/// then established TCP and UDP flows. Within a class, the entry that expires soonest.
+///
+/// Ranking by expiry alone would sacrifice established flows whenever their timeout is the
+/// shorter one (`--set 30 …` makes ESTABLISHED 30 s against SYN_RECV's 60 s), so a SYN flood
+/// would evict a legitimate client's keep-alive connection before the flood's own entries.
+fn eviction_rank(s: &Slot, now: u32) -> (u8, i64) {
+    let left = i64::from(s.expires.wrapping_sub(now) as i32);
+    let class = if left <= 0 {
+        0
+    } else if s.proto == 6 && TcpState::from_u8(s.state) != TcpState::Established {
+        1
+    } else {
+        2
+    };
+    (class, left)
 }
 
 /// An entry that an insert replaced.
@@ -460,6 +481,33 @@ mod tests {
         // The newest flow is always findable right after its insert.
         t.insert(&key(5000), rid(2), TcpState::SynRecv, 5000, 0, None);
         assert_eq!(t.lookup(&key(5000), 1).unwrap().1.real, rid(2));
+    }
+
+    #[test]
+    fn a_syn_flood_evicts_embryonic_flows_before_established_ones() {
+        let mut t = FlowTable::new(64);
+        // Established flows with a short timeout (`--set 10 …`), shorter than SYN_RECV's.
+        for i in 0..16 {
+            t.insert(&key(i), rid(1), TcpState::Established, 10_000, 0, None);
+        }
+        // A flood of SYNs from random sources, each SYN_RECV for 60 s, far beyond capacity.
+        for i in 0..5000u32 {
+            let k = FlowKey {
+                saddr: 0xc633_0000 ^ i.wrapping_mul(0x9e37_79b9),
+                daddr: 0x0a00_0064,
+                sport: (i % 50_000) as u16 + 1,
+                dport: 80,
+                proto: 6,
+            };
+            t.insert(&k, rid(2), TcpState::SynRecv, 1000 + 60_000, 1000, None);
+        }
+        assert!(t.evictions > 4000, "{}", t.evictions);
+        for i in 0..16 {
+            assert!(
+                t.lookup(&key(i), 1000).is_some(),
+                "established flow {i} survived the flood"
+            );
+        }
     }
 
     #[test]

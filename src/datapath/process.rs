@@ -74,8 +74,11 @@ fn parse(frame: &[u8], status: u32) -> Result<Parsed, DropReason> {
     if frame.len() < ETH_HDR_LEN {
         return Err(DropReason::Truncated);
     }
-    if ethernet::ethertype(frame) != ETHERTYPE_IPV4 {
-        return Err(DropReason::NotIpv4);
+    match ethernet::ethertype(frame) {
+        ETHERTYPE_IPV4 => {}
+        // A tag still in the bytes (the NIC or veth did not strip it into metadata).
+        0x8100 | 0x88a8 | 0x9100 => return Err(DropReason::VlanTagged),
+        _ => return Err(DropReason::NotIpv4),
     }
     if ethernet::src(frame).is_group() {
         return Err(DropReason::BadSource);

@@ -113,6 +113,19 @@ pub fn drop_all() -> Vec<Insn> {
     vec![stmt(BPF_RET | BPF_K, DROP)]
 }
 
+/// A filter for `uvs doctor`'s probe socket: ARP and IPv4, not for other hosts.
+pub fn probe_filter() -> Vec<Insn> {
+    vec![
+        stmt(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_PKTTYPE),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, PACKET_OTHERHOST, 3, 0),
+        stmt(BPF_LD | BPF_H | BPF_ABS, 12),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 0x0806, 2, 0),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 0x0800, 1, 0),
+        stmt(BPF_RET | BPF_K, DROP),
+        stmt(BPF_RET | BPF_K, ACCEPT),
+    ]
+}
+
 /// A filter for the control thread's ARP socket: ARP only, not for other hosts.
 pub fn arp_filter() -> Vec<Insn> {
     vec![
@@ -256,5 +269,19 @@ mod tests {
             interpret(&p, &ipv4_to(Ipv4Addr::new(1, 2, 3, 4)), HOST, false),
             DROP
         );
+    }
+
+    #[test]
+    fn probe_filter_accepts_arp_and_ipv4_for_us() {
+        let p = probe_filter();
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        let ip = ipv4_to(Ipv4Addr::new(1, 2, 3, 4));
+        assert_eq!(interpret(&p, &arp, HOST, false), ACCEPT);
+        assert_eq!(interpret(&p, &ip, HOST, false), ACCEPT);
+        assert_eq!(interpret(&p, &ip, PACKET_OTHERHOST, false), DROP);
+        let mut v6 = ip.clone();
+        v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        assert_eq!(interpret(&p, &v6, HOST, false), DROP);
     }
 }

@@ -208,6 +208,25 @@ pub fn open_arp(interface: &str, ifindex: u32) -> Result<OwnedFd, IoError> {
     Ok(fd)
 }
 
+/// Opens a probe socket for `uvs doctor`: receives every frame other hosts send on the
+/// interface (ARP and IPv4 only, not the director's own transmissions) and sends raw frames.
+pub fn open_probe(interface: &str, ifindex: u32) -> Result<OwnedFd, IoError> {
+    let fd = new_packet_socket(interface)?;
+    let raw = fd.as_raw_fd();
+    let one: libc::c_int = 1;
+    attach_filter(raw, &super::filter::probe_filter(), interface)?;
+    set_opt(
+        raw,
+        libc::SOL_PACKET,
+        libc::PACKET_IGNORE_OUTGOING,
+        &one,
+        "PACKET_IGNORE_OUTGOING",
+        interface,
+    )?;
+    bind(raw, ifindex, ETH_P_ALL, interface)?;
+    Ok(fd)
+}
+
 /// Receive-ring counters since the previous call (the kernel resets them on every read, so
 /// exactly one reader — the control thread — may call this).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -455,11 +455,24 @@ fn malformed_frames_are_counted_by_reason() {
         r.feed(&mut b, 2000, 0),
         Verdict::Drop(DropReason::RingTruncated)
     );
-    let mut b = good;
+    let mut b = good.clone();
     assert_eq!(
         r.feed(&mut b, 60, STATUS_VLAN_VALID),
         Verdict::Drop(DropReason::VlanTagged)
     );
+    // 802.1Q and 802.1ad tags left in the bytes count as VLAN-tagged too, not as odd ethertypes.
+    for tpid in [0x8100u16, 0x88a8] {
+        let mut b = good[..VNET_HDR_LEN + 12].to_vec();
+        b.extend_from_slice(&tpid.to_be_bytes());
+        b.extend_from_slice(&[0, 10]);
+        b.extend_from_slice(&good[VNET_HDR_LEN + 12..]);
+        let wire = b.len() - VNET_HDR_LEN;
+        assert_eq!(
+            r.feed(&mut b, wire, 0),
+            Verdict::Drop(DropReason::VlanTagged),
+            "tpid {tpid:#x}"
+        );
+    }
 }
 
 proptest::proptest! {
