@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of uvs on a fresh Debian machine of this kind (as root): installs what the
 # tests need, checks formatting and lints, runs the unit tests, the network-namespace
-# integration tests (netns-tests/, which fail rather than skip under CI=true), and the
-# in-memory datapath benchmark as a smoke run.
+# integration tests (netns-tests/, which fail rather than skip under CI=true), a short
+# fuzz run of every cargo-fuzz target, and the in-memory datapath benchmark as a smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh
@@ -10,6 +10,7 @@ rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup compon
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --lib --bins --test uvsadm_golden
+./scripts/fuzz.sh --smoke
 CI="${CI:-}" cargo test --test netns -- --test-threads=2
 cargo bench --bench datapath
 echo "all tests passed"
