@@ -9,6 +9,7 @@ mod admin;
 mod common;
 mod demo;
 mod dr_basic;
+mod fwmark;
 mod ha;
 mod health;
 mod labs;
