@@ -49,6 +49,7 @@ fn main() {
         proto: Protocol::Tcp,
         vip: Ipv4Addr::new(10, 0, 0, 100),
         port: 80,
+        fwmark: 0,
     };
     let _ = t.add_service(ServiceSpec::new(key, SchedulerKind::Wrr));
     for i in 0..8u8 {

@@ -20,6 +20,7 @@ fn vip80() -> ServiceKey {
         proto: Protocol::Tcp,
         vip: addr::VIP,
         port: 80,
+        fwmark: 0,
     }
 }
 

@@ -10,6 +10,7 @@ mod common;
 mod demo;
 mod doctor;
 mod dr_basic;
+mod fwmark;
 mod ha;
 mod health;
 mod hostile;

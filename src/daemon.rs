@@ -159,7 +159,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let admin = crate::ctl::server::bind(args.admin_socket.as_deref())
         .map_err(|e| anyhow::anyhow!("cannot open the admin socket: {e}"))?;
     let vips = snapshot.vips();
-    let service_keys: Vec<_> = published.services().iter().map(|s| s.key).collect();
+    // The expanded (protocol, VIP, port) keys, mark rules included.
+    let service_keys = snapshot.forwarded_keys();
 
     signals::install();
     let metrics = match cfg.metrics {

@@ -148,11 +148,13 @@ mod tests {
                     proto: Protocol::Tcp,
                     vip,
                     port: 80,
+                    fwmark: 0,
                 },
                 ServiceKey {
                     proto: Protocol::Udp,
                     vip,
                     port: 53,
+                    fwmark: 0,
                 },
             ],
         );

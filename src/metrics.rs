@@ -48,6 +48,8 @@ pub struct Backend {
     pub remote_address: String,
     pub remote_port: u16,
     pub proto: &'static str,
+    /// A fwmark service's mark (node_exporter's `local_mark`; its address is then empty).
+    pub local_mark: Option<u32>,
     pub active: u64,
     pub inactive: u64,
     pub weight: u32,
@@ -90,7 +92,10 @@ pub fn render(f: &Figures) -> String {
                 ("remote_address", b.remote_address.clone()),
                 ("remote_port", b.remote_port.to_string()),
                 ("proto", b.proto.to_string()),
-                ("local_mark", String::new()),
+                (
+                    "local_mark",
+                    b.local_mark.map_or_else(String::new, |m| m.to_string()),
+                ),
             ];
             gauge!("node_ipvs_backend_connections_active", &labels).set(b.active as f64);
             gauge!("node_ipvs_backend_connections_inactive", &labels).set(b.inactive as f64);
@@ -217,6 +222,7 @@ mod tests {
                 remote_address: "10.0.0.11".into(),
                 remote_port: 80,
                 proto: "TCP",
+                local_mark: None,
                 active: 2,
                 inactive: 3,
                 weight: 1,

@@ -47,7 +47,12 @@ impl Protocol {
     }
 }
 
-/// A virtual service: protocol, VIP and port.
+/// A virtual service: protocol, VIP and port (`-t`/`-u`), or a firewall mark (`-f`).
+///
+/// `fwmark == 0` is an address service. A nonzero `fwmark` is a fwmark service: its
+/// `proto`/`vip`/`port` are the placeholders of [`ServiceKey::fwmark`] (TCP, 0.0.0.0, 0), so two
+/// keys of the same mark are always equal. Which packets carry the mark is decided by the
+/// table's [`MarkRule`]s (uvs's stand-in for `iptables … -j MARK --set-mark N`).
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
@@ -55,16 +60,91 @@ pub struct ServiceKey {
     pub proto: Protocol,
     pub vip: Ipv4Addr,
     pub port: u16,
+    /// 0 = address service; otherwise the mark of a fwmark service.
+    #[serde(default)]
+    pub fwmark: u32,
+}
+
+impl ServiceKey {
+    /// An address service (`-t`/`-u VIP:PORT`).
+    pub const fn addr(proto: Protocol, vip: Ipv4Addr, port: u16) -> ServiceKey {
+        ServiceKey {
+            proto,
+            vip,
+            port,
+            fwmark: 0,
+        }
+    }
+
+    /// The fwmark service `-f mark` (canonical placeholders for the address fields).
+    pub const fn fwmark(mark: u32) -> ServiceKey {
+        ServiceKey {
+            proto: Protocol::Tcp,
+            vip: Ipv4Addr::UNSPECIFIED,
+            port: 0,
+            fwmark: mark,
+        }
+    }
+
+    pub const fn is_fwmark(&self) -> bool {
+        self.fwmark != 0
+    }
 }
 
 impl fmt::Display for ServiceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.fwmark != 0 {
+            return write!(f, "FWM  {}", self.fwmark);
+        }
         write!(
             f,
             "{} {}:{}",
             self.proto.ipvsadm_name(),
             self.vip,
             self.port
+        )
+    }
+}
+
+/// uvs's stand-in for the tutorials' `iptables -t mangle -A PREROUTING -d VIP -p PROTO -m
+/// multiport --dports PORTS -j MARK --set-mark MARK`: packets to `vip` with protocol `proto` and
+/// a destination port in `ports` belong to the fwmark service `mark` (if one is configured).
+/// A (protocol, VIP, port) is covered by at most one rule. Mark rules win over an address
+/// service with the same (protocol, VIP, port), as IPVS looks fwmark services up first.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct MarkRule {
+    pub proto: Protocol,
+    pub vip: Ipv4Addr,
+    /// Destination ports, nonzero, in the order given (duplicates removed).
+    pub ports: Vec<u16>,
+    pub mark: u32,
+}
+
+impl MarkRule {
+    /// Same rule: same mark, protocol, VIP and set of ports (order does not matter).
+    fn same(&self, other: &MarkRule) -> bool {
+        let mut a = self.ports.clone();
+        let mut b = other.ports.clone();
+        a.sort_unstable();
+        b.sort_unstable();
+        self.mark == other.mark && self.proto == other.proto && self.vip == other.vip && a == b
+    }
+}
+
+impl fmt::Display for MarkRule {
+    /// uvsadm's syntax: `--add-mark 1 -t 10.0.0.100:80,443`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let flag = match self.proto {
+            Protocol::Tcp => "-t",
+            Protocol::Udp => "-u",
+        };
+        let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+        write!(
+            f,
+            "--add-mark {} {flag} {}:{}",
+            self.mark,
+            self.vip,
+            ports.join(",")
         )
     }
 }
@@ -167,6 +247,7 @@ pub struct RealServer {
     /// For direct routing this is always the service port: ipvsadm forces it
     /// ("The destination port must be equal to service port … DROUTE"), because DR never
     /// rewrites the packet above layer 2, so a different port could never be honoured.
+    /// Fwmark services keep the port given (normally 0), as ipvsadm does; DR ignores it.
     pub port: u16,
     pub weight: u32,
     /// The last non-zero weight (IPVS `last_weight`): `mh` keeps a quiesced real's table
@@ -265,7 +346,8 @@ impl ServiceSpec {
 
     /// ipvsadm's check: "One-Packet Scheduling is only for UDP virtual services".
     fn check(&self) -> Result<(), ModelError> {
-        if self.ops && self.key.proto != Protocol::Udp {
+        // A fwmark service may carry UDP: OPS then applies to its UDP packets (as in IPVS).
+        if self.ops && self.key.proto != Protocol::Udp && !self.key.is_fwmark() {
             return Err(ModelError::OpsNotUdp(self.key));
         }
         Ok(())
@@ -296,6 +378,19 @@ pub enum ModelError {
     TooManyReals(usize),
     #[error("One-Packet Scheduling is only for UDP virtual services")]
     OpsNotUdp(ServiceKey),
+    #[error("a mark rule needs a nonzero mark and at least one nonzero port")]
+    BadMarkRule,
+    #[error("{0} port {1} of {2} is already marked by a rule with mark {3}")]
+    MarkPortTaken(&'static str, u16, Ipv4Addr, u32),
+    #[error("No such mark rule")]
+    NoMarkRule,
+}
+
+/// The port a direct-routing real gets: the service port, as ipvsadm forces it ("The
+/// destination port must be equal to service port … DROUTE"), except in a fwmark service,
+/// where ipvsadm keeps the given port ("Don't worry about this if fwmark is used"; usually 0).
+fn real_port(key: &ServiceKey, given: u16) -> u16 {
+    if key.is_fwmark() { given } else { key.port }
 }
 
 /// Upper bound on real servers alive at once; sizes the neighbour (MAC) slot array that workers
@@ -307,6 +402,9 @@ pub const MAX_REALS: usize = 4096;
 pub struct ServiceTable {
     services: Vec<VirtualService>,
     next_real_id: u32,
+    /// Mark rules, in the order they were added. `-C` leaves them alone, as `ipvsadm -C`
+    /// leaves iptables' mangle rules alone.
+    mark_rules: Vec<MarkRule>,
 }
 
 impl ServiceTable {
@@ -340,7 +438,7 @@ impl ServiceTable {
         if self.service(&spec.key).is_some() {
             return Err(ModelError::ServiceExists(spec.key));
         }
-        if spec.key.port == 0 {
+        if spec.key.port == 0 && !spec.key.is_fwmark() {
             return Err(ModelError::ZeroPort(spec.key));
         }
         spec.check()?;
@@ -388,9 +486,7 @@ impl ServiceTable {
         }
         let next = self.next_real_id.checked_add(1);
         let svc = self.service_mut(key)?;
-        let port = match spec.forward {
-            ForwardMethod::Route => svc.key.port,
-        };
+        let port = real_port(&svc.key, spec.port);
         if svc
             .reals
             .iter()
@@ -421,7 +517,7 @@ impl ServiceTable {
             return Err(ModelError::WeightOutOfRange(u64::from(spec.weight)));
         }
         let svc = self.service_mut(key)?;
-        let port = svc.key.port;
+        let port = real_port(&svc.key, spec.port);
         let real = svc
             .reals
             .iter_mut()
@@ -457,15 +553,101 @@ impl ServiceTable {
         self.services.clear();
     }
 
-    /// Distinct VIPs, in first-seen order.
+    /// Distinct VIPs, in first-seen order: those of address services, then those of mark
+    /// rules whose mark has a fwmark service.
     pub fn vips(&self) -> Vec<Ipv4Addr> {
         let mut vips: Vec<Ipv4Addr> = Vec::new();
-        for s in &self.services {
-            if !vips.contains(&s.key.vip) {
-                vips.push(s.key.vip);
+        let marked = self.marked_keys();
+        let addr = self.services.iter().filter(|s| !s.key.is_fwmark());
+        for vip in addr
+            .map(|s| s.key.vip)
+            .chain(marked.iter().map(|(k, _)| k.vip))
+        {
+            if !vips.contains(&vip) {
+                vips.push(vip);
             }
         }
         vips
+    }
+
+    pub fn mark_rules(&self) -> &[MarkRule] {
+        &self.mark_rules
+    }
+
+    /// Adds a mark rule. Adding a rule identical to an existing one changes nothing (so a
+    /// saved listing can be restored over a running table); a rule that covers a
+    /// (protocol, VIP, port) another rule already covers is refused.
+    pub fn add_mark_rule(&mut self, rule: MarkRule) -> Result<(), ModelError> {
+        let mut rule = rule;
+        let mut seen = Vec::with_capacity(rule.ports.len());
+        rule.ports.retain(|p| {
+            let new = !seen.contains(p);
+            seen.push(*p);
+            new
+        });
+        if rule.mark == 0 || rule.ports.is_empty() || rule.ports.contains(&0) {
+            return Err(ModelError::BadMarkRule);
+        }
+        if self.mark_rules.iter().any(|r| r.same(&rule)) {
+            return Ok(());
+        }
+        for r in &self.mark_rules {
+            if r.proto != rule.proto || r.vip != rule.vip {
+                continue;
+            }
+            if let Some(&p) = rule.ports.iter().find(|p| r.ports.contains(p)) {
+                return Err(ModelError::MarkPortTaken(
+                    rule.proto.ipvsadm_name(),
+                    p,
+                    rule.vip,
+                    r.mark,
+                ));
+            }
+        }
+        self.mark_rules.push(rule);
+        Ok(())
+    }
+
+    /// Deletes the rule with the same mark, protocol, VIP and ports (in any order).
+    pub fn delete_mark_rule(&mut self, rule: &MarkRule) -> Result<(), ModelError> {
+        let i = self
+            .mark_rules
+            .iter()
+            .position(|r| r.same(rule))
+            .ok_or(ModelError::NoMarkRule)?;
+        self.mark_rules.remove(i);
+        Ok(())
+    }
+
+    /// What the mark rules send to fwmark services: every (protocol, VIP, port) of a rule
+    /// whose mark has a fwmark service in this table, with that service's key. Rules of a
+    /// mark without a service match nothing (as a mark no IPVS service uses).
+    pub fn marked_keys(&self) -> Vec<(ServiceKey, ServiceKey)> {
+        let mut out = Vec::new();
+        for r in &self.mark_rules {
+            let svc = ServiceKey::fwmark(r.mark);
+            if self.service(&svc).is_none() {
+                continue;
+            }
+            for &port in &r.ports {
+                out.push((ServiceKey::addr(r.proto, r.vip, port), svc));
+            }
+        }
+        out
+    }
+
+    /// The (protocol, VIP, port) keys uvs forwards: address services, except those a mark
+    /// rule takes over, then the marked keys. What the kernel filter must drop.
+    pub fn forwarded_keys(&self) -> Vec<ServiceKey> {
+        let marked: Vec<ServiceKey> = self.marked_keys().into_iter().map(|(k, _)| k).collect();
+        let mut out: Vec<ServiceKey> = self
+            .services
+            .iter()
+            .map(|s| s.key)
+            .filter(|k| !k.is_fwmark() && !marked.contains(k))
+            .collect();
+        out.extend(marked);
+        out
     }
 }
 
@@ -478,6 +660,7 @@ mod tests {
             proto: Protocol::Tcp,
             vip: Ipv4Addr::new(10, 0, 0, 100),
             port,
+            fwmark: 0,
         }
     }
 
@@ -554,6 +737,38 @@ mod tests {
             .add_real(&key(80), RealSpec::route(Ipv4Addr::new(10, 0, 0, 11), 80))
             .unwrap();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn mark_rules_refuse_overlaps_and_accept_identical_repeats() {
+        let vip = Ipv4Addr::new(10, 0, 0, 100);
+        let rule = |mark, ports: &[u16]| MarkRule {
+            proto: Protocol::Tcp,
+            vip,
+            ports: ports.to_vec(),
+            mark,
+        };
+        let mut t = ServiceTable::new();
+        t.add_mark_rule(rule(1, &[80, 443])).unwrap();
+        t.add_mark_rule(rule(1, &[443, 80])).unwrap();
+        assert_eq!(t.mark_rules().len(), 1, "identical rule is a no-op");
+        assert_eq!(
+            t.add_mark_rule(rule(2, &[8080, 443])),
+            Err(ModelError::MarkPortTaken("TCP", 443, vip, 1))
+        );
+        assert_eq!(t.add_mark_rule(rule(0, &[1])), Err(ModelError::BadMarkRule));
+        assert_eq!(t.add_mark_rule(rule(3, &[])), Err(ModelError::BadMarkRule));
+        assert_eq!(
+            t.delete_mark_rule(&rule(1, &[80])),
+            Err(ModelError::NoMarkRule)
+        );
+        t.add_service(ServiceSpec::new(ServiceKey::fwmark(1), SchedulerKind::Rr))
+            .unwrap();
+        t.clear();
+        assert_eq!(t.mark_rules().len(), 1, "-C leaves mark rules");
+        t.delete_mark_rule(&rule(1, &[443, 80])).unwrap();
+        assert!(t.mark_rules().is_empty());
+        assert_eq!(ServiceKey::fwmark(3).to_string(), "FWM  3");
     }
 
     #[test]

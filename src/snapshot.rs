@@ -47,6 +47,10 @@ pub struct Persistence {
     /// Virtual port in the template key: the service port, or 0 for FTP (port 21) and
     /// port-zero services, as `ip_vs_sched_persist` builds it.
     pub template_vport: u16,
+    /// Nonzero for a fwmark service: its templates are keyed `<IPPROTO_IP, snet, 0, mark, 0>`
+    /// as in IPVS (protocol 0, the mark in the address field, port 0), so one client keeps
+    /// its real across every port and protocol the mark covers.
+    pub fwmark: u32,
 }
 
 #[derive(Debug)]
@@ -80,11 +84,21 @@ pub struct Snapshot {
     /// Flow timeouts per TCP state and for UDP (`--set tcp tcpfin udp`).
     pub timeouts: Timeouts,
     services: Vec<ServiceEntry>,
-    /// Open-addressing index: slot → service index + 1 (0 = empty).
-    index: Vec<u32>,
+    /// Open-addressing index of (protocol, VIP, port) → service: address services, and the
+    /// ports of mark rules expanded onto their fwmark service (which take precedence).
+    index: Vec<IndexSlot>,
     index_mask: usize,
     /// `real_by_id[id]` = (service index, position in its reals) + 1 packed, 0 = absent.
     real_by_id: Vec<(u32, u32)>,
+}
+
+/// One slot of the service index; `svc` = service index + 1 (0 = empty).
+#[derive(Clone, Copy, Debug, Default)]
+struct IndexSlot {
+    vip: u32,
+    svc: u32,
+    port: u16,
+    proto: u8,
 }
 
 fn service_hash(proto: u8, vip: u32, port: u16) -> u64 {
@@ -99,7 +113,7 @@ impl Snapshot {
             generation: 0,
             timeouts: Timeouts::default(),
             services: Vec::new(),
-            index: vec![0; 1],
+            index: vec![IndexSlot::default(); 1],
             index_mask: 0,
             real_by_id: Vec::new(),
         }
@@ -143,26 +157,46 @@ impl Snapshot {
                 } else {
                     svc.key.port
                 },
+                fwmark: svc.key.fwmark,
             });
             services.push(ServiceEntry {
                 key: svc.key,
                 scheduler,
                 persistence,
-                ops: svc.ops && svc.key.proto == Protocol::Udp,
+                // A fwmark service applies OPS to its UDP packets only (the datapath checks).
+                ops: svc.ops && (svc.key.proto == Protocol::Udp || svc.key.is_fwmark()),
                 reals,
             });
         }
-        let cap = (services.len() * 2).max(8).next_power_of_two();
-        let mask = cap - 1;
-        let mut index = vec![0u32; cap];
+        // Index entries: mark rules first (IPVS finds fwmark services before address ones),
+        // then address services whose (protocol, VIP, port) no mark rule took.
+        let position = |k: &ServiceKey| services.iter().position(|s| s.key == *k);
+        let mut entries: Vec<(ServiceKey, usize)> = Vec::new();
+        for (k, svc) in table.marked_keys() {
+            if let Some(i) = position(&svc) {
+                entries.push((k, i));
+            }
+        }
         for (i, s) in services.iter().enumerate() {
-            let mut slot = service_hash(s.key.proto.number(), u32::from(s.key.vip), s.key.port)
-                as usize
-                & mask;
-            while index[slot] != 0 {
+            if !s.key.is_fwmark() && !entries.iter().any(|(k, _)| *k == s.key) {
+                entries.push((s.key, i));
+            }
+        }
+        let cap = (entries.len() * 2).max(8).next_power_of_two();
+        let mask = cap - 1;
+        let mut index = vec![IndexSlot::default(); cap];
+        for (k, i) in entries {
+            let (proto, vip) = (k.proto.number(), u32::from(k.vip));
+            let mut slot = service_hash(proto, vip, k.port) as usize & mask;
+            while index[slot].svc != 0 {
                 slot = (slot + 1) & mask;
             }
-            index[slot] = i as u32 + 1;
+            index[slot] = IndexSlot {
+                vip,
+                svc: i as u32 + 1,
+                port: k.port,
+                proto,
+            };
         }
         let mut real_by_id = vec![(0u32, 0u32); max_id + 1];
         for (si, s) in services.iter().enumerate() {
@@ -191,14 +225,12 @@ impl Snapshot {
     pub fn service(&self, proto: u8, daddr: u32, dport: u16) -> Option<&ServiceEntry> {
         let mut slot = service_hash(proto, daddr, dport) as usize & self.index_mask;
         loop {
-            let i = *self.index.get(slot)?;
-            if i == 0 {
+            let e = self.index.get(slot)?;
+            if e.svc == 0 {
                 return None;
             }
-            let s = self.services.get(i as usize - 1)?;
-            if s.key.port == dport && u32::from(s.key.vip) == daddr && s.key.proto.number() == proto
-            {
-                return Some(s);
+            if e.port == dport && e.vip == daddr && e.proto == proto {
+                return self.services.get(e.svc as usize - 1);
             }
             slot = (slot + 1) & self.index_mask;
         }
@@ -218,16 +250,34 @@ impl Snapshot {
         &self.services
     }
 
-    /// VIPs with at least one service, for the receive filter and ARP.
+    /// Every (protocol, VIP, port) this snapshot forwards (address services and the expanded
+    /// mark rules), for the kernel filter.
+    pub fn forwarded_keys(&self) -> Vec<ServiceKey> {
+        let mut v: Vec<ServiceKey> = self
+            .index
+            .iter()
+            .filter(|e| e.svc != 0)
+            .filter_map(|e| {
+                let proto = Protocol::from_number(e.proto)?;
+                Some(ServiceKey::addr(proto, Ipv4Addr::from(e.vip), e.port))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// VIPs with at least one service or marked port, for the receive filter and ARP.
     pub fn vips(&self) -> Vec<Ipv4Addr> {
-        let mut v: Vec<Ipv4Addr> = self.services.iter().map(|s| s.key.vip).collect();
+        let mut v: Vec<Ipv4Addr> = self.forwarded_keys().iter().map(|k| k.vip).collect();
         v.sort();
         v.dedup();
         v
     }
 
     pub fn has_protocol(&self, p: Protocol) -> bool {
-        self.services.iter().any(|s| s.key.proto == p)
+        self.index
+            .iter()
+            .any(|e| e.svc != 0 && e.proto == p.number())
     }
 }
 
@@ -276,6 +326,7 @@ pub(crate) mod tests {
                 proto,
                 vip: Ipv4Addr::new(10, 0, 0, 100),
                 port,
+                fwmark: 0,
             };
             t.add_service(ServiceSpec::new(key, SchedulerKind::Rr))
                 .unwrap();
@@ -302,6 +353,75 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn mark_rules_expand_onto_their_fwmark_service_and_win_over_address_services() {
+        use crate::model::MarkRule;
+        let vip = Ipv4Addr::new(10, 0, 0, 100);
+        let mut t = ServiceTable::new();
+        let addr80 = ServiceKey::addr(Protocol::Tcp, vip, 80);
+        let addr22 = ServiceKey::addr(Protocol::Tcp, vip, 22);
+        let fwm = ServiceKey::fwmark(1);
+        for k in [addr80, addr22, fwm] {
+            t.add_service(ServiceSpec::new(k, SchedulerKind::Rr))
+                .unwrap();
+        }
+        t.add_real(&fwm, RealSpec::route(Ipv4Addr::new(10, 0, 0, 11), 0))
+            .unwrap();
+        let rule = |mark, proto, ports: &[u16]| MarkRule {
+            proto,
+            vip,
+            ports: ports.to_vec(),
+            mark,
+        };
+        t.add_mark_rule(rule(1, Protocol::Tcp, &[80, 443])).unwrap();
+        t.add_mark_rule(rule(1, Protocol::Udp, &[53])).unwrap();
+        // A rule whose mark has no service matches nothing.
+        t.add_mark_rule(rule(7, Protocol::Tcp, &[8080])).unwrap();
+        let s = Snapshot::build(&t, 1, &mut AllOnLink).unwrap();
+        let v = u32::from(vip);
+        for (proto, port) in [(6, 80), (6, 443), (17, 53)] {
+            assert_eq!(
+                s.service(proto, v, port).unwrap().key,
+                fwm,
+                "{proto}/{port}"
+            );
+        }
+        assert_eq!(s.service(6, v, 22).unwrap().key, addr22);
+        assert!(s.service(6, v, 8080).is_none());
+        assert!(
+            s.service(6, 0, 0).is_none(),
+            "the placeholder key is not indexed"
+        );
+        assert_eq!(
+            s.forwarded_keys(),
+            vec![
+                addr22,
+                addr80,
+                ServiceKey::addr(Protocol::Tcp, vip, 443),
+                ServiceKey::addr(Protocol::Udp, vip, 53),
+            ]
+        );
+        assert_eq!(s.vips(), vec![vip]);
+        let p = |s: &Snapshot| {
+            s.services()
+                .iter()
+                .find(|e| e.key == fwm)
+                .unwrap()
+                .persistence
+        };
+        assert_eq!(p(&s), None);
+        let mut spec = ServiceSpec::new(fwm, SchedulerKind::Rr);
+        spec.persistence_timeout = Some(60);
+        t.edit_service(spec).unwrap();
+        let s = Snapshot::build(&t, 2, &mut AllOnLink).unwrap();
+        assert_eq!(p(&s).map(|p| (p.fwmark, p.template_vport)), Some((1, 0)));
+        // Without the fwmark service the address service is back on port 80.
+        t.delete_service(&fwm).unwrap();
+        let s = Snapshot::build(&t, 3, &mut AllOnLink).unwrap();
+        assert_eq!(s.service(6, v, 80).unwrap().key, addr80);
+        assert!(s.service(6, v, 443).is_none());
+    }
+
+    #[test]
     fn a_real_that_is_not_on_link_is_refused() {
         struct Nowhere;
         impl Placement for Nowhere {
@@ -314,6 +434,7 @@ pub(crate) mod tests {
             proto: Protocol::Tcp,
             vip: Ipv4Addr::new(10, 0, 0, 100),
             port: 80,
+            fwmark: 0,
         };
         t.add_service(ServiceSpec::new(key, SchedulerKind::Rr))
             .unwrap();

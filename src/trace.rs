@@ -1169,6 +1169,7 @@ mod cost {
             proto: Protocol::Tcp,
             vip: Ipv4Addr::new(10, 0, 0, 100),
             port: 80,
+            fwmark: 0,
         };
         t.add_service(ServiceSpec::new(key, SchedulerKind::Rr))
             .unwrap();

@@ -253,6 +253,7 @@ impl Backend for Fixed {
                     client: (Ipv4Addr::new(10, 0, 0, 5), 51234),
                     virt: (vip, 80),
                     dest: (Ipv4Addr::new(192, 168, 79, 102), 80),
+                    fwmark_template: false,
                 },
                 ConnEntry {
                     proto: Protocol::Udp,
@@ -261,16 +262,19 @@ impl Backend for Fixed {
                     client: (Ipv4Addr::new(10, 0, 0, 7), 5353),
                     virt: (Ipv4Addr::new(10, 0, 0, 200), 53),
                     dest: (Ipv4Addr::new(10, 0, 0, 8), 53),
+                    fwmark_template: false,
                 },
             ]),
             Request::Status => Reply::Status(Status {
                 conn_tab_size: 4096,
                 timeouts: TimeoutsSecs::default(),
+                mark_rules: Vec::new(),
                 services: vec![ServiceStatus {
                     key: ServiceKey {
                         proto: Protocol::Tcp,
                         vip,
                         port: 80,
+                        fwmark: 0,
                     },
                     scheduler: SchedulerKind::Rr,
                     sched_flags: String::new(),
@@ -575,5 +579,107 @@ fn ops_and_scheduler_flags_round_trip() {
         o.stderr.contains("incompatible scheduler flag"),
         "{}",
         o.stderr
+    );
+}
+
+/// fwmark services (`-f N`) with uvs's mark rules standing in for iptables MARK rules.
+const FWMARK: [&str; 9] = [
+    "--add-mark 1 -t 192.168.10.100:80,443",
+    "-A -f 2 -p",
+    "-a -f 2 -r 192.168.10.13:0 -g",
+    "-A -t 192.168.10.100:22 -s wlc",
+    "-a -t 192.168.10.100:22 -r 192.168.10.11:22 -g -w 1",
+    "-A -f 1 -s rr",
+    "-a -f 1 -r 192.168.10.11:0 -g",
+    "-a -f 1 -r 192.168.10.12 -g -w 2",
+    "--add-mark 2 -u 192.168.10.100:53",
+];
+
+fn fwmark() -> MemoryBackend {
+    let mut b = MemoryBackend::default();
+    for cmd in FWMARK {
+        assert_eq!(ok(&mut b, cmd), "", "{cmd}");
+    }
+    b
+}
+
+#[test]
+fn fwmark_services_list_save_and_restore_like_ipvsadm() {
+    let mut b = fwmark();
+    let ln = ok(&mut b, "-Ln");
+    assert_eq!(ln, golden("fwmark_Ln.txt"));
+    let saved = ok(&mut b, "-S -n");
+    assert_eq!(saved, golden("fwmark_S_n.txt"));
+    assert!(!saved.contains("mark"), "-S stays loadable by ipvsadm");
+    // One service, by mark.
+    let one = ok(&mut b, "-L -n -f 1");
+    assert_eq!(
+        one,
+        "Prot LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\nFWM  1 rr\n  -> 192.168.10.11:0              Route   1      0          0         \n  -> 192.168.10.12:0              Route   2      0          0         \n"
+    );
+    let stats = ok(&mut b, "-Ln --stats -f 1");
+    assert!(
+        stats.contains(&format!("{:<33}{}\n", "FWM  1", "        0".repeat(5))),
+        "{stats}"
+    );
+    assert_eq!(ok(&mut b, "-Z -f 1"), "");
+    // Mark rules: a listing, and --add-mark lines that -R takes back.
+    assert_eq!(
+        ok(&mut b, "--list-marks"),
+        "Mark  Prot VirtualAddress  Ports\n1     TCP  192.168.10.100  80,443\n2     UDP  192.168.10.100  53\n"
+    );
+    let marks = ok(&mut b, "--save-marks");
+    assert_eq!(
+        marks,
+        "--add-mark 1 -t 192.168.10.100:80,443\n--add-mark 2 -u 192.168.10.100:53\n"
+    );
+    // Round trip: clear everything, restore the two listings.
+    assert_eq!(ok(&mut b, "-C"), "");
+    assert_eq!(ok(&mut b, "--del-mark 1 -t 192.168.10.100:443,80"), "");
+    assert_eq!(ok(&mut b, "--del-mark 2 -u 192.168.10.100:53"), "");
+    assert_eq!(
+        ok(&mut b, "--list-marks"),
+        "Mark  Prot VirtualAddress  Ports\n"
+    );
+    let o = uvsadm_in(&mut b, "-R", &format!("{marks}{saved}"));
+    assert_eq!((o.code, o.stderr.as_str()), (0, ""));
+    assert_eq!(ok(&mut b, "-Ln"), ln);
+    assert_eq!(ok(&mut b, "--save-marks"), marks);
+    // Restoring over the running table: identical mark rules are no-ops; -C keeps them.
+    let o = uvsadm_in(&mut b, "-R", &format!("-C\n{marks}{saved}"));
+    assert_eq!((o.code, o.stderr.as_str()), (0, ""));
+    assert_eq!(ok(&mut b, "-S -n"), saved);
+    // Edits and deletes by mark.
+    assert_eq!(ok(&mut b, "-e -f 1 -r 192.168.10.12:0 -g -w 5"), "");
+    assert_eq!(ok(&mut b, "-d -f 1 -r 192.168.10.11"), "");
+    assert_eq!(ok(&mut b, "-E -f 1 -s wrr"), "");
+    assert!(ok(&mut b, "-S -n").contains("-A -f 1 -s wrr\n-a -f 1 -r 192.168.10.12:0 -g -w 5\n"));
+    assert_eq!(ok(&mut b, "-D -f 2"), "");
+    let o = uvsadm_in(&mut b, "-D -f 2", "");
+    assert_eq!((o.code, o.stderr.as_str()), (255, "No such service\n"));
+}
+
+#[test]
+fn mark_rule_refusals() {
+    let mut b = fwmark();
+    let o = uvsadm_in(&mut b, "--add-mark 3 -t 192.168.10.100:8080,443", "");
+    assert_eq!(
+        (o.code, o.stderr.as_str()),
+        (
+            255,
+            "TCP port 443 of 192.168.10.100 is already marked by a rule with mark 1\n"
+        )
+    );
+    let o = uvsadm_in(&mut b, "--del-mark 1 -t 192.168.10.100:80", "");
+    assert_eq!((o.code, o.stderr.as_str()), (255, "No such mark rule\n"));
+    let o = uvsadm_in(&mut b, "--add-mark x -t 192.168.10.100:80", "");
+    assert_eq!(
+        (o.code, o.stderr.as_str()),
+        (2, "invalid fwmark value `x' specified\n")
+    );
+    let o = uvsadm_in(&mut b, "-A -f 0 -s rr", "");
+    assert_eq!(
+        (o.code, o.stderr.as_str()),
+        (2, "invalid fwmark value `0' specified\n")
     );
 }

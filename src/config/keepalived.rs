@@ -421,7 +421,7 @@ impl Parser {
         let mut persistence = None;
         let mut netmask = Ipv4Addr::BROADCAST;
         let mut delay_loop = Duration::from_secs(60);
-        let mut sh = ServiceHealth::new(ServiceKey { proto, vip, port });
+        let mut sh = ServiceHealth::new(ServiceKey::addr(proto, vip, port));
         sh.quiescent = false; // keepalived removes a failed real unless inhibit_on_failure
         let mut defaults = RawChecker::default();
         let mut reals: Vec<RawReal> = Vec::new();
@@ -522,7 +522,7 @@ impl Parser {
         if !kind_seen {
             return Err(self.err(kw, "virtual_server without lb_kind: keepalived's default is NAT; uvs only does direct routing, so write lb_kind DR"));
         }
-        let key = ServiceKey { proto, vip, port };
+        let key = ServiceKey::addr(proto, vip, port);
         sh.key = key;
         let mut spec = ServiceSpec::new(key, sched);
         spec.persistence_timeout = persistence;

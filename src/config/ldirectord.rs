@@ -326,6 +326,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
             proto,
             vip: v.vip,
             port: v.port,
+            fwmark: 0,
         };
         let mut spec = ServiceSpec::new(key, s.scheduler.unwrap_or(SchedulerKind::Wrr));
         spec.persistence_timeout = s.persistent;

@@ -100,6 +100,15 @@ fn refused_message(c: &LineChange, message: &str) -> String {
             let port = if *port == 0 { k.port } else { *port };
             format!("service {k}: real {addr}:{port}: {text}")
         }
+        Change::AddMarkRule(r) | Change::DeleteMarkRule(r) => {
+            let ports: Vec<String> = r.ports.iter().map(u16::to_string).collect();
+            let (proto, vip) = (r.proto.ipvsadm_name(), r.vip);
+            format!(
+                "mark rule {} {proto} {vip}:{}: {text}",
+                r.mark,
+                ports.join(",")
+            )
+        }
         Change::Clear | Change::SetTimeouts { .. } => text,
     }
 }
@@ -148,6 +157,7 @@ mod tests {
             proto,
             vip: Ipv4Addr::new(10, 0, 0, 100),
             port,
+            fwmark: 0,
         }
     }
 
@@ -166,6 +176,17 @@ mod tests {
             }
         }
         assert_eq!(t, want);
+    }
+
+    #[test]
+    fn fwmark_services_and_mark_rules_load() {
+        let t = p("--add-mark 1 -t 10.0.0.100:80,443\n-A -f 1 -s rr -p 60\n-a -f 1 -r 10.0.0.11:0 -g -w 2\n")
+            .unwrap();
+        let svc = t.service(&ServiceKey::fwmark(1)).unwrap();
+        assert_eq!(svc.persistence_timeout, Some(60));
+        assert_eq!((svc.reals[0].port, svc.reals[0].weight), (0, 2));
+        assert_eq!(t.mark_rules()[0].ports, vec![80, 443]);
+        assert_eq!(t.vips(), vec![Ipv4Addr::new(10, 0, 0, 100)]);
     }
 
     #[test]
@@ -290,17 +311,13 @@ mod tests {
             2,
             &["multiple 'forwarding-method' options specified"],
         );
+        refused("-A -f 1 -6 -s rr\n", 1, &["IPv6 is not supported yet"]);
         refused(
-            "-A -f 1 -s rr\n",
-            1,
-            &["fwmark services are not supported yet"],
-        );
-        refused(
-            "\n-A --fwmark-service 1 -s rr\n",
+            "--add-mark 1 -t 10.0.0.100:80\n--add-mark 2 -t 10.0.0.100:443,80\n",
             2,
-            &["fwmark services are not supported yet"],
+            &["mark rule 2 TCP 10.0.0.100:443,80", "TCP port 80", "mark 1"],
         );
-        refused("-A -f 1 -6 -s rr\n", 1, &["fwmark"]);
+        refused("--list-marks\n", 1, &["'--list-marks' cannot be used"]);
         refused("-A -6 -t 10.0.0.1:80 -s rr\n", 1, &["-6 used before -f"]);
         refused("-A -t [::1]:80 -s rr\n", 1, &["IPv6 is not supported yet"]);
         refused("-A -t 10.0.0.1:80 -s rr -z\n", 1, &["-z: unknown option"]);

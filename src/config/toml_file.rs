@@ -20,8 +20,11 @@
 //! [arp]        # reachable_secs, retry_ms, garp_repeat, garp_delay_secs
 //! [[service]]  # protocol = "tcp" | "udp", vip, port, scheduler (default "wlc", as ipvsadm),
 //!              # persistence_timeout, persistence_netmask, sched_flags ([]), ops (false)
+//!              # or fwmark = N instead of protocol/vip/port (a fwmark service, `-f N`)
 //! [[service.real]] # address, port (= service port), weight (1), upper_threshold (0),
 //!                  # lower_threshold (0), forward = "route" | "dr" | "gate"
+//! [[mark_rule]]    # vip, protocol ("tcp"), ports = [80, 443], mark: the stand-in for
+//!                  # `iptables -t mangle … -j MARK --set-mark N` (see model::MarkRule)
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -117,6 +120,8 @@ struct RawConfig {
     arp: Option<RawArp>,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
+    #[serde(default)]
+    mark_rule: Vec<Spanned<RawMarkRule>>,
     // HA (issue 8).
     #[serde(default)]
     vrrp: Vec<Spanned<crate::vrrp::config_toml::RawVrrp>>,
@@ -155,8 +160,12 @@ struct RawArp {
 #[serde(deny_unknown_fields)]
 struct RawService {
     protocol: Option<Spanned<String>>,
-    vip: Spanned<String>,
-    port: Spanned<i64>,
+    /// Required unless `fwmark` is set.
+    vip: Option<Spanned<String>>,
+    /// Required unless `fwmark` is set.
+    port: Option<Spanned<i64>>,
+    /// A fwmark service (`-f N`): no protocol, vip or port.
+    fwmark: Option<Spanned<i64>>,
     scheduler: Option<Spanned<String>>,
     persistence_timeout: Option<Spanned<i64>>,
     persistence_netmask: Option<Spanned<String>>,
@@ -168,6 +177,15 @@ struct RawService {
     health: Option<RawSvcHealth>,
     /// Health (issue 5): the checker of every real of the service.
     check: Option<RawCheck>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMarkRule {
+    vip: Spanned<String>,
+    protocol: Option<Spanned<String>>,
+    ports: Spanned<Vec<i64>>,
+    mark: Spanned<i64>,
 }
 
 #[derive(Deserialize)]
@@ -289,6 +307,9 @@ fn build(raw: RawConfig) -> Result<DaemonConfig, Located> {
         if let Some(h) = health_of(&services, svc)? {
             health.services.push(h);
         }
+    }
+    for rule in &raw.mark_rule {
+        add_mark_rule(&mut services, rule)?;
     }
 
     // HA (issue 8).
@@ -435,11 +456,8 @@ fn build_arp(raw: RawArp) -> Result<ArpOptions, Located> {
     })
 }
 
-fn add_service(table: &mut ServiceTable, spanned: &Spanned<RawService>) -> Result<(), Located> {
-    let header = spanned.span();
-    let svc = spanned.get_ref();
-
-    let proto = match &svc.protocol {
+fn parse_protocol(protocol: Option<&Spanned<String>>) -> Result<Protocol, Located> {
+    Ok(match protocol {
         None => Protocol::Tcp,
         Some(p) => match p.get_ref().to_ascii_lowercase().as_str() {
             "tcp" => Protocol::Tcp,
@@ -452,14 +470,66 @@ fn add_service(table: &mut ServiceTable, spanned: &Spanned<RawService>) -> Resul
                 );
             }
         },
+    })
+}
+
+fn add_mark_rule(table: &mut ServiceTable, spanned: &Spanned<RawMarkRule>) -> Result<(), Located> {
+    let r = spanned.get_ref();
+    let proto = parse_protocol(r.protocol.as_ref())?;
+    let vip = parse_ipv4(&r.vip, "vip")?;
+    let mark = ranged(&r.mark, 1, u32::MAX, "mark")?;
+    let mut ports = Vec::new();
+    for &p in r.ports.get_ref() {
+        match u16::try_from(p) {
+            Ok(n) if n > 0 => ports.push(n),
+            _ => {
+                return err(
+                    r.ports.span(),
+                    format!("ports: {p} is out of range 1..65535"),
+                );
+            }
+        }
+    }
+    table
+        .add_mark_rule(crate::model::MarkRule {
+            proto,
+            vip,
+            ports,
+            mark,
+        })
+        .or_else(|e| err(spanned.span(), format!("mark_rule: {e}")))
+}
+
+fn add_service(table: &mut ServiceTable, spanned: &Spanned<RawService>) -> Result<(), Located> {
+    let header = spanned.span();
+    let svc = spanned.get_ref();
+
+    let key = match (&svc.fwmark, &svc.vip, &svc.port) {
+        (Some(m), None, None) if svc.protocol.is_none() => {
+            ServiceKey::fwmark(ranged(m, 1, u32::MAX, "fwmark")?)
+        }
+        (Some(m), ..) => {
+            return err(
+                m.span(),
+                "a fwmark service has no protocol, vip or port (mark rules say which packets carry the mark)",
+            );
+        }
+        (None, Some(vip), Some(port)) => {
+            let proto = parse_protocol(svc.protocol.as_ref())?;
+            let vip = parse_ipv4(vip, "vip")?;
+            let port = ranged(port, 1, 65_535, "port")?;
+            ServiceKey::addr(proto, vip, u16::try_from(port).unwrap_or(0))
+        }
+        (None, None, _) => return err(header, "missing field `vip` (or set fwmark)"),
+        (None, _, None) => return err(header, "missing field `port` (or set fwmark)"),
     };
-    let vip = parse_ipv4(&svc.vip, "vip")?;
-    let port = ranged(&svc.port, 1, 65_535, "port")?;
-    let key = ServiceKey {
-        proto,
-        vip,
-        port: u16::try_from(port).unwrap_or(0),
-    };
+    let checked = svc.real.iter().any(|r| r.get_ref().check.is_some());
+    if key.is_fwmark() && (svc.check.is_some() || svc.health.is_some() || checked) {
+        return err(
+            header,
+            format!("service {key}: health checks of fwmark services are not supported yet"),
+        );
+    }
     let label = format!("service {key}");
 
     let scheduler = match &svc.scheduler {
@@ -855,6 +925,7 @@ mod tests {
             proto,
             vip: Ipv4Addr::new(10, 0, 0, 100),
             port,
+            fwmark: 0,
         }
     }
 
@@ -877,6 +948,37 @@ mod tests {
         assert!(
             p("[[service]]\nvip = \"10.0.0.100\"\nport = 80\nsched_flags = [\"sh-port\"]\n")
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn fwmark_services_and_mark_rules() {
+        let cfg = p(
+            "[[mark_rule]]\nvip = \"10.0.0.100\"\nports = [80, 443]\nmark = 1\n\
+                     [[service]]\nfwmark = 1\nscheduler = \"rr\"\n\
+                     [[service.real]]\naddress = \"10.0.0.11\"\n",
+        )
+        .unwrap();
+        let svc = cfg.services.service(&ServiceKey::fwmark(1)).unwrap();
+        assert_eq!(svc.reals[0].port, 0);
+        assert_eq!(cfg.services.marked_keys().len(), 2);
+        assert_eq!(cfg.services.mark_rules()[0].proto, Protocol::Tcp);
+        refused(
+            "[[service]]\nfwmark = 1\nvip = \"10.0.0.100\"\n",
+            2,
+            &["a fwmark service has no protocol, vip or port"],
+        );
+        refused("[[service]]\nfwmark = 0\n", 2, &["fwmark"]);
+        refused(
+            "[[mark_rule]]\nvip = \"10.0.0.100\"\nports = [80]\nmark = 1\n\
+             [[mark_rule]]\nvip = \"10.0.0.100\"\nports = [80]\nmark = 2\n",
+            5,
+            &["mark_rule:", "already marked"],
+        );
+        refused(
+            "[[mark_rule]]\nvip = \"10.0.0.100\"\nports = [0]\nmark = 1\n",
+            3,
+            &["ports: 0"],
         );
     }
 

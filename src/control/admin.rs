@@ -97,7 +97,8 @@ impl Control {
             Ok(s) => s.with_timeouts(Timeouts::with_set(t.tcp, t.tcpfin, t.udp)),
             Err(e) => return refused(e.to_string()),
         };
-        let keys: Vec<_> = published.services().iter().map(|s| s.key).collect();
+        // The expanded (protocol, VIP, port) keys, mark rules included.
+        let keys = snap.forwarded_keys();
         if let Some(kf) = &self.kernel_filter {
             if let Err(e) = kf.update(&keys) {
                 return refused(format!("cannot update the kernel filter: {e}"));
@@ -215,8 +216,10 @@ impl Control {
             .into_iter()
             .filter_map(|t| {
                 let real = snap.real(t.real)?;
+                let fwmark_template = t.key.proto == 0;
                 Some(ConnEntry {
-                    proto: Protocol::from_number(t.key.proto)?,
+                    proto: Protocol::from_number(t.key.proto).unwrap_or(Protocol::Tcp),
+                    fwmark_template,
                     expires: t.expires_in_ms / 1000,
                     state: "NONE".to_string(),
                     client: (ipv4_from_u32(t.key.snet), 0),
@@ -241,6 +244,7 @@ impl Control {
                     client: (ipv4_from_u32(f.key.saddr), f.key.sport),
                     virt: (ipv4_from_u32(f.key.daddr), f.key.dport),
                     dest: (ipv4_from_u32(real.addr), f.key.dport),
+                    fwmark_template: false,
                 })
             })
             .collect();

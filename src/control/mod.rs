@@ -357,12 +357,23 @@ impl Control {
                 f.ipvs.connections += conns;
                 f.ipvs.in_packets += pkts;
                 f.ipvs.in_bytes += bytes;
+                // node_exporter labels a fwmark service: no address, proto FWM, local_mark.
+                let fwm = svc.key.is_fwmark();
                 f.backends.push(Backend {
-                    local_address: svc.key.vip.to_string(),
+                    local_address: if fwm {
+                        String::new()
+                    } else {
+                        svc.key.vip.to_string()
+                    },
                     local_port: svc.key.port,
                     remote_address: r.addr.to_string(),
                     remote_port: r.port,
-                    proto: svc.key.proto.ipvsadm_name(),
+                    proto: if fwm {
+                        "FWM"
+                    } else {
+                        svc.key.proto.ipvsadm_name()
+                    },
+                    local_mark: fwm.then_some(svc.key.fwmark),
                     active: u64::from(self.conns.active(r.id)),
                     inactive: u64::from(self.conns.inactive(r.id)),
                     weight: r.weight,

@@ -37,6 +37,8 @@ fn apply_one(s: &mut AdminState, change: &Change) -> Result<(), ModelError> {
         Change::AddReal(key, spec) => s.table.add_real(key, *spec).map(|_| ()),
         Change::EditReal(key, spec) => s.table.edit_real(key, *spec),
         Change::DeleteReal(key, addr, port) => s.table.delete_real(key, *addr, *port),
+        Change::AddMarkRule(rule) => s.table.add_mark_rule(rule.clone()),
+        Change::DeleteMarkRule(rule) => s.table.delete_mark_rule(rule),
         Change::Clear => {
             s.table.clear();
             Ok(())
@@ -68,6 +70,7 @@ mod tests {
             proto: Protocol::Tcp,
             vip: Ipv4Addr::new(10, 0, 0, 100),
             port: 80,
+            fwmark: 0,
         }
     }
 
@@ -131,6 +134,13 @@ mod tests {
 pub fn diff(current: &ServiceTable, desired: &ServiceTable) -> Vec<Change> {
     use crate::model::{RealSpec, ServiceSpec};
     let mut out = Vec::new();
+    // Mark rules: old ones go first (so a port can move between rules), new ones come last.
+    let has = |t: &ServiceTable, r: &crate::model::MarkRule| t.mark_rules().contains(r);
+    for r in current.mark_rules() {
+        if !has(desired, r) {
+            out.push(Change::DeleteMarkRule(r.clone()));
+        }
+    }
     for s in current.services() {
         if desired.service(&s.key).is_none() {
             out.push(Change::DeleteService(s.key));
@@ -192,6 +202,11 @@ pub fn diff(current: &ServiceTable, desired: &ServiceTable) -> Vec<Change> {
             }
         }
     }
+    for r in desired.mark_rules() {
+        if !has(current, r) {
+            out.push(Change::AddMarkRule(r.clone()));
+        }
+    }
     out
 }
 
@@ -213,6 +228,7 @@ mod diff_tests {
                 proto: Protocol::Tcp,
                 vip: Ipv4Addr::new(10, 0, 0, 100),
                 port: *port,
+                fwmark: 0,
             };
             t.add_service(ServiceSpec::new(key, *sched)).unwrap();
             for (last, w) in reals.iter() {
@@ -244,6 +260,7 @@ mod diff_tests {
             proto: Protocol::Tcp,
             vip: Ipv4Addr::new(10, 0, 0, 100),
             port: 80,
+            fwmark: 0,
         };
         // Same services, schedulers, reals and weights as desired.
         let shape = |t: &ServiceTable| -> Shape {
@@ -277,5 +294,48 @@ mod diff_tests {
             diff(&next.table, &desired).is_empty(),
             "a second reload changes nothing"
         );
+    }
+}
+
+#[cfg(test)]
+mod diff_fwmark_tests {
+    use super::*;
+    use crate::model::{MarkRule, Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec};
+    use std::net::Ipv4Addr;
+
+    fn table(mark: u32, ports: &[u16], reals: &[u8]) -> ServiceTable {
+        let mut t = ServiceTable::new();
+        let key = ServiceKey::fwmark(mark);
+        t.add_service(ServiceSpec::new(key, SchedulerKind::Rr))
+            .unwrap();
+        for last in reals {
+            t.add_real(&key, RealSpec::route(Ipv4Addr::new(10, 0, 0, *last), 0))
+                .unwrap();
+        }
+        t.add_mark_rule(MarkRule {
+            proto: Protocol::Tcp,
+            vip: Ipv4Addr::new(10, 0, 0, 100),
+            ports: ports.to_vec(),
+            mark,
+        })
+        .unwrap();
+        t
+    }
+
+    #[test]
+    fn reload_moves_ports_between_mark_rules_and_keeps_fwmark_reals() {
+        let current = table(1, &[80, 443], &[11, 12]);
+        let desired = table(1, &[80, 8443], &[11]);
+        let changes = diff(&current, &desired);
+        let state = AdminState {
+            table: current.clone(),
+            ..AdminState::default()
+        };
+        let next = apply(&state, &changes).unwrap();
+        assert_eq!(next.table.mark_rules(), desired.mark_rules());
+        let real = |t: &ServiceTable| t.service(&ServiceKey::fwmark(1)).unwrap().reals.clone();
+        assert_eq!(real(&next.table).len(), 1);
+        assert_eq!(real(&next.table)[0].id, real(&current)[0].id, "kept its id");
+        assert!(diff(&next.table, &desired).is_empty());
     }
 }

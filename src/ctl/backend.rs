@@ -205,5 +205,6 @@ pub fn status_of(state: &AdminState, figures: &dyn Fn(usize, usize) -> RealFigur
         conn_tab_size: CONN_TAB_SIZE,
         services,
         timeouts: state.timeouts,
+        mark_rules: state.table.mark_rules().to_vec(),
     }
 }

@@ -11,7 +11,9 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ForwardMethod, Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec};
+use crate::model::{
+    ForwardMethod, MarkRule, Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec,
+};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -39,6 +41,11 @@ pub enum Change {
     EditReal(ServiceKey, RealSpec),
     /// Address and port of the real (port 0 = the service's port).
     DeleteReal(ServiceKey, Ipv4Addr, u16),
+    /// uvs's stand-in for an iptables MARK rule (`uvsadm --add-mark`).
+    AddMarkRule(MarkRule),
+    /// `uvsadm --del-mark`: the rule with the same mark, protocol, VIP and ports.
+    DeleteMarkRule(MarkRule),
+    /// `-C`: every service. Mark rules stay (as `ipvsadm -C` leaves iptables alone).
     Clear,
     /// `--set tcp tcpfin udp` in seconds; 0 leaves that value unchanged.
     SetTimeouts {
@@ -139,6 +146,9 @@ pub struct Status {
     pub conn_tab_size: u32,
     pub services: Vec<ServiceStatus>,
     pub timeouts: TimeoutsSecs,
+    /// Mark rules (`uvsadm --list-marks`); not part of ipvsadm's listings.
+    #[serde(default)]
+    pub mark_rules: Vec<MarkRule>,
 }
 
 /// One connection entry (`-Lc`).
@@ -152,6 +162,10 @@ pub struct ConnEntry {
     pub client: (Ipv4Addr, u16),
     pub virt: (Ipv4Addr, u16),
     pub dest: (Ipv4Addr, u16),
+    /// A fwmark service's persistence template: IPVS keys it with protocol `IPPROTO_IP` and
+    /// the mark as virtual address, and lists it as protocol `IP` (`proto` is then unused).
+    #[serde(default)]
+    pub fwmark_template: bool,
 }
 
 /// Why a request was refused. `exit_code` is what ipvsadm would exit with.
@@ -239,6 +253,7 @@ mod tests {
             proto: Protocol::Tcp,
             vip: Ipv4Addr::new(10, 0, 0, 100),
             port: 80,
+            fwmark: 0,
         };
         let req = Request::Apply(vec![
             Change::AddService(ServiceSpec::new(key, SchedulerKind::Rr)),

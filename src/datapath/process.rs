@@ -220,11 +220,21 @@ impl Forwarder {
                 .ok_or(DropReason::NoRealServer)?;
             return Ok((svc.reals.get(i).ok_or(DropReason::NoRealServer)?, None));
         };
-        let tkey = TemplateKey {
-            proto: key.proto,
-            snet: key.saddr & p.netmask,
-            vip: key.daddr,
-            vport: p.template_vport,
+        // A fwmark service's template is `<IPPROTO_IP, snet, 0, mark, 0>`, as IPVS keys it.
+        let tkey = if p.fwmark != 0 {
+            TemplateKey {
+                proto: 0,
+                snet: key.saddr & p.netmask,
+                vip: p.fwmark,
+                vport: 0,
+            }
+        } else {
+            TemplateKey {
+                proto: key.proto,
+                snet: key.saddr & p.netmask,
+                vip: key.daddr,
+                vport: p.template_vport,
+            }
         };
         let eqt = self.expire_quiescent_template;
         // `ip_vs_check_template`: the real still exists (in this service's snapshot) and is
@@ -413,7 +423,8 @@ impl Forwarder {
                 }
                 // One-packet scheduling (UDP only, the snapshot guarantees it): the entry is
                 // created, bound and freed at once, so it is never inserted.
-                let ops = svc.ops;
+                // A fwmark service may carry TCP too: OPS is for its UDP packets only.
+                let ops = svc.ops && !is_tcp;
                 // An adopted (synced) flow keeps the real the former MASTER chose; it is not
                 // scheduled again and takes no persistence template of its own.
                 let (real, template) = match adopted {

@@ -523,6 +523,7 @@ mod tests {
             proto: Protocol::Tcp,
             vip: Ipv4Addr::new(10, 0, 0, 100),
             port: 80,
+            fwmark: 0,
         }
     }
 

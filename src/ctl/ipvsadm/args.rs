@@ -8,7 +8,7 @@
 //!   "invalid option". Values are checked as they are met, then the command/option table
 //!   (`commands_v_options` in ipvsadm.c) is checked, then the command-specific rules. Messages
 //!   and exit codes are ipvsadm's: `fail()` exits 2, popt errors and `tryhelp` exit 255.
-//! - What uvs cannot do yet (fwmark, IPv6, SCTP, tunnelling, masquerading, one-packet
+//! - What uvs cannot do yet (IPv6, SCTP, tunnelling, masquerading, one-packet
 //!   scheduling, persistence engines, scheduler flags, the sync daemon) is recognised and
 //!   refused after ipvsadm's own checks, with a message that says so (exit 2).
 //! - Host names are not resolved (no DNS): addresses must be dotted quads. Port names are
@@ -578,8 +578,13 @@ impl Command {
         };
         let real = |r: &RealArgs, key: &ServiceKey| RealSpec {
             addr: r.addr,
-            // Direct routing: ipvsadm forces the destination port to the service port.
-            port: key.port,
+            // Direct routing: ipvsadm forces the destination port to the service port, except
+            // for fwmark services ("Don't worry about this if fwmark is used").
+            port: if key.is_fwmark() {
+                r.port.unwrap_or(0)
+            } else {
+                key.port
+            },
             weight: r.weight,
             forward: ForwardMethod::Route,
             upper_threshold: r.upper_threshold,
@@ -1053,11 +1058,6 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
             "the connection synchronisation daemon (--start-daemon/--stop-daemon) is not supported by uvs",
         ));
     }
-    if ce.fwmark != 0 {
-        return Err(ArgError::unsupported(
-            "fwmark services are not supported yet",
-        ));
-    }
     if ce.sctp {
         return Err(ArgError::unsupported("SCTP services are not supported yet"));
     }
@@ -1073,12 +1073,14 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
         ));
     }
 
-    let key = ce.service.map(|(vip, port)| ServiceKey {
-        // A service is always TCP or UDP here: SCTP and fwmark were refused above.
-        proto: ce.proto.unwrap_or(Protocol::Tcp),
-        vip,
-        port,
-    });
+    let key = if ce.fwmark != 0 {
+        // `-f N`: which packets carry the mark is decided by uvs's mark rules.
+        Some(ServiceKey::fwmark(ce.fwmark))
+    } else {
+        // A service is always TCP or UDP here: SCTP was refused above.
+        ce.service
+            .map(|(vip, port)| ServiceKey::addr(ce.proto.unwrap_or(Protocol::Tcp), vip, port))
+    };
     let need_key = || key.ok_or_else(|| ArgError::try_help(program));
     let real = || -> Result<RealArgs, ArgError> {
         let (addr, port) = ce.real.ok_or_else(|| ArgError::try_help(program))?;
@@ -1157,6 +1159,7 @@ mod tests {
             proto: Protocol::Tcp,
             vip: Ipv4Addr::new(10, 0, 0, 1),
             port,
+            fwmark: 0,
         }
     }
 
@@ -1276,8 +1279,8 @@ mod tests {
     #[test]
     fn unsupported_features_are_refused_after_ipvsadm_checks() {
         assert_eq!(
-            err("-A -f 1 -s rr").0,
-            "fwmark services are not supported yet"
+            p("-A -f 1 -s rr").unwrap(),
+            p("-A --fwmark-service=1 -s rr").unwrap()
         );
         assert_eq!(
             err("-a -t 10.0.0.1:80 -r 10.0.0.2 -m").0,

@@ -10,6 +10,7 @@
 //! nothing is sent), then one request applies all of them or none.
 
 pub mod args;
+pub mod marks;
 pub mod names;
 pub mod print;
 
@@ -74,6 +75,10 @@ fn execute(
     names: &Names,
     program: &str,
 ) -> i32 {
+    // uvs's mark-rule commands (not in ipvsadm).
+    if let Some(m) = marks::parse(argv.get(1..).unwrap_or_default(), names) {
+        return execute_marks(m, out, err, backend, program);
+    }
     // ipvsadm without arguments lists the table.
     let command = if argv.len() <= 1 {
         Command::List(ListWhat::All, Format::default())
@@ -231,6 +236,50 @@ fn execute(
     }
 }
 
+fn execute_marks(
+    m: Result<marks::MarkCommand, ArgError>,
+    out: &mut String,
+    err: &mut String,
+    backend: &mut dyn Backend,
+    program: &str,
+) -> i32 {
+    let m = match m {
+        Ok(m) => m,
+        Err(e) => {
+            err.push_str(&e.message);
+            err.push('\n');
+            return e.exit;
+        }
+    };
+    let request = match &m {
+        marks::MarkCommand::Change(c) => Request::Apply(vec![c.clone()]),
+        _ => Request::Status,
+    };
+    match backend.call(&request) {
+        Err(e) => {
+            err.push_str(&format!("{program}: {e}\n"));
+            match e {
+                BackendError::NoDaemon(_) => 2,
+                _ => 1,
+            }
+        }
+        Ok(Reply::Done) => 0,
+        Ok(Reply::Refused(r)) => {
+            err.push_str(&r.message);
+            err.push('\n');
+            r.exit_code
+        }
+        Ok(Reply::Status(s)) => {
+            out.push_str(&match m {
+                marks::MarkCommand::Save => print::save_marks(&s.mark_rules),
+                _ => print::list_marks(&s.mark_rules),
+            });
+            0
+        }
+        Ok(other) => unexpected(other, err),
+    }
+}
+
 fn unexpected(reply: Reply, err: &mut String) -> i32 {
     err.push_str(&format!(
         "unexpected reply from the uvs director: {reply:?}\n"
@@ -276,7 +325,7 @@ impl LineError {
         match &self.error {
             LineErrorKind::Parse(e) => e.message.trim_end().to_string(),
             LineErrorKind::NotAChange(word) => format!(
-                "'{word}' cannot be used here: -R input and rules files take only -A, -E, -D, -a, -e, -d, -C and --set"
+                "'{word}' cannot be used here: -R input and rules files take only -A, -E, -D, -a, -e, -d, -C, --set, --add-mark and --del-mark"
             ),
         }
     }
@@ -324,6 +373,19 @@ pub fn changes_from_text(
             line: number,
             error,
         };
+        // `--add-mark`/`--del-mark` lines (what `--save-marks` prints) are changes too.
+        if let Some(m) = marks::parse(&argv[1..], names) {
+            match m.map_err(|e| fail(LineErrorKind::Parse(e)))? {
+                marks::MarkCommand::Change(change) => {
+                    out.push(LineChange {
+                        line: number,
+                        change,
+                    });
+                    continue;
+                }
+                _ => return Err(fail(LineErrorKind::NotAChange(words[0].to_string()))),
+            }
+        }
         let command = args::parse(&argv, names).map_err(|e| fail(LineErrorKind::Parse(e)))?;
         if !command.is_change() {
             return Err(fail(LineErrorKind::NotAChange(words[0].to_string())));
@@ -433,4 +495,10 @@ Daemon Options:
   --mcast-group address               IPv4/IPv6 group (default=224.0.0.81)
   --mcast-port port                   UDP port (default=8848)
   --mcast-ttl ttl                     Multicast TTL (default=1)
+
+uvs mark rules (stand-ins for iptables MARK rules, for -f services):
+  --add-mark mark -t|-u vip:port[,port...]   add a mark rule
+  --del-mark mark -t|-u vip:port[,port...]   delete a mark rule
+  --list-marks                               list the mark rules
+  --save-marks                               print them as --add-mark lines (for -R)
 ";

@@ -42,7 +42,12 @@ fn cmp_addr(a: Ipv4Addr, b: Ipv4Addr) -> i32 {
 }
 
 fn cmp_services(a: &ServiceStatus, b: &ServiceStatus) -> i32 {
-    // fwmark and address family are equal (0, AF_INET) for every service uvs has.
+    // The address family is AF_INET for every service uvs has. The mark difference is a C
+    // `int` subtraction of two `u32`s, as in libipvs.
+    let r = a.key.fwmark.wrapping_sub(b.key.fwmark) as i32;
+    if r != 0 {
+        return r;
+    }
     let r = i32::from(a.key.proto.number()) - i32::from(b.key.proto.number());
     if r != 0 {
         return r;
@@ -155,7 +160,13 @@ fn title(out: &mut String, f: &Format) {
 fn service_entry(out: &mut String, se: &ServiceStatus, f: &Format, names: &Names) {
     let proto = se.key.proto;
     let vname = names.addrport(se.key.vip, se.key.port, proto, f.numeric);
-    let svc_name = if f.rule {
+    let svc_name = if se.key.is_fwmark() {
+        if f.rule {
+            format!("-f {}", se.key.fwmark)
+        } else {
+            format!("FWM  {}", se.key.fwmark)
+        }
+    } else if f.rule {
         let opt = match proto {
             crate::model::Protocol::Tcp => "-t",
             crate::model::Protocol::Udp => "-u",
@@ -301,6 +312,31 @@ pub fn list_service(service: &ServiceStatus, f: &Format, names: &Names) -> Strin
     out
 }
 
+/// `uvsadm --list-marks` (uvs only: mark rules stand in for iptables MARK rules).
+pub fn list_marks(rules: &[crate::model::MarkRule]) -> String {
+    let mut out = format!(
+        "{:<5} {:<4} {:<15} Ports\n",
+        "Mark", "Prot", "VirtualAddress"
+    );
+    for r in rules {
+        let ports: Vec<String> = r.ports.iter().map(u16::to_string).collect();
+        let _ = writeln!(
+            out,
+            "{:<5} {:<4} {:<15} {}",
+            r.mark,
+            r.proto.ipvsadm_name(),
+            r.vip.to_string(),
+            ports.join(",")
+        );
+    }
+    out
+}
+
+/// `uvsadm --save-marks`: one `--add-mark` line per rule, readable by `uvsadm -R`.
+pub fn save_marks(rules: &[crate::model::MarkRule]) -> String {
+    rules.iter().map(|r| format!("{r}\n")).collect()
+}
+
 /// `-L --timeout`.
 pub fn list_timeout(t: &TimeoutsSecs) -> String {
     format!(
@@ -329,10 +365,15 @@ pub fn list_conns(conns: &[ConnEntry], f: &Format, names: &Names) -> String {
     for c in conns {
         let name = |(a, p): (Ipv4Addr, u16)| names.addrport(a, p, c.proto, f.numeric);
         let expire = format!("{:02}:{:02}", c.expires / 60, c.expires % 60);
+        let proto = if c.fwmark_template {
+            "IP"
+        } else {
+            c.proto.ipvsadm_name()
+        };
         let _ = writeln!(
             out,
             "{:<3} {:<6} {:<11} {:<18} {:<18} {}",
-            c.proto.ipvsadm_name(),
+            proto,
             expire,
             c.state,
             name(c.client),
@@ -376,5 +417,31 @@ mod tests {
             i32::from(a.0) - i32::from(b.0)
         });
         assert_eq!(v, vec![(0, 0), (1, 0), (1, 1), (2, 0), (3, 0), (3, 1)]);
+    }
+}
+
+#[cfg(test)]
+mod fwmark_tests {
+    use super::*;
+
+    #[test]
+    fn a_fwmark_template_is_listed_with_protocol_ip() {
+        let c = ConnEntry {
+            proto: crate::model::Protocol::Tcp,
+            expires: 252,
+            state: "NONE".into(),
+            client: (Ipv4Addr::new(10, 0, 0, 5), 0),
+            virt: (Ipv4Addr::new(0, 0, 0, 1), 0),
+            dest: (Ipv4Addr::new(192, 168, 10, 11), 0),
+            fwmark_template: true,
+        };
+        let f = Format {
+            numeric: true,
+            ..Format::default()
+        };
+        assert_eq!(
+            list_conns(&[c], &f, &Names::none()),
+            "IPVS connection entries\npro expire state       source             virtual            destination\nIP  04:12  NONE        10.0.0.5:0         0.0.0.1:0          192.168.10.11:0\n"
+        );
     }
 }

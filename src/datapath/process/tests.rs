@@ -31,6 +31,7 @@ fn rig() -> Rig {
             proto,
             vip: Ipv4Addr::from(VIP),
             port,
+            fwmark: 0,
         };
         t.add_service(ServiceSpec::new(key, SchedulerKind::Rr))
             .unwrap();
@@ -228,6 +229,7 @@ fn weight_zero_reals_get_no_new_flows_but_keep_their_flows() {
         proto: Protocol::Tcp,
         vip: Ipv4Addr::from(VIP),
         port: 80,
+        fwmark: 0,
     };
     t.add_service(ServiceSpec::new(key, SchedulerKind::Rr))
         .unwrap();
@@ -538,6 +540,7 @@ fn snapshot_with(persist: Option<u32>, ops: bool, w1: u32) -> Snapshot {
             proto,
             vip: Ipv4Addr::from(VIP),
             port,
+            fwmark: 0,
         };
         let mut spec = ServiceSpec::new(key, SchedulerKind::Rr);
         spec.persistence_timeout = persist;
@@ -657,4 +660,77 @@ fn ops_with_persistence_keeps_the_template_without_children() {
     let live = r.fwd.templates.live(0);
     assert_eq!((live.len(), live[0].n_control), (1, 0));
     assert_eq!(r.fwd.conns.persistent(rid(3)), 1);
+}
+
+/// A persistent fwmark service over TCP 80 and 443 and UDP 53 (`-f 1 -p 60`, mark rules).
+fn fwmark_snapshot(ops: bool) -> Snapshot {
+    let mut t = ServiceTable::new();
+    let key = ServiceKey::fwmark(1);
+    let mut spec = ServiceSpec::new(key, SchedulerKind::Rr);
+    spec.persistence_timeout = Some(60);
+    spec.ops = ops;
+    t.add_service(spec).unwrap();
+    t.add_real(&key, RealSpec::route(Ipv4Addr::new(10, 0, 0, 11), 0))
+        .unwrap();
+    t.add_real(&key, RealSpec::route(Ipv4Addr::new(10, 0, 0, 12), 0))
+        .unwrap();
+    for (proto, ports) in [(Protocol::Tcp, vec![80, 443]), (Protocol::Udp, vec![53])] {
+        t.add_mark_rule(crate::model::MarkRule {
+            proto,
+            vip: Ipv4Addr::from(VIP),
+            ports,
+            mark: 1,
+        })
+        .unwrap();
+    }
+    Snapshot::build(&t, 2, &mut AllOnLink).unwrap()
+}
+
+#[test]
+fn a_persistent_fwmark_service_keeps_a_client_on_one_real_across_its_ports() {
+    let mut r = rig();
+    r.snap = fwmark_snapshot(false);
+    for (i, port) in [80u16, 443, 80, 443].into_iter().enumerate() {
+        let mut b = tcp(40000 + i as u16, port, true, false, false, false);
+        assert!(matches!(r.run(&mut b, 0), Verdict::Forward { .. }));
+        assert_eq!(dst_mac(&b), RS1_MAC, "port {port}");
+    }
+    let mut b = udp(5000, 53);
+    assert!(matches!(r.run(&mut b, 0), Verdict::Forward { .. }));
+    assert_eq!(dst_mac(&b), RS1_MAC, "UDP shares the template");
+    // One template, keyed as IPVS keys a fwmark service's: <IPPROTO_IP, snet, mark, 0>.
+    let live = r.fwd.templates.live(0);
+    assert_eq!(live.len(), 1);
+    assert_eq!(
+        (live[0].key.proto, live[0].key.vip, live[0].key.vport),
+        (0, 1, 0)
+    );
+    assert_eq!(live[0].n_control, 5);
+    // Ports without a mark rule are not a service.
+    let mut b = tcp(41000, 22, true, false, false, false);
+    assert!(matches!(
+        r.run(&mut b, 0),
+        Verdict::Drop(DropReason::NotAService)
+    ));
+}
+
+#[test]
+fn ops_on_a_fwmark_service_applies_to_its_udp_packets_only() {
+    let mut r = rig();
+    r.snap = fwmark_snapshot(true);
+    let mut b = tcp(40000, 80, true, false, false, false);
+    assert!(matches!(r.run(&mut b, 0), Verdict::Forward { .. }));
+    let counted = |r: &Rig| {
+        [rid(1), rid(2)]
+            .map(|id| r.fwd.conns.active(id) + r.fwd.conns.inactive(id))
+            .iter()
+            .sum::<u32>()
+    };
+    assert_eq!(counted(&r), 1, "the TCP flow is kept");
+    // Its ACK is forwarded (had OPS applied to TCP, it would be dropped as TcpNoFlow).
+    let mut b = tcp(40000, 80, false, true, false, false);
+    assert!(matches!(r.run(&mut b, 0), Verdict::Forward { .. }));
+    let mut b = udp(5000, 53);
+    assert!(matches!(r.run(&mut b, 0), Verdict::Forward { .. }));
+    assert_eq!(counted(&r), 1, "UDP under OPS keeps no entry");
 }
