@@ -20,11 +20,7 @@ use crate::common;
 use crate::hostile::{check_keepalive, keepalive_client};
 
 fn key(proto: Protocol, port: u16) -> ServiceKey {
-    ServiceKey {
-        proto,
-        vip: addr::VIP,
-        port,
-    }
+    ServiceKey::addr(proto, addr::VIP, port)
 }
 
 /// The change applied at second `i`.

@@ -81,11 +81,7 @@ fn main() {
         use std::net::Ipv4Addr;
         use uvs::ctl::proto::{Change, Envelope, Request};
         use uvs::model::{Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec};
-        let key = ServiceKey {
-            proto: Protocol::Tcp,
-            vip: Ipv4Addr::new(10, 0, 0, 100),
-            port: 80,
-        };
+        let key = ServiceKey::addr(Protocol::Tcp, Ipv4Addr::new(10, 0, 0, 100), 80);
         let mut spec = ServiceSpec::new(key, SchedulerKind::Wrr);
         spec.persistence_timeout = Some(300);
         let req = Request::Apply(vec![

@@ -38,11 +38,7 @@ pub struct FrameRig {
 pub fn frame_rig(sched: SchedulerKind, sloppy: bool) -> FrameRig {
     let mut t = ServiceTable::new();
     for (proto, port) in [(Protocol::Tcp, 80u16), (Protocol::Udp, 53)] {
-        let key = ServiceKey {
-            proto,
-            vip: Ipv4Addr::from(VIP),
-            port,
-        };
+        let key = ServiceKey::addr(proto, Ipv4Addr::from(VIP), port);
         t.add_service(ServiceSpec::new(key, sched)).unwrap();
         for rs in RS {
             t.add_real(&key, RealSpec::route(Ipv4Addr::from(rs), port))
