@@ -215,3 +215,59 @@ fn keepalived_pair_fails_over_and_back() {
     let left = leftovers(&prefix);
     assert!(left.is_empty(), "left behind {left:?}");
 }
+
+fn curl_bodies(prefix: &str, url: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &format!("{prefix}client")])
+                .args(["curl", "-s", "--noproxy", "*", "--max-time", "2", url])
+                .stdin(Stdio::null())
+                .output()
+                .expect("curl");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+        .collect()
+}
+
+/// The health-sorry guide's walk: a stopped real server is quiesced and the other takes the
+/// traffic; both stopped, the director's sorry server answers; one back, traffic returns.
+#[test]
+fn health_sorry_lab_fails_over_to_the_sorry_server_and_back() {
+    let Some(ctx) = common::setup(45) else { return };
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/labs/health-sorry.toml");
+    let f = file.to_str().unwrap();
+    let prefix = ctx.prefix.clone();
+    let url = "http://10.1.0.100/";
+    let (ok, up) = uvs(&["lab", "up", f, "--prefix", &prefix]);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(ok, "lab up:\n{up}");
+        let settle = |want: &[&str]| {
+            let got = common::poll(std::time::Duration::from_secs(8), || {
+                let b = curl_bodies(&prefix, url, 4);
+                b.iter().all(|x| want.contains(&x.as_str())).then_some(b)
+            });
+            assert!(
+                got.is_some(),
+                "answers never all among {want:?}: {:?}",
+                curl_bodies(&prefix, url, 4)
+            );
+        };
+        let (ok, out) = uvs(&["lab", "stop", f, "rs1", "--prefix", &prefix]);
+        assert!(ok, "{out}");
+        settle(&["rs2"]);
+        let (ok, out) = uvs(&["lab", "stop", f, "rs2", "--prefix", &prefix]);
+        assert!(ok, "{out}");
+        settle(&["sorry, down for maintenance"]);
+        let (ok, out) = uvs(&["lab", "start", f, "rs1", "--prefix", &prefix]);
+        assert!(ok, "{out}");
+        settle(&["rs1"]);
+    }));
+    let (ok_d, down) = uvs(&["lab", "down", f, "--prefix", &prefix]);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    assert!(ok_d, "{down}");
+    let left = leftovers(&prefix);
+    assert!(left.is_empty(), "left behind {left:?}");
+}
