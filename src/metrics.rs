@@ -32,6 +32,8 @@ pub struct Figures {
     pub rings: Vec<RingFigures>,
     /// Health checks (issue 5).
     pub health: crate::health::book::HealthListing,
+    /// `uvs trace` / `uvs capture` records lost, by reason (never packets).
+    pub trace_dropped: Vec<(&'static str, u64)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -132,6 +134,9 @@ pub fn render(f: &Figures) -> String {
             counter!("uvs_ring_drops_total", "interface" => i.clone()).absolute(r.drops);
             counter!("uvs_ring_freezes_total", "interface" => i).absolute(r.freezes);
         }
+        for (reason, v) in &f.trace_dropped {
+            counter!("uvs_trace_records_dropped_total", "reason" => *reason).absolute(*v);
+        }
         render_health(&f.health);
     });
     handle.render()
@@ -228,9 +233,12 @@ mod tests {
                 weight: 1,
             }],
             drops: vec![("fragment", 4)],
+            trace_dropped: vec![("ring_full", 5), ("rate_limit", 0)],
             ..Figures::default()
         };
         let text = render(&f);
+        assert!(text.contains("uvs_trace_records_dropped_total{reason=\"ring_full\"} 5"));
+        assert!(text.contains("uvs_trace_records_dropped_total{reason=\"rate_limit\"} 0"));
         assert!(text.contains("node_ipvs_connections_total 7"), "{text}");
         assert!(text.contains("node_ipvs_outgoing_packets_total 0"));
         assert!(text.contains("uvs_drops_total{reason=\"fragment\"} 4"));

@@ -73,8 +73,26 @@ pub struct Why {
     pub n: u8,
     /// wrr: current weight after the pick.
     pub cw: i64,
+    /// How the real was found: [`VIA_SCHEDULER`], [`VIA_TEMPLATE_HIT`], ...
+    pub via: u8,
+    /// One-packet scheduling (UDP `-o`): no flow entry is kept.
+    pub ops: bool,
+    /// Persistence netmask of the service (the template's client network).
+    pub pmask: u32,
     pub reals: [WhyReal; WHY_REALS],
 }
+
+/// The scheduler picked the real (not persistent).
+pub const VIA_SCHEDULER: u8 = 0;
+/// Persistent service: an existing template for the client's network placed the flow; the
+/// scheduler was not asked.
+pub const VIA_TEMPLATE_HIT: u8 = 1;
+/// Persistent service: no template yet; the scheduler picked and a template was created.
+pub const VIA_TEMPLATE_NEW: u8 = 2;
+/// Persistent service, but the template table was full: scheduled without persistence.
+pub const VIA_TEMPLATE_FULL: u8 = 3;
+/// A flow synced from the former MASTER (HA), adopted with the real it had there.
+pub const VIA_SYNCED: u8 = 4;
 
 pub const KIND_FORWARD: u8 = 1;
 pub const KIND_DROP: u8 = 2;
@@ -242,6 +260,8 @@ pub struct TraceHub {
     /// Records lost to a full ring, or to the rate limit.
     pub dropped_full: AtomicU64,
     pub dropped_rate: AtomicU64,
+    /// Records lost because a session's queue to its reader thread was full.
+    pub dropped_queue: AtomicU64,
     consumer: Mutex<()>,
 }
 
@@ -254,6 +274,7 @@ impl TraceHub {
             rings: (0..workers).map(|_| Ring::new(RING_RECORDS)).collect(),
             dropped_full: AtomicU64::new(0),
             dropped_rate: AtomicU64::new(0),
+            dropped_queue: AtomicU64::new(0),
             consumer: Mutex::new(()),
         }
     }
@@ -526,6 +547,9 @@ pub fn explain(svc: &ServiceEntry, conns: &ConnCounts, chosen: usize) -> Why {
         chosen: chosen.min(255) as u8,
         n: svc.reals.len().min(255) as u8,
         cw: 0,
+        via: VIA_SCHEDULER,
+        ops: svc.ops,
+        pmask: svc.persistence.map_or(u32::MAX, |p| p.netmask),
         reals: [WhyReal::default(); WHY_REALS],
     };
     if let Scheduler::Wrr(s) = &svc.scheduler {
@@ -579,8 +603,47 @@ pub fn clock(ns: u64) -> String {
     )
 }
 
-/// Why this scheduler chose, in words.
+/// Why this real was chosen, in words: the persistence template, or the scheduler.
 pub fn explain_text(w: &Why) -> String {
+    let mut s = String::new();
+    if w.ops {
+        s.push_str("ops: one-packet scheduling, every datagram scheduled, no flow kept; ");
+    }
+    let real = w
+        .reals
+        .get(usize::from(w.chosen))
+        .filter(|_| w.chosen < w.n)
+        .map(|r| ipv4_from_u32(r.addr).to_string())
+        .unwrap_or_else(|| "?".into());
+    let len = w.pmask.leading_ones();
+    match w.via {
+        VIA_TEMPLATE_HIT => {
+            s.push_str(&format!(
+                "persistent template hit -> {real}: client net /{len} already placed there, {} not asked",
+                sched_name(w.sched)
+            ));
+            return s;
+        }
+        VIA_TEMPLATE_NEW => s.push_str(&format!(
+            "no persistence template for the client net /{len}: new template -> {real}, "
+        )),
+        VIA_TEMPLATE_FULL => {
+            s.push_str("persistence template table full: scheduled without a template, ")
+        }
+        VIA_SYNCED => {
+            s.push_str(&format!(
+                "synced from the former MASTER: adopted with its real {real}, not scheduled"
+            ));
+            return s;
+        }
+        _ => {}
+    }
+    s.push_str(&sched_text(w));
+    s
+}
+
+/// Why this scheduler chose, in words.
+fn sched_text(w: &Why) -> String {
     let name = sched_name(w.sched);
     let n = usize::from(w.n).min(WHY_REALS);
     let reals = &w.reals[..n];
@@ -680,7 +743,12 @@ pub fn format_record(r: &Record, ifname: &dyn Fn(u16) -> String) -> String {
     };
     if r.new_flow {
         s.push_str(&format!(
-            " new flow -> {} ({})",
+            " {} -> {} ({})",
+            if r.why.ops {
+                "ops datagram"
+            } else {
+                "new flow"
+            },
             ipv4_from_u32(r.real_addr),
             explain_text(&r.why)
         ));
@@ -882,7 +950,7 @@ fn run_session(
             .unwrap_or_else(|| format!("if{i}"))
     };
     let (full0, rate0) = (
-        hub.dropped_full.load(Ordering::Relaxed),
+        hub.dropped_full.load(Ordering::Relaxed) + hub.dropped_queue.load(Ordering::Relaxed),
         hub.dropped_rate.load(Ordering::Relaxed),
     );
     let mut lost_shown = (0, 0);
@@ -937,7 +1005,8 @@ fn run_session(
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(()),
         }
         let lost = (
-            hub.dropped_full.load(Ordering::Relaxed) - full0,
+            hub.dropped_full.load(Ordering::Relaxed) + hub.dropped_queue.load(Ordering::Relaxed)
+                - full0,
             hub.dropped_rate.load(Ordering::Relaxed) - rate0,
         );
         if mode == StreamMode::Trace && lost != lost_shown {
@@ -1000,9 +1069,71 @@ pub fn pump(hub: &TraceHub, sessions: &mut Vec<Session>, buf: &mut Vec<Record>) 
             .collect();
         let n = mine.len() as u64;
         if n > 0 && s.tx.try_send(Msg::Records(mine)).is_err() {
-            hub.dropped_full.fetch_add(n, Ordering::Relaxed);
+            hub.dropped_queue.fetch_add(n, Ordering::Relaxed);
         }
     }
+}
+
+/// Lost trace/capture records by reason, for the metrics (`uvs_trace_records_dropped_total`):
+/// a worker's ring was full, the per-worker rate limit, a session's queue was full.
+pub fn dropped_by_reason(hub: &TraceHub) -> [(&'static str, u64); 3] {
+    [
+        ("ring_full", hub.dropped_full.load(Ordering::Relaxed)),
+        ("rate_limit", hub.dropped_rate.load(Ordering::Relaxed)),
+        (
+            "session_queue_full",
+            hub.dropped_queue.load(Ordering::Relaxed),
+        ),
+    ]
+}
+
+/// Control thread (HA): a trace line per VRRP state change between two listings, with the
+/// VIPs it concerns: what the change means for ARP and forwarding.
+pub fn vrrp_events(
+    before: &[crate::vrrp::runtime::InstanceStatus],
+    after: &[crate::vrrp::runtime::InstanceStatus],
+) -> Vec<(Vec<Ipv4Addr>, String)> {
+    use crate::vrrp::machine::State;
+    let t = clock(realtime_ns());
+    let mut out = Vec::new();
+    for a in after {
+        let Some(b) = before.iter().find(|b| b.name == a.name) else {
+            continue;
+        };
+        if a.state == b.state {
+            continue;
+        }
+        let vips = a
+            .vips
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let what = match a.state {
+            State::Master => format!(
+                "uvs now answers ARP for {vips} and forwards to it; gratuitous ARP announces it"
+            ),
+            State::Backup => format!(
+                "master is {}: uvs stops answering ARP for {vips}; frames to it are dropped (not_a_service)",
+                a.master.map_or("unknown".to_string(), |m| m.to_string())
+            ),
+            State::Fault => format!("tracked interface down: {vips} not answered"),
+            State::Init => String::new(),
+        };
+        out.push((
+            a.vips.clone(),
+            format!(
+                "{t} VRRP {} (vrid {} on {}, priority {}): {} -> {}: {what}",
+                a.name,
+                a.vrid,
+                a.interface,
+                a.priority,
+                b.state.name(),
+                a.state.name()
+            ),
+        ));
+    }
+    out
 }
 
 /// Control thread: an ARP event line for the trace sessions whose filter concerns `ips`.
@@ -1159,6 +1290,111 @@ mod cost {
             }
         }
         t.elapsed().as_nanos() as f64 / (rounds * 1024) as f64
+    }
+
+    /// Runs `frames` through a forwarder with a trace attached; returns the trace lines.
+    fn traced_lines(t: &ServiceTable, frames: Vec<Vec<u8>>) -> Vec<String> {
+        let snap = Snapshot::build(t, 1, &mut Lan).unwrap();
+        let neigh = NeighTable::new(256);
+        neigh.set(11, Some(MacAddr([2, 0, 0, 0, 0x11, 0])));
+        neigh.set(12, Some(MacAddr([2, 0, 0, 0, 0x12, 0])));
+        let mut fwd = Forwarder::new(
+            1 << 10,
+            false,
+            vec![MacAddr([2, 0, 0, 0, 2, 0])],
+            Arc::new(crate::conns::ConnCounts::new()),
+        );
+        let hub = Arc::new(TraceHub::new(1));
+        fwd.tap = hub.tap(0);
+        hub.attach(&TraceFilter::default()).unwrap();
+        fwd.tap.as_mut().unwrap().refresh();
+        let c = WorkerCounters::new();
+        for mut f in frames {
+            let n = f.len() - VNET_HDR_LEN;
+            let rx = RxFrame {
+                buf: &mut f,
+                wire_len: n,
+                status: 0,
+                scratch: false,
+            };
+            fwd.process(&snap, &neigh, &c, rx, 0);
+        }
+        let mut recs = Vec::new();
+        hub.drain(&mut recs);
+        recs.iter()
+            .map(|r| format_record(r, &|_| "eth0".to_string()))
+            .collect()
+    }
+
+    fn two_reals(proto: Protocol, port: u16, f: impl FnOnce(&mut ServiceSpec)) -> ServiceTable {
+        let mut t = ServiceTable::new();
+        let key = ServiceKey {
+            proto,
+            vip: Ipv4Addr::new(10, 0, 0, 100),
+            port,
+        };
+        let mut spec = ServiceSpec::new(key, SchedulerKind::Rr);
+        f(&mut spec);
+        t.add_service(spec).unwrap();
+        for i in 0..2u8 {
+            t.add_real(&key, RealSpec::route(Ipv4Addr::new(10, 0, 0, 11 + i), port))
+                .unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn persistent_template_hit_is_named_in_the_trace() {
+        let t = two_reals(Protocol::Tcp, 80, |s| s.persistence_timeout = Some(300));
+        // Three connections from one client: the first creates the template, the others are
+        // placed by it (rr alone would alternate).
+        let lines = traced_lines(
+            &t,
+            vec![frame(10000, true), frame(10001, true), frame(10002, true)],
+        );
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(
+            lines[0].contains(
+                "new flow -> 10.0.0.11 (no persistence template for the client net /32: new template -> 10.0.0.11, rr: position 1/2"
+            ),
+            "{}",
+            lines[0]
+        );
+        for l in &lines[1..] {
+            assert!(
+                l.contains(
+                    "new flow -> 10.0.0.11 (persistent template hit -> 10.0.0.11: client net /32 already placed there, rr not asked)"
+                ),
+                "{l}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_packet_scheduling_is_named_in_the_trace() {
+        let t = two_reals(Protocol::Udp, 53, |s| s.ops = true);
+        let udp = |sport: u16| {
+            let mut out = vec![0u8; VNET_HDR_LEN];
+            etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 2, 0])
+                .ipv4([172, 30, 0, 10], [10, 0, 0, 100], 64)
+                .udp(sport, 53)
+                .write(&mut out, b"q")
+                .unwrap();
+            out
+        };
+        // The same 4-tuple twice: with OPS each datagram is scheduled on its own.
+        let lines = traced_lines(&t, vec![udp(5000), udp(5000)]);
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(
+            lines[0].contains("ops datagram -> 10.0.0.11 (ops: one-packet scheduling"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].contains("ops datagram -> 10.0.0.12"),
+            "{}",
+            lines[1]
+        );
     }
 
     #[test]

@@ -158,6 +158,22 @@ enum LabAction {
     Status(LabArgs),
     /// Run the lab file's smoke check against the running lab.
     Check(LabArgs),
+    /// Stop a host's processes (its HTTP server, its director), e.g. to fail a real server.
+    Stop {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// Host name in the lab file (rs1, dir1, ...).
+        host: String,
+        /// SIGKILL at once (a crash) instead of SIGTERM (a clean stop).
+        #[arg(long)]
+        kill: bool,
+    },
+    /// Start again what `uvs lab stop` stopped on a host.
+    Start {
+        #[command(flatten)]
+        lab: LabArgs,
+        host: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -317,6 +333,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 LabAction::Check(a) => build::check(&a.file, a.prefix.as_deref()),
+                LabAction::Stop { lab, host, kill } => {
+                    build::stop(&lab.file, lab.prefix.as_deref(), &host, kill)
+                }
+                LabAction::Start { lab, host } => {
+                    build::start(&lab.file, lab.prefix.as_deref(), &host)
+                }
             }
         }
         Command::Trace {

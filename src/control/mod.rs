@@ -124,7 +124,14 @@ impl Control {
             }
             if let Some(ha) = &mut self.ha {
                 // HA (issue 8): VRRP adverts and timers, sync messages.
+                // trace hook: VRRP state changes for `uvs trace` (only while attached).
+                let before = (!self.trace_sessions.is_empty()).then(|| ha.status().instances);
                 ha.poll(&mut self.arp, self.snapshot.load().vips(), now);
+                if let Some(b) = before {
+                    for (ips, line) in crate::trace::vrrp_events(&b, &ha.status().instances) {
+                        crate::trace::arp_event(&self.trace_sessions, &ips, &line);
+                    }
+                }
             }
             self.arp.on_tick(now, &self.neigh, &mut out);
             self.send(&mut out);
@@ -430,6 +437,7 @@ impl Control {
             })
             .collect();
         f.health = self.health_listing();
+        f.trace_dropped = crate::trace::dropped_by_reason(&self.trace).to_vec();
         f
     }
 }

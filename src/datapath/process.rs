@@ -203,7 +203,8 @@ impl Forwarder {
 
     /// Picks the real for a new connection of `svc`: through its persistence template if
     /// the service is persistent (`ip_vs_sched_persist`), else by its scheduler. Returns the
-    /// real's position in the snapshot and the template slot the connection is a child of.
+    /// real's position in the snapshot, the template slot the connection is a child of, and
+    /// how the real was found (`trace::VIA_*`, for `uvs trace`).
     #[inline]
     fn schedule<'s>(
         &self,
@@ -212,13 +213,15 @@ impl Forwarder {
         key: &FlowKey,
         child: bool,
         now: u32,
-    ) -> Result<(&'s RealEntry, Option<u32>), DropReason> {
+    ) -> Result<(&'s RealEntry, Option<u32>, u8), DropReason> {
+        use crate::trace::{VIA_SCHEDULER, VIA_TEMPLATE_FULL, VIA_TEMPLATE_HIT, VIA_TEMPLATE_NEW};
         let Some(p) = svc.persistence else {
             let i = svc
                 .scheduler
                 .pick(&svc.reals, key, &self.conns)
                 .ok_or(DropReason::NoRealServer)?;
-            return Ok((svc.reals.get(i).ok_or(DropReason::NoRealServer)?, None));
+            let real = svc.reals.get(i).ok_or(DropReason::NoRealServer)?;
+            return Ok((real, None, VIA_SCHEDULER));
         };
         // A fwmark service's template is `<IPPROTO_IP, snet, 0, mark, 0>`, as IPVS keys it.
         let tkey = if p.fwmark != 0 {
@@ -240,9 +243,11 @@ impl Forwarder {
         // `ip_vs_check_template`: the real still exists (in this service's snapshot) and is
         // not quiesced when expire_quiescent_template is on.
         let valid = |id| snap.real(id).is_some_and(|r| !(eqt && r.weight == 0));
+        let mut via = VIA_TEMPLATE_HIT;
         let placed = match self.templates.lookup(&tkey, now, child, valid) {
             Some(hit) => hit,
             None => {
+                via = VIA_TEMPLATE_NEW;
                 let i = svc
                     .scheduler
                     .pick(&svc.reals, key, &self.conns)
@@ -254,7 +259,7 @@ impl Forwarder {
                 {
                     Some(placed) => placed,
                     // No room for a template: schedule without persistence (counted).
-                    None => return Ok((real, None)),
+                    None => return Ok((real, None, VIA_TEMPLATE_FULL)),
                 }
             }
         };
@@ -267,7 +272,7 @@ impl Forwarder {
             self.conns.bind_template(new, t);
         }
         match snap.real(placed.real) {
-            Some(r) => Ok((r, placed.slot)),
+            Some(r) => Ok((r, placed.slot, via)),
             None => {
                 if let Some(slot) = placed.slot {
                     self.templates.release(slot, now);
@@ -427,8 +432,12 @@ impl Forwarder {
                 let ops = svc.ops && !is_tcp;
                 // An adopted (synced) flow keeps the real the former MASTER chose; it is not
                 // scheduled again and takes no persistence template of its own.
-                let (real, template) = match adopted {
-                    Some((i, _)) => (svc.reals.get(i).ok_or(DropReason::NoRealServer)?, None),
+                let (real, template, via) = match adopted {
+                    Some((i, _)) => (
+                        svc.reals.get(i).ok_or(DropReason::NoRealServer)?,
+                        None,
+                        crate::trace::VIA_SYNCED,
+                    ),
                     None => self.schedule(snap, svc, &p.key, !ops, now)?,
                 };
                 let prior = adopted.map_or(TcpState::None, |(_, s)| s);
@@ -438,6 +447,7 @@ impl Forwarder {
                     if let Some(i) = svc.reals.iter().position(|r| r.id == real.id) {
                         t.note.why = crate::trace::explain(svc, &self.conns, i);
                     }
+                    t.note.why.via = via;
                 }
                 let (state, timeout) = if is_tcp {
                     let s = next_state(prior, p.tcp_flags);

@@ -29,6 +29,14 @@ pub struct ProcState {
     /// `/proc/PID/stat` field 22 at spawn (clock ticks since boot): guards against PID reuse.
     pub start_time: u64,
     pub what: String,
+    /// Host (namespace without the prefix), command line (after `ip netns exec NS setsid`) and
+    /// log, so `uvs lab start` can run it again after `uvs lab stop`.
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,6 +46,9 @@ pub struct LabState {
     pub dir: PathBuf,
     pub namespaces: Vec<String>,
     pub processes: Vec<ProcState>,
+    /// Stopped by `uvs lab stop`, to be started again by `uvs lab start`.
+    #[serde(default)]
+    pub stopped: Vec<ProcState>,
 }
 
 impl LabState {
@@ -64,6 +75,19 @@ pub fn proc_start_time(pid: u32) -> Option<u64> {
 
 fn alive(p: &ProcState) -> bool {
     proc_start_time(p.pid).is_some_and(|t| t == p.start_time)
+}
+
+/// [`alive`] and not a zombie (a process of a finished `lab up` is reaped by PID 1, which in
+/// some containers never happens): what the grace-period waits poll.
+fn running(p: &ProcState) -> bool {
+    alive(p)
+        && fs::read_to_string(format!("/proc/{}/stat", p.pid))
+            .ok()
+            .and_then(|s| {
+                let rest = s[s.rfind(')')? + 1..].to_string();
+                rest.split_whitespace().next().map(|st| st != "Z")
+            })
+            .unwrap_or(false)
 }
 
 /// Builds the namespaces, links, addresses, routes and DR real-server settings of `spec`
@@ -202,11 +226,10 @@ pub(crate) fn populate(mut lab: Lab, spec: &LabSpec, opts: &LabOptions) -> Resul
             }
         }
     }
-    let director = spec.director.as_ref().map(|d| d.host.as_str());
     for h in &spec.hosts {
         if h.forward {
             lab.sysctl(&h.name, &[("net.ipv4.ip_forward", "1")], false)?;
-        } else if Some(h.name.as_str()) == director {
+        } else if spec.directors.iter().any(|d| d.host == h.name) {
             // Explicit, so a distro default cannot turn the director into a kernel router.
             lab.sysctl(&h.name, &[("net.ipv4.ip_forward", "0")], false)?;
         }
@@ -241,25 +264,46 @@ pub fn start_http_servers(lab: &mut Lab, spec: &LabSpec, uvs_exe: &Path) -> Resu
     Ok(())
 }
 
-/// Writes the director's rules into the lab directory and starts it; returns its PID and the
-/// command line (for display).
-pub fn start_director(lab: &mut Lab, spec: &LabSpec, uvs_exe: &Path) -> Result<(u32, String)> {
-    let d = spec
-        .director
-        .as_ref()
-        .context("the lab file has no [director]")?;
-    let mut args: Vec<String> = d.args.clone();
-    if let Some(rules) = &d.rules {
-        let file = lab.dir().join("rules");
-        fs::write(&file, rules).with_context(|| format!("writing {}", file.display()))?;
-        let f = super::path_str(&file)?.to_string();
-        args = [vec!["--rules".to_string(), f], args].concat();
+/// Writes each director's inline files (rules, TOML, ldirectord.cf, keepalived.conf) into the
+/// lab directory and starts the directors in order, each waiting until ready; returns their
+/// PIDs and command lines (for display). With one director the files are `rules`,
+/// `uvs.toml`, ... and the log `director.log`; with several, `<host>-rules`, ... and
+/// `<host>-director.log`.
+pub fn start_directors(
+    lab: &mut Lab,
+    spec: &LabSpec,
+    uvs_exe: &Path,
+) -> Result<Vec<(u32, String)>> {
+    if spec.directors.is_empty() {
+        bail!("the lab file has no [director]");
     }
-    let shown = format!("uvs run {}", args.join(" "));
-    let log = lab.dir().join("director.log");
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    let pid = lab.start_director_in(&d.host, uvs_exe, &a, &log)?;
-    Ok((pid, shown))
+    let several = spec.directors.len() > 1;
+    let mut started = Vec::new();
+    for d in &spec.directors {
+        let name = |f: &str| {
+            if several {
+                format!("{}-{f}", d.host)
+            } else {
+                f.to_string()
+            }
+        };
+        let mut args: Vec<String> = Vec::new();
+        for (opt, file, text) in d.files() {
+            let path = lab.dir().join(name(file));
+            fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            args.push(opt.to_string());
+            args.push(super::path_str(&path)?.to_string());
+        }
+        args.extend(d.args.iter().cloned());
+        let shown = format!("uvs run {}", args.join(" "));
+        let log = lab.dir().join(name("director.log"));
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let pid = lab
+            .start_director_in(&d.host, uvs_exe, &a, &log)
+            .with_context(|| format!("director on {}", d.host))?;
+        started.push((pid, format!("{}: {shown}", d.host)));
+    }
+    Ok(started)
 }
 
 /// Runs the lab file's smoke check: `requests` sequential GETs, every body among `expect`,
@@ -310,9 +354,10 @@ pub fn up(file: &Path, prefix: Option<&str>, uvs_exe: &Path) -> Result<()> {
     let result = (|| -> Result<Lab> {
         let mut lab = populate(lab, &spec, &LabOptions::default())?;
         start_http_servers(&mut lab, &spec, uvs_exe)?;
-        if spec.director.is_some() {
-            let (pid, shown) = start_director(&mut lab, &spec, uvs_exe)?;
-            println!("director: {shown} (pid {pid})");
+        if !spec.directors.is_empty() {
+            for (pid, shown) in start_directors(&mut lab, &spec, uvs_exe)? {
+                println!("director {shown} (pid {pid})");
+            }
         }
         Ok(lab)
     })();
@@ -323,8 +368,9 @@ pub fn up(file: &Path, prefix: Option<&str>, uvs_exe: &Path) -> Result<()> {
         spec.name,
         lab.namespaces().join(" ")
     );
+    let d = spec.directors.first().map_or("dir", |d| d.host.as_str());
     println!(
-        "  state {}; logs in {}\n  try: ip netns exec {prefix}dir uvsadm -Ln\n       ip netns exec {prefix}dir uvs trace\n  remove: uvs lab down {}",
+        "  state {}; logs in {}\n  try: ip netns exec {prefix}{d} uvsadm -Ln\n       ip netns exec {prefix}{d} uvs trace\n  remove: uvs lab down {}",
         state.display(),
         dir.display(),
         file.display()
@@ -362,7 +408,7 @@ pub fn teardown_recorded(st: &LabState) {
         signal(p.pid, libc::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline && live.iter().any(|p| alive(p)) {
+    while Instant::now() < deadline && live.iter().any(|p| running(p)) {
         thread::sleep(Duration::from_millis(20));
     }
     for p in &live {
@@ -398,6 +444,129 @@ fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
+fn load_up(file: &Path, prefix: Option<&str>) -> Result<(LabSpec, PathBuf, LabState)> {
+    let spec = LabSpec::load(file)?;
+    let prefix = prefix.unwrap_or(&spec.prefix).to_string();
+    let state_path = state_dir(&prefix).join("state.json");
+    if !state_path.exists() {
+        bail!("lab {} (prefix {prefix}) is not up", spec.name);
+    }
+    let st = LabState::load(&state_path)?;
+    Ok((spec, state_path, st))
+}
+
+/// `uvs lab stop FILE HOST [--kill]`: stops the recorded processes of `host` (its HTTP server,
+/// its director) — SIGTERM to the group with 2 s grace, or SIGKILL at once with `kill` (a
+/// crash) — and remembers them for `uvs lab start`.
+pub fn stop(file: &Path, prefix: Option<&str>, host: &str, kill: bool) -> Result<()> {
+    let (spec, state_path, mut st) = load_up(file, prefix)?;
+    if spec.host(host).is_none() {
+        bail!("lab {} has no host {host}", spec.name);
+    }
+    let (mine, rest): (Vec<ProcState>, Vec<ProcState>) = st
+        .processes
+        .drain(..)
+        .partition(|p| p.host == host || p.what.starts_with(&format!("{host}: ")));
+    st.processes = rest;
+    if mine.is_empty() {
+        println!("nothing of {host} is running");
+    }
+    let live: Vec<&ProcState> = mine.iter().filter(|p| alive(p)).collect();
+    for p in &live {
+        signal(p.pid, if kill { libc::SIGKILL } else { libc::SIGTERM });
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline && live.iter().any(|p| running(p)) {
+        thread::sleep(Duration::from_millis(20));
+    }
+    for p in &live {
+        if alive(p) {
+            signal(p.pid, libc::SIGKILL);
+        }
+    }
+    for p in &mine {
+        println!(
+            "stopped {} (pid {}{})",
+            p.what,
+            p.pid,
+            if kill { ", SIGKILL" } else { "" }
+        );
+    }
+    st.stopped
+        .extend(mine.into_iter().filter(|p| !p.argv.is_empty()));
+    st.save(&state_path)
+}
+
+/// `uvs lab start FILE HOST`: starts again what `uvs lab stop` stopped on `host`, recorded as
+/// before. A director is waited for (its ready file), up to 10 s.
+pub fn start(file: &Path, prefix: Option<&str>, host: &str) -> Result<()> {
+    let (spec, state_path, mut st) = load_up(file, prefix)?;
+    let (mine, rest): (Vec<ProcState>, Vec<ProcState>) =
+        st.stopped.drain(..).partition(|p| p.host == host);
+    st.stopped = rest;
+    if mine.is_empty() {
+        bail!("nothing of {host} was stopped with `uvs lab stop`");
+    }
+    let ns = format!("{}{host}", st.prefix);
+    if spec.host(host).is_none() || !Path::new("/run/netns").join(&ns).exists() {
+        bail!("no namespace {ns}");
+    }
+    for p in mine {
+        let ready = p
+            .argv
+            .iter()
+            .position(|a| a == "--ready-file")
+            .and_then(|i| p.argv.get(i + 1))
+            .map(PathBuf::from);
+        if let Some(r) = &ready {
+            let _ = fs::remove_file(r);
+        }
+        let log = p
+            .log
+            .clone()
+            .unwrap_or_else(|| st.dir.join(format!("{host}.log")));
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, "setsid"])
+            .args(&p.argv)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {:?}", p.argv))?;
+        let pid = child.id();
+        // Recorded at once, so `lab down` removes it even if we fail below. Dropping the
+        // `Child` neither waits for nor kills it.
+        st.processes.push(ProcState {
+            pid,
+            start_time: proc_start_time(pid).unwrap_or(0),
+            ..p.clone()
+        });
+        st.save(&state_path)?;
+        drop(child);
+        if let Some(r) = ready {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !r.exists() {
+                if Instant::now() > deadline {
+                    bail!(
+                        "{} not ready after 10 s; log tail:\n{}",
+                        p.what,
+                        super::tail(&log, 20)
+                    );
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        println!("started {} (pid {pid})", p.what);
+    }
+    Ok(())
+}
+
 /// `uvs lab status FILE`.
 pub fn status(file: &Path, prefix: Option<&str>) -> Result<bool> {
     let spec = LabSpec::load(file)?;
@@ -423,13 +592,21 @@ pub fn status(file: &Path, prefix: Option<&str>) -> Result<bool> {
         );
     }
     for p in &st.processes {
-        let ok = alive(p);
+        let ok = running(p);
         all &= ok;
         println!(
             "  process {:<24} pid {:<8} {}",
             p.what,
             p.pid,
             if ok { "running" } else { "EXITED" }
+        );
+    }
+    for p in &st.stopped {
+        println!(
+            "  process {:<24} stopped (`uvs lab start {} {}`)",
+            p.what,
+            file.display(),
+            p.host
         );
     }
     Ok(all)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::build::{start_director, start_http_servers};
+use super::build::{start_directors, start_http_servers};
 use super::spec::{DR_ROUTER, LabSpec};
 use super::{Lab, LabOptions, addr, build_dr_lab};
 
@@ -89,7 +89,7 @@ fn run_in(lab: &mut Lab, spec: &LabSpec, uvs_exe: &Path) -> Result<()> {
         "starting the director: uvs run --interface eth0 --rules {} --metrics off",
         rules.display()
     );
-    let (_, _) = start_director(lab, spec, uvs_exe)?;
+    start_directors(lab, spec, uvs_exe)?;
     let log = lab.dir().join("director.log");
     check_interrupted()?;
 

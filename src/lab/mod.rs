@@ -142,8 +142,9 @@ pub struct Lab {
     /// Background processes we started, by PID. Keeping the `Child` means the PID cannot be
     /// recycled before we reap it, so signalling it (and its process group) stays safe.
     children: HashMap<u32, Child>,
-    /// What each child runs ("rs1: nginx"), for `uvs lab status`.
-    what: HashMap<u32, String>,
+    /// What each child runs ("rs1: nginx", for `uvs lab status`), its host, command line and
+    /// log (for `uvs lab start` after `uvs lab stop`).
+    what: HashMap<u32, (String, String, Vec<String>, PathBuf)>,
     ifaces: Vec<Iface>,
     dir: PathBuf,
     keep_dir: bool,
@@ -207,12 +208,19 @@ impl Lab {
             processes: self
                 .children
                 .keys()
-                .map(|pid| build::ProcState {
-                    pid: *pid,
-                    start_time: build::proc_start_time(*pid).unwrap_or(0),
-                    what: self.what.get(pid).cloned().unwrap_or_default(),
+                .map(|pid| {
+                    let (what, host, argv, log) = self.what.get(pid).cloned().unwrap_or_default();
+                    build::ProcState {
+                        pid: *pid,
+                        start_time: build::proc_start_time(*pid).unwrap_or(0),
+                        what,
+                        host,
+                        argv,
+                        log: Some(log),
+                    }
                 })
                 .collect(),
+            stopped: Vec::new(),
         };
         if let Err(e) = st.save(p) {
             log::warn!("lab: writing {}: {e:#}", p.display());
@@ -354,7 +362,9 @@ impl Lab {
             Some(a) if !a.starts_with('-') && prog == "uvs" => format!("{host}: uvs {a}"),
             _ => format!("{host}: {prog}"),
         };
-        self.what.insert(pid, what);
+        let argv = args.iter().map(|a| a.to_string()).collect();
+        self.what
+            .insert(pid, (what, host.to_string(), argv, log.to_path_buf()));
         self.save_state();
         Ok(pid)
     }

@@ -20,13 +20,14 @@
 //! gateway = "10.0.0.1"
 //! interfaces = [{ name = "eth0", bridge = "br0", addr = "10.0.0.11/24" }]
 //!
-//! [director]
+//! [director]                           # or [[director]] tables, one per director
 //! host = "dir"
 //! args = ["--interface", "eth0", "--metrics", "off"]
 //! rules = """
 //! -A -t 10.0.0.100:80 -s rr
 //! -a -t 10.0.0.100:80 -r 10.0.0.11:80 -g -w 1
 //! """
+//! # config = "..."  (uvs TOML, --config)   ldirectord = "..." / keepalived = "..." (inline files)
 //!
 //! [smoke]
 //! from = "client"
@@ -53,7 +54,9 @@ pub struct LabSpec {
     pub bridges: Vec<BridgeSpec>,
     #[serde(rename = "host")]
     pub hosts: Vec<HostSpec>,
-    pub director: Option<DirectorSpec>,
+    /// `[director]` (one) or `[[director]]` (several, e.g. a VRRP pair), started in order.
+    #[serde(default, rename = "director", deserialize_with = "one_or_many")]
+    pub directors: Vec<DirectorSpec>,
     pub smoke: Option<SmokeSpec>,
 }
 
@@ -111,11 +114,45 @@ pub struct IfaceSpec {
 #[serde(deny_unknown_fields)]
 pub struct DirectorSpec {
     pub host: String,
-    /// Arguments after `uvs run` (the lab adds `--ready-file`, and `--rules` if `rules`).
+    /// Arguments after `uvs run` (the lab adds `--ready-file`, and the options of the inline
+    /// files below).
     #[serde(default)]
     pub args: Vec<String>,
     /// ipvsadm-save rules, written to the lab directory and passed as `--rules`.
     pub rules: Option<String>,
+    /// A uvs TOML configuration (health checks, `[[vrrp]]`, `[sync]`, ...), written to the
+    /// lab directory and passed as `--config`.
+    pub config: Option<String>,
+    /// An ldirectord.cf, written to the lab directory and passed as `--ldirectord`.
+    pub ldirectord: Option<String>,
+    /// A keepalived.conf, written to the lab directory and passed as `--keepalived`.
+    pub keepalived: Option<String>,
+}
+
+impl DirectorSpec {
+    /// The inline files: (option, file name, contents).
+    pub fn files(&self) -> Vec<(&'static str, &'static str, &str)> {
+        [
+            ("--config", "uvs.toml", &self.config),
+            ("--ldirectord", "ldirectord.cf", &self.ldirectord),
+            ("--keepalived", "keepalived.conf", &self.keepalived),
+            ("--rules", "rules", &self.rules),
+        ]
+        .into_iter()
+        .filter_map(|(o, f, t)| t.as_deref().map(|t| (o, f, t)))
+        .collect()
+    }
+}
+
+/// `[director]` or `[[director]]` (through `toml::Value`, so a typo in either form is
+/// reported with its field name rather than as "no variant matched").
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<DirectorSpec>, D::Error> {
+    use serde::de::Error;
+    let v = toml::Value::deserialize(d)?;
+    match v {
+        toml::Value::Array(_) => v.try_into().map_err(D::Error::custom),
+        _ => v.try_into().map(|x| vec![x]).map_err(D::Error::custom),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -286,12 +323,27 @@ impl LabSpec {
                 bail!("{}: http_body without http", h.name);
             }
         }
-        if let Some(d) = &self.director {
+        let mut dir_hosts = HashSet::new();
+        for d in &self.directors {
             if self.host(&d.host).is_none() {
                 bail!("director host {} is not declared", d.host);
             }
-            if d.args.iter().any(|a| a == "--ready-file") {
-                bail!("director args: --ready-file is added by the lab");
+            if !dir_hosts.insert(d.host.as_str()) {
+                bail!("two directors on host {} (one uvs per namespace)", d.host);
+            }
+            if d.ldirectord.is_some() && d.keepalived.is_some() {
+                bail!(
+                    "director {}: ldirectord and keepalived are exclusive",
+                    d.host
+                );
+            }
+            let added: Vec<&str> = d.files().iter().map(|f| f.0).collect();
+            if let Some(a) = d
+                .args
+                .iter()
+                .find(|a| *a == "--ready-file" || added.contains(&a.as_str()))
+            {
+                bail!("director {} args: {a} is added by the lab", d.host);
             }
         }
         if let Some(s) = &self.smoke {
@@ -327,7 +379,31 @@ mod tests {
                 n += 1;
             }
         }
-        assert!(n >= 3);
+        assert!(n >= 4);
+    }
+
+    #[test]
+    fn one_director_or_a_list() {
+        let base = "name='x'\nprefix='x-'\n[[host]]\nname='a'\n[[host]]\nname='b'\n";
+        let one = LabSpec::parse(&format!("{base}[director]\nhost='a'\nrules='-C'\n")).unwrap();
+        assert_eq!(one.directors.len(), 1);
+        assert_eq!(one.directors[0].files()[0].0, "--rules");
+        let two = LabSpec::parse(&format!(
+            "{base}[[director]]\nhost='a'\nconfig='x=1'\n[[director]]\nhost='b'\n"
+        ))
+        .unwrap();
+        assert_eq!(two.directors.len(), 2);
+        assert_eq!(two.directors[0].files()[0].1, "uvs.toml");
+        let e = LabSpec::parse(&format!(
+            "{base}[[director]]\nhost='a'\n[[director]]\nhost='a'\n"
+        ))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("two directors"), "{e:#}");
+        let e = LabSpec::parse(&format!(
+            "{base}[director]\nhost='a'\nconfig='x=1'\nargs=['--config','f']\n"
+        ))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("added by the lab"), "{e:#}");
     }
 
     #[test]
