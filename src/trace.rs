@@ -1328,11 +1328,7 @@ mod cost {
 
     fn two_reals(proto: Protocol, port: u16, f: impl FnOnce(&mut ServiceSpec)) -> ServiceTable {
         let mut t = ServiceTable::new();
-        let key = ServiceKey {
-            proto,
-            vip: Ipv4Addr::new(10, 0, 0, 100),
-            port,
-        };
+        let key = ServiceKey::addr(proto, Ipv4Addr::new(10, 0, 0, 100), port);
         let mut spec = ServiceSpec::new(key, SchedulerKind::Rr);
         f(&mut spec);
         t.add_service(spec).unwrap();
