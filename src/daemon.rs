@@ -212,6 +212,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 interface: &ifc.name,
                 ifindex: ifc.index,
                 fanout_group: group,
+                fanout: n_workers > 1,
                 filter: &filter,
             };
             let (fd, ring) = socket::open_rx(&plan, |fd| RxRing::new(fd, &cfg.ring, &ifc.name))?;

@@ -110,6 +110,9 @@ pub struct RxSocketPlan<'a> {
     pub ifindex: u32,
     /// `PACKET_FANOUT` group id (unique per interface within the namespace).
     pub fanout_group: u16,
+    /// Join the fanout group. A single worker does not: the group's per-frame hash would be
+    /// pure overhead on the receiving CPU.
+    pub fanout: bool,
     pub filter: &'a [Insn],
 }
 
@@ -152,17 +155,20 @@ pub fn open_rx<R>(
     // its ignore-outgoing bit from this flag only (fanout_add), so the socket option above
     // alone silently stops working and every transmitted frame comes back to be forwarded
     // again until its TTL runs out.
-    let fanout: libc::c_int = libc::c_int::from(plan.fanout_group)
-        | ((libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING) as libc::c_int)
-            << 16;
-    set_opt(
-        raw,
-        libc::SOL_PACKET,
-        libc::PACKET_FANOUT,
-        &fanout,
-        "PACKET_FANOUT",
-        plan.interface,
-    )?;
+    if plan.fanout {
+        let fanout: libc::c_int = libc::c_int::from(plan.fanout_group)
+            | ((libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING)
+                as libc::c_int)
+                << 16;
+        set_opt(
+            raw,
+            libc::SOL_PACKET,
+            libc::PACKET_FANOUT,
+            &fanout,
+            "PACKET_FANOUT",
+            plan.interface,
+        )?;
+    }
     Ok((fd, ring))
 }
 
