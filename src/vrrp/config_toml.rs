@@ -24,8 +24,8 @@
 //! syncid = 0
 //! vrrp_instance = "VI_1"          # role follows this instance; or role = "master" | "backup"
 //! ```
-//! A top-level `keepalived_conf = "path"` reads `vrrp_instance` blocks (and `lvs_sync_daemon`)
-//! from a keepalived.conf instead (see `config::keepalived_vrrp`).
+//! `uvs run --keepalived FILE` reads `vrrp_instance` blocks and `global_defs { lvs_sync_daemon
+//! … }` from a keepalived.conf instead (`config::keepalived`), into the same structures.
 
 use std::net::Ipv4Addr;
 use std::ops::Range;
