@@ -118,7 +118,7 @@ pub fn serve_or_stream(
         Ok(req) => {
             let changes = matches!(
                 req,
-                Request::Apply(_) | Request::Zero(_) | Request::Trace(_)
+                Request::Apply(_) | Request::Zero(_) | Request::Trace(_) | Request::SyncDaemon(_)
             );
             if changes && !peer.may_change {
                 log::warn!(
