@@ -715,6 +715,9 @@ fn split_brain_converges_and_the_survivor_reannounces() {
     start_uvs(&mut lab, "dir2", &toml(100), &rules);
     wait_state(&lab, "dir2", "BACKUP", Duration::from_secs(3));
     let table = format!("{}blk", ctx.prefix.replace('-', "_"));
+    // A neighbour entry on the router (Linux updates, but does not create, one from a GARP).
+    assert_eq!(common::curl_vip(&lab, 2).len(), 2);
+    assert_eq!(router_vip_mac(&lab), lab.mac_str("dir", "eth0").unwrap());
 
     block_vrrp(&lab, "dir", &table);
     block_vrrp(&lab, "dir2", &table);
@@ -743,10 +746,18 @@ fn split_brain_converges_and_the_survivor_reannounces() {
     common::stop_capture(&mut lab, cap);
     let pkts = pcap_lines(&lab, &pcap);
     let dir_mac = lab.mac_str("dir", "eth0").unwrap();
-    let garp = format!("Request who-has {} tell {}", addr::VIP, addr::VIP);
+    // keepalived's GARP: "Request who-has VIP (ff:ff:ff:ff:ff:ff) tell VIP".
+    let (who, tell) = (
+        format!("who-has {} ", addr::VIP),
+        format!("tell {},", addr::VIP),
+    );
     let reannounced = pkts
         .iter()
-        .filter(|(_, l)| l.contains(&dir_mac) && l.contains(&garp))
+        .filter(|(_, l)| {
+            l.contains(&format!(" {dir_mac} > ff:ff:ff:ff:ff:ff"))
+                && l.contains(&who)
+                && l.contains(&tell)
+        })
         .count();
     // After convergence only dir advertises.
     let last_dir2_advert = pkts
