@@ -884,21 +884,23 @@ fn keepalived_to_uvs_takeover_and_one_advertiser() {
 
         let (probe, file) = start_prober(&mut lab, &format!("ka-dies-v{version}"));
         thread::sleep(Duration::from_millis(1000));
-        // A crash: the host no longer holds the VIP and keepalived is gone. keepalived's VRRP
+        // A crash: keepalived is gone and its host no longer holds the VIP. keepalived's VRRP
         // child resigns (priority 0) when its parent dies, so it is SIGKILLed first, by the
         // PID it wrote (`-r`), then the parent this test started.
         let child: Option<i32> = std::fs::read_to_string(lab.dir().join("keepalived-vrrp.pid"))
             .ok()
             .and_then(|s| s.trim().parse().ok());
         let child = child.expect("keepalived's VRRP child PID");
-        let vip32 = format!("{}/32", addr::VIP);
-        let _ = lab.exec("dir2", &["ip", "addr", "del", &vip32, "dev", "eth0"]);
-        // Probes started from here on find the VIP gone until uvs takes over.
-        let killed_at = now_ns();
         let t0 = Instant::now();
         // SAFETY: plain syscall on the PID keepalived (started by this test) recorded.
         unsafe { libc::kill(child, libc::SIGKILL) };
         sigkill(&mut lab, k);
+        // Only now (keepalived reacts to its VIP vanishing by resigning): the dead host's
+        // kernel stops answering for the VIP.
+        let vip32 = format!("{}/32", addr::VIP);
+        let _ = lab.exec("dir2", &["ip", "addr", "del", &vip32, "dev", "eth0"]);
+        // Probes started from here on find the VIP gone until uvs takes over.
+        let killed_at = now_ns();
         wait_state(&lab, "dir", "MASTER", Duration::from_secs(6));
         let takeover = t0.elapsed();
         thread::sleep(Duration::from_millis(if version == 2 {
@@ -938,6 +940,9 @@ fn keepalived_to_uvs_takeover_and_one_advertiser() {
             "keepalived advertised first: {seq:?}"
         );
         assert_eq!(switches, 1, "exactly one advertiser at any time: {seq:?}");
+        // A crash, not a resignation: at least master-down minus one interval.
+        let floor = if version == 2 { 2000 } else { 200 };
+        assert!(takeover >= Duration::from_millis(floor), "{takeover:?}");
         assert!(ka_n >= 3 && uvs_n >= 2, "{seq:?}");
         assert_eq!(late, 0, "requests failed after the takeover");
         assert_eq!(router_vip_mac(&lab), lab.mac_str("dir", "eth0").unwrap());
