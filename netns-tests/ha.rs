@@ -551,3 +551,403 @@ fn uvs_keepalived_interop() {
         thread::sleep(Duration::from_millis(300));
     }
 }
+
+fn uvsadm(lab: &Lab, host: &str, args: &str) -> (i32, String, String) {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_uvsadm"));
+    let mut argv = vec![path_str(&exe)];
+    argv.extend(args.split_whitespace());
+    let out = lab.exec(host, &argv).expect("running uvsadm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn daemon_line(role: &str, ifc: &str, syncid: u8) -> String {
+    format!(
+        "{role} sync daemon (mcast={ifc}, syncid={syncid}, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\n"
+    )
+}
+
+/// `uvsadm --start-daemon/--stop-daemon` on directors started without HA, `-L --daemon` in
+/// ipvsadm's format, the kernel's refusals, and records really flowing master → backup.
+#[test]
+fn uvsadm_start_and_stop_the_sync_daemon() {
+    let Some(ctx) = common::setup(83) else { return };
+    let (mut lab, _dir2) = ha_lab(&ctx);
+    let plain = "interfaces = [\"eth0\"]\nworkers = 2\n";
+    start_uvs(&mut lab, "dir", plain, &common::dr_rules('t', 80));
+    // dir2 serves nothing (it would answer ARP for the VIP too): a pure sync backup.
+    start_uvs(&mut lab, "dir2", plain, "");
+    assert_eq!(
+        uvsadm(&lab, "dir", "-L --daemon"),
+        (0, String::new(), String::new())
+    );
+    let (c, _, e) = uvsadm(&lab, "dir", "--stop-daemon master");
+    assert_eq!((c, e.as_str()), (255, "No daemon is running\n"));
+    let (c, _, e) = uvsadm(&lab, "dir", "--start-daemon master --mcast-interface nope0");
+    assert_eq!((c, e.as_str()), (255, "No such device\n"));
+
+    let (c, _, e) = uvsadm(
+        &lab,
+        "dir",
+        "--start-daemon master --mcast-interface eth0 --syncid 5",
+    );
+    assert_eq!((c, e.as_str()), (0, ""));
+    let (c, _, e) = uvsadm(
+        &lab,
+        "dir2",
+        "--start-daemon=backup --mcast-interface=eth0 --syncid=5",
+    );
+    assert_eq!((c, e.as_str()), (0, ""));
+    assert_eq!(
+        uvsadm(&lab, "dir", "-L --daemon").1,
+        daemon_line("master", "eth0", 5)
+    );
+    assert_eq!(
+        uvsadm(&lab, "dir2", "-L --daemon").1,
+        daemon_line("backup", "eth0", 5)
+    );
+    let (c, _, e) = uvsadm(
+        &lab,
+        "dir",
+        "--start-daemon master --mcast-interface eth0 --syncid 5",
+    );
+    assert_eq!((c, e.as_str()), (255, "Daemon has already run\n"));
+
+    // Connections through dir reach dir2 as sync records.
+    assert_eq!(common::curl_vip(&lab, 4).len(), 4);
+    let got = poll(Duration::from_secs(3), || {
+        let m = lab
+            .curl("dir2", "http://127.0.0.1:9477/metrics", &[])
+            .ok()?;
+        let n = common::metric(&m, "uvs_sync_records_received_total", &[]);
+        (n >= 4.0).then_some(n)
+    });
+    assert!(
+        got.is_some(),
+        "no sync records on dir2: {}",
+        status(&lab, "dir2")
+    );
+    assert!(status(&lab, "dir2").contains("synced connections waiting for adoption"));
+
+    // Both roles on one director, then stop them one by one.
+    let (c, _, _) = uvsadm(
+        &lab,
+        "dir",
+        "--start-daemon backup --mcast-interface eth0 --syncid 5",
+    );
+    assert_eq!(c, 0);
+    assert_eq!(
+        uvsadm(&lab, "dir", "-L --daemon").1,
+        daemon_line("master", "eth0", 5) + &daemon_line("backup", "eth0", 5)
+    );
+    assert_eq!(uvsadm(&lab, "dir", "--stop-daemon master").0, 0);
+    assert_eq!(
+        uvsadm(&lab, "dir", "-L --daemon").1,
+        daemon_line("backup", "eth0", 5)
+    );
+    let (c, _, e) = uvsadm(&lab, "dir", "--stop-daemon master");
+    assert_eq!((c, e.as_str()), (255, "No daemon is running\n"));
+    assert_eq!(uvsadm(&lab, "dir", "--stop-daemon backup").0, 0);
+    assert_eq!(uvsadm(&lab, "dir", "-L --daemon").1, "");
+    // Started again after a full stop: a fresh daemon, other interface settings allowed.
+    assert_eq!(uvsadm(&lab, "dir", "--start-daemon master").0, 0);
+    assert_eq!(
+        uvsadm(&lab, "dir", "-L --daemon").1,
+        daemon_line("master", "eth0", 0)
+    );
+}
+
+/// An nftables table in `host` dropping VRRP both ways (protocol 112), named per test.
+fn block_vrrp(lab: &Lab, host: &str, table: &str) {
+    let script = format!(
+        "table ip {table} {{\n chain i {{ type filter hook input priority -300; ip protocol 112 drop; }}\n \
+         chain o {{ type filter hook output priority -300; ip protocol 112 drop; }}\n}}\n"
+    );
+    let f = lab.dir().join(format!("{host}-{table}.nft"));
+    std::fs::write(&f, script).unwrap();
+    lab.exec_ok(host, &["nft", "-f", path_str(&f)])
+        .expect("nft block");
+}
+
+fn unblock_vrrp(lab: &Lab, host: &str, table: &str) {
+    let _ = lab.exec(host, &["nft", "delete", "table", "ip", table]);
+}
+
+/// Packets of a pcap as (seconds since the capture's first packet, tcpdump line).
+fn pcap_lines(lab: &Lab, pcap: &Path) -> Vec<(f64, String)> {
+    let lines = lab.tcpdump_read(pcap).unwrap_or_default();
+    let t = |l: &str| -> Option<f64> {
+        let ts = l.split_whitespace().next()?;
+        let mut p = ts.split(':');
+        let (h, m, s): (f64, f64, f64) = (
+            p.next()?.parse().ok()?,
+            p.next()?.parse().ok()?,
+            p.next()?.parse().ok()?,
+        );
+        Some(h * 3600.0 + m * 60.0 + s)
+    };
+    let t0 = lines.first().and_then(|l| t(l)).unwrap_or(0.0);
+    lines
+        .into_iter()
+        .filter_map(|l| Some((t(&l)? - t0, l)))
+        .collect()
+}
+
+/// Split brain: adverts blocked both ways (nft in both directors), both become MASTER; once
+/// restored, one MASTER within a few advert intervals and the survivor re-announces the VIP.
+#[test]
+fn split_brain_converges_and_the_survivor_reannounces() {
+    let Some(ctx) = common::setup(84) else { return };
+    let (mut lab, _dir2) = ha_lab(&ctx);
+    let rules = common::dr_rules('t', 80);
+    // No second gratuitous burst: every GARP seen later comes from a state change.
+    let extra = "\n[arp]\ngarp_delay_secs = 0\n";
+    let toml = |p| {
+        let v = vrrp_toml(p, 3, "0.1", "", false);
+        // [arp] must precede [[vrrp]] in TOML's top-level table order: insert after workers.
+        v.replacen("workers = 2\n", &format!("workers = 2\n{extra}"), 1)
+    };
+    start_uvs(&mut lab, "dir", &toml(150), &rules);
+    wait_state(&lab, "dir", "MASTER", Duration::from_secs(3));
+    start_uvs(&mut lab, "dir2", &toml(100), &rules);
+    wait_state(&lab, "dir2", "BACKUP", Duration::from_secs(3));
+    let table = format!("{}blk", ctx.prefix.replace('-', "_"));
+    // A neighbour entry on the router (Linux updates, but does not create, one from a GARP).
+    assert_eq!(common::curl_vip(&lab, 2).len(), 2);
+    assert_eq!(router_vip_mac(&lab), lab.mac_str("dir", "eth0").unwrap());
+
+    block_vrrp(&lab, "dir", &table);
+    block_vrrp(&lab, "dir2", &table);
+    let t0 = Instant::now();
+    wait_state(&lab, "dir2", "MASTER", Duration::from_secs(3));
+    let split_after = t0.elapsed();
+    assert!(status(&lab, "dir").contains(": MASTER"), "both MASTER");
+    // dir2's gratuitous ARPs moved the router to it.
+    let moved = poll(Duration::from_secs(2), || {
+        (router_vip_mac(&lab) == fmt_mac(DIR2_MAC)).then_some(())
+    });
+    assert!(moved.is_some(), "router did not follow dir2's GARP");
+    thread::sleep(Duration::from_millis(500));
+
+    let pcap = lab.dir().join("split.pcap");
+    let cap = lab
+        .tcpdump_start("router", "eth1", "arp or ip proto 112", &pcap)
+        .expect("tcpdump");
+    thread::sleep(Duration::from_millis(200));
+    unblock_vrrp(&lab, "dir", &table);
+    unblock_vrrp(&lab, "dir2", &table);
+    let t1 = Instant::now();
+    wait_state(&lab, "dir2", "BACKUP", Duration::from_secs(3));
+    let converged = t1.elapsed();
+    thread::sleep(Duration::from_millis(1500));
+    common::stop_capture(&mut lab, cap);
+    let pkts = pcap_lines(&lab, &pcap);
+    let dir_mac = lab.mac_str("dir", "eth0").unwrap();
+    // keepalived's GARP: "Request who-has VIP (ff:ff:ff:ff:ff:ff) tell VIP".
+    let (who, tell) = (
+        format!("who-has {} ", addr::VIP),
+        format!("tell {},", addr::VIP),
+    );
+    let reannounced = pkts
+        .iter()
+        .filter(|(_, l)| {
+            l.contains(&format!(" {dir_mac} > ff:ff:ff:ff:ff:ff"))
+                && l.contains(&who)
+                && l.contains(&tell)
+        })
+        .count();
+    // After convergence only dir advertises.
+    let last_dir2_advert = pkts
+        .iter()
+        .filter(|(_, l)| l.contains(&format!("{DIR2_ADDR} > 224.0.0.18")))
+        .map(|(t, _)| *t)
+        .fold(0.0, f64::max);
+    let dir_adverts_after = pkts
+        .iter()
+        .filter(|(t, l)| *t > last_dir2_advert && l.contains("10.0.0.2 > 224.0.0.18"))
+        .count();
+    eprintln!(
+        "HA split brain (v3, 100 ms adverts): both MASTER {split_after:?} after blocking; one \
+         MASTER {converged:?} after restoring; survivor's gratuitous ARPs: {reannounced}; \
+         last dir2 advert at +{last_dir2_advert:.3} s, then {dir_adverts_after} from dir only"
+    );
+    assert!(status(&lab, "dir").contains(": MASTER"));
+    assert!(converged < Duration::from_millis(1000), "{converged:?}");
+    assert!(
+        reannounced >= 1,
+        "no re-announcement seen by the router:\n{pkts:#?}"
+    );
+    assert!(dir_adverts_after >= 5, "{pkts:#?}");
+    assert_eq!(router_vip_mac(&lab), dir_mac, "router back on the survivor");
+    assert_eq!(common::curl_vip(&lab, 2).len(), 2);
+}
+
+/// `mh` + `sloppy_tcp`, no sync: a long-lived connection through director 1 keeps working
+/// after director 1 is SIGKILLed: director 2 maps its ACKs (no SYN: sloppy_tcp) to the same
+/// real server (the same mh table: same reals in the same order).
+#[test]
+fn mh_and_sloppy_tcp_keep_connections_without_sync() {
+    let Some(ctx) = common::setup(85) else { return };
+    let (mut lab, _dir2) = ha_lab(&ctx);
+    let rules = common::dr_rules('t', 80).replace("-s rr", "-s mh");
+    let toml = |p| {
+        vrrp_toml(p, 3, "0.1", "", false).replacen(
+            "workers = 2\n",
+            "workers = 2\n\n[flow_table]\nsloppy_tcp = true\n",
+            1,
+        )
+    };
+    let m = start_uvs(&mut lab, "dir", &toml(150), &rules);
+    wait_state(&lab, "dir", "MASTER", Duration::from_secs(3));
+    start_uvs(&mut lab, "dir2", &toml(100), &rules);
+    wait_state(&lab, "dir2", "BACKUP", Duration::from_secs(3));
+    let uploads: Vec<_> = (0..3)
+        .map(|i| start_slow_upload(&mut lab, &format!("mh{i}"), 200_000, "50K"))
+        .collect();
+    thread::sleep(Duration::from_millis(1500));
+    let t0 = Instant::now();
+    sigkill(&mut lab, m);
+    wait_state(&lab, "dir2", "MASTER", Duration::from_secs(3));
+    let takeover = t0.elapsed();
+    let mut broken = 0;
+    for (pid, out, want) in &uploads {
+        assert!(
+            wait_exit(&mut lab, *pid, Duration::from_secs(30)),
+            "upload still running"
+        );
+        let body = std::fs::read_to_string(out).unwrap_or_default();
+        if !body.trim().ends_with(want.as_str()) {
+            broken += 1;
+            eprintln!("broken upload: got {body:?}, want …{want}");
+        }
+    }
+    let metrics = lab
+        .curl("dir2", "http://127.0.0.1:9477/metrics", &[])
+        .unwrap_or_default();
+    eprintln!(
+        "HA mh + sloppy_tcp without sync (v3, 100 ms adverts): takeover seen after {takeover:?}; \
+         broken established connections {broken}/3"
+    );
+    assert_eq!(common::metric(&metrics, "uvs_sync_adopted_total", &[]), 0.0);
+    assert_eq!(broken, 0, "{}", log_tail(&lab, "dir2"));
+}
+
+/// uvs + keepalived, tcpdump on the router: exactly one MASTER sends adverts in steady state
+/// (keepalived MASTER, uvs BACKUP); keepalived SIGKILLed: uvs takes over (window measured),
+/// and from then on only uvs advertises.
+#[test]
+fn keepalived_to_uvs_takeover_and_one_advertiser() {
+    let Some(ctx) = common::setup(86) else { return };
+    let Some(ka) = keepalived_path() else {
+        eprintln!("skipping: keepalived not installed (apt-get install keepalived)");
+        return;
+    };
+    let (mut lab, _dir2) = ha_lab(&ctx);
+    lab.start_builtin_http("dir2", "ka", 80, &common::uvs_exe())
+        .expect("responder in dir2");
+    let rules = common::dr_rules('t', 80);
+    for (version, advert, auth_uvs, auth_ka) in [
+        (
+            2u8,
+            "1",
+            "auth_pass = \"1111\"",
+            "authentication {\n auth_type PASS\n auth_pass 1111\n }",
+        ),
+        (3u8, "0.1", "", ""),
+    ] {
+        let conf = format!(
+            "global_defs {{\n router_id ka_{version}\n}}\n\
+             vrrp_instance VI_1 {{\n state BACKUP\n interface eth0\n virtual_router_id 51\n \
+             version {version}\n priority 150\n advert_int {advert}\n {auth_ka}\n \
+             virtual_ipaddress {{\n {}/32\n }}\n}}\n",
+            addr::VIP
+        );
+        let k = start_keepalived(&mut lab, &ka, &conf);
+        wait_ka(&lab, true, Duration::from_secs(6));
+        let u = start_uvs(
+            &mut lab,
+            "dir",
+            &vrrp_toml(100, version, advert, auth_uvs, false),
+            &rules,
+        );
+        wait_state(&lab, "dir", "BACKUP", Duration::from_secs(3));
+        let pcap = lab.dir().join(format!("adverts-v{version}.pcap"));
+        let cap = lab
+            .tcpdump_start("router", "eth1", "ip proto 112", &pcap)
+            .expect("tcpdump");
+        let steady = if version == 2 { 4000 } else { 1500 };
+        thread::sleep(Duration::from_millis(steady));
+        assert!(ka_has_vip(&lab) && status(&lab, "dir").contains(": BACKUP"));
+
+        let (probe, file) = start_prober(&mut lab, &format!("ka-dies-v{version}"));
+        thread::sleep(Duration::from_millis(1000));
+        // A crash: keepalived is gone and its host no longer holds the VIP. keepalived's VRRP
+        // child resigns (priority 0) when its parent dies, so it is SIGKILLed first, by the
+        // PID it wrote (`-r`), then the parent this test started.
+        let child: Option<i32> = std::fs::read_to_string(lab.dir().join("keepalived-vrrp.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let child = child.expect("keepalived's VRRP child PID");
+        let t0 = Instant::now();
+        // SAFETY: plain syscall on the PID keepalived (started by this test) recorded.
+        unsafe { libc::kill(child, libc::SIGKILL) };
+        sigkill(&mut lab, k);
+        // Only now (keepalived reacts to its VIP vanishing by resigning): the dead host's
+        // kernel stops answering for the VIP.
+        let vip32 = format!("{}/32", addr::VIP);
+        let _ = lab.exec("dir2", &["ip", "addr", "del", &vip32, "dev", "eth0"]);
+        // Probes started from here on find the VIP gone until uvs takes over.
+        let killed_at = now_ns();
+        wait_state(&lab, "dir", "MASTER", Duration::from_secs(6));
+        let takeover = t0.elapsed();
+        thread::sleep(Duration::from_millis(if version == 2 {
+            2500
+        } else {
+            1500
+        }));
+        lab.kill(probe);
+        common::stop_capture(&mut lab, cap);
+        let (gap, late, ok, fail) = probe_report(&file, killed_at);
+        let pkts = pcap_lines(&lab, &pcap);
+        let from = |l: &str, a: &str| l.contains(&format!("{a} > 224.0.0.18"));
+        let seq: Vec<bool> = pkts
+            .iter()
+            .filter_map(|(_, l)| {
+                if from(l, DIR2_ADDR) {
+                    Some(false)
+                } else if from(l, "10.0.0.2") {
+                    Some(true)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let switches = seq.windows(2).filter(|w| w[0] != w[1]).count();
+        let (ka_n, uvs_n) = (
+            seq.iter().filter(|x| !**x).count(),
+            seq.iter().filter(|x| **x).count(),
+        );
+        eprintln!(
+            "HA keepalived→uvs (v{version}, advert_int {advert}, keepalived SIGKILLed): uvs MASTER \
+             after {takeover:?}; unreachable window {gap:?} ({ok} ok / {fail} failed probes); \
+             adverts: {ka_n} from keepalived then {uvs_n} from uvs, {switches} switch(es)"
+        );
+        assert!(
+            !seq.is_empty() && !seq[0],
+            "keepalived advertised first: {seq:?}"
+        );
+        assert_eq!(switches, 1, "exactly one advertiser at any time: {seq:?}");
+        // A crash, not a resignation: at least master-down minus one interval.
+        let floor = if version == 2 { 2000 } else { 200 };
+        assert!(takeover >= Duration::from_millis(floor), "{takeover:?}");
+        assert!(ka_n >= 3 && uvs_n >= 2, "{seq:?}");
+        assert_eq!(late, 0, "requests failed after the takeover");
+        assert_eq!(router_vip_mac(&lab), lab.mac_str("dir", "eth0").unwrap());
+        assert!(common::curl_vip(&lab, 1)[0].starts_with("rs"));
+        lab.kill(u);
+        thread::sleep(Duration::from_millis(300));
+    }
+}

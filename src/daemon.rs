@@ -71,7 +71,13 @@ pub fn load_config(args: &RunArgs) -> Result<DaemonConfig> {
     };
     // keepalived.conf / ldirectord.cf: services and health on top of the TOML daemon options.
     let foreign = match (&args.keepalived, &args.ldirectord) {
-        (Some(p), _) => Some(crate::config::keepalived::load(p)?),
+        (Some(p), _) => {
+            let k = crate::config::keepalived::load_all(p)?;
+            merge_keepalived_ha(&mut cfg, &k)?;
+            // A keepalived.conf with only vrrp_instance blocks leaves the services to the
+            // TOML file, --rules or uvsadm.
+            (!k.table.services().is_empty()).then_some((k.table, k.health))
+        }
         (_, Some(p)) => Some(crate::config::ldirectord::load(p)?),
         _ => None,
     };
@@ -100,6 +106,33 @@ pub fn load_config(args: &RunArgs) -> Result<DaemonConfig> {
         cfg.metrics = m;
     }
     Ok(cfg)
+}
+
+/// HA (issue 8): the `vrrp_instance` blocks and `lvs_sync_daemon` of a keepalived.conf, on
+/// top of the TOML file (which then must not configure VRRP or sync itself).
+fn merge_keepalived_ha(
+    cfg: &mut DaemonConfig,
+    k: &crate::config::keepalived::Parsed,
+) -> Result<()> {
+    if !k.vrrp.is_empty() {
+        if !cfg.vrrp.is_empty() {
+            bail!("VRRP instances come either from the TOML file or from --keepalived, not both");
+        }
+        cfg.vrrp = k.vrrp.clone();
+    }
+    if let Some(s) = &k.sync {
+        if cfg.sync.is_some() {
+            bail!("the sync daemon comes either from the TOML file or from --keepalived, not both");
+        }
+        cfg.sync = Some(s.clone());
+    }
+    if let Some(n) = k.garp_repeat {
+        cfg.arp.garp_repeat = n;
+    }
+    if let Some(n) = k.garp_delay_secs {
+        cfg.arp.garp_delay_secs = n;
+    }
+    Ok(())
 }
 
 fn check_privileges() -> Result<()> {

@@ -21,9 +21,17 @@
 //!   `misc_timeout` (default `delay_loop`), `misc_dynamic`. uvs extension: `through_vip` in a
 //!   TCP_CHECK makes it the DR through-the-VIP probe (see `health::vip`).
 //!
-//! `vrrp_instance`, `vrrp_sync_group`, `vrrp_script`, `global_defs`, … are read and reported
-//! as not yet supported, without failing. Other unknown keywords are warnings naming file and
-//! line. Errors name file and line; nothing is returned (so nothing starts) unless the whole
+//! - `vrrp_instance NAME { … }` (HA, issue 8; see [`Parser::vrrp_instance`]): `state`,
+//!   `interface`, `virtual_router_id`, `priority`, `advert_int`, `version`, `nopreempt`,
+//!   `preempt_delay`, `authentication { auth_type PASS; auth_pass }`, `virtual_ipaddress { }`,
+//!   `unicast_peer { }`, `unicast_src_ip`/`mcast_src_ip`, `notify_master/backup/fault`,
+//!   `track_interface { }`, the old `lvs_sync_daemon_interface`. `global_defs`: `vrrp_version`,
+//!   `lvs_sync_daemon IF INSTANCE [id N]` (the sync role follows the instance; the syncid
+//!   defaults to its VRID, as keepalived), `vrrp_garp_master_repeat`, `vrrp_garp_master_delay`.
+//!   They produce the same `vrrp::InstanceConfig` / `sync::SyncConfig` as TOML `[[vrrp]]`.
+//!
+//! `vrrp_sync_group`, `vrrp_script`, … are read and reported as not supported, without
+//! failing. Other unknown keywords are warnings naming file and line. Errors name file and line; nothing is returned (so nothing starts) unless the whole
 //! file is accepted.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -170,11 +178,24 @@ fn glob(pat: &Path) -> Result<Vec<PathBuf>, String> {
 pub struct Parsed {
     pub table: ServiceTable,
     pub health: HealthConfig,
+    /// `vrrp_instance` blocks (HA, issue 8).
+    pub vrrp: Vec<crate::vrrp::InstanceConfig>,
+    /// `global_defs { lvs_sync_daemon … }`.
+    pub sync: Option<crate::sync::SyncConfig>,
+    /// `global_defs { vrrp_garp_master_repeat N; vrrp_garp_master_delay S }`.
+    pub garp_repeat: Option<u32>,
+    pub garp_delay_secs: Option<u32>,
     pub warnings: Vec<String>,
 }
 
 /// Reads `path` (and its includes).
 pub fn load(path: &Path) -> Result<(ServiceTable, HealthConfig), ConfigError> {
+    let p = load_all(path)?;
+    Ok((p.table, p.health))
+}
+
+/// Reads `path` (and its includes): services, health, VRRP and sync; warnings are logged.
+pub fn load_all(path: &Path) -> Result<Parsed, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -183,7 +204,7 @@ pub fn load(path: &Path) -> Result<(ServiceTable, HealthConfig), ConfigError> {
     for w in &p.warnings {
         log::warn!("{w}");
     }
-    Ok((p.table, p.health))
+    Ok(p)
 }
 
 /// Parses keepalived.conf `text`; `path` names it in messages and anchors includes.
@@ -197,11 +218,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
         warnings: Vec::new(),
         table: ServiceTable::new(),
         health: HealthConfig::default(),
+        ha: HaRaw::default(),
     };
     p.top()?;
+    let (vrrp, sync) = p.finish_ha()?;
     Ok(Parsed {
         table: p.table,
         health: p.health,
+        vrrp,
+        sync,
+        garp_repeat: p.ha.garp_repeat,
+        garp_delay_secs: p.ha.garp_delay_secs,
         warnings: p.warnings,
     })
 }
@@ -212,6 +239,19 @@ struct Parser {
     warnings: Vec<String>,
     table: ServiceTable,
     health: HealthConfig,
+    ha: HaRaw,
+}
+
+/// VRRP and sync as read, finished (defaults from `global_defs`, cross-checks) at the end.
+#[derive(Default)]
+struct HaRaw {
+    /// Instance, its `vrrp_instance` token, whether `version` was given.
+    instances: Vec<(crate::vrrp::InstanceConfig, Tok, bool)>,
+    vrrp_version: Option<crate::vrrp::Version>,
+    /// `lvs_sync_daemon IF INSTANCE [id N]` (or an instance's `lvs_sync_daemon_interface`).
+    sync: Option<(Tok, String, String, Option<u8>)>,
+    garp_repeat: Option<u32>,
+    garp_delay_secs: Option<u32>,
 }
 
 /// A checker as written, before defaults.
@@ -361,8 +401,8 @@ impl Parser {
         while let Some(t) = self.next() {
             match t.text.as_str() {
                 "virtual_server" => self.virtual_server(&t)?,
-                "vrrp_instance"
-                | "vrrp_sync_group"
+                "vrrp_instance" => self.vrrp_instance(&t)?,
+                "vrrp_sync_group"
                 | "vrrp_script"
                 | "vrrp_track_file"
                 | "static_ipaddress"
@@ -375,17 +415,14 @@ impl Parser {
                     self.warn(
                         &t,
                         format!(
-                            "{} {}: not yet supported by uvs, ignored (uvs does not speak VRRP)",
+                            "{} {}: not supported by uvs, ignored",
                             t.text,
                             name.join(" ")
                         ),
                     );
                     self.skip_block()?;
                 }
-                "global_defs" => {
-                    self.warn(&t, "global_defs: ignored by uvs");
-                    self.skip_block()?;
-                }
+                "global_defs" => self.global_defs(&t)?,
                 "virtual_server_group" => {
                     return Err(self.err(&t, "virtual_server_group is not supported; write one virtual_server per VIP:port"));
                 }
@@ -774,6 +811,375 @@ impl Parser {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// HA (issue 8): `vrrp_instance` blocks and the VRRP/sync part of `global_defs`.
+
+impl Parser {
+    /// Reads a `{ … }` list of one item per line (`virtual_ipaddress`, `unicast_peer`,
+    /// `track_interface`): the first word of each line, plus the rest of the line.
+    fn line_list(&mut self, kw: &Tok) -> Result<Vec<(Tok, Vec<Tok>)>, ConfigError> {
+        self.open(kw)?;
+        let mut out = Vec::new();
+        loop {
+            let Some(t) = self.next() else {
+                return Err(self.err(kw, format!("{} block not closed (missing }})", kw.text)));
+            };
+            if t.text == "}" {
+                return Ok(out);
+            }
+            if t.text == "{" {
+                return Err(self.err(&t, format!("unexpected {{ in {}", kw.text)));
+            }
+            let rest = self.rest_of_line();
+            out.push((t, rest));
+        }
+    }
+
+    /// An address as keepalived writes it in lists: `10.0.0.100`, `10.0.0.100/24`, followed
+    /// by `dev`, `label`, … words (which uvs does not need: it answers ARP, it adds no address).
+    fn list_ipv4(&self, t: &Tok, what: &str) -> Result<Ipv4Addr, ConfigError> {
+        let a = t.text.split('/').next().unwrap_or("");
+        a.parse().map_err(|_| {
+            self.err(
+                t,
+                format!(
+                    "{what}: {:?} is not an IPv4 address (IPv6 VRRP is not supported)",
+                    t.text
+                ),
+            )
+        })
+    }
+
+    pub(crate) fn vrrp_instance(&mut self, kw: &Tok) -> Result<(), ConfigError> {
+        use crate::vrrp::{InstanceConfig, Version};
+        let name = self.arg(kw)?.text;
+        self.rest_of_line();
+        self.open(kw)?;
+        let mut c = InstanceConfig::new(&name, "", 0);
+        let mut vrid_seen = false;
+        let mut version_seen = false;
+        let mut auth_type: Option<Tok> = None;
+        loop {
+            let Some(t) = self.next() else {
+                return Err(self.err(kw, "vrrp_instance block not closed (missing })"));
+            };
+            match t.text.as_str() {
+                "}" => break,
+                "state" => {
+                    let v = self.arg(&t)?;
+                    c.start_master = match v.text.to_ascii_uppercase().as_str() {
+                        "MASTER" => true,
+                        "BACKUP" => false,
+                        _ => {
+                            return Err(
+                                self.err(&v, format!("state {:?}: MASTER or BACKUP", v.text))
+                            );
+                        }
+                    };
+                }
+                "interface" => c.interface = self.arg(&t)?.text,
+                "virtual_router_id" => {
+                    let v = self.arg(&t)?;
+                    let n: u32 = self.number(&v, "virtual_router_id")?;
+                    if !(1..=255).contains(&n) {
+                        return Err(self.err(&v, format!("virtual_router_id {n}: must be 1..=255")));
+                    }
+                    c.vrid = n as u8;
+                    vrid_seen = true;
+                }
+                "priority" => {
+                    let v = self.arg(&t)?;
+                    let n: u32 = self.number(&v, "priority")?;
+                    if !(1..=255).contains(&n) {
+                        return Err(self.err(&v, format!("priority {n}: must be 1..=255")));
+                    }
+                    c.priority = n as u8;
+                }
+                "advert_int" => {
+                    let v = self.arg(&t)?;
+                    let x: f64 = self.number(&v, "advert_int")?;
+                    let cs = (x * 100.0).round();
+                    if !(1.0..=4095.0).contains(&cs) {
+                        return Err(self.err(&v, format!("advert_int {x}: must be 0.01..=40.95")));
+                    }
+                    c.advert_int_cs = cs as u16;
+                }
+                "version" => {
+                    let v = self.arg(&t)?;
+                    c.version = match v.text.as_str() {
+                        "2" => Version::V2,
+                        "3" => Version::V3,
+                        _ => return Err(self.err(&v, format!("version {:?}: 2 or 3", v.text))),
+                    };
+                    version_seen = true;
+                }
+                "nopreempt" => c.preempt = false,
+                "preempt" => c.preempt = true,
+                "preempt_delay" => {
+                    let v = self.arg(&t)?;
+                    let x: f64 = self.number(&v, "preempt_delay")?;
+                    if !(0.0..=1000.0).contains(&x) {
+                        return Err(self.err(&v, format!("preempt_delay {x}: must be 0..=1000")));
+                    }
+                    c.preempt_delay_secs = x.round() as u32;
+                }
+                "authentication" => {
+                    self.open(&t)?;
+                    loop {
+                        let Some(a) = self.next() else {
+                            return Err(self.err(&t, "authentication block not closed (missing })"));
+                        };
+                        match a.text.as_str() {
+                            "}" => break,
+                            "auth_type" => auth_type = Some(self.arg(&a)?),
+                            "auth_pass" => c.auth_pass = Some(self.arg(&a)?.text),
+                            other => {
+                                self.warn(&a, format!("authentication: {other:?} ignored"));
+                                self.rest_of_line();
+                            }
+                        }
+                    }
+                }
+                "virtual_ipaddress" => {
+                    for (a, _) in self.line_list(&t)? {
+                        c.vips.push(self.list_ipv4(&a, "virtual_ipaddress")?);
+                    }
+                }
+                "unicast_peer" => {
+                    for (a, _) in self.line_list(&t)? {
+                        c.unicast_peers.push(self.list_ipv4(&a, "unicast_peer")?);
+                    }
+                }
+                "unicast_src_ip" | "mcast_src_ip" => {
+                    c.source = Some(self.ipv4_arg(&t, &t.text.clone())?);
+                }
+                "track_interface" => {
+                    for (a, rest) in self.line_list(&t)? {
+                        if !rest.is_empty() {
+                            self.warn(&a, "track_interface: weights are not supported; a down interface means FAULT");
+                        }
+                        c.track_interfaces.push(a.text);
+                    }
+                }
+                "notify_master" => c.notify_master = Some(self.command(&t)?),
+                "notify_backup" => c.notify_backup = Some(self.command(&t)?),
+                "notify_fault" => c.notify_fault = Some(self.command(&t)?),
+                "lvs_sync_daemon_interface" => {
+                    let v = self.arg(&t)?;
+                    self.warn(&t, "lvs_sync_daemon_interface is deprecated - please use 'lvs_sync_daemon' in global_defs");
+                    if self.ha.sync.is_none() {
+                        self.ha.sync = Some((t.clone(), v.text, name.clone(), None));
+                    }
+                }
+                "virtual_ipaddress_excluded"
+                | "virtual_routes"
+                | "virtual_rules"
+                | "track_script"
+                | "track_file"
+                | "track_process"
+                | "track_bfd" => {
+                    self.warn(&t, format!("{}: not supported by uvs, ignored", t.text));
+                    self.rest_of_line();
+                    self.skip_block()?;
+                }
+                other => {
+                    self.warn(
+                        &t,
+                        format!("{other:?} in vrrp_instance: not supported by uvs, ignored"),
+                    );
+                    self.rest_of_line();
+                    self.skip_block()?;
+                }
+            }
+        }
+        if c.interface.is_empty() {
+            return Err(self.err(kw, format!("vrrp_instance {name}: interface is missing")));
+        }
+        if !vrid_seen {
+            return Err(self.err(
+                kw,
+                format!("vrrp_instance {name}: virtual_router_id is missing"),
+            ));
+        }
+        if let Some(a) = &auth_type {
+            match a.text.to_ascii_uppercase().as_str() {
+                "PASS" if c.auth_pass.is_some() => {}
+                "PASS" => return Err(self.err(a, "auth_type PASS needs auth_pass")),
+                _ => {
+                    return Err(
+                        self.err(a, format!("auth_type {}: only PASS is supported", a.text))
+                    );
+                }
+            }
+        } else if c.auth_pass.is_some() {
+            return Err(self.err(
+                kw,
+                format!("vrrp_instance {name}: auth_pass without auth_type PASS"),
+            ));
+        }
+        // keepalived clears these with a warning rather than refusing the file.
+        if c.start_master && !c.preempt {
+            self.warn(
+                kw,
+                format!("({name}) nopreempt will not work with initial state MASTER - clearing"),
+            );
+            c.preempt = true;
+        }
+        if c.start_master && c.preempt_delay_secs > 0 {
+            self.warn(
+                kw,
+                format!(
+                    "({name}) preempt_delay will not work with initial state MASTER - clearing"
+                ),
+            );
+            c.preempt_delay_secs = 0;
+        }
+        if let Some((o, ot, _)) =
+            self.ha.instances.iter().find(|(o, _, _)| {
+                o.name == c.name || (o.vrid == c.vrid && o.interface == c.interface)
+            })
+        {
+            return Err(self.err(
+                kw,
+                format!(
+                    "vrrp_instance {name}: name or (interface, virtual_router_id) already used by {} at line {}",
+                    o.name, ot.line
+                ),
+            ));
+        }
+        self.ha.instances.push((c, kw.clone(), version_seen));
+        Ok(())
+    }
+
+    pub(crate) fn global_defs(&mut self, kw: &Tok) -> Result<(), ConfigError> {
+        if self.peek().is_none_or(|t| t.text != "{") {
+            return Err(self.err(kw, "expected { after global_defs"));
+        }
+        self.open(kw)?;
+        loop {
+            let Some(t) = self.next() else {
+                return Err(self.err(kw, "global_defs block not closed (missing })"));
+            };
+            match t.text.as_str() {
+                "}" => return Ok(()),
+                "vrrp_version" => {
+                    let v = self.arg(&t)?;
+                    self.ha.vrrp_version = Some(match v.text.as_str() {
+                        "2" => crate::vrrp::Version::V2,
+                        "3" => crate::vrrp::Version::V3,
+                        _ => return Err(self.err(&v, format!("vrrp_version {:?}: 2 or 3", v.text))),
+                    });
+                }
+                "lvs_sync_daemon" => {
+                    let ifc = self.arg(&t)?.text;
+                    let inst = self.arg(&t)?.text;
+                    let mut id = None;
+                    while let Some(k) = self.arg_opt() {
+                        let v = self.arg(&k)?;
+                        match k.text.as_str() {
+                            "id" => {
+                                let n: u32 = self.number(&v, "lvs_sync_daemon id")?;
+                                if n > 255 {
+                                    return Err(self.err(
+                                        &v,
+                                        format!("lvs_sync_daemon id {n}: must be 0..=255"),
+                                    ));
+                                }
+                                id = Some(n as u8);
+                            }
+                            "maxlen" | "port" | "ttl" | "group" => {
+                                self.warn(&k, format!("lvs_sync_daemon {}: uvs uses the defaults (maxlen 1472, 224.0.0.81:8848, ttl 1); ignored", k.text));
+                            }
+                            other => {
+                                return Err(self.err(&k, format!("lvs_sync_daemon: unknown option {other:?} (id, maxlen, port, ttl, group)")));
+                            }
+                        }
+                    }
+                    self.ha.sync = Some((t.clone(), ifc, inst, id));
+                }
+                "vrrp_garp_master_repeat" => {
+                    self.ha.garp_repeat = Some(self.num_arg(&t, "vrrp_garp_master_repeat")?);
+                }
+                "vrrp_garp_master_delay" => {
+                    self.ha.garp_delay_secs = Some(self.num_arg(&t, "vrrp_garp_master_delay")?);
+                }
+                "vrrp_strict"
+                | "vrrp_mcast_group4"
+                | "vrrp_skip_check_adv_addr"
+                | "vrrp_garp_master_refresh"
+                | "vrrp_garp_lower_prio_repeat"
+                | "vrrp_check_unicast_src"
+                | "vrrp_priority"
+                | "lvs_flush"
+                | "vrrp_garp_interval"
+                | "vrrp_gna_interval" => {
+                    self.warn(
+                        &t,
+                        format!("global_defs {}: not supported by uvs, ignored", t.text),
+                    );
+                    self.rest_of_line();
+                }
+                _ => {
+                    // router_id, notification_email, smtp_*, …: nothing uvs does.
+                    self.rest_of_line();
+                    self.skip_block()?;
+                }
+            }
+        }
+    }
+
+    /// Applies `vrrp_version`, validates every instance, resolves `lvs_sync_daemon`.
+    fn finish_ha(
+        &mut self,
+    ) -> Result<
+        (
+            Vec<crate::vrrp::InstanceConfig>,
+            Option<crate::sync::SyncConfig>,
+        ),
+        ConfigError,
+    > {
+        let mut out = Vec::new();
+        let instances = std::mem::take(&mut self.ha.instances);
+        for (mut c, tok, version_seen) in instances {
+            if !version_seen {
+                if let Some(v) = self.ha.vrrp_version {
+                    c.version = v;
+                }
+            }
+            if c.version == crate::vrrp::Version::V3 && c.auth_pass.is_some() {
+                self.warn(
+                    &tok,
+                    format!(
+                        "({}) authentication is not supported with VRRPv3 - ignoring",
+                        c.name
+                    ),
+                );
+                c.auth_pass = None;
+            }
+            c.validate()
+                .map_err(|m| self.err(&tok, format!("vrrp_instance {}: {m}", c.name)))?;
+            out.push(c);
+        }
+        let sync = match self.ha.sync.take() {
+            None => None,
+            Some((tok, ifc, inst, id)) => {
+                let Some(i) = out.iter().find(|c| c.name == inst) else {
+                    return Err(self.err(
+                        &tok,
+                        format!("lvs_sync_daemon: no vrrp_instance named {inst:?}"),
+                    ));
+                };
+                let mut s = crate::sync::SyncConfig::new(&ifc);
+                // keepalived: the syncid defaults to the instance's VRID.
+                s.syncid = id.unwrap_or(i.vrid);
+                s.role = crate::sync::SyncRole::FollowVrrp(inst);
+                Some(s)
+            }
+        };
+        Ok((out, sync))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -865,13 +1271,13 @@ virtual_server 10.0.0.100 80 {
             }
             other => panic!("{other:?}"),
         }
-        assert!(
-            r.warnings
-                .iter()
-                .any(|w| w.contains(":6: vrrp_instance VI_1: not yet supported")),
-            "{:?}",
-            r.warnings
-        );
+        let v = &r.vrrp[0];
+        assert_eq!((v.name.as_str(), v.interface.as_str()), ("VI_1", "eth0"));
+        assert_eq!((v.vrid, v.priority, v.advert_int_cs), (51, 100, 100));
+        assert!(v.start_master);
+        assert_eq!(v.auth_pass.as_deref(), Some("1111"));
+        assert_eq!(v.vips, vec![Ipv4Addr::new(10, 0, 0, 100)]);
+        assert!(r.sync.is_none());
         assert!(
             r.warnings
                 .iter()
@@ -973,5 +1379,177 @@ virtual_server 10.0.0.100 80 {
             other => panic!("{other:?}"),
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn vrrp_instances_and_lvs_sync_daemon() {
+        use crate::sync::SyncRole;
+        use crate::vrrp::Version;
+        let r = p(r#"global_defs {
+   router_id LVS_DEVEL
+   notification_email {
+     root@localhost
+   }
+   vrrp_version 3
+   lvs_sync_daemon eth1 VI_1 id 7
+   vrrp_garp_master_repeat 3
+   vrrp_garp_master_delay 0
+}
+vrrp_instance VI_1 {
+    state BACKUP
+    interface eth0
+    virtual_router_id 51
+    priority 120
+    advert_int 0.1
+    nopreempt
+    virtual_ipaddress {
+        10.0.0.100/24 dev eth0 label eth0:1
+        10.0.0.101
+    }
+    unicast_src_ip 10.0.0.2
+    unicast_peer {
+        10.0.0.3
+    }
+    track_interface {
+        eth1
+    }
+    notify_master "/usr/local/bin/notify.sh master VI_1"
+    notify_backup /bin/true backup
+    notify_fault "/bin/fault"
+}
+vrrp_instance VI_2 {
+    interface eth0
+    virtual_router_id 52
+    version 2
+    preempt_delay 30
+    authentication {
+        auth_type PASS
+        auth_pass secretpassword
+    }
+    virtual_ipaddress {
+        10.0.0.102
+    }
+    track_script {
+        chk_nginx
+    }
+}
+"#)
+        .unwrap();
+        let a = &r.vrrp[0];
+        assert_eq!(a.version, Version::V3, "vrrp_version from global_defs");
+        assert_eq!((a.vrid, a.priority, a.advert_int_cs), (51, 120, 10));
+        assert!(!a.start_master && !a.preempt);
+        assert_eq!(
+            a.vips,
+            vec![Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 101)]
+        );
+        assert_eq!(a.unicast_peers, vec![Ipv4Addr::new(10, 0, 0, 3)]);
+        assert_eq!(a.source, Some(Ipv4Addr::new(10, 0, 0, 2)));
+        assert_eq!(a.track_interfaces, vec!["eth1".to_string()]);
+        assert_eq!(
+            a.notify_master.as_deref(),
+            Some("/usr/local/bin/notify.sh master VI_1")
+        );
+        assert_eq!(a.notify_backup.as_deref(), Some("/bin/true backup"));
+        assert_eq!(a.notify_fault.as_deref(), Some("/bin/fault"));
+        let b = &r.vrrp[1];
+        assert_eq!(b.version, Version::V2, "per-instance version wins");
+        assert_eq!(
+            (b.priority, b.advert_int_cs, b.preempt_delay_secs),
+            (100, 100, 30)
+        );
+        assert_eq!(b.auth_pass.as_deref(), Some("secretpassword"));
+        let s = r.sync.as_ref().unwrap();
+        assert_eq!((s.interface.as_str(), s.syncid), ("eth1", 7));
+        assert_eq!(s.role, SyncRole::FollowVrrp("VI_1".into()));
+        assert_eq!((r.garp_repeat, r.garp_delay_secs), (Some(3), Some(0)));
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.starts_with("keepalived.conf:45: track_script")),
+            "{:?}",
+            r.warnings
+        );
+        // The syncid defaults to the instance's VRID (keepalived).
+        let r = p("global_defs {\n lvs_sync_daemon eth0 VI_9\n}\nvrrp_instance VI_9 {\n interface eth0\n virtual_router_id 9\n virtual_ipaddress {\n 10.0.0.100\n }\n}\n").unwrap();
+        assert_eq!(r.sync.unwrap().syncid, 9);
+    }
+
+    #[test]
+    fn vrrp_refusals_and_keepalived_leniency() {
+        let inst = |body: &str| {
+            format!(
+                "vrrp_instance VI_1 {{\n interface eth0\n virtual_router_id 51\n virtual_ipaddress {{\n 10.0.0.100\n }}\n{body}\n}}\n"
+            )
+        };
+        refused(&inst(" advert_int 0.5"), 1, "whole seconds");
+        refused(&inst(" virtual_router_id 256"), 7, "1..=255");
+        refused(&inst(" priority 0"), 7, "1..=255");
+        refused(
+            &inst(" authentication {\n auth_type AH\n auth_pass x\n }"),
+            8,
+            "only PASS",
+        );
+        refused(&inst(" state FOO"), 7, "MASTER or BACKUP");
+        refused(
+            "vrrp_instance VI_1 {\n virtual_router_id 1\n virtual_ipaddress {\n 10.0.0.1\n }\n}\n",
+            1,
+            "interface is missing",
+        );
+        refused(
+            "vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 1\n}\n",
+            1,
+            "virtual_ipaddress is empty",
+        );
+        refused(
+            &format!(
+                "global_defs {{\n lvs_sync_daemon eth0 VI_X\n}}\n{}",
+                inst("")
+            ),
+            2,
+            "no vrrp_instance named",
+        );
+        refused(
+            &format!("{}{}", inst(""), inst("").replace("VI_1", "VI_2")),
+            9,
+            "already used",
+        );
+        refused(&inst(" virtual_ipaddress {\n fe80::1\n }"), 8, "IPv6");
+        // keepalived clears these with a warning; so does uvs.
+        let r = p(&inst(" state MASTER\n nopreempt\n version 3\n authentication {\n auth_type PASS\n auth_pass 1\n }")).unwrap();
+        assert!(r.vrrp[0].preempt && r.vrrp[0].auth_pass.is_none());
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains("nopreempt will not work"))
+        );
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains("not supported with VRRPv3"))
+        );
+    }
+
+    #[test]
+    fn the_ha_configs_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/ha");
+        for (f, master, prio) in [
+            ("keepalived-master.conf", true, 150),
+            ("keepalived-backup.conf", false, 100),
+        ] {
+            let r = load_all(&root.join(f)).unwrap();
+            let v = &r.vrrp[0];
+            assert_eq!(
+                (v.start_master, v.priority, v.vrid),
+                (master, prio, 51),
+                "{f}"
+            );
+            assert_eq!(v.vips, vec![Ipv4Addr::new(10, 0, 0, 100)]);
+            let s = r.sync.unwrap();
+            assert_eq!(s.syncid, 51);
+            assert_eq!(s.role, crate::sync::SyncRole::FollowVrrp("VI_1".into()));
+            assert_eq!(r.table.services().len(), 1);
+            assert!(r.warnings.is_empty(), "{f}: {:?}", r.warnings);
+        }
     }
 }

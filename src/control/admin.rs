@@ -45,6 +45,11 @@ impl Control {
             Request::Zero(key) => self.zero(key),
             Request::Health => Reply::Health(self.health_listing()),
             Request::Ha => Reply::Ha(self.ha.as_ref().map(|h| h.status()).unwrap_or_default()),
+            Request::SyncDaemon(c) => match self.ha.as_mut().map(|h| h.sync_command(&c)) {
+                Some(Ok(())) => Reply::Done,
+                Some(Err(m)) => refused(m),
+                None => refused("this director runs without HA hooks".into()),
+            },
             // Streams are started by `serve_admin` (see `start_stream`), never answered here.
             Request::Trace(_) => refused("trace requests are streamed".into()),
         }

@@ -112,6 +112,11 @@ impl Backend for MemoryBackend {
             Request::Connections => Reply::Connections(Vec::new()),
             Request::Health => Reply::Health(Default::default()),
             Request::Ha => Reply::Ha(Default::default()), // HA (issue 8): none in memory
+            Request::SyncDaemon(_) => Reply::Refused(Refusal {
+                message: "the in-memory director has no sync daemon".into(),
+                change: None,
+                exit_code: super::apply::EXIT_REFUSED,
+            }),
             Request::Zero(key) => {
                 if let Some(k) = key {
                     if self.state.table.service(k).is_none() {

@@ -69,6 +69,8 @@ pub enum Request {
     Health,
     /// HA (issue 8): VRRP instances and the sync daemon (`uvs status`, `-L --daemon`).
     Ha,
+    /// HA (issue 8): `--start-daemon` / `--stop-daemon`.
+    SyncDaemon(crate::sync::DaemonCommand),
     /// `uvs trace` / `uvs capture`: a stream. The daemon replies `Streaming`, then keeps
     /// writing chunks (u32 big-endian length + bytes: text lines or pcapng blocks) until the
     /// count is reached or the client disconnects. Needs root or CAP_NET_ADMIN.

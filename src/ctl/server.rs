@@ -160,7 +160,7 @@ fn respond(
             // Changes and streams (trace/capture show every client's traffic) need privilege.
             let changes = matches!(
                 req,
-                Request::Apply(_) | Request::Zero(_) | Request::Trace(_)
+                Request::Apply(_) | Request::Zero(_) | Request::Trace(_) | Request::SyncDaemon(_)
             );
             if changes && !peer.may_change {
                 log::warn!(

@@ -35,6 +35,9 @@ pub struct SyncDaemon {
     pub backup: bool,
     expire_cursor: usize,
     buf: Vec<u8>,
+    /// Set by `--start-daemon`/`--stop-daemon`: the roles are ipvsadm's from then on, no
+    /// longer the VRRP instance's.
+    manual: bool,
 }
 
 impl SyncDaemon {
@@ -98,6 +101,7 @@ impl SyncDaemon {
             backup: false,
             expire_cursor: 0,
             buf: vec![0u8; 65_536],
+            manual: false,
         };
         let fixed = d.cfg.role.clone();
         match fixed {
@@ -133,10 +137,41 @@ impl SyncDaemon {
 
     /// Follows the VRRP role (keepalived's lvs_sync_daemon): `is_master` of the named instance.
     pub fn follow(&mut self, is_master: impl Fn(&str) -> bool) {
+        if self.manual {
+            return;
+        }
         if let SyncRole::FollowVrrp(name) = &self.cfg.role {
             let m = is_master(name);
             self.set_roles(m, !m);
         }
+    }
+
+    /// `--start-daemon master|backup` on a running daemon (errors as ipvsadm prints them).
+    pub fn start_role(&mut self, master: bool, interface: &str, syncid: u8) -> Result<(), String> {
+        if (master && self.master) || (!master && self.backup) {
+            return Err("Daemon has already run".into());
+        }
+        if interface != self.cfg.interface || syncid != self.cfg.syncid {
+            return Err(format!(
+                "uvs runs master and backup on one interface with one syncid: the running daemon uses mcast={}, syncid={}",
+                self.cfg.interface, self.cfg.syncid
+            ));
+        }
+        self.manual = true;
+        let (m, b) = (self.master || master, self.backup || !master);
+        self.set_roles(m, b);
+        Ok(())
+    }
+
+    /// `--stop-daemon master|backup`.
+    pub fn stop_role(&mut self, master: bool) -> Result<(), String> {
+        if (master && !self.master) || (!master && !self.backup) {
+            return Err("No daemon is running".into());
+        }
+        self.manual = true;
+        let (m, b) = (self.master && !master, self.backup && master);
+        self.set_roles(m, b);
+        Ok(())
     }
 
     /// Sends what the workers queued, learns what arrived, expires a shard of synced flows.

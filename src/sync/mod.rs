@@ -54,6 +54,19 @@ impl SyncConfig {
     }
 }
 
+/// `ipvsadm --start-daemon|--stop-daemon master|backup [--mcast-interface IF] [--syncid N]`,
+/// as the admin socket carries it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DaemonCommand {
+    pub start: bool,
+    /// `master` (else `backup`).
+    pub master: bool,
+    /// `--mcast-interface` (ipvsadm's default: `eth0`).
+    pub interface: String,
+    /// `--syncid` (default 0).
+    pub syncid: u8,
+}
+
 /// A connection as the sync protocol carries it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SyncRecord {

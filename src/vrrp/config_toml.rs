@@ -24,8 +24,8 @@
 //! syncid = 0
 //! vrrp_instance = "VI_1"          # role follows this instance; or role = "master" | "backup"
 //! ```
-//! A top-level `keepalived_conf = "path"` reads `vrrp_instance` blocks (and `lvs_sync_daemon`)
-//! from a keepalived.conf instead (see `config::keepalived_vrrp`).
+//! `uvs run --keepalived FILE` reads `vrrp_instance` blocks and `global_defs { lvs_sync_daemon
+//! … }` from a keepalived.conf instead (`config::keepalived`), into the same structures.
 
 use std::net::Ipv4Addr;
 use std::ops::Range;
@@ -249,6 +249,58 @@ vrrp_instance = "VI_1"
             );
             let e = parse(&text, Path::new("t.toml")).unwrap_err().to_string();
             assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+
+    /// configs/full.toml documents every `[[vrrp]]`/`[sync]` key, commented out: uncommented,
+    /// the block parses, and the values written as defaults are the defaults.
+    #[test]
+    fn full_toml_documents_the_ha_keys_with_their_defaults() {
+        let full = include_str!("../../configs/full.toml");
+        let block = &full[full.find("# ---- High availability").unwrap()..];
+        let toml: String = block
+            .lines()
+            .filter(|l| l.starts_with("# ") && !l.starts_with("# ----"))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        // `role` is the alternative to `vrrp_instance`: one of the two.
+        let toml = toml.replace("role = \"master\"\n", "");
+        let cfg = parse(&toml, Path::new("full.toml")).unwrap();
+        let v = &cfg.vrrp[0];
+        let mut want = super::InstanceConfig::new("VI_1", "eth0", 51);
+        want.auth_pass = Some("1111".into());
+        want.vips = vec!["10.0.0.100".parse().unwrap()];
+        want.source = Some("10.0.0.2".parse().unwrap());
+        want.notify_master = Some("logger vrrp master".into());
+        want.notify_backup = Some("logger vrrp backup".into());
+        want.notify_fault = Some("logger vrrp fault".into());
+        assert_eq!(v, &want);
+        let mut s = crate::sync::SyncConfig::new("eth0");
+        s.role = crate::sync::SyncRole::FollowVrrp("VI_1".into());
+        assert_eq!(cfg.sync, Some(s));
+        for key in [
+            "name",
+            "interface",
+            "virtual_router_id",
+            "priority",
+            "advert_int",
+            "version",
+            "state",
+            "nopreempt",
+            "preempt_delay",
+            "auth_pass",
+            "virtual_ipaddress",
+            "unicast_peer",
+            "unicast_src_ip",
+            "notify_master",
+            "notify_backup",
+            "notify_fault",
+            "track_interface",
+            "syncid",
+            "vrrp_instance",
+            "role",
+        ] {
+            assert!(block.contains(&format!("# {key} = ")), "{key} undocumented");
         }
     }
 }

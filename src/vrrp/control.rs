@@ -14,6 +14,8 @@ pub struct HaRuntime {
     pub vrrp: Option<Vrrp>,
     pub sync: Option<SyncDaemon>,
     pub hooks: Arc<HaHooks>,
+    /// The workers' record queue, kept to (re)open the sync daemon (`--start-daemon`).
+    queue: crossbeam_channel::Receiver<crate::sync::SyncRecord>,
 }
 
 /// What `uvs status` / the admin socket report about HA.
@@ -41,10 +43,11 @@ impl HaRuntime {
     }
 
     pub fn start(&mut self, arp: &mut ArpEngine, service_vips: Vec<Ipv4Addr>, now: u32) {
+        // Without VRRP the ARP engine keeps the VIPs the daemon gave it.
         if let Some(v) = &mut self.vrrp {
             v.start();
+            arp.set_vips(v.arp_vips(service_vips), now);
         }
-        arp.set_vips(self.arp_vips(service_vips), now);
     }
 
     /// One control-loop turn.
@@ -68,6 +71,46 @@ impl HaRuntime {
                 });
             }
             s.poll(now);
+        }
+    }
+
+    /// `ipvsadm --start-daemon/--stop-daemon`, with the kernel's refusals as ipvsadm prints
+    /// them. One daemon socket serves both roles, so a second role must use the same
+    /// interface and syncid (the kernel allows different ones).
+    pub fn sync_command(&mut self, c: &crate::sync::DaemonCommand) -> Result<(), String> {
+        use crate::sync::{SyncConfig, SyncRole};
+        match (&mut self.sync, c.start) {
+            (None, true) => {
+                if !std::path::Path::new("/sys/class/net")
+                    .join(&c.interface)
+                    .exists()
+                    || c.interface.contains('/')
+                    || c.interface.starts_with('.')
+                {
+                    return Err("No such device".into());
+                }
+                let mut cfg = SyncConfig::new(&c.interface);
+                cfg.syncid = c.syncid;
+                cfg.role = if c.master {
+                    SyncRole::Master
+                } else {
+                    SyncRole::Backup
+                };
+                let d = SyncDaemon::open(cfg, Arc::clone(&self.hooks), self.queue.clone())
+                    .map_err(|e| format!("{e:#}"))?;
+                self.sync = Some(d);
+                Ok(())
+            }
+            (Some(d), true) => d.start_role(c.master, &c.interface, c.syncid),
+            (None, false) => Err("No daemon is running".into()),
+            (Some(d), false) => {
+                d.stop_role(c.master)?;
+                if !d.master && !d.backup {
+                    // Closes the sockets; synced flows not yet adopted stay until they expire.
+                    self.sync = None;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -98,11 +141,11 @@ impl HaRuntime {
     }
 }
 
-/// Opens what `cfg` asks for (nothing: `None`). Every VRRP VIP starts standing by.
+/// Opens what `cfg` asks for. Every VRRP VIP starts standing by. Always `Some`: the workers
+/// get the hooks even without VRRP or sync, so `uvsadm --start-daemon` works at run time
+/// (cost without HA: one relaxed load per frame for the gate, one per flow miss and one per
+/// new flow).
 pub fn open(cfg: &crate::config::DaemonConfig) -> anyhow::Result<Option<HaRuntime>> {
-    if cfg.vrrp.is_empty() && cfg.sync.is_none() {
-        return Ok(None);
-    }
     let gate = super::HaGate::new();
     let capacity = (cfg.flow_table.capacity as usize)
         .saturating_mul(4)
@@ -114,10 +157,19 @@ pub fn open(cfg: &crate::config::DaemonConfig) -> anyhow::Result<Option<HaRuntim
         Some(Vrrp::open(&cfg.vrrp, gate)?)
     };
     let sync = match &cfg.sync {
-        Some(s) => Some(SyncDaemon::open(s.clone(), Arc::clone(&hooks), queue)?),
+        Some(s) => Some(SyncDaemon::open(
+            s.clone(),
+            Arc::clone(&hooks),
+            queue.clone(),
+        )?),
         None => None,
     };
-    Ok(Some(HaRuntime { vrrp, sync, hooks }))
+    Ok(Some(HaRuntime {
+        vrrp,
+        sync,
+        hooks,
+        queue,
+    }))
 }
 
 /// `uvs status`: asks the director of this namespace and formats its HA state.

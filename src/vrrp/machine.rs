@@ -11,6 +11,10 @@
 //! - `preempt_delay`: preemption is held off for that long after start-up.
 //! - A MASTER hearing a lower-priority advert answers at once with its own advert and
 //!   re-announces its VIPs (keepalived's `garp_lower_prio_repeat`): this ends a split brain.
+//!   uvs addition: a MASTER that yields to a higher priority sends one last advert of its own
+//!   first, so the winner always hears the lower priority and re-announces (otherwise, when
+//!   the winner's advert arrives first, the split brain ends without any gratuitous ARP and
+//!   the router keeps sending to the loser).
 //! - Timers: Skew = (256 − prio) × Master_Adver_Interval / 256 (v2: the local interval),
 //!   Master_Down = 3 × Master_Adver_Interval + Skew; a v3 BACKUP adopts the master's interval.
 
@@ -227,6 +231,11 @@ impl Machine {
                         self.master_interval_cs = a.interval_cs.max(1);
                     }
                     self.master_addr = Some(src);
+                    // Yield with one last advert of our own priority: the winner hears a
+                    // lower priority and re-announces its VIPs. Without it a split brain
+                    // ends silently whenever the winner's advert arrives first, and the
+                    // router keeps the loser's MAC for the VIP (measured in netns-tests/ha.rs).
+                    out.push(Action::Advertise(self.p.priority));
                     self.enter_backup(now, &mut out);
                 } else {
                     out.push(Action::Advertise(self.p.priority));
@@ -418,8 +427,8 @@ mod tests {
         let acts = m.on_advert(&advert(Version::V2, 100, 100), B, 4001);
         assert_eq!(
             acts,
-            vec![Action::BecomeBackup],
-            "10.0.0.3 > 10.0.0.2 wins a tie"
+            vec![Action::Advertise(100), Action::BecomeBackup],
+            "10.0.0.3 > 10.0.0.2 wins a tie (after our yielding advert)"
         );
         assert_eq!(m.master_addr, Some(B));
 
@@ -434,7 +443,7 @@ mod tests {
         );
         assert_eq!(
             m.on_advert(&advert(Version::V2, 200, 100), B, 4002),
-            vec![Action::BecomeBackup]
+            vec![Action::Advertise(100), Action::BecomeBackup]
         );
     }
 
@@ -494,8 +503,28 @@ mod tests {
         let adv_b = advert(Version::V3, 200, 10);
         let ra = a.on_advert(&adv_b, B, 1001);
         let rb = b.on_advert(&adv_a, A, 1001);
-        assert_eq!(ra, vec![Action::BecomeBackup]);
+        assert_eq!(ra, vec![Action::Advertise(100), Action::BecomeBackup]);
         assert!(rb.contains(&Action::Reannounce));
         assert_eq!((a.state(), b.state()), (State::Backup, State::Master));
+
+        // The winner's advert arrives first: the loser's yielding advert (its only one) still
+        // makes the winner re-announce.
+        let mut a = Machine::new(params(Version::V3, 100, 10));
+        let mut b = Machine::new(Params {
+            address: B,
+            ..params(Version::V3, 200, 10)
+        });
+        a.start(0);
+        b.start(0);
+        run(&mut a, 0, 1000);
+        run(&mut b, 0, 1000);
+        let ra = a.on_advert(&adv_b, B, 1001);
+        assert_eq!(ra[0], Action::Advertise(100));
+        let rb = b.on_advert(&adv_a, A, 1002);
+        assert!(rb.contains(&Action::Reannounce), "{rb:?}");
+        assert!(
+            run(&mut a, 1002, 1300).is_empty(),
+            "a BACKUP sends nothing more"
+        );
     }
 }

@@ -8,9 +8,9 @@
 //!   "invalid option". Values are checked as they are met, then the command/option table
 //!   (`commands_v_options` in ipvsadm.c) is checked, then the command-specific rules. Messages
 //!   and exit codes are ipvsadm's: `fail()` exits 2, popt errors and `tryhelp` exit 255.
-//! - What uvs cannot do yet (IPv6, SCTP, tunnelling, masquerading, one-packet
-//!   scheduling, persistence engines, scheduler flags, the sync daemon) is recognised and
-//!   refused after ipvsadm's own checks, with a message that says so (exit 2).
+//! - What uvs cannot do yet (IPv6, SCTP, tunnelling, masquerading, persistence engines, sync
+//!   daemon group/port/ttl/maxlen) is recognised and refused after ipvsadm's own checks, with
+//!   a message that says so (exit 2).
 //! - Host names are not resolved (no DNS): addresses must be dotted quads. Port names are
 //!   looked up in `/etc/services` ([`Names`]), as ipvsadm's `getservbyname` does.
 
@@ -523,11 +523,17 @@ pub enum Command {
     EditServer(ServiceKey, RealArgs),
     DeleteServer(ServiceKey, RealArgs),
     Clear,
-    SetTimeouts { tcp: u32, tcpfin: u32, udp: u32 },
+    SetTimeouts {
+        tcp: u32,
+        tcpfin: u32,
+        udp: u32,
+    },
     List(ListWhat, Format),
     Save(Format),
     Restore,
     Zero(Option<ServiceKey>),
+    /// `--start-daemon`/`--stop-daemon` (HA, issue 8).
+    Daemon(crate::sync::DaemonCommand),
     Help,
     Version,
 }
@@ -702,6 +708,9 @@ struct Entry<'a> {
     ops: bool,
     pe: bool,
     tunnel_options: bool,
+    /// `--mcast-interface`, `--syncid` (sync daemon).
+    mcast_ifn: Option<&'a str>,
+    syncid: u8,
 }
 
 impl Entry<'_> {
@@ -761,9 +770,11 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
     let program = argv.first().map(String::as_str).unwrap_or("ipvsadm");
     let mut sc = Scanner::new(argv);
 
+    let mut daemon_master = false;
     let cmd = match sc.next_opt() {
         Scanned::Opt(Tag::Cmd(c), value) => {
             if matches!(c, Cmd::StartDaemon | Cmd::StopDaemon) {
+                daemon_master = value == Some("master");
                 let v = value.unwrap_or("");
                 if v != "master" && v != "backup" {
                     return Err(ArgError::fail(if c == Cmd::StartDaemon {
@@ -880,12 +891,16 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
                 ce.set_option(O_NUMERIC)?;
                 ce.format.numeric = true;
             }
-            Tag::McastInterface => ce.set_option(O_MCAST)?,
+            Tag::McastInterface => {
+                ce.set_option(O_MCAST)?;
+                // strncpy into IP_VS_IFNAME_MAXLEN - 1 bytes.
+                ce.mcast_ifn = Some(value.unwrap_or(""));
+            }
             Tag::SyncId => {
                 ce.set_option(O_SYNCID)?;
-                if string_to_number(v, 0, 255).is_none() {
-                    return Err(ArgError::fail("illegal syncid specified"));
-                }
+                ce.syncid = string_to_number(v, 0, 255)
+                    .ok_or_else(|| ArgError::fail("illegal syncid specified"))?
+                    as u8;
             }
             Tag::Timeout => ce.set_option(O_TIMEOUT)?,
             Tag::Daemon => ce.set_option(O_DAEMON)?,
@@ -1053,9 +1068,14 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
     }
 
     // What ipvsadm accepts and uvs does not support (yet).
-    if matches!(cmd, Cmd::StartDaemon | Cmd::StopDaemon) {
+    if cmd == Cmd::StartDaemon
+        && (ce.has(O_MCAST_GROUP)
+            || ce.has(O_MCAST_PORT)
+            || ce.has(O_MCAST_TTL)
+            || ce.has(O_SYNC_MAXLEN))
+    {
         return Err(ArgError::unsupported(
-            "the connection synchronisation daemon (--start-daemon/--stop-daemon) is not supported by uvs",
+            "--mcast-group, --mcast-port, --mcast-ttl and --sync-maxlen are not supported: uvs syncs to 224.0.0.81:8848, ttl 1, maxlen 1472",
         ));
     }
     if ce.sctp {
@@ -1135,7 +1155,18 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
         }),
         Cmd::Restore => Command::Restore,
         Cmd::Zero => Command::Zero(key),
-        Cmd::StartDaemon | Cmd::StopDaemon => return Err(ArgError::try_help(program)),
+        Cmd::StartDaemon | Cmd::StopDaemon => {
+            Command::Daemon(crate::sync::DaemonCommand {
+                start: cmd == Cmd::StartDaemon,
+                master: daemon_master,
+                // ipvsadm's DEF_MCAST_IFN when --mcast-interface is not given.
+                interface: ce
+                    .mcast_ifn
+                    .filter(|s| !s.is_empty())
+                    .map_or("eth0".to_string(), |s| s.chars().take(15).collect()),
+                syncid: ce.syncid,
+            })
+        }
     })
 }
 
@@ -1161,6 +1192,53 @@ mod tests {
             port,
             fwmark: 0,
         }
+    }
+
+    #[test]
+    fn sync_daemon_commands() {
+        use crate::sync::DaemonCommand;
+        let d = |start, master, interface: &str, syncid| {
+            Command::Daemon(DaemonCommand {
+                start,
+                master,
+                interface: interface.into(),
+                syncid,
+            })
+        };
+        assert_eq!(
+            p("--start-daemon master").unwrap(),
+            d(true, true, "eth0", 0)
+        );
+        assert_eq!(
+            p("--start-daemon=backup --mcast-interface eth1 --syncid 7").unwrap(),
+            d(true, false, "eth1", 7)
+        );
+        assert_eq!(
+            p("--stop-daemon backup").unwrap(),
+            d(false, false, "eth0", 0)
+        );
+        assert_eq!(
+            err("--start-daemon master --syncid 256"),
+            ("illegal syncid specified".into(), 2)
+        );
+        assert_eq!(
+            err("--start-daemon slave"),
+            ("illegal start-daemon parameter specified".into(), 2)
+        );
+        assert_eq!(
+            err("--stop-daemon master --mcast-interface eth0"),
+            (
+                "Illegal 'mcast-interface' option with the 'stop-daemon' command".into(),
+                2
+            )
+        );
+        assert_eq!(
+            p("--start-daemon master --mcast-port 9000")
+                .unwrap_err()
+                .kind,
+            ErrorKind::Unsupported
+        );
+        assert!(!p("--start-daemon master").unwrap().is_change());
     }
 
     #[test]

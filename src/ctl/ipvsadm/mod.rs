@@ -129,6 +129,18 @@ fn execute(
             Ok(other) => unexpected(other, err),
             Err(code) => code,
         },
+        // HA (issue 8): ipvsadm prints the kernel's refusal ("Daemon has already run", "No
+        // daemon is running", "No such device") and exits 255.
+        Command::Daemon(d) => match call(&Request::SyncDaemon(d), err) {
+            Ok(Reply::Done) => 0,
+            Ok(Reply::Refused(r)) => {
+                err.push_str(&r.message);
+                err.push('\n');
+                r.exit_code
+            }
+            Ok(other) => unexpected(other, err),
+            Err(code) => code,
+        },
         Command::List(ListWhat::Connections, f) => match call(&Request::Connections, err) {
             Ok(Reply::Connections(c)) => {
                 out.push_str(&print::list_conns(&c, &f, names));
