@@ -16,7 +16,7 @@ pub fn uvs_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_uvs"))
 }
 
-fn under_ci() -> bool {
+pub fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 

@@ -443,6 +443,11 @@ fn wait_ka(lab: &Lab, master: bool, within: Duration) {
 fn uvs_keepalived_interop() {
     let Some(ctx) = common::setup(82) else { return };
     let Some(ka) = keepalived_path() else {
+        // scripts/deps.sh installs keepalived; under CI a missing tool is a failure.
+        assert!(
+            !common::under_ci(),
+            "keepalived not installed (apt-get install keepalived)"
+        );
         eprintln!("skipping: keepalived not installed (apt-get install keepalived)");
         return;
     };
@@ -842,6 +847,11 @@ fn mh_and_sloppy_tcp_keep_connections_without_sync() {
 fn keepalived_to_uvs_takeover_and_one_advertiser() {
     let Some(ctx) = common::setup(86) else { return };
     let Some(ka) = keepalived_path() else {
+        // scripts/deps.sh installs keepalived; under CI a missing tool is a failure.
+        assert!(
+            !common::under_ci(),
+            "keepalived not installed (apt-get install keepalived)"
+        );
         eprintln!("skipping: keepalived not installed (apt-get install keepalived)");
         return;
     };
