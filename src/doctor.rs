@@ -24,10 +24,11 @@ use etherparse::{ArpEthIpv4Packet, ArpOperation, PacketBuilder};
 
 use crate::ctl::backend::{Backend, BackendError, SocketBackend, SocketLocation};
 use crate::ctl::proto::{Reply, Request};
+use crate::health::vip::{SynReply, syn_through_vip};
 use crate::interfaces::Interface;
 use crate::io::socket::{open_probe, recv_frame, send_frame, wait_readable};
 use crate::model::Protocol;
-use crate::wire::{ETH_HDR_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, MacAddr, ethernet, ipv4, tcp};
+use crate::wire::{ETH_HDR_LEN, ETHERTYPE_ARP, MacAddr, ethernet};
 
 /// How long to wait for answers to one round of probes.
 const PROBE_WAIT: Duration = Duration::from_millis(700);
@@ -256,100 +257,6 @@ fn resolve(
     Ok(seen)
 }
 
-/// What a SYN to VIP:port at a real server's MAC brought back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SynAnswer {
-    SynAck,
-    Reset,
-    Nothing,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn tcp_frame(
-    src_mac: MacAddr,
-    dst_mac: MacAddr,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-    seq: u32,
-    syn: bool,
-) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src_mac.0, dst_mac.0)
-        .ipv4(src.octets(), dst.octets(), 64)
-        .tcp(sport, dport, seq, 64240);
-    let b = if syn { b.syn() } else { b.rst() };
-    let mut out = Vec::with_capacity(64);
-    let _ = b.write(&mut out, &[]);
-    out
-}
-
-#[allow(clippy::too_many_arguments)]
-fn probe_syn(
-    fd: &OwnedFd,
-    ifc: &Interface,
-    src_ip: Ipv4Addr,
-    rs_mac: MacAddr,
-    vip: Ipv4Addr,
-    port: u16,
-    sport: u16,
-) -> Result<SynAnswer> {
-    let seq = 0x7500_0000 ^ u32::from(sport);
-    send_frame(
-        fd.as_raw_fd(),
-        &tcp_frame(ifc.mac, rs_mac, src_ip, vip, sport, port, seq, true),
-    )
-    .with_context(|| format!("sending a SYN on {}", ifc.name))?;
-    let mut answer = SynAnswer::Nothing;
-    let mut got_synack = false;
-    collect(fd, PROBE_WAIT, |f| {
-        if answer != SynAnswer::Nothing
-            || f.len() < ETH_HDR_LEN + 40
-            || ethernet::ethertype(f) != ETHERTYPE_IPV4
-        {
-            return;
-        }
-        let ip = &f[ETH_HDR_LEN..];
-        let ihl = ipv4::header_len(ip);
-        if ipv4::protocol(ip) != 6
-            || ihl < 20
-            || ip.len() < ihl + 20
-            || ipv4::src(ip) != u32::from(vip)
-            || ipv4::dst(ip) != u32::from(src_ip)
-        {
-            return;
-        }
-        let t = &ip[ihl..];
-        if crate::wire::be16(t, 0) != port || crate::wire::be16(t, 2) != sport {
-            return;
-        }
-        let flags = tcp::flags(t);
-        if flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK {
-            answer = SynAnswer::SynAck;
-            got_synack = true;
-        } else if flags & tcp::RST != 0 {
-            answer = SynAnswer::Reset;
-        }
-    });
-    if got_synack {
-        // Our next sequence number is seq + 1: reset the half-open connection on the RS.
-        let _ = send_frame(
-            fd.as_raw_fd(),
-            &tcp_frame(
-                ifc.mac,
-                rs_mac,
-                src_ip,
-                vip,
-                sport,
-                port,
-                seq.wrapping_add(1),
-                false,
-            ),
-        );
-    }
-    Ok(answer)
-}
-
 /// Runs every check and prints the findings; fails if any problem was found.
 pub fn run(args: &DoctorArgs) -> Result<()> {
     let location = match &args.admin_socket {
@@ -446,7 +353,6 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
     }
 
     // The LAN, interface by interface.
-    let mut sport = 40000 + (std::process::id() % 20000) as u16;
     for ifc in &ifaces {
         let here: Vec<&Target> = targets
             .iter()
@@ -521,17 +427,19 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
                 ));
                 continue;
             }
-            sport = sport.wrapping_add(1).max(1024);
-            match probe_syn(&fd, ifc, src_ip, *mac, t.vip, t.port, sport)? {
-                SynAnswer::SynAck => r.ok(format!(
+            let reply =
+                syn_through_vip(ifc.index, ifc.mac, src_ip, *mac, t.vip, t.port, PROBE_WAIT)
+                    .with_context(|| format!("probing {} on {}", t.real, ifc.name))?;
+            match reply {
+                SynReply::SynAck => r.ok(format!(
                     "real server {} answers on VIP {}:{} (SYN-ACK)",
                     t.real, t.vip, t.port
                 )),
-                SynAnswer::Reset => r.fail(format!(
+                SynReply::Rst => r.fail(format!(
                     "real server {} has the VIP but nothing listens on port {} (RST)",
                     t.real, t.port
                 )),
-                SynAnswer::Nothing => r.fail(format!(
+                SynReply::Nothing => r.fail(format!(
                     "real server {} does not answer on VIP {}:{}: is the VIP on its loopback \
                      (ip addr add {}/32 dev lo) and is the service listening?",
                     t.real, t.vip, t.port, t.vip

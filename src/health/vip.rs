@@ -187,36 +187,37 @@ fn pseudo_random() -> u32 {
     (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u32
 }
 
-/// Sends one SYN to `vip:port` at the real's MAC and waits for the answer.
-pub fn probe(path: &VipPath, vip: Ipv4Addr, port: u16, timeout: Duration) -> Outcome {
-    let Some(rs_mac) = path.neigh.get(path.slot) else {
-        return Outcome::Fail("through-the-VIP: the real server's MAC is not known yet".into());
-    };
-    let fd = match open_socket(path.ifindex) {
-        Ok(fd) => fd,
-        Err(e) => {
-            return Outcome::Fail(format!(
-                "through-the-VIP: packet socket on {}: {e}",
-                path.interface
-            ));
-        }
-    };
+/// What a SYN to VIP:port, addressed to one real server's MAC, got back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SynReply {
+    /// The real server holds the VIP and something listens on the port.
+    SynAck,
+    /// The real server holds the VIP but nothing listens on the port.
+    Rst,
+    /// No answer: typically the VIP is not on the real server's loopback.
+    Nothing,
+}
+
+/// Sends one SYN from `src_ip` (on the interface `ifindex` with `src_mac`) to `vip:port` in a
+/// frame addressed to `rs_mac`, and waits up to `timeout` for the answer. A half-open
+/// connection it opened on the real server is reset. Shared by the health checker
+/// (`through_vip`) and `uvs doctor`.
+pub fn syn_through_vip(
+    ifindex: u32,
+    src_mac: MacAddr,
+    src_ip: Ipv4Addr,
+    rs_mac: MacAddr,
+    vip: Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+) -> std::io::Result<SynReply> {
+    let fd = open_socket(ifindex)?;
     let r = pseudo_random();
     let sport = 40_000 + (r % 20_000) as u16;
     let seq = r.rotate_left(13);
-    let us = (path.src_ip, sport);
-    let syn = tcp_frame(
-        rs_mac,
-        path.src_mac,
-        us,
-        (vip, port),
-        seq,
-        0,
-        wire::tcp::SYN,
-    );
-    if let Err(e) = send_frame(fd.as_raw_fd(), &syn) {
-        return Outcome::Fail(format!("through-the-VIP: sending the SYN: {e}"));
-    }
+    let us = (src_ip, sport);
+    let syn = tcp_frame(rs_mac, src_mac, us, (vip, port), seq, 0, wire::tcp::SYN);
+    send_frame(fd.as_raw_fd(), &syn)?;
     let deadline = Instant::now() + timeout;
     let mut buf = vec![0u8; 2048];
     let mut pfd = [libc::pollfd {
@@ -231,7 +232,7 @@ pub fn probe(path: &VipPath, vip: Ipv4Addr, port: u16, timeout: Duration) -> Out
                     // Tear the half-open connection down on the real server.
                     let rst = tcp_frame(
                         rs_mac,
-                        path.src_mac,
+                        src_mac,
                         us,
                         (vip, port),
                         seq.wrapping_add(1),
@@ -239,23 +240,45 @@ pub fn probe(path: &VipPath, vip: Ipv4Addr, port: u16, timeout: Duration) -> Out
                         wire::tcp::RST | wire::tcp::ACK,
                     );
                     let _ = send_frame(fd.as_raw_fd(), &rst);
-                    return Outcome::Pass { weight: None };
+                    return Ok(SynReply::SynAck);
                 }
-                Some(Answer::Rst) => {
-                    return Outcome::Fail(format!(
-                        "through-the-VIP: {vip}:{port} answered RST (service not listening)"
-                    ));
-                }
+                Some(Answer::Rst) => return Ok(SynReply::Rst),
                 None => {}
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Outcome::Fail(format!(
-                "through-the-VIP: no answer from {vip}:{port} at {rs_mac} within {timeout:?} (VIP not on the real server's lo?)"
-            ));
+            return Ok(SynReply::Nothing);
         }
         wait_readable(&mut pfd, left.as_millis().clamp(1, 1000) as i32);
+    }
+}
+
+/// The health checker's `through_vip` probe: one SYN to `vip:port` at the real's MAC.
+pub fn probe(path: &VipPath, vip: Ipv4Addr, port: u16, timeout: Duration) -> Outcome {
+    let Some(rs_mac) = path.neigh.get(path.slot) else {
+        return Outcome::Fail("through-the-VIP: the real server's MAC is not known yet".into());
+    };
+    match syn_through_vip(
+        path.ifindex,
+        path.src_mac,
+        path.src_ip,
+        rs_mac,
+        vip,
+        port,
+        timeout,
+    ) {
+        Ok(SynReply::SynAck) => Outcome::Pass { weight: None },
+        Ok(SynReply::Rst) => Outcome::Fail(format!(
+            "through-the-VIP: {vip}:{port} answered RST (service not listening)"
+        )),
+        Ok(SynReply::Nothing) => Outcome::Fail(format!(
+            "through-the-VIP: no answer from {vip}:{port} at {rs_mac} within {timeout:?} (VIP not on the real server's lo?)"
+        )),
+        Err(e) => Outcome::Fail(format!(
+            "through-the-VIP: packet socket on {}: {e}",
+            path.interface
+        )),
     }
 }
 
