@@ -24,7 +24,7 @@ use etherparse::{ArpEthIpv4Packet, ArpOperation, PacketBuilder};
 
 use crate::ctl::backend::{Backend, BackendError, SocketBackend, SocketLocation};
 use crate::ctl::proto::{Reply, Request};
-use crate::health::vip::{SynReply, syn_through_vip};
+use crate::health::vip::{ProbeSource, SynReply, syn_through_vip};
 use crate::interfaces::Interface;
 use crate::io::socket::{open_probe, recv_frame, send_frame, wait_readable};
 use crate::model::Protocol;
@@ -427,9 +427,14 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
                 ));
                 continue;
             }
-            let reply =
-                syn_through_vip(ifc.index, ifc.mac, src_ip, *mac, t.vip, t.port, PROBE_WAIT)
-                    .with_context(|| format!("probing {} on {}", t.real, ifc.name))?;
+            let from = ProbeSource {
+                interface: &ifc.name,
+                ifindex: ifc.index,
+                mac: ifc.mac,
+                ip: src_ip,
+            };
+            let reply = syn_through_vip(&from, *mac, t.vip, t.port, PROBE_WAIT)
+                .with_context(|| format!("probing {} on {}", t.real, ifc.name))?;
             match reply {
                 SynReply::SynAck => r.ok(format!(
                     "real server {} answers on VIP {}:{} (SYN-ACK)",

@@ -17,16 +17,14 @@
 //! bound to the interface with `ETH_P_IP`.
 
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::fsm::Outcome;
-use crate::io::socket::{recv_frame, send_frame, wait_readable};
+use crate::io::socket::{open_probe, recv_frame, send_frame, wait_readable};
 use crate::neigh::cache::NeighTable;
 use crate::wire::{self, MacAddr};
-
-const ETH_P_IP: u16 = 0x0800;
 
 /// Everything the probe needs to reach one real server.
 #[derive(Clone)]
@@ -85,7 +83,7 @@ pub fn tcp_frame(
     let mut f = Vec::with_capacity(14 + total);
     f.extend_from_slice(&dst_mac.0);
     f.extend_from_slice(&src_mac.0);
-    f.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    f.extend_from_slice(&wire::ETHERTYPE_IPV4.to_be_bytes());
     let ip_at = f.len();
     f.extend_from_slice(&[0x45, 0]);
     f.extend_from_slice(&(total as u16).to_be_bytes());
@@ -124,7 +122,7 @@ pub enum Answer {
 
 /// Matches a received frame against the probe `(us, vip)`.
 pub fn match_answer(frame: &[u8], us: (Ipv4Addr, u16), vip: (Ipv4Addr, u16)) -> Option<Answer> {
-    if frame.len() < 14 + 20 + 20 || wire::ethernet::ethertype(frame) != ETH_P_IP {
+    if frame.len() < 14 + 20 + 20 || wire::ethernet::ethertype(frame) != wire::ETHERTYPE_IPV4 {
         return None;
     }
     let ip = &frame[14..];
@@ -146,39 +144,6 @@ pub fn match_answer(frame: &[u8], us: (Ipv4Addr, u16), vip: (Ipv4Addr, u16)) -> 
         .then(|| Answer::SynAck(wire::be32(t, 4)))
 }
 
-fn open_socket(ifindex: u32) -> std::io::Result<OwnedFd> {
-    // SAFETY: plain syscall with constant arguments.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            i32::from(ETH_P_IP.to_be()),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by socket() and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = ETH_P_IP.to_be();
-    sll.sll_ifindex = ifindex as i32;
-    // SAFETY: `sll` is a valid sockaddr_ll and the length passed is its size.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(fd)
-}
-
 fn pseudo_random() -> u32 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -198,20 +163,27 @@ pub enum SynReply {
     Nothing,
 }
 
-/// Sends one SYN from `src_ip` (on the interface `ifindex` with `src_mac`) to `vip:port` in a
-/// frame addressed to `rs_mac`, and waits up to `timeout` for the answer. A half-open
-/// connection it opened on the real server is reset. Shared by the health checker
-/// (`through_vip`) and `uvs doctor`.
+/// Where a probe leaves from: the director's interface and its address on the real's LAN.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeSource<'a> {
+    pub interface: &'a str,
+    pub ifindex: u32,
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+}
+
+/// Sends one SYN from `from` to `vip:port` in a frame addressed to `rs_mac`, and waits up to
+/// `timeout` for the answer. A half-open connection it opened on the real server is reset.
+/// Shared by the health checker (`through_vip`) and `uvs doctor`.
 pub fn syn_through_vip(
-    ifindex: u32,
-    src_mac: MacAddr,
-    src_ip: Ipv4Addr,
+    from: &ProbeSource<'_>,
     rs_mac: MacAddr,
     vip: Ipv4Addr,
     port: u16,
     timeout: Duration,
 ) -> std::io::Result<SynReply> {
-    let fd = open_socket(ifindex)?;
+    let (src_mac, src_ip) = (from.mac, from.ip);
+    let fd = open_probe(from.interface, from.ifindex).map_err(std::io::Error::other)?;
     let r = pseudo_random();
     let sport = 40_000 + (r % 20_000) as u16;
     let seq = r.rotate_left(13);
@@ -259,15 +231,13 @@ pub fn probe(path: &VipPath, vip: Ipv4Addr, port: u16, timeout: Duration) -> Out
     let Some(rs_mac) = path.neigh.get(path.slot) else {
         return Outcome::Fail("through-the-VIP: the real server's MAC is not known yet".into());
     };
-    match syn_through_vip(
-        path.ifindex,
-        path.src_mac,
-        path.src_ip,
-        rs_mac,
-        vip,
-        port,
-        timeout,
-    ) {
+    let from = ProbeSource {
+        interface: &path.interface,
+        ifindex: path.ifindex,
+        mac: path.src_mac,
+        ip: path.src_ip,
+    };
+    match syn_through_vip(&from, rs_mac, vip, port, timeout) {
         Ok(SynReply::SynAck) => Outcome::Pass { weight: None },
         Ok(SynReply::Rst) => Outcome::Fail(format!(
             "through-the-VIP: {vip}:{port} answered RST (service not listening)"

@@ -191,17 +191,17 @@ pub fn open_tx(interface: &str, ifindex: u32) -> Result<OwnedFd, IoError> {
     Ok(fd)
 }
 
-/// Opens the control thread's ARP socket on an interface (receives ARP only, sends raw frames).
+/// Opens a socket that receives what `program` accepts of the frames other hosts send on the
+/// interface (never the director's own transmissions) and sends raw frames.
 ///
-/// Bound with `ETH_P_ALL` and an ARP-only filter rather than `ETH_P_ARP`: only `ETH_P_ALL`
-/// taps run before the netdev ingress hook, and uvs's own nftables table drops ARP requests for
-/// the VIPs there (so the director's kernel never answers them); an `ETH_P_ARP` socket would
-/// never see those requests either.
-pub fn open_arp(interface: &str, ifindex: u32) -> Result<OwnedFd, IoError> {
+/// Bound with `ETH_P_ALL` rather than a protocol: only `ETH_P_ALL` taps run before the netdev
+/// ingress hook, and uvs's own nftables table drops ARP requests for the VIPs there (so the
+/// director's kernel never answers them); a protocol-bound socket would never see those.
+fn open_listening(interface: &str, ifindex: u32, program: &[Insn]) -> Result<OwnedFd, IoError> {
     let fd = new_packet_socket(interface)?;
     let raw = fd.as_raw_fd();
     let one: libc::c_int = 1;
-    attach_filter(raw, &super::filter::arp_filter(), interface)?;
+    attach_filter(raw, program, interface)?;
     set_opt(
         raw,
         libc::SOL_PACKET,
@@ -214,23 +214,15 @@ pub fn open_arp(interface: &str, ifindex: u32) -> Result<OwnedFd, IoError> {
     Ok(fd)
 }
 
-/// Opens a probe socket for `uvs doctor`: receives every frame other hosts send on the
-/// interface (ARP and IPv4 only, not the director's own transmissions) and sends raw frames.
+/// The control thread's ARP socket on an interface (receives ARP only).
+pub fn open_arp(interface: &str, ifindex: u32) -> Result<OwnedFd, IoError> {
+    open_listening(interface, ifindex, &super::filter::arp_filter())
+}
+
+/// A probe socket (`uvs doctor`, the through-the-VIP health check): ARP and IPv4 from other
+/// hosts.
 pub fn open_probe(interface: &str, ifindex: u32) -> Result<OwnedFd, IoError> {
-    let fd = new_packet_socket(interface)?;
-    let raw = fd.as_raw_fd();
-    let one: libc::c_int = 1;
-    attach_filter(raw, &super::filter::probe_filter(), interface)?;
-    set_opt(
-        raw,
-        libc::SOL_PACKET,
-        libc::PACKET_IGNORE_OUTGOING,
-        &one,
-        "PACKET_IGNORE_OUTGOING",
-        interface,
-    )?;
-    bind(raw, ifindex, ETH_P_ALL, interface)?;
-    Ok(fd)
+    open_listening(interface, ifindex, &super::filter::probe_filter())
 }
 
 /// Receive-ring counters since the previous call (the kernel resets them on every read, so
