@@ -391,12 +391,7 @@ impl Forwarder {
         let is_tcp = p.key.proto == 6;
         let real = match self.flows.lookup(&p.key, now) {
             Some((at, flow)) => {
-                let (state, timeout) = if is_tcp {
-                    let s = next_state(flow.state, p.tcp_flags);
-                    (s, snap.timeouts.tcp(s))
-                } else {
-                    (TcpState::None, snap.timeouts.udp_ms)
-                };
+                let (state, timeout) = after_packet(snap, is_tcp, flow.state, p.tcp_flags);
                 self.flows.update(at, state, now.wrapping_add(timeout));
                 if state.is_active() != flow.state.is_active() {
                     self.conns.moved(flow.real, state.is_active());
@@ -449,12 +444,7 @@ impl Forwarder {
                     }
                     t.note.why.via = via;
                 }
-                let (state, timeout) = if is_tcp {
-                    let s = next_state(prior, p.tcp_flags);
-                    (s, snap.timeouts.tcp(s))
-                } else {
-                    (TcpState::None, snap.timeouts.udp_ms)
-                };
+                let (state, timeout) = after_packet(snap, is_tcp, prior, p.tcp_flags);
                 if ops {
                     // `ip_vs_bind_dest` then `ip_vs_unbind_dest`: no count remains, but the
                     // thresholds see the connection pass, as in the kernel.
@@ -515,6 +505,18 @@ impl Forwarder {
             bump(&c.in_bytes, p.ip_len as u64);
         }
         Ok(real.egress)
+    }
+}
+
+/// A flow's state and timeout (ms) after a client packet: TCP follows the INPUT_ONLY table;
+/// UDP has no state and one timeout.
+#[inline]
+fn after_packet(snap: &Snapshot, is_tcp: bool, prior: TcpState, flags: u8) -> (TcpState, u32) {
+    if is_tcp {
+        let s = next_state(prior, flags);
+        (s, snap.timeouts.tcp(s))
+    } else {
+        (TcpState::None, snap.timeouts.udp_ms)
     }
 }
 
