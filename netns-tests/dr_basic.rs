@@ -309,3 +309,64 @@ fn each_frame_is_forwarded_exactly_once() {
             .join("\n")
     );
 }
+
+/// Tutorials put the VIP on the director itself (`ifconfig ens33:0 VIP`, or `lo`). Its kernel
+/// would then answer ARP for the VIP as well (arp_ignore=0) and RST the client's SYNs; uvs's
+/// nftables tables keep it silent: each ARP request gets exactly one reply (uvs's), and every
+/// request is served by a real server.
+#[test]
+fn vip_on_the_directors_own_kernel_gets_one_arp_reply_per_request() {
+    let Some(ctx) = common::setup(87) else { return };
+    let mut lab = dr_lab(&ctx);
+    let vip = addr::VIP.to_string();
+    lab.exec_ok(
+        "dir",
+        &["ip", "addr", "add", &format!("{vip}/32"), "dev", "lo"],
+    )
+    .expect("VIP on the director's lo");
+    start_web(&mut lab);
+    common::start_director(
+        &mut lab,
+        &common::dr_rules('t', 80),
+        &["--interface", "eth0"],
+    );
+
+    let dir_mac = mac_str(addr::HOST_DIR, 0);
+    let router_mac = mac_str(addr::HOST_ROUTER, 1);
+    let arp_pcap = lab.dir().join("router-arp.pcap");
+    let cap = lab
+        .tcpdump_start("router", "eth1", "arp", &arp_pcap)
+        .unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        // Forget the VIP, so the next request needs a fresh broadcast ARP request.
+        lab.exec_ok("router", &["ip", "neigh", "flush", "to", &vip])
+            .expect("flushing the router's entry");
+        answers.extend(common::curl_vip(&lab, 2));
+    }
+    common::stop_capture(&mut lab, cap);
+    assert_eq!(
+        common::count(&answers).values().sum::<usize>(),
+        6,
+        "every request answered by a real server: {answers:?}"
+    );
+    let arp = common::read_pcap(&lab, &arp_pcap);
+    let requests = arp
+        .iter()
+        .filter(|p| p.src_mac == router_mac && p.line.contains(&format!("Request who-has {vip} ")))
+        .count();
+    let replies: Vec<_> = arp
+        .iter()
+        .filter(|p| p.dst_mac == router_mac && p.line.contains(&format!("Reply {vip} is-at")))
+        .collect();
+    assert!(
+        requests >= 3,
+        "the router sent {requests} ARP requests: {arp:#?}"
+    );
+    assert_eq!(
+        replies.len(),
+        requests,
+        "one reply per request (a second one is the director's kernel): {arp:#?}"
+    );
+    assert!(replies.iter().all(|p| p.src_mac == dir_mac), "{replies:#?}");
+}

@@ -3,16 +3,23 @@
 //! AF_PACKET taps see a frame before the kernel's IP stack does, and the kernel processes it
 //! too: with the VIP configured on the director (tutorials put it on `ens33:0` or `lo`, the
 //! kernel's IPVS selftest on `lo`) it answers the client's SYN with RST; with `ip_forward=1` it
-//! forwards a duplicate. uvs therefore installs an nftables table of its own, `netdev uvs`,
-//! with an ingress chain per served interface that drops, before the IP stack:
-//! - TCP/UDP to a configured VIP:port (uvs forwards those),
-//! - IP fragments to a VIP (uvs does not reassemble; see `DropReason::Fragment`),
-//! - ARP requests for a VIP (uvs answers them; the kernel must not answer a second time).
+//! forwards a duplicate. uvs therefore installs nftables tables of its own:
+//! - `netdev uvs`, an ingress chain per served interface that drops, before the IP stack,
+//!   TCP/UDP to a configured VIP:port (uvs forwards those) and IP fragments to a VIP (uvs does
+//!   not reassemble; see `DropReason::Fragment`);
+//! - `arp uvs`, an ARP input chain that drops ARP requests for a VIP arriving on a served
+//!   interface (uvs answers them; the kernel must not answer a second time).
 //!
 //! The netdev ingress hook runs after the packet taps, so uvs and tcpdump still see every
 //! frame. Everything else (the director's own traffic, other ports on the VIP) is untouched.
 //!
-//! The table is replaced atomically (one `nft -f` transaction) and removed on every exit path
+//! The ingress chain runs for every frame on the generator's (the sender's) CPU, so it is kept
+//! short: the service rules come first (the common case stops at its first match), and ARP is
+//! judged in the ARP family's hook instead, which only ARP frames reach. That is also why uvs's
+//! ARP socket can be bound to `ETH_P_ARP`: ARP protocol handlers run after the ingress hook
+//! but before `arp_rcv`'s own input hook, so the socket sees the requests the kernel then drops.
+//!
+//! The tables are replaced atomically (one `nft -f` transaction) and removed on every exit path
 //! uvs can catch; a new start first removes whatever a killed instance left behind.
 
 use std::io::Write;
@@ -39,22 +46,14 @@ pub fn ruleset(interfaces: &[String], services: &[ServiceKey]) -> String {
     vips.dedup();
     let mut s = String::new();
     // Create-then-delete makes the replacement idempotent within one transaction.
-    s.push_str(&format!(
-        "table netdev {TABLE}\ndelete table netdev {TABLE}\n"
-    ));
+    s.push_str(&remove_script(true));
     s.push_str(&format!("table netdev {TABLE} {{\n"));
     for (i, ifname) in interfaces.iter().enumerate() {
         s.push_str(&format!(
             "  chain ingress_{i} {{\n    type filter hook ingress device \"{ifname}\" priority -500; policy accept;\n"
         ));
-        for vip in &vips {
-            s.push_str(&format!(
-                "    ip daddr {vip} ip frag-off & 0x3fff != 0 counter drop comment \"fragment to a VIP\"\n"
-            ));
-            s.push_str(&format!(
-                "    arp operation request arp daddr ip {vip} counter drop comment \"answered by uvs\"\n"
-            ));
-        }
+        // Services first: a forwarded frame is the common case. A non-first fragment carries
+        // no ports, so it never matches these and reaches the fragment rule.
         for svc in services {
             let proto = match svc.proto {
                 crate::model::Protocol::Tcp => "tcp",
@@ -65,9 +64,40 @@ pub fn ruleset(interfaces: &[String], services: &[ServiceKey]) -> String {
                 svc.vip, svc.port
             ));
         }
+        for vip in &vips {
+            s.push_str(&format!(
+                "    ip daddr {vip} ip frag-off & 0x3fff != 0 counter drop comment \"fragment to a VIP\"\n"
+            ));
+        }
         s.push_str("  }\n");
     }
     s.push_str("}\n");
+    s.push_str(&format!(
+        "table arp {TABLE} {{\n  chain input {{\n    type filter hook input priority -500; policy accept;\n"
+    ));
+    if !interfaces.is_empty() && !vips.is_empty() {
+        let ifnames: Vec<String> = interfaces.iter().map(|i| format!("\"{i}\"")).collect();
+        let vips: Vec<String> = vips.iter().map(|v| v.to_string()).collect();
+        s.push_str(&format!(
+            "    iifname {{ {} }} arp operation request arp daddr ip {{ {} }} counter drop comment \"answered by uvs\"\n",
+            ifnames.join(", "),
+            vips.join(", ")
+        ));
+    }
+    s.push_str("  }\n}\n");
+    s
+}
+
+/// Deletes uvs's tables. `tolerate_missing`: declare each table first, so the deletion also
+/// succeeds when it does not exist (a fresh start, or a table already removed).
+fn remove_script(tolerate_missing: bool) -> String {
+    let mut s = String::new();
+    for family in ["netdev", "arp"] {
+        if tolerate_missing {
+            s.push_str(&format!("table {family} {TABLE}\n"));
+        }
+        s.push_str(&format!("delete table {family} {TABLE}\n"));
+    }
     s
 }
 
@@ -118,16 +148,15 @@ impl KernelFilter {
 
     /// Removes a table left behind by a killed instance. Not having one is fine.
     pub fn remove_stale() {
-        let _ = nft(&format!(
-            "table netdev {TABLE}\ndelete table netdev {TABLE}\n"
-        ));
+        let _ = nft(&remove_script(true));
     }
 }
 
 impl Drop for KernelFilter {
     fn drop(&mut self) {
-        if let Err(e) = nft(&format!("delete table netdev {TABLE}\n")) {
-            log::warn!("could not remove nftables table netdev {TABLE}: {e}");
+        // Tolerant: if one table was deleted by hand, the other must still go.
+        if let Err(e) = nft(&remove_script(true)) {
+            log::warn!("could not remove nftables tables netdev/arp {TABLE}: {e}");
         }
     }
 }
@@ -139,7 +168,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     #[test]
-    fn ruleset_covers_services_fragments_and_arp_per_interface() {
+    fn ruleset_covers_services_fragments_and_arp_of_every_interface() {
         let vip = Ipv4Addr::new(10, 0, 0, 100);
         let r = ruleset(
             &["eth0".into(), "eth1".into()],
@@ -171,6 +200,19 @@ mod tests {
             2
         );
         assert_eq!(r.matches("frag-off").count(), 2);
-        assert_eq!(r.matches("arp daddr ip 10.0.0.100").count(), 2);
+        // The service rules precede the fragment rule in each chain.
+        let chain0 = &r[r.find("ingress_0").unwrap()..r.find("ingress_1").unwrap()];
+        assert!(chain0.find("dport 80").unwrap() < chain0.find("frag-off").unwrap());
+        // ARP requests for a VIP are judged once, in the ARP family, for both interfaces.
+        assert!(r.contains(
+            "table arp uvs {\n  chain input {\n    type filter hook input priority -500;"
+        ));
+        assert_eq!(
+            r.matches(
+                "iifname { \"eth0\", \"eth1\" } arp operation request arp daddr ip { 10.0.0.100 } counter drop"
+            )
+            .count(),
+            1
+        );
     }
 }

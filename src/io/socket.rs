@@ -8,6 +8,7 @@ use super::filter::Insn;
 use super::{IoError, sys_err};
 
 const ETH_P_ALL: u16 = 0x0003;
+const ETH_P_ARP: u16 = 0x0806;
 
 /// Looks up an interface index by name.
 pub fn if_index(name: &str) -> Result<u32, IoError> {
@@ -191,13 +192,14 @@ pub fn open_tx(interface: &str, ifindex: u32) -> Result<OwnedFd, IoError> {
     Ok(fd)
 }
 
-/// Opens a socket that receives what `program` accepts of the frames other hosts send on the
-/// interface (never the director's own transmissions) and sends raw frames.
-///
-/// Bound with `ETH_P_ALL` rather than a protocol: only `ETH_P_ALL` taps run before the netdev
-/// ingress hook, and uvs's own nftables table drops ARP requests for the VIPs there (so the
-/// director's kernel never answers them); a protocol-bound socket would never see those.
-fn open_listening(interface: &str, ifindex: u32, program: &[Insn]) -> Result<OwnedFd, IoError> {
+/// Opens a socket that receives what `program` accepts of the `protocol` frames other hosts
+/// send on the interface (never the director's own transmissions) and sends raw frames.
+fn open_listening(
+    interface: &str,
+    ifindex: u32,
+    protocol: u16,
+    program: &[Insn],
+) -> Result<OwnedFd, IoError> {
     let fd = new_packet_socket(interface)?;
     let raw = fd.as_raw_fd();
     let one: libc::c_int = 1;
@@ -210,19 +212,29 @@ fn open_listening(interface: &str, ifindex: u32, program: &[Insn]) -> Result<Own
         "PACKET_IGNORE_OUTGOING",
         interface,
     )?;
-    bind(raw, ifindex, ETH_P_ALL, interface)?;
+    bind(raw, ifindex, protocol, interface)?;
     Ok(fd)
 }
 
 /// The control thread's ARP socket on an interface (receives ARP only).
+///
+/// Bound to `ETH_P_ARP`, not `ETH_P_ALL`: an `ETH_P_ALL` socket runs (with its filter) for
+/// every frame on the interface, on the sending CPU — at full load that was a measurable share
+/// of the generator's core. ARP handlers run after the netdev ingress hook, which is why uvs's
+/// nftables ARP rule lives in the ARP family's input hook (see `kernel_filter`).
 pub fn open_arp(interface: &str, ifindex: u32) -> Result<OwnedFd, IoError> {
-    open_listening(interface, ifindex, &super::filter::arp_filter())
+    open_listening(interface, ifindex, ETH_P_ARP, &super::filter::arp_filter())
 }
 
 /// A probe socket (`uvs doctor`, the through-the-VIP health check): ARP and IPv4 from other
-/// hosts.
+/// hosts. `ETH_P_ALL`, so it also sees the IPv4 frames uvs's ingress rule drops.
 pub fn open_probe(interface: &str, ifindex: u32) -> Result<OwnedFd, IoError> {
-    open_listening(interface, ifindex, &super::filter::probe_filter())
+    open_listening(
+        interface,
+        ifindex,
+        ETH_P_ALL,
+        &super::filter::probe_filter(),
+    )
 }
 
 /// Receive-ring counters since the previous call (the kernel resets them on every read, so
