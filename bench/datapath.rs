@@ -72,7 +72,8 @@ fn main() {
         false,
         vec![MacAddr([2, 0, 0, 0, 2, 0])],
         Arc::new(ConnCounts::new()),
-    );
+    )
+    .expect("flow table");
     let mut frames: Vec<Vec<u8>> = (0..1024u16)
         .map(|i| frame(10000 + i, [172, 30, 0, 10], true))
         .collect();
@@ -124,7 +125,8 @@ fn main() {
         false,
         vec![MacAddr([2, 0, 0, 0, 2, 0])],
         Arc::new(ConnCounts::new()),
-    );
+    )
+    .expect("flow table");
     let n_new = 2_000_000u32;
     // One valid frame per source address, built (checksummed) before the clock starts; the
     // loop only patches the source port, which the IP checksum does not cover.
@@ -168,7 +170,7 @@ fn main() {
     );
     for exp in [10u32, 14, 17, 20] {
         let flows = 1usize << exp;
-        let mut t = FlowTable::new(flows * 2);
+        let mut t = FlowTable::new(flows * 2).expect("flow table");
         let keys: Vec<FlowKey> = (0..flows as u32)
             .map(|i| FlowKey {
                 saddr: 0x0a00_0000 ^ i.wrapping_mul(2654435761),

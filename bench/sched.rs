@@ -67,7 +67,7 @@ fn flow_tables() {
     );
     let id = RealId(NonZeroU32::MIN);
     for flows in [10_000usize, 100_000, 1_000_000, 10_000_000] {
-        let mut t = FlowTable::new(flows * 2);
+        let mut t = FlowTable::new(flows * 2).expect("flow table");
         let s = Instant::now();
         for i in 0..flows as u32 {
             // Half expire at 1 s, half at 1000 s.

@@ -261,6 +261,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
             ifaces.iter().map(|i| i.mac).collect(),
             Arc::clone(&conns),
         )
+        .with_context(|| {
+            format!(
+                "worker {w}'s flow table ([flow_table] capacity = {})",
+                cfg.flow_table.capacity
+            )
+        })?
         .with_templates(
             Arc::clone(&templates),
             cfg.flow_table.expire_quiescent_template,

@@ -1303,7 +1303,8 @@ mod cost {
             false,
             vec![MacAddr([2, 0, 0, 0, 2, 0])],
             Arc::new(crate::conns::ConnCounts::new()),
-        );
+        )
+        .unwrap();
         let hub = Arc::new(TraceHub::new(1));
         fwd.tap = hub.tap(0);
         hub.attach(&TraceFilter::default()).unwrap();
@@ -1420,6 +1421,7 @@ mod cost {
                 vec![MacAddr([2, 0, 0, 0, 2, 0])],
                 Arc::new(crate::conns::ConnCounts::new()),
             )
+            .unwrap()
         };
         let mut f0 = new_fwd();
         let base = run(&mut f0, &snap, &neigh, None);

@@ -56,7 +56,7 @@ pub fn frame_rig(sched: SchedulerKind, sloppy: bool) -> FrameRig {
             sloppy,
             vec![MacAddr(DIR_MAC)],
             Arc::new(ConnCounts::new()),
-        ),
+        ).expect("flow table"),
         snap,
         neigh,
         counters: WorkerCounters::new(),

@@ -20,6 +20,7 @@
 //! Entry: 32 bytes, all included (IPVS estimates 128 bytes per connection): the five-tuple,
 //! TCP state, real id, expiry, and the persistence template the flow is a child of.
 
+use crate::datapath::huge_array::{HugeArray, MapError, ZeroValid, prefetch};
 use crate::datapath::tcp_state::TcpState;
 use crate::model::RealId;
 
@@ -90,6 +91,9 @@ const EMPTY: Slot = Slot {
 
 const _: () = assert!(std::mem::size_of::<Slot>() == 32);
 
+// SAFETY: every field is an integer; all-zero is `EMPTY`.
+unsafe impl ZeroValid for Slot {}
+
 impl Slot {
     fn key(&self) -> FlowKey {
         FlowKey {
@@ -132,7 +136,7 @@ pub struct Flow {
 pub struct SlotRef(usize);
 
 pub struct FlowTable {
-    slots: Box<[Slot]>,
+    slots: HugeArray<Slot>,
     mask: usize,
     len: usize,
     expire_cursor: usize,
@@ -140,18 +144,24 @@ pub struct FlowTable {
 }
 
 impl FlowTable {
-    /// A table of at least `capacity` slots (rounded up to a power of two, minimum 64).
-    pub fn new(capacity: usize) -> FlowTable {
+    /// A table of at least `capacity` slots (rounded up to a power of two, minimum 64), all
+    /// empty, its memory mapped and faulted in now (on huge pages where available).
+    pub fn new(capacity: usize) -> Result<FlowTable, MapError> {
         let cap = capacity.max(64).next_power_of_two();
-        let slots = vec![EMPTY; cap].into_boxed_slice();
-        advise_huge_pages(&slots);
-        FlowTable {
-            slots,
+        Ok(FlowTable {
+            slots: HugeArray::zeroed(cap)?,
             mask: cap - 1,
             len: 0,
             expire_cursor: 0,
             evictions: 0,
-        }
+        })
+    }
+
+    /// Starts loading the cache line where a lookup of `key` begins, so that a batch can
+    /// overlap the misses of several frames instead of waiting for each in turn.
+    #[inline]
+    pub fn prefetch(&self, key: &FlowKey) {
+        prefetch(self.slots.addr_of(key.hash() as usize & self.mask));
     }
 
     pub fn capacity(&self) -> usize {
@@ -326,25 +336,6 @@ impl FlowTable {
     }
 }
 
-/// Asks for transparent huge pages under a large table (THP in `madvise` mode is the common
-/// default): a new flow's lookup lands on a random slot, and with 4 KiB pages nearly every one
-/// also misses the TLB. Advisory only; errors are ignored.
-fn advise_huge_pages<T>(slots: &[T]) {
-    const PAGE: usize = 4096;
-    let bytes = std::mem::size_of_val(slots);
-    if bytes < (4 << 20) {
-        return;
-    }
-    let start = slots.as_ptr() as usize;
-    let aligned = (start + PAGE - 1) & !(PAGE - 1);
-    let len = (start + bytes - aligned) & !(PAGE - 1);
-    // SAFETY: the range lies inside `slots`' allocation, which stays mapped; MADV_HUGEPAGE
-    // changes no contents, only how future faults are served.
-    unsafe {
-        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
-    }
-}
-
 /// Eviction order, lowest first: expired entries; then TCP entries that are not established
 /// (SYN_RECV and the closing states — what a SYN flood of random sources fills a table with);
 /// then established TCP and UDP flows. Within a class, the entry that expires soonest.
@@ -420,7 +411,7 @@ mod tests {
 
     #[test]
     fn insert_lookup_update_expire() {
-        let mut t = FlowTable::new(1024);
+        let mut t = FlowTable::new(1024).unwrap();
         t.insert(&key(1), rid(7), TcpState::SynRecv, 60_000, 0, None);
         let (at, f) = t.lookup(&key(1), 10).unwrap();
         assert_eq!(f.real, rid(7));
@@ -439,7 +430,7 @@ mod tests {
 
     #[test]
     fn incremental_expiry_reaps_everything_in_bounded_steps() {
-        let mut t = FlowTable::new(4096);
+        let mut t = FlowTable::new(4096).unwrap();
         // 49 % full (the sizing rule in the module doc): no insert needs an eviction.
         for i in 0..2000 {
             t.insert(
@@ -472,7 +463,7 @@ mod tests {
 
     #[test]
     fn a_full_table_evicts_within_its_bounds_and_counts_it() {
-        let mut t = FlowTable::new(64);
+        let mut t = FlowTable::new(64).unwrap();
         for i in 0..1000 {
             t.insert(&key(i), rid(1), TcpState::Established, 1000 + i, 0, None);
         }
@@ -485,7 +476,7 @@ mod tests {
 
     #[test]
     fn a_syn_flood_evicts_embryonic_flows_before_established_ones() {
-        let mut t = FlowTable::new(64);
+        let mut t = FlowTable::new(64).unwrap();
         // Established flows with a short timeout (`--set 10 …`), shorter than SYN_RECV's.
         for i in 0..16 {
             t.insert(&key(i), rid(1), TcpState::Established, 10_000, 0, None);
@@ -514,7 +505,7 @@ mod tests {
     fn wrapping_clock() {
         assert!(reached(5, u32::MAX - 5));
         assert!(!reached(u32::MAX - 5, 5));
-        let mut t = FlowTable::new(64);
+        let mut t = FlowTable::new(64).unwrap();
         let now = u32::MAX - 10;
         t.insert(
             &key(1),

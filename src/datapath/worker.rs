@@ -28,6 +28,10 @@ const EXPIRE_PER_FRAME: usize = 2;
 const EXPIRE_MIN_PER_ROUND: usize = 64;
 const EXPIRE_MAX_PER_ROUND: usize = 1024;
 const EXPIRE_PER_IDLE: usize = 16384;
+/// How many frames ahead of the one being processed a worker prefetches flow slots: enough
+/// to cover a memory access (~100–300 ns in a VM) with the ~20–40 ns of work per frame, few
+/// enough that the lines are still in L1 when their frame comes.
+const PREFETCH_AHEAD: usize = 8;
 /// Idle sleep bound: how quickly a worker notices shutdown with no traffic.
 const IDLE_POLL_MS: i32 = 50;
 
@@ -114,7 +118,19 @@ impl Worker {
                         break;
                     };
                     batches += 1;
-                    while let Some(frame) = batch.next_frame() {
+                    for _ in 0..PREFETCH_AHEAD {
+                        match batch.peek_ahead() {
+                            Some(ahead) => self.forwarder.prefetch_flow(ahead),
+                            None => break,
+                        }
+                    }
+                    loop {
+                        if let Some(ahead) = batch.peek_ahead() {
+                            self.forwarder.prefetch_flow(ahead);
+                        }
+                        let Some(frame) = batch.next_frame() else {
+                            break;
+                        };
                         frames += 1;
                         bytes += frame.wire_len as u64;
                         let (ptr, len) = (frame.buf.as_ptr(), frame.buf.len());

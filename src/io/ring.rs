@@ -228,6 +228,8 @@ impl RxRing {
                         block_size,
                         remaining: num,
                         next_offset: first,
+                        ahead_remaining: num,
+                        ahead_offset: first,
                     },
                 })
             }
@@ -253,6 +255,7 @@ impl RxRing {
                         first: 0,
                         count,
                         next: 0,
+                        ahead: 0,
                     },
                 })
             }
@@ -296,6 +299,9 @@ enum BatchState {
         block_size: usize,
         remaining: usize,
         next_offset: usize,
+        /// The lookahead cursor (`Batch::peek_ahead`), never behind the main one.
+        ahead_remaining: usize,
+        ahead_offset: usize,
     },
     V2 {
         frame_size: usize,
@@ -303,6 +309,7 @@ enum BatchState {
         first: usize,
         count: usize,
         next: usize,
+        ahead: usize,
     },
 }
 
@@ -343,40 +350,26 @@ impl Batch<'_> {
                 block_size,
                 remaining,
                 next_offset,
+                ..
             } => {
                 if *remaining == 0 {
                     return None;
                 }
                 *remaining -= 1;
-                let off = *next_offset;
-                if off + size_of_v3() > *block_size {
+                let Some(f) = v3_frame(*block, *block_size, *next_offset) else {
                     *remaining = 0;
                     return None;
-                }
-                // SAFETY: `off` plus the header size is inside the block (checked above) and the
-                // block is owned by us for the life of this batch.
-                let h = unsafe { &*block.add(off).cast::<libc::tpacket3_hdr>() };
-                let mac = h.tp_mac as usize;
-                let snap = h.tp_snaplen as usize;
-                let start = off + mac;
-                if mac < VNET_HDR_LEN || start + snap > *block_size {
-                    *remaining = 0;
-                    return None;
-                }
-                *next_offset = off + h.tp_next_offset as usize;
-                // SAFETY: [start - VNET_HDR_LEN, start + snap) lies inside the owned block
-                // (checked above) and no other live reference covers it: each frame is handed
-                // out once per batch.
-                let buf = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        block.add(start - VNET_HDR_LEN),
-                        snap + VNET_HDR_LEN,
-                    )
                 };
+                *next_offset = f.next_offset;
+                // SAFETY: `v3_frame` checked that the range lies inside the block, which is
+                // owned by us for the life of this batch, and no other live reference covers
+                // it: each frame is handed out once per batch (`peek_ahead`'s shared views
+                // end before the next call on the batch).
+                let buf = unsafe { std::slice::from_raw_parts_mut(block.add(f.start), f.len) };
                 Some(RxFrame {
                     buf,
-                    wire_len: h.tp_len as usize,
-                    status: h.tp_status,
+                    wire_len: f.wire_len,
+                    status: f.status,
                     scratch: false,
                 })
             }
@@ -386,6 +379,7 @@ impl Batch<'_> {
                 first,
                 count,
                 next,
+                ..
             } => {
                 if *next >= *count {
                     return None;
@@ -441,6 +435,97 @@ impl Batch<'_> {
             }
         }
     }
+    /// The frame after the last one this method returned (starting with the batch's first),
+    /// read-only, without handing it out: the worker peeks a few frames ahead of
+    /// `next_frame` to prefetch what they will need. `None` past the end of the batch. A frame
+    /// waiting whole on the socket queue (V2 copy) shows its truncated slot copy here.
+    pub fn peek_ahead(&mut self) -> Option<&[u8]> {
+        match &mut self.state {
+            BatchState::V3 {
+                block,
+                block_size,
+                ahead_remaining,
+                ahead_offset,
+                ..
+            } => {
+                if *ahead_remaining == 0 {
+                    return None;
+                }
+                *ahead_remaining -= 1;
+                let Some(f) = v3_frame(*block, *block_size, *ahead_offset) else {
+                    *ahead_remaining = 0;
+                    return None;
+                };
+                *ahead_offset = f.next_offset;
+                // SAFETY: inside the owned block (checked by `v3_frame`); shared and short-lived:
+                // it ends before the next `&mut self` call, so it never overlaps a frame handed
+                // out by `next_frame` (which needs `&mut self` too).
+                Some(unsafe { std::slice::from_raw_parts(block.add(f.start), f.len) })
+            }
+            BatchState::V2 {
+                frame_size,
+                frames,
+                first,
+                count,
+                ahead,
+                ..
+            } => {
+                if *ahead >= *count {
+                    return None;
+                }
+                let idx = (self.ring.cursor + *first + *ahead) % *frames;
+                *ahead += 1;
+                // SAFETY: idx < frames; the slot is owned by this batch and starts with a
+                // tpacket2_hdr.
+                let slot = unsafe { self.ring.map.add(idx * *frame_size) };
+                // SAFETY: as above.
+                let h = unsafe { &*slot.cast::<libc::tpacket2_hdr>() };
+                let (mac, snap) = (h.tp_mac as usize, h.tp_snaplen as usize);
+                if mac < VNET_HDR_LEN || mac + snap > *frame_size {
+                    return None;
+                }
+                // SAFETY: inside the owned slot (checked above); shared and short-lived as in V3.
+                Some(unsafe {
+                    std::slice::from_raw_parts(slot.add(mac - VNET_HDR_LEN), snap + VNET_HDR_LEN)
+                })
+            }
+        }
+    }
+}
+
+/// Where a TPACKET_V3 frame lies in its block: `start..start + len` is the virtio header plus
+/// the captured bytes.
+struct V3Frame {
+    start: usize,
+    len: usize,
+    next_offset: usize,
+    wire_len: usize,
+    status: u32,
+}
+
+/// Reads the frame header at `off` of a block we own. `None` if the header is inconsistent
+/// (never seen from a correct kernel): the caller ends the batch rather than risk reading
+/// outside the block.
+fn v3_frame(block: *mut u8, block_size: usize, off: usize) -> Option<V3Frame> {
+    if off + size_of_v3() > block_size {
+        return None;
+    }
+    // SAFETY: `off` plus the header size is inside the block (checked above) and the block is
+    // owned by userspace while a batch holds it.
+    let h = unsafe { &*block.add(off).cast::<libc::tpacket3_hdr>() };
+    let mac = h.tp_mac as usize;
+    let snap = h.tp_snaplen as usize;
+    let start = off + mac;
+    if mac < VNET_HDR_LEN || start + snap > block_size {
+        return None;
+    }
+    Some(V3Frame {
+        start: start - VNET_HDR_LEN,
+        len: snap + VNET_HDR_LEN,
+        next_offset: off + h.tp_next_offset as usize,
+        wire_len: h.tp_len as usize,
+        status: h.tp_status,
+    })
 }
 
 const fn size_of_v3() -> usize {
@@ -471,5 +556,124 @@ impl Drop for Batch<'_> {
                 self.ring.cursor = (self.ring.cursor + count) % frames;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RingOptions, RingVersion};
+    use crate::io::socket::{RxSocketPlan, if_index, open_rx};
+    use std::net::{Ipv4Addr, UdpSocket};
+
+    /// Per batch: the payloads `peek_ahead` showed, and those `next_frame` handed out.
+    type Seen = Vec<(Vec<Vec<u8>>, Vec<Vec<u8>>)>;
+
+    /// Receives `n` UDP datagrams to 127.0.0.1 through a ring on `lo`, in a network namespace
+    /// private to the calling thread (so nothing else on the machine is seen or disturbed).
+    /// `None` when not root.
+    fn peeked_and_taken(version: RingVersion, n: u16) -> Option<Seen> {
+        // SAFETY: geteuid has no preconditions; unshare affects only this thread.
+        if unsafe { libc::geteuid() } != 0 || unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            eprintln!("skipping: needs root");
+            return None;
+        }
+        set_lo_up();
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ifindex = if_index("lo").unwrap();
+        // Room for every frame (no drops), and for V3 small blocks, so that a run spans several.
+        let (block_size, block_count) = match version {
+            RingVersion::V3 => (4096, 64),
+            RingVersion::V2 => (1 << 16, 16),
+        };
+        let opts = RingOptions {
+            version,
+            block_size,
+            block_count,
+            block_timeout_ms: 1,
+            frame_size: 1 << 11,
+        };
+        let filter = crate::io::filter::receive_filter(&[Ipv4Addr::LOCALHOST]);
+        let plan = RxSocketPlan {
+            interface: "lo",
+            ifindex,
+            fanout_group: 1,
+            fanout: false,
+            filter: &filter,
+        };
+        let (fd, mut ring) = open_rx(&plan, |fd| RxRing::new(fd, &opts, "lo")).unwrap();
+        for i in 0..n {
+            sock.send_to(&i.to_be_bytes(), "127.0.0.1:9").unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let payload = |buf: &[u8]| buf[buf.len() - 2..].to_vec();
+        let mut out = Vec::new();
+        while let Some(mut batch) = ring.next_batch() {
+            let (mut peeked, mut taken) = (Vec::new(), Vec::new());
+            // Peek two ahead first, then interleave as the worker does.
+            for _ in 0..2 {
+                if let Some(b) = batch.peek_ahead() {
+                    peeked.push(payload(b));
+                }
+            }
+            loop {
+                if let Some(b) = batch.peek_ahead() {
+                    peeked.push(payload(b));
+                }
+                let Some(f) = batch.next_frame() else { break };
+                taken.push(payload(f.buf));
+            }
+            out.push((peeked, taken));
+        }
+        drop(fd);
+        Some(out)
+    }
+
+    fn set_lo_up() {
+        // SAFETY: a plain ioctl on a socket we own, with an initialised ifreq.
+        unsafe {
+            let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            let mut req: libc::ifreq = std::mem::zeroed();
+            req.ifr_name[0] = b'l' as libc::c_char;
+            req.ifr_name[1] = b'o' as libc::c_char;
+            libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req);
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(s, libc::SIOCSIFFLAGS, &req);
+            libc::close(s);
+        }
+    }
+
+    fn check(version: RingVersion) {
+        let n = 200;
+        let Some(batches) = std::thread::spawn(move || peeked_and_taken(version, n))
+            .join()
+            .unwrap()
+        else {
+            return;
+        };
+        let mut all = Vec::new();
+        for (peeked, taken) in &batches {
+            // The lookahead sees exactly the frames of its batch, in order.
+            assert_eq!(peeked, taken);
+            all.extend(taken.iter().cloned());
+        }
+        // On lo the tap sees each datagram twice (sent, then looped back as received).
+        all.dedup();
+        let want: Vec<Vec<u8>> = (0..n).map(|i| i.to_be_bytes().to_vec()).collect();
+        assert_eq!(all, want, "{version:?}: every datagram, in order");
+        assert!(
+            batches.len() > 1,
+            "{version:?}: more than one batch exercised"
+        );
+    }
+
+    #[test]
+    fn peek_ahead_shows_the_frames_next_frame_hands_out_v3() {
+        check(RingVersion::V3);
+    }
+
+    #[test]
+    fn peek_ahead_shows_the_frames_next_frame_hands_out_v2() {
+        check(RingVersion::V2);
     }
 }

@@ -50,7 +50,8 @@ fn rig() -> Rig {
             false,
             vec![MacAddr(DIR_MAC)],
             Arc::new(ConnCounts::new()),
-        ),
+        )
+        .unwrap(),
         snap,
         neigh,
         counters: WorkerCounters::new(),
