@@ -386,16 +386,8 @@ impl Batch<'_> {
                 }
                 let idx = (self.ring.cursor + *first + *next) % *frames;
                 *next += 1;
-                // SAFETY: idx < frames; the slot is owned by this batch.
-                let slot = unsafe { self.ring.map.add(idx * *frame_size) };
-                // SAFETY: the slot starts with a tpacket2_hdr.
-                let h = unsafe { &*slot.cast::<libc::tpacket2_hdr>() };
-                let mac = h.tp_mac as usize;
-                let snap = h.tp_snaplen as usize;
-                if mac < VNET_HDR_LEN || mac + snap > *frame_size {
-                    return None;
-                }
-                let status = h.tp_status & !libc::TP_STATUS_USER;
+                let f = v2_frame(self.ring.map, *frame_size, idx)?;
+                let status = f.status & !libc::TP_STATUS_USER;
                 if status & libc::TP_STATUS_COPY != 0 {
                     // The whole frame waits on the socket queue, in slot order.
                     // SAFETY: copy_buf is a live, writable buffer of the given length.
@@ -419,16 +411,13 @@ impl Batch<'_> {
                     // No copy queued (receive buffer full): fall through with the truncated
                     // slot contents, which the worker counts as ring_truncated.
                 }
-                // SAFETY: the range lies inside the owned slot (checked above).
-                let buf = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        slot.add(mac - VNET_HDR_LEN),
-                        snap + VNET_HDR_LEN,
-                    )
-                };
+                // SAFETY: `v2_frame` checked that the range lies inside the slot, which this
+                // batch owns; each frame is handed out once per batch.
+                let buf =
+                    unsafe { std::slice::from_raw_parts_mut(self.ring.map.add(f.start), f.len) };
                 Some(RxFrame {
                     buf,
-                    wire_len: h.tp_len as usize,
+                    wire_len: f.wire_len,
                     status,
                     scratch: false,
                 })
@@ -475,22 +464,42 @@ impl Batch<'_> {
                 }
                 let idx = (self.ring.cursor + *first + *ahead) % *frames;
                 *ahead += 1;
-                // SAFETY: idx < frames; the slot is owned by this batch and starts with a
-                // tpacket2_hdr.
-                let slot = unsafe { self.ring.map.add(idx * *frame_size) };
-                // SAFETY: as above.
-                let h = unsafe { &*slot.cast::<libc::tpacket2_hdr>() };
-                let (mac, snap) = (h.tp_mac as usize, h.tp_snaplen as usize);
-                if mac < VNET_HDR_LEN || mac + snap > *frame_size {
-                    return None;
-                }
-                // SAFETY: inside the owned slot (checked above); shared and short-lived as in V3.
-                Some(unsafe {
-                    std::slice::from_raw_parts(slot.add(mac - VNET_HDR_LEN), snap + VNET_HDR_LEN)
-                })
+                let f = v2_frame(self.ring.map, *frame_size, idx)?;
+                // SAFETY: inside the owned slot (checked by `v2_frame`); shared and short-lived
+                // as in V3.
+                Some(unsafe { std::slice::from_raw_parts(self.ring.map.add(f.start), f.len) })
             }
         }
     }
+}
+
+/// Where a TPACKET_V2 frame lies in the mapping: `start..start + len` is the virtio header
+/// plus the captured bytes.
+struct V2Frame {
+    start: usize,
+    len: usize,
+    wire_len: usize,
+    status: u32,
+}
+
+/// Reads the header of V2 slot `idx` (< the ring's frame count) of a batch we own. `None` if
+/// the header is inconsistent (never seen from a correct kernel): the batch ends there.
+fn v2_frame(map: *mut u8, frame_size: usize, idx: usize) -> Option<V2Frame> {
+    let slot_start = idx * frame_size;
+    // SAFETY: idx < frames, so the slot lies inside the mapping; it starts with a
+    // tpacket2_hdr and is owned by userspace while a batch holds it.
+    let h = unsafe { &*map.add(slot_start).cast::<libc::tpacket2_hdr>() };
+    let mac = h.tp_mac as usize;
+    let snap = h.tp_snaplen as usize;
+    if mac < VNET_HDR_LEN || mac + snap > frame_size {
+        return None;
+    }
+    Some(V2Frame {
+        start: slot_start + mac - VNET_HDR_LEN,
+        len: snap + VNET_HDR_LEN,
+        wire_len: h.tp_len as usize,
+        status: h.tp_status,
+    })
 }
 
 /// Where a TPACKET_V3 frame lies in its block: `start..start + len` is the virtio header plus
