@@ -370,3 +370,102 @@ fn vip_on_the_directors_own_kernel_gets_one_arp_reply_per_request() {
     );
     assert!(replies.iter().all(|p| p.src_mac == dir_mac), "{replies:#?}");
 }
+
+/// `[arp] vip_mac`: the VIP is answered with a MAC of uvs's own, clients send service traffic
+/// to it, and the director's kernel — VIP on its lo, the harshest case — stays out without a
+/// per-frame ingress chain: frames to the VIP MAC never reach its IP stack, and the `ip uvs`
+/// prerouting rule keeps it off frames still sent to the interface MAC (a stale entry), which
+/// uvs forwards too.
+#[test]
+fn with_a_vip_mac_clients_use_it_and_the_directors_kernel_stays_out() {
+    let Some(ctx) = common::setup(88) else { return };
+    let mut lab = dr_lab(&ctx);
+    let vip = addr::VIP.to_string();
+    let vip_mac = "02:00:5e:00:01:0a";
+    lab.exec_ok(
+        "dir",
+        &["ip", "addr", "add", &format!("{vip}/32"), "dev", "lo"],
+    )
+    .expect("VIP on the director's lo");
+    start_web(&mut lab);
+    let config = lab.dir().join("uvs.toml");
+    std::fs::write(&config, format!("[arp]\nvip_mac = \"{vip_mac}\"\n")).expect("config");
+    common::start_director(
+        &mut lab,
+        &common::dr_rules('t', 80),
+        &["--interface", "eth0", "--config", common::path_str(&config)],
+    );
+
+    let tables = lab.exec_ok("dir", &["nft", "list", "tables"]).expect("nft");
+    assert!(
+        tables.contains("table ip uvs") && tables.contains("table arp uvs"),
+        "{tables}"
+    );
+    assert!(
+        !tables.contains("table netdev uvs"),
+        "no per-frame ingress chain with a VIP MAC: {tables}"
+    );
+
+    let dir_pcap = lab.dir().join("dir.pcap");
+    let cap = lab
+        .tcpdump_start("dir", "eth0", &format!("host {vip} or arp"), &dir_pcap)
+        .unwrap();
+    let answers = common::curl_vip(&lab, 4);
+    let learned = router_neigh_vip(&lab);
+    // A stale entry: the router still sends to the director's own MAC.
+    let dir_mac = mac_str(addr::HOST_DIR, 0);
+    lab.exec_ok(
+        "router",
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            &vip,
+            "dev",
+            "eth1",
+            "lladdr",
+            &dir_mac,
+            "nud",
+            "permanent",
+        ],
+    )
+    .expect("static neighbour");
+    let stale_answers = common::curl_vip(&lab, 2);
+    common::stop_capture(&mut lab, cap);
+
+    assert_eq!(
+        learned.as_ref().map(|(mac, _)| mac.as_str()),
+        Some(vip_mac),
+        "the router learned {learned:?} for the VIP\n{}",
+        common::director_tail(&lab)
+    );
+    assert_eq!(
+        common::count(&answers).values().sum::<usize>(),
+        4,
+        "every request to the VIP MAC served by a real server: {answers:?}"
+    );
+    assert_eq!(
+        common::count(&stale_answers).values().sum::<usize>(),
+        2,
+        "requests to the interface MAC still served, not RST by the kernel: {stale_answers:?}"
+    );
+    let pkts = common::read_pcap(&lab, &dir_pcap);
+    let router_mac = mac_str(addr::HOST_ROUTER, 1);
+    let to_vip_mac = pkts
+        .iter()
+        .filter(|p| p.src_mac == router_mac && p.dst_mac == vip_mac && p.dst_ip.is_some())
+        .count();
+    assert!(
+        to_vip_mac >= 4,
+        "frames for the VIP addressed to the VIP MAC: {to_vip_mac}"
+    );
+    let reply_from = pkts
+        .iter()
+        .filter(|p| p.line.contains(&format!("Reply {vip} is-at")))
+        .map(|p| p.src_mac.clone())
+        .collect::<Vec<_>>();
+    assert!(
+        !reply_from.is_empty() && reply_from.iter().all(|m| m == vip_mac),
+        "ARP replies for the VIP come from the VIP MAC only: {reply_from:?}"
+    );
+}

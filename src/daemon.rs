@@ -28,7 +28,7 @@ use crate::interfaces;
 use crate::io::filter::receive_filter;
 use crate::io::ring::{MAX_V2_BATCH, RxRing};
 use crate::io::socket::{self, RingStats, RxSocketPlan};
-use crate::kernel_filter::KernelFilter;
+use crate::kernel_filter::{KernelFilter, ServiceHook};
 use crate::neigh::arp::{ArpEngine, ArpInterface};
 use crate::neigh::cache::NeighTable;
 use crate::snapshot::Snapshot;
@@ -205,7 +205,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
     };
     let kernel_filter = if cfg.kernel_filter {
         KernelFilter::remove_stale();
-        Some(KernelFilter::install(&if_names, &service_keys)?)
+        let hook = match cfg.arp.vip_mac {
+            Some(_) => ServiceHook::Prerouting,
+            None => ServiceHook::Ingress,
+        };
+        Some(KernelFilter::install(&if_names, &service_keys, hook)?)
     } else {
         log::warn!("kernel_filter = false: the director's kernel also sees service traffic");
         None
@@ -219,7 +223,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let n_workers = cfg.workers.unwrap_or(cores.len().max(1));
-    let filter = receive_filter(&vips);
+    let filter = receive_filter(&vips, cfg.arp.vip_mac);
     let pid = std::process::id();
     let tx_capacity = match cfg.ring.version {
         RingVersion::V3 => (cfg.ring.block_size as usize / 64).max(256),
@@ -292,7 +296,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
 
     let mut arp_sockets = Vec::new();
     for ifc in &ifaces {
-        arp_sockets.push(socket::open_arp(&ifc.name, ifc.index)?);
+        arp_sockets.push(socket::open_arp(&ifc.name, ifc.index, cfg.arp.vip_mac)?);
     }
     let mut arp = ArpEngine::new(
         ifaces

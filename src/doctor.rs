@@ -159,13 +159,20 @@ fn offloads(ifname: &str) -> String {
     }
 }
 
-fn nft_table_present() -> Option<bool> {
-    let out = std::process::Command::new("nft")
-        .args(["list", "table", "netdev", crate::kernel_filter::TABLE])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    Some(out.status.success())
+/// Which of uvs's service-rule tables exists: `netdev` (VIPs answered with the interface
+/// MAC) or `ip` (with a VIP MAC). `None`: nft cannot be run.
+fn nft_table_present() -> Option<Option<&'static str>> {
+    for family in ["netdev", "ip"] {
+        let out = std::process::Command::new("nft")
+            .args(["list", "table", family, crate::kernel_filter::TABLE])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        if out.status.success() {
+            return Some(Some(family));
+        }
+    }
+    Some(None)
 }
 
 /// Every IPv4 address configured on this namespace's interfaces, loopback included.
@@ -333,22 +340,23 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
         }
     }
     match (daemon_running, nft_table_present()) {
-        (true, Some(true)) => r.ok(format!(
-            "kernel-copy suppression: nftables table netdev {} present",
+        (true, Some(Some(family))) => r.ok(format!(
+            "kernel-copy suppression: nftables table {family} {} present",
             crate::kernel_filter::TABLE
         )),
-        (true, Some(false)) => r.fail(format!(
-            "uvs runs but its nftables table netdev {} is missing: the director's kernel sees \
-             service traffic (kernel_filter = false, or the table was deleted)",
+        (true, Some(None)) => r.fail(format!(
+            "uvs runs but its nftables table netdev (or, with a VIP MAC, ip) {} is missing: the \
+             director's kernel sees service traffic (kernel_filter = false, or the table was \
+             deleted)",
             crate::kernel_filter::TABLE
         )),
-        (false, Some(true)) => r.warn(format!(
-            "no uvs runs but an nftables table netdev {} exists (left by a killed uvs; the \
-             next start replaces it, or: nft delete table netdev {})",
+        (false, Some(Some(family))) => r.warn(format!(
+            "no uvs runs but an nftables table {family} {} exists (left by a killed uvs; the \
+             next start replaces it, or: nft delete table {family} {})",
             crate::kernel_filter::TABLE,
             crate::kernel_filter::TABLE
         )),
-        (false, Some(false)) => r.info("no uvs runs: no nftables table expected"),
+        (false, Some(None)) => r.info("no uvs runs: no nftables table expected"),
         (_, None) => r.warn("nft is not installed: cannot check the kernel-copy suppression"),
     }
 

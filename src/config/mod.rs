@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::model::ServiceTable;
+use crate::wire::MacAddr;
 
 /// Which TPACKET ring layout the receive side uses. See `io::rx_ring` for the measured trade-off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -90,6 +91,12 @@ pub struct ArpOptions {
     pub garp_repeat: u32,
     /// Seconds before the second gratuitous burst; 0 disables it (keepalived `vrrp_garp_master_delay`).
     pub garp_delay_secs: u32,
+    /// The MAC address uvs answers ARP with for the VIPs (keepalived's `use_vmac` idea),
+    /// instead of the interface's own. Service traffic then arrives addressed to a MAC the
+    /// director's kernel does not own, so the kernel drops it at once (`PACKET_OTHERHOST`)
+    /// while uvs forwards it, and no per-frame ingress rule is needed. `None`: the interface
+    /// MAC, as the kernel's IPVS director answers. Fixed at start.
+    pub vip_mac: Option<MacAddr>,
 }
 
 impl Default for ArpOptions {
@@ -99,6 +106,7 @@ impl Default for ArpOptions {
             retry_ms: 1000,
             garp_repeat: 5,
             garp_delay_secs: 5,
+            vip_mac: None,
         }
     }
 }

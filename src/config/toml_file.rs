@@ -17,7 +17,8 @@
 //! kernel_filter = true
 //! [ring]       # version = "v3" | "v2", block_size, block_count, block_timeout_ms, frame_size
 //! [flow_table] # capacity, sloppy_tcp, template_capacity, expire_quiescent_template
-//! [arp]        # reachable_secs, retry_ms, garp_repeat, garp_delay_secs
+//! [arp]        # reachable_secs, retry_ms, garp_repeat, garp_delay_secs,
+//!              # vip_mac ("02:…", absent = each interface's own MAC)
 //! [[service]]  # protocol = "tcp" | "udp", vip, port, scheduler (default "wlc", as ipvsadm),
 //!              # persistence_timeout, persistence_netmask, sched_flags ([]), ops (false)
 //!              # or fwmark = N instead of protocol/vip/port (a fwmark service, `-f N`)
@@ -42,6 +43,7 @@ use crate::model::{
     ForwardMethod, MAX_WEIGHT, Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec,
     ServiceTable,
 };
+use crate::wire::MacAddr;
 
 /// Smallest ring block: one page.
 const PAGE_SIZE: u32 = 4096;
@@ -154,6 +156,7 @@ struct RawArp {
     retry_ms: Option<Spanned<i64>>,
     garp_repeat: Option<Spanned<i64>>,
     garp_delay_secs: Option<Spanned<i64>>,
+    vip_mac: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -453,7 +456,30 @@ fn build_arp(raw: RawArp) -> Result<ArpOptions, Located> {
             86_400,
             "arp.garp_delay_secs",
         )?,
+        vip_mac: match raw.vip_mac.as_ref() {
+            None => None,
+            Some(m) => Some(parse_vip_mac(m)?),
+        },
     })
+}
+
+fn parse_vip_mac(m: &Spanned<String>) -> Result<MacAddr, Located> {
+    let text = m.get_ref();
+    match MacAddr::parse(text) {
+        Some(mac) if !mac.is_group() && mac != MacAddr::ZERO => Ok(mac),
+        Some(_) => err(
+            m.span(),
+            format!(
+                "arp.vip_mac = \"{text}\" is not a unicast address (the first octet must be even, and not all zero); a locally administered one such as \"02:00:5e:00:01:01\" is a good choice"
+            ),
+        ),
+        None => err(
+            m.span(),
+            format!(
+                "arp.vip_mac = \"{text}\" is not a MAC address (expected six hex octets, e.g. \"02:00:5e:00:01:01\")"
+            ),
+        ),
+    }
 }
 
 fn parse_protocol(protocol: Option<&Spanned<String>>) -> Result<Protocol, Located> {
@@ -1055,6 +1081,7 @@ reachable_secs = 10
 retry_ms = 200
 garp_repeat = 2
 garp_delay_secs = 0
+vip_mac = "02:00:5E:00:01:07"
 [[service]]
 protocol = "udp"
 vip = "10.0.0.100"
@@ -1099,7 +1126,8 @@ forward = "gate"
                 reachable_secs: 10,
                 retry_ms: 200,
                 garp_repeat: 2,
-                garp_delay_secs: 0
+                garp_delay_secs: 0,
+                vip_mac: Some(MacAddr([0x02, 0x00, 0x5e, 0x00, 0x01, 0x07])),
             }
         );
         let svc = cfg.services.service(&key(Protocol::Udp, 53)).unwrap();
@@ -1170,6 +1198,21 @@ forward = "gate"
         );
         refused("[ring]\nblock_size = 2048\n", 2, &["block_size"]);
         refused("[ring]\nblock_count = 1\n", 2, &["block_count"]);
+        refused(
+            "[arp]\nvip_mac = \"01:00:5e:00:00:01\"\n",
+            2,
+            &["arp.vip_mac", "not a unicast address"],
+        );
+        refused(
+            "[arp]\nvip_mac = \"00:00:00:00:00:00\"\n",
+            2,
+            &["arp.vip_mac", "not a unicast address"],
+        );
+        refused(
+            "[arp]\nvip_mac = \"02:00:5e\"\n",
+            2,
+            &["arp.vip_mac", "not a MAC address"],
+        );
         refused("[ring]\nblock_timeout_ms = 0\n", 2, &["block_timeout_ms"]);
         refused(
             "[ring]\nframe_size = 1000\n",

@@ -110,7 +110,7 @@ impl Control {
             }
         }
         let vips = snap.vips();
-        let program = receive_filter(&vips);
+        let program = receive_filter(&vips, self.arp.vip_mac());
         for &(iface, fd) in &self.ring_fds {
             let name = self.interfaces.get(iface).map_or("?", |i| i.name.as_str());
             if let Err(e) = attach_filter(fd, &program, name) {

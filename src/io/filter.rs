@@ -2,9 +2,12 @@
 //! worker needs: IPv4 frames to a VIP, plus frames uvs must account for itself (too short to
 //! classify, VLAN-tagged, unknown ethertypes). Ordinary host traffic (IPv4 to other addresses,
 //! IPv6), ARP (the control thread has its own socket for it) and frames for other hosts seen in
-//! promiscuous mode stay out of the rings entirely.
+//! promiscuous mode stay out of the rings entirely — except frames to the VIP MAC
+//! (`[arp] vip_mac`), which are "for other hosts" to the kernel but are uvs's own.
 
 use std::net::Ipv4Addr;
+
+use crate::wire::MacAddr;
 
 /// Most VIPs matched in the kernel. Beyond this the filter accepts all IPv4 and the worker
 /// sorts it out (counted as `not_a_service`); the limit keeps every jump offset within a u8.
@@ -52,13 +55,43 @@ const fn jump(code: u16, k: u32, jt: u8, jf: u8) -> Insn {
     Insn { code, jt, jf, k }
 }
 
+/// The head of a program: frames for other hosts (seen in promiscuous mode, e.g. while
+/// tcpdump runs) are dropped, except those addressed to the VIP MAC, which uvs claims
+/// without the kernel owning it. Everything else falls through to what follows.
+fn drop_other_hosts_except(vip_mac: Option<MacAddr>) -> Vec<Insn> {
+    let pkttype = stmt(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_PKTTYPE);
+    match vip_mac {
+        None => vec![
+            pkttype,
+            jump(BPF_JMP | BPF_JEQ | BPF_K, PACKET_OTHERHOST, 0, 1),
+            stmt(BPF_RET | BPF_K, DROP),
+        ],
+        Some(MacAddr(m)) => vec![
+            pkttype,
+            jump(BPF_JMP | BPF_JEQ | BPF_K, PACKET_OTHERHOST, 0, 5),
+            stmt(BPF_LD | BPF_W | BPF_ABS, 0),
+            jump(
+                BPF_JMP | BPF_JEQ | BPF_K,
+                u32::from_be_bytes([m[0], m[1], m[2], m[3]]),
+                0,
+                2,
+            ),
+            stmt(BPF_LD | BPF_H | BPF_ABS, 4),
+            jump(
+                BPF_JMP | BPF_JEQ | BPF_K,
+                u32::from(u16::from_be_bytes([m[4], m[5]])),
+                1,
+                0,
+            ),
+            stmt(BPF_RET | BPF_K, DROP),
+        ],
+    }
+}
+
 /// Builds the receive filter for the given VIPs.
-pub fn receive_filter(vips: &[Ipv4Addr]) -> Vec<Insn> {
-    let mut p = vec![
-        // Frames for other hosts (promiscuous mode, e.g. while tcpdump runs) are not ours.
-        stmt(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_PKTTYPE),
-        jump(BPF_JMP | BPF_JEQ | BPF_K, PACKET_OTHERHOST, 0, 1),
-        stmt(BPF_RET | BPF_K, DROP),
+pub fn receive_filter(vips: &[Ipv4Addr], vip_mac: Option<MacAddr>) -> Vec<Insn> {
+    let mut p = drop_other_hosts_except(vip_mac);
+    p.extend([
         // A VLAN tag lives in skb metadata, not in the bytes: let the worker count it.
         stmt(
             BPF_LD | BPF_W | BPF_ABS,
@@ -81,7 +114,7 @@ pub fn receive_filter(vips: &[Ipv4Addr]) -> Vec<Insn> {
         stmt(BPF_LD | BPF_W | BPF_LEN, 0),
         jump(BPF_JMP | BPF_JGE | BPF_K, 34, 1, 0),
         stmt(BPF_RET | BPF_K, ACCEPT),
-    ];
+    ]);
     if vips.is_empty() {
         p.push(stmt(BPF_RET | BPF_K, DROP));
         return p;
@@ -126,16 +159,17 @@ pub fn probe_filter() -> Vec<Insn> {
     ]
 }
 
-/// A filter for the control thread's ARP socket: ARP only, not for other hosts.
-pub fn arp_filter() -> Vec<Insn> {
-    vec![
-        stmt(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_PKTTYPE),
-        jump(BPF_JMP | BPF_JEQ | BPF_K, PACKET_OTHERHOST, 2, 0),
+/// A filter for the control thread's ARP socket: ARP only, not for other hosts (but for the
+/// VIP MAC: routers confirm a neighbour with unicast requests to it).
+pub fn arp_filter(vip_mac: Option<MacAddr>) -> Vec<Insn> {
+    let mut p = drop_other_hosts_except(vip_mac);
+    p.extend([
         stmt(BPF_LD | BPF_H | BPF_ABS, 12),
         jump(BPF_JMP | BPF_JEQ | BPF_K, 0x0806, 1, 0),
         stmt(BPF_RET | BPF_K, DROP),
         stmt(BPF_RET | BPF_K, ACCEPT),
-    ]
+    ]);
+    p
 }
 
 /// Runs a program over a frame the way the kernel does, for tests. `pkttype` and `vlan` stand in
@@ -199,7 +233,7 @@ mod tests {
     #[test]
     fn accepts_ipv4_to_a_vip_and_drops_other_ipv4() {
         let vips = [Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 101)];
-        let p = receive_filter(&vips);
+        let p = receive_filter(&vips, None);
         for vip in vips {
             assert_eq!(interpret(&p, &ipv4_to(vip), HOST, false), ACCEPT);
         }
@@ -211,7 +245,7 @@ mod tests {
 
     #[test]
     fn keeps_what_the_worker_must_count_and_drops_host_traffic() {
-        let p = receive_filter(&[Ipv4Addr::new(10, 0, 0, 100)]);
+        let p = receive_filter(&[Ipv4Addr::new(10, 0, 0, 100)], None);
         let vip = ipv4_to(Ipv4Addr::new(10, 0, 0, 100));
         assert_eq!(interpret(&p, &vip, PACKET_OTHERHOST, false), DROP);
         assert_eq!(interpret(&p, &vip[..20], HOST, false), ACCEPT, "truncated");
@@ -245,12 +279,12 @@ mod tests {
         let vips: Vec<Ipv4Addr> = (0..300u32)
             .map(|i| Ipv4Addr::from(0x0a00_0000 + i))
             .collect();
-        let p = receive_filter(&vips);
+        let p = receive_filter(&vips, None);
         assert_eq!(
             interpret(&p, &ipv4_to(Ipv4Addr::new(192, 168, 1, 1)), HOST, false),
             ACCEPT
         );
-        let few = receive_filter(&vips[..MAX_FILTER_VIPS]);
+        let few = receive_filter(&vips[..MAX_FILTER_VIPS], None);
         assert_eq!(
             interpret(&few, &ipv4_to(vips[MAX_FILTER_VIPS - 1]), HOST, false),
             ACCEPT
@@ -260,7 +294,7 @@ mod tests {
 
     #[test]
     fn arp_filter_accepts_only_arp() {
-        let p = arp_filter();
+        let p = arp_filter(None);
         let mut arp = vec![0u8; 42];
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         assert_eq!(interpret(&p, &arp, HOST, false), ACCEPT);
@@ -269,6 +303,45 @@ mod tests {
             interpret(&p, &ipv4_to(Ipv4Addr::new(1, 2, 3, 4)), HOST, false),
             DROP
         );
+    }
+
+    const VMAC: MacAddr = MacAddr([0x02, 0x00, 0x5e, 0x00, 0x01, 0x07]);
+
+    fn addressed_to(mut frame: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+        frame[..6].copy_from_slice(&mac);
+        frame
+    }
+
+    #[test]
+    fn with_a_vip_mac_frames_for_it_are_ours_and_other_hosts_still_not() {
+        let vip = Ipv4Addr::new(10, 0, 0, 100);
+        let p = receive_filter(&[vip], Some(VMAC));
+        let to_vmac = addressed_to(ipv4_to(vip), VMAC.0);
+        assert_eq!(interpret(&p, &to_vmac, PACKET_OTHERHOST, false), ACCEPT);
+        assert_eq!(interpret(&p, &to_vmac, HOST, false), ACCEPT);
+        // One octet off, in either of the two compared words: another host's frame.
+        for i in [0, 3, 4, 5] {
+            let mut near = VMAC.0;
+            near[i] ^= 0x10;
+            let f = addressed_to(ipv4_to(vip), near);
+            assert_eq!(
+                interpret(&p, &f, PACKET_OTHERHOST, false),
+                DROP,
+                "octet {i}"
+            );
+        }
+        // For the VIP MAC, but not to a VIP: host traffic rules still apply.
+        let other = addressed_to(ipv4_to(Ipv4Addr::new(10, 0, 0, 2)), VMAC.0);
+        assert_eq!(interpret(&p, &other, PACKET_OTHERHOST, false), DROP);
+        assert_eq!(interpret(&p, &to_vmac[..4], PACKET_OTHERHOST, false), DROP);
+
+        let a = arp_filter(Some(VMAC));
+        let mut arp = addressed_to(vec![0u8; 42], VMAC.0);
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(interpret(&a, &arp, PACKET_OTHERHOST, false), ACCEPT);
+        let stranger = addressed_to(arp.clone(), [0x02, 0, 0, 0, 0, 9]);
+        assert_eq!(interpret(&a, &stranger, PACKET_OTHERHOST, false), DROP);
+        assert_eq!(interpret(&a, &to_vmac, PACKET_OTHERHOST, false), DROP);
     }
 
     #[test]

@@ -602,7 +602,7 @@ mod tests {
             block_timeout_ms: 1,
             frame_size: 1 << 11,
         };
-        let filter = crate::io::filter::receive_filter(&[Ipv4Addr::LOCALHOST]);
+        let filter = crate::io::filter::receive_filter(&[Ipv4Addr::LOCALHOST], None);
         let plan = RxSocketPlan {
             interface: "lo",
             ifindex,

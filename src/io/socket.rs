@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::filter::Insn;
 use super::{IoError, sys_err};
+use crate::wire::MacAddr;
 
 const ETH_P_ALL: u16 = 0x0003;
 const ETH_P_ARP: u16 = 0x0806;
@@ -222,8 +223,40 @@ fn open_listening(
 /// every frame on the interface, on the sending CPU — at full load that was a measurable share
 /// of the generator's core. ARP handlers run after the netdev ingress hook, which is why uvs's
 /// nftables ARP rule lives in the ARP family's input hook (see `kernel_filter`).
-pub fn open_arp(interface: &str, ifindex: u32) -> Result<OwnedFd, IoError> {
-    open_listening(interface, ifindex, ETH_P_ARP, &super::filter::arp_filter())
+///
+/// With a VIP MAC the socket also adds it to the interface's unicast address list
+/// (`PACKET_MR_UNICAST`), so a NIC that filters by destination MAC passes frames for it up;
+/// a device without a unicast filter goes promiscuous instead. The kernel drops the address
+/// again when the socket closes, so no exit path leaves it behind.
+pub fn open_arp(
+    interface: &str,
+    ifindex: u32,
+    vip_mac: Option<MacAddr>,
+) -> Result<OwnedFd, IoError> {
+    let fd = open_listening(
+        interface,
+        ifindex,
+        ETH_P_ARP,
+        &super::filter::arp_filter(vip_mac),
+    )?;
+    if let Some(MacAddr(m)) = vip_mac {
+        let mut mreq = libc::packet_mreq {
+            mr_ifindex: ifindex as libc::c_int,
+            mr_type: libc::PACKET_MR_UNICAST as libc::c_ushort,
+            mr_alen: 6,
+            mr_address: [0; 8],
+        };
+        mreq.mr_address[..6].copy_from_slice(&m);
+        set_opt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_ADD_MEMBERSHIP,
+            &mreq,
+            "PACKET_ADD_MEMBERSHIP (the VIP MAC)",
+            interface,
+        )?;
+    }
+    Ok(fd)
 }
 
 /// A probe socket (`uvs doctor`, the through-the-VIP health check): ARP and IPv4 from other

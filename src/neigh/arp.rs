@@ -26,6 +26,10 @@ use crate::wire::MacAddr;
 const MAX_UNANSWERED_PROBES: u32 = 3;
 /// How long a reply to one of our requests is accepted.
 const OUTSTANDING_MS: u32 = 3000;
+/// With a VIP MAC, one gratuitous ARP per VIP this often: uvs never sends anything else from
+/// that MAC (forwarded frames leave from the interface's own), and a switch forgets a MAC it
+/// has not seen for 300 s by default, then floods the VIP's traffic to every port.
+const VIP_MAC_REFRESH_MS: u32 = 60_000;
 
 /// What the engine knows about one interface.
 #[derive(Clone, Debug)]
@@ -122,6 +126,8 @@ pub struct ArpEngine {
     opts: ArpOptions,
     /// Pending gratuitous bursts: (time, vip).
     garp_due: Vec<(u32, Ipv4Addr)>,
+    /// Next keep-alive announcement of the VIP MAC (see `VIP_MAC_REFRESH_MS`).
+    vip_mac_refresh_at: Option<u32>,
     pub counters: ArpCounters,
     /// Last MAC seen claiming a VIP (for logs and `uvs doctor`).
     pub last_conflict: Option<(Ipv4Addr, MacAddr)>,
@@ -154,6 +160,7 @@ impl ArpEngine {
             neighbors: Vec::new(),
             opts,
             garp_due: Vec::new(),
+            vip_mac_refresh_at: None,
             counters: ArpCounters::default(),
             last_conflict: None,
         }
@@ -201,6 +208,16 @@ impl ArpEngine {
         self.neighbors = wanted;
     }
 
+    /// The MAC the VIPs are announced and answered with on an interface.
+    fn vip_mac_on(&self, ifc: &ArpInterface) -> MacAddr {
+        self.opts.vip_mac.unwrap_or(ifc.mac)
+    }
+
+    /// The configured VIP MAC (`[arp] vip_mac`), if any.
+    pub fn vip_mac(&self) -> Option<MacAddr> {
+        self.opts.vip_mac
+    }
+
     fn ignore(&mut self, why: ArpIgnore) {
         self.counters.ignored[why as usize] += 1;
     }
@@ -236,9 +253,11 @@ impl ArpEngine {
             self.ignore(ArpIgnore::Malformed);
             return None;
         }
+        let vip_mac = self.vip_mac_on(&ifc);
+        let ours = |mac: MacAddr| mac == ifc.mac || mac == vip_mac;
         match arp.operation {
             ArpOperation::REQUEST => {
-                if self.vips.contains(&sender_ip) && sender_mac != ifc.mac {
+                if self.vips.contains(&sender_ip) && !ours(sender_mac) {
                     // Someone announces or asks *from* a VIP: a conflict, never learned.
                     self.last_conflict = Some((sender_ip, sender_mac));
                     self.ignore(ArpIgnore::VipConflict);
@@ -250,25 +269,26 @@ impl ArpEngine {
                 }
                 // Broadcast or unicast to us: both are answered.
                 let dst = MacAddr(eth.destination);
-                if dst != MacAddr::BROADCAST && dst != ifc.mac {
+                if dst != MacAddr::BROADCAST && !ours(dst) {
                     self.ignore(ArpIgnore::NotForUs);
                     return None;
                 }
                 self.counters.requests_answered += 1;
                 let reply = ArpEthIpv4Packet {
                     operation: ArpOperation::REPLY,
-                    sender_mac: ifc.mac.0,
+                    sender_mac: vip_mac.0,
                     sender_ipv4: target_ip.octets(),
                     target_mac: sender_mac.0,
                     target_ipv4: sender_ip.octets(),
                 };
+                // Sent from the VIP MAC too, so switches learn where it lives.
                 Some(Outgoing {
                     interface,
-                    frame: build(ifc.mac, sender_mac, reply),
+                    frame: build(vip_mac, sender_mac, reply),
                 })
             }
             ArpOperation::REPLY => {
-                if self.vips.contains(&sender_ip) && sender_mac != ifc.mac {
+                if self.vips.contains(&sender_ip) && !ours(sender_mac) {
                     self.last_conflict = Some((sender_ip, sender_mac));
                     self.ignore(ArpIgnore::VipConflict);
                     return None;
@@ -361,26 +381,44 @@ impl ArpEngine {
             }
         });
         for vip in due {
-            if !self.vips.contains(&vip) {
-                continue;
+            if self.vips.contains(&vip) {
+                self.announce_now(vip, self.opts.garp_repeat, out);
             }
-            for (i, ifc) in self.interfaces.iter().enumerate() {
-                // keepalived's gratuitous ARP: a REQUEST, broadcast, sender = target = VIP,
-                // target hardware address = broadcast.
-                let garp = ArpEthIpv4Packet {
-                    operation: ArpOperation::REQUEST,
-                    sender_mac: ifc.mac.0,
-                    sender_ipv4: vip.octets(),
-                    target_mac: [0xff; 6],
-                    target_ipv4: vip.octets(),
-                };
-                for _ in 0..self.opts.garp_repeat {
-                    out.push(Outgoing {
-                        interface: i,
-                        frame: build(ifc.mac, MacAddr::BROADCAST, garp.clone()),
-                    });
-                    self.counters.gratuitous_sent += 1;
+        }
+        if self.opts.vip_mac.is_some() {
+            match self.vip_mac_refresh_at {
+                // The start-up bursts above announce it first.
+                None => self.vip_mac_refresh_at = Some(now.wrapping_add(VIP_MAC_REFRESH_MS)),
+                Some(t) if reached(now, t) => {
+                    for vip in self.vips.clone() {
+                        self.announce_now(vip, 1, out);
+                    }
+                    self.vip_mac_refresh_at = Some(now.wrapping_add(VIP_MAC_REFRESH_MS));
                 }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// `count` gratuitous ARPs for `vip` on every interface.
+    fn announce_now(&mut self, vip: Ipv4Addr, count: u32, out: &mut Vec<Outgoing>) {
+        for (i, ifc) in self.interfaces.iter().enumerate() {
+            let mac = self.opts.vip_mac.unwrap_or(ifc.mac);
+            // keepalived's gratuitous ARP: a REQUEST, broadcast, sender = target = VIP,
+            // target hardware address = broadcast.
+            let garp = ArpEthIpv4Packet {
+                operation: ArpOperation::REQUEST,
+                sender_mac: mac.0,
+                sender_ipv4: vip.octets(),
+                target_mac: [0xff; 6],
+                target_ipv4: vip.octets(),
+            };
+            for _ in 0..count {
+                out.push(Outgoing {
+                    interface: i,
+                    frame: build(mac, MacAddr::BROADCAST, garp.clone()),
+                });
+                self.counters.gratuitous_sent += 1;
             }
         }
     }
@@ -498,6 +536,69 @@ mod tests {
         // A later unsolicited reply cannot move it.
         e.on_frame(0, &arp(ArpOperation::REPLY, DIR, EVIL, RIP1, DIP), 30, &t);
         assert_eq!(t.get(1), Some(RS1));
+    }
+
+    #[test]
+    fn with_a_vip_mac_the_vip_is_answered_and_announced_with_it_and_reals_resolved_as_before() {
+        const VMAC: MacAddr = MacAddr([0x02, 0, 0x5e, 0, 1, 7]);
+        let mut e = ArpEngine::new(
+            vec![ArpInterface {
+                name: "eth0".into(),
+                mac: DIR,
+                source: Some(DIP),
+            }],
+            ArpOptions {
+                vip_mac: Some(VMAC),
+                ..ArpOptions::default()
+            },
+        );
+        e.set_vips(vec![VIP], 0);
+        let t = NeighTable::new(16);
+        e.set_neighbors(vec![Neighbor::new(1, 0, RIP1)], &t);
+        let r = Ipv4Addr::new(10, 0, 0, 1);
+        // Broadcast, and the unicast re-confirmation a router sends to the MAC it learned.
+        for dst in [MacAddr::BROADCAST, VMAC] {
+            let out = e
+                .on_frame(0, &arp(ArpOperation::REQUEST, dst, ROUTER, r, VIP), 5, &t)
+                .expect("answered");
+            let (eth, rest) = Ethernet2Header::from_slice(&out.frame).unwrap();
+            assert_eq!(MacAddr(eth.source), VMAC);
+            assert_eq!(MacAddr(parse_eth_ipv4(rest).unwrap().sender_mac), VMAC);
+        }
+        let mut out = Vec::new();
+        e.on_tick(0, &t, &mut out);
+        let mut garps = 0;
+        for o in &out {
+            let (eth, rest) = Ethernet2Header::from_slice(&o.frame).unwrap();
+            let a = parse_eth_ipv4(rest).unwrap();
+            if a.sender_ipv4 == VIP.octets() {
+                garps += 1;
+                assert_eq!((MacAddr(eth.source), MacAddr(a.sender_mac)), (VMAC, VMAC));
+            } else {
+                // Our own request for a real server: from the interface, as the kernel would.
+                assert_eq!(a.target_ipv4, RIP1.octets());
+                assert_eq!((MacAddr(eth.source), MacAddr(a.sender_mac)), (DIR, DIR));
+            }
+        }
+        assert_eq!(garps, 5);
+        // Kept alive for switches' MAC tables: one announcement a minute, none in between.
+        let vip_garps = |e: &mut ArpEngine, now| {
+            let mut out = Vec::new();
+            e.on_tick(now, &t, &mut out);
+            out.iter()
+                .filter(|o| parse_eth_ipv4(&o.frame[14..]).unwrap().sender_ipv4 == VIP.octets())
+                .count()
+        };
+        assert_eq!(vip_garps(&mut e, 5_000), 5, "the second start-up burst");
+        assert_eq!(vip_garps(&mut e, 30_000), 0);
+        assert_eq!(vip_garps(&mut e, 60_000), 1);
+        assert_eq!(vip_garps(&mut e, 61_000), 0);
+        assert_eq!(vip_garps(&mut e, 120_000), 1);
+        // Someone else claiming the VIP is still a conflict; our own VIP MAC is not.
+        let claim = |mac| arp(ArpOperation::REQUEST, MacAddr::BROADCAST, mac, VIP, VIP);
+        e.on_frame(0, &claim(EVIL), 6, &t);
+        e.on_frame(0, &claim(VMAC), 6, &t);
+        assert_eq!(e.counters.ignored[ArpIgnore::VipConflict as usize], 1);
     }
 
     #[test]
