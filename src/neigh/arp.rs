@@ -403,7 +403,7 @@ impl ArpEngine {
     /// `count` gratuitous ARPs for `vip` on every interface.
     fn announce_now(&mut self, vip: Ipv4Addr, count: u32, out: &mut Vec<Outgoing>) {
         for (i, ifc) in self.interfaces.iter().enumerate() {
-            let mac = self.opts.vip_mac.unwrap_or(ifc.mac);
+            let mac = self.vip_mac_on(ifc);
             // keepalived's gratuitous ARP: a REQUEST, broadcast, sender = target = VIP,
             // target hardware address = broadcast.
             let garp = ArpEthIpv4Packet {
