@@ -469,3 +469,67 @@ fn with_a_vip_mac_clients_use_it_and_the_directors_kernel_stays_out() {
         "ARP replies for the VIP come from the VIP MAC only: {reply_from:?}"
     );
 }
+
+/// CPU seconds (user + system) the director's `uvs-worker-0` thread has used so far.
+fn worker_cpu_secs(director: u32) -> f64 {
+    let tasks = std::fs::read_dir(format!("/proc/{director}/task")).expect("director's threads");
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "uvs-worker-0" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).expect("worker stat");
+        // Fields after the parenthesised comm: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        // SAFETY: sysconf has no memory effects.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        return ticks / hz;
+    }
+    panic!("no uvs-worker-0 thread in /proc/{director}/task");
+}
+
+#[test]
+fn busy_poll_spins_while_traffic_is_recent_and_sleeps_when_idle() {
+    let Some(ctx) = common::setup(89) else { return };
+    let mut lab = dr_lab(&ctx);
+    start_web(&mut lab);
+    let config = lab.dir().join("uvs.toml");
+    std::fs::write(&config, "[ring]\nbusy_poll_us = 300000\n").expect("config");
+    let director = common::start_director(
+        &mut lab,
+        &common::dr_rules('t', 80),
+        &["--interface", "eth0", "--config", common::path_str(&config)],
+    );
+
+    // Requests closer together than the 300 ms window: the worker never sleeps.
+    let (cpu0, t0) = (worker_cpu_secs(director), std::time::Instant::now());
+    let mut answers = Vec::new();
+    while t0.elapsed() < Duration::from_millis(1500) {
+        answers.extend(common::curl_vip(&lab, 1));
+    }
+    let busy_share = (worker_cpu_secs(director) - cpu0) / t0.elapsed().as_secs_f64();
+    let c = common::count(&answers);
+    assert!(
+        c.len() == 2 && c.keys().all(|k| k == "rs1" || k == "rs2"),
+        "both real servers answer with busy polling: {c:?}"
+    );
+
+    // Idle for longer than the window: the worker sleeps in poll again.
+    std::thread::sleep(Duration::from_millis(500));
+    let (cpu1, t1) = (worker_cpu_secs(director), std::time::Instant::now());
+    std::thread::sleep(Duration::from_millis(1500));
+    let idle_share = (worker_cpu_secs(director) - cpu1) / t1.elapsed().as_secs_f64();
+
+    assert!(
+        busy_share > 0.5,
+        "a worker busy-polling between requests uses its core ({:.0} % of it)",
+        busy_share * 100.0
+    );
+    assert!(
+        idle_share < 0.1,
+        "a worker idle past busy_poll_us sleeps ({:.0} % of a core)",
+        idle_share * 100.0
+    );
+}

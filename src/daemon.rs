@@ -9,6 +9,7 @@ use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
@@ -285,6 +286,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             rx,
             tx,
             tx_queue_capacity: tx_capacity,
+            busy_poll: Duration::from_micros(u64::from(cfg.ring.busy_poll_us)),
             forwarder,
             counters: c,
             snapshot: Arc::clone(&shared),

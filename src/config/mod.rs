@@ -36,6 +36,11 @@ pub struct RingOptions {
     pub block_timeout_ms: u32,
     /// Bytes per frame slot for TPACKET_V2 (power of two).
     pub frame_size: u32,
+    /// Microseconds a worker keeps polling its rings without sleeping after the last frame
+    /// (as the kernel's `net.core.busy_poll`): no wake-up through the scheduler for a frame
+    /// that arrives within that time, at the price of a core spinning while traffic is
+    /// recent. 0 (the default) sleeps in `poll` as soon as the rings are empty.
+    pub busy_poll_us: u32,
 }
 
 /// The default is TPACKET_V2 by measurement (bench/README.md, `cargo bench --bench latency`):
@@ -53,6 +58,7 @@ impl Default for RingOptions {
             block_count: 64,
             block_timeout_ms: 1,
             frame_size: 1 << 11,
+            busy_poll_us: 0,
         }
     }
 }

@@ -15,7 +15,8 @@
 //! workers = 2                    # absent = one per core; 1..=256
 //! metrics = "127.0.0.1:9477"     # "off" disables the exporter
 //! kernel_filter = true
-//! [ring]       # version = "v3" | "v2", block_size, block_count, block_timeout_ms, frame_size
+//! [ring]       # version = "v3" | "v2", block_size, block_count, block_timeout_ms, frame_size,
+//!              # busy_poll_us (0 = sleep as soon as the rings are empty)
 //! [flow_table] # capacity, sloppy_tcp, template_capacity, expire_quiescent_template
 //! [arp]        # reachable_secs, retry_ms, garp_repeat, garp_delay_secs,
 //!              # vip_mac ("02:…", absent = each interface's own MAC)
@@ -53,6 +54,8 @@ const MIN_FRAME_SIZE: u32 = 256;
 const MIN_FLOW_CAPACITY: i64 = 1024;
 const MAX_FLOW_CAPACITY: i64 = 1 << 27;
 const MAX_WORKERS: i64 = 256;
+/// Longest busy-poll window: one second (a longer one is a core spinning for nothing).
+const MAX_BUSY_POLL_US: u32 = 1_000_000;
 /// Linux `IFNAMSIZ` − 1.
 const MAX_IFNAME_LEN: usize = 15;
 /// Longest persistence timeout accepted: 31 days.
@@ -138,6 +141,7 @@ struct RawRing {
     block_count: Option<Spanned<i64>>,
     block_timeout_ms: Option<Spanned<i64>>,
     frame_size: Option<Spanned<i64>>,
+    busy_poll_us: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -392,12 +396,20 @@ fn build_ring(raw: RawRing) -> Result<RingOptions, Located> {
             ),
         );
     }
+    let busy_poll_us = opt_ranged(
+        raw.busy_poll_us.as_ref(),
+        d.busy_poll_us,
+        0,
+        MAX_BUSY_POLL_US,
+        "ring.busy_poll_us",
+    )?;
     Ok(RingOptions {
         version: raw.version.unwrap_or(d.version),
         block_size,
         block_count,
         block_timeout_ms,
         frame_size,
+        busy_poll_us,
     })
 }
 
@@ -1073,6 +1085,7 @@ block_size = 65536
 block_count = 8
 block_timeout_ms = 3
 frame_size = 4096
+busy_poll_us = 2500
 [flow_table]
 capacity = 1024
 sloppy_tcp = true
@@ -1109,7 +1122,8 @@ forward = "gate"
                 block_size: 65536,
                 block_count: 8,
                 block_timeout_ms: 3,
-                frame_size: 4096
+                frame_size: 4096,
+                busy_poll_us: 2500,
             }
         );
         assert_eq!(
@@ -1220,6 +1234,12 @@ forward = "gate"
             &["frame_size", "power of two"],
         );
         refused("[ring]\nframe_size = 128\n", 2, &["frame_size"]);
+        refused(
+            "[ring]\nbusy_poll_us = 2000000\n",
+            2,
+            &["ring.busy_poll_us", "1000000"],
+        );
+        refused("[ring]\nbusy_poll_us = -1\n", 2, &["ring.busy_poll_us"]);
         refused(
             "[ring]\nblock_size = 4096\n\nframe_size = 8192\n",
             4,
