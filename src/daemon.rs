@@ -287,6 +287,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             tx,
             tx_queue_capacity: tx_capacity,
             busy_poll: Duration::from_micros(u64::from(cfg.ring.busy_poll_us)),
+            coalesce: Duration::from_micros(u64::from(cfg.ring.coalesce_us)),
             forwarder,
             counters: c,
             snapshot: Arc::clone(&shared),

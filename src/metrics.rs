@@ -66,6 +66,7 @@ pub struct WorkerFigures {
     pub flows: u64,
     pub evictions: u64,
     pub tx_syscalls: u64,
+    pub coalesce_waits: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -124,6 +125,8 @@ pub fn render(f: &Figures) -> String {
             counter!("uvs_worker_batches_total", "worker" => worker.clone()).absolute(w.batches);
             counter!("uvs_worker_tx_syscalls_total", "worker" => worker.clone())
                 .absolute(w.tx_syscalls);
+            counter!("uvs_worker_coalesce_waits_total", "worker" => worker.clone())
+                .absolute(w.coalesce_waits);
             gauge!("uvs_worker_busy_seconds_total", "worker" => worker.clone()).set(w.busy_seconds);
             gauge!("uvs_worker_flows", "worker" => worker.clone()).set(w.flows as f64);
             counter!("uvs_flow_evictions_total", "worker" => worker).absolute(w.evictions);

@@ -423,6 +423,7 @@ impl Control {
                 flows: w.totals.flows.load(Relaxed),
                 evictions: w.totals.flow_evictions.load(Relaxed),
                 tx_syscalls: w.totals.tx_syscalls.load(Relaxed),
+                coalesce_waits: w.totals.coalesce_waits.load(Relaxed),
             })
             .collect();
         f.rings = self

@@ -127,6 +127,8 @@ pub struct WorkerTotals {
     pub forwarded: AtomicU64,
     pub tx_syscalls: AtomicU64,
     pub batches: AtomicU64,
+    /// Receive-coalescing waits (`[ring] coalesce_us`).
+    pub coalesce_waits: AtomicU64,
     pub flows: AtomicU64,
     pub flow_evictions: AtomicU64,
     /// Busy time in microseconds (processing batches), for the per-worker load metric.

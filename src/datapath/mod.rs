@@ -7,6 +7,7 @@
 //! [`process::Forwarder`] is the pure per-frame decision (no I/O, unit-tested on byte arrays);
 //! [`worker`] drives it over the rings.
 
+pub mod coalesce;
 pub mod counters;
 pub mod flow_table;
 pub mod huge_array;

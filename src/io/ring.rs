@@ -602,6 +602,7 @@ mod tests {
             block_timeout_ms: 1,
             frame_size: 1 << 11,
             busy_poll_us: 0,
+            coalesce_us: 0,
         };
         let filter = crate::io::filter::receive_filter(&[Ipv4Addr::LOCALHOST], None);
         let plan = RxSocketPlan {
