@@ -65,7 +65,7 @@ impl Default for RingOptions {
             block_timeout_ms: 1,
             frame_size: 1 << 11,
             busy_poll_us: 0,
-            // bench: the V2 worker's CPU at 80 % of the maximum rate 0.90 -> 0.64 (50 µs)
+            // bench: the V2 worker's CPU at 80 % of the maximum rate 0.90 -> 0.65 (50 µs)
             coalesce_us: 50,
         }
     }
