@@ -202,8 +202,8 @@ impl Worker {
                 }
             } else if started.duration_since(last_traffic) < self.busy_poll {
                 // A frame that lands now is seen on the next round instead of after a wake-up
-                // through the scheduler (~40 µs at p50 in the bench's VM; letting the idle
-                // vCPU poll before halting did not shorten it).
+                // through the scheduler (bench full7, over the kernel's nft path: added p50
+                // 61 µs sleeping, 16 µs polling).
                 // Spin, not sched_yield: yielding measured worse (added p50 39 vs 24 µs), and the
                 // scheduler still preempts the worker for a thread that shares its core.
                 std::hint::spin_loop();
