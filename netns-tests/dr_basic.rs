@@ -534,6 +534,51 @@ fn busy_poll_spins_while_traffic_is_recent_and_sleeps_when_idle() {
     );
 }
 
+/// The kernel's current CPU latency QoS value, in microseconds (the smallest request held).
+fn cpu_latency_granted() -> i32 {
+    let bytes = std::fs::read("/dev/cpu_dma_latency").expect("read /dev/cpu_dma_latency");
+    i32::from_ne_bytes(bytes[..4].try_into().expect("4 bytes"))
+}
+
+#[test]
+fn a_cpu_latency_request_lasts_exactly_as_long_as_the_director() {
+    let Some(ctx) = common::setup(91) else { return };
+    let before = cpu_latency_granted();
+    let mut lab = dr_lab(&ctx);
+    start_web(&mut lab);
+    let config = lab.dir().join("uvs.toml");
+    std::fs::write(&config, "[ring]\ncpu_latency_us = 0\n").expect("config");
+    let director = common::start_director(
+        &mut lab,
+        &common::dr_rules('t', 80),
+        &["--interface", "eth0", "--config", common::path_str(&config)],
+    );
+    assert_eq!(
+        cpu_latency_granted(),
+        0,
+        "while uvs runs with cpu_latency_us = 0, idle CPUs may not sleep at all"
+    );
+    let c = common::count(&common::curl_vip(&lab, 4));
+    assert_eq!(
+        (c.get("rs1"), c.get("rs2")),
+        (Some(&2), Some(&2)),
+        "the sleeping worker forwards as before: {c:?}"
+    );
+
+    // Killed, not stopped: no exit path of uvs may leave the machine tuned.
+    // SAFETY: plain syscall on the director's PID, which this test started and has not reaped.
+    unsafe { libc::kill(director as libc::pid_t, libc::SIGKILL) };
+    lab.kill(director);
+    let restored = common::poll(Duration::from_secs(5), || {
+        (cpu_latency_granted() == before).then_some(())
+    });
+    assert!(
+        restored.is_some(),
+        "the request ends with the process: {} µs granted, {before} before uvs started",
+        cpu_latency_granted()
+    );
+}
+
 #[test]
 fn coalescing_waits_under_a_stream_but_never_holds_a_lone_request() {
     let Some(ctx) = common::setup(90) else { return };

@@ -26,6 +26,7 @@ use crate::datapath::process::Forwarder;
 use crate::datapath::templates::TemplateTable;
 use crate::datapath::worker::{RxPort, Worker};
 use crate::interfaces;
+use crate::io::cpu_latency::CpuLatencyRequest;
 use crate::io::filter::receive_filter;
 use crate::io::ring::{MAX_V2_BATCH, RxRing};
 use crate::io::socket::{self, RingStats, RxSocketPlan};
@@ -214,6 +215,29 @@ pub fn run(args: &RunArgs) -> Result<()> {
     } else {
         log::warn!("kernel_filter = false: the director's kernel also sees service traffic");
         None
+    };
+
+    // Held until `run` returns; the kernel also withdraws it if the process dies.
+    let _cpu_latency = match cfg.ring.cpu_latency_us {
+        Some(us) => {
+            let req = CpuLatencyRequest::hold(us).with_context(|| {
+                format!(
+                    "[ring] cpu_latency_us = {us}: cannot hold a CPU latency request on {} \
+                     (a container without the device? remove the key)",
+                    crate::io::cpu_latency::DEVICE
+                )
+            })?;
+            log::info!(
+                "CPU latency request: {us} µs while uvs runs{}",
+                if us == 0 {
+                    " (idle CPUs poll instead of halting)"
+                } else {
+                    ""
+                }
+            );
+            Some(req)
+        }
+        None => None,
     };
 
     // HA (issue 8): VRRP instances and the sync daemon, opened before the workers start so

@@ -47,6 +47,12 @@ pub struct RingOptions {
     /// instead of one frame per syscall. A frame arriving alone never waits (the round after it
     /// finds the rings empty). 0 turns it off.
     pub coalesce_us: u32,
+    /// A CPU latency QoS request held while uvs runs (`/dev/cpu_dma_latency`, as tuned's
+    /// `force_latency`): idle CPUs sleep no deeper than this many microseconds, so waking a
+    /// sleeping worker is quick. 0 keeps idle CPUs polling instead of halting (bench: added
+    /// latency over the nft path at low load, p99, see bench/README). `None` (the default)
+    /// asks nothing: the machine's power management decides. Fixed at start.
+    pub cpu_latency_us: Option<u32>,
 }
 
 /// The default is TPACKET_V2 by measurement (bench/README.md, `cargo bench --bench latency`):
@@ -67,6 +73,7 @@ impl Default for RingOptions {
             busy_poll_us: 0,
             // bench: the V2 worker's CPU at 80 % of the maximum rate 0.90 -> 0.65 (50 µs)
             coalesce_us: 50,
+            cpu_latency_us: None,
         }
     }
 }

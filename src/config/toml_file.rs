@@ -17,7 +17,8 @@
 //! kernel_filter = true
 //! [ring]       # version = "v3" | "v2", block_size, block_count, block_timeout_ms, frame_size,
 //!              # busy_poll_us (0 = sleep as soon as the rings are empty),
-//!              # coalesce_us (0 = no receive coalescing under load)
+//!              # coalesce_us (0 = no receive coalescing under load),
+//!              # cpu_latency_us (absent = no CPU latency request; 0 = idle CPUs poll)
 //! [flow_table] # capacity, sloppy_tcp, template_capacity, expire_quiescent_template
 //! [arp]        # reachable_secs, retry_ms, garp_repeat, garp_delay_secs,
 //!              # vip_mac ("02:…", absent = each interface's own MAC)
@@ -59,6 +60,8 @@ const MAX_WORKERS: i64 = 256;
 const MAX_BUSY_POLL_US: u32 = 1_000_000;
 /// Longest coalescing wait: 10 ms, well inside the default ring's headroom (~20 ms at 400 kpps).
 const MAX_COALESCE_US: u32 = 10_000;
+/// Largest CPU latency request: one second (deeper idle states than that do not exist).
+const MAX_CPU_LATENCY_US: u32 = 1_000_000;
 /// Linux `IFNAMSIZ` − 1.
 const MAX_IFNAME_LEN: usize = 15;
 /// Longest persistence timeout accepted: 31 days.
@@ -146,6 +149,7 @@ struct RawRing {
     frame_size: Option<Spanned<i64>>,
     busy_poll_us: Option<Spanned<i64>>,
     coalesce_us: Option<Spanned<i64>>,
+    cpu_latency_us: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -414,6 +418,11 @@ fn build_ring(raw: RawRing) -> Result<RingOptions, Located> {
         MAX_COALESCE_US,
         "ring.coalesce_us",
     )?;
+    let cpu_latency_us = raw
+        .cpu_latency_us
+        .as_ref()
+        .map(|v| ranged(v, 0, MAX_CPU_LATENCY_US, "ring.cpu_latency_us"))
+        .transpose()?;
     Ok(RingOptions {
         version: raw.version.unwrap_or(d.version),
         block_size,
@@ -422,6 +431,7 @@ fn build_ring(raw: RawRing) -> Result<RingOptions, Located> {
         frame_size,
         busy_poll_us,
         coalesce_us,
+        cpu_latency_us,
     })
 }
 
@@ -1099,6 +1109,7 @@ block_timeout_ms = 3
 frame_size = 4096
 busy_poll_us = 2500
 coalesce_us = 0
+cpu_latency_us = 20
 [flow_table]
 capacity = 1024
 sloppy_tcp = true
@@ -1138,6 +1149,7 @@ forward = "gate"
                 frame_size: 4096,
                 busy_poll_us: 2500,
                 coalesce_us: 0,
+                cpu_latency_us: Some(20),
             }
         );
         assert_eq!(
@@ -1260,6 +1272,12 @@ forward = "gate"
             &["ring.coalesce_us", "10000"],
         );
         refused("[ring]\ncoalesce_us = -5\n", 2, &["ring.coalesce_us"]);
+        refused(
+            "[ring]\ncpu_latency_us = 2000000\n",
+            2,
+            &["ring.cpu_latency_us", "1000000"],
+        );
+        refused("[ring]\ncpu_latency_us = -1\n", 2, &["ring.cpu_latency_us"]);
         refused(
             "[ring]\nblock_size = 4096\n\nframe_size = 8192\n",
             4,

@@ -1,5 +1,6 @@
 //! The only module with `unsafe` and raw syscalls: AF_PACKET sockets, PACKET_MMAP receive
-//! rings, the socket filter and batched transmit. It knows nothing about load balancing.
+//! rings, the socket filter and batched transmit, and the CPU latency request that keeps a
+//! sleeping worker's wake-up short. It knows nothing about load balancing.
 //!
 //! Receive and transmit are built around one measured fact (../shared/perf-baseline): rewriting
 //! a frame in place inside the receive ring and handing it to `sendmmsg` from there costs
@@ -15,6 +16,7 @@
 //! segments the frame on the way out. Without it a userspace forwarder sends broken checksums
 //! and oversize frames on veth with default offloads.
 
+pub mod cpu_latency;
 pub mod filter;
 pub mod ring;
 pub mod socket;

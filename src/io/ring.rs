@@ -603,6 +603,7 @@ mod tests {
             frame_size: 1 << 11,
             busy_poll_us: 0,
             coalesce_us: 0,
+            cpu_latency_us: None,
         };
         let filter = crate::io::filter::receive_filter(&[Ipv4Addr::LOCALHOST], None);
         let plan = RxSocketPlan {
