@@ -167,6 +167,30 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let cfg = load_config(args)?;
     check_privileges()?;
     let _lock = take_instance_lock()?;
+    // First, so a refusal leaves nothing set up. Held until `run` returns; the kernel also
+    // withdraws it if the process dies.
+    let _cpu_latency = match cfg.ring.cpu_latency_us {
+        Some(us) => {
+            let req = CpuLatencyRequest::hold(us).with_context(|| {
+                format!(
+                    "[ring] cpu_latency_us = {us}: cannot hold a CPU latency request on {} \
+                     (a container without the device? remove the key)",
+                    crate::io::cpu_latency::DEVICE
+                )
+            })?;
+            log::info!(
+                "CPU latency request: {us} µs while uvs runs{}",
+                if us == 0 {
+                    " (idle CPUs poll instead of halting)"
+                } else {
+                    ""
+                }
+            );
+            Some(req)
+        }
+        None => None,
+    };
+
     let ifaces = interfaces::resolve(&cfg.interfaces)?;
     let if_names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
 
@@ -215,29 +239,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
     } else {
         log::warn!("kernel_filter = false: the director's kernel also sees service traffic");
         None
-    };
-
-    // Held until `run` returns; the kernel also withdraws it if the process dies.
-    let _cpu_latency = match cfg.ring.cpu_latency_us {
-        Some(us) => {
-            let req = CpuLatencyRequest::hold(us).with_context(|| {
-                format!(
-                    "[ring] cpu_latency_us = {us}: cannot hold a CPU latency request on {} \
-                     (a container without the device? remove the key)",
-                    crate::io::cpu_latency::DEVICE
-                )
-            })?;
-            log::info!(
-                "CPU latency request: {us} µs while uvs runs{}",
-                if us == 0 {
-                    " (idle CPUs poll instead of halting)"
-                } else {
-                    ""
-                }
-            );
-            Some(req)
-        }
-        None => None,
     };
 
     // HA (issue 8): VRRP instances and the sync daemon, opened before the workers start so

@@ -60,7 +60,7 @@ const MAX_WORKERS: i64 = 256;
 const MAX_BUSY_POLL_US: u32 = 1_000_000;
 /// Longest coalescing wait: 10 ms, well inside the default ring's headroom (~20 ms at 400 kpps).
 const MAX_COALESCE_US: u32 = 10_000;
-/// Largest CPU latency request: one second (deeper idle states than that do not exist).
+/// Largest CPU latency request: one second (no idle state takes that long to leave).
 const MAX_CPU_LATENCY_US: u32 = 1_000_000;
 /// Linux `IFNAMSIZ` − 1.
 const MAX_IFNAME_LEN: usize = 15;

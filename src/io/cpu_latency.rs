@@ -50,29 +50,19 @@ impl CpuLatencyRequest {
     }
 }
 
-/// The latency the kernel currently grants: the smallest request any process holds (a large
-/// default, 2000 s, when none does).
-pub fn current() -> std::io::Result<u32> {
-    let mut buf = [0u8; 4];
-    let mut device = File::open(DEVICE)?;
-    std::io::Read::read_exact(&mut device, &mut buf)?;
-    Ok(u32::from_ne_bytes(buf))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_request_is_written_as_a_binary_s32() {
-        let dir = std::env::temp_dir().join(format!("uvs-cpulat-{}", std::process::id()));
-        std::fs::write(&dir, b"").unwrap();
-        let path = dir.to_str().unwrap();
-        let req = CpuLatencyRequest::hold_at(path, 20).unwrap();
+        let file = std::env::temp_dir().join(format!("uvs-cpulat-{}", std::process::id()));
+        std::fs::write(&file, b"").unwrap();
+        let req = CpuLatencyRequest::hold_at(file.to_str().unwrap(), 20).unwrap();
         assert_eq!(req.microseconds, 20);
-        assert_eq!(std::fs::read(&dir).unwrap(), 20i32.to_ne_bytes());
+        assert_eq!(std::fs::read(&file).unwrap(), 20i32.to_ne_bytes());
         drop(req);
-        std::fs::remove_file(&dir).unwrap();
+        std::fs::remove_file(&file).unwrap();
     }
 
     #[test]
