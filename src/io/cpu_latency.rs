@@ -9,7 +9,7 @@
 //! the process dies, so no exit path leaves the machine tuned.
 //!
 //! Unlike `[ring] busy_poll_us` the worker still sleeps: the polling happens in the idle loop,
-//! which gives way to any runnable thread at once, so services sharing the cores lose nothing.
+//! which gives way to any runnable thread at once.
 //! The cost is the idle CPUs' power (or, in a VM, the host CPU time of vCPUs that never halt).
 
 use std::fs::{File, OpenOptions};
@@ -23,7 +23,6 @@ pub const DEVICE: &str = "/dev/cpu_dma_latency";
 pub struct CpuLatencyRequest {
     // Never read: the open file *is* the request.
     _device: File,
-    pub microseconds: u32,
 }
 
 impl CpuLatencyRequest {
@@ -40,13 +39,10 @@ impl CpuLatencyRequest {
             )
         })?;
         let mut device = OpenOptions::new().write(true).open(path)?;
-        // The device takes a binary s32 in host byte order (it also parses hex text, which
-        // would be ambiguous for small values).
+        // A 4-byte write is taken as a binary s32 in host byte order; anything else as hex
+        // text, so text such as "1000" (4 bytes) would be misread.
         device.write_all(&value.to_ne_bytes())?;
-        Ok(CpuLatencyRequest {
-            _device: device,
-            microseconds,
-        })
+        Ok(CpuLatencyRequest { _device: device })
     }
 }
 
@@ -59,7 +55,6 @@ mod tests {
         let file = std::env::temp_dir().join(format!("uvs-cpulat-{}", std::process::id()));
         std::fs::write(&file, b"").unwrap();
         let req = CpuLatencyRequest::hold_at(file.to_str().unwrap(), 20).unwrap();
-        assert_eq!(req.microseconds, 20);
         assert_eq!(std::fs::read(&file).unwrap(), 20i32.to_ne_bytes());
         drop(req);
         std::fs::remove_file(&file).unwrap();
