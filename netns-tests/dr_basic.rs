@@ -23,6 +23,17 @@ pub fn start_web(lab: &mut Lab) {
     }
 }
 
+/// Starts the director for TCP port 80 on eth0 with `toml` as its `--config`; returns its PID.
+fn start_director_with_config(lab: &mut Lab, toml: &str) -> u32 {
+    let config = lab.dir().join("uvs.toml");
+    std::fs::write(&config, toml).expect("config");
+    common::start_director(
+        lab,
+        &common::dr_rules('t', 80),
+        &["--interface", "eth0", "--config", common::path_str(&config)],
+    )
+}
+
 #[test]
 fn rr_splits_ten_requests_five_five() {
     let Some(ctx) = common::setup(1) else { return };
@@ -388,13 +399,7 @@ fn with_a_vip_mac_clients_use_it_and_the_directors_kernel_stays_out() {
     )
     .expect("VIP on the director's lo");
     start_web(&mut lab);
-    let config = lab.dir().join("uvs.toml");
-    std::fs::write(&config, format!("[arp]\nvip_mac = \"{vip_mac}\"\n")).expect("config");
-    common::start_director(
-        &mut lab,
-        &common::dr_rules('t', 80),
-        &["--interface", "eth0", "--config", common::path_str(&config)],
-    );
+    start_director_with_config(&mut lab, &format!("[arp]\nvip_mac = \"{vip_mac}\"\n"));
 
     let tables = lab.exec_ok("dir", &["nft", "list", "tables"]).expect("nft");
     assert!(
@@ -495,13 +500,7 @@ fn busy_poll_spins_while_traffic_is_recent_and_sleeps_when_idle() {
     let Some(ctx) = common::setup(89) else { return };
     let mut lab = dr_lab(&ctx);
     start_web(&mut lab);
-    let config = lab.dir().join("uvs.toml");
-    std::fs::write(&config, "[ring]\nbusy_poll_us = 300000\n").expect("config");
-    let director = common::start_director(
-        &mut lab,
-        &common::dr_rules('t', 80),
-        &["--interface", "eth0", "--config", common::path_str(&config)],
-    );
+    let director = start_director_with_config(&mut lab, "[ring]\nbusy_poll_us = 300000\n");
 
     // Requests closer together than the 300 ms window: the worker never sleeps.
     let (cpu0, t0) = (worker_cpu_secs(director), std::time::Instant::now());
@@ -546,13 +545,7 @@ fn a_cpu_latency_request_lasts_exactly_as_long_as_the_director() {
     let before = cpu_latency_granted();
     let mut lab = dr_lab(&ctx);
     start_web(&mut lab);
-    let config = lab.dir().join("uvs.toml");
-    std::fs::write(&config, "[ring]\ncpu_latency_us = 0\n").expect("config");
-    let director = common::start_director(
-        &mut lab,
-        &common::dr_rules('t', 80),
-        &["--interface", "eth0", "--config", common::path_str(&config)],
-    );
+    let director = start_director_with_config(&mut lab, "[ring]\ncpu_latency_us = 0\n");
     assert_eq!(
         cpu_latency_granted(),
         0,

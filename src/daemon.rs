@@ -169,27 +169,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let _lock = take_instance_lock()?;
     // First, so a refusal leaves nothing set up. Held until `run` returns; the kernel also
     // withdraws it if the process dies.
-    let _cpu_latency = match cfg.ring.cpu_latency_us {
-        Some(us) => {
-            let req = CpuLatencyRequest::hold(us).with_context(|| {
-                format!(
-                    "[ring] cpu_latency_us = {us}: cannot hold a CPU latency request on {} \
-                     (a container without the device? remove the key)",
-                    crate::io::cpu_latency::DEVICE
-                )
-            })?;
-            log::info!(
-                "CPU latency request: {us} µs while uvs runs{}",
-                if us == 0 {
-                    " (idle CPUs poll instead of halting)"
-                } else {
-                    ""
-                }
-            );
-            Some(req)
-        }
-        None => None,
-    };
+    let _cpu_latency = hold_cpu_latency(cfg.ring.cpu_latency_us)?;
 
     let ifaces = interfaces::resolve(&cfg.interfaces)?;
     let if_names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
@@ -420,6 +400,27 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let _ = std::fs::remove_file(p);
     }
     Ok(())
+}
+
+/// Takes the `[ring] cpu_latency_us` request, if the configuration asks for one.
+fn hold_cpu_latency(microseconds: Option<u32>) -> Result<Option<CpuLatencyRequest>> {
+    let Some(us) = microseconds else {
+        return Ok(None);
+    };
+    let req = CpuLatencyRequest::hold(us).with_context(|| {
+        format!(
+            "[ring] cpu_latency_us = {us}: cannot hold a CPU latency request on {} \
+             (a container without the device? remove the key)",
+            crate::io::cpu_latency::DEVICE
+        )
+    })?;
+    let effect = if us == 0 {
+        " (idle CPUs poll instead of halting)"
+    } else {
+        ""
+    };
+    log::info!("CPU latency request: {us} µs while uvs runs{effect}");
+    Ok(Some(req))
 }
 
 /// Starts one health thread per checked real; returns the control side.
