@@ -11,22 +11,27 @@ use std::time::Instant;
 use etherparse::PacketBuilder;
 use uvs::conns::ConnCounts;
 use uvs::datapath::counters::WorkerCounters;
-use uvs::datapath::flow_table::{FlowKey, FlowTable};
+use uvs::datapath::flow_table::FlowTable;
 use uvs::datapath::process::Forwarder;
-use uvs::datapath::tcp_state::TcpState;
+use uvs::flow::FlowKey;
+use uvs::flow::TcpState;
 use uvs::io::VNET_HDR_LEN;
 use uvs::io::ring::RxFrame;
+use uvs::model::ForwardMethod;
 use uvs::model::{
     Protocol, RealId, RealSpec, SchedulerKind, ServiceKey, ServiceSpec, ServiceTable,
 };
 use uvs::neigh::cache::NeighTable;
-use uvs::snapshot::{Placement, Snapshot};
+use uvs::snapshot::{NextHop, PlaceError, Placement, Snapshot};
 use uvs::wire::MacAddr;
 
 struct Lan;
 impl Placement for Lan {
-    fn place(&mut self, addr: Ipv4Addr) -> Option<(u16, u32)> {
-        Some((0, u32::from(addr) & 0xff))
+    fn next_hop(&mut self, addr: Ipv4Addr, _: ForwardMethod) -> Result<NextHop, PlaceError> {
+        Ok(NextHop {
+            egress: 0,
+            neigh: u32::from(addr) & 0xff,
+        })
     }
 }
 

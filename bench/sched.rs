@@ -8,12 +8,13 @@ use std::num::NonZeroU32;
 use std::time::Instant;
 
 use uvs::conns::{ConnCounts, Thresholds};
-use uvs::datapath::flow_table::{FlowKey, FlowTable};
-use uvs::datapath::tcp_state::TcpState;
+use uvs::datapath::flow_table::FlowTable;
 use uvs::datapath::templates::{TemplateKey, TemplateTable};
+use uvs::flow::FlowKey;
+use uvs::flow::TcpState;
 use uvs::model::{RealId, SchedFlags, SchedulerKind};
+use uvs::sched::Dest;
 use uvs::sched::Scheduler;
-use uvs::snapshot::RealEntry;
 
 /// Slots a worker's `expire_some` examines per batch (datapath::worker::EXPIRE_PER_BATCH).
 const EXPIRE_PER_BATCH: usize = 256;
@@ -31,14 +32,12 @@ fn key(i: u32) -> FlowKey {
 }
 
 fn picks() {
-    let reals: Vec<RealEntry> = (0..8u32)
-        .map(|i| RealEntry {
+    let reals: Vec<Dest> = (0..8u32)
+        .map(|i| Dest {
             id: RealId(NonZeroU32::new(i + 1).unwrap_or(NonZeroU32::MIN)),
             addr: 0x0a00_000b + i,
             weight: i % 3 + 1,
             last_weight: i % 3 + 1,
-            neigh: i,
-            egress: 0,
             thresholds: Thresholds::default(),
         })
         .collect();
@@ -53,7 +52,7 @@ fn picks() {
         let s = Scheduler::build(kind, &reals, SchedFlags::default(), 80);
         let start = Instant::now();
         for i in 0..n {
-            black_box(s.pick(&reals, &keys[i & 4095], &conns));
+            black_box(s.pick(&reals, &keys[i & 4095], &conns, 0));
         }
         let ns = start.elapsed().as_nanos() as f64 / n as f64;
         println!("  {:<6} {ns:6.1}", kind.name());

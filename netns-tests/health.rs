@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use uvs::ctl::backend::{Backend, SocketBackend, SocketLocation};
+use uvs::ctl::proto::{HealthListing, RealHealthRow};
 use uvs::ctl::proto::{Reply, Request};
-use uvs::health::book::{HealthListing, RealHealthRow};
 use uvs::lab::{Lab, LabOptions, addr, build_dr_lab};
 
 use crate::common::{self, Ctx};

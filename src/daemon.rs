@@ -16,11 +16,11 @@ use arc_swap::ArcSwap;
 
 use crate::config::{DaemonConfig, RingVersion};
 use crate::conns::ConnCounts;
+use crate::control::Control;
+use crate::control::health::{HealthCtl, run_commands};
 use crate::control::placement::Placer;
 use crate::control::stats::StatsKeeper;
-use crate::control::{Control, signals};
-use crate::ctl::apply::AdminState;
-use crate::ctl::proto::TimeoutsSecs;
+use crate::ctl::serve::AdminServer;
 use crate::datapath::counters::WorkerCounters;
 use crate::datapath::process::Forwarder;
 use crate::datapath::templates::TemplateTable;
@@ -29,8 +29,10 @@ use crate::interfaces;
 use crate::io::cpu_latency::CpuLatencyRequest;
 use crate::io::filter::receive_filter;
 use crate::io::ring::{MAX_V2_BATCH, RxRing};
+use crate::io::signals;
 use crate::io::socket::{self, RingStats, RxSocketPlan};
 use crate::kernel_filter::{KernelFilter, ServiceHook};
+use crate::model::change::{AdminState, TimeoutsSecs, apply};
 use crate::neigh::arp::{ArpEngine, ArpInterface};
 use crate::neigh::cache::NeighTable;
 use crate::snapshot::Snapshot;
@@ -54,9 +56,9 @@ pub struct RunArgs {
     pub ready_file: Option<PathBuf>,
     /// Admin socket path; `None` = the abstract name (one per network namespace).
     pub admin_socket: Option<PathBuf>,
-    /// keepalived.conf whose `virtual_server` blocks to serve (issue 5).
+    /// keepalived.conf whose `virtual_server` blocks to serve.
     pub keepalived: Option<PathBuf>,
-    /// ldirectord.cf to serve (issue 5).
+    /// ldirectord.cf to serve.
     pub ldirectord: Option<PathBuf>,
 }
 
@@ -110,7 +112,7 @@ pub fn load_config(args: &RunArgs) -> Result<DaemonConfig> {
     Ok(cfg)
 }
 
-/// HA (issue 8): the `vrrp_instance` blocks and `lvs_sync_daemon` of a keepalived.conf, on
+/// The `vrrp_instance` blocks and `lvs_sync_daemon` of a keepalived.conf, on
 /// top of the TOML file (which then must not configure VRRP or sync itself).
 fn merge_keepalived_ha(
     cfg: &mut DaemonConfig,
@@ -175,7 +177,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let if_names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
 
     let mut placer = Placer::new(ifaces.clone(), NEIGH_SLOTS);
-    // Health (issue 5): the initial desired state (alpha reals start down), then every real
+    // Health: the initial desired state (alpha reals start down), then every real
     // (also those health starts without) is placed so checks can reach it.
     let own: Vec<std::net::Ipv4Addr> = ifaces
         .iter()
@@ -188,7 +190,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         table: cfg.services.clone(),
         timeouts: TimeoutsSecs::default(),
     };
-    let table = crate::ctl::apply::apply(&state0, &plan.changes)
+    let table = apply(&state0, &plan.changes)
         .map_err(|r| anyhow::anyhow!("initial health state: {}", r.message))?
         .table;
     let published = crate::health::book::published(&table, &plan.local);
@@ -221,9 +223,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
         None
     };
 
-    // HA (issue 8): VRRP instances and the sync daemon, opened before the workers start so
-    // that a BACKUP never forwards a frame.
-    let ha = crate::vrrp::control::open(&cfg)?;
+    // VRRP instances and the sync daemon, opened before the workers start so that a BACKUP
+    // never forwards a frame.
+    let mut ha = crate::vrrp::control::open(
+        &cfg.vrrp,
+        cfg.sync.as_ref(),
+        cfg.flow_table.capacity as usize,
+    )?;
 
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
     let stop = Arc::new(AtomicBool::new(false));
@@ -240,7 +246,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let templates = Arc::new(TemplateTable::new(
         cfg.flow_table.template_capacity as usize,
     ));
-    let trace = Arc::new(crate::trace::TraceHub::new(n_workers));
+    let trace = Arc::new(crate::datapath::tap::TraceHub::new(n_workers));
     let mut workers = Vec::with_capacity(n_workers);
     let mut worker_requests = Vec::with_capacity(n_workers);
     let mut ring_fds = Vec::new();
@@ -258,7 +264,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 fanout: n_workers > 1,
                 filter: &filter,
             };
-            let (fd, ring) = socket::open_rx(&plan, |fd| RxRing::new(fd, &cfg.ring, &ifc.name))?;
+            let (fd, ring) =
+                socket::open_rx(&plan, |fd| RxRing::new(fd, &cfg.ring.geometry(), &ifc.name))?;
             ring_fds.push((i, fd.as_raw_fd()));
             rx.push(RxPort { fd, ring });
             tx.push(socket::open_tx(&ifc.name, ifc.index)?);
@@ -281,7 +288,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             Arc::clone(&templates),
             cfg.flow_table.expire_quiescent_template,
         );
-        forwarder.ha = ha.as_ref().map(|h| Arc::clone(&h.hooks));
+        forwarder.ha = Arc::clone(&ha.hooks);
         let (requests_tx, requests) = crossbeam_channel::bounded(4);
         worker_requests.push(requests_tx);
         forwarder.tap = trace.tap(w);
@@ -325,16 +332,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
             }
         }
     }
-    let now = crate::clock::now_ms();
+    let now = crate::io::clock::now_ms();
     let mut arp_vips = table.vips();
     arp_vips.sort();
     arp.set_vips(arp_vips, now);
     arp.set_neighbors(neighbors, &neigh);
     let health = start_health(&cfg, &mut book, &ifaces, &mut placer, &neigh, plan)?;
-    let mut ha = ha;
-    if let Some(h) = &mut ha {
-        h.start(&mut arp, vips.clone(), now); // only MASTER VIPs are answered
-    }
+    ha.start(&mut arp, vips.clone(), now); // only MASTER VIPs are answered
 
     let handles: Vec<_> = workers
         .into_iter()
@@ -374,8 +378,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         placer,
         kernel_filter,
         stats: StatsKeeper::default(),
-        admin: Some(admin),
-        admin_conns: Default::default(),
+        admin: Some(Box::new(AdminServer::new(admin))),
         reload: {
             let args = args.clone();
             Some(Box::new(move || Ok(load_config(&args)?.services)))
@@ -431,11 +434,12 @@ fn start_health(
     placer: &mut Placer,
     neigh: &Arc<NeighTable>,
     plan: crate::health::book::Plan,
-) -> Result<crate::health::control::HealthCtl> {
+) -> Result<HealthCtl> {
     use crate::health::{CheckKind, Runner, vip::VipPath};
+    use crate::model::ForwardMethod;
     use crate::snapshot::Placement;
     if cfg.health.is_empty() {
-        return Ok(crate::health::control::HealthCtl::default());
+        return Ok(HealthCtl::default());
     }
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut n = 0;
@@ -453,14 +457,16 @@ fn start_health(
                     .context("HTTP check regex")?,
                 _ => None,
             };
-            let vip_path = placer.place(r.addr).and_then(|(egress, slot)| {
-                let ifc = ifaces.get(usize::from(egress))?;
+            // The through-the-VIP probe is a direct-routing frame to the real's MAC.
+            let hop = placer.next_hop(r.addr, ForwardMethod::Route).ok();
+            let vip_path = hop.and_then(|hop| {
+                let ifc = ifaces.get(usize::from(hop.egress))?;
                 Some(VipPath {
                     interface: ifc.name.clone(),
                     ifindex: ifc.index,
                     src_mac: ifc.mac,
                     src_ip: ifc.source_for(r.addr)?,
-                    slot,
+                    slot: hop.neigh,
                     neigh: Arc::clone(neigh),
                 })
             });
@@ -483,10 +489,6 @@ fn start_health(
         "health: {n} checker(s) on {} service(s)",
         cfg.health.services.len()
     );
-    crate::health::control::run_commands(plan.commands);
-    Ok(crate::health::control::HealthCtl::new(
-        std::mem::take(book),
-        rx,
-        plan.local,
-    ))
+    run_commands(plan.commands);
+    Ok(HealthCtl::new(std::mem::take(book), rx, plan.local))
 }

@@ -23,8 +23,6 @@
 //! (publication), `model` (stable real ids), `datapath::process` (what DR rewrites),
 //! `neigh::cache` (no MAC → counted drop), `io::ring` (ring ownership hand-off).
 
-pub mod capture;
-pub mod clock;
 pub mod config;
 pub mod conns;
 pub mod control;
@@ -32,6 +30,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod datapath;
 pub mod doctor;
+pub mod flow;
 pub mod health;
 pub mod interfaces;
 pub mod io;

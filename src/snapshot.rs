@@ -15,26 +15,43 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::conns::Thresholds;
-use crate::datapath::tcp_state::Timeouts;
-use crate::model::{Protocol, RealId, ServiceKey, ServiceTable};
-use crate::sched::Scheduler;
+use crate::flow::tcp_state::Timeouts;
+use crate::model::{ForwardMethod, Protocol, RealId, ServiceKey, ServiceTable};
+use crate::sched::{Dest, Scheduler};
 
 /// IPVS's `FTPPORT`: persistent FTP services share one template per client across ports.
 const FTP_PORT: u16 = 21;
 
-/// A real server as a worker sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RealEntry {
-    pub id: RealId,
-    pub addr: u32,
-    pub weight: u32,
-    /// The last non-zero weight (`mh`'s table uses it; see `model::RealServer`).
-    pub last_weight: u32,
-    /// Index into the neighbour table (one slot per egress interface + address).
-    pub neigh: u32,
-    /// Index of the egress interface in the daemon's interface list.
+/// The link-layer next hop of a real server's frames: the egress interface (its index in the
+/// daemon's interface list) and the neighbour slot whose MAC the frames are addressed to.
+/// Direct routing's next hop is the real itself, on-link; a routed method's is a gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHop {
     pub egress: u16,
-    pub thresholds: Thresholds,
+    pub neigh: u32,
+}
+
+/// The transmit function of a real, compiled from its forwarding method (IPVS chooses
+/// `cp->packet_xmit` once per connection from the destination's method; uvs once per real
+/// per snapshot). `datapath::xmit` has one function per variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Xmit {
+    /// Direct routing (`-g`): only the MAC addresses change.
+    Route,
+}
+
+/// How a real server is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RealPath {
+    pub xmit: Xmit,
+    pub hop: NextHop,
+}
+
+/// A real server of a snapshot: what the schedulers read and how it is reached.
+#[derive(Clone, Copy, Debug)]
+pub struct Real<'s> {
+    pub dest: &'s Dest,
+    pub path: &'s RealPath,
 }
 
 /// Persistence of a service (`-p`, `-M`), compiled for the datapath.
@@ -61,21 +78,45 @@ pub struct ServiceEntry {
     pub persistence: Option<Persistence>,
     /// One-packet scheduling (`-o`; only ever set on UDP services).
     pub ops: bool,
-    /// This service's reals in configuration order (IPVS's tie-break order).
-    pub reals: Vec<RealEntry>,
+    /// This service's reals in configuration order (IPVS's tie-break order), as the
+    /// scheduler sees them.
+    pub reals: Vec<Dest>,
+    /// How each real is reached, at the same position as in `reals`.
+    pub paths: Vec<RealPath>,
 }
 
-/// Where a real server is reachable: egress interface index and neighbour slot.
+impl ServiceEntry {
+    /// The real at `position` in the service's list.
+    #[inline]
+    pub fn real(&self, position: usize) -> Option<Real<'_>> {
+        Some(Real {
+            dest: self.reals.get(position)?,
+            path: self.paths.get(position)?,
+        })
+    }
+}
+
+/// Where a real server's frames go next (the seam a routed next hop plugs into).
 pub trait Placement {
-    fn place(&mut self, addr: Ipv4Addr) -> Option<(u16, u32)>;
+    /// The next hop for real server `addr` forwarded with `method`.
+    fn next_hop(&mut self, addr: Ipv4Addr, method: ForwardMethod) -> Result<NextHop, PlaceError>;
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
+/// Why a real server has no next hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceError {
     #[error(
         "real server {0} is not on-link on any served interface (direct routing needs the real server on the director's LAN)"
     )]
     NotOnLink(Ipv4Addr),
+    #[error("no neighbour slot left for real server {0} (at most {1} distinct next hops)")]
+    NoNeighborSlot(Ipv4Addr, usize),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Place(#[from] PlaceError),
 }
 
 #[derive(Debug)]
@@ -130,22 +171,25 @@ impl Snapshot {
         let mut max_id = 0usize;
         for svc in table.services() {
             let mut reals = Vec::with_capacity(svc.reals.len());
+            let mut paths = Vec::with_capacity(svc.reals.len());
             for r in &svc.reals {
-                let (egress, neigh) = placement
-                    .place(r.addr)
-                    .ok_or(SnapshotError::NotOnLink(r.addr))?;
+                let hop = placement.next_hop(r.addr, r.forward)?;
                 max_id = max_id.max(r.id.index());
-                reals.push(RealEntry {
+                reals.push(Dest {
                     id: r.id,
                     addr: u32::from(r.addr),
                     weight: r.weight,
                     last_weight: r.last_weight,
-                    neigh,
-                    egress,
                     thresholds: Thresholds {
                         upper: r.upper_threshold,
                         lower: r.lower_threshold,
                     },
+                });
+                paths.push(RealPath {
+                    xmit: match r.forward {
+                        ForwardMethod::Route => Xmit::Route,
+                    },
+                    hop,
                 });
             }
             let scheduler = Scheduler::build(svc.scheduler, &reals, svc.sched_flags, svc.key.port);
@@ -166,6 +210,7 @@ impl Snapshot {
                 // A fwmark service applies OPS to its UDP packets only (the datapath checks).
                 ops: svc.ops && (svc.key.proto == Protocol::Udp || svc.key.is_fwmark()),
                 reals,
+                paths,
             });
         }
         // Index entries: mark rules first (IPVS finds fwmark services before address ones),
@@ -238,12 +283,12 @@ impl Snapshot {
 
     /// A real server by id, if it still exists in this snapshot.
     #[inline]
-    pub fn real(&self, id: RealId) -> Option<&RealEntry> {
+    pub fn real(&self, id: RealId) -> Option<Real<'_>> {
         let &(si, ri) = self.real_by_id.get(id.index())?;
         if si == 0 {
             return None;
         }
-        self.services.get(si as usize - 1)?.reals.get(ri as usize)
+        self.services.get(si as usize - 1)?.real(ri as usize)
     }
 
     pub fn services(&self) -> &[ServiceEntry] {
@@ -290,25 +335,13 @@ pub(crate) mod tests {
     use crate::model::{RealSpec, SchedulerKind, ServiceSpec};
     use std::num::NonZeroU32;
 
-    pub(crate) fn reals_with_weights(w: &[u32]) -> Vec<RealEntry> {
-        w.iter()
-            .enumerate()
-            .map(|(i, &weight)| RealEntry {
-                id: RealId(NonZeroU32::new(i as u32 + 1).unwrap()),
-                addr: 0x0a00_000b + i as u32,
-                weight,
-                last_weight: weight,
-                neigh: i as u32,
-                egress: 0,
-                thresholds: Thresholds::default(),
-            })
-            .collect()
-    }
-
     pub(crate) struct AllOnLink;
     impl Placement for AllOnLink {
-        fn place(&mut self, addr: Ipv4Addr) -> Option<(u16, u32)> {
-            Some((0, u32::from(addr) & 0xff))
+        fn next_hop(&mut self, addr: Ipv4Addr, _: ForwardMethod) -> Result<NextHop, PlaceError> {
+            Ok(NextHop {
+                egress: 0,
+                neigh: u32::from(addr) & 0xff,
+            })
         }
     }
 
@@ -345,7 +378,7 @@ pub(crate) mod tests {
         );
         assert!(s.service(6, vip + 1, 80).is_none());
         assert_eq!(
-            s.real(ids[2]).unwrap().addr,
+            s.real(ids[2]).unwrap().dest.addr,
             u32::from(Ipv4Addr::new(10, 0, 0, 11))
         );
         assert!(s.real(RealId(NonZeroU32::new(99).unwrap())).is_none());
@@ -425,8 +458,8 @@ pub(crate) mod tests {
     fn a_real_that_is_not_on_link_is_refused() {
         struct Nowhere;
         impl Placement for Nowhere {
-            fn place(&mut self, _: Ipv4Addr) -> Option<(u16, u32)> {
-                None
+            fn next_hop(&mut self, a: Ipv4Addr, _: ForwardMethod) -> Result<NextHop, PlaceError> {
+                Err(PlaceError::NotOnLink(a))
             }
         }
         let mut t = ServiceTable::new();
@@ -442,7 +475,7 @@ pub(crate) mod tests {
             .unwrap();
         assert!(matches!(
             Snapshot::build(&t, 1, &mut Nowhere),
-            Err(SnapshotError::NotOnLink(_))
+            Err(SnapshotError::Place(PlaceError::NotOnLink(_)))
         ));
     }
 }

@@ -13,6 +13,11 @@ use std::net::Ipv4Addr;
 pub const ETH_HDR_LEN: usize = 14;
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_ARP: u16 = 0x0806;
+/// 802.1Q, 802.1ad and the pre-standard QinQ tag: a VLAN tag still in the frame's bytes.
+pub const ETHERTYPES_VLAN: [u16; 3] = [0x8100, 0x88a8, 0x9100];
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
 pub const IPV4_MIN_HDR_LEN: usize = 20;
 pub const TCP_MIN_HDR_LEN: usize = 20;
 pub const UDP_HDR_LEN: usize = 8;
@@ -154,6 +159,86 @@ pub mod ipv4 {
 
 pub fn ipv4_from_u32(v: u32) -> Ipv4Addr {
     Ipv4Addr::from(v)
+}
+
+/// The fields of an Ethernet/IPv4 frame that a trace filter and a trace line name, read
+/// without validation (zeros where the frame is too short, not IPv4, or has no ports): for
+/// looking at frames, never for deciding about them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowFields {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// TCP flags byte (0 for other protocols).
+    pub tcp_flags: u8,
+    pub ttl: u8,
+}
+
+impl FlowFields {
+    pub fn of_frame(f: &[u8]) -> FlowFields {
+        if f.len() < ETH_HDR_LEN + IPV4_MIN_HDR_LEN || ethernet::ethertype(f) != ETHERTYPE_IPV4 {
+            return FlowFields::default();
+        }
+        let ip = &f[ETH_HDR_LEN..];
+        let proto = ipv4::protocol(ip);
+        let l4 = ip.get(ipv4::header_len(ip)..).unwrap_or(&[]);
+        let has_ports = l4.len() >= 4 && (proto == IPPROTO_TCP || proto == IPPROTO_UDP);
+        let (sport, dport) = if has_ports {
+            (be16(l4, 0), be16(l4, 2))
+        } else {
+            (0, 0)
+        };
+        let tcp_flags = if proto == IPPROTO_TCP && l4.len() >= 14 {
+            tcp::flags(l4)
+        } else {
+            0
+        };
+        FlowFields {
+            saddr: ipv4::src(ip),
+            daddr: ipv4::dst(ip),
+            sport,
+            dport,
+            proto,
+            tcp_flags,
+            ttl: ipv4::ttl(ip),
+        }
+    }
+}
+
+/// The fields of an Ethernet/ARP request or reply for IPv4 over Ethernet (RFC 826): after
+/// the Ethernet header, hardware type, protocol type, lengths (8 bytes), the operation at
+/// 20..22, sender MAC and IP at 22..32, target MAC and IP at 32..42.
+pub mod arp {
+    use super::{ETHERTYPE_ARP, MacAddr, ethernet};
+    use std::net::Ipv4Addr;
+
+    pub const REQUEST: u16 = 1;
+    pub const REPLY: u16 = 2;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Fields {
+        pub op: u16,
+        pub sender_mac: MacAddr,
+        pub sender_ip: Ipv4Addr,
+        pub target_ip: Ipv4Addr,
+    }
+
+    /// `None` if `f` is shorter than an ARP frame or not ARP.
+    pub fn fields(f: &[u8]) -> Option<Fields> {
+        if f.len() < 42 || ethernet::ethertype(f) != ETHERTYPE_ARP {
+            return None;
+        }
+        let mut m = [0u8; 6];
+        m.copy_from_slice(&f[22..28]);
+        Some(Fields {
+            op: super::be16(f, 20),
+            sender_mac: MacAddr(m),
+            sender_ip: Ipv4Addr::from(super::be32(f, 28)),
+            target_ip: Ipv4Addr::from(super::be32(f, 38)),
+        })
+    }
 }
 
 /// TCP flag bits (byte 13 of the TCP header).

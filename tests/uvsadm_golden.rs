@@ -5,13 +5,13 @@
 use std::net::Ipv4Addr;
 
 use proptest::prelude::*;
-use uvs::ctl::apply::AdminState;
 use uvs::ctl::backend::{Backend, BackendError, MemoryBackend};
 use uvs::ctl::ipvsadm::names::Names;
 use uvs::ctl::ipvsadm::run_with_names;
 use uvs::ctl::proto::{
     ConnEntry, RealStatus, Reply, Request, ServiceStatus, Stats, Status, TimeoutsSecs,
 };
+use uvs::model::change::AdminState;
 use uvs::model::{ForwardMethod, Protocol, SchedulerKind, ServiceKey};
 
 struct Out {

@@ -9,7 +9,8 @@ use uvs::datapath::counters::WorkerCounters;
 use uvs::datapath::process::Forwarder;
 use uvs::model::{Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec, ServiceTable};
 use uvs::neigh::cache::NeighTable;
-use uvs::snapshot::{Placement, Snapshot};
+use uvs::model::ForwardMethod;
+use uvs::snapshot::{NextHop, PlaceError, Placement, Snapshot};
 use uvs::wire::MacAddr;
 
 pub const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
@@ -22,8 +23,11 @@ pub const RS_MAC: [[u8; 6]; 2] = [[2, 0, 0, 0, 11, 1], [2, 0, 0, 0, 12, 1]];
 
 struct OnLink;
 impl Placement for OnLink {
-    fn place(&mut self, addr: Ipv4Addr) -> Option<(u16, u32)> {
-        Some((0, u32::from(addr) & 0xff))
+    fn next_hop(&mut self, addr: Ipv4Addr, _: ForwardMethod) -> Result<NextHop, PlaceError> {
+        Ok(NextHop {
+            egress: 0,
+            neigh: u32::from(addr) & 0xff,
+        })
     }
 }
 

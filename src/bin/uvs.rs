@@ -192,8 +192,8 @@ fn parse_service(s: &str) -> anyhow::Result<(std::net::Ipv4Addr, Option<u16>)> {
     }
 }
 
-fn parse_capture_filter(s: &str) -> anyhow::Result<uvs::trace::TraceFilter> {
-    let mut f = uvs::trace::TraceFilter::default();
+fn parse_capture_filter(s: &str) -> anyhow::Result<uvs::ctl::proto::TraceFilter> {
+    let mut f = uvs::ctl::proto::TraceFilter::default();
     let words: Vec<&str> = s.split_whitespace().collect();
     let mut i = 0;
     while i < words.len() {
@@ -258,7 +258,7 @@ fn stream(
         other => anyhow::bail!("unexpected reply {other:?}"),
     }
     let stop = || STOP.load(std::sync::atomic::Ordering::SeqCst);
-    Ok(uvs::trace::read_stream(&mut s, &stop, sink)?)
+    Ok(uvs::trace::client::read_stream(&mut s, &stop, sink)?)
 }
 
 fn parse_metrics(s: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
@@ -314,7 +314,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Health { admin_socket, json } => health(admin_socket, json),
         Command::Status { admin_socket } => {
-            print!("{}", uvs::vrrp::control::status_text(admin_socket)?);
+            print!("{}", uvs::ctl::report::ha_status(admin_socket)?);
             Ok(())
         }
         Command::Demo => uvs::lab::demo::run(&std::env::current_exe()?),
@@ -348,7 +348,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rate,
             admin_socket,
         } => {
-            let mut filter = uvs::trace::TraceFilter {
+            let mut filter = uvs::ctl::proto::TraceFilter {
                 client,
                 count,
                 rate,
@@ -360,7 +360,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 filter.port = p;
             }
             let req = uvs::ctl::proto::TraceRequest {
-                mode: uvs::trace::StreamMode::Trace,
+                mode: uvs::ctl::proto::StreamMode::Trace,
                 filter,
             };
             let mut out = std::io::stdout().lock();
@@ -379,11 +379,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let mut f = match filter {
                 Some(s) => parse_capture_filter(&s)?,
-                None => uvs::trace::TraceFilter::default(),
+                None => uvs::ctl::proto::TraceFilter::default(),
             };
             f.count = count;
             let req = uvs::ctl::proto::TraceRequest {
-                mode: uvs::trace::StreamMode::Capture,
+                mode: uvs::ctl::proto::StreamMode::Capture,
                 filter: f,
             };
             let mut file = std::fs::File::create(&write)

@@ -13,19 +13,11 @@ pub mod toml_file;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub use crate::io::ring::{RingGeometry, RingVersion};
 use crate::model::ServiceTable;
-use crate::wire::MacAddr;
+pub use crate::neigh::arp::ArpOptions;
 
-/// Which TPACKET ring layout the receive side uses. See `io::rx_ring` for the measured trade-off.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RingVersion {
-    /// TPACKET_V3: variable-size frames packed into blocks; one wake-up per block.
-    V3,
-    /// TPACKET_V2: fixed-size frame slots; one wake-up per frame.
-    V2,
-}
-
+/// The `[ring]` section: the receive rings' geometry and how workers wait for frames.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RingOptions {
     pub version: RingVersion,
@@ -53,6 +45,19 @@ pub struct RingOptions {
     /// V2: added round trip over the nft path at low load, p99 120 -> 18 µs). `None` (the default)
     /// asks nothing: the machine's power management decides. Fixed at start.
     pub cpu_latency_us: Option<u32>,
+}
+
+impl RingOptions {
+    /// What the receive ring itself needs.
+    pub fn geometry(&self) -> RingGeometry {
+        RingGeometry {
+            version: self.version,
+            block_size: self.block_size,
+            block_count: self.block_count,
+            block_timeout_ms: self.block_timeout_ms,
+            frame_size: self.frame_size,
+        }
+    }
 }
 
 /// The default is TPACKET_V2 by measurement (bench/README.md, `cargo bench --bench latency`):
@@ -102,36 +107,6 @@ impl Default for FlowTableOptions {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ArpOptions {
-    /// Seconds a learned real-server MAC is trusted before it is refreshed.
-    pub reachable_secs: u32,
-    /// Milliseconds between ARP requests for a real server that has not answered.
-    pub retry_ms: u32,
-    /// Gratuitous ARPs per VIP at start (keepalived `vrrp_garp_master_repeat`).
-    pub garp_repeat: u32,
-    /// Seconds before the second gratuitous burst; 0 disables it (keepalived `vrrp_garp_master_delay`).
-    pub garp_delay_secs: u32,
-    /// The MAC address uvs answers ARP with for the VIPs (keepalived's `use_vmac` idea),
-    /// instead of the interface's own. Service traffic then arrives addressed to a MAC the
-    /// director's kernel does not own, so the kernel drops it at once (`PACKET_OTHERHOST`)
-    /// while uvs forwards it, and no per-frame ingress rule is needed. `None`: the interface
-    /// MAC, as the kernel's IPVS director answers. Fixed at start.
-    pub vip_mac: Option<MacAddr>,
-}
-
-impl Default for ArpOptions {
-    fn default() -> Self {
-        ArpOptions {
-            reachable_secs: 30,
-            retry_ms: 1000,
-            garp_repeat: 5,
-            garp_delay_secs: 5,
-            vip_mac: None,
-        }
-    }
-}
-
 /// Everything `uvs run` needs, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DaemonConfig {
@@ -147,9 +122,9 @@ pub struct DaemonConfig {
     pub flow_table: FlowTableOptions,
     pub arp: ArpOptions,
     pub services: ServiceTable,
-    /// Health checks, quorum and sorry servers per service (issue 5).
+    /// Health checks, quorum and sorry servers per service.
     pub health: crate::health::HealthConfig,
-    // HA (issue 8): VRRP instances and the IPVS sync daemon.
+    /// VRRP instances and the IPVS sync daemon.
     pub vrrp: Vec<crate::vrrp::InstanceConfig>,
     pub sync: Option<crate::sync::SyncConfig>,
 }

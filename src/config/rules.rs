@@ -11,17 +11,17 @@
 //! service non-persistent, `-E` without `-s` sets ipvsadm's default scheduler, `wlc`).
 //!
 //! [`parse`] is transactional, unlike `ipvsadm -R`: all lines are parsed first, then applied with
-//! [`crate::ctl::apply::apply`] to a copy of the base table, which is returned only if every line
+//! [`crate::model::change::apply`] to a copy of the base table, which is returned only if every line
 //! was accepted.
 
 use std::path::Path;
 
 use super::ConfigError;
-use crate::ctl::apply::{AdminState, apply};
 use crate::ctl::ipvsadm::args::ErrorKind;
 use crate::ctl::ipvsadm::names::Names;
 use crate::ctl::ipvsadm::{LineChange, LineError, LineErrorKind, changes_from_text, refusal_text};
-use crate::ctl::proto::Change;
+use crate::model::change::Change;
+use crate::model::change::{AdminState, apply};
 use crate::model::{ModelError, ServiceTable};
 
 /// `-p` without a timeout, as ipvsadm (`IPVS_SVC_PERSISTENT_TIMEOUT`).

@@ -1,8 +1,9 @@
-//! Admin requests on the control thread: apply changes live, report status, list connections,
-//! zero statistics.
+//! What the admin interface asks of the control thread, as typed operations: apply changes
+//! live, report figures, list connections, zero statistics, start a trace. The wire protocol
+//! that carries them is `crate::ctl`'s business, one layer up.
 //!
 //! A change is applied as build aside → publish → free later: the new service table is
-//! validated and compiled into a snapshot (placing every real on an interface); the kernel
+//! validated and compiled into a snapshot (placing every real on its next hop); the kernel
 //! filter and the workers' socket filters are updated; only then is the snapshot published with
 //! one atomic store. Any failure before the publish leaves the running state as it was.
 //! Established flows keep their real server across changes (they live in the workers' flow
@@ -10,104 +11,85 @@
 //! established ones (quiescing); a deleted real's flows are dropped (`real_removed`), as IPVS
 //! does with `expire_nodest_conn = 0`.
 
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::Control;
-use crate::ctl::apply::{EXIT_REFUSED, apply};
-use crate::ctl::backend::{RealFigures, status_of};
-use crate::ctl::proto::{Change, ConnEntry, Refusal, Reply, Request, Stats};
-use crate::datapath::tcp_state::Timeouts;
+use super::stats::Stats;
+use crate::datapath::tap::TraceFilter;
 use crate::datapath::worker::{FlowRecord, WorkerRequest};
+use crate::flow::{TcpState, Timeouts};
 use crate::io::filter::receive_filter;
 use crate::io::socket::attach_filter;
-use crate::model::{Protocol, RealId};
+use crate::model::change::{Change, Refused, apply};
+use crate::model::{Protocol, RealId, ServiceKey};
 use crate::snapshot::Snapshot;
+use crate::trace::session::{StreamMode, start_session};
 use crate::wire::ipv4_from_u32;
 
 /// How long a connection listing waits for each worker.
 const DUMP_WAIT: Duration = Duration::from_millis(500);
 
-fn refused(message: String) -> Reply {
-    Reply::Refused(Refusal {
-        message,
-        change: None,
-        exit_code: EXIT_REFUSED,
-    })
+/// Live figures of one real server.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RealFigures {
+    pub active: u32,
+    pub inactive: u32,
+    pub persistent: u32,
+    pub stats: Stats,
+    pub rates: Stats,
+}
+
+/// What a connection entry is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    Tcp(TcpState),
+    Udp,
+    /// A persistence template (IPVS lists it with state NONE).
+    Template,
+}
+
+/// One entry of the connection listing (`-Lc`): a flow of some worker, or a persistence
+/// template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnRow {
+    pub proto: Protocol,
+    /// Seconds until it expires.
+    pub expires: u32,
+    pub state: ConnState,
+    pub client: (Ipv4Addr, u16),
+    pub virt: (Ipv4Addr, u16),
+    pub dest: (Ipv4Addr, u16),
+    /// A fwmark service's persistence template: IPVS keys it with protocol `IPPROTO_IP` and
+    /// the mark as virtual address (`proto` is then unused).
+    pub fwmark_template: bool,
 }
 
 impl Control {
-    pub fn handle(&mut self, req: Request) -> Reply {
-        match req {
-            Request::Apply(changes) => self.apply_operator(&changes),
-            Request::Status => Reply::Status(self.status()),
-            Request::Connections => Reply::Connections(self.connections()),
-            Request::Zero(key) => self.zero(key),
-            Request::Health => Reply::Health(self.health_listing()),
-            Request::Ha => Reply::Ha(self.ha.as_ref().map(|h| h.status()).unwrap_or_default()),
-            Request::SyncDaemon(c) => match self.ha.as_mut().map(|h| h.sync_command(&c)) {
-                Some(Ok(())) => Reply::Done,
-                Some(Err(m)) => refused(m),
-                None => refused("this director runs without HA hooks".into()),
-            },
-            // Streams are started by `serve_admin` (see `start_stream`), never answered here.
-            Request::Trace(_) => refused("trace requests are streamed".into()),
-        }
-    }
-
-    /// `uvs trace` / `uvs capture`: attach a session; its own thread serves the stream.
-    pub fn start_stream(
-        &mut self,
-        req: crate::ctl::proto::TraceRequest,
-        mut stream: std::os::unix::net::UnixStream,
-    ) {
-        use crate::ctl::proto::write_frame;
-        let names: Vec<String> = self.interfaces.iter().map(|i| i.name.clone()).collect();
-        let Ok(clone) = stream.try_clone() else {
-            return;
-        };
-        if let Err(e) = write_frame(&mut stream, &Reply::Streaming) {
-            log::debug!("trace client gone: {e}");
-            return;
-        }
-        match crate::trace::start_session(&self.trace, req.mode, req.filter, clone, names) {
-            Ok(s) => self.trace_sessions.push(s),
-            Err(e) => {
-                // The client already has `Streaming`: say why in the stream, then close.
-                let msg = format!("# uvs: {e}\n");
-                let _ = std::io::Write::write_all(&mut stream, &(msg.len() as u32).to_be_bytes());
-                let _ = std::io::Write::write_all(&mut stream, msg.as_bytes());
-            }
-        }
-    }
-
     /// Applies `changes` and publishes the result; `local` = the services handed to the
     /// director's own stack (health's local sorry server, see `health::book`): they stay in
     /// the configured table but not in the snapshot, the socket filters or the nft table.
     pub(crate) fn publish(
         &mut self,
         changes: &[Change],
-        local: &std::collections::BTreeSet<crate::model::ServiceKey>,
-    ) -> Reply {
-        let next = match apply(&self.state, changes) {
-            Ok(n) => n,
-            Err(r) => return Reply::Refused(r),
-        };
+        local: &BTreeSet<ServiceKey>,
+    ) -> Result<(), Refused> {
+        let next = apply(&self.state, changes)?;
         // Placement on a copy, so a refused change leaves the slots as they were.
         let mut placer = self.placer.clone();
         let generation = self.snapshot.load().generation + 1;
         let t = next.timeouts;
         let published = crate::health::book::published(&next.table, local);
-        let snap = match Snapshot::build(&published, generation, &mut placer) {
-            Ok(s) => s.with_timeouts(Timeouts::with_set(t.tcp, t.tcpfin, t.udp)),
-            Err(e) => return refused(e.to_string()),
-        };
+        let snap = Snapshot::build(&published, generation, &mut placer)
+            .map_err(|e| Refused::whole(e.to_string()))?
+            .with_timeouts(Timeouts::with_set(t.tcp, t.tcpfin, t.udp));
         // The expanded (protocol, VIP, port) keys, mark rules included.
         let keys = snap.forwarded_keys();
         if let Some(kf) = &self.kernel_filter {
-            if let Err(e) = kf.update(&keys) {
-                return refused(format!("cannot update the kernel filter: {e}"));
-            }
+            kf.update(&keys)
+                .map_err(|e| Refused::whole(format!("cannot update the kernel filter: {e}")))?;
         }
         let vips = snap.vips();
         let program = receive_filter(&vips, self.arp.vip_mac());
@@ -118,18 +100,14 @@ impl Control {
             }
         }
         self.snapshot.store(Arc::new(snap));
-        let now = crate::clock::now_ms();
+        let now = crate::io::clock::now_ms();
         // ARP keeps answering for local services' VIPs too (the kernel filter no longer
         // drops those requests, so the director's kernel may answer as well, with the same
         // MAC) — except VIPs standing by (VRRP BACKUP), which are not answered.
         let mut arp_vips = next.table.vips();
         arp_vips.sort();
-        let arp_vips = match &self.ha {
-            Some(ha) => ha.arp_vips(arp_vips),
-            None => arp_vips,
-        };
-        self.arp.set_vips(arp_vips, now);
-        let resolve = crate::health::control::with_managed_reals(&self.health.book, &next.table);
+        self.arp.set_vips(self.ha.arp_vips(arp_vips), now);
+        let resolve = super::health::with_managed_reals(&self.health.book, &next.table);
         self.arp
             .set_neighbors(placer.neighbors(&resolve), &self.neigh);
         self.placer = placer;
@@ -138,7 +116,7 @@ impl Control {
         }
         self.state = next;
         self.health.local = local.clone();
-        Reply::Done
+        Ok(())
     }
 
     /// Raw (monotonic) traffic sums of one real across workers.
@@ -155,20 +133,15 @@ impl Control {
         s
     }
 
-    pub fn status(&self) -> crate::ctl::proto::Status {
-        let services = self.state.table.services();
-        status_of(&self.state, &|si, ri| {
-            let Some(r) = services.get(si).and_then(|s| s.reals.get(ri)) else {
-                return RealFigures::default();
-            };
-            RealFigures {
-                active: self.conns.active(r.id),
-                inactive: self.conns.inactive(r.id),
-                persistent: self.conns.persistent(r.id),
-                stats: self.stats.shown(r.id, self.raw_stats(r.id)),
-                rates: self.stats.rates(r.id),
-            }
-        })
+    /// Counts, totals since the last zeroing, and rates of one real.
+    pub fn real_figures(&self, id: RealId) -> RealFigures {
+        RealFigures {
+            active: self.conns.active(id),
+            inactive: self.conns.inactive(id),
+            persistent: self.conns.persistent(id),
+            stats: self.stats.shown(id, self.raw_stats(id)),
+            rates: self.stats.rates(id),
+        }
     }
 
     /// Runs one estimator period over every configured real.
@@ -182,11 +155,12 @@ impl Control {
         self.stats.tick(&reals);
     }
 
-    fn zero(&mut self, key: Option<crate::model::ServiceKey>) -> Reply {
+    /// `-Z [service]`: zeroes the statistics of one service, or of all.
+    pub fn zero(&mut self, key: Option<ServiceKey>) -> Result<(), Refused> {
         let ids: Vec<RealId> = match key {
             Some(k) => match self.state.table.service(&k) {
                 Some(s) => s.reals.iter().map(|r| r.id).collect(),
-                None => return refused("Service not defined".into()),
+                None => return Err(Refused::whole("Service not defined")),
             },
             None => self.state.table.reals().map(|(_, r)| r.id).collect(),
         };
@@ -194,10 +168,11 @@ impl Control {
             let raw = self.raw_stats(id);
             self.stats.zero(id, raw);
         }
-        Reply::Done
+        Ok(())
     }
 
-    fn connections(&self) -> Vec<ConnEntry> {
+    /// `-Lc`: every worker's flows, then the persistence templates.
+    pub fn connections(&self) -> Vec<ConnRow> {
         let mut records: Vec<FlowRecord> = Vec::new();
         let mut pending = Vec::new();
         for tx in &self.worker_requests {
@@ -213,47 +188,53 @@ impl Control {
             }
         }
         let snap = self.snapshot.load();
-        let now = crate::clock::now_ms();
-        // Persistence templates, as IPVS lists them: state NONE, client port 0.
-        let templates: Vec<ConnEntry> = self
-            .templates
-            .live(now)
-            .into_iter()
-            .filter_map(|t| {
-                let real = snap.real(t.real)?;
-                let fwmark_template = t.key.proto == 0;
-                Some(ConnEntry {
-                    proto: Protocol::from_number(t.key.proto).unwrap_or(Protocol::Tcp),
-                    fwmark_template,
-                    expires: t.expires_in_ms / 1000,
-                    state: "NONE".to_string(),
-                    client: (ipv4_from_u32(t.key.snet), 0),
-                    virt: (ipv4_from_u32(t.key.vip), t.key.vport),
-                    dest: (ipv4_from_u32(real.addr), t.key.vport),
-                })
-            })
-            .collect();
-        let mut flows: Vec<ConnEntry> = records
+        let now = crate::io::clock::now_ms();
+        let mut rows: Vec<ConnRow> = records
             .into_iter()
             .filter_map(|f| {
                 let real = snap.real(f.real)?;
                 let proto = Protocol::from_number(f.key.proto)?;
-                let state = match proto {
-                    Protocol::Tcp => f.state.name().to_string(),
-                    Protocol::Udp => "UDP".to_string(),
-                };
-                Some(ConnEntry {
+                Some(ConnRow {
                     proto,
                     expires: f.expires_in / 1000,
-                    state,
+                    state: match proto {
+                        Protocol::Tcp => ConnState::Tcp(f.state),
+                        Protocol::Udp => ConnState::Udp,
+                    },
                     client: (ipv4_from_u32(f.key.saddr), f.key.sport),
                     virt: (ipv4_from_u32(f.key.daddr), f.key.dport),
-                    dest: (ipv4_from_u32(real.addr), f.key.dport),
+                    dest: (ipv4_from_u32(real.dest.addr), f.key.dport),
                     fwmark_template: false,
                 })
             })
             .collect();
-        flows.extend(templates);
-        flows
+        // Persistence templates, as IPVS lists them: state NONE, client port 0.
+        rows.extend(self.templates.live(now).into_iter().filter_map(|t| {
+            let real = snap.real(t.real)?;
+            Some(ConnRow {
+                proto: Protocol::from_number(t.key.proto).unwrap_or(Protocol::Tcp),
+                fwmark_template: t.key.proto == 0,
+                expires: t.expires_in_ms / 1000,
+                state: ConnState::Template,
+                client: (ipv4_from_u32(t.key.snet), 0),
+                virt: (ipv4_from_u32(t.key.vip), t.key.vport),
+                dest: (ipv4_from_u32(real.dest.addr), t.key.vport),
+            })
+        }));
+        rows
+    }
+
+    /// `uvs trace` / `uvs capture`: attaches a session writing to `stream` (its own thread
+    /// serves the stream); `Err` if every trace slot is taken.
+    pub fn start_trace(
+        &mut self,
+        mode: StreamMode,
+        filter: TraceFilter,
+        stream: std::os::unix::net::UnixStream,
+    ) -> std::io::Result<()> {
+        let names: Vec<String> = self.interfaces.iter().map(|i| i.name.clone()).collect();
+        let session = start_session(&self.trace, mode, filter, stream, names)?;
+        self.trace_sessions.push(session);
+        Ok(())
     }
 }

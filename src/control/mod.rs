@@ -1,30 +1,48 @@
 //! The control thread: owns all mutable shared state, answers ARP, resolves real-server MACs,
-//! reads ring statistics, serves /metrics. Workers never wait for it.
+//! applies configuration changes, runs health reconciliation, HA and trace sessions, reads
+//! ring statistics, serves /metrics. Workers never wait for it.
+//!
+//! The admin socket reaches it through [`AdminPort`], implemented one layer up
+//! (`crate::ctl`): this module offers typed operations ([`admin`]) and knows nothing of the
+//! wire protocol.
 
 pub mod admin;
+pub mod health;
 pub mod placement;
-pub mod signals;
 pub mod stats;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::clock;
 use crate::conns::ConnCounts;
-use crate::ctl::apply::AdminState;
 use crate::datapath::counters::{DropReason, WorkerCounters};
+use crate::datapath::tap::TraceHub;
+use crate::datapath::templates::TemplateTable;
 use crate::datapath::worker::WorkerRequest;
 use crate::interfaces::Interface;
+use crate::io::clock;
+use crate::io::signals;
 use crate::io::socket::{RingStats, recv_frame, send_frame, take_ring_stats, wait_readable};
 use crate::kernel_filter::KernelFilter;
-use crate::metrics::{Backend, Endpoint, Figures, IpvsTotals, RingFigures, WorkerFigures};
+use crate::metrics::{Backend, Endpoint, Figures, RingFigures, WorkerFigures};
+use crate::model::change::{AdminState, diff};
 use crate::neigh::arp::{ArpEngine, ArpIgnore, Outgoing};
 use crate::neigh::cache::NeighTable;
 use crate::snapshot::SharedSnapshot;
+use crate::trace::events::{ArpSnapshot, arp_event, arp_events, vrrp_events};
+use crate::trace::session::{Session, dropped_by_reason, pump};
+use crate::vrrp::control::HaRuntime;
+use health::HealthCtl;
 use placement::Placer;
 use stats::StatsKeeper;
-use std::os::unix::net::UnixListener;
+
+/// The admin socket as the control loop sees it: descriptors to wait on, and a turn to serve
+/// what arrived with the control thread's operations.
+pub trait AdminPort {
+    fn fds(&self) -> Vec<RawFd>;
+    fn serve(&mut self, control: &mut Control);
+}
 
 /// How often the control loop runs its timers when nothing arrives.
 const TICK_MS: i32 = 20;
@@ -40,7 +58,7 @@ pub struct Control {
     pub worker_requests: Vec<crossbeam_channel::Sender<WorkerRequest>>,
     pub conns: Arc<ConnCounts>,
     /// Persistence templates, shared with the workers (listed by `-Lc`).
-    pub templates: Arc<crate::datapath::templates::TemplateTable>,
+    pub templates: Arc<TemplateTable>,
     /// (interface index, receive socket) of every worker ring.
     pub ring_fds: Vec<(usize, RawFd)>,
     pub ring_totals: Vec<RingStats>,
@@ -50,22 +68,20 @@ pub struct Control {
     pub placer: Placer,
     pub kernel_filter: Option<KernelFilter>,
     pub stats: StatsKeeper,
-    pub admin: Option<UnixListener>,
-    /// Admin connections whose requests are still arriving.
-    pub admin_conns: crate::ctl::server::AdminConns,
+    pub admin: Option<Box<dyn AdminPort>>,
     pub metrics: Option<Endpoint>,
     /// Written (with the PID) once uvs can forward: every real server's MAC is known, or
     /// [`READY_TIMEOUT`] has passed (then the unresolved ones are logged).
     pub ready_file: Option<std::path::PathBuf>,
     /// `uvs trace` / `uvs capture`: the workers' trace rings and the attached sessions.
-    pub trace: Arc<crate::trace::TraceHub>,
-    pub trace_sessions: Vec<crate::trace::Session>,
+    pub trace: Arc<TraceHub>,
+    pub trace_sessions: Vec<Session>,
     /// Re-reads the configuration files (SIGHUP). `None`: nothing to reload.
     pub reload: Option<Box<dyn Fn() -> anyhow::Result<crate::model::ServiceTable>>>,
     /// Health checks: reports drained each tick, applied through `publish`.
-    pub health: crate::health::control::HealthCtl,
-    /// VRRP and connection sync; `None` when not configured.
-    pub ha: Option<crate::vrrp::control::HaRuntime>,
+    pub health: HealthCtl,
+    /// VRRP and connection sync (inert when neither is configured).
+    pub ha: HaRuntime,
 }
 
 /// Longest wait for real-server MACs before declaring readiness anyway.
@@ -79,8 +95,8 @@ impl Control {
             .iter()
             .map(|fd| fd.as_raw_fd())
             .chain(self.metrics.as_ref().map(|m| m.raw_fd()))
-            .chain(self.admin.as_ref().map(|a| a.as_raw_fd()))
-            .chain(self.ha.as_ref().map(|h| h.fds()).unwrap_or_default())
+            .chain(self.admin.as_ref().map(|a| a.fds()).unwrap_or_default())
+            .chain(self.ha.fds())
             .map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -104,14 +120,19 @@ impl Control {
                 for _ in 0..256 {
                     match recv_frame(fd, &mut buf) {
                         Ok(Some(n)) => {
-                            // trace hook: ARP events for `uvs trace`
+                            let frame = &buf[..n];
                             let before = (!self.trace_sessions.is_empty())
-                                .then(|| self.arp_trace_before(&buf[..n]));
-                            if let Some(reply) = self.arp.on_frame(i, &buf[..n], now, &self.neigh) {
+                                .then(|| ArpSnapshot::of(&self.arp, frame));
+                            if let Some(reply) = self.arp.on_frame(i, frame, now, &self.neigh) {
                                 out.push(reply);
                             }
                             if let Some(b) = before {
-                                self.arp_trace_after(i, &buf[..n], b);
+                                let ifc = self.interfaces.get(i);
+                                let name = ifc.map_or("?", |c| c.name.as_str());
+                                let mac = ifc.map(|c| c.mac).unwrap_or_default();
+                                for (ips, line) in arp_events(&self.arp, frame, name, mac, &b) {
+                                    arp_event(&self.trace_sessions, &ips, &line);
+                                }
                             }
                         }
                         Ok(None) => break,
@@ -122,15 +143,13 @@ impl Control {
                     }
                 }
             }
-            if let Some(ha) = &mut self.ha {
-                // HA (issue 8): VRRP adverts and timers, sync messages.
-                // trace hook: VRRP state changes for `uvs trace` (only while attached).
-                let before = (!self.trace_sessions.is_empty()).then(|| ha.status().instances);
-                ha.poll(&mut self.arp, self.snapshot.load().vips(), now);
-                if let Some(b) = before {
-                    for (ips, line) in crate::trace::vrrp_events(&b, &ha.status().instances) {
-                        crate::trace::arp_event(&self.trace_sessions, &ips, &line);
-                    }
+            // VRRP adverts and timers, sync messages; VRRP state changes go to `uvs trace`.
+            let before = (!self.trace_sessions.is_empty()).then(|| self.ha.status().instances);
+            self.ha
+                .poll(&mut self.arp, self.snapshot.load().vips(), now);
+            if let Some(b) = before {
+                for (ips, line) in vrrp_events(&b, &self.ha.status().instances) {
+                    arp_event(&self.trace_sessions, &ips, &line);
                 }
             }
             self.arp.on_tick(now, &self.neigh, &mut out);
@@ -151,7 +170,7 @@ impl Control {
                 last_estimate += Duration::from_secs(stats::PERIOD_SECS);
             }
             self.serve_admin();
-            crate::trace::pump(&self.trace, &mut self.trace_sessions, &mut trace_buf);
+            pump(&self.trace, &mut self.trace_sessions, &mut trace_buf);
             if signals::take_reload() {
                 self.reload_config();
             }
@@ -164,18 +183,14 @@ impl Control {
                 m.serve_pending(&mut || {
                     self.read_ring_stats();
                     let mut text = crate::metrics::render(&self.figures());
-                    if let Some(ha) = &self.ha {
-                        text.push_str(&ha.render_metrics()); // HA (issue 8)
-                    }
+                    text.push_str(&self.ha.render_metrics());
                     text
                 });
                 self.metrics = Some(m);
             }
         }
-        // HA (issue 8): a MASTER resigns with priority 0 so the peer takes over at once.
-        if let Some(ha) = &mut self.ha {
-            ha.shutdown();
-        }
+        // A MASTER resigns with priority 0 so the peer takes over at once.
+        self.ha.shutdown();
     }
 
     /// SIGHUP: re-read the files and apply the difference, all or nothing. Reals present
@@ -193,107 +208,26 @@ impl Control {
                 return;
             }
         };
-        let changes = crate::ctl::apply::diff(&self.state.table, &desired);
+        let changes = diff(&self.state.table, &desired);
         if changes.is_empty() {
             log::info!("SIGHUP: configuration unchanged");
             return;
         }
         let n = changes.len();
-        match self.handle(crate::ctl::proto::Request::Apply(changes)) {
-            crate::ctl::proto::Reply::Done => {
-                log::info!("SIGHUP: configuration reloaded ({n} changes)")
-            }
-            other => {
-                log::error!("SIGHUP: reload refused, keeping the running configuration: {other:?}")
-            }
+        match self.apply_operator(&changes) {
+            Ok(()) => log::info!("SIGHUP: configuration reloaded ({n} changes)"),
+            Err(r) => log::error!(
+                "SIGHUP: reload refused, keeping the running configuration: {}",
+                r.message
+            ),
         }
     }
 
     /// Serves every pending admin connection (one request each).
     fn serve_admin(&mut self) {
-        let Some(listener) = self.admin.take() else {
-            return;
-        };
-        let mut conns = std::mem::take(&mut self.admin_conns);
-        {
-            let me = std::cell::RefCell::new(&mut *self);
-            conns.poll(
-                &listener,
-                &mut |req| me.borrow_mut().handle(req),
-                &mut |req, s| me.borrow_mut().start_stream(req, s),
-            );
-        }
-        self.admin_conns = conns;
-        self.admin = Some(listener);
-    }
-
-    /// trace hook: ARP figures before a frame is handled.
-    fn arp_trace_before(&self, frame: &[u8]) -> (u64, u64, Option<crate::wire::MacAddr>) {
-        let sender = arp_fields(frame).map(|f| f.1);
-        let known = sender.and_then(|ip| {
-            self.arp
-                .neighbors
-                .iter()
-                .find(|n| n.addr == ip)
-                .and_then(|n| n.mac)
-        });
-        (
-            self.arp.counters.requests_answered,
-            self.arp.counters.replies_learned,
-            known,
-        )
-    }
-
-    /// trace hook: an ARP event line per change the frame caused.
-    fn arp_trace_after(
-        &self,
-        iface: usize,
-        frame: &[u8],
-        before: (u64, u64, Option<crate::wire::MacAddr>),
-    ) {
-        let Some((op, sip, smac, tip)) = arp_fields(frame) else {
-            return;
-        };
-        let ifname = self.interfaces.get(iface).map_or("?", |i| i.name.as_str());
-        let t = crate::trace::clock(crate::trace::realtime_ns());
-        let ours = self
-            .interfaces
-            .get(iface)
-            .map(|i| i.mac.to_string())
-            .unwrap_or_default();
-        if self.arp.counters.requests_answered > before.0 {
-            crate::trace::arp_event(
-                &self.trace_sessions,
-                &[tip],
-                &format!(
-                    "{t} ARP who-has {tip} tell {sip} ({smac}) in {ifname}: answered {tip} is-at {ours} (the VIP is uvs's)"
-                ),
-            );
-        }
-        if self.arp.counters.replies_learned > before.1 {
-            let what = match before.2 {
-                None => "learned".to_string(),
-                Some(m) if m == smac => "refreshed".to_string(),
-                Some(m) => format!("changed (was {m})"),
-            };
-            crate::trace::arp_event(
-                &self.trace_sessions,
-                &[sip],
-                &format!("{t} ARP {sip} is-at {smac} in {ifname}: real server MAC {what}"),
-            );
-        }
-        if op == 2 || op == 1 {
-            if let Some((vip, mac)) = self.arp.last_conflict {
-                if vip == sip && mac == smac {
-                    crate::trace::arp_event(
-                        &self.trace_sessions,
-                        &[vip],
-                        &format!(
-                            "{t} ARP CONFLICT: {smac} claims VIP {vip} in {ifname} (a real server without arp_ignore=1/arp_announce=2?)"
-                        ),
-                    );
-                }
-            }
+        if let Some(mut port) = self.admin.take() {
+            port.serve(self);
+            self.admin = Some(port);
         }
     }
 
@@ -387,7 +321,6 @@ impl Control {
                 });
             }
         }
-        let _ = IpvsTotals::default();
         f.drops = DropReason::ALL
             .iter()
             .map(|d| {
@@ -438,27 +371,7 @@ impl Control {
             })
             .collect();
         f.health = self.health_listing();
-        f.trace_dropped = crate::trace::dropped_by_reason(&self.trace).to_vec();
+        f.trace_dropped = dropped_by_reason(&self.trace).to_vec();
         f
     }
-}
-
-/// (op, sender IP, sender MAC, target IP) of an Ethernet/ARP IPv4 frame.
-fn arp_fields(
-    f: &[u8],
-) -> Option<(
-    u16,
-    std::net::Ipv4Addr,
-    crate::wire::MacAddr,
-    std::net::Ipv4Addr,
-)> {
-    if f.len() < 42 || f[12] != 0x08 || f[13] != 0x06 {
-        return None;
-    }
-    let op = u16::from_be_bytes([f[20], f[21]]);
-    let mut m = [0u8; 6];
-    m.copy_from_slice(&f[22..28]);
-    let sip = std::net::Ipv4Addr::new(f[28], f[29], f[30], f[31]);
-    let tip = std::net::Ipv4Addr::new(f[38], f[39], f[40], f[41]);
-    Some((op, sip, crate::wire::MacAddr(m), tip))
 }

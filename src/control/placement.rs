@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use crate::interfaces::Interface;
-use crate::model::ServiceTable;
+use crate::model::{ForwardMethod, ServiceTable};
 use crate::neigh::arp::Neighbor;
-use crate::snapshot::Placement;
+use crate::snapshot::{NextHop, PlaceError, Placement};
 
 #[derive(Clone, Debug)]
 pub struct Placer {
@@ -43,19 +43,32 @@ impl Placer {
 }
 
 impl Placement for Placer {
-    fn place(&mut self, addr: Ipv4Addr) -> Option<(u16, u32)> {
+    /// Direct routing's next hop is the real itself, on the served interface whose network
+    /// contains it (IPVS's `IP_VS_RT_MODE_KNOWN_NH`).
+    fn next_hop(&mut self, addr: Ipv4Addr, method: ForwardMethod) -> Result<NextHop, PlaceError> {
+        match method {
+            ForwardMethod::Route => self.on_link(addr),
+        }
+    }
+}
+
+impl Placer {
+    fn on_link(&mut self, addr: Ipv4Addr) -> Result<NextHop, PlaceError> {
         let egress = self
             .interfaces
             .iter()
-            .position(|i| i.source_for(addr).is_some())? as u16;
-        if let Some(&slot) = self.slots.get(&(egress, addr)) {
-            return Some((egress, slot));
+            .position(|i| i.source_for(addr).is_some())
+            .and_then(|e| u16::try_from(e).ok())
+            .ok_or(PlaceError::NotOnLink(addr))?;
+        if let Some(&neigh) = self.slots.get(&(egress, addr)) {
+            return Ok(NextHop { egress, neigh });
         }
-        let next = u32::try_from(self.slots.len()).ok()?;
-        if next as usize >= self.capacity {
-            return None;
+        let full = PlaceError::NoNeighborSlot(addr, self.capacity);
+        let neigh = u32::try_from(self.slots.len()).map_err(|_| full)?;
+        if neigh as usize >= self.capacity {
+            return Err(full);
         }
-        self.slots.insert((egress, addr), next);
-        Some((egress, next))
+        self.slots.insert((egress, addr), neigh);
+        Ok(NextHop { egress, neigh })
     }
 }

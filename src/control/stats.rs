@@ -6,8 +6,18 @@
 
 use std::collections::HashMap;
 
-use crate::ctl::proto::Stats;
 use crate::model::RealId;
+
+/// IPVS's per-service and per-real counters (`struct ip_vs_kstats`), as `--stats` shows
+/// them; `--rate` shows the same fields per second.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub conns: u64,
+    pub in_pkts: u64,
+    pub out_pkts: u64,
+    pub in_bytes: u64,
+    pub out_bytes: u64,
+}
 
 /// Estimation period, as the kernel's estimator timer.
 pub const PERIOD_SECS: u64 = 2;

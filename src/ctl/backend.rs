@@ -6,11 +6,11 @@ use std::os::unix::net::{SocketAddr, UnixStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::apply::{AdminState, apply};
 use super::proto::{
-    ADMIN_SOCKET_NAME, FrameError, MAX_REPLY, Refusal, Reply, Request, Stats, Status, read_frame,
-    write_frame,
+    ADMIN_SOCKET_NAME, EXIT_REFUSED, FrameError, MAX_REPLY, Refusal, Reply, Request, Stats, Status,
+    read_frame, write_frame,
 };
+use crate::model::change::{AdminState, apply};
 
 /// A director that answers admin requests.
 pub trait Backend {
@@ -106,16 +106,20 @@ impl Backend for MemoryBackend {
                     self.state = next;
                     Reply::Done
                 }
-                Err(r) => Reply::Refused(r),
+                Err(r) => Reply::Refused(Refusal {
+                    message: r.message,
+                    change: r.change,
+                    exit_code: EXIT_REFUSED,
+                }),
             },
             Request::Status => Reply::Status(status_of(&self.state, &|_, _| Default::default())),
             Request::Connections => Reply::Connections(Vec::new()),
             Request::Health => Reply::Health(Default::default()),
-            Request::Ha => Reply::Ha(Default::default()), // HA (issue 8): none in memory
+            Request::Ha => Reply::Ha(Default::default()),
             Request::SyncDaemon(_) => Reply::Refused(Refusal {
                 message: "the in-memory director has no sync daemon".into(),
                 change: None,
-                exit_code: super::apply::EXIT_REFUSED,
+                exit_code: EXIT_REFUSED,
             }),
             Request::Zero(key) => {
                 if let Some(k) = key {
@@ -123,7 +127,7 @@ impl Backend for MemoryBackend {
                         return Ok(Reply::Refused(Refusal {
                             message: "Service not defined".into(),
                             change: None,
-                            exit_code: super::apply::EXIT_REFUSED,
+                            exit_code: EXIT_REFUSED,
                         }));
                     }
                 }
@@ -132,7 +136,7 @@ impl Backend for MemoryBackend {
             Request::Trace(_) => Reply::Refused(Refusal {
                 message: "the in-memory director has no traffic to trace".into(),
                 change: None,
-                exit_code: super::apply::EXIT_REFUSED,
+                exit_code: EXIT_REFUSED,
             }),
         })
     }

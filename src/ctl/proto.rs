@@ -3,6 +3,12 @@
 //! debuggable with `socat` and the messages are small and rare; the version lets a newer
 //! `uvsadm` refuse an older daemon clearly instead of misreading it.
 //!
+//! The messages are plain data defined here (plus the model's configuration vocabulary:
+//! services, reals, changes), never another module's working types, so nothing but an edit of
+//! this file changes the wire format. The encoding of every message is pinned by a test
+//! (`wire_format_is_pinned`): changing it means deciding whether the version must move.
+//! Adding an optional field (`#[serde(default)]`) that an older peer can ignore does not.
+//!
 //! The socket is abstract (`@uvs/admin`), so it is per network namespace: `ip netns exec NS
 //! uvsadm -Ln` talks to the director of NS. A filesystem path can be used instead.
 
@@ -11,11 +17,13 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{
-    ForwardMethod, MarkRule, Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec,
-};
+pub use crate::model::change::{Change, TimeoutsSecs};
+use crate::model::{ForwardMethod, MarkRule, Protocol, SchedulerKind, ServiceKey};
 
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Exit status ipvsadm uses when the kernel refuses a command (`return -1` from main).
+pub const EXIT_REFUSED: i32 = 255;
 
 /// Abstract socket name of the admin socket.
 pub const ADMIN_SOCKET_NAME: &[u8] = b"uvs/admin";
@@ -31,30 +39,6 @@ pub struct Envelope<T> {
     pub body: T,
 }
 
-/// One change to the configuration, as one ipvsadm command expresses it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Change {
-    AddService(ServiceSpec),
-    EditService(ServiceSpec),
-    DeleteService(ServiceKey),
-    AddReal(ServiceKey, RealSpec),
-    EditReal(ServiceKey, RealSpec),
-    /// Address and port of the real (port 0 = the service's port).
-    DeleteReal(ServiceKey, Ipv4Addr, u16),
-    /// uvs's stand-in for an iptables MARK rule (`uvsadm --add-mark`).
-    AddMarkRule(MarkRule),
-    /// `uvsadm --del-mark`: the rule with the same mark, protocol, VIP and ports.
-    DeleteMarkRule(MarkRule),
-    /// `-C`: every service. Mark rules stay (as `ipvsadm -C` leaves iptables alone).
-    Clear,
-    /// `--set tcp tcpfin udp` in seconds; 0 leaves that value unchanged.
-    SetTimeouts {
-        tcp: u32,
-        tcpfin: u32,
-        udp: u32,
-    },
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Apply all changes or none (one ipvsadm command, or a whole `-R` input).
@@ -65,12 +49,12 @@ pub enum Request {
     Connections,
     /// `-Z [service]`: zero the statistics.
     Zero(Option<ServiceKey>),
-    /// `uvs health`: the check state of every health-managed real (issue 5).
+    /// `uvs health`: the check state of every health-managed real.
     Health,
-    /// HA (issue 8): VRRP instances and the sync daemon (`uvs status`, `-L --daemon`).
+    /// VRRP instances and the sync daemon (`uvs status`, `-L --daemon`).
     Ha,
-    /// HA (issue 8): `--start-daemon` / `--stop-daemon`.
-    SyncDaemon(crate::sync::DaemonCommand),
+    /// `--start-daemon` / `--stop-daemon`.
+    SyncDaemon(DaemonCommand),
     /// `uvs trace` / `uvs capture`: a stream. The daemon replies `Streaming`, then keeps
     /// writing chunks (u32 big-endian length + bytes: text lines or pcapng blocks) until the
     /// count is reached or the client disconnects. Needs root or CAP_NET_ADMIN.
@@ -80,8 +64,40 @@ pub enum Request {
 /// What `uvs trace` / `uvs capture` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceRequest {
-    pub mode: crate::trace::StreamMode,
-    pub filter: crate::trace::TraceFilter,
+    pub mode: StreamMode,
+    pub filter: TraceFilter,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamMode {
+    /// One text line per decision (and ARP/VRRP event).
+    Trace,
+    /// pcapng bytes.
+    Capture,
+}
+
+/// Which decisions a stream carries. `None` fields match everything.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceFilter {
+    pub vip: Option<Ipv4Addr>,
+    pub port: Option<u16>,
+    pub client: Option<Ipv4Addr>,
+    /// Stop after this many decisions (0 = until the client disconnects).
+    pub count: u64,
+    /// Records per second per worker (0 = the director's default).
+    pub rate: u32,
+}
+
+/// `ipvsadm --start-daemon|--stop-daemon master|backup [--mcast-interface IF] [--syncid N]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonCommand {
+    pub start: bool,
+    /// `master` (else `backup`).
+    pub master: bool,
+    /// `--mcast-interface` (ipvsadm's default: `eth0`).
+    pub interface: String,
+    /// `--syncid` (default 0).
+    pub syncid: u8,
 }
 
 /// Per-service or per-real counters, as `ipvsadm --stats` shows them.
@@ -125,23 +141,6 @@ pub struct ServiceStatus {
     pub reals: Vec<RealStatus>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TimeoutsSecs {
-    pub tcp: u32,
-    pub tcpfin: u32,
-    pub udp: u32,
-}
-
-impl Default for TimeoutsSecs {
-    fn default() -> Self {
-        TimeoutsSecs {
-            tcp: 900,
-            tcpfin: 120,
-            udp: 300,
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     /// Shown by `-L` as "(size=N)"; IPVS prints its connection hash table size.
@@ -170,6 +169,72 @@ pub struct ConnEntry {
     pub fwmark_template: bool,
 }
 
+/// `uvs health`: check state of every health-managed real.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthListing {
+    pub services: Vec<ServiceHealthRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceHealthRow {
+    pub key: ServiceKey,
+    pub quorum_up: bool,
+    pub live_weight: u64,
+    pub quorum: u32,
+    pub hysteresis: u32,
+    pub sorry: Option<String>,
+    pub sorry_active: bool,
+    /// Handed to the director's own stack (sorry server on the director).
+    pub local: bool,
+    pub reals: Vec<RealHealthRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RealHealthRow {
+    pub addr: Ipv4Addr,
+    pub check: String,
+    pub up: bool,
+    pub configured_weight: u32,
+    /// Weight in the running table; `None` = removed.
+    pub effective_weight: Option<u32>,
+    pub checks: u64,
+    pub failures: u64,
+    pub transitions: u64,
+    pub last_latency_us: u64,
+    pub last_message: String,
+}
+
+/// What `uvs status` shows about HA.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaStatus {
+    pub instances: Vec<VrrpInstance>,
+    /// ipvsadm `-L --daemon` text.
+    pub daemon_listing: String,
+    pub synced_flows: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VrrpInstance {
+    pub name: String,
+    pub interface: String,
+    pub vrid: u8,
+    pub version: u8,
+    pub priority: u8,
+    pub advert_int_ms: u32,
+    pub state: VrrpState,
+    pub master: Option<Ipv4Addr>,
+    pub vips: Vec<Ipv4Addr>,
+    pub transitions: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VrrpState {
+    Init,
+    Backup,
+    Master,
+    Fault,
+}
+
 /// Why a request was refused. `exit_code` is what ipvsadm would exit with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
@@ -186,9 +251,9 @@ pub enum Reply {
     Connections(Vec<ConnEntry>),
     Refused(Refusal),
     /// Answer to [`Request::Health`].
-    Health(crate::health::book::HealthListing),
-    /// HA (issue 8).
-    Ha(crate::vrrp::control::HaStatus),
+    Health(HealthListing),
+    /// Answer to [`Request::Ha`].
+    Ha(HaStatus),
     /// A `Trace` request was accepted: chunks follow on the same connection.
     Streaming,
 }
@@ -248,6 +313,7 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{RealSpec, ServiceSpec};
 
     #[test]
     fn frames_round_trip_and_limits_hold() {

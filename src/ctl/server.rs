@@ -12,7 +12,7 @@ use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::apply::EXIT_REFUSED;
+use super::proto::EXIT_REFUSED;
 use super::proto::{
     ADMIN_SOCKET_NAME, FrameError, MAX_REQUEST, Refusal, Reply, Request, read_frame, write_frame,
 };

@@ -1,6 +1,6 @@
 //! Per-worker counters: plain single-writer atomics (relaxed load + store, about one cycle),
 //! cache-line padded, summed by the control thread. Workers never touch the `metrics` crate
-//! (4–60 ns per update, ../shared/reference/crates.md).
+//! (4–60 ns per update, as measured when the crates were chosen).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -32,6 +32,8 @@ pub enum DropReason {
     BadSource,
     /// To a VIP, but no service for that protocol and port (left to the kernel).
     NotAService,
+    /// To a VIP this director stands by for (VRRP BACKUP or FAULT): the MASTER forwards it.
+    Standby,
     /// TCP/UDP header missing, truncated, or TCP data offset < 5.
     BadL4Header,
     /// Source or destination port 0.
@@ -46,12 +48,14 @@ pub enum DropReason {
     RealRemoved,
     /// The real server's MAC is not known (yet).
     NoNeighbor,
+    /// The egress interface of the next hop is not one of the director's (no MAC for it).
+    NoEgress,
     /// The kernel refused to send the frame.
     TxFailed,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 20;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::RingTruncated,
         DropReason::Truncated,
@@ -63,6 +67,7 @@ impl DropReason {
         DropReason::Fragment,
         DropReason::BadSource,
         DropReason::NotAService,
+        DropReason::Standby,
         DropReason::BadL4Header,
         DropReason::ZeroPort,
         DropReason::TtlExceeded,
@@ -70,6 +75,7 @@ impl DropReason {
         DropReason::NoRealServer,
         DropReason::RealRemoved,
         DropReason::NoNeighbor,
+        DropReason::NoEgress,
         DropReason::TxFailed,
     ];
 
@@ -85,6 +91,7 @@ impl DropReason {
             DropReason::Fragment => "fragment",
             DropReason::BadSource => "bad_source",
             DropReason::NotAService => "not_a_service",
+            DropReason::Standby => "standby",
             DropReason::BadL4Header => "bad_l4_header",
             DropReason::ZeroPort => "zero_port",
             DropReason::TtlExceeded => "ttl_exceeded",
@@ -92,6 +99,7 @@ impl DropReason {
             DropReason::NoRealServer => "no_real_server",
             DropReason::RealRemoved => "real_removed",
             DropReason::NoNeighbor => "no_neighbor",
+            DropReason::NoEgress => "no_egress",
             DropReason::TxFailed => "tx_failed",
         }
     }

@@ -12,6 +12,7 @@ pub mod counters;
 pub mod flow_table;
 pub mod huge_array;
 pub mod process;
-pub mod tcp_state;
+pub mod tap;
 pub mod templates;
 pub mod worker;
+pub mod xmit;

@@ -1,29 +1,32 @@
 //! The per-frame decision, pure: bytes in, verdict out, frame rewritten in place when it is
 //! forwarded. No I/O, no allocation, no lock; time is a parameter.
 //!
-//! DR rewrites the two MAC fields only: destination := the real server's MAC, source := the
-//! egress interface's MAC (keeping the router's MAC as source would teach the LAN switch the
-//! router's MAC on the director's port). IP addresses and ports never change. Like IPVS
-//! (`ip_vs_dr_xmit` → `decrement_ttl` + `ip_send_check`), the TTL is decremented and the IP
-//! header checksum refreshed — incrementally here (RFC 1624), which is exact for a valid
-//! header, and headers are verified first. The transport checksum is not touched: it does not
-//! cover the TTL, and when it is still partial (veth offloads) the `virtio_net_hdr` carried
-//! along tells the kernel to finish it on transmit.
+//! The pipeline, in [`Forwarder::decide`]: parse and verify the headers → find the service
+//! (and drop what a standing-by director must not forward) → the flow: its table entry, or a
+//! new one (adopted from the connection sync, else scheduled, through a persistence template
+//! when the service has one) → the real's transmit function (`xmit`), which rewrites the
+//! frame as its forwarding method says. Every frame ends forwarded or counted under exactly
+//! one drop reason.
 
 use std::sync::Arc;
 
 use crate::conns::ConnCounts;
 use crate::datapath::counters::{DropReason, WorkerCounters, bump};
-use crate::datapath::flow_table::{FlowKey, FlowTable};
+use crate::datapath::flow_table::{Flow, FlowTable, SlotRef};
 use crate::datapath::huge_array::MapError;
-use crate::datapath::tcp_state::{TcpState, next_state};
+use crate::datapath::tap::{self, Outcome, Tap, Via};
 use crate::datapath::templates::{TemplateKey, TemplateTable};
+use crate::datapath::xmit::{self, Link};
+use crate::flow::FlowKey;
+use crate::flow::tcp_state::{TcpState, next_state};
+use crate::io::VNET_HDR_LEN;
 use crate::io::ring::RxFrame;
-use crate::io::{VNET_F_DATA_VALID, VNET_HDR_LEN};
 use crate::neigh::cache::NeighTable;
-use crate::snapshot::{RealEntry, ServiceEntry, Snapshot};
+use crate::snapshot::{Real, ServiceEntry, Snapshot};
+use crate::sync::{HaHooks, SyncRecord};
 use crate::wire::{
-    self, ETH_HDR_LEN, ETHERTYPE_IPV4, IPV4_MIN_HDR_LEN, MacAddr, ethernet, ipv4, tcp,
+    self, ETH_HDR_LEN, ETHERTYPE_IPV4, ETHERTYPES_VLAN, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HDR_LEN,
+    MacAddr, ethernet, ipv4, tcp,
 };
 
 /// What to do with a frame.
@@ -51,10 +54,18 @@ pub struct Forwarder {
     pub templates: Arc<TemplateTable>,
     /// IPVS `expire_quiescent_template`.
     pub expire_quiescent_template: bool,
-    /// VRRP standby gate, synced flows, sync records out. `None`: no HA.
-    pub ha: Option<Arc<crate::sync::HaHooks>>,
-    /// `uvs trace` / `uvs capture` producer side (see `crate::trace`); `None` in tests.
-    pub tap: Option<crate::trace::Tap>,
+    /// VRRP standby gate, synced flows, sync records out (inert without HA).
+    pub ha: Arc<HaHooks>,
+    /// `uvs trace` / `uvs capture` producer side (see `tap`); `None` in tests.
+    pub tap: Option<Tap>,
+}
+
+/// The real server a new flow goes to, and how it was found.
+struct Scheduled<'s> {
+    real: Real<'s>,
+    /// The persistence template slot the flow is a child of.
+    template: Option<u32>,
+    via: Via,
 }
 
 /// Template slots a worker's [`Forwarder::new`] gets until the daemon hands it the shared
@@ -78,7 +89,7 @@ fn parse(frame: &[u8], status: u32) -> Result<Parsed, DropReason> {
     match ethernet::ethertype(frame) {
         ETHERTYPE_IPV4 => {}
         // A tag still in the bytes (the NIC or veth did not strip it into metadata).
-        0x8100 | 0x88a8 | 0x9100 => return Err(DropReason::VlanTagged),
+        t if ETHERTYPES_VLAN.contains(&t) => return Err(DropReason::VlanTagged),
         _ => return Err(DropReason::NotIpv4),
     }
     if ethernet::src(frame).is_group() {
@@ -113,7 +124,7 @@ fn parse(frame: &[u8], status: u32) -> Result<Parsed, DropReason> {
     let proto = ipv4::protocol(ip);
     let l4 = &ip[ihl..total];
     let tcp_flags = match proto {
-        6 => {
+        IPPROTO_TCP => {
             if l4.len() < wire::TCP_MIN_HDR_LEN {
                 return Err(DropReason::BadL4Header);
             }
@@ -123,7 +134,7 @@ fn parse(frame: &[u8], status: u32) -> Result<Parsed, DropReason> {
             }
             tcp::flags(l4)
         }
-        17 => {
+        IPPROTO_UDP => {
             if l4.len() < wire::UDP_HDR_LEN {
                 return Err(DropReason::BadL4Header);
             }
@@ -183,7 +194,7 @@ impl Forwarder {
             conns,
             templates: Arc::new(TemplateTable::new(PRIVATE_TEMPLATES)),
             expire_quiescent_template: false,
-            ha: None,
+            ha: HaHooks::inert(),
             tap: None,
         })
     }
@@ -219,98 +230,15 @@ impl Forwarder {
         let removed = self
             .flows
             .expire_some(now, budget, |real, state, template| {
-                let t = snap.real(real).map(|r| r.thresholds).unwrap_or_default();
-                conns.unbind(real, state.is_active(), t);
+                conns.unbind(real, state.is_active(), thresholds(snap, real));
                 if let Some(slot) = template {
                     templates.release(slot, now);
                 }
             });
         templates.expire_some(now, budget / 4 + 1, |real| {
-            let t = snap.real(real).map(|r| r.thresholds).unwrap_or_default();
-            conns.unbind_template(real, t);
+            conns.unbind_template(real, thresholds(snap, real));
         });
         removed
-    }
-
-    /// Picks the real for a new connection of `svc`: through its persistence template if
-    /// the service is persistent (`ip_vs_sched_persist`), else by its scheduler. Returns the
-    /// real's position in the snapshot, the template slot the connection is a child of, and
-    /// how the real was found (`trace::VIA_*`, for `uvs trace`).
-    #[inline]
-    fn schedule<'s>(
-        &self,
-        snap: &'s Snapshot,
-        svc: &'s ServiceEntry,
-        key: &FlowKey,
-        child: bool,
-        now: u32,
-    ) -> Result<(&'s RealEntry, Option<u32>, u8), DropReason> {
-        use crate::trace::{VIA_SCHEDULER, VIA_TEMPLATE_FULL, VIA_TEMPLATE_HIT, VIA_TEMPLATE_NEW};
-        let Some(p) = svc.persistence else {
-            let i = svc
-                .scheduler
-                .pick(&svc.reals, key, &self.conns)
-                .ok_or(DropReason::NoRealServer)?;
-            let real = svc.reals.get(i).ok_or(DropReason::NoRealServer)?;
-            return Ok((real, None, VIA_SCHEDULER));
-        };
-        // A fwmark service's template is `<IPPROTO_IP, snet, 0, mark, 0>`, as IPVS keys it.
-        let tkey = if p.fwmark != 0 {
-            TemplateKey {
-                proto: 0,
-                snet: key.saddr & p.netmask,
-                vip: p.fwmark,
-                vport: 0,
-            }
-        } else {
-            TemplateKey {
-                proto: key.proto,
-                snet: key.saddr & p.netmask,
-                vip: key.daddr,
-                vport: p.template_vport,
-            }
-        };
-        let eqt = self.expire_quiescent_template;
-        // `ip_vs_check_template`: the real still exists (in this service's snapshot) and is
-        // not quiesced when expire_quiescent_template is on.
-        let valid = |id| snap.real(id).is_some_and(|r| !(eqt && r.weight == 0));
-        let mut via = VIA_TEMPLATE_HIT;
-        let placed = match self.templates.lookup(&tkey, now, child, valid) {
-            Some(hit) => hit,
-            None => {
-                via = VIA_TEMPLATE_NEW;
-                let i = svc
-                    .scheduler
-                    .pick(&svc.reals, key, &self.conns)
-                    .ok_or(DropReason::NoRealServer)?;
-                let real = svc.reals.get(i).ok_or(DropReason::NoRealServer)?;
-                match self
-                    .templates
-                    .insert(&tkey, real.id, p.timeout_ms, now, child, valid)
-                {
-                    Some(placed) => placed,
-                    // No room for a template: schedule without persistence (counted).
-                    None => return Ok((real, None, VIA_TEMPLATE_FULL)),
-                }
-            }
-        };
-        if let Some(old) = placed.displaced {
-            let t = snap.real(old).map(|r| r.thresholds).unwrap_or_default();
-            self.conns.unbind_template(old, t);
-        }
-        if let Some(new) = placed.created {
-            let t = snap.real(new).map(|r| r.thresholds).unwrap_or_default();
-            self.conns.bind_template(new, t);
-        }
-        match snap.real(placed.real) {
-            Some(r) => Ok((r, placed.slot, via)),
-            None => {
-                if let Some(slot) = placed.slot {
-                    self.templates.release(slot, now);
-                }
-                Err(DropReason::NoRealServer)
-            }
-        }
     }
 
     /// Decides one frame (the `virtio_net_hdr` followed by the frame, as the ring holds it),
@@ -324,11 +252,9 @@ impl Forwarder {
         frame: RxFrame<'_>,
         now: u32,
     ) -> Verdict {
-        // ---- trace hook: `armed` is refreshed once per worker round (crate::trace) ----
         if self.tap.as_ref().is_some_and(|t| t.armed) {
             return self.process_traced(snap, neigh, counters, frame, now);
         }
-        // ---- end trace hook ----
         match self.decide(snap, neigh, counters, frame, now) {
             Ok(egress) => Verdict::Forward { egress },
             Err(reason) => {
@@ -338,7 +264,8 @@ impl Forwarder {
         }
     }
 
-    /// [`Forwarder::process`] with a trace attached: the same decision, plus one record.
+    /// [`Forwarder::process`] with a trace attached: the same decision, plus one record when
+    /// a session wants this frame.
     #[cold]
     #[inline(never)]
     fn process_traced(
@@ -356,10 +283,7 @@ impl Forwarder {
             scratch,
         } = frame;
         let eth = buf.get(VNET_HDR_LEN..).unwrap_or(&[]);
-        let rx = crate::trace::rx_header(eth);
-        if let Some(t) = self.tap.as_mut() {
-            t.note = crate::trace::Note::default();
-        }
+        let pending = self.tap.as_mut().and_then(|t| t.want(eth, wire_len));
         let again = RxFrame {
             buf: &mut *buf,
             wire_len,
@@ -370,13 +294,15 @@ impl Forwarder {
         if let Err(reason) = result {
             counters.count_drop(reason);
         }
-        if let Some(t) = self.tap.as_mut() {
-            t.record(
-                buf.get(VNET_HDR_LEN..).unwrap_or(&[]),
-                wire_len,
-                &rx,
-                result,
-            );
+        if let (Some(p), Some(t)) = (pending, self.tap.as_mut()) {
+            let (outcome, sent) = match result {
+                Ok(egress) => (
+                    Outcome::Forwarded { egress },
+                    buf.get(VNET_HDR_LEN..).unwrap_or(&[]),
+                ),
+                Err(reason) => (Outcome::Dropped(reason), &[][..]),
+            };
+            t.record(p, outcome, sent, wire_len);
         }
         match result {
             Ok(egress) => Verdict::Forward { egress },
@@ -384,6 +310,7 @@ impl Forwarder {
         }
     }
 
+    /// The pipeline (see the module documentation). Returns the egress interface.
     #[inline]
     fn decide(
         &mut self,
@@ -406,145 +333,283 @@ impl Forwarder {
             return Err(DropReason::RingTruncated);
         }
         let p = parse(&buf[VNET_HDR_LEN..], status)?;
-        let svc = snap
-            .service(p.key.proto, p.key.daddr, p.key.dport)
-            .ok_or(DropReason::NotAService)?;
-        // HA (issue 8): a VRRP BACKUP forwards nothing for its instance's VIPs.
-        if let Some(ha) = &self.ha {
-            if ha.gate.is_standby(p.key.daddr) {
-                return Err(DropReason::NotAService);
-            }
-        }
-        let ip_off = VNET_HDR_LEN + ETH_HDR_LEN;
-        if ipv4::ttl(&buf[ip_off..]) <= 1 {
+        let svc = self.service(snap, &p)?;
+        if ipv4::ttl(&buf[VNET_HDR_LEN + ETH_HDR_LEN..]) <= 1 {
             return Err(DropReason::TtlExceeded);
         }
-        let is_tcp = p.key.proto == 6;
         let real = match self.flows.lookup(&p.key, now) {
-            Some((at, flow)) => {
-                let (state, timeout) = after_packet(snap, is_tcp, flow.state, p.tcp_flags);
-                self.flows.update(at, state, now.wrapping_add(timeout));
-                if state.is_active() != flow.state.is_active() {
-                    self.conns.moved(flow.real, state.is_active());
-                }
-                // HA (issue 8): state changes go to the sync backup.
-                if state != flow.state {
-                    if let (Some(ha), Some(r)) = (&self.ha, snap.real(flow.real)) {
-                        ha.emit(crate::sync::SyncRecord {
-                            key: p.key,
-                            real_addr: r.addr,
-                            state,
-                            timeout_secs: timeout / 1000,
-                        });
-                    }
-                }
-                snap.real(flow.real).ok_or(DropReason::RealRemoved)?
-            }
-            None => {
-                // HA (issue 8): a flow synced from the former MASTER is adopted on its first
-                // packet here, whichever worker the fanout hash picked.
-                let adopted = self.ha.as_ref().and_then(|ha| {
-                    let f = ha.synced.take(&p.key, now)?;
-                    let i = svc.reals.iter().position(|r| r.addr == f.real_addr)?;
-                    Some((i, f.state))
-                });
-                let syn_only = p.tcp_flags & (tcp::SYN | tcp::RST) == tcp::SYN;
-                if is_tcp && !syn_only && !self.sloppy_tcp && adopted.is_none() {
-                    return Err(DropReason::TcpNoFlow);
-                }
-                // One-packet scheduling (UDP only, the snapshot guarantees it): the entry is
-                // created, bound and freed at once, so it is never inserted.
-                // A fwmark service may carry TCP too: OPS is for its UDP packets only.
-                let ops = svc.ops && !is_tcp;
-                // An adopted (synced) flow keeps the real the former MASTER chose; it is not
-                // scheduled again and takes no persistence template of its own.
-                let (real, template, via) = match adopted {
-                    Some((i, _)) => (
-                        svc.reals.get(i).ok_or(DropReason::NoRealServer)?,
-                        None,
-                        crate::trace::VIA_SYNCED,
-                    ),
-                    None => self.schedule(snap, svc, &p.key, !ops, now)?,
-                };
-                let prior = adopted.map_or(TcpState::None, |(_, s)| s);
-                if let Some(t) = self.tap.as_mut().filter(|t| t.armed) {
-                    // trace hook: what the scheduler compared, before this flow is bound.
-                    t.note.new_flow = true;
-                    if let Some(i) = svc.reals.iter().position(|r| r.id == real.id) {
-                        t.note.why = crate::trace::explain(svc, &self.conns, i);
-                    }
-                    t.note.why.via = via;
-                }
-                let (state, timeout) = after_packet(snap, is_tcp, prior, p.tcp_flags);
-                if ops {
-                    // `ip_vs_bind_dest` then `ip_vs_unbind_dest`: no count remains, but the
-                    // thresholds see the connection pass, as in the kernel.
-                    self.conns.bind(real.id, false, real.thresholds);
-                    self.conns.unbind(real.id, false, real.thresholds);
-                } else {
-                    if let Some(old) = self.flows.insert(
-                        &p.key,
-                        real.id,
-                        state,
-                        now.wrapping_add(timeout),
-                        now,
-                        template,
-                    ) {
-                        let t = snap
-                            .real(old.real)
-                            .map(|r| r.thresholds)
-                            .unwrap_or_default();
-                        self.conns.unbind(old.real, old.state.is_active(), t);
-                        if let Some(slot) = old.template {
-                            self.templates.release(slot, now);
-                        }
-                        if old.evicted {
-                            bump(&counters.totals.flow_evictions, 1);
-                        }
-                    }
-                    self.conns.bind(real.id, state.is_active(), real.thresholds);
-                }
-                if let Some(c) = counters.real(real.id) {
-                    bump(&c.conns, 1);
-                }
-                // HA (issue 8): new flows go to the sync backup.
-                if let Some(ha) = &self.ha {
-                    ha.emit(crate::sync::SyncRecord {
-                        key: p.key,
-                        real_addr: real.addr,
-                        state,
-                        timeout_secs: timeout / 1000,
-                    });
-                }
-                real
-            }
+            Some((at, flow)) => self.continue_flow(snap, &p, at, flow, now)?,
+            None => self.start_flow(snap, svc, &p, counters, now)?,
         };
-        if let Some(t) = self.tap.as_mut().filter(|t| t.armed) {
-            t.note.real_addr = real.addr; // trace hook
-        }
-        let mac = neigh.get(real.neigh).ok_or(DropReason::NoNeighbor)?;
-        let src = *self
-            .interface_macs
-            .get(usize::from(real.egress))
-            .ok_or(DropReason::NoNeighbor)?;
-        ethernet::set_macs(&mut buf[VNET_HDR_LEN..], mac, src);
-        ipv4::decrement_ttl(&mut buf[ip_off..]);
-        // The receive side's "checksum verified" flag means nothing on transmit.
-        buf[0] &= !VNET_F_DATA_VALID;
-        if let Some(c) = counters.real(real.id) {
+        self.trace_real(real);
+        let link = Link {
+            neigh,
+            interface_macs: &self.interface_macs,
+        };
+        let egress = xmit::transmit(real.path, buf, &link)?;
+        if let Some(c) = counters.real(real.dest.id) {
             bump(&c.in_packets, 1);
             bump(&c.in_bytes, p.ip_len as u64);
         }
-        Ok(real.egress)
+        Ok(egress)
     }
+
+    /// The service a frame is for, unless this director stands by for its VIP.
+    #[inline]
+    fn service<'s>(&self, snap: &'s Snapshot, p: &Parsed) -> Result<&'s ServiceEntry, DropReason> {
+        let svc = snap
+            .service(p.key.proto, p.key.daddr, p.key.dport)
+            .ok_or(DropReason::NotAService)?;
+        if self.ha.gate.is_standby(p.key.daddr) {
+            return Err(DropReason::Standby);
+        }
+        Ok(svc)
+    }
+
+    /// A packet of a known flow: advance its state; its real, if it still exists.
+    #[inline]
+    fn continue_flow<'s>(
+        &mut self,
+        snap: &'s Snapshot,
+        p: &Parsed,
+        at: SlotRef,
+        flow: Flow,
+        now: u32,
+    ) -> Result<Real<'s>, DropReason> {
+        let (state, timeout) = after_packet(snap, p, flow.state);
+        self.flows.update(at, state, now.wrapping_add(timeout));
+        if state.is_active() != flow.state.is_active() {
+            self.conns.moved(flow.real, state.is_active());
+        }
+        let real = snap.real(flow.real).ok_or(DropReason::RealRemoved)?;
+        if state != flow.state {
+            self.sync_emit(p, real, state, timeout);
+        }
+        Ok(real)
+    }
+
+    /// The first packet of a flow: adopt it from the connection sync or schedule it, bind it
+    /// to its real, and remember it (unless one-packet scheduling forgets it at once).
+    #[inline]
+    fn start_flow<'s>(
+        &mut self,
+        snap: &'s Snapshot,
+        svc: &'s ServiceEntry,
+        p: &Parsed,
+        counters: &WorkerCounters,
+        now: u32,
+    ) -> Result<Real<'s>, DropReason> {
+        let is_tcp = p.key.proto == IPPROTO_TCP;
+        let adopted = self.adopt_synced(svc, &p.key, now);
+        let syn_only = p.tcp_flags & (tcp::SYN | tcp::RST) == tcp::SYN;
+        if is_tcp && !syn_only && !self.sloppy_tcp && adopted.is_none() {
+            return Err(DropReason::TcpNoFlow);
+        }
+        // One-packet scheduling (UDP only, the snapshot guarantees it): the entry is created,
+        // bound and freed at once, so it is never inserted. A fwmark service may carry TCP
+        // too: OPS is for its UDP packets only.
+        let ops = svc.ops && !is_tcp;
+        let (chosen, prior) = match adopted {
+            Some(a) => a,
+            None => (self.schedule(snap, svc, &p.key, !ops, now)?, TcpState::None),
+        };
+        self.trace_new_flow(svc, &chosen);
+        let real = chosen.real;
+        let (state, timeout) = after_packet(snap, p, prior);
+        if ops {
+            // `ip_vs_bind_dest` then `ip_vs_unbind_dest`: no count remains, but the
+            // thresholds see the connection pass, as in the kernel.
+            self.conns.bind(real.dest.id, false, real.dest.thresholds);
+            self.conns.unbind(real.dest.id, false, real.dest.thresholds);
+        } else {
+            let expires = now.wrapping_add(timeout);
+            if let Some(old) =
+                self.flows
+                    .insert(&p.key, real.dest.id, state, expires, now, chosen.template)
+            {
+                self.conns
+                    .unbind(old.real, old.state.is_active(), thresholds(snap, old.real));
+                if let Some(slot) = old.template {
+                    self.templates.release(slot, now);
+                }
+                if old.evicted {
+                    bump(&counters.totals.flow_evictions, 1);
+                }
+            }
+            self.conns
+                .bind(real.dest.id, state.is_active(), real.dest.thresholds);
+        }
+        if let Some(c) = counters.real(real.dest.id) {
+            bump(&c.conns, 1);
+        }
+        self.sync_emit(p, real, state, timeout);
+        Ok(real)
+    }
+
+    /// A flow synced from the former MASTER is adopted on its first packet here, whichever
+    /// worker the fanout hash picked, with the real and state it had there. It is not
+    /// scheduled again and takes no persistence template of its own.
+    #[inline]
+    fn adopt_synced<'s>(
+        &self,
+        svc: &'s ServiceEntry,
+        key: &FlowKey,
+        now: u32,
+    ) -> Option<(Scheduled<'s>, TcpState)> {
+        let f = self.ha.synced.take(key, now)?;
+        let i = svc.reals.iter().position(|r| r.addr == f.real_addr)?;
+        let real = svc.real(i)?;
+        Some((
+            Scheduled {
+                real,
+                template: None,
+                via: Via::Synced,
+            },
+            f.state,
+        ))
+    }
+
+    /// Picks the real for a new connection of `svc`: through its persistence template if
+    /// the service is persistent (`ip_vs_sched_persist`), else by its scheduler.
+    #[inline]
+    fn schedule<'s>(
+        &self,
+        snap: &'s Snapshot,
+        svc: &'s ServiceEntry,
+        key: &FlowKey,
+        child: bool,
+        now: u32,
+    ) -> Result<Scheduled<'s>, DropReason> {
+        let Some(p) = svc.persistence else {
+            return Ok(Scheduled {
+                real: self.pick(svc, key, now)?,
+                template: None,
+                via: Via::Scheduler,
+            });
+        };
+        // A fwmark service's template is `<IPPROTO_IP, snet, 0, mark, 0>`, as IPVS keys it.
+        let tkey = if p.fwmark != 0 {
+            TemplateKey {
+                proto: 0,
+                snet: key.saddr & p.netmask,
+                vip: p.fwmark,
+                vport: 0,
+            }
+        } else {
+            TemplateKey {
+                proto: key.proto,
+                snet: key.saddr & p.netmask,
+                vip: key.daddr,
+                vport: p.template_vport,
+            }
+        };
+        let eqt = self.expire_quiescent_template;
+        // `ip_vs_check_template`: the real still exists (in this service's snapshot) and is
+        // not quiesced when expire_quiescent_template is on.
+        let valid = |id| snap.real(id).is_some_and(|r| !(eqt && r.dest.weight == 0));
+        let mut via = Via::TemplateHit;
+        let placed = match self.templates.lookup(&tkey, now, child, valid) {
+            Some(hit) => hit,
+            None => {
+                via = Via::TemplateNew;
+                let real = self.pick(svc, key, now)?;
+                let timeout = p.timeout_ms;
+                match self
+                    .templates
+                    .insert(&tkey, real.dest.id, timeout, now, child, valid)
+                {
+                    Some(placed) => placed,
+                    // No room for a template: schedule without persistence (counted).
+                    None => {
+                        return Ok(Scheduled {
+                            real,
+                            template: None,
+                            via: Via::TemplateFull,
+                        });
+                    }
+                }
+            }
+        };
+        if let Some(old) = placed.displaced {
+            self.conns.unbind_template(old, thresholds(snap, old));
+        }
+        if let Some(new) = placed.created {
+            self.conns.bind_template(new, thresholds(snap, new));
+        }
+        match snap.real(placed.real) {
+            Some(real) => Ok(Scheduled {
+                real,
+                template: placed.slot,
+                via,
+            }),
+            None => {
+                if let Some(slot) = placed.slot {
+                    self.templates.release(slot, now);
+                }
+                Err(DropReason::NoRealServer)
+            }
+        }
+    }
+
+    /// The service's scheduler's choice.
+    #[inline]
+    fn pick<'s>(
+        &self,
+        svc: &'s ServiceEntry,
+        key: &FlowKey,
+        now: u32,
+    ) -> Result<Real<'s>, DropReason> {
+        svc.scheduler
+            .pick(&svc.reals, key, &self.conns, now)
+            .and_then(|i| svc.real(i))
+            .ok_or(DropReason::NoRealServer)
+    }
+
+    /// Connection sync: new flows and state changes go to the backup director.
+    #[inline]
+    fn sync_emit(&self, p: &Parsed, real: Real<'_>, state: TcpState, timeout_ms: u32) {
+        self.ha.emit(SyncRecord {
+            key: p.key,
+            real_addr: real.dest.addr,
+            state,
+            timeout_secs: timeout_ms / 1000,
+        });
+    }
+
+    /// Trace: what the scheduler compared, before the new flow is bound.
+    #[inline]
+    fn trace_new_flow(&mut self, svc: &ServiceEntry, chosen: &Scheduled<'_>) {
+        let Some(t) = self.tap.as_mut().filter(|t| t.armed) else {
+            return;
+        };
+        t.note.new_flow = true;
+        if let Some(i) = svc.reals.iter().position(|r| r.id == chosen.real.dest.id) {
+            t.note.why = tap::explain(svc, &self.conns, i);
+        }
+        t.note.why.via = chosen.via;
+    }
+
+    /// Trace: the real the frame goes to.
+    #[inline]
+    fn trace_real(&mut self, real: Real<'_>) {
+        if let Some(t) = self.tap.as_mut().filter(|t| t.armed) {
+            t.note.real_addr = real.dest.addr;
+        }
+    }
+}
+
+/// A real's connection thresholds, or none if it is gone from `snap`.
+#[inline]
+fn thresholds(snap: &Snapshot, id: crate::model::RealId) -> crate::conns::Thresholds {
+    snap.real(id).map(|r| r.dest.thresholds).unwrap_or_default()
 }
 
 /// A flow's state and timeout (ms) after a client packet: TCP follows the INPUT_ONLY table;
 /// UDP has no state and one timeout.
 #[inline]
-fn after_packet(snap: &Snapshot, is_tcp: bool, prior: TcpState, flags: u8) -> (TcpState, u32) {
-    if is_tcp {
-        let s = next_state(prior, flags);
+fn after_packet(snap: &Snapshot, p: &Parsed, prior: TcpState) -> (TcpState, u32) {
+    if p.key.proto == IPPROTO_TCP {
+        let s = next_state(prior, p.tcp_flags);
         (s, snap.timeouts.tcp(s))
     } else {
         (TcpState::None, snap.timeouts.udp_ms)

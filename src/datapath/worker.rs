@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::clock;
 use crate::datapath::coalesce::Coalescer;
 use crate::datapath::counters::{DropReason, WorkerCounters, bump};
-use crate::datapath::flow_table::FlowKey;
 use crate::datapath::process::{Forwarder, Verdict};
-use crate::datapath::tcp_state::TcpState;
+use crate::flow::FlowKey;
+use crate::flow::tcp_state::TcpState;
+use crate::io::clock;
 use crate::io::ring::RxRing;
 use crate::io::socket::wait_readable;
 use crate::io::tx::TxQueue;

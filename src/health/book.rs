@@ -30,11 +30,9 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use super::fsm::Transition;
 use super::{HealthConfig, Report};
-use crate::ctl::proto::Change;
+use crate::model::change::Change;
 use crate::model::{RealSpec, ServiceKey, ServiceTable};
 
 /// One real as the book sees it.
@@ -425,12 +423,12 @@ pub fn published(table: &ServiceTable, local: &BTreeSet<ServiceKey>) -> ServiceT
 }
 
 /// `uvs health`: check state of every managed real.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HealthListing {
     pub services: Vec<ServiceHealthRow>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceHealthRow {
     pub key: ServiceKey,
     pub quorum_up: bool,
@@ -444,7 +442,7 @@ pub struct ServiceHealthRow {
     pub reals: Vec<RealHealthRow>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RealHealthRow {
     pub addr: Ipv4Addr,
     pub check: String,
@@ -457,55 +455,6 @@ pub struct RealHealthRow {
     pub transitions: u64,
     pub last_latency_us: u64,
     pub last_message: String,
-}
-
-impl HealthListing {
-    /// The text `uvs health` prints.
-    pub fn render(&self) -> String {
-        let mut s = String::new();
-        for svc in &self.services {
-            s.push_str(&format!(
-                "{}  quorum {} (live weight {} / quorum {} ± {}){}{}\n",
-                svc.key,
-                if svc.quorum_up { "up" } else { "LOST" },
-                svc.live_weight,
-                svc.quorum,
-                svc.hysteresis,
-                match (&svc.sorry, svc.sorry_active) {
-                    (Some(a), true) => format!("  sorry server {a} ACTIVE"),
-                    (Some(a), false) => format!("  sorry server {a} standby"),
-                    _ => String::new(),
-                },
-                if svc.local {
-                    "  (served by the director's own stack)"
-                } else {
-                    ""
-                }
-            ));
-            s.push_str(
-                "  Real             Check State  Weight(cfg/eff)  Checks  Fails  Trans  Latency  Last\n",
-            );
-            for r in &svc.reals {
-                let eff = r
-                    .effective_weight
-                    .map_or_else(|| "removed".to_string(), |w| w.to_string());
-                s.push_str(&format!(
-                    "  {:<16} {:<5} {:<6} {:>6}/{:<8} {:>7} {:>6} {:>6} {:>6.1}ms  {}\n",
-                    r.addr.to_string(),
-                    r.check,
-                    if r.up { "UP" } else { "DOWN" },
-                    r.configured_weight,
-                    eff,
-                    r.checks,
-                    r.failures,
-                    r.transitions,
-                    r.last_latency_us as f64 / 1000.0,
-                    r.last_message
-                ));
-            }
-        }
-        s
-    }
 }
 
 #[cfg(test)]
@@ -573,11 +522,11 @@ mod tests {
 
     /// Applies a plan's changes to a table, as the control thread would.
     fn run(t: &ServiceTable, plan: &Plan) -> ServiceTable {
-        let state = crate::ctl::apply::AdminState {
+        let state = crate::model::change::AdminState {
             table: t.clone(),
             ..Default::default()
         };
-        crate::ctl::apply::apply(&state, &plan.changes)
+        crate::model::change::apply(&state, &plan.changes)
             .unwrap()
             .table
     }

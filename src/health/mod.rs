@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Checks never run on a worker, and health never touches the snapshot itself: the control
-//! thread turns every state change into ordinary [`crate::ctl::proto::Change`]s and applies
+//! thread turns every state change into ordinary [`crate::model::change::Change`]s and applies
 //! them through the same build-aside → publish path as `uvsadm` (so nft, socket filters, ARP
 //! and the snapshot stay consistent, and a change the model refuses is refused, not forced).
 //!
@@ -23,7 +23,6 @@
 //! server, including the sorry server on the director itself.
 
 pub mod book;
-pub mod control;
 pub mod fsm;
 pub mod md5;
 pub mod probe;

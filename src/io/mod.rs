@@ -16,9 +16,11 @@
 //! segments the frame on the way out. Without it a userspace forwarder sends broken checksums
 //! and oversize frames on veth with default offloads.
 
+pub mod clock;
 pub mod cpu_latency;
 pub mod filter;
 pub mod ring;
+pub mod signals;
 pub mod socket;
 pub mod tx;
 

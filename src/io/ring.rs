@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::socket::set_opt;
 use super::{IoError, VNET_HDR_LEN, sys_err};
-use crate::config::{RingOptions, RingVersion};
 
 /// Most V2 frame slots handed out in one batch (bounds the transmit queue).
 pub const MAX_V2_BATCH: usize = 256;
@@ -53,6 +52,30 @@ pub struct RxRing {
 // that exclusive ownership (workers are created on the control thread and moved into theirs).
 unsafe impl Send for RxRing {}
 
+/// Which TPACKET ring layout the receive side uses. See `RxRing` for the measured trade-off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RingVersion {
+    /// TPACKET_V3: variable-size frames packed into blocks; one wake-up per block.
+    V3,
+    /// TPACKET_V2: fixed-size frame slots; one wake-up per frame.
+    V2,
+}
+
+/// The ring's shape: layout version, block size and count, the V3 retire timeout, the V2
+/// slot size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingGeometry {
+    pub version: RingVersion,
+    /// Bytes per ring block (V3) or per allocation unit (V2). Power of two, multiple of the page size.
+    pub block_size: u32,
+    pub block_count: u32,
+    /// TPACKET_V3 block retire timeout in milliseconds (≥ 1).
+    pub block_timeout_ms: u32,
+    /// Bytes per frame slot for TPACKET_V2 (power of two).
+    pub frame_size: u32,
+}
+
 impl std::fmt::Debug for RxRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RxRing")
@@ -64,7 +87,7 @@ impl std::fmt::Debug for RxRing {
 
 impl RxRing {
     /// Sets the TPACKET version, requests the ring and maps it.
-    pub fn new(fd: RawFd, opts: &RingOptions, interface: &str) -> Result<RxRing, IoError> {
+    pub fn new(fd: RawFd, opts: &RingGeometry, interface: &str) -> Result<RxRing, IoError> {
         let block_size = opts.block_size as usize;
         let blocks = opts.block_count as usize;
         if !block_size.is_power_of_two() || block_size < 4096 || blocks < 2 {
@@ -571,7 +594,6 @@ impl Drop for Batch<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{RingOptions, RingVersion};
     use crate::io::socket::{RxSocketPlan, if_index, open_rx};
     use std::net::{Ipv4Addr, UdpSocket};
 
@@ -595,15 +617,12 @@ mod tests {
             RingVersion::V3 => (4096, 64),
             RingVersion::V2 => (1 << 16, 16),
         };
-        let opts = RingOptions {
+        let opts = RingGeometry {
             version,
             block_size,
             block_count,
             block_timeout_ms: 1,
             frame_size: 1 << 11,
-            busy_poll_us: 0,
-            coalesce_us: 0,
-            cpu_latency_us: None,
         };
         let filter = crate::io::filter::receive_filter(&[Ipv4Addr::LOCALHOST], None);
         let plan = RxSocketPlan {

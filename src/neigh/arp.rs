@@ -18,7 +18,6 @@ use etherparse::{
     ArpEthIpv4Packet, ArpOperation, ArpPacketSlice, EtherType, Ethernet2Header, PacketBuilder,
 };
 
-use crate::config::ArpOptions;
 use crate::neigh::cache::NeighTable;
 use crate::wire::MacAddr;
 
@@ -30,6 +29,37 @@ const OUTSTANDING_MS: u32 = 3000;
 /// that MAC (forwarded frames leave from the interface's own), and a switch forgets a MAC it
 /// has not seen for 300 s by default, then floods the VIP's traffic to every port.
 const VIP_MAC_REFRESH_MS: u32 = 60_000;
+
+/// The `[arp]` section: timers, gratuitous bursts, and the VIP MAC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArpOptions {
+    /// Seconds a learned real-server MAC is trusted before it is refreshed.
+    pub reachable_secs: u32,
+    /// Milliseconds between ARP requests for a real server that has not answered.
+    pub retry_ms: u32,
+    /// Gratuitous ARPs per VIP at start (keepalived `vrrp_garp_master_repeat`).
+    pub garp_repeat: u32,
+    /// Seconds before the second gratuitous burst; 0 disables it (keepalived `vrrp_garp_master_delay`).
+    pub garp_delay_secs: u32,
+    /// The MAC address uvs answers ARP with for the VIPs (keepalived's `use_vmac` idea),
+    /// instead of the interface's own. Service traffic then arrives addressed to a MAC the
+    /// director's kernel does not own, so the kernel drops it at once (`PACKET_OTHERHOST`)
+    /// while uvs forwards it, and no per-frame ingress rule is needed. `None`: the interface
+    /// MAC, as the kernel's IPVS director answers. Fixed at start.
+    pub vip_mac: Option<MacAddr>,
+}
+
+impl Default for ArpOptions {
+    fn default() -> Self {
+        ArpOptions {
+            reachable_secs: 30,
+            retry_ms: 1000,
+            garp_repeat: 5,
+            garp_delay_secs: 5,
+            vip_mac: None,
+        }
+    }
+}
 
 /// What the engine knows about one interface.
 #[derive(Clone, Debug)]

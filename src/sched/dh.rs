@@ -2,10 +2,10 @@
 //! (weights ignored), indexed by `(daddr × 2654435761) & 255`; an unusable destination in
 //! the bucket means no destination, there is no fallback (ip_vs_dh.c).
 
+use super::Dest;
 use super::{Schedule, usable};
 use crate::conns::ConnCounts;
-use crate::datapath::flow_table::FlowKey;
-use crate::snapshot::RealEntry;
+use crate::flow::FlowKey;
 
 const TAB_BITS: u32 = 8;
 const TAB_SIZE: usize = 1 << TAB_BITS;
@@ -17,7 +17,7 @@ pub struct DestinationHash {
 }
 
 impl DestinationHash {
-    pub fn new(reals: &[RealEntry]) -> DestinationHash {
+    pub fn new(reals: &[Dest]) -> DestinationHash {
         let mut buckets = [NONE; TAB_SIZE];
         if !reals.is_empty() {
             for (i, b) in buckets.iter_mut().enumerate() {
@@ -34,7 +34,7 @@ impl DestinationHash {
 }
 
 impl Schedule for DestinationHash {
-    fn pick(&self, reals: &[RealEntry], flow: &FlowKey, conns: &ConnCounts) -> Option<usize> {
+    fn pick(&self, reals: &[Dest], flow: &FlowKey, conns: &ConnCounts, _now: u32) -> Option<usize> {
         let i = self.buckets[Self::bucket(flow.daddr)];
         let r = reals.get(usize::from(i))?;
         usable(r, conns).then_some(usize::from(i))
@@ -46,7 +46,7 @@ mod tests {
     use super::*;
     use crate::conns::Thresholds;
     use crate::sched::test_util::flow;
-    use crate::snapshot::tests::reals_with_weights;
+    use crate::sched::test_util::reals_with_weights;
 
     #[test]
     fn destination_maps_to_one_real_by_the_kernel_hash() {
@@ -57,7 +57,7 @@ mod tests {
             let want = (daddr.wrapping_mul(2_654_435_761) & 255) as usize % 3;
             for src in 0..20 {
                 assert_eq!(
-                    s.pick(&reals, &flow(src, daddr, 1000 + src as u16), &c),
+                    s.pick(&reals, &flow(src, daddr, 1000 + src as u16), &c, 0),
                     Some(want)
                 );
             }
@@ -74,12 +74,12 @@ mod tests {
         let c = ConnCounts::new();
         // daddr 1 → bucket (2654435761 & 255) = 0xB1 = 177 → odd → real B (weight 0).
         assert_eq!(DestinationHash::bucket(1), 177);
-        assert_eq!(s.pick(&reals, &flow(9, 1, 9), &c), None);
-        assert_eq!(s.pick(&reals, &flow(9, 0, 9), &c), Some(0));
+        assert_eq!(s.pick(&reals, &flow(9, 1, 9), &c, 0), None);
+        assert_eq!(s.pick(&reals, &flow(9, 0, 9), &c, 0), Some(0));
         c.bind(reals[0].id, true, Thresholds { upper: 1, lower: 0 });
-        assert_eq!(s.pick(&reals, &flow(9, 0, 9), &c), None);
+        assert_eq!(s.pick(&reals, &flow(9, 0, 9), &c, 0), None);
         assert_eq!(
-            DestinationHash::new(&[]).pick(&[], &flow(9, 0, 9), &c),
+            DestinationHash::new(&[]).pick(&[], &flow(9, 0, 9), &c, 0),
             None
         );
     }

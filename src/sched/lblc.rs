@@ -8,12 +8,12 @@
 //! Entries unused for 24 h (`lblc_expiration`) are forgotten; see `lbl_table` for the fixed
 //! table that replaces the kernel's timer-trimmed hash.
 
+use super::Dest;
 use super::Schedule;
 use super::lbl_table::{DEFAULT_EXPIRATION_MS, DestTable};
 use super::wlc::weighted_least;
 use crate::conns::ConnCounts;
-use crate::datapath::flow_table::FlowKey;
-use crate::snapshot::RealEntry;
+use crate::flow::FlowKey;
 
 #[derive(Debug)]
 pub struct LocalityLeastConn {
@@ -28,7 +28,7 @@ impl Default for LocalityLeastConn {
 
 /// The lblc/lblcr notion of overload: `dest` has more active connections than its weight and
 /// some real (any, even one that is not usable) has fewer than half of its weight active.
-pub(crate) fn lbl_overloaded(dest: &RealEntry, reals: &[RealEntry], conns: &ConnCounts) -> bool {
+pub(crate) fn lbl_overloaded(dest: &Dest, reals: &[Dest], conns: &ConnCounts) -> bool {
     conns.active(dest.id) > dest.weight
         && reals
             .iter()
@@ -49,7 +49,7 @@ impl LocalityLeastConn {
 
     pub(crate) fn pick_at(
         &self,
-        reals: &[RealEntry],
+        reals: &[Dest],
         flow: &FlowKey,
         conns: &ConnCounts,
         now: u32,
@@ -84,8 +84,8 @@ impl LocalityLeastConn {
 }
 
 impl Schedule for LocalityLeastConn {
-    fn pick(&self, reals: &[RealEntry], flow: &FlowKey, conns: &ConnCounts) -> Option<usize> {
-        self.pick_at(reals, flow, conns, crate::clock::now_ms())
+    fn pick(&self, reals: &[Dest], flow: &FlowKey, conns: &ConnCounts, now: u32) -> Option<usize> {
+        self.pick_at(reals, flow, conns, now)
     }
 }
 
@@ -94,7 +94,7 @@ mod tests {
     use super::*;
     use crate::conns::Thresholds;
     use crate::sched::test_util::flow;
-    use crate::snapshot::tests::reals_with_weights;
+    use crate::sched::test_util::reals_with_weights;
 
     const DST: u32 = 0x0a09_0001;
 

@@ -11,13 +11,13 @@
 //! the kernel would keep it), and up to 255 reals per service (beyond that the service is
 //! scheduled by plain wlc without a cache).
 
+use super::Dest;
 use super::Schedule;
 use super::lbl_table::{DEFAULT_EXPIRATION_MS, DestTable, Entry};
 use super::lblc::lbl_overloaded;
 use super::wlc::weighted_least;
 use crate::conns::ConnCounts;
-use crate::datapath::flow_table::FlowKey;
-use crate::snapshot::RealEntry;
+use crate::flow::FlowKey;
 
 pub const MAX_MEMBERS: usize = 8;
 pub const MAX_REALS: usize = 255;
@@ -62,7 +62,7 @@ fn remove(set: u64, i: usize) -> u64 {
 
 /// `ip_vs_dest_set_min`: the first member with a weight and no threshold overload seeds,
 /// later members replace it only when strictly less loaded per weight.
-fn set_min(set: u64, reals: &[RealEntry], conns: &ConnCounts) -> Option<usize> {
+fn set_min(set: u64, reals: &[Dest], conns: &ConnCounts) -> Option<usize> {
     let mut least: Option<(usize, u64, u64)> = None;
     for i in members(set) {
         let r = &reals[i];
@@ -81,7 +81,7 @@ fn set_min(set: u64, reals: &[RealEntry], conns: &ConnCounts) -> Option<usize> {
 
 /// `ip_vs_dest_set_max`: the most loaded member per weight, among those with a weight
 /// (threshold overload does not matter here); ties stay with the most recent.
-fn set_max(set: u64, reals: &[RealEntry], conns: &ConnCounts) -> Option<usize> {
+fn set_max(set: u64, reals: &[Dest], conns: &ConnCounts) -> Option<usize> {
     let mut most: Option<(usize, u64, u64)> = None;
     for i in members(set) {
         let r = &reals[i];
@@ -110,7 +110,7 @@ impl LocalityReplicated {
         }
     }
 
-    fn hit(&self, e: Entry, reals: &[RealEntry], conns: &ConnCounts, now: u32) -> Option<usize> {
+    fn hit(&self, e: Entry, reals: &[Dest], conns: &ConnCounts, now: u32) -> Option<usize> {
         self.table.touch(e, now);
         let mut set = e.value;
         let dest = set_min(set, reals, conns);
@@ -147,7 +147,7 @@ impl LocalityReplicated {
 
     pub(crate) fn pick_at(
         &self,
-        reals: &[RealEntry],
+        reals: &[Dest],
         flow: &FlowKey,
         conns: &ConnCounts,
         now: u32,
@@ -165,8 +165,8 @@ impl LocalityReplicated {
 }
 
 impl Schedule for LocalityReplicated {
-    fn pick(&self, reals: &[RealEntry], flow: &FlowKey, conns: &ConnCounts) -> Option<usize> {
-        self.pick_at(reals, flow, conns, crate::clock::now_ms())
+    fn pick(&self, reals: &[Dest], flow: &FlowKey, conns: &ConnCounts, now: u32) -> Option<usize> {
+        self.pick_at(reals, flow, conns, now)
     }
 }
 
@@ -174,7 +174,7 @@ impl Schedule for LocalityReplicated {
 mod tests {
     use super::*;
     use crate::sched::test_util::flow;
-    use crate::snapshot::tests::reals_with_weights;
+    use crate::sched::test_util::reals_with_weights;
 
     const DST: u32 = 0x0a09_0001;
 

@@ -9,10 +9,10 @@
 //! hsiphash here is the kernel's 64-bit flavour (SipHash-1-3 with `unsigned long` keys, as
 //! on x86_64/arm64): 32-bit kernels use HalfSipHash and build a different table.
 
+use super::Dest;
 use super::{SchedFlags, Schedule, hashed_sport, usable};
 use crate::conns::ConnCounts;
-use crate::datapath::flow_table::FlowKey;
-use crate::snapshot::RealEntry;
+use crate::flow::FlowKey;
 
 /// `primes[CONFIG_IP_VS_MH_TAB_INDEX - 8]` with the default index 12.
 pub const TAB_SIZE: usize = 4093;
@@ -77,7 +77,7 @@ fn fls(x: u32) -> u32 {
 }
 
 impl Maglev {
-    pub fn new(reals: &[RealEntry], flags: SchedFlags, dest_port: u16) -> Maglev {
+    pub fn new(reals: &[Dest], flags: SchedFlags, dest_port: u16) -> Maglev {
         Maglev {
             lookup: populate(reals, dest_port),
             fallback: flags.mh_fallback,
@@ -90,7 +90,7 @@ impl Maglev {
     }
 }
 
-fn populate(reals: &[RealEntry], dest_port: u16) -> Box<[u16]> {
+fn populate(reals: &[Dest], dest_port: u16) -> Box<[u16]> {
     let mut lookup = vec![NONE; TAB_SIZE].into_boxed_slice();
     let g = reals
         .iter()
@@ -159,7 +159,7 @@ fn populate(reals: &[RealEntry], dest_port: u16) -> Box<[u16]> {
 }
 
 impl Schedule for Maglev {
-    fn pick(&self, reals: &[RealEntry], flow: &FlowKey, conns: &ConnCounts) -> Option<usize> {
+    fn pick(&self, reals: &[Dest], flow: &FlowKey, conns: &ConnCounts, _now: u32) -> Option<usize> {
         let port = if self.port { hashed_sport(flow) } else { 0 };
         let available = |i: u16| reals.get(usize::from(i)).is_some_and(|r| usable(r, conns));
         let ihash = hashkey(flow.saddr, port, KEY1, 0) as usize % TAB_SIZE;
@@ -191,7 +191,7 @@ impl Schedule for Maglev {
 mod tests {
     use super::*;
     use crate::sched::test_util::flow;
-    use crate::snapshot::tests::reals_with_weights;
+    use crate::sched::test_util::reals_with_weights;
 
     const PORT: u16 = 80;
 
@@ -229,7 +229,7 @@ mod tests {
         let c = ConnCounts::new();
         let mut flows = [0usize; 4];
         for a in sources() {
-            flows[m.pick(&reals, &flow(a, 1, 1), &c).unwrap()] += 1;
+            flows[m.pick(&reals, &flow(a, 1, 1), &c, 0).unwrap()] += 1;
         }
         for (k, &f) in flows.iter().enumerate() {
             let want = 20_000 * (k + 1) / 10;
@@ -251,8 +251,8 @@ mod tests {
         let (mut kept, mut moved) = (0, 0);
         for a in sources() {
             let f = flow(a, 1, 1);
-            let b = &before[mb.pick(&before, &f, &c).unwrap()];
-            let x = &after[ma.pick(&after, &f, &c).unwrap()];
+            let b = &before[mb.pick(&before, &f, &c, 0).unwrap()];
+            let x = &after[ma.pick(&after, &f, &c, 0).unwrap()];
             if b.id == removed.id {
                 moved += 1;
             } else {
@@ -290,9 +290,9 @@ mod tests {
         let mut hit_b = 0;
         for a in sources().take(3000) {
             let f = flow(a, 1, 1);
-            let orig = m1.pick(&reals, &f, &c).unwrap();
-            let q = m2.pick(&quiesced, &f, &c);
-            let with_fb = fb.pick(&quiesced, &f, &c);
+            let orig = m1.pick(&reals, &f, &c, 0).unwrap();
+            let q = m2.pick(&quiesced, &f, &c, 0);
+            let with_fb = fb.pick(&quiesced, &f, &c, 0);
             if orig == 1 {
                 hit_b += 1;
                 assert_eq!(q, None);
@@ -312,7 +312,7 @@ mod tests {
         let none = reals_with_weights(&[0, 0]);
         let m4 = Maglev::new(&none, SchedFlags::default(), PORT);
         assert!(m4.lookup.iter().all(|&i| i == NONE));
-        assert_eq!(m4.pick(&none, &flow(1, 1, 1), &c), None);
+        assert_eq!(m4.pick(&none, &flow(1, 1, 1), &c, 0), None);
     }
 
     #[test]
@@ -328,12 +328,12 @@ mod tests {
             },
             PORT,
         );
-        let one = plain.pick(&reals, &flow(0x0a00_0001, 1, 1000), &c);
+        let one = plain.pick(&reals, &flow(0x0a00_0001, 1, 1000), &c, 0);
         let mut seen = [false; 3];
         for sport in 1000..1200 {
-            assert_eq!(plain.pick(&reals, &flow(0x0a00_0001, 1, sport), &c), one);
+            assert_eq!(plain.pick(&reals, &flow(0x0a00_0001, 1, sport), &c, 0), one);
             seen[ported
-                .pick(&reals, &flow(0x0a00_0001, 1, sport), &c)
+                .pick(&reals, &flow(0x0a00_0001, 1, sport), &c, 0)
                 .unwrap()] = true;
         }
         assert_eq!(seen, [true; 3]);

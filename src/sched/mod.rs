@@ -29,17 +29,29 @@ pub mod wrr;
 
 use std::fmt;
 
-use crate::conns::ConnCounts;
-use crate::datapath::flow_table::FlowKey;
-use crate::model::SchedulerKind;
-use crate::snapshot::RealEntry;
+use crate::conns::{ConnCounts, Thresholds};
+use crate::flow::FlowKey;
+use crate::model::{RealId, SchedulerKind};
+
+/// A real server as the schedulers see it: the part of IPVS's `ip_vs_dest` that scheduling
+/// reads. How the real is reached (method, next hop) is the snapshot's business, not theirs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dest {
+    pub id: RealId,
+    pub addr: u32,
+    pub weight: u32,
+    /// The last non-zero weight (`mh`'s table uses it; see `model::RealServer`).
+    pub last_weight: u32,
+    pub thresholds: Thresholds,
+}
 
 /// The selection rule of one scheduler.
 pub trait Schedule {
     /// Picks a real server among `reals` (the service's, in configuration order) for a new
     /// flow. `None` = no usable real server (all weight 0 or overloaded, or none). `conns`
-    /// holds the live connection counts and overload flags of every real.
-    fn pick(&self, reals: &[RealEntry], flow: &FlowKey, conns: &ConnCounts) -> Option<usize>;
+    /// holds the live connection counts and overload flags of every real; `now` is the
+    /// worker's millisecond clock (only the locality schedulers age their tables with it).
+    fn pick(&self, reals: &[Dest], flow: &FlowKey, conns: &ConnCounts, now: u32) -> Option<usize>;
 }
 
 /// Per-service scheduler flags (`ipvsadm -b`), defined in the model (see there).
@@ -156,7 +168,7 @@ impl Scheduler {
     /// permutation.
     pub fn build(
         kind: SchedulerKind,
-        reals: &[RealEntry],
+        reals: &[Dest],
         flags: SchedFlags,
         dest_port: u16,
     ) -> Scheduler {
@@ -178,30 +190,56 @@ impl Scheduler {
         }
     }
 
-    #[inline]
-    pub fn pick(&self, reals: &[RealEntry], flow: &FlowKey, conns: &ConnCounts) -> Option<usize> {
+    /// The `ipvsadm -s` kind this scheduler implements.
+    pub fn kind(&self) -> SchedulerKind {
         match self {
-            Scheduler::Rr(s) => s.pick(reals, flow, conns),
-            Scheduler::Wrr(s) => s.pick(reals, flow, conns),
-            Scheduler::Lc(s) => s.pick(reals, flow, conns),
-            Scheduler::Wlc(s) => s.pick(reals, flow, conns),
-            Scheduler::Sed(s) => s.pick(reals, flow, conns),
-            Scheduler::Nq(s) => s.pick(reals, flow, conns),
-            Scheduler::Fo(s) => s.pick(reals, flow, conns),
-            Scheduler::Ovf(s) => s.pick(reals, flow, conns),
-            Scheduler::Dh(s) => s.pick(reals, flow, conns),
-            Scheduler::Sh(s) => s.pick(reals, flow, conns),
-            Scheduler::Mh(s) => s.pick(reals, flow, conns),
-            Scheduler::Twos(s) => s.pick(reals, flow, conns),
-            Scheduler::Lblc(s) => s.pick(reals, flow, conns),
-            Scheduler::Lblcr(s) => s.pick(reals, flow, conns),
+            Scheduler::Rr(_) => SchedulerKind::Rr,
+            Scheduler::Wrr(_) => SchedulerKind::Wrr,
+            Scheduler::Lc(_) => SchedulerKind::Lc,
+            Scheduler::Wlc(_) => SchedulerKind::Wlc,
+            Scheduler::Sed(_) => SchedulerKind::Sed,
+            Scheduler::Nq(_) => SchedulerKind::Nq,
+            Scheduler::Fo(_) => SchedulerKind::Fo,
+            Scheduler::Ovf(_) => SchedulerKind::Ovf,
+            Scheduler::Dh(_) => SchedulerKind::Dh,
+            Scheduler::Sh(_) => SchedulerKind::Sh,
+            Scheduler::Mh(_) => SchedulerKind::Mh,
+            Scheduler::Twos(_) => SchedulerKind::Twos,
+            Scheduler::Lblc(_) => SchedulerKind::Lblc,
+            Scheduler::Lblcr(_) => SchedulerKind::Lblcr,
+        }
+    }
+
+    #[inline]
+    pub fn pick(
+        &self,
+        reals: &[Dest],
+        flow: &FlowKey,
+        conns: &ConnCounts,
+        now: u32,
+    ) -> Option<usize> {
+        match self {
+            Scheduler::Rr(s) => s.pick(reals, flow, conns, now),
+            Scheduler::Wrr(s) => s.pick(reals, flow, conns, now),
+            Scheduler::Lc(s) => s.pick(reals, flow, conns, now),
+            Scheduler::Wlc(s) => s.pick(reals, flow, conns, now),
+            Scheduler::Sed(s) => s.pick(reals, flow, conns, now),
+            Scheduler::Nq(s) => s.pick(reals, flow, conns, now),
+            Scheduler::Fo(s) => s.pick(reals, flow, conns, now),
+            Scheduler::Ovf(s) => s.pick(reals, flow, conns, now),
+            Scheduler::Dh(s) => s.pick(reals, flow, conns, now),
+            Scheduler::Sh(s) => s.pick(reals, flow, conns, now),
+            Scheduler::Mh(s) => s.pick(reals, flow, conns, now),
+            Scheduler::Twos(s) => s.pick(reals, flow, conns, now),
+            Scheduler::Lblc(s) => s.pick(reals, flow, conns, now),
+            Scheduler::Lblcr(s) => s.pick(reals, flow, conns, now),
         }
     }
 }
 
 /// Usable for new flows: weight > 0 and not overloaded (every IPVS scheduler skips both).
 #[inline]
-pub(crate) fn usable(r: &RealEntry, conns: &ConnCounts) -> bool {
+pub(crate) fn usable(r: &Dest, conns: &ConnCounts) -> bool {
     r.weight > 0 && !conns.overloaded(r.id)
 }
 
@@ -215,15 +253,35 @@ pub(crate) fn hash_32(val: u32, bits: u32) -> u32 {
 /// carry one; anything else hashes port 0.
 #[inline]
 pub(crate) fn hashed_sport(flow: &FlowKey) -> u16 {
+    const IPPROTO_SCTP: u8 = 132;
     match flow.proto {
-        6 | 17 | 132 => flow.sport,
+        crate::wire::IPPROTO_TCP | crate::wire::IPPROTO_UDP | IPPROTO_SCTP => flow.sport,
         _ => 0,
     }
 }
 
 #[cfg(test)]
 pub(crate) mod test_util {
-    use crate::datapath::flow_table::FlowKey;
+    use std::num::NonZeroU32;
+
+    use super::Dest;
+    use crate::conns::Thresholds;
+    use crate::flow::FlowKey;
+    use crate::model::RealId;
+
+    /// Reals 10.0.0.11, .12, … with ids 1, 2, … and the given weights.
+    pub fn reals_with_weights(w: &[u32]) -> Vec<Dest> {
+        w.iter()
+            .enumerate()
+            .map(|(i, &weight)| Dest {
+                id: RealId(NonZeroU32::new(i as u32 + 1).expect("ids start at 1")),
+                addr: 0x0a00_000b + i as u32,
+                weight,
+                last_weight: weight,
+                thresholds: Thresholds::default(),
+            })
+            .collect()
+    }
 
     pub fn flow(saddr: u32, daddr: u32, sport: u16) -> FlowKey {
         FlowKey {

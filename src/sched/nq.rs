@@ -1,17 +1,23 @@
 //! `nq`: never queue: the first usable destination with no active connection, at once;
 //! otherwise the sed rule (ip_vs_nq.c).
 
+use super::Dest;
 use super::Schedule;
 use super::sed::expected_delay;
 use crate::conns::ConnCounts;
-use crate::datapath::flow_table::FlowKey;
-use crate::snapshot::RealEntry;
+use crate::flow::FlowKey;
 
 #[derive(Debug, Default)]
 pub struct NeverQueue;
 
 impl Schedule for NeverQueue {
-    fn pick(&self, reals: &[RealEntry], _flow: &FlowKey, conns: &ConnCounts) -> Option<usize> {
+    fn pick(
+        &self,
+        reals: &[Dest],
+        _flow: &FlowKey,
+        conns: &ConnCounts,
+        _now: u32,
+    ) -> Option<usize> {
         expected_delay(reals, conns, true)
     }
 }
@@ -21,7 +27,7 @@ mod tests {
     use super::*;
     use crate::conns::Thresholds;
     use crate::sched::test_util::flow;
-    use crate::snapshot::tests::reals_with_weights;
+    use crate::sched::test_util::reals_with_weights;
 
     #[test]
     fn first_idle_wins_even_against_a_better_ratio() {
@@ -29,7 +35,7 @@ mod tests {
         let c = ConnCounts::new();
         c.set(reals[0].id, 1, 0); // 2/100, far better than 1/1
         c.set(reals[1].id, 0, 40); // idle (inactive ignored)
-        assert_eq!(NeverQueue.pick(&reals, &flow(1, 2, 3), &c), Some(1));
+        assert_eq!(NeverQueue.pick(&reals, &flow(1, 2, 3), &c, 0), Some(1));
     }
 
     #[test]
@@ -38,10 +44,10 @@ mod tests {
         let c = ConnCounts::new();
         c.set(reals[1].id, 1, 0); // 2/1
         c.set(reals[2].id, 2, 0); // 3/3
-        assert_eq!(NeverQueue.pick(&reals, &flow(1, 2, 3), &c), Some(2));
+        assert_eq!(NeverQueue.pick(&reals, &flow(1, 2, 3), &c, 0), Some(2));
         // Idle but overloaded, or weight 0: not chosen.
         c.set(reals[2].id, 0, 0);
         c.bind(reals[2].id, false, Thresholds { upper: 1, lower: 0 });
-        assert_eq!(NeverQueue.pick(&reals, &flow(1, 2, 3), &c), Some(1));
+        assert_eq!(NeverQueue.pick(&reals, &flow(1, 2, 3), &c, 0), Some(1));
     }
 }

@@ -2,16 +2,22 @@
 //! exceed its weight (`active <= weight`), so traffic spills to the next one when the
 //! first is "full"; inactive connections are not counted (ip_vs_ovf.c).
 
+use super::Dest;
 use super::{Schedule, usable};
 use crate::conns::ConnCounts;
-use crate::datapath::flow_table::FlowKey;
-use crate::snapshot::RealEntry;
+use crate::flow::FlowKey;
 
 #[derive(Debug, Default)]
 pub struct Overflow;
 
 impl Schedule for Overflow {
-    fn pick(&self, reals: &[RealEntry], _flow: &FlowKey, conns: &ConnCounts) -> Option<usize> {
+    fn pick(
+        &self,
+        reals: &[Dest],
+        _flow: &FlowKey,
+        conns: &ConnCounts,
+        _now: u32,
+    ) -> Option<usize> {
         let mut best: Option<(usize, u32)> = None;
         for (i, r) in reals.iter().enumerate() {
             if !usable(r, conns) || conns.active(r.id) > r.weight {
@@ -30,7 +36,7 @@ mod tests {
     use super::*;
     use crate::conns::Thresholds;
     use crate::sched::test_util::flow;
-    use crate::snapshot::tests::reals_with_weights;
+    use crate::sched::test_util::reals_with_weights;
 
     #[test]
     fn overflows_when_active_exceeds_weight() {
@@ -39,7 +45,7 @@ mod tests {
         let t = Thresholds::default();
         let mut s = String::new();
         for _ in 0..7 {
-            let p = Overflow.pick(&reals, &flow(1, 2, 3), &c);
+            let p = Overflow.pick(&reals, &flow(1, 2, 3), &c, 0);
             if let Some(i) = p {
                 c.bind(reals[i].id, true, t);
             }
@@ -50,7 +56,7 @@ mod tests {
         assert_eq!(s, "BBBBAAA");
         // Inactive connections do not count.
         c.set(reals[0].id, 0, 100);
-        assert_eq!(Overflow.pick(&reals, &flow(1, 2, 3), &c), Some(0));
+        assert_eq!(Overflow.pick(&reals, &flow(1, 2, 3), &c, 0), Some(0));
     }
 
     #[test]
@@ -58,6 +64,6 @@ mod tests {
         let reals = reals_with_weights(&[1, 0]);
         let c = ConnCounts::new();
         c.set(reals[0].id, 2, 0);
-        assert_eq!(Overflow.pick(&reals, &flow(1, 2, 3), &c), None);
+        assert_eq!(Overflow.pick(&reals, &flow(1, 2, 3), &c, 0), None);
     }
 }

@@ -3,10 +3,10 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use super::Dest;
 use super::{Schedule, usable};
 use crate::conns::ConnCounts;
-use crate::datapath::flow_table::FlowKey;
-use crate::snapshot::RealEntry;
+use crate::flow::FlowKey;
 
 /// Position of the last destination chosen; `u32::MAX` = none yet (the list head).
 #[derive(Debug)]
@@ -28,7 +28,7 @@ impl Default for RoundRobin {
     }
 }
 
-fn next_after(last: u32, reals: &[RealEntry], conns: &ConnCounts) -> Option<usize> {
+fn next_after(last: u32, reals: &[Dest], conns: &ConnCounts) -> Option<usize> {
     let n = reals.len();
     let start = if last == u32::MAX {
         0
@@ -41,7 +41,13 @@ fn next_after(last: u32, reals: &[RealEntry], conns: &ConnCounts) -> Option<usiz
 }
 
 impl Schedule for RoundRobin {
-    fn pick(&self, reals: &[RealEntry], _flow: &FlowKey, conns: &ConnCounts) -> Option<usize> {
+    fn pick(
+        &self,
+        reals: &[Dest],
+        _flow: &FlowKey,
+        conns: &ConnCounts,
+        _now: u32,
+    ) -> Option<usize> {
         let mut chosen = None;
         // CAS so that concurrent workers each take the next one in turn.
         let _ = self
@@ -57,7 +63,7 @@ impl Schedule for RoundRobin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::tests::reals_with_weights;
+    use crate::sched::test_util::reals_with_weights;
 
     fn key() -> FlowKey {
         FlowKey {
@@ -74,7 +80,7 @@ mod tests {
         let reals = reals_with_weights(&[1, 0, 5]);
         let rr = RoundRobin::new();
         let seq: Vec<usize> = (0..6)
-            .map(|_| rr.pick(&reals, &key(), &ConnCounts::new()).unwrap())
+            .map(|_| rr.pick(&reals, &key(), &ConnCounts::new(), 0).unwrap())
             .collect();
         assert_eq!(seq, [0, 2, 0, 2, 0, 2]);
     }
@@ -83,9 +89,9 @@ mod tests {
     fn nothing_usable() {
         let rr = RoundRobin::new();
         assert_eq!(
-            rr.pick(&reals_with_weights(&[0, 0]), &key(), &ConnCounts::new()),
+            rr.pick(&reals_with_weights(&[0, 0]), &key(), &ConnCounts::new(), 0),
             None
         );
-        assert_eq!(rr.pick(&[], &key(), &ConnCounts::new()), None);
+        assert_eq!(rr.pick(&[], &key(), &ConnCounts::new(), 0), None);
     }
 }

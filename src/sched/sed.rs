@@ -1,10 +1,10 @@
 //! `sed`: shortest expected delay, the usable destination with the smallest
 //! (active + 1)/weight; inactive connections are ignored (ip_vs_sed.c).
 
+use super::Dest;
 use super::{Schedule, usable};
 use crate::conns::ConnCounts;
-use crate::datapath::flow_table::FlowKey;
-use crate::snapshot::RealEntry;
+use crate::flow::FlowKey;
 
 #[derive(Debug, Default)]
 pub struct ShortestExpectedDelay;
@@ -12,7 +12,7 @@ pub struct ShortestExpectedDelay;
 /// (active + 1) / weight minimum by cross-multiplication, ties to the earliest; `idle_first`
 /// makes it nq (return the first usable destination with no active connection at once).
 pub(crate) fn expected_delay(
-    reals: &[RealEntry],
+    reals: &[Dest],
     conns: &ConnCounts,
     idle_first: bool,
 ) -> Option<usize> {
@@ -37,7 +37,13 @@ pub(crate) fn expected_delay(
 }
 
 impl Schedule for ShortestExpectedDelay {
-    fn pick(&self, reals: &[RealEntry], _flow: &FlowKey, conns: &ConnCounts) -> Option<usize> {
+    fn pick(
+        &self,
+        reals: &[Dest],
+        _flow: &FlowKey,
+        conns: &ConnCounts,
+        _now: u32,
+    ) -> Option<usize> {
         expected_delay(reals, conns, false)
     }
 }
@@ -46,7 +52,7 @@ impl Schedule for ShortestExpectedDelay {
 mod tests {
     use super::*;
     use crate::sched::test_util::flow;
-    use crate::snapshot::tests::reals_with_weights;
+    use crate::sched::test_util::reals_with_weights;
 
     #[test]
     fn ignores_inactive_and_weighs_active_plus_one() {
@@ -56,7 +62,7 @@ mod tests {
         c.set(reals[1].id, 0, 1000);
         // (1+1)/1 vs (0+1)/1: B, whatever its inactive count.
         assert_eq!(
-            ShortestExpectedDelay.pick(&reals, &flow(1, 2, 3), &c),
+            ShortestExpectedDelay.pick(&reals, &flow(1, 2, 3), &c, 0),
             Some(1)
         );
         // Weights 3 and 1: A (2+1)/3 = 1 ties B (0+1)/1 → A.
@@ -64,12 +70,12 @@ mod tests {
         c.set(reals[0].id, 2, 0);
         c.set(reals[1].id, 0, 0);
         assert_eq!(
-            ShortestExpectedDelay.pick(&reals, &flow(1, 2, 3), &c),
+            ShortestExpectedDelay.pick(&reals, &flow(1, 2, 3), &c, 0),
             Some(0)
         );
         c.set(reals[0].id, 3, 0);
         assert_eq!(
-            ShortestExpectedDelay.pick(&reals, &flow(1, 2, 3), &c),
+            ShortestExpectedDelay.pick(&reals, &flow(1, 2, 3), &c, 0),
             Some(1)
         );
     }
@@ -80,9 +86,9 @@ mod tests {
         let c = ConnCounts::new();
         c.set(reals[1].id, 50, 0);
         assert_eq!(
-            ShortestExpectedDelay.pick(&reals, &flow(1, 2, 3), &c),
+            ShortestExpectedDelay.pick(&reals, &flow(1, 2, 3), &c, 0),
             Some(1)
         );
-        assert_eq!(ShortestExpectedDelay.pick(&[], &flow(1, 2, 3), &c), None);
+        assert_eq!(ShortestExpectedDelay.pick(&[], &flow(1, 2, 3), &c, 0), None);
     }
 }

@@ -4,10 +4,10 @@
 //! sh-fallback, which probes bucket `(2·h + k) & 255` for k = 0..255 (the kernel adds the
 //! offset to the hash once more; ip_vs_sh.c).
 
+use super::Dest;
 use super::{SchedFlags, Schedule, hash_32, hashed_sport, usable};
 use crate::conns::ConnCounts;
-use crate::datapath::flow_table::FlowKey;
-use crate::snapshot::RealEntry;
+use crate::flow::FlowKey;
 
 const TAB_BITS: u32 = 8;
 const TAB_SIZE: usize = 1 << TAB_BITS;
@@ -22,7 +22,7 @@ pub struct SourceHash {
 }
 
 impl SourceHash {
-    pub fn new(reals: &[RealEntry], flags: SchedFlags) -> SourceHash {
+    pub fn new(reals: &[Dest], flags: SchedFlags) -> SourceHash {
         let mut buckets = [NONE; TAB_SIZE];
         if !reals.is_empty() {
             let (mut p, mut count) = (0usize, 0u32);
@@ -49,7 +49,7 @@ impl SourceHash {
 }
 
 impl Schedule for SourceHash {
-    fn pick(&self, reals: &[RealEntry], flow: &FlowKey, conns: &ConnCounts) -> Option<usize> {
+    fn pick(&self, reals: &[Dest], flow: &FlowKey, conns: &ConnCounts, _now: u32) -> Option<usize> {
         let port = if self.port { hashed_sport(flow) } else { 0 };
         let ok = |b: u16| {
             reals
@@ -83,7 +83,7 @@ impl Schedule for SourceHash {
 mod tests {
     use super::*;
     use crate::sched::test_util::flow;
-    use crate::snapshot::tests::reals_with_weights;
+    use crate::sched::test_util::reals_with_weights;
 
     #[test]
     fn buckets_tile_by_weight_and_weight_zero_takes_one() {
@@ -99,7 +99,10 @@ mod tests {
         let saddr = 0xc0a8_0a07;
         let want = usize::from(plain.buckets[(hash_32(saddr, 8)) as usize]);
         for sport in 1000..1100 {
-            assert_eq!(plain.pick(&reals, &flow(saddr, 9, sport), &c), Some(want));
+            assert_eq!(
+                plain.pick(&reals, &flow(saddr, 9, sport), &c, 0),
+                Some(want)
+            );
         }
         let ported = SourceHash::new(
             &reals,
@@ -110,7 +113,7 @@ mod tests {
         );
         let mut seen = [false; 4];
         for sport in 1000..1100u16 {
-            let got = ported.pick(&reals, &flow(saddr, 9, sport), &c).unwrap();
+            let got = ported.pick(&reals, &flow(saddr, 9, sport), &c, 0).unwrap();
             let b = hash_32(u32::from(sport) + saddr, 8) as usize;
             assert_eq!(got, b % 4, "weights 1 tile A B C D");
             seen[got] = true;
@@ -124,7 +127,7 @@ mod tests {
         let c = ConnCounts::new();
         let saddr = (0..).find(|&a| hash_32(a, 8) % 2 == 1).unwrap();
         let s = SourceHash::new(&reals, SchedFlags::default());
-        assert_eq!(s.pick(&reals, &flow(saddr, 9, 1), &c), None);
+        assert_eq!(s.pick(&reals, &flow(saddr, 9, 1), &c, 0), None);
         let f = SourceHash::new(
             &reals,
             SchedFlags {
@@ -133,10 +136,10 @@ mod tests {
             },
         );
         // Probes (2h + 0) & 255 first: h odd → even bucket → A.
-        assert_eq!(f.pick(&reals, &flow(saddr, 9, 1), &c), Some(0));
+        assert_eq!(f.pick(&reals, &flow(saddr, 9, 1), &c, 0), Some(0));
         let none = reals_with_weights(&[0, 0]);
         let f = SourceHash::new(&none, f_flags());
-        assert_eq!(f.pick(&none, &flow(saddr, 9, 1), &c), None);
+        assert_eq!(f.pick(&none, &flow(saddr, 9, 1), &c, 0), None);
     }
 
     fn f_flags() -> SchedFlags {

@@ -9,10 +9,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::Dest;
 use super::{Schedule, usable};
 use crate::conns::ConnCounts;
-use crate::datapath::flow_table::FlowKey;
-use crate::snapshot::RealEntry;
+use crate::flow::FlowKey;
 
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
@@ -57,7 +57,7 @@ impl PowerOfTwo {
     }
 
     /// The selection given the two draws (each in `[0, Σweight]`).
-    fn choose(reals: &[RealEntry], conns: &ConnCounts, r1: u32, r2: u32) -> Option<usize> {
+    fn choose(reals: &[Dest], conns: &ConnCounts, r1: u32, r2: u32) -> Option<usize> {
         let (mut r1, mut r2) = (i64::from(r1), i64::from(r2));
         let mut c1: Option<(usize, u64, u64)> = None;
         let mut c2: Option<(usize, u64, u64)> = None;
@@ -87,7 +87,13 @@ impl PowerOfTwo {
 }
 
 impl Schedule for PowerOfTwo {
-    fn pick(&self, reals: &[RealEntry], _flow: &FlowKey, conns: &ConnCounts) -> Option<usize> {
+    fn pick(
+        &self,
+        reals: &[Dest],
+        _flow: &FlowKey,
+        conns: &ConnCounts,
+        _now: u32,
+    ) -> Option<usize> {
         let total: u64 = reals
             .iter()
             .filter(|r| usable(r, conns))
@@ -109,7 +115,7 @@ mod tests {
     use super::*;
     use crate::conns::Thresholds;
     use crate::sched::test_util::flow;
-    use crate::snapshot::tests::reals_with_weights;
+    use crate::sched::test_util::reals_with_weights;
 
     #[test]
     fn draws_walk_the_weights_and_the_less_loaded_wins() {
@@ -135,9 +141,12 @@ mod tests {
         c.bind(reals[1].id, true, Thresholds { upper: 1, lower: 0 });
         let s = PowerOfTwo::with_seed(7);
         for _ in 0..50 {
-            assert_eq!(s.pick(&reals, &flow(1, 2, 3), &c), Some(2));
+            assert_eq!(s.pick(&reals, &flow(1, 2, 3), &c, 0), Some(2));
         }
-        assert_eq!(s.pick(&reals_with_weights(&[0]), &flow(1, 2, 3), &c), None);
+        assert_eq!(
+            s.pick(&reals_with_weights(&[0]), &flow(1, 2, 3), &c, 0),
+            None
+        );
     }
 
     #[test]
@@ -147,7 +156,7 @@ mod tests {
         let run = |seed| {
             let s = PowerOfTwo::with_seed(seed);
             (0..4000)
-                .map(|_| s.pick(&reals, &flow(1, 2, 3), &c).unwrap())
+                .map(|_| s.pick(&reals, &flow(1, 2, 3), &c, 0).unwrap())
                 .collect::<Vec<_>>()
         };
         let a = run(42);

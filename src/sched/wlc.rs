@@ -2,17 +2,17 @@
 //! compared as `loh × w > doh × wl` so that no division happens and ties stay with the
 //! earliest (ip_vs_wlc.c). lblc and lblcr use the same rule over all destinations.
 
+use super::Dest;
 use super::{Schedule, usable};
 use crate::conns::ConnCounts;
-use crate::datapath::flow_table::FlowKey;
-use crate::snapshot::RealEntry;
+use crate::flow::FlowKey;
 
 #[derive(Debug, Default)]
 pub struct WeightedLeastConn;
 
 /// Index of the weighted least-connection destination among `reals`, `None` if none is
 /// usable. Weight 0 can never win the comparison; the kernel skips it when seeding.
-pub(crate) fn weighted_least(reals: &[RealEntry], conns: &ConnCounts) -> Option<usize> {
+pub(crate) fn weighted_least(reals: &[Dest], conns: &ConnCounts) -> Option<usize> {
     let mut least: Option<(usize, u64, u64)> = None;
     for (i, r) in reals.iter().enumerate() {
         if !usable(r, conns) {
@@ -30,7 +30,13 @@ pub(crate) fn weighted_least(reals: &[RealEntry], conns: &ConnCounts) -> Option<
 }
 
 impl Schedule for WeightedLeastConn {
-    fn pick(&self, reals: &[RealEntry], _flow: &FlowKey, conns: &ConnCounts) -> Option<usize> {
+    fn pick(
+        &self,
+        reals: &[Dest],
+        _flow: &FlowKey,
+        conns: &ConnCounts,
+        _now: u32,
+    ) -> Option<usize> {
         weighted_least(reals, conns)
     }
 }
@@ -40,7 +46,7 @@ mod tests {
     use super::*;
     use crate::conns::Thresholds;
     use crate::sched::test_util::flow;
-    use crate::snapshot::tests::reals_with_weights;
+    use crate::sched::test_util::reals_with_weights;
 
     #[test]
     fn overhead_over_weight() {
@@ -49,12 +55,18 @@ mod tests {
         let c = ConnCounts::new();
         c.set(reals[0].id, 2, 0);
         c.set(reals[1].id, 1, 5);
-        assert_eq!(WeightedLeastConn.pick(&reals, &flow(1, 2, 3), &c), Some(1));
+        assert_eq!(
+            WeightedLeastConn.pick(&reals, &flow(1, 2, 3), &c, 0),
+            Some(1)
+        );
         // A weight 2: 512/2 = 256 < 261.
         let reals = reals_with_weights(&[2, 1]);
         c.set(reals[0].id, 2, 0);
         c.set(reals[1].id, 1, 5);
-        assert_eq!(WeightedLeastConn.pick(&reals, &flow(1, 2, 3), &c), Some(0));
+        assert_eq!(
+            WeightedLeastConn.pick(&reals, &flow(1, 2, 3), &c, 0),
+            Some(0)
+        );
     }
 
     #[test]
@@ -62,12 +74,18 @@ mod tests {
         let reals = reals_with_weights(&[1, 2, 3]);
         let c = ConnCounts::new();
         // All idle: 0*w > 0*w never holds, so the first wins.
-        assert_eq!(WeightedLeastConn.pick(&reals, &flow(1, 2, 3), &c), Some(0));
+        assert_eq!(
+            WeightedLeastConn.pick(&reals, &flow(1, 2, 3), &c, 0),
+            Some(0)
+        );
         // 256/1 vs 512/2: equal, keep A.
         c.set(reals[0].id, 1, 0);
         c.set(reals[1].id, 2, 0);
         c.set(reals[2].id, 4, 0);
-        assert_eq!(WeightedLeastConn.pick(&reals, &flow(1, 2, 3), &c), Some(0));
+        assert_eq!(
+            WeightedLeastConn.pick(&reals, &flow(1, 2, 3), &c, 0),
+            Some(0)
+        );
     }
 
     #[test]
@@ -78,7 +96,9 @@ mod tests {
         let c = ConnCounts::new();
         let mut s = String::new();
         for _ in 0..8 {
-            let i = WeightedLeastConn.pick(&reals, &flow(1, 2, 3), &c).unwrap();
+            let i = WeightedLeastConn
+                .pick(&reals, &flow(1, 2, 3), &c, 0)
+                .unwrap();
             c.bind(reals[i].id, true, Thresholds::default());
             s.push((b'A' + i as u8) as char);
         }
@@ -92,8 +112,11 @@ mod tests {
         let reals = reals_with_weights(&[0, 1]);
         let c = ConnCounts::new();
         c.set(reals[1].id, 1000, 0);
-        assert_eq!(WeightedLeastConn.pick(&reals, &flow(1, 2, 3), &c), Some(1));
+        assert_eq!(
+            WeightedLeastConn.pick(&reals, &flow(1, 2, 3), &c, 0),
+            Some(1)
+        );
         c.bind(reals[1].id, true, Thresholds { upper: 1, lower: 0 });
-        assert_eq!(WeightedLeastConn.pick(&reals, &flow(1, 2, 3), &c), None);
+        assert_eq!(WeightedLeastConn.pick(&reals, &flow(1, 2, 3), &c, 0), None);
     }
 }

@@ -7,10 +7,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::Dest;
 use super::{Schedule, usable};
 use crate::conns::ConnCounts;
-use crate::datapath::flow_table::FlowKey;
-use crate::snapshot::RealEntry;
+use crate::flow::FlowKey;
 
 /// Position `u32::MAX` = the list head (before the first destination).
 const HEAD: u32 = u32::MAX;
@@ -28,7 +28,7 @@ fn gcd(a: u32, b: u32) -> u32 {
 }
 
 impl WeightedRoundRobin {
-    pub fn new(reals: &[RealEntry]) -> WeightedRoundRobin {
+    pub fn new(reals: &[Dest]) -> WeightedRoundRobin {
         let di = reals
             .iter()
             .filter(|r| r.weight > 0)
@@ -52,13 +52,7 @@ impl WeightedRoundRobin {
         unpack(self.state.load(Ordering::Relaxed)).1
     }
 
-    fn step(
-        &self,
-        pos: u32,
-        cw: i64,
-        reals: &[RealEntry],
-        conns: &ConnCounts,
-    ) -> Option<(usize, i64)> {
+    fn step(&self, pos: u32, cw: i64, reals: &[Dest], conns: &ConnCounts) -> Option<(usize, i64)> {
         if self.mw == 0 || reals.is_empty() {
             return None;
         }
@@ -95,7 +89,13 @@ fn unpack(v: u64) -> (u32, i64) {
 }
 
 impl Schedule for WeightedRoundRobin {
-    fn pick(&self, reals: &[RealEntry], _flow: &FlowKey, conns: &ConnCounts) -> Option<usize> {
+    fn pick(
+        &self,
+        reals: &[Dest],
+        _flow: &FlowKey,
+        conns: &ConnCounts,
+        _now: u32,
+    ) -> Option<usize> {
         let mut chosen = None;
         let _ = self
             .state
@@ -112,7 +112,7 @@ impl Schedule for WeightedRoundRobin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::tests::reals_with_weights;
+    use crate::sched::test_util::reals_with_weights;
 
     fn key() -> FlowKey {
         FlowKey {
@@ -128,7 +128,7 @@ mod tests {
         let reals = reals_with_weights(weights);
         let s = WeightedRoundRobin::new(&reals);
         (0..n)
-            .map(|_| match s.pick(&reals, &key(), &ConnCounts::new()) {
+            .map(|_| match s.pick(&reals, &key(), &ConnCounts::new(), 0) {
                 Some(i) => (b'A' + i as u8) as char,
                 None => '-',
             })

@@ -15,6 +15,7 @@
 //! the sharded lock is not on the hot path of established traffic. See docs/ha.md.
 
 pub mod daemon;
+pub mod gate;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -22,9 +23,9 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use crate::datapath::flow_table::{FlowKey, reached};
-use crate::datapath::tcp_state::TcpState;
-use crate::vrrp::HaGate;
+use crate::flow::tcp_state::TcpState;
+use crate::flow::{FlowKey, reached};
+use gate::HaGate;
 
 /// Who decides the sync role.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -54,9 +55,8 @@ impl SyncConfig {
     }
 }
 
-/// `ipvsadm --start-daemon|--stop-daemon master|backup [--mcast-interface IF] [--syncid N]`,
-/// as the admin socket carries it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// `ipvsadm --start-daemon|--stop-daemon master|backup [--mcast-interface IF] [--syncid N]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DaemonCommand {
     pub start: bool,
     /// `master` (else `backup`).
@@ -205,6 +205,19 @@ impl HaHooks {
             }),
             rx,
         )
+    }
+
+    /// Hooks that never stand by, learn nothing and send nothing (a forwarder without HA,
+    /// until the daemon hands it the shared ones).
+    pub fn inert() -> Arc<HaHooks> {
+        let (out, _) = crossbeam_channel::bounded(1);
+        Arc::new(HaHooks {
+            gate: HaGate::new(),
+            synced: SyncedTable::new(0),
+            sending: AtomicBool::new(false),
+            out,
+            out_dropped: AtomicU64::new(0),
+        })
     }
 
     /// Queues a connection for the sync master (never blocks; a full queue drops and counts).

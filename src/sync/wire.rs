@@ -8,8 +8,8 @@
 //! ```
 //! Version 0 messages (the old format, first byte = nr_conns ≠ 0) are refused.
 
-use crate::datapath::flow_table::FlowKey;
-use crate::datapath::tcp_state::TcpState;
+use crate::flow::FlowKey;
+use crate::flow::tcp_state::TcpState;
 
 use super::SyncRecord;
 

@@ -5,21 +5,22 @@ use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use super::InstanceConfig;
 use super::runtime::{InstanceStatus, Vrrp};
 use crate::neigh::arp::ArpEngine;
-use crate::sync::HaHooks;
 use crate::sync::daemon::SyncDaemon;
+use crate::sync::{DaemonCommand, HaHooks, SyncConfig, SyncRecord, SyncRole};
 
 pub struct HaRuntime {
     pub vrrp: Option<Vrrp>,
     pub sync: Option<SyncDaemon>,
     pub hooks: Arc<HaHooks>,
     /// The workers' record queue, kept to (re)open the sync daemon (`--start-daemon`).
-    queue: crossbeam_channel::Receiver<crate::sync::SyncRecord>,
+    queue: crossbeam_channel::Receiver<SyncRecord>,
 }
 
 /// What `uvs status` / the admin socket report about HA.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HaStatus {
     pub instances: Vec<InstanceStatus>,
     /// ipvsadm `-L --daemon` text.
@@ -77,8 +78,7 @@ impl HaRuntime {
     /// `ipvsadm --start-daemon/--stop-daemon`, with the kernel's refusals as ipvsadm prints
     /// them. One daemon socket serves both roles, so a second role must use the same
     /// interface and syncid (the kernel allows different ones).
-    pub fn sync_command(&mut self, c: &crate::sync::DaemonCommand) -> Result<(), String> {
-        use crate::sync::{SyncConfig, SyncRole};
+    pub fn sync_command(&mut self, c: &DaemonCommand) -> Result<(), String> {
         match (&mut self.sync, c.start) {
             (None, true) => {
                 if !std::path::Path::new("/sys/class/net")
@@ -141,22 +141,25 @@ impl HaRuntime {
     }
 }
 
-/// Opens what `cfg` asks for. Every VRRP VIP starts standing by. Always `Some`: the workers
-/// get the hooks even without VRRP or sync, so `uvsadm --start-daemon` works at run time
-/// (cost without HA: one relaxed load per frame for the gate, one per flow miss and one per
-/// new flow).
-pub fn open(cfg: &crate::config::DaemonConfig) -> anyhow::Result<Option<HaRuntime>> {
+/// Opens the VRRP instances and the sync daemon configured. Every VRRP VIP starts standing
+/// by. The workers get the hooks even without VRRP or sync, so `uvsadm --start-daemon` works
+/// at run time (cost without HA: one relaxed load per frame for the gate, one per flow miss
+/// and one per new flow). `flow_capacity`: one worker's flow table size (the synced table
+/// holds four times as many, at least 65536).
+pub fn open(
+    vrrp: &[InstanceConfig],
+    sync: Option<&SyncConfig>,
+    flow_capacity: usize,
+) -> anyhow::Result<HaRuntime> {
     let gate = super::HaGate::new();
-    let capacity = (cfg.flow_table.capacity as usize)
-        .saturating_mul(4)
-        .max(1 << 16);
+    let capacity = flow_capacity.saturating_mul(4).max(1 << 16);
     let (hooks, queue) = HaHooks::new(Arc::clone(&gate), capacity);
-    let vrrp = if cfg.vrrp.is_empty() {
+    let vrrp = if vrrp.is_empty() {
         None
     } else {
-        Some(Vrrp::open(&cfg.vrrp, gate)?)
+        Some(Vrrp::open(vrrp, gate)?)
     };
-    let sync = match &cfg.sync {
+    let sync = match sync {
         Some(s) => Some(SyncDaemon::open(
             s.clone(),
             Arc::clone(&hooks),
@@ -164,61 +167,10 @@ pub fn open(cfg: &crate::config::DaemonConfig) -> anyhow::Result<Option<HaRuntim
         )?),
         None => None,
     };
-    Ok(Some(HaRuntime {
+    Ok(HaRuntime {
         vrrp,
         sync,
         hooks,
         queue,
-    }))
-}
-
-/// `uvs status`: asks the director of this namespace and formats its HA state.
-pub fn status_text(admin_socket: Option<std::path::PathBuf>) -> anyhow::Result<String> {
-    use crate::ctl::backend::{Backend, SocketBackend, SocketLocation};
-    use crate::ctl::proto::{Reply, Request};
-    let mut b = SocketBackend {
-        location: match admin_socket {
-            Some(p) => SocketLocation::Path(p),
-            None => SocketLocation::Abstract,
-        },
-    };
-    let h = match b.call(&Request::Ha)? {
-        Reply::Ha(h) => h,
-        other => anyhow::bail!("unexpected reply {other:?}"),
-    };
-    let mut s = String::new();
-    if h.instances.is_empty() {
-        s.push_str("VRRP: not configured\n");
-    }
-    for i in &h.instances {
-        s.push_str(&format!(
-            "VRRP instance {} ({} vrid {} v{} priority {} advert {} ms): {}{}; VIPs {}; {} transitions\n",
-            i.name,
-            i.interface,
-            i.vrid,
-            i.version,
-            i.priority,
-            i.advert_int_ms,
-            i.state.name(),
-            i.master
-                .map(|m| format!(", master {m}"))
-                .unwrap_or_default(),
-            i.vips
-                .iter()
-                .map(|v| v.to_string())
-                .collect::<Vec<_>>()
-                .join(" "),
-            i.transitions
-        ));
-    }
-    if h.daemon_listing.is_empty() {
-        s.push_str("sync daemon: not running\n");
-    } else {
-        s.push_str(&h.daemon_listing);
-        s.push_str(&format!(
-            "synced connections waiting for adoption: {}\n",
-            h.synced_flows
-        ));
-    }
-    Ok(s)
+    })
 }

@@ -23,7 +23,7 @@ use std::net::Ipv4Addr;
 use super::packet::{Advert, Version};
 
 /// Where an instance stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
     Init,
     Backup,

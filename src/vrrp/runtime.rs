@@ -54,7 +54,7 @@ pub struct Changes {
 }
 
 /// A snapshot of one instance, for listings.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstanceStatus {
     pub name: String,
     pub interface: String,

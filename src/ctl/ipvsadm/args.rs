@@ -533,7 +533,7 @@ pub enum Command {
     Restore,
     Zero(Option<ServiceKey>),
     /// `--start-daemon`/`--stop-daemon` (HA, issue 8).
-    Daemon(crate::sync::DaemonCommand),
+    Daemon(crate::ctl::proto::DaemonCommand),
     Help,
     Version,
 }
@@ -1156,7 +1156,7 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
         Cmd::Restore => Command::Restore,
         Cmd::Zero => Command::Zero(key),
         Cmd::StartDaemon | Cmd::StopDaemon => {
-            Command::Daemon(crate::sync::DaemonCommand {
+            Command::Daemon(crate::ctl::proto::DaemonCommand {
                 start: cmd == Cmd::StartDaemon,
                 master: daemon_master,
                 // ipvsadm's DEF_MCAST_IFN when --mcast-interface is not given.
@@ -1196,7 +1196,7 @@ mod tests {
 
     #[test]
     fn sync_daemon_commands() {
-        use crate::sync::DaemonCommand;
+        use crate::ctl::proto::DaemonCommand;
         let d = |start, master, interface: &str, syncid| {
             Command::Daemon(DaemonCommand {
                 start,

@@ -7,6 +7,7 @@ use etherparse::PacketBuilder;
 
 use super::*;
 use crate::conns::ConnCounts;
+use crate::io::VNET_F_DATA_VALID;
 use crate::model::{Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec, ServiceTable};
 use crate::snapshot::tests::AllOnLink;
 

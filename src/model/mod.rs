@@ -8,6 +8,8 @@
 //! daemon runs, so a flow-table entry that names a deleted real can never be mistaken for a
 //! new one. `0` is never a valid id (`RealId` wraps a `NonZeroU32`, so `Option<RealId>` is free).
 
+pub mod change;
+
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::num::NonZeroU32;

@@ -1,10 +1,56 @@
-//! Applying changes to the configured state, all or nothing: every change is applied to a
-//! copy; the copy replaces the running state only if all of them succeeded. This is what
-//! makes `uvsadm -R` transactional (ipvsadm's `-R` stops half-way at the first bad line) and
-//! what keeps a refused command from changing anything.
+//! Changes to the configured state, as one ipvsadm command expresses each, and applying them
+//! all or nothing: every change is applied to a copy; the copy replaces the running state
+//! only if all of them succeeded. This is what makes `uvsadm -R` transactional (ipvsadm's
+//! `-R` stops half-way at the first bad line) and what keeps a refused command from changing
+//! anything. [`diff`] computes the changes a configuration reload needs.
 
-use super::proto::{Change, Refusal, TimeoutsSecs};
-use crate::model::{ModelError, ServiceTable};
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{MarkRule, ModelError, RealSpec, ServiceKey, ServiceSpec, ServiceTable};
+
+/// One change to the configuration, as one ipvsadm command expresses it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    AddService(ServiceSpec),
+    EditService(ServiceSpec),
+    DeleteService(ServiceKey),
+    AddReal(ServiceKey, RealSpec),
+    EditReal(ServiceKey, RealSpec),
+    /// Address and port of the real (port 0 = the service's port).
+    DeleteReal(ServiceKey, Ipv4Addr, u16),
+    /// uvs's stand-in for an iptables MARK rule (`uvsadm --add-mark`).
+    AddMarkRule(MarkRule),
+    /// `uvsadm --del-mark`: the rule with the same mark, protocol, VIP and ports.
+    DeleteMarkRule(MarkRule),
+    /// `-C`: every service. Mark rules stay (as `ipvsadm -C` leaves iptables alone).
+    Clear,
+    /// `--set tcp tcpfin udp` in seconds; 0 leaves that value unchanged.
+    SetTimeouts {
+        tcp: u32,
+        tcpfin: u32,
+        udp: u32,
+    },
+}
+
+/// The three timeouts ipvsadm sets (`--set tcp tcpfin udp`), in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeoutsSecs {
+    pub tcp: u32,
+    pub tcpfin: u32,
+    pub udp: u32,
+}
+
+impl Default for TimeoutsSecs {
+    fn default() -> Self {
+        TimeoutsSecs {
+            tcp: 900,
+            tcpfin: 120,
+            udp: 300,
+        }
+    }
+}
 
 /// What the admin interface changes: the service table and the protocol timeouts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -13,17 +59,31 @@ pub struct AdminState {
     pub timeouts: TimeoutsSecs,
 }
 
-/// Exit status ipvsadm uses when the kernel refuses a command (`return -1` from main).
-pub const EXIT_REFUSED: i32 = 255;
+/// Why a list of changes was refused: the model's message, and which change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub message: String,
+    /// Index of the change that failed (`None`: the list as a whole).
+    pub change: Option<usize>,
+}
+
+impl Refused {
+    /// A refusal of the list as a whole.
+    pub fn whole(message: impl Into<String>) -> Refused {
+        Refused {
+            message: message.into(),
+            change: None,
+        }
+    }
+}
 
 /// Applies `changes` to a copy of `state`.
-pub fn apply(state: &AdminState, changes: &[Change]) -> Result<AdminState, Refusal> {
+pub fn apply(state: &AdminState, changes: &[Change]) -> Result<AdminState, Refused> {
     let mut next = state.clone();
     for (i, change) in changes.iter().enumerate() {
-        apply_one(&mut next, change).map_err(|e| Refusal {
+        apply_one(&mut next, change).map_err(|e| Refused {
             message: e.to_string(),
             change: Some(i),
-            exit_code: EXIT_REFUSED,
         })?;
     }
     Ok(next)
@@ -62,8 +122,7 @@ fn apply_one(s: &mut AdminState, change: &Change) -> Result<(), ModelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec};
-    use std::net::Ipv4Addr;
+    use crate::model::{Protocol, SchedulerKind};
 
     fn key() -> ServiceKey {
         ServiceKey {
@@ -132,10 +191,9 @@ mod tests {
 /// (same service, address and port) — its id, and so its established flows, survive. Used by
 /// configuration reloads. Services are matched by key, reals by address and port.
 pub fn diff(current: &ServiceTable, desired: &ServiceTable) -> Vec<Change> {
-    use crate::model::{RealSpec, ServiceSpec};
     let mut out = Vec::new();
     // Mark rules: old ones go first (so a port can move between rules), new ones come last.
-    let has = |t: &ServiceTable, r: &crate::model::MarkRule| t.mark_rules().contains(r);
+    let has = |t: &ServiceTable, r: &MarkRule| t.mark_rules().contains(r);
     for r in current.mark_rules() {
         if !has(desired, r) {
             out.push(Change::DeleteMarkRule(r.clone()));
@@ -155,7 +213,7 @@ pub fn diff(current: &ServiceTable, desired: &ServiceTable) -> Vec<Change> {
             sched_flags: d.sched_flags,
             ops: d.ops,
         };
-        let real_spec = |r: &crate::model::RealServer| RealSpec {
+        let real_spec = |r: &super::RealServer| RealSpec {
             addr: r.addr,
             port: r.port,
             weight: r.weight,
@@ -213,8 +271,7 @@ pub fn diff(current: &ServiceTable, desired: &ServiceTable) -> Vec<Change> {
 #[cfg(test)]
 mod diff_tests {
     use super::*;
-    use crate::model::{Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec};
-    use std::net::Ipv4Addr;
+    use crate::model::{Protocol, SchedulerKind};
 
     /// (port, scheduler, [(last address octet, weight)]) per service.
     type Spec<'a> = (u16, SchedulerKind, &'a [(u8, u32)]);
@@ -300,8 +357,7 @@ mod diff_tests {
 #[cfg(test)]
 mod diff_fwmark_tests {
     use super::*;
-    use crate::model::{MarkRule, Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec};
-    use std::net::Ipv4Addr;
+    use crate::model::{Protocol, SchedulerKind};
 
     fn table(mark: u32, ports: &[u16], reals: &[u8]) -> ServiceTable {
         let mut t = ServiceTable::new();

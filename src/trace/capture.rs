@@ -1,19 +1,19 @@
 //! `uvs capture`: the director's received and sent frames as pcapng, written from the trace
-//! records (see `crate::trace`: same rings, same cost rules).
+//! records (see `crate::datapath::tap`: same rings, same cost rules).
 //!
 //! pcapng rather than pcap because it names interfaces (one Interface Description Block per
 //! director interface, `if_name` = the interface's name) and carries the direction of every
 //! packet (`epb_flags` inbound/outbound), which Wireshark shows (`frame.interface_name`,
 //! `frame.packet_flags_direction`) and libpcap-based tools read (tcpdump -r). Each forwarded
 //! packet is written twice, back to back: as received (inbound, on its ingress interface) and
-//! as sent (outbound, on its egress interface, MACs rewritten, TTL − 1), each with a comment
-//! saying which. A dropped packet is written once, inbound, with the drop reason as comment.
-//! Frames are kept up to [`crate::trace::SNAPLEN`] bytes (original length recorded).
+//! as sent (outbound, on its egress interface, rewritten as the real's forwarding method
+//! says), each with a comment saying which. A dropped packet is written once, inbound, with the drop reason as comment.
+//! Frames are kept up to [`crate::datapath::tap::SNAPLEN`] bytes (original length recorded).
 //!
 //! Written by hand: the three block types used are a few lines each, and no dependency is
 //! needed for them.
 
-use crate::trace::{KIND_DROP, KIND_FORWARD, Record, SNAPLEN};
+use crate::datapath::tap::{Outcome, Record, SNAPLEN};
 
 const SHB: u32 = 0x0A0D_0D0A;
 const IDB: u32 = 1;
@@ -91,49 +91,53 @@ fn epb(out: &mut Vec<u8>, iface: u16, ts_ns: u64, data: &[u8], orig: u32, dir: u
 /// The packet blocks of one decision: received (+ sent, for a forward).
 pub fn record_blocks(r: &Record, ifname: &dyn Fn(u16) -> String) -> Vec<u8> {
     let mut out = Vec::new();
-    let rx = r.received_frame();
-    match r.kind {
-        KIND_FORWARD => {
+    let rx = r.received.bytes();
+    let (ingress, t) = (r.ingress, r.time_ns);
+    match r.outcome {
+        Outcome::Forwarded { egress } => {
+            let comment = format!("uvs: received on {}", ifname(ingress));
             epb(
                 &mut out,
-                r.ingress,
-                r.time_ns,
-                &rx,
-                r.wire_len,
+                ingress,
+                t,
+                rx,
+                r.received.wire_len,
                 DIR_IN,
-                &format!("uvs: received on {}", ifname(r.ingress)),
+                &comment,
             );
+            let comment = format!(
+                "uvs: sent on {} to real server {} ({} flow)",
+                ifname(egress),
+                crate::wire::ipv4_from_u32(r.real_addr),
+                if r.new_flow { "new" } else { "existing" }
+            );
+            let sent = r.sent.bytes();
             epb(
                 &mut out,
-                r.egress,
-                r.time_ns,
-                r.sent_frame(),
-                r.wire_len,
+                egress,
+                t,
+                sent,
+                r.sent.wire_len,
                 DIR_OUT,
-                &format!(
-                    "uvs: sent on {} to real server {} ({} flow)",
-                    ifname(r.egress),
-                    crate::wire::ipv4_from_u32(r.real_addr),
-                    if r.new_flow { "new" } else { "existing" }
-                ),
+                &comment,
             );
         }
-        KIND_DROP => {
-            let reason = r.drop_reason().map_or("?", |d| d.name());
+        Outcome::Dropped(reason) => {
+            let comment = format!(
+                "uvs: received on {} and dropped: {}",
+                ifname(ingress),
+                reason.name()
+            );
             epb(
                 &mut out,
-                r.ingress,
-                r.time_ns,
-                &rx,
-                r.wire_len,
+                ingress,
+                t,
+                rx,
+                r.received.wire_len,
                 DIR_IN,
-                &format!(
-                    "uvs: received on {} and dropped: {reason}",
-                    ifname(r.ingress)
-                ),
+                &comment,
             );
         }
-        _ => {}
     }
     out
 }
@@ -151,12 +155,14 @@ mod tests {
         assert_eq!(&h[shb_len..shb_len + 4], &IDB.to_le_bytes());
         assert_eq!(h.len() % 4, 0);
         let mut r = Record {
-            kind: KIND_FORWARD,
-            cap_len: 61,
-            wire_len: 61,
+            outcome: Outcome::Forwarded { egress: 0 },
             ..Default::default()
         };
-        r.bytes[12] = 8;
+        for head in [&mut r.received, &mut r.sent] {
+            head.cap_len = 61;
+            head.wire_len = 61;
+            head.bytes[12] = 8;
+        }
         let b = record_blocks(&r, &|_| "eth0".into());
         let l1 = u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize;
         assert_eq!(b.len() % 4, 0);

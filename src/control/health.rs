@@ -6,11 +6,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use super::Report;
-use super::book::{Book, Plan};
-use crate::control::Control;
-use crate::ctl::apply::apply;
-use crate::ctl::proto::{Change, Reply};
+use super::Control;
+use crate::health::Report;
+use crate::health::book::{Book, HealthListing, Plan};
+use crate::model::change::{Change, Refused, apply};
 use crate::model::{ServiceKey, ServiceTable};
 
 /// How often a reconciliation the model refused is retried.
@@ -79,29 +78,24 @@ pub fn with_managed_reals(book: &Book, table: &ServiceTable) -> ServiceTable {
 impl Control {
     /// An operator's changes (uvsadm): accepted or refused as a whole; when accepted, health
     /// rewrites what it must (a down real stays at weight 0 or absent) in the same transaction.
-    pub(crate) fn apply_operator(&mut self, changes: &[Change]) -> Reply {
+    pub fn apply_operator(&mut self, changes: &[Change]) -> Result<(), Refused> {
         if self.health.book.is_empty() {
             let local = self.health.local.clone();
             return self.publish(changes, &local);
         }
-        let next = match apply(&self.state, changes) {
-            Ok(n) => n,
-            Err(r) => return Reply::Refused(r),
-        };
+        let next = apply(&self.state, changes)?;
         let mut book = self.health.book.clone();
         book.operator_changes(changes, &self.state.table);
         let plan = book.reconcile(&next.table);
         let mut all = changes.to_vec();
         all.extend(plan.changes.iter().cloned());
-        let reply = self.publish(&all, &plan.local);
-        if reply == Reply::Done {
-            for c in &plan.changes {
-                log::info!("health: kept after the operator's change: {c:?}");
-            }
-            self.health.book = book;
-            run_commands(plan.commands);
+        self.publish(&all, &plan.local)?;
+        for c in &plan.changes {
+            log::info!("health: kept after the operator's change: {c:?}");
         }
-        reply
+        self.health.book = book;
+        run_commands(plan.commands);
+        Ok(())
     }
 
     /// Drains the checkers' reports; reconciles when something changed.
@@ -135,7 +129,7 @@ impl Control {
             return;
         }
         match self.publish(&changes, &local) {
-            Reply::Refused(r) => {
+            Err(r) => {
                 log::error!(
                     "health: cannot apply {:?}: {} (retrying)",
                     r.change.and_then(|i| changes.get(i)),
@@ -143,11 +137,11 @@ impl Control {
                 );
                 self.health.retry_at = Some(Instant::now() + RETRY_EVERY);
             }
-            _ => self.health.retry_at = None,
+            Ok(()) => self.health.retry_at = None,
         }
     }
 
-    pub fn health_listing(&self) -> super::book::HealthListing {
+    pub fn health_listing(&self) -> HealthListing {
         self.health
             .book
             .listing(&self.state.table, &self.health.local)
