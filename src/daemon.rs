@@ -140,17 +140,12 @@ fn merge_keepalived_ha(
 }
 
 fn check_privileges() -> Result<()> {
-    // SAFETY: plain syscall; the descriptor is closed right away.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
+    if let Err(e) = socket::may_open_packet_sockets() {
         if e.raw_os_error() == Some(libc::EPERM) || e.raw_os_error() == Some(libc::EACCES) {
             bail!("uvs needs root (or CAP_NET_RAW and CAP_NET_ADMIN) to open packet sockets: {e}");
         }
         bail!("cannot open a packet socket: {e}");
     }
-    // SAFETY: closing the descriptor we just opened.
-    unsafe { libc::close(fd) };
     Ok(())
 }
 

@@ -23,6 +23,8 @@
 //! (publication), `model` (stable real ids), `datapath::process` (what DR rewrites),
 //! `neigh::cache` (no MAC → counted drop), `io::ring` (ring ownership hand-off).
 
+#![deny(unsafe_code)]
+
 pub mod config;
 pub mod conns;
 pub mod control;
@@ -33,6 +35,7 @@ pub mod doctor;
 pub mod flow;
 pub mod health;
 pub mod interfaces;
+#[allow(unsafe_code)]
 pub mod io;
 pub mod kernel_filter;
 pub mod lab;

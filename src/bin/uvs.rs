@@ -1,4 +1,5 @@
 //! `uvs`: the director daemon (`run`) and its embedded default lab (`demo`).
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -217,12 +218,6 @@ fn parse_capture_filter(s: &str) -> anyhow::Result<uvs::ctl::proto::TraceFilter>
     Ok(f)
 }
 
-static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_stop(_: libc::c_int) {
-    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
 fn stream(
     admin_socket: Option<PathBuf>,
     req: uvs::ctl::proto::TraceRequest,
@@ -242,23 +237,18 @@ fn stream(
             uvs::ctl::backend::namespace_name()
         )
     })?;
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: installing an async-signal-safe handler (one atomic store).
-        unsafe {
-            libc::signal(
-                sig,
-                on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t,
-            )
-        };
-    }
+    uvs::io::signals::install_stop()?;
     write_frame(&mut s, &Request::Trace(req))?;
     match read_frame::<Reply>(&mut s, MAX_REPLY)? {
         Reply::Streaming => {}
         Reply::Refused(r) => anyhow::bail!("{}", r.message),
         other => anyhow::bail!("unexpected reply {other:?}"),
     }
-    let stop = || STOP.load(std::sync::atomic::Ordering::SeqCst);
-    Ok(uvs::trace::client::read_stream(&mut s, &stop, sink)?)
+    Ok(uvs::trace::client::read_stream(
+        &mut s,
+        &uvs::io::signals::stop_requested,
+        sink,
+    )?)
 }
 
 fn parse_metrics(s: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {

@@ -5,6 +5,7 @@
 //! director listening on a filesystem socket instead of the abstract `@uvs/admin` of the
 //! current network namespace. Invoked through a link named `ipvsadm`, it behaves identically
 //! and names itself as invoked, as ipvsadm does.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 

@@ -6,7 +6,6 @@
 //! (`-L`) is allowed to anyone: it changes nothing and teaching labs run it unprivileged.
 
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::Path;
@@ -30,25 +29,7 @@ const CAP_NET_ADMIN: u32 = 12;
 /// Reads the peer's credentials and whether it holds CAP_NET_ADMIN (root, or the capability
 /// in its effective set per /proc/PID/status).
 pub fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: u32::MAX,
-        gid: u32::MAX,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` is a writable ucred and `len` its size.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let cred = crate::io::unix::peer_credentials(stream)?;
     let cap = std::fs::read_to_string(format!("/proc/{}/status", cred.pid))
         .ok()
         .and_then(|s| {

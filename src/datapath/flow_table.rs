@@ -20,14 +20,14 @@
 //! Entry: 32 bytes, all included (IPVS estimates 128 bytes per connection): the five-tuple,
 //! TCP state, real id, expiry, and the persistence template the flow is a child of.
 
-use crate::datapath::huge_array::{HugeArray, MapError, ZeroValid, prefetch};
 use crate::flow::{FlowKey, TcpState, reached};
+use crate::io::huge_array::{HugeArray, MapError, prefetch};
 use crate::model::RealId;
 
 /// Slots examined by a lookup or insert, at most.
 pub const PROBE_WINDOW: usize = 32;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Zeroable)]
 #[repr(C)]
 struct Slot {
     saddr: u32,
@@ -62,9 +62,6 @@ const EMPTY: Slot = Slot {
 };
 
 const _: () = assert!(std::mem::size_of::<Slot>() == 32);
-
-// SAFETY: every field is an integer; all-zero is `EMPTY`.
-unsafe impl ZeroValid for Slot {}
 
 impl Slot {
     fn key(&self) -> FlowKey {

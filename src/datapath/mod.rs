@@ -10,7 +10,6 @@
 pub mod coalesce;
 pub mod counters;
 pub mod flow_table;
-pub mod huge_array;
 pub mod process;
 pub mod tap;
 pub mod templates;

@@ -17,7 +17,7 @@ use crate::flow::tcp_state::TcpState;
 use crate::io::clock;
 use crate::io::ring::RxRing;
 use crate::io::socket::wait_readable;
-use crate::io::tx::TxQueue;
+use crate::io::tx::{Forwarding, TxQueue};
 use crate::model::RealId;
 use crate::neigh::cache::NeighTable;
 use crate::snapshot::SharedSnapshot;
@@ -107,8 +107,7 @@ impl Worker {
         let mut coalescer = Coalescer::new(self.coalesce);
         if coalescer.enabled() {
             // The default 50 µs slack would double a 50 µs wait.
-            // SAFETY: PR_SET_TIMERSLACK takes an integer and affects only the calling thread.
-            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong, 0, 0, 0) };
+            crate::io::thread::set_timer_slack_ns(1000);
         }
         let mut last_traffic = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
@@ -128,10 +127,11 @@ impl Worker {
                 }
                 // Bounded so one busy interface cannot starve shutdown or the others.
                 for _ in 0..64 {
-                    let Some(mut batch) = port.ring.next_batch() else {
+                    let Some(batch) = port.ring.next_batch() else {
                         break;
                     };
                     batches += 1;
+                    let mut batch = Forwarding::new(batch, &mut queues);
                     for _ in 0..PREFETCH_AHEAD {
                         match batch.peek_ahead() {
                             Some(ahead) => self.forwarder.prefetch_flow(ahead),
@@ -147,34 +147,14 @@ impl Worker {
                         };
                         frames += 1;
                         bytes += frame.wire_len as u64;
-                        let (ptr, len) = (frame.buf.as_ptr(), frame.buf.len());
-                        let scratch = frame.scratch;
                         let verdict = self.forwarder.process(&snap, &self.neigh, &c, frame, now);
                         if let Verdict::Forward { egress } = verdict {
-                            let Some(q) = queues.get_mut(usize::from(egress)) else {
+                            if !batch.send(egress) {
                                 c.count_drop(DropReason::TxFailed);
-                                continue;
-                            };
-                            if q.is_full() {
-                                account(&c, q.flush());
-                            }
-                            // SAFETY: the frame lies in the ring block owned by `batch`, which is
-                            // dropped (handing the block back) only after the flush below; a
-                            // scratch frame is flushed right here, before the buffer is reused.
-                            unsafe {
-                                q.push(ptr, len);
-                            }
-                            if scratch {
-                                account(&c, q.flush());
                             }
                         }
                     }
-                    for q in queues.iter_mut() {
-                        if !q.is_empty() {
-                            account(&c, q.flush());
-                        }
-                    }
-                    drop(batch);
+                    account(&c, batch.finish());
                 }
             }
             if frames > 0 {

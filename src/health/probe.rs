@@ -180,11 +180,10 @@ pub fn misc(command: &str, dynamic: bool, timeout: Duration) -> Outcome {
             Err(e) => return fail(format!("waiting for {command:?}: {e}")),
         }
         if Instant::now() >= deadline {
-            let pgid = child.id() as libc::pid_t;
-            // SAFETY: plain syscall; the group is the one we created for this child
-            // (process_group(0)), and the child is not reaped yet, so its PID (= PGID) cannot
-            // have been reused.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let pgid = child.id();
+            // The group is the one created for this child (process_group(0)), and the child
+            // is not reaped yet, so its PID (= PGID) cannot have been reused.
+            crate::io::process::signal_group(pgid, libc::SIGKILL);
             let _ = child.wait();
             return fail(format!(
                 "command timed out after {timeout:?} and was killed"

@@ -19,10 +19,16 @@
 pub mod clock;
 pub mod cpu_latency;
 pub mod filter;
+pub mod huge_array;
+pub mod ip_raw;
+pub mod process;
 pub mod ring;
 pub mod signals;
 pub mod socket;
+pub mod thread;
 pub mod tx;
+pub mod udp;
+pub mod unix;
 
 /// Size of `struct virtio_net_hdr`, which precedes every frame on a `PACKET_VNET_HDR` socket.
 pub const VNET_HDR_LEN: usize = 10;

@@ -174,6 +174,27 @@ pub fn open_rx<R>(
     Ok((fd, ring))
 }
 
+/// Checks that this process may open packet sockets (root, or CAP_NET_RAW): opens one and
+/// closes it again.
+pub fn may_open_packet_sockets() -> std::io::Result<()> {
+    // SAFETY: plain syscall; the result is checked and owned right away.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns; dropping it closes it.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(())
+}
+
+/// A plain transmit-only socket on an interface (protocol 0, no offload header): frames are
+/// sent exactly as given, for tests that put hand-made frames on the wire.
+pub fn open_raw_tx(interface: &str, ifindex: u32) -> Result<OwnedFd, IoError> {
+    let fd = new_packet_socket(interface)?;
+    bind(fd.as_raw_fd(), ifindex, 0, interface)?;
+    Ok(fd)
+}
+
 /// Opens a transmit-only socket on an interface: protocol 0, so it never receives, and
 /// `PACKET_VNET_HDR`, so each frame is sent with the offload header it arrived with.
 /// No `PACKET_QDISC_BYPASS`: forwarded frames must stay visible to tcpdump on the director.

@@ -1,6 +1,12 @@
 //! Batched transmit with `sendmmsg`, straight from receive-ring memory.
+//!
+//! The contract that makes sending from the ring safe is [`Forwarding`]'s: a frame queued for
+//! transmit is sent before the ring block holding it goes back to the kernel. The datapath
+//! only ever sees that safe wrapper.
 
 use std::os::fd::RawFd;
+
+use crate::io::ring::{Batch, RxFrame};
 
 /// Outcome counters of one flush.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -57,7 +63,7 @@ impl TxQueue {
     ///
     /// # Safety
     /// `data..data+len` must stay valid and unchanged until the next [`TxQueue::flush`].
-    pub unsafe fn push(&mut self, data: *const u8, len: usize) -> bool {
+    unsafe fn push(&mut self, data: *const u8, len: usize) -> bool {
         if self.is_full() {
             return false;
         }
@@ -113,5 +119,100 @@ impl TxQueue {
         }
         self.len = 0;
         out
+    }
+}
+
+impl std::ops::AddAssign for Flushed {
+    fn add_assign(&mut self, o: Flushed) {
+        self.sent += o.sent;
+        self.failed += o.failed;
+        self.syscalls += o.syscalls;
+    }
+}
+
+/// One receive batch being forwarded. Frames are handed out one at a time; the caller sends
+/// the frame it was last handed, rewritten in place, with [`Forwarding::send`]. Everything
+/// queued is sent before the batch's memory goes back to the kernel: [`Forwarding::finish`]
+/// (or dropping this value) flushes every queue first, then releases the batch.
+pub struct Forwarding<'q, 'r> {
+    queues: &'q mut [TxQueue],
+    /// The frame handed out last: where it is, its length, and whether it lives in the ring's
+    /// single copy buffer (then it must be sent before the next frame is taken).
+    last: Option<(*const u8, usize, bool)>,
+    flushed: Flushed,
+    // Declared last: dropped after `Drop::drop` has flushed the queues.
+    batch: Batch<'r>,
+}
+
+impl<'q, 'r> Forwarding<'q, 'r> {
+    /// `queues`: one per egress interface, indexed as the snapshot's `egress`.
+    pub fn new(batch: Batch<'r>, queues: &'q mut [TxQueue]) -> Forwarding<'q, 'r> {
+        Forwarding {
+            queues,
+            last: None,
+            flushed: Flushed::default(),
+            batch,
+        }
+    }
+
+    /// See [`Batch::peek_ahead`].
+    #[inline]
+    pub fn peek_ahead(&mut self) -> Option<&[u8]> {
+        self.batch.peek_ahead()
+    }
+
+    /// The next frame of the batch.
+    #[inline]
+    pub fn next_frame(&mut self) -> Option<RxFrame<'_>> {
+        let f = self.batch.next_frame()?;
+        self.last = Some((f.buf.as_ptr(), f.buf.len(), f.scratch));
+        Some(f)
+    }
+
+    /// Queues the frame last handed out (its buffer as rewritten) on egress `egress`.
+    /// `false` if there is no such egress or no frame was handed out; each frame is sent at
+    /// most once.
+    #[inline]
+    pub fn send(&mut self, egress: u16) -> bool {
+        let Some((ptr, len, scratch)) = self.last.take() else {
+            return false;
+        };
+        let Some(q) = self.queues.get_mut(usize::from(egress)) else {
+            return false;
+        };
+        if q.is_full() {
+            self.flushed += q.flush();
+        }
+        // SAFETY: the frame lies in memory the batch owns — a ring block or slot, handed back
+        // to the kernel only when `self.batch` drops, after every queue is flushed (`finish`,
+        // `Drop`) — or in the ring's copy buffer, which the next `next_frame` may overwrite,
+        // so such a frame is flushed right here.
+        unsafe {
+            q.push(ptr, len);
+        }
+        if scratch {
+            self.flushed += q.flush();
+        }
+        true
+    }
+
+    fn flush_all(&mut self) {
+        for q in self.queues.iter_mut() {
+            if !q.is_empty() {
+                self.flushed += q.flush();
+            }
+        }
+    }
+
+    /// Sends everything queued, releases the batch, and says how the sending went.
+    pub fn finish(mut self) -> Flushed {
+        self.flush_all();
+        self.flushed
+    }
+}
+
+impl Drop for Forwarding<'_, '_> {
+    fn drop(&mut self) {
+        self.flush_all();
     }
 }

@@ -429,19 +429,11 @@ pub fn teardown_recorded(st: &LabState) {
     }
 }
 
+/// Signals a recorded PID whose start time was just checked, and its group (it is a group
+/// leader: setsid).
 fn signal(pid: u32, sig: libc::c_int) {
-    let Ok(p) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    if p <= 1 {
-        return;
-    }
-    // SAFETY: kill(2) has no memory-safety preconditions; `p` is a recorded PID whose start
-    // time was just checked, and the group leader (setsid) is that process.
-    unsafe {
-        libc::kill(-p, sig);
-        libc::kill(p, sig);
-    }
+    crate::io::process::signal_group(pid, sig);
+    crate::io::process::signal(pid, sig);
 }
 
 fn load_up(file: &Path, prefix: Option<&str>) -> Result<(LabSpec, PathBuf, LabState)> {

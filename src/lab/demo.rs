@@ -4,7 +4,6 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -14,30 +13,12 @@ use super::build::{start_directors, start_http_servers};
 use super::spec::{DR_ROUTER, LabSpec};
 use super::{Lab, LabOptions, addr, build_dr_lab};
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_sig: libc::c_int) {
-    // Only an atomic store: the one thing that is async-signal-safe and all we need.
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
 fn install_signal_handlers() -> Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: an all-zero sigaction is valid; we set the handler and an empty mask.
-        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        // SAFETY: `sa.sa_mask` is a valid sigset_t owned by us.
-        unsafe { libc::sigemptyset(&mut sa.sa_mask) };
-        // SAFETY: `sa` is fully initialised and the handler is async-signal-safe.
-        if unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } != 0 {
-            bail!("sigaction: {}", std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    crate::io::signals::install_stop().context("sigaction")
 }
 
 fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if crate::io::signals::stop_requested() {
         bail!("interrupted; tearing the lab down");
     }
     Ok(())
@@ -53,7 +34,7 @@ pub fn run(uvs_exe: &Path) -> Result<()> {
     let spec = LabSpec::parse(DR_ROUTER)?;
     let mut lab = build_dr_lab(&prefix, &LabOptions::default())?;
     let result = run_in(&mut lab, &spec, uvs_exe);
-    if result.is_err() && !INTERRUPTED.load(Ordering::SeqCst) {
+    if result.is_err() && !crate::io::signals::stop_requested() {
         // A failed demo is worth debugging: keep the logs and captures (path printed).
         lab.keep_dir(true);
     }

@@ -3,9 +3,7 @@
 //! big-endian `u16` length followed by that many bytes (see [`encode_frames`]), and sent one by
 //! one, unchanged, on an `AF_PACKET`/`SOCK_RAW` socket bound to the interface.
 
-use std::ffi::CString;
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -59,48 +57,18 @@ pub struct SendReport {
 pub fn send_frames(ifname: &str, file: &Path) -> Result<SendReport> {
     let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let frames = decode_frames(&data)?;
-    let cname = CString::new(ifname).context("interface name contains NUL")?;
-    // SAFETY: `cname` is a valid NUL-terminated string that outlives the call.
-    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    if ifindex == 0 {
-        bail!("interface {ifname}: {}", io::Error::last_os_error());
-    }
-    // Protocol 0: the socket transmits only and never receives a frame.
-    // SAFETY: socket(2) has no memory-safety preconditions.
-    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        bail!("socket(AF_PACKET): {}", io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: all-zero is a valid sockaddr_ll.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as libc::c_ushort;
-    sll.sll_protocol = 0;
-    sll.sll_ifindex = i32::try_from(ifindex).context("ifindex out of range")?;
-    sll.sll_halen = 6;
-    let sll_len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-    // SAFETY: `sll` is a live, initialised sockaddr_ll and `sll_len` is its size.
-    let r = unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&sll as *const libc::sockaddr_ll).cast(),
-            sll_len,
-        )
-    };
-    if r != 0 {
-        bail!("bind to {ifname}: {}", io::Error::last_os_error());
-    }
+    let ifindex = crate::io::socket::if_index(ifname)?;
+    let sock = crate::io::socket::open_raw_tx(ifname, ifindex)?;
     let mut report = SendReport::default();
     for (i, frame) in frames.iter().enumerate() {
         loop {
-            // SAFETY: `frame` is a live slice; the kernel reads `frame.len()` bytes from it.
-            let n = unsafe { libc::send(sock.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-            if n >= 0 {
-                report.sent += 1;
-                break;
-            }
-            let e = io::Error::last_os_error();
+            let e = match crate::io::socket::send_frame(sock.as_raw_fd(), frame) {
+                Ok(()) => {
+                    report.sent += 1;
+                    break;
+                }
+                Err(e) => e,
+            };
             match e.raw_os_error() {
                 Some(libc::EINTR) => continue,
                 Some(libc::ENOBUFS) | Some(libc::EAGAIN) => {

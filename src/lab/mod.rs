@@ -879,40 +879,15 @@ pub fn tail(path: &Path, n: usize) -> String {
     out
 }
 
+/// Signals the group of a child spawned with setsid and not reaped yet (so its group id
+/// cannot have been recycled).
 fn signal_group(pid: u32, sig: libc::c_int) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    if pid <= 1 {
-        return;
-    }
-    // SAFETY: kill(2) has no memory-safety preconditions. The group id is the PID of a child we
-    // spawned with setsid and have not reaped, so it cannot have been recycled.
-    unsafe {
-        libc::kill(-pid, sig);
-    }
+    crate::io::process::signal_group(pid, sig);
 }
 
 /// Has the child exited? Checked without reaping, so its PID (and group id) stay reserved.
 fn exited_nowait(child: &Child) -> bool {
-    let pid: libc::id_t = child.id();
-    // SAFETY: an all-zero siginfo_t is a valid value; waitid only writes into it.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `info` is a valid, writable siginfo_t; WNOWAIT leaves the child waitable.
-    let r = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    if r != 0 {
-        // ECHILD: already reaped by someone — treat as gone.
-        return true;
-    }
-    // SAFETY: waitid succeeded, so `info` holds a SIGCHLD record (or zeroes if none ready).
-    unsafe { info.si_pid() != 0 }
+    crate::io::process::exited_without_reaping(child.id())
 }
 
 /// SIGTERM the child's group, wait up to 2 s, SIGKILL the group, reap.

@@ -8,11 +8,10 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::thread;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 /// Idle keep-alive connections are dropped after this, so abandoned clients do not pin threads.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -199,134 +198,19 @@ fn read_line(r: &mut impl BufRead, line: &mut String) -> io::Result<usize> {
 pub fn serve_udp(name: &str, port: u16) -> Result<()> {
     let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
         .with_context(|| format!("binding UDP port {port}"))?;
-    let fd = sock.as_raw_fd();
-    let on: libc::c_int = 1;
-    // SAFETY: `on` is a live c_int and the length passed matches it.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_IP,
-            libc::IP_PKTINFO,
-            (&on as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        bail!("setsockopt(IP_PKTINFO): {}", io::Error::last_os_error());
-    }
+    crate::io::udp::enable_pktinfo(&sock).context("setsockopt(IP_PKTINFO)")?;
     let reply = format!("{name}\n");
     let mut buf = [0u8; 65536];
     loop {
-        let (peer, local) = match recv_pktinfo(fd, &mut buf) {
+        let (_, peer, local) = match crate::io::udp::recv_with_destination(&sock, &mut buf) {
             Ok(x) => x,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("recvmsg"),
         };
-        if let Err(e) = send_from(fd, reply.as_bytes(), peer, local) {
+        if let Err(e) = crate::io::udp::send_from(&sock, reply.as_bytes(), peer, local) {
             log::warn!("lab-udp-echo: reply to {peer}: {e}");
         }
     }
-}
-
-/// Control buffer big enough for one `in_pktinfo`, aligned for `cmsghdr`.
-#[repr(C, align(8))]
-struct CmsgBuf([u8; 64]);
-
-fn recv_pktinfo(
-    fd: libc::c_int,
-    buf: &mut [u8],
-) -> io::Result<(SocketAddrV4, Option<libc::in_pktinfo>)> {
-    // SAFETY: all-zero is a valid sockaddr_in / msghdr; the kernel fills them.
-    let mut peer: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut cbuf = CmsgBuf([0; 64]);
-    // SAFETY: as above.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&mut peer as *mut libc::sockaddr_in).cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.0.as_mut_ptr().cast();
-    msg.msg_controllen = cbuf.0.len();
-    // SAFETY: every pointer in `msg` refers to a live local buffer with the stated length.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut info = None;
-    // SAFETY: the CMSG_* macros walk the control buffer the kernel just filled, bounded by
-    // msg_controllen; the payload of an IP_PKTINFO cmsg is an in_pktinfo (read unaligned).
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_PKTINFO {
-                info = Some(std::ptr::read_unaligned(
-                    libc::CMSG_DATA(c).cast::<libc::in_pktinfo>(),
-                ));
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    let addr = SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(peer.sin_addr.s_addr)),
-        u16::from_be(peer.sin_port),
-    );
-    Ok((addr, info))
-}
-
-fn send_from(
-    fd: libc::c_int,
-    data: &[u8],
-    peer: SocketAddrV4,
-    local: Option<libc::in_pktinfo>,
-) -> io::Result<()> {
-    let mut dst = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: peer.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*peer.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    let mut cbuf = CmsgBuf([0; 64]);
-    // SAFETY: all-zero is a valid msghdr.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&mut dst as *mut libc::sockaddr_in).cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if let Some(pi) = local {
-        // Source address only; ifindex 0 lets routing pick the way out.
-        let pi = libc::in_pktinfo {
-            ipi_ifindex: 0,
-            ipi_spec_dst: pi.ipi_addr,
-            ipi_addr: libc::in_addr { s_addr: 0 },
-        };
-        // SAFETY: CMSG_SPACE of one in_pktinfo (32 bytes) fits the 64-byte aligned buffer; the
-        // header and payload are written through the CMSG_* pointers inside it.
-        unsafe {
-            msg.msg_control = cbuf.0.as_mut_ptr().cast();
-            msg.msg_controllen = libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize;
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::IPPROTO_IP;
-            (*c).cmsg_type = libc::IP_PKTINFO;
-            (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::in_pktinfo>(), pi);
-        }
-    }
-    // SAFETY: `msg` points at live locals (dst, iov→data, cbuf) for the duration of the call.
-    let n = unsafe { libc::sendmsg(fd, &msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

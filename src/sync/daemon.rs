@@ -63,31 +63,8 @@ impl SyncDaemon {
         tx_sock.set_multicast_ttl_v4(1)?;
         tx_sock.set_multicast_loop_v4(false)?;
         tx_sock.set_nonblocking(true)?;
-        let mreq = libc::ip_mreqn {
-            imr_multiaddr: libc::in_addr {
-                s_addr: u32::from(SYNC_GROUP).to_be(),
-            },
-            imr_address: libc::in_addr {
-                s_addr: u32::from(source).to_be(),
-            },
-            imr_ifindex: ifc.index as libc::c_int,
-        };
-        // SAFETY: `mreq` is a valid ip_mreqn of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                tx_sock.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MULTICAST_IF,
-                (&mreq as *const libc::ip_mreqn).cast(),
-                std::mem::size_of::<libc::ip_mreqn>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            bail!(
-                "sync daemon: IP_MULTICAST_IF: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+        crate::io::ip_raw::set_multicast_interface(&tx_sock, ifc.index, source)
+            .context("sync daemon")?;
         let mut d = SyncDaemon {
             cfg,
             rx_sock,

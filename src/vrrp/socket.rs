@@ -1,59 +1,20 @@
 //! The VRRP socket: raw IPv4, protocol 112, bound to one interface and to our address on it,
-//! member of 224.0.0.18 there, TTL 255 for unicast and multicast, multicast loop off (our
-//! own adverts are not read back), non-blocking. The kernel builds the IP header; received
-//! packets come with theirs (raw IPv4 sockets always deliver it), which is where the TTL is
-//! checked.
+//! member of 224.0.0.18 there when the instance uses multicast, TTL 255 (RFC 5798 §5.1.1.3:
+//! a receiver drops adverts with any other TTL, which is where ours is checked), multicast
+//! loop off (our own adverts are not read back), internetwork-control TOS as keepalived sends
+//! them, non-blocking. The socket itself lives in `crate::io::ip_raw`.
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 
 use super::packet::{IPPROTO_VRRP, VRRP_GROUP, VRRP_TTL};
+use crate::io::ip_raw::{RawIpOptions, RawIpSocket};
 
-pub struct VrrpSocket {
-    /// Unbound: a raw socket bound to an address only receives packets *to* that address,
-    /// which would filter out 224.0.0.18.
-    fd: OwnedFd,
-    /// Bound to our address, so adverts leave with it as source (the v3 checksum covers it);
-    /// never read (its receive buffer is minimal).
-    tx: OwnedFd,
-}
+/// Internetwork control (IP precedence 6), as keepalived sends adverts.
+const TOS_INTERNETWORK_CONTROL: u8 = 0xc0;
 
-fn check(rc: libc::c_int, what: &str) -> io::Result<()> {
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
-    }
-    Ok(())
-}
-
-fn setopt<T>(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    v: &T,
-    what: &str,
-) -> io::Result<()> {
-    // SAFETY: `v` points to a live, initialised value of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (v as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    check(rc, what)
-}
-
-fn sockaddr(a: Ipv4Addr) -> libc::sockaddr_in {
-    // SAFETY: sockaddr_in is plain data; all-zero is a valid value.
-    let mut s: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    s.sin_family = libc::AF_INET as libc::sa_family_t;
-    s.sin_addr.s_addr = u32::from(a).to_be();
-    s
-}
+pub struct VrrpSocket(RawIpSocket);
 
 impl VrrpSocket {
     pub fn open(
@@ -62,147 +23,28 @@ impl VrrpSocket {
         source: Ipv4Addr,
         multicast: bool,
     ) -> io::Result<VrrpSocket> {
-        let fd = Self::open_one(ifname, ifindex, source, multicast, false)?;
-        let tx = Self::open_one(ifname, ifindex, source, multicast, true)?;
-        let small: libc::c_int = 1;
-        setopt(
-            tx.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &small,
-            "SO_RCVBUF",
-        )?;
-        Ok(VrrpSocket { fd, tx })
-    }
-
-    fn open_one(
-        ifname: &str,
-        ifindex: u32,
-        source: Ipv4Addr,
-        multicast: bool,
-        bind: bool,
-    ) -> io::Result<OwnedFd> {
-        // SAFETY: plain syscall; the result is checked and owned right away.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                libc::c_int::from(IPPROTO_VRRP),
-            )
-        };
-        check(raw, "socket(AF_INET, SOCK_RAW, 112)")?;
-        // SAFETY: `raw` is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let f = fd.as_raw_fd();
-        let name = std::ffi::CString::new(ifname).map_err(io::Error::other)?;
-        let bytes = name.as_bytes_with_nul();
-        // SAFETY: the pointer and length describe the NUL-terminated name.
-        let rc = unsafe {
-            libc::setsockopt(
-                f,
-                libc::SOL_SOCKET,
-                libc::SO_BINDTODEVICE,
-                bytes.as_ptr().cast(),
-                bytes.len() as libc::socklen_t,
-            )
-        };
-        check(rc, "SO_BINDTODEVICE")?;
-        let ttl: libc::c_int = libc::c_int::from(VRRP_TTL);
-        setopt(f, libc::IPPROTO_IP, libc::IP_TTL, &ttl, "IP_TTL")?;
-        setopt(
-            f,
-            libc::IPPROTO_IP,
-            libc::IP_MULTICAST_TTL,
-            &ttl,
-            "IP_MULTICAST_TTL",
-        )?;
-        let off: libc::c_int = 0;
-        setopt(
-            f,
-            libc::IPPROTO_IP,
-            libc::IP_MULTICAST_LOOP,
-            &off,
-            "IP_MULTICAST_LOOP",
-        )?;
-        // Internetwork control, as keepalived sends adverts.
-        let tos: libc::c_int = 0xc0;
-        setopt(f, libc::IPPROTO_IP, libc::IP_TOS, &tos, "IP_TOS")?;
-        if bind {
-            let sa = sockaddr(source);
-            // SAFETY: `sa` is a valid sockaddr_in of the size passed.
-            let rc = unsafe {
-                libc::bind(
-                    f,
-                    (&sa as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            };
-            check(rc, "bind to the interface address")?;
-        }
-        if multicast {
-            let mreq = libc::ip_mreqn {
-                imr_multiaddr: libc::in_addr {
-                    s_addr: u32::from(VRRP_GROUP).to_be(),
-                },
-                imr_address: libc::in_addr {
-                    s_addr: u32::from(source).to_be(),
-                },
-                imr_ifindex: ifindex as libc::c_int,
-            };
-            setopt(
-                f,
-                libc::IPPROTO_IP,
-                libc::IP_MULTICAST_IF,
-                &mreq,
-                "IP_MULTICAST_IF",
-            )?;
-            if !bind {
-                setopt(
-                    f,
-                    libc::IPPROTO_IP,
-                    libc::IP_ADD_MEMBERSHIP,
-                    &mreq,
-                    "IP_ADD_MEMBERSHIP 224.0.0.18",
-                )?;
-            }
-        }
-        Ok(fd)
+        RawIpSocket::open(&RawIpOptions {
+            interface: ifname,
+            ifindex,
+            source,
+            protocol: IPPROTO_VRRP,
+            ttl: VRRP_TTL,
+            tos: TOS_INTERNETWORK_CONTROL,
+            group: multicast.then_some(VRRP_GROUP),
+        })
+        .map(VrrpSocket)
     }
 
     pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.0.raw_fd()
     }
 
     pub fn send_to(&self, msg: &[u8], dst: Ipv4Addr) -> io::Result<()> {
-        let sa = sockaddr(dst);
-        // SAFETY: buffer and address are valid for the lengths passed.
-        let rc = unsafe {
-            libc::sendto(
-                self.tx.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                (&sa as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        self.0.send_to(msg, dst)
     }
 
     /// One received IPv4 packet (header included), or `None` when nothing is pending.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        // SAFETY: `buf` is valid for writes of its length.
-        let rc = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted {
-                return Ok(None);
-            }
-            return Err(e);
-        }
-        Ok(Some(rc as usize))
+        self.0.recv(buf)
     }
 }

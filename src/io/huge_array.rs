@@ -13,11 +13,11 @@
 
 use std::ptr::NonNull;
 
-/// Types for which all-zero bytes are a valid value (the kernel hands out zeroed pages).
-///
-/// # Safety
-/// Implement only for types whose every field is valid when all its bytes are zero.
-pub unsafe trait ZeroValid: Copy {}
+/// Element types: all-zero bytes must be a valid value, because the kernel hands out zeroed
+/// pages and the array is never written before use (`bytemuck::Zeroable` states exactly that,
+/// and its derive checks it field by field).
+pub trait ZeroValid: bytemuck::Zeroable + Copy {}
+impl<T: bytemuck::Zeroable + Copy> ZeroValid for T {}
 
 const HUGE_PAGE: usize = 2 << 20;
 const PAGE: usize = 4096;
@@ -146,9 +146,6 @@ pub fn prefetch<T>(p: *const T) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    // SAFETY: integers are valid as zero.
-    unsafe impl ZeroValid for u64 {}
 
     #[test]
     fn starts_zeroed_and_keeps_writes() {
