@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
-cargo test --lib --bins --test uvsadm_golden
+cargo test --lib --bins --test uvsadm_golden --test layers
 ./scripts/fuzz.sh --smoke
 CI="${CI:-}" cargo test --test netns -- --test-threads=2
 cargo bench --bench datapath

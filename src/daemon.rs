@@ -30,7 +30,7 @@ use crate::io::cpu_latency::CpuLatencyRequest;
 use crate::io::filter::receive_filter;
 use crate::io::ring::{MAX_V2_BATCH, RxRing};
 use crate::io::signals;
-use crate::io::socket::{self, RingStats, RxSocketPlan};
+use crate::io::socket::{self, Fanout, RingStats, RxSocketPlan};
 use crate::kernel_filter::{KernelFilter, ServiceHook};
 use crate::model::change::{AdminState, TimeoutsSecs, apply};
 use crate::neigh::arp::{ArpEngine, ArpInterface};
@@ -231,7 +231,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let n_workers = cfg.workers.unwrap_or(cores.len().max(1));
     let filter = receive_filter(&vips, cfg.arp.vip_mac);
-    let pid = std::process::id();
     let tx_capacity = match cfg.ring.version {
         RingVersion::V3 => (cfg.ring.block_size as usize / 64).max(256),
         RingVersion::V2 => MAX_V2_BATCH,
@@ -246,21 +245,26 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut worker_requests = Vec::with_capacity(n_workers);
     let mut ring_fds = Vec::new();
     let mut counters = Vec::new();
+    // One fanout group per interface; the kernel picks ids no other group uses.
+    let mut groups: Vec<Option<u16>> = vec![None; ifaces.len()];
     for w in 0..n_workers {
         let mut rx = Vec::new();
         let mut tx = Vec::new();
         for (i, ifc) in ifaces.iter().enumerate() {
-            // One fanout group per interface, unique within the namespace.
-            let group = ((pid as u16) << 4) ^ (ifc.index as u16);
+            let fanout = match (n_workers, groups[i]) {
+                (1, _) => Fanout::Alone,
+                (_, None) => Fanout::NewGroup,
+                (_, Some(id)) => Fanout::Join(id),
+            };
             let plan = RxSocketPlan {
                 interface: &ifc.name,
                 ifindex: ifc.index,
-                fanout_group: group,
-                fanout: n_workers > 1,
+                fanout,
                 filter: &filter,
             };
-            let (fd, ring) =
+            let (fd, ring, group) =
                 socket::open_rx(&plan, |fd| RxRing::new(fd, &cfg.ring.geometry(), &ifc.name))?;
+            groups[i] = groups[i].or(group);
             ring_fds.push((i, fd.as_raw_fd()));
             rx.push(RxPort { fd, ring });
             tx.push(socket::open_tx(&ifc.name, ifc.index)?);

@@ -1,50 +1,82 @@
-//! uvs — Userspace Virtual Server: an LVS-DR (direct routing) load-balancing director that
-//! runs entirely in userspace on AF_PACKET PACKET_MMAP rings.
+//! uvs — Userspace Virtual Server: an LVS load-balancing director that runs entirely in
+//! userspace on AF_PACKET PACKET_MMAP rings.
 //!
 //! ```text
-//! io::ring ──batch──► datapath::process (parse → flow lookup ─hit──────────► rewrite) ──► io::tx (sendmmsg)
-//!                                                     └─miss─► sched::pick ─┘      ▲
-//!                                                                                  │ neigh::cache (MAC slots)
+//! io::ring ──batch──► datapath::process (parse → flow lookup ─hit──────────────► xmit) ──► io::tx (sendmmsg)
+//!                                                     └─miss─► sched::pick ─┘     ▲
+//!                                                                                 │ neigh::cache (MAC slots)
 //! control ──builds──► snapshot ──ArcSwap::store──► workers (one load per batch)
 //! control ──writes──► neigh::cache slots;  ARP socket ◄──► neigh::arp;  /metrics;  kernel_filter (nft)
+//! ctl::server ──AdminPort──► control::admin (typed operations)
 //! ```
 //!
-//! Module map (dependencies point one way, down this list):
-//! - [`wire`], [`model`]: bytes ↔ fields; validated configuration types. Depend on nothing.
-//! - [`config`]: TOML and ipvsadm-save rules → [`model::ServiceTable`] + daemon options.
-//! - [`sched`], [`snapshot`]: schedulers; the immutable compiled view workers read.
-//! - [`io`]: the only module with raw syscalls and `unsafe` (rings, sockets, filter, sendmmsg).
-//! - [`neigh`]: real-server MAC slots (worker read side) and ARP (control side).
-//! - [`datapath`]: per-core workers; never depends on `control`.
-//! - [`control`], [`kernel_filter`], [`metrics`], [`daemon`]: the control thread and set-up.
-//! - [`lab`]: network-namespace labs for `uvs demo` and the integration tests.
+//! Module map, bottom up. A module uses only modules listed before it (checked by
+//! `tests/layers.rs`), so dependencies point one way:
+//! 1. Leaf types: [`wire`] (bytes ↔ fields), [`model`] (validated configuration, and
+//!    [`model::change`], the changes to it), [`flow`] (flow keys, TCP states, timeouts).
+//! 2. [`io`]: every syscall and every `unsafe` of the crate (rings, sockets, transmit, mmap,
+//!    signals, clocks); knows nothing about load balancing.
+//! 3. Building blocks: [`conns`] (live connection counts), [`interfaces`],
+//!    [`kernel_filter`] (the nftables tables), [`neigh`] (next-hop MAC slots and ARP),
+//!    [`sched`] (one file per IPVS scheduler).
+//! 4. The forwarding path: [`snapshot`] (the immutable compiled view workers read), [`sync`]
+//!    (IPVS connection sync and the hooks workers read for HA), [`datapath`] (per-core
+//!    workers: decide, transmit per forwarding method, trace taps).
+//! 5. Control-thread services: [`health`] (checks), [`vrrp`], [`metrics`] (the exporter),
+//!    [`trace`] (trace and capture sessions over the workers' taps).
+//! 6. [`control`]: the control thread; owns all mutable shared state, publishes snapshots.
+//! 7. Front ends: [`ctl`] (the admin protocol, uvsadm, the daemon's request handling),
+//!    [`config`] (TOML, ipvsadm rules, keepalived.conf, ldirectord.cf), [`daemon`] (`uvs run`
+//!    set-up), [`doctor`], [`lab`] (network-namespace labs, the demo).
 //!
 //! Invariants are stated where they live: `datapath` (flow affinity), `snapshot`
-//! (publication), `model` (stable real ids), `datapath::process` (what DR rewrites),
-//! `neigh::cache` (no MAC → counted drop), `io::ring` (ring ownership hand-off).
+//! (publication), `model` (stable real ids), `datapath::xmit` (what each method rewrites),
+//! `neigh::cache` (no MAC → counted drop), `io::ring` (ring ownership hand-off),
+//! `io::tx` (a queued frame is sent before its ring block is released).
 
 #![deny(unsafe_code)]
 
-pub mod config;
-pub mod conns;
-pub mod control;
-pub mod ctl;
-pub mod daemon;
-pub mod datapath;
-pub mod doctor;
+pub mod wire;
+
+pub mod model;
+
 pub mod flow;
-pub mod health;
-pub mod interfaces;
+
 #[allow(unsafe_code)]
 pub mod io;
+
+pub mod conns;
+
+pub mod interfaces;
+
 pub mod kernel_filter;
-pub mod lab;
-pub mod metrics;
-pub mod model;
+
 pub mod neigh;
+
 pub mod sched;
+
 pub mod snapshot;
+
 pub mod sync;
-pub mod trace;
+
+pub mod datapath;
+
+pub mod health;
+
 pub mod vrrp;
-pub mod wire;
+
+pub mod metrics;
+
+pub mod trace;
+
+pub mod control;
+
+pub mod ctl;
+
+pub mod config;
+
+pub mod daemon;
+
+pub mod doctor;
+
+pub mod lab;

@@ -30,7 +30,7 @@ pub struct Figures {
     pub neighbors_unresolved: u64,
     pub workers: Vec<WorkerFigures>,
     pub rings: Vec<RingFigures>,
-    /// Health checks (issue 5).
+    /// Health checks.
     pub health: crate::health::book::HealthListing,
     /// `uvs trace` / `uvs capture` records lost, by reason (never packets).
     pub trace_dropped: Vec<(&'static str, u64)>,
@@ -145,7 +145,7 @@ pub fn render(f: &Figures) -> String {
     handle.render()
 }
 
-/// Health series (issue 5). Labels: the service (`local_address`, `local_port`, `proto`, as
+/// Health series. Labels: the service (`local_address`, `local_port`, `proto`, as
 /// node_exporter's ipvs series) and the real (`remote_address`); bounded by the configuration.
 fn render_health(h: &crate::health::book::HealthListing) {
     for s in &h.services {

@@ -1,6 +1,6 @@
 //! `uvs run --keepalived FILE`: the `virtual_server` blocks of a keepalived.conf.
 //!
-//! Grammar subset (keepalived.conf(5), ../shared/reference/ipvs-semantics.md §3.2–§3.3):
+//! Grammar subset (keepalived.conf(5), and keepalived's parser for what the manual leaves out):
 //! tokens separated by blanks, `{ }` blocks, `"quoted strings"`, `!` and `#` comments to the
 //! end of the line, `include GLOB` (relative to the including file; `*` and `?` in the last
 //! path component). Statements end at the end of a line or at a brace, and keywords take a
@@ -21,7 +21,7 @@
 //!   `misc_timeout` (default `delay_loop`), `misc_dynamic`. uvs extension: `through_vip` in a
 //!   TCP_CHECK makes it the DR through-the-VIP probe (see `health::vip`).
 //!
-//! - `vrrp_instance NAME { … }` (HA, issue 8; see [`Parser::vrrp_instance`]): `state`,
+//! - `vrrp_instance NAME { … }` (see [`Parser::vrrp_instance`]): `state`,
 //!   `interface`, `virtual_router_id`, `priority`, `advert_int`, `version`, `nopreempt`,
 //!   `preempt_delay`, `authentication { auth_type PASS; auth_pass }`, `virtual_ipaddress { }`,
 //!   `unicast_peer { }`, `unicast_src_ip`/`mcast_src_ip`, `notify_master/backup/fault`,
@@ -178,7 +178,7 @@ fn glob(pat: &Path) -> Result<Vec<PathBuf>, String> {
 pub struct Parsed {
     pub table: ServiceTable,
     pub health: HealthConfig,
-    /// `vrrp_instance` blocks (HA, issue 8).
+    /// `vrrp_instance` blocks.
     pub vrrp: Vec<crate::vrrp::InstanceConfig>,
     /// `global_defs { lvs_sync_daemon … }`.
     pub sync: Option<crate::sync::SyncConfig>,
@@ -812,7 +812,7 @@ impl Parser {
 }
 
 // ---------------------------------------------------------------------------------------------
-// HA (issue 8): `vrrp_instance` blocks and the VRRP/sync part of `global_defs`.
+// `vrrp_instance` blocks and the VRRP/sync part of `global_defs`.
 
 impl Parser {
     /// Reads a `{ … }` list of one item per line (`virtual_ipaddress`, `unicast_peer`,

@@ -133,7 +133,7 @@ struct RawConfig {
     service: Vec<Spanned<RawService>>,
     #[serde(default)]
     mark_rule: Vec<Spanned<RawMarkRule>>,
-    // HA (issue 8).
+    // High availability: VRRP and connection sync.
     #[serde(default)]
     vrrp: Vec<Spanned<crate::vrrp::config_toml::RawVrrp>>,
     sync: Option<crate::vrrp::config_toml::RawSync>,
@@ -188,9 +188,9 @@ struct RawService {
     ops: Option<bool>,
     #[serde(default)]
     real: Vec<Spanned<RawReal>>,
-    /// Health (issue 5): quorum, sorry server, quiescent.
+    /// quorum, sorry server, quiescent.
     health: Option<RawSvcHealth>,
-    /// Health (issue 5): the checker of every real of the service.
+    /// the checker of every real of the service.
     check: Option<RawCheck>,
 }
 
@@ -212,7 +212,7 @@ struct RawReal {
     upper_threshold: Option<Spanned<i64>>,
     lower_threshold: Option<Spanned<i64>>,
     forward: Option<Spanned<String>>,
-    /// Health (issue 5): overrides the service's `check` keys for this real.
+    /// overrides the service's `check` keys for this real.
     check: Option<RawCheck>,
 }
 
@@ -327,7 +327,7 @@ fn build(raw: RawConfig) -> Result<DaemonConfig, Located> {
         add_mark_rule(&mut services, rule)?;
     }
 
-    // HA (issue 8).
+    // High availability: VRRP and connection sync.
     let located = |(span, message): (Range<usize>, String)| Located { span, message };
     let vrrp = crate::vrrp::config_toml::build_vrrp(&raw.vrrp).map_err(located)?;
     let sync = match &raw.sync {
@@ -705,7 +705,7 @@ fn add_real(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Health checks (issue 5): `[service.health]`, `[service.check]`, `[service.real.check]`.
+// Health checks: `[service.health]`, `[service.check]`, `[service.real.check]`.
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -1052,7 +1052,7 @@ mod tests {
         let mut cfg = p(FULL).unwrap();
         assert!(!cfg.services.services().is_empty());
         cfg.services = ServiceTable::new();
-        // Health keys (issue 5) are per service: full.toml's are the defaults.
+        // Health keys are per service: full.toml's are the defaults.
         let mut want = crate::health::ServiceHealth::new(key(Protocol::Tcp, 80));
         want.reals.push(crate::health::RealHealth {
             addr: Ipv4Addr::new(10, 0, 0, 11),

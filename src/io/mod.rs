@@ -1,9 +1,12 @@
-//! The only module with `unsafe` and raw syscalls: AF_PACKET sockets, PACKET_MMAP receive
-//! rings, the socket filter and batched transmit, and the CPU latency request that keeps a
-//! sleeping worker's wake-up short. It knows nothing about load balancing.
+//! The only module with `unsafe` and raw syscalls (the crate root denies `unsafe_code`
+//! everywhere else): AF_PACKET sockets, PACKET_MMAP receive rings, the socket filter, batched
+//! transmit, huge-page tables, raw IP and UDP socket options (VRRP, sync, the lab's
+//! responder), peer credentials, signals, clocks, process signals, per-thread knobs, and the
+//! CPU latency request. Each function here is safe to call; each `unsafe` block says why it is
+//! sound. It knows nothing about load balancing.
 //!
-//! Receive and transmit are built around one measured fact (../shared/perf-baseline): rewriting
-//! a frame in place inside the receive ring and handing it to `sendmmsg` from there costs
+//! Receive and transmit are built around one measured fact (a C forwarder measured both
+//! ways): rewriting a frame in place inside the receive ring and handing it to `sendmmsg` from there costs
 //! about 14 % less CPU than copying it into a TX ring, because the TX ring's page-fragment skbs
 //! are copied again at the veth. So there is no TX ring: a worker rewrites frames in the RX
 //! block, queues `iovec`s pointing into it ([`tx::TxQueue`]), sends them with one `sendmmsg`

@@ -628,11 +628,10 @@ mod tests {
         let plan = RxSocketPlan {
             interface: "lo",
             ifindex,
-            fanout_group: 1,
-            fanout: false,
+            fanout: crate::io::socket::Fanout::Alone,
             filter: &filter,
         };
-        let (fd, mut ring) = open_rx(&plan, |fd| RxRing::new(fd, &opts, "lo")).unwrap();
+        let (fd, mut ring, _) = open_rx(&plan, |fd| RxRing::new(fd, &opts, "lo")).unwrap();
         for i in 0..n {
             sock.send_to(&i.to_be_bytes(), "127.0.0.1:9").unwrap();
         }
@@ -672,6 +671,43 @@ mod tests {
             libc::ioctl(s, libc::SIOCSIFFLAGS, &req);
             libc::close(s);
         }
+    }
+
+    /// Two new fanout groups get ids of their own from the kernel; a third socket joins one.
+    fn fanout_ids() -> Option<(u16, u16, Option<u16>)> {
+        use crate::io::socket::Fanout;
+        // SAFETY: geteuid has no preconditions; unshare affects only this thread.
+        if unsafe { libc::geteuid() } != 0 || unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            eprintln!("skipping: needs root");
+            return None;
+        }
+        set_lo_up();
+        let ifindex = if_index("lo").unwrap();
+        let filter = crate::io::filter::receive_filter(&[Ipv4Addr::LOCALHOST], None);
+        let open = |fanout| {
+            let plan = RxSocketPlan {
+                interface: "lo",
+                ifindex,
+                fanout,
+                filter: &filter,
+            };
+            open_rx(&plan, |_| Ok(())).unwrap()
+        };
+        let (a, _, ga) = open(Fanout::NewGroup);
+        let (b, _, gb) = open(Fanout::NewGroup);
+        let (c, _, gc) = open(Fanout::Join(ga.unwrap()));
+        let ids = (ga.unwrap(), gb.unwrap(), gc);
+        drop((a, b, c));
+        Some(ids)
+    }
+
+    #[test]
+    fn fanout_groups_get_distinct_ids_from_the_kernel() {
+        let Some((a, b, joined)) = std::thread::spawn(fanout_ids).join().unwrap() else {
+            return;
+        };
+        assert_ne!(a, b);
+        assert_eq!(joined, Some(a));
     }
 
     fn check(version: RingVersion) {

@@ -106,25 +106,35 @@ fn bind(fd: RawFd, ifindex: u32, protocol: u16, interface: &str) -> Result<(), I
     Ok(())
 }
 
+/// How a receive socket shares its interface's frames with the other workers' sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fanout {
+    /// A single worker: no group (the group's per-frame hash would be pure overhead on the
+    /// receiving CPU).
+    Alone,
+    /// The first socket of a group: the kernel picks an id no other group in the namespace
+    /// uses (`PACKET_FANOUT_FLAG_UNIQUEID`), returned by [`open_rx`].
+    NewGroup,
+    /// Join the group [`Fanout::NewGroup`] created.
+    Join(u16),
+}
+
 /// Options for a receive socket; the ring itself is set up by `ring::RxRing::new`.
 pub struct RxSocketPlan<'a> {
     pub interface: &'a str,
     pub ifindex: u32,
-    /// `PACKET_FANOUT` group id (unique per interface within the namespace).
-    pub fanout_group: u16,
-    /// Join the fanout group. A single worker does not: the group's per-frame hash would be
-    /// pure overhead on the receiving CPU.
-    pub fanout: bool,
+    pub fanout: Fanout,
     pub filter: &'a [Insn],
 }
 
 /// Opens the receive socket of one worker on one interface and calls `setup_ring` with it
 /// after `PACKET_VNET_HDR` (which must precede the ring) and before `bind` (so no frame lands
-/// before the filter is attached).
+/// before the filter is attached). Returns the socket, the ring, and the fanout group id the
+/// socket is in (for the next workers to join), if any.
 pub fn open_rx<R>(
     plan: &RxSocketPlan<'_>,
     setup_ring: impl FnOnce(RawFd) -> Result<R, IoError>,
-) -> Result<(OwnedFd, R), IoError> {
+) -> Result<(OwnedFd, R, Option<u16>), IoError> {
     let fd = new_packet_socket(plan.interface)?;
     let raw = fd.as_raw_fd();
     let one: libc::c_int = 1;
@@ -157,21 +167,42 @@ pub fn open_rx<R>(
     // its ignore-outgoing bit from this flag only (fanout_add), so the socket option above
     // alone silently stops working and every transmitted frame comes back to be forwarded
     // again until its TTL runs out.
-    if plan.fanout {
-        let fanout: libc::c_int = libc::c_int::from(plan.fanout_group)
-            | ((libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING)
-                as libc::c_int)
-                << 16;
-        set_opt(
-            raw,
+    let mode = libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
+    let (id, flags) = match plan.fanout {
+        Fanout::Alone => return Ok((fd, ring, None)),
+        Fanout::NewGroup => (0, mode | libc::PACKET_FANOUT_FLAG_UNIQUEID),
+        Fanout::Join(id) => (id, mode),
+    };
+    let arg: libc::c_int = libc::c_int::from(id) | (flags as libc::c_int) << 16;
+    set_opt(
+        raw,
+        libc::SOL_PACKET,
+        libc::PACKET_FANOUT,
+        &arg,
+        "PACKET_FANOUT",
+        plan.interface,
+    )?;
+    Ok((fd, ring, Some(fanout_group_of(raw, plan.interface)?)))
+}
+
+/// The fanout group id a socket is in (`getsockopt(PACKET_FANOUT)`: id in the low 16 bits).
+fn fanout_group_of(fd: RawFd, interface: &str) -> Result<u16, IoError> {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` is a writable c_int and `len` its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
             libc::SOL_PACKET,
             libc::PACKET_FANOUT,
-            &fanout,
-            "PACKET_FANOUT",
-            plan.interface,
-        )?;
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(sys_err("getsockopt(PACKET_FANOUT)", interface));
     }
-    Ok((fd, ring))
+    Ok((v & 0xffff) as u16)
 }
 
 /// Checks that this process may open packet sockets (root, or CAP_NET_RAW): opens one and

@@ -211,7 +211,7 @@ impl ArpEngine {
         self.vips = vips;
     }
 
-    /// HA (issue 8): announces `vips` again (a burst now, and again after `garp_delay_secs`)
+    /// announces `vips` again (a burst now, and again after `garp_delay_secs`)
     /// although they are already answered — a VRRP MASTER that heard a lower-priority advert.
     pub fn announce(&mut self, vips: &[Ipv4Addr], now: u32) {
         for v in vips.iter().filter(|v| self.vips.contains(v)) {

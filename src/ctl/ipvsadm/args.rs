@@ -532,7 +532,7 @@ pub enum Command {
     Save(Format),
     Restore,
     Zero(Option<ServiceKey>),
-    /// `--start-daemon`/`--stop-daemon` (HA, issue 8).
+    /// `--start-daemon`/`--stop-daemon`.
     Daemon(crate::ctl::proto::DaemonCommand),
     Help,
     Version,

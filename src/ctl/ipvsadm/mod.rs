@@ -120,7 +120,7 @@ fn execute(
             out.push('\n');
             0
         }
-        // HA (issue 8): the sync daemon lines, as ipvsadm prints them.
+        // the sync daemon lines, as ipvsadm prints them.
         Command::List(ListWhat::Daemon, _) => match call(&Request::Ha, err) {
             Ok(Reply::Ha(h)) => {
                 out.push_str(&h.daemon_listing);
@@ -129,7 +129,7 @@ fn execute(
             Ok(other) => unexpected(other, err),
             Err(code) => code,
         },
-        // HA (issue 8): ipvsadm prints the kernel's refusal ("Daemon has already run", "No
+        // ipvsadm prints the kernel's refusal ("Daemon has already run", "No
         // daemon is running", "No such device") and exits 255.
         Command::Daemon(d) => match call(&Request::SyncDaemon(d), err) {
             Ok(Reply::Done) => 0,
