@@ -350,3 +350,184 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod pinned {
+    use super::*;
+    use crate::model::{MarkRule, RealSpec, ServiceSpec};
+
+    fn samples() -> Vec<(&'static str, String)> {
+        let key = ServiceKey::addr(Protocol::Tcp, Ipv4Addr::new(10, 0, 0, 100), 80);
+        let stats = Stats {
+            conns: 1,
+            in_pkts: 2,
+            out_pkts: 3,
+            in_bytes: 4,
+            out_bytes: 5,
+        };
+        let requests = vec![
+            Request::Apply(vec![
+                Change::AddService(ServiceSpec::new(key, SchedulerKind::Wrr)),
+                Change::AddReal(key, RealSpec::route(Ipv4Addr::new(10, 0, 0, 11), 80)),
+                Change::DeleteReal(key, Ipv4Addr::new(10, 0, 0, 11), 80),
+                Change::AddMarkRule(MarkRule {
+                    proto: Protocol::Udp,
+                    vip: Ipv4Addr::new(10, 0, 0, 100),
+                    ports: vec![53],
+                    mark: 7,
+                }),
+                Change::SetTimeouts {
+                    tcp: 900,
+                    tcpfin: 120,
+                    udp: 300,
+                },
+                Change::Clear,
+            ]),
+            Request::Status,
+            Request::Connections,
+            Request::Zero(Some(key)),
+            Request::Health,
+            Request::Ha,
+            Request::SyncDaemon(DaemonCommand {
+                start: true,
+                master: true,
+                interface: "eth0".into(),
+                syncid: 3,
+            }),
+            Request::Trace(TraceRequest {
+                mode: StreamMode::Capture,
+                filter: TraceFilter {
+                    vip: Some(Ipv4Addr::new(10, 0, 0, 100)),
+                    port: Some(80),
+                    client: None,
+                    count: 10,
+                    rate: 0,
+                },
+            }),
+        ];
+        let replies = vec![
+            Reply::Done,
+            Reply::Status(Status {
+                conn_tab_size: 4096,
+                services: vec![ServiceStatus {
+                    key,
+                    scheduler: SchedulerKind::Rr,
+                    sched_flags: String::new(),
+                    persistence_timeout: Some(360),
+                    ops: false,
+                    persistence_netmask: Ipv4Addr::new(255, 255, 255, 255),
+                    stats,
+                    rates: Stats::default(),
+                    reals: vec![RealStatus {
+                        addr: Ipv4Addr::new(10, 0, 0, 11),
+                        port: 80,
+                        forward: ForwardMethod::Route,
+                        weight: 1,
+                        active: 2,
+                        inactive: 3,
+                        persistent: 0,
+                        upper_threshold: 0,
+                        lower_threshold: 0,
+                        stats,
+                        rates: Stats::default(),
+                    }],
+                }],
+                timeouts: TimeoutsSecs::default(),
+                mark_rules: Vec::new(),
+            }),
+            Reply::Connections(vec![ConnEntry {
+                proto: Protocol::Tcp,
+                expires: 899,
+                state: "ESTABLISHED".into(),
+                client: (Ipv4Addr::new(172, 30, 0, 10), 40000),
+                virt: (Ipv4Addr::new(10, 0, 0, 100), 80),
+                dest: (Ipv4Addr::new(10, 0, 0, 11), 80),
+                fwmark_template: false,
+            }]),
+            Reply::Refused(Refusal {
+                message: "Service not defined".into(),
+                change: Some(1),
+                exit_code: EXIT_REFUSED,
+            }),
+            Reply::Health(HealthListing {
+                services: vec![ServiceHealthRow {
+                    key,
+                    quorum_up: true,
+                    live_weight: 1,
+                    quorum: 1,
+                    hysteresis: 0,
+                    sorry: None,
+                    sorry_active: false,
+                    local: false,
+                    reals: vec![RealHealthRow {
+                        addr: Ipv4Addr::new(10, 0, 0, 11),
+                        check: "HTTP".into(),
+                        up: true,
+                        configured_weight: 1,
+                        effective_weight: Some(1),
+                        checks: 9,
+                        failures: 0,
+                        transitions: 1,
+                        last_latency_us: 250,
+                        last_message: "200 OK".into(),
+                    }],
+                }],
+            }),
+            Reply::Ha(HaStatus {
+                instances: vec![VrrpInstance {
+                    name: "VI_1".into(),
+                    interface: "eth0".into(),
+                    vrid: 51,
+                    version: 2,
+                    priority: 100,
+                    advert_int_ms: 1000,
+                    state: VrrpState::Master,
+                    master: None,
+                    vips: vec![Ipv4Addr::new(10, 0, 0, 100)],
+                    transitions: 1,
+                }],
+                daemon_listing: String::new(),
+                synced_flows: 0,
+            }),
+            Reply::Streaming,
+        ];
+        let mut out: Vec<(&'static str, String)> = Vec::new();
+        for r in requests {
+            out.push(("request", serde_json::to_string(&r).unwrap()));
+        }
+        for r in replies {
+            out.push(("reply", serde_json::to_string(&r).unwrap()));
+        }
+        out
+    }
+
+    /// The JSON of every message, as version 1 of the protocol carries it. A failure here means
+    /// the wire format changed: update this file only together with a decision about
+    /// `PROTOCOL_VERSION` (an optional field an older peer can ignore needs none).
+    const PINNED: &str = include_str!("proto_v1.json.txt");
+
+    #[test]
+    fn wire_format_is_pinned() {
+        let now: String = samples()
+            .into_iter()
+            .map(|(kind, json)| format!("{kind} {json}\n"))
+            .collect();
+        if std::env::var_os("UVS_REPIN").is_some() {
+            std::fs::write(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/src/ctl/proto_v1.json.txt"),
+                &now,
+            )
+            .unwrap();
+        }
+        assert_eq!(now, PINNED);
+        // And every pinned line still decodes to the same message.
+        for line in PINNED.lines() {
+            let (kind, json) = line.split_once(' ').unwrap();
+            let again = match kind {
+                "request" => serde_json::to_string(&serde_json::from_str::<Request>(json).unwrap()),
+                _ => serde_json::to_string(&serde_json::from_str::<Reply>(json).unwrap()),
+            };
+            assert_eq!(again.unwrap(), json);
+        }
+    }
+}

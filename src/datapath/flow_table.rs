@@ -310,7 +310,9 @@ fn eviction_rank(s: &Slot, now: u32) -> (u8, i64) {
     let left = i64::from(s.expires.wrapping_sub(now) as i32);
     let class = if left <= 0 {
         0
-    } else if s.proto == 6 && TcpState::from_u8(s.state) != TcpState::Established {
+    } else if s.proto == crate::wire::IPPROTO_TCP
+        && TcpState::from_u8(s.state) != TcpState::Established
+    {
         1
     } else {
         2

@@ -126,7 +126,7 @@ pub fn match_answer(frame: &[u8], us: (Ipv4Addr, u16), vip: (Ipv4Addr, u16)) -> 
         return None;
     }
     let ip = &frame[14..];
-    if wire::ipv4::protocol(ip) != 6
+    if wire::ipv4::protocol(ip) != wire::IPPROTO_TCP
         || wire::ipv4::src(ip) != u32::from(vip.0)
         || wire::ipv4::dst(ip) != u32::from(us.0)
     {

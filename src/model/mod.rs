@@ -27,15 +27,15 @@ impl Protocol {
     /// IANA protocol number, as it appears in the IPv4 header.
     pub const fn number(self) -> u8 {
         match self {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
+            Protocol::Tcp => crate::wire::IPPROTO_TCP,
+            Protocol::Udp => crate::wire::IPPROTO_UDP,
         }
     }
 
     pub const fn from_number(n: u8) -> Option<Protocol> {
         match n {
-            6 => Some(Protocol::Tcp),
-            17 => Some(Protocol::Udp),
+            crate::wire::IPPROTO_TCP => Some(Protocol::Tcp),
+            crate::wire::IPPROTO_UDP => Some(Protocol::Udp),
             _ => None,
         }
     }

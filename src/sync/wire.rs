@@ -10,6 +10,7 @@
 
 use crate::flow::FlowKey;
 use crate::flow::tcp_state::TcpState;
+use crate::wire::{IPPROTO_TCP, IPPROTO_UDP};
 
 use super::SyncRecord;
 
@@ -95,7 +96,10 @@ pub fn decode(m: &[u8]) -> Result<(u8, Vec<SyncRecord>), WireError> {
         let r = &m[off..off + rsize];
         let flags = be32(r, 4);
         let is_v6 = r[0] & 1 != 0;
-        if !is_v6 && flags & F_TEMPLATE == 0 && flags & 0x7 == F_DROUTE && (r[1] == 6 || r[1] == 17)
+        if !is_v6
+            && flags & F_TEMPLATE == 0
+            && flags & 0x7 == F_DROUTE
+            && (r[1] == IPPROTO_TCP || r[1] == IPPROTO_UDP)
         {
             out.push(SyncRecord {
                 key: FlowKey {
@@ -106,7 +110,7 @@ pub fn decode(m: &[u8]) -> Result<(u8, Vec<SyncRecord>), WireError> {
                     proto: r[1],
                 },
                 real_addr: be32(r, 32),
-                state: if r[1] == 6 {
+                state: if r[1] == IPPROTO_TCP {
                     TcpState::from_u8(be16(r, 8) as u8)
                 } else {
                     TcpState::None
