@@ -46,6 +46,7 @@ pub fn run_with_names(
     backend: &mut dyn Backend,
     names: &Names,
 ) -> i32 {
+    let argv = &as_invoked(argv);
     let program = argv.first().map(String::as_str).unwrap_or("ipvsadm");
     let mut out = String::new();
     let mut err = String::new();
@@ -64,6 +65,23 @@ pub fn run_with_names(
         return 1;
     }
     code
+}
+
+/// ipvsadm's own wrapper scripts: `ipvsadm-save` runs `ipvsadm -S` and `ipvsadm-restore`
+/// `ipvsadm -R`, passing their arguments on (`ipvsadm-save -n`). uvsadm invoked under either
+/// name does the same, so the links a package installs behave as the scripts.
+pub fn as_invoked(argv: &[String]) -> Vec<String> {
+    let name = argv
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a.as_str()));
+    let command = match name {
+        Some("ipvsadm-save") => "-S",
+        Some("ipvsadm-restore") => "-R",
+        _ => return argv.to_vec(),
+    };
+    let mut out = vec!["ipvsadm".to_string(), command.to_string()];
+    out.extend(argv.iter().skip(1).cloned());
+    out
 }
 
 fn execute(
