@@ -422,16 +422,92 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Whether stderr is the journal stream systemd connected: `$JOURNAL_STREAM` names its device
+/// and inode (systemd.exec(5)); a redirected stderr (`uvs run 2>file` in a unit) is not.
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(var) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    match std::fs::File::from(fd).metadata() {
+        Ok(m) => journal_stream_is(&var.to_string_lossy(), m.dev(), m.ino()),
+        Err(_) => false,
+    }
+}
+
+/// `$JOURNAL_STREAM` is `DEVICE:INODE`, both decimal.
+fn journal_stream_is(var: &str, dev: u64, ino: u64) -> bool {
+    var.split_once(':')
+        .is_some_and(|(d, i)| d.parse() == Ok(dev) && i.parse() == Ok(ino))
+}
+
+/// The sd-daemon(3) priority prefix journald reads from a stream line.
+fn syslog_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    logger.format_target(false);
+    let journal = stderr_is_journal();
+    if journal {
+        // journald stamps every line itself and takes its priority from a `<N>` prefix, so a
+        // line carries neither a second timestamp nor a level word.
+        logger.format(|buf, record| {
+            use std::io::Write;
+            writeln!(
+                buf,
+                "<{}>{}",
+                syslog_priority(record.level()),
+                record.args()
+            )
+        });
+    }
+    logger.init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("uvs: {e:#}");
+            let priority = if journal { "<3>" } else { "" };
+            eprintln!("{priority}uvs: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_stream_names_device_and_inode() {
+        assert!(journal_stream_is("64769:1234567", 64769, 1234567));
+        assert!(!journal_stream_is("64769:1234567", 64769, 1234568));
+        assert!(!journal_stream_is("64769", 64769, 0));
+        assert!(!journal_stream_is("x:1", 0, 1));
+    }
+
+    #[test]
+    fn levels_map_to_syslog_priorities() {
+        let p: Vec<u8> = [
+            log::Level::Error,
+            log::Level::Warn,
+            log::Level::Info,
+            log::Level::Debug,
+        ]
+        .into_iter()
+        .map(syslog_priority)
+        .collect();
+        assert_eq!(p, vec![3, 4, 6, 7]);
     }
 }

@@ -16,6 +16,7 @@ use crate::ctl::apply::AdminState;
 use crate::datapath::counters::{DropReason, WorkerCounters};
 use crate::datapath::worker::WorkerRequest;
 use crate::interfaces::Interface;
+use crate::io::sd_notify;
 use crate::io::socket::{RingStats, recv_frame, send_frame, take_ring_stats, wait_readable};
 use crate::kernel_filter::KernelFilter;
 use crate::metrics::{Backend, Endpoint, Figures, IpvsTotals, RingFigures, WorkerFigures};
@@ -153,7 +154,11 @@ impl Control {
             self.serve_admin();
             crate::trace::pump(&self.trace, &mut self.trace_sessions, &mut trace_buf);
             if signals::take_reload() {
+                sd_notify::tell(sd_notify::Status::Reloading);
                 self.reload_config();
+                if ready {
+                    sd_notify::tell(sd_notify::Status::Ready);
+                }
             }
             self.drain_health();
             if last_ring_read.elapsed() >= RING_STATS_EVERY {
@@ -172,6 +177,7 @@ impl Control {
                 self.metrics = Some(m);
             }
         }
+        sd_notify::tell(sd_notify::Status::Stopping);
         // HA (issue 8): a MASTER resigns with priority 0 so the peer takes over at once.
         if let Some(ha) = &mut self.ha {
             ha.shutdown();
@@ -321,6 +327,7 @@ impl Control {
                 log::warn!("cannot write ready file {}: {e}", p.display());
             }
         }
+        sd_notify::tell(sd_notify::Status::Ready);
         true
     }
 

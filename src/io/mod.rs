@@ -19,6 +19,7 @@
 pub mod cpu_latency;
 pub mod filter;
 pub mod ring;
+pub mod sd_notify;
 pub mod socket;
 pub mod tx;
 
