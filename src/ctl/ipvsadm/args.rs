@@ -341,6 +341,15 @@ const OPTIONS: &[(&str, Option<char>, ArgKind, Tag)] = {
     ]
 };
 
+/// (long name, short letter, takes a value) of every option the parser knows, for the
+/// documentation's check against it (`doc`).
+#[cfg(test)]
+pub(crate) fn option_table() -> impl Iterator<Item = (&'static str, Option<char>, bool)> {
+    OPTIONS
+        .iter()
+        .map(|&(long, short, kind, _)| (long, short, kind != ArgKind::None))
+}
+
 // ---------------------------------------------------------------------------------------------
 // popt-style scanning.
 

@@ -2,7 +2,8 @@
 //!
 //! - [`args`]: ipvsadm's argument syntax (popt semantics), its checks, messages and exit codes.
 //! - [`print`]: ipvsadm 1.31's listing formats, byte for byte.
-//! - [`names`]: port and host names without the network.
+//! - [`names`]: port and host names.
+//! - [`doc`]: the same command line described for the manual page and shell completions.
 //! - [`run`]: the whole program, in-process (the `uvsadm` binary is a thin wrapper), so tests
 //!   drive exactly what users run.
 //!
@@ -10,6 +11,7 @@
 //! nothing is sent), then one request applies all of them or none.
 
 pub mod args;
+pub mod doc;
 pub mod marks;
 pub mod names;
 pub mod print;
