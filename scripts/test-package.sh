@@ -153,7 +153,19 @@ grep -qx "<4>$work/keepalived.conf:2: (VI_1) unknown state 'SLAVE', defaulting t
 grep -q '^<3>uvs: interface uvs-nosuch0 does not exist' "$work/journal" ||
     fail "journald error line: $(cat "$work/journal")"
 grep -q '^\[' "$work/journal" && fail "a timestamped line under journald: $(cat "$work/journal")"
-pass "installed binaries: link names, default config, journald lines"
+# ipvsadm.service's command, as systemd runs it ($$ is $), on this root's files: it finds
+# the rules ipvsadm-save wrote, host names included, and runs uvs with them.
+cmd=$(sed -n 's/^ExecStart=\/bin\/sh -c .\(.*\).$/\1/p' "$root/usr/lib/systemd/system/uvs-ipvsadm.service" |
+    sed -e 's/\$\$/$/g' -e "s|/etc/|$root/etc/|g" -e "s|/usr/sbin/uvs |$root/usr/sbin/uvs |")
+[ -n "$cmd" ] || fail "no ExecStart in uvs-ipvsadm.service"
+out=$(sh -c "$cmd" 2>&1) && fail "uvs-ipvsadm without rules succeeded"
+[ "$out" = "no $root/etc/sysconfig/ipvsadm or $root/etc/ipvsadm.rules" ] || fail "uvs-ipvsadm without rules: $out"
+printf -- '-A -t localhost:http -s rr -p\n-a -t localhost:http -r 127.0.0.2 -g\n' > "$root/etc/ipvsadm.rules"
+out=$(UVS_IPVSADM_ARGS="--interface uvs-nosuch0 --metrics off" sh -c "$cmd" 2>&1) &&
+    fail "uvs-ipvsadm with a missing interface succeeded"
+case "$out" in *"interface uvs-nosuch0 does not exist"*) ;; *) fail "uvs-ipvsadm: $out" ;; esac
+rm "$root/etc/ipvsadm.rules"
+pass "installed binaries: link names, default config, ipvsadm.service's command, journald lines"
 
 # --- Units -----------------------------------------------------------------------------
 # systemd-analyze verify resolves dependencies, executables and man pages inside a root:
