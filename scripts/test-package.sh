@@ -109,14 +109,17 @@ done
 [ "$(readlink "$root/usr/lib/systemd/system/ipvsadm.service")" = /etc/alternatives/ipvsadm.service ] &&
     [ "$(readlink "$root/etc/alternatives/ipvsadm.service")" = /lib/systemd/system/uvs-ipvsadm.service ] ||
     fail "ipvsadm.service is not the alias of uvs-ipvsadm.service"
-[ "$(readlink "$root/etc/alternatives/ipvsadm.8.gz")" = /usr/share/man/man8/uvsadm.8.gz ] ||
-    fail "man ipvsadm is not uvsadm's page"
+for page in ipvsadm ipvsadm-save ipvsadm-restore; do
+    [ "$(readlink "$root/usr/share/man/man8/$page.8.gz")" = "/etc/alternatives/$page.8.gz" ] &&
+        [ "$(readlink "$root/etc/alternatives/$page.8.gz")" = /usr/share/man/man8/uvsadm.8.gz ] ||
+        fail "man $page is not uvsadm's page"
+done
 # The tutorials' `systemctl enable ipvsadm` enables the unit behind the alias.
 systemctl --root="$root" enable ipvsadm.service > "$work/enable.log" 2>&1 ||
     fail "systemctl enable ipvsadm: $(cat "$work/enable.log")"
 [ "$(systemctl --root="$root" is-enabled uvs-ipvsadm.service)" = enabled ] ||
     fail "systemctl enable ipvsadm did not enable uvs-ipvsadm.service"
-pass "install: ipvsadm, ipvsadm-save, ipvsadm-restore, ipvsadm.service and man ipvsadm are uvs's; systemctl enable ipvsadm works"
+pass "install: ipvsadm, ipvsadm-save, ipvsadm-restore, their man pages and ipvsadm.service are uvs's; systemctl enable ipvsadm works"
 
 # Reinstalling (an upgrade to the same version) keeps everything in place.
 dpkg_in "$root" -i "$deb" > "$work/reinstall.log" 2>&1 || fail "reinstall: $(cat "$work/reinstall.log")"
