@@ -17,6 +17,7 @@ mod hostile;
 mod labs;
 mod malformed;
 mod offloads;
+mod packaging;
 mod refusals;
 mod schedulers;
 mod soak;

@@ -199,6 +199,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let service_keys = snapshot.forwarded_keys();
 
     signals::install();
+    if let Some(p) = &args.ldirectord {
+        crate::config::ldirectord::spawn_autoreload(
+            p,
+            signals::request_reload,
+            signals::stop_requested,
+        )
+        .context("cannot start the ldirectord autoreload thread")?;
+    }
     let metrics = match cfg.metrics {
         Some(addr) => Some(
             crate::metrics::Endpoint::bind(addr)

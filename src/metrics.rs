@@ -261,4 +261,146 @@ mod tests {
         }
         assert!(line.ends_with(" 2"));
     }
+
+    /// A scrape with every series uvs's own endpoint renders.
+    fn every_series() -> String {
+        use crate::health::book::{HealthListing, RealHealthRow, ServiceHealthRow};
+        use crate::model::{Protocol, ServiceKey};
+        let f = Figures {
+            backends: vec![Backend {
+                local_address: "10.0.0.100".into(),
+                local_port: 80,
+                remote_address: "10.0.0.11".into(),
+                remote_port: 80,
+                proto: "TCP",
+                local_mark: None,
+                active: 1,
+                inactive: 1,
+                weight: 1,
+            }],
+            drops: crate::datapath::counters::DropReason::ALL
+                .iter()
+                .map(|d| (d.name(), 1))
+                .collect(),
+            arp_ignored: crate::neigh::arp::ArpIgnore::ALL
+                .iter()
+                .map(|r| (r.name(), 1))
+                .collect(),
+            workers: vec![WorkerFigures::default()],
+            rings: vec![RingFigures {
+                interface: "eth0".into(),
+                ..RingFigures::default()
+            }],
+            health: HealthListing {
+                services: vec![ServiceHealthRow {
+                    key: ServiceKey::addr(Protocol::Tcp, "10.0.0.100".parse().unwrap(), 80),
+                    quorum_up: true,
+                    live_weight: 1,
+                    quorum: 1,
+                    hysteresis: 0,
+                    sorry: None,
+                    sorry_active: false,
+                    local: false,
+                    reals: vec![RealHealthRow {
+                        addr: "10.0.0.11".parse().unwrap(),
+                        check: "TCP".into(),
+                        up: true,
+                        configured_weight: 1,
+                        effective_weight: Some(1),
+                        checks: 2,
+                        failures: 1,
+                        transitions: 1,
+                        last_latency_us: 10,
+                        last_message: String::new(),
+                    }],
+                }],
+            },
+            trace_dropped: vec![("ring_full", 1)],
+            ..Figures::default()
+        };
+        render(&f)
+    }
+
+    fn expressions<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(serde_json::Value::String(e)) = m.get("expr") {
+                    out.push(e);
+                }
+                m.values().for_each(|x| expressions(x, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| expressions(x, out)),
+            _ => {}
+        }
+    }
+
+    /// configs/grafana/uvs-dashboard.json imports (valid JSON, its data source declared as an
+    /// import input, unique panel ids) and queries only series and labels uvs exports: those
+    /// of this endpoint, and for `uvs_vrrp_*`/`uvs_sync_*` those the HA renderers write.
+    #[test]
+    fn the_grafana_dashboard_queries_exported_series() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("configs/grafana/uvs-dashboard.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(dash["__inputs"][0]["name"], "DS_PROMETHEUS");
+        let panels = dash["panels"].as_array().unwrap();
+        let mut ids: Vec<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), panels.len(), "panel ids are unique");
+        let mut exprs = Vec::new();
+        expressions(&dash, &mut exprs);
+        assert!(exprs.len() >= 25, "{} queries", exprs.len());
+
+        let scrape = every_series();
+        let ha = concat!(
+            include_str!("vrrp/runtime.rs"),
+            include_str!("sync/daemon.rs")
+        );
+        let name = regex::Regex::new(r"\b(?:node_ipvs|uvs)_[a-z_]+").unwrap();
+        let by = regex::Regex::new(r"by \(([a-z_, ]+)\)").unwrap();
+        let mut names = std::collections::BTreeSet::new();
+        for e in &exprs {
+            let series: Vec<&str> = name.find_iter(e).map(|m| m.as_str()).collect();
+            assert!(!series.is_empty(), "{e}");
+            for s in &series {
+                names.insert(*s);
+                let lines: Vec<&str> = scrape
+                    .lines()
+                    .filter(|l| l.starts_with(&format!("{s}{{")) || l.starts_with(&format!("{s} ")))
+                    .collect();
+                let from_ha = s.starts_with("uvs_vrrp_") || s.starts_with("uvs_sync_");
+                assert!(
+                    !lines.is_empty() || (from_ha && ha.contains(s)),
+                    "{s} is not exported (in {e})"
+                );
+                for group in by.captures_iter(e) {
+                    for label in group[1].split(',').map(str::trim) {
+                        let ok = if from_ha {
+                            // Prometheus renames a series' own `instance` label.
+                            let own = label.strip_prefix("exported_").unwrap_or(label);
+                            ha.contains(&format!("{own}=\\\""))
+                        } else {
+                            lines.iter().any(|l| l.contains(&format!("{label}=\"")))
+                        };
+                        assert!(ok, "{s} has no label {label} (in {e})");
+                    }
+                }
+            }
+        }
+        // Every family of this endpoint is on the dashboard.
+        for l in scrape
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let family = l.split(['{', ' ']).next().unwrap_or("");
+            assert!(
+                names.contains(family)
+                    || family == "node_ipvs_outgoing_packets_total"
+                    || family == "node_ipvs_outgoing_bytes_total",
+                "{family} is not on the dashboard"
+            );
+        }
+    }
 }

@@ -21,17 +21,21 @@ struct Out {
 }
 
 fn uvsadm_in(backend: &mut dyn Backend, args: &str, stdin: &str) -> Out {
-    let mut argv = vec!["ipvsadm".to_string()];
+    uvsadm_as(backend, "ipvsadm", args, stdin, &Names::none())
+}
+
+/// Runs uvsadm invoked as `argv0` (a link name), with the name tables `names`.
+fn uvsadm_as(
+    backend: &mut dyn Backend,
+    argv0: &str,
+    args: &str,
+    stdin: &str,
+    names: &Names,
+) -> Out {
+    let mut argv = vec![argv0.to_string()];
     argv.extend(args.split_whitespace().map(str::to_string));
     let (mut o, mut e) = (Vec::new(), Vec::new());
-    let code = run_with_names(
-        &argv,
-        &mut stdin.as_bytes(),
-        &mut o,
-        &mut e,
-        backend,
-        &Names::none(),
-    );
+    let code = run_with_names(&argv, &mut stdin.as_bytes(), &mut o, &mut e, backend, names);
     Out {
         code,
         stdout: String::from_utf8(o).unwrap(),
@@ -118,6 +122,72 @@ fn seed_tutorial_sequence_is_byte_exact() {
     assert_eq!(ok(&mut b, "-Ln"), golden("tutorial_after_edits.txt"));
     assert_eq!(ok(&mut b, "-D -t 192.168.79.110:80"), "");
     assert_eq!(ok(&mut b, "-Ln"), golden("tutorial_after_delete.txt"));
+}
+
+/// The tutorials' `ipvsadm-save > /etc/sysconfig/ipvsadm` and `ipvsadm-restore < …`, through
+/// links of those names: without `-n` the rules carry /etc/hosts and /etc/services names, and
+/// restoring resolves them back to the same table.
+#[test]
+fn save_and_restore_links_round_trip_host_and_port_names() {
+    let names = Names::from_text(
+        "http 80/tcp www\n",
+        "192.168.79.110 vip.lab vip\n192.168.79.102 rs1.lab rs1\n10.0.0.7 web7\n",
+    );
+    let mut b = tutorial();
+    let ln = ok(&mut b, "-Ln");
+    let saved = uvsadm_as(&mut b, "/usr/sbin/ipvsadm-save", "", "", &names);
+    assert_eq!((saved.code, saved.stderr.as_str()), (0, ""));
+    assert_eq!(
+        saved.stdout,
+        "-A -t vip.lab:http -s rr\n\
+         -a -t vip.lab:http -r rs1.lab:http -g -w 1\n\
+         -a -t vip.lab:http -r 192.168.79.103:http -g -w 1\n\
+         -A -t 10.0.0.200:http -s wrr\n\
+         -a -t 10.0.0.200:http -r web7:http -g -w 1\n\
+         -a -t 10.0.0.200:http -r 10.0.0.8:http -g -w 2\n"
+    );
+    let numeric = uvsadm_as(&mut b, "ipvsadm-save", "-n", "", &names);
+    assert_eq!(numeric.stdout, golden("tutorial_S_n.txt"));
+    assert_eq!(ok(&mut b, "-C"), "");
+    let restored = uvsadm_as(&mut b, "ipvsadm-restore", "", &saved.stdout, &names);
+    assert_eq!((restored.code, restored.stderr.as_str()), (0, ""));
+    assert_eq!(ok(&mut b, "-Ln"), ln);
+    // Hand-written names: ipvsadm resolves them on input too.
+    assert_eq!(
+        uvsadm_as(
+            &mut b,
+            "ipvsadm",
+            "-e -t vip:www -r rs1 -g -w 3",
+            "",
+            &names
+        )
+        .code,
+        0
+    );
+    assert!(ok(&mut b, "-Ln").contains("  -> 192.168.79.102:80            Route   3"));
+    // A name nothing resolves is ipvsadm's refusal, and the save link takes only -S options.
+    let o = uvsadm_as(&mut b, "ipvsadm", "-a -t vip:80 -r nowhere -g", "", &names);
+    assert_eq!(
+        (o.code, o.stderr.as_str()),
+        (2, "illegal real server address[:port] specified\n")
+    );
+    let o = uvsadm_as(&mut b, "ipvsadm-save", "-c", "", &names);
+    assert_eq!(
+        (o.code, o.stderr.as_str()),
+        (2, "Illegal 'connection' option with the 'save' command\n")
+    );
+}
+
+/// The tutorials' `ipvsadm -A -t VIP:80 -s rr -p`: a bare -p is 360 s in ipvsadm
+/// (libipvs's IPVS_SVC_PERSISTENT_TIMEOUT), whatever its man page says.
+#[test]
+fn bare_persistence_is_360_seconds() {
+    let mut b = MemoryBackend::default();
+    assert_eq!(ok(&mut b, "-A -t 192.168.79.110:80 -s rr -p"), "");
+    assert_eq!(
+        ok(&mut b, "-S -n"),
+        "-A -t 192.168.79.110:80 -s rr -p 360\n"
+    );
 }
 
 #[test]

@@ -10,7 +10,16 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "uvs",
     version,
-    about = "Userspace Virtual Server: an LVS-DR director on AF_PACKET rings"
+    about = "Userspace Virtual Server: an LVS-DR director on AF_PACKET rings",
+    long_about = "uvs is an LVS-DR (direct routing) load-balancing director that runs in \
+userspace: a client sends to the virtual IP, uvs picks a real server and rewrites only the \
+destination MAC address, and the real server answers the client directly. It reads \
+ipvsadm-save rules, its TOML configuration, keepalived.conf or ldirectord.cf; uvsadm(8) \
+changes it live with ipvsadm's command line.\n\n\
+uvs run needs CAP_NET_RAW and CAP_NET_ADMIN (or root). SIGHUP re-reads the configuration \
+and applies the difference, all or nothing; SIGINT and SIGTERM stop it cleanly (a VRRP \
+MASTER resigns with priority 0). Started by systemd as a Type=notify service it reports \
+READY=1 once it forwards, RELOADING=1 during a reload and STOPPING=1 when it stops."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -138,6 +147,13 @@ enum Command {
         name: String,
         #[arg(long, default_value_t = 53)]
         port: u16,
+    },
+    /// Writes the manual pages (man8/) and shell completions (bash/, zsh/, fish/) of uvs and
+    /// uvsadm into DIR; for packaging.
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Output directory (created).
+        dir: PathBuf,
     },
     /// Sends raw frames (file of u16-BE length + bytes records) on an interface; for tests.
     #[command(hide = true)]
@@ -276,6 +292,98 @@ fn health(admin_socket: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Extra manual-page sections, in roff, after what clap_mangen renders from the parser.
+const UVS_MAN_EXTRA: &str = r#".SH FILES
+.TP
+/etc/uvs/uvs.toml
+The configuration uvs.service runs (see /usr/share/doc/uvs/examples/full.toml).
+.TP
+/etc/default/uvs
+UVS_ARGS, the arguments of uvs run in uvs.service.
+.TP
+/etc/sysconfig/ipvsadm, /etc/ipvsadm.rules
+The rules ipvsadm.service runs uvs with, as written by ipvsadm-save.
+.SH ENVIRONMENT
+.TP
+RUST_LOG
+Log level (error, warn, info, debug); default info.
+.TP
+NOTIFY_SOCKET, JOURNAL_STREAM
+Set by systemd: readiness notifications, and log lines without a second timestamp.
+.SH "SEE ALSO"
+uvsadm(8), ipvsadm(8), keepalived.conf(5), ldirectord(8), systemd.service(5)
+"#;
+
+const UVSADM_MAN_EXTRA: &str = r#".SH "SEE ALSO"
+uvs(8), ipvsadm(8), ipvsadm-save(8), ipvsadm-restore(8)
+"#;
+
+/// Renders `cmd`'s manual page (section 8) into `dir`, with `extra` roff sections before the
+/// version.
+fn write_man(cmd: &clap::Command, extra: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let man = clap_mangen::Man::new(cmd.clone())
+        .section("8")
+        .manual("System Administration")
+        .source(format!("uvs {}", env!("CARGO_PKG_VERSION")));
+    let path = dir.join(man.get_filename());
+    let mut out = Vec::new();
+    man.render_title(&mut out)?;
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    man.render_description_section(&mut out)?;
+    if cmd.get_arguments().any(|a| !a.is_hide_set()) {
+        man.render_options_section(&mut out)?;
+    }
+    if cmd.get_subcommands().any(|c| !c.is_hide_set()) {
+        man.render_subcommands_section(&mut out)?;
+    }
+    out.write_all(extra.as_bytes())?;
+    if cmd.get_version().is_some() {
+        man.render_version_section(&mut out)?;
+    }
+    std::fs::write(&path, out).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Manual pages of a command and of each visible subcommand (`uvs-run.8`, `uvs-lab-up.8`).
+fn write_man_tree(cmd: &clap::Command, extra: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_man_tree(sub, "", dir)?;
+    }
+    write_man(cmd, extra, dir)
+}
+
+fn generate_docs(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let man = dir.join("man8");
+    std::fs::create_dir_all(&man).map_err(|e| anyhow::anyhow!("{}: {e}", man.display()))?;
+    let mut uvs = Cli::command().disable_help_subcommand(true);
+    uvs.build();
+    write_man_tree(&uvs, UVS_MAN_EXTRA, &man)?;
+    let mut uvsadm = uvs::ctl::ipvsadm::doc::command("uvsadm");
+    uvsadm.build();
+    write_man(&uvsadm, UVSADM_MAN_EXTRA, &man)?;
+    for (shell, sub, uvs_file, uvsadm_file) in [
+        (Shell::Bash, "bash", "uvs", "uvsadm"),
+        (Shell::Zsh, "zsh", "_uvs", "_uvsadm"),
+        (Shell::Fish, "fish", "uvs.fish", "uvsadm.fish"),
+    ] {
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d).map_err(|e| anyhow::anyhow!("{}: {e}", d.display()))?;
+        for (cmd, name, file) in [
+            (&mut uvs, "uvs", uvs_file),
+            (&mut uvsadm, "uvsadm", uvsadm_file),
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, cmd, name, &mut out);
+            let path = d.join(file);
+            std::fs::write(&path, out).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run {
@@ -404,6 +512,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }),
         Command::LabHttp { name, port } => uvs::lab::responder::serve_http(&name, port),
         Command::LabUdpEcho { name, port } => uvs::lab::responder::serve_udp(&name, port),
+        Command::GenerateDocs { dir } => generate_docs(&dir),
         Command::LabSendFrames { interface, file } => {
             let r = uvs::lab::inject::send_frames(&interface, &file)?;
             println!("sent {} frames, {} too short to send", r.sent, r.too_short);
@@ -412,16 +521,92 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Whether stderr is the journal stream systemd connected: `$JOURNAL_STREAM` names its device
+/// and inode (systemd.exec(5)); a redirected stderr (`uvs run 2>file` in a unit) is not.
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(var) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    match std::fs::File::from(fd).metadata() {
+        Ok(m) => journal_stream_is(&var.to_string_lossy(), m.dev(), m.ino()),
+        Err(_) => false,
+    }
+}
+
+/// `$JOURNAL_STREAM` is `DEVICE:INODE`, both decimal.
+fn journal_stream_is(var: &str, dev: u64, ino: u64) -> bool {
+    var.split_once(':')
+        .is_some_and(|(d, i)| d.parse() == Ok(dev) && i.parse() == Ok(ino))
+}
+
+/// The sd-daemon(3) priority prefix journald reads from a stream line.
+fn syslog_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    logger.format_target(false);
+    let journal = stderr_is_journal();
+    if journal {
+        // journald stamps every line itself and takes its priority from a `<N>` prefix, so a
+        // line carries neither a second timestamp nor a level word.
+        logger.format(|buf, record| {
+            use std::io::Write;
+            writeln!(
+                buf,
+                "<{}>{}",
+                syslog_priority(record.level()),
+                record.args()
+            )
+        });
+    }
+    logger.init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("uvs: {e:#}");
+            let priority = if journal { "<3>" } else { "" };
+            eprintln!("{priority}uvs: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_stream_names_device_and_inode() {
+        assert!(journal_stream_is("64769:1234567", 64769, 1234567));
+        assert!(!journal_stream_is("64769:1234567", 64769, 1234568));
+        assert!(!journal_stream_is("64769", 64769, 0));
+        assert!(!journal_stream_is("x:1", 0, 1));
+    }
+
+    #[test]
+    fn levels_map_to_syslog_priorities() {
+        let p: Vec<u8> = [
+            log::Level::Error,
+            log::Level::Warn,
+            log::Level::Info,
+            log::Level::Debug,
+        ]
+        .into_iter()
+        .map(syslog_priority)
+        .collect();
+        assert_eq!(p, vec![3, 4, 6, 7]);
     }
 }

@@ -4,7 +4,8 @@
 //! its own, `--admin-socket PATH` (or `--admin-socket=PATH`, anywhere on the line), talks to a
 //! director listening on a filesystem socket instead of the abstract `@uvs/admin` of the
 //! current network namespace. Invoked through a link named `ipvsadm`, it behaves identically
-//! and names itself as invoked, as ipvsadm does.
+//! and names itself as invoked, as ipvsadm does; through links named `ipvsadm-save` and
+//! `ipvsadm-restore` it does what ipvsadm's scripts of those names do (`-S`, `-R`).
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;

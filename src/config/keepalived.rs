@@ -30,6 +30,10 @@
 //!   defaults to its VRID, as keepalived), `vrrp_garp_master_repeat`, `vrrp_garp_master_delay`.
 //!   They produce the same `vrrp::InstanceConfig` / `sync::SyncConfig` as TOML `[[vrrp]]`.
 //!
+//! keepalived's leniency is kept where tutorials rely on it, with its warning text: blocks
+//! left open at the end of the file are closed there ("There are N missing '}'s or extra
+//! '{'s"), and an unknown `state` (`SLAVE`) is BACKUP.
+//!
 //! `vrrp_sync_group`, `vrrp_script`, … are read and reported as not supported, without
 //! failing. Other unknown keywords are warnings naming file and line. Errors name file and line; nothing is returned (so nothing starts) unless the whole
 //! file is accepted.
@@ -212,10 +216,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
     let file = Rc::new(path.to_path_buf());
     let mut toks = Vec::new();
     tokenize_text(text, &file, &mut toks, 0)?;
+    let mut warnings = Vec::new();
+    close_open_blocks(&mut toks, &mut warnings);
     let mut p = Parser {
         toks,
         pos: 0,
-        warnings: Vec::new(),
+        warnings,
         table: ServiceTable::new(),
         health: HealthConfig::default(),
         ha: HaRaw::default(),
@@ -231,6 +237,37 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
         garp_delay_secs: p.ha.garp_delay_secs,
         warnings: p.warnings,
     })
+}
+
+/// keepalived reads a file whose last `}`s are missing (tutorials print such files) and logs
+/// "There are N missing '}'s or extra '{'s" once it reaches the end: the open blocks end
+/// there. So do they here, with the same words as a warning.
+fn close_open_blocks(toks: &mut Vec<Tok>, warnings: &mut Vec<String>) {
+    let mut depth: usize = 0;
+    for t in toks.iter() {
+        match t.text.as_str() {
+            "{" => depth += 1,
+            // An extra `}` is the parser's error ("unexpected }"), with its line.
+            "}" => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    let Some(last) = toks.last().cloned() else {
+        return;
+    };
+    if depth == 0 {
+        return;
+    }
+    warnings.push(format!(
+        "{}:{}: There are {depth} missing '}}'s or extra '{{'s",
+        last.file.display(),
+        last.line
+    ));
+    toks.extend((0..depth).map(|_| Tok {
+        text: "}".to_string(),
+        bol: true,
+        ..last.clone()
+    }));
 }
 
 struct Parser {
@@ -870,10 +907,16 @@ impl Parser {
                     c.start_master = match v.text.to_ascii_uppercase().as_str() {
                         "MASTER" => true,
                         "BACKUP" => false,
+                        // keepalived's words and choice (`state SLAVE` in tutorials).
                         _ => {
-                            return Err(
-                                self.err(&v, format!("state {:?}: MASTER or BACKUP", v.text))
+                            self.warn(
+                                &v,
+                                format!(
+                                    "({name}) unknown state '{}', defaulting to BACKUP",
+                                    v.text
+                                ),
                             );
+                            false
                         }
                     };
                 }
@@ -1285,6 +1328,54 @@ virtual_server 10.0.0.100 80 {
         );
     }
 
+    /// A tutorial prints its keepalived.conf without the last `}`: keepalived warns and runs
+    /// it, and so does uvs, with the same table as the complete file.
+    #[test]
+    fn a_missing_last_brace_is_a_warning_as_in_keepalived() {
+        let cut = TUTORIAL.trim_end().strip_suffix('}').unwrap();
+        let r = p(cut).unwrap();
+        let whole = p(TUTORIAL).unwrap();
+        assert_eq!(r.table, whole.table);
+        assert_eq!(r.health, whole.health);
+        let last_line = cut.lines().count();
+        assert!(
+            r.warnings.contains(&format!(
+                "keepalived.conf:{last_line}: There are 1 missing '}}'s or extra '{{'s"
+            )),
+            "{:?}",
+            r.warnings
+        );
+        // Two blocks left open: both end at the end of the file.
+        let r = p(
+            "virtual_server 10.0.0.100 80 {\n lb_kind DR\n real_server 10.0.0.11 80 {\n weight 2\n",
+        )
+        .unwrap();
+        assert_eq!(r.table.services()[0].reals[0].weight, 2);
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.ends_with("There are 2 missing '}'s or extra '{'s"))
+        );
+        // An extra `}` is still refused with its line.
+        refused("global_defs {\n}\n}\n", 3, "unexpected }");
+    }
+
+    /// `state SLAVE` (a tutorial's word): keepalived warns and starts the instance as BACKUP.
+    #[test]
+    fn an_unknown_state_is_backup_with_keepalived_warning() {
+        let text = TUTORIAL.replace("state MASTER", "state SLAVE");
+        let r = p(&text).unwrap();
+        assert!(!r.vrrp[0].start_master);
+        assert!(
+            r.warnings.contains(
+                &"keepalived.conf:7: (VI_1) unknown state 'SLAVE', defaulting to BACKUP"
+                    .to_string()
+            ),
+            "{:?}",
+            r.warnings
+        );
+    }
+
     #[test]
     fn refusals_name_the_line() {
         refused(
@@ -1306,11 +1397,6 @@ virtual_server 10.0.0.100 80 {
             "virtual_server 10.0.0.100 80 {\n lb_kind DR\n lb_algo fastest\n}\n",
             3,
             "Scheduler not found",
-        );
-        refused(
-            "virtual_server 10.0.0.100 80 {\n lb_kind DR\n",
-            1,
-            "not closed",
         );
         refused("virtual_server fwmark 1 {\n}\n", 1, "not supported");
         refused(
@@ -1490,7 +1576,6 @@ vrrp_instance VI_2 {
             8,
             "only PASS",
         );
-        refused(&inst(" state FOO"), 7, "MASTER or BACKUP");
         refused(
             "vrrp_instance VI_1 {\n virtual_router_id 1\n virtual_ipaddress {\n 10.0.0.1\n }\n}\n",
             1,

@@ -4,7 +4,9 @@
 //! `virtual=` line starts a block whose lines are indented (4+ spaces or a tab). Global keys
 //! may be overridden inside a block.
 //!
-//! Understood: `virtual=IP:PORT`, `real=IP[->IP2][:PORT] gate [WEIGHT] ["request", "receive"]`,
+//! Understood: `virtual=IP:PORT`, `virtual=MARK` (a firewall-mark service, `-f MARK`; uvs sees
+//! no iptables marks, so its packets are chosen with uvs's mark rules, `uvsadm --add-mark`),
+//! `real=IP[->IP2][:PORT] gate [WEIGHT] ["request", "receive"]`,
 //! `checktype` (`negotiate` default, `connect`, `external`, `on`; `off`, `ping` and `N` are
 //! approximated with a warning), `service` (`http` for a negotiate check; the default comes
 //! from the port, 80 → http), `request` (the URI; a bare `index.html` means `/index.html`),
@@ -12,15 +14,17 @@
 //! `checkcommand` (run as `CMD VIP VPORT RIP RPORT`), `checkinterval` (10), `checktimeout` (5),
 //! `negotiatetimeout` (30), `failurecount` (1), `quiescent` (yes), `fallback=IP[:PORT] gate`,
 //! `fallbackcommand` (run with `start` when all reals are down and `stop` when one returns),
-//! `scheduler` (wrr), `persistent`, `netmask`, `protocol` (tcp; udp for port 53).
-//! Accepted and ignored (they concern the ldirectord process): `logfile`, `autoreload`,
+//! `scheduler` (wrr), `persistent`, `netmask`, `protocol` (tcp; udp for port 53; fwm for a
+//! mark), `autoreload` (as ldirectord: the file is re-read when it changes, checked every
+//! global `checkinterval`; see [`spawn_autoreload`]).
+//! Accepted and ignored (they concern the ldirectord process): `logfile`,
 //! `callback`, `supervised`, `fork`, `cleanstop`, `monitorfile`, `emailalert*`, `smtp`,
 //! `execute`, `maintenancedir`, `readdquiescent`. Refused clearly: `masq`/`ipip` reals,
-//! fwmark and IPv6 virtuals, host names. Unknown keys are warnings with the line.
+//! IPv6 virtuals, host names. Unknown keys are warnings with the line.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use super::ConfigError;
 use crate::health::fsm::Timing;
@@ -35,6 +39,10 @@ pub struct Parsed {
     pub table: ServiceTable,
     pub health: HealthConfig,
     pub warnings: Vec<String>,
+    /// `autoreload=yes`: re-read the file when it changes.
+    pub autoreload: bool,
+    /// The global `checkinterval`: how often ldirectord looks at the file for `autoreload`.
+    pub check_interval: Duration,
 }
 
 pub fn load(path: &Path) -> Result<(ServiceTable, HealthConfig), ConfigError> {
@@ -67,14 +75,24 @@ struct Settings {
     scheduler: Option<SchedulerKind>,
     persistent: Option<u32>,
     netmask: Option<Ipv4Addr>,
-    protocol: Option<Protocol>,
+    /// With the line it was set on (its check against the virtual's kind names it).
+    protocol: Option<(VirtualProtocol, usize)>,
     fallback: Option<SocketAddrV4>,
     fallbackcommand: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum VirtualProtocol {
+    Ip(Protocol),
+    /// `protocol=fwm`: the only one a firewall-mark virtual takes.
+    Fwm,
 }
 
 struct Real {
     line: usize,
     addr: Ipv4Addr,
+    /// The port written after the address, if any (a firewall-mark service keeps it).
+    port: Option<String>,
     weight: u32,
     request: Option<String>,
     receive: Option<(String, usize)>,
@@ -82,6 +100,8 @@ struct Real {
 
 struct Virtual {
     line: usize,
+    /// `virtual=MARK`; then `vip` is unspecified and `port` 0, as ldirectord sets them.
+    fwmark: Option<u32>,
     vip: Ipv4Addr,
     port: u16,
     s: Settings,
@@ -122,6 +142,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
     let mut warnings = Vec::new();
     let mut global = Settings::default();
     let mut virtuals: Vec<Virtual> = Vec::new();
+    let mut autoreload = false;
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         let content = raw.split('#').next().unwrap_or("");
@@ -137,13 +158,36 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
         };
         let key = key.trim().to_ascii_lowercase();
         let value = value.trim();
+        if key == "virtual" && !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+            let mark = value
+                .parse::<u32>()
+                .ok()
+                .filter(|m| *m > 0)
+                .ok_or_else(|| {
+                    at(
+                        line,
+                        format!("virtual={value}: a firewall mark is 1..=4294967295"),
+                    )
+                })?;
+            warnings.push(format!(
+                "{}:{line}: virtual={mark}: a packet socket sees no iptables marks: choose the packets of this service with uvs's mark rules (uvsadm --add-mark {mark} -t VIP:PORT[,PORT...], or such lines in a --rules file)",
+                path.display()
+            ));
+            virtuals.push(Virtual {
+                line,
+                fwmark: Some(mark),
+                vip: Ipv4Addr::UNSPECIFIED,
+                port: 0,
+                s: Settings::default(),
+                reals: Vec::new(),
+            });
+            continue;
+        }
         if key == "virtual" {
             let (ip, port) = value.rsplit_once(':').ok_or_else(|| {
                 at(
                     line,
-                    format!(
-                        "virtual={value}: expected IP:PORT (fwmark virtuals are not supported)"
-                    ),
+                    format!("virtual={value}: expected IP:PORT or a firewall mark"),
                 )
             })?;
             let vip: Ipv4Addr = ip.parse().map_err(|_| {
@@ -157,6 +201,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
             })?;
             virtuals.push(Virtual {
                 line,
+                fwmark: None,
                 vip,
                 port,
                 s: Settings::default(),
@@ -198,7 +243,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
                     })?;
             }
             let pair = quoted_pair(&rest.join(" "));
-            let (addrs, _port) = match target.rsplit_once(':') {
+            let (addrs, port) = match target.rsplit_once(':') {
                 Some((a, p)) => (a, Some(p)),
                 None => (target, None),
             };
@@ -218,6 +263,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
                 v.reals.push(Real {
                     line,
                     addr: Ipv4Addr::from(n),
+                    port: port.map(str::to_string),
                     weight,
                     request: pair.first().cloned(),
                     receive: pair.get(1).map(|r| (r.clone(), line)),
@@ -281,11 +327,16 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
                 })
             }
             "protocol" => {
-                s.protocol = Some(match value.to_ascii_lowercase().as_str() {
-                    "tcp" => Protocol::Tcp,
-                    "udp" => Protocol::Udp,
-                    _ => return Err(bad("only tcp and udp are supported")),
-                })
+                let p = match value.to_ascii_lowercase().as_str() {
+                    "tcp" => VirtualProtocol::Ip(Protocol::Tcp),
+                    "udp" => VirtualProtocol::Ip(Protocol::Udp),
+                    "fwm" => VirtualProtocol::Fwm,
+                    _ => return Err(bad("only tcp, udp and fwm are supported")),
+                };
+                s.protocol = Some((p, line));
+            }
+            "autoreload" => {
+                autoreload = yes_no(value).ok_or_else(|| bad("autoreload must be 'yes' or 'no'"))?
             }
             "fallback" => {
                 let target = value.split_whitespace().next().unwrap_or("");
@@ -296,10 +347,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
                 s.fallback = Some(crate::health::parse_sorry(target, 0).map_err(|e| bad(&e))?);
             }
             "fallbackcommand" => s.fallbackcommand = Some(unquote(value)),
-            "logfile" | "autoreload" | "callback" | "supervised" | "fork" | "cleanstop"
-            | "monitorfile" | "emailalert" | "emailalertfreq" | "emailalertstatus"
-            | "emailalertfrom" | "smtp" | "execute" | "maintenancedir" | "readdquiescent"
-            | "checkcount" => {}
+            "logfile" | "callback" | "supervised" | "fork" | "cleanstop" | "monitorfile"
+            | "emailalert" | "emailalertfreq" | "emailalertstatus" | "emailalertfrom" | "smtp"
+            | "execute" | "maintenancedir" | "readdquiescent" | "checkcount" => {}
             "login" | "passwd" | "database" | "secret" | "ops" => {
                 warnings.push(format!(
                     "{}:{line}: {key}: not supported by uvs, ignored",
@@ -317,23 +367,43 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
     let mut health = HealthConfig::default();
     for v in virtuals {
         let s = merged(&v.s, &global);
-        let proto = s.protocol.unwrap_or(if v.port == 53 {
-            Protocol::Udp
-        } else {
-            Protocol::Tcp
-        });
-        let key = ServiceKey {
-            proto,
-            vip: v.vip,
-            port: v.port,
-            fwmark: 0,
+        let key = match (v.fwmark, s.protocol) {
+            // ldirectord's own checks and words.
+            (Some(_), Some((VirtualProtocol::Ip(_), l))) => {
+                return Err(at(
+                    l,
+                    "protocol must be fwm if the virtual service is a fwmark (a number)".into(),
+                ));
+            }
+            (None, Some((VirtualProtocol::Fwm, l))) => {
+                return Err(at(
+                    l,
+                    "protocol must be tcp or udp if the virtual service is an address and port"
+                        .into(),
+                ));
+            }
+            (Some(mark), _) => ServiceKey::fwmark(mark),
+            (None, p) => ServiceKey {
+                proto: match p {
+                    Some((VirtualProtocol::Ip(p), _)) => p,
+                    _ if v.port == 53 => Protocol::Udp,
+                    _ => Protocol::Tcp,
+                },
+                vip: v.vip,
+                port: v.port,
+                fwmark: 0,
+            },
+        };
+        let name = match v.fwmark {
+            Some(mark) => mark.to_string(),
+            None => format!("{}:{}", v.vip, v.port),
         };
         let mut spec = ServiceSpec::new(key, s.scheduler.unwrap_or(SchedulerKind::Wrr));
         spec.persistence_timeout = s.persistent;
         spec.persistence_netmask = s.netmask.unwrap_or(Ipv4Addr::BROADCAST);
         table
             .add_service(spec)
-            .map_err(|e| at(v.line, format!("virtual={}:{}: {e}", v.vip, v.port)))?;
+            .map_err(|e| at(v.line, format!("virtual={name}: {e}")))?;
         let mut sh = ServiceHealth::new(key);
         sh.quiescent = s.quiescent.unwrap_or(true);
         sh.sorry = s.fallback.map(|a| {
@@ -348,13 +418,45 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
             sh.quorum_up = Some(format!("{cmd} stop"));
         }
         for r in &v.reals {
-            let mut rs = RealSpec::route(r.addr, v.port);
+            // Direct routing keeps the service's port; a firewall-mark service keeps the
+            // real's own (0 when none is written), as ipvsadm does.
+            let port = match v.fwmark {
+                None => v.port,
+                Some(_) => match &r.port {
+                    None => 0,
+                    Some(p) => p.parse().map_err(|_| {
+                        at(
+                            r.line,
+                            format!("real={}:{p}: the port of a firewall-mark service's real server must be a number", r.addr),
+                        )
+                    })?,
+                },
+            };
+            let mut rs = RealSpec::route(r.addr, port);
             rs.weight = r.weight;
             rs.forward = ForwardMethod::Route;
             table
                 .add_real(&key, rs)
                 .map_err(|e| at(r.line, format!("real={}: {e}", r.addr)))?;
-            let check = check_of(&s, &v, r, &mut warnings, path);
+            let mut check = check_of(&s, &v, r, port, &mut warnings, path);
+            if v.fwmark.is_some() {
+                // ldirectord's ld_checkport: checkport, else the real's port, else the
+                // service's well-known port. A mark has no port of its own.
+                check.connect_port = s
+                    .checkport
+                    .or(Some(port).filter(|p| *p != 0))
+                    .or_else(|| well_known_port(s.service.as_deref().unwrap_or("none")));
+                let needs_port = matches!(check.kind, CheckKind::Tcp | CheckKind::Http(_));
+                if needs_port && check.connect_port.is_none() {
+                    return Err(at(
+                        r.line,
+                        format!(
+                            "real={}: virtual={name} is a firewall-mark service: its checks need checkport=, a port on the real= line or a service=",
+                            r.addr
+                        ),
+                    ));
+                }
+            }
             sh.reals.push(RealHealth {
                 addr: r.addr,
                 check,
@@ -369,7 +471,82 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
         table,
         health,
         warnings,
+        autoreload,
+        check_interval: Duration::from_secs_f64(global.checkinterval.unwrap_or(10.0)),
     })
+}
+
+/// ldirectord's `ld_service_to_port`: the port a `service=` negotiates on.
+fn well_known_port(service: &str) -> Option<u16> {
+    Some(match service {
+        "ftp" => 21,
+        "smtp" => 25,
+        "dns" => 53,
+        "http" => 80,
+        "pop" => 110,
+        "nntp" => 119,
+        "imap" => 143,
+        "ldap" => 389,
+        "https" => 443,
+        "submission" => 587,
+        "imaps" => 993,
+        "pops" => 995,
+        "oracle" => 1521,
+        "radius" => 1812,
+        "http_proxy" => 3128,
+        "mysql" => 3306,
+        "sip" => 5060,
+        "pgsql" => 5432,
+        _ => return None,
+    })
+}
+
+/// What `autoreload` compares: ldirectord looks at the modification time, then at the
+/// content (its MD5), so touching the file does not reload it.
+fn file_state(path: &Path) -> Option<(SystemTime, Vec<u8>)> {
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+    Some((modified, std::fs::read(path).ok()?))
+}
+
+/// `autoreload=yes` in `path`: starts a thread that looks at the file every global
+/// `checkinterval` (as ldirectord's main loop does) and calls `reload` when its content has
+/// changed, until `stop` says so. Nothing is started for `autoreload=no` or an unreadable file.
+pub fn spawn_autoreload(path: &Path, reload: fn(), stop: fn() -> bool) -> std::io::Result<bool> {
+    let Some(mut seen) = file_state(path) else {
+        return Ok(false);
+    };
+    let parsed = match parse(&String::from_utf8_lossy(&seen.1), path) {
+        Ok(p) if p.autoreload => p,
+        _ => return Ok(false),
+    };
+    let path: PathBuf = path.to_path_buf();
+    let every = parsed.check_interval;
+    std::thread::Builder::new()
+        .name("uvs-autoreload".into())
+        .spawn(move || {
+            let step = Duration::from_millis(100).min(every);
+            let mut waited = Duration::ZERO;
+            while !stop() {
+                std::thread::sleep(step);
+                waited += step;
+                if waited < every {
+                    continue;
+                }
+                waited = Duration::ZERO;
+                let Some(now) = file_state(&path) else {
+                    continue;
+                };
+                if now.0 != seen.0 && now.1 != seen.1 {
+                    log::info!(
+                        "{} changed on disk (autoreload=yes): reloading",
+                        path.display()
+                    );
+                    reload();
+                }
+                seen = now;
+            }
+        })?;
+    Ok(true)
 }
 
 macro_rules! or_global {
@@ -404,10 +581,13 @@ fn merged(v: &Settings, g: &Settings) -> Settings {
     )
 }
 
+/// `real_port`: the real server's port in the table (the virtual's, or for a firewall-mark
+/// service the real's own).
 fn check_of(
     s: &Settings,
     v: &Virtual,
     r: &Real,
+    real_port: u16,
     warnings: &mut Vec<String>,
     path: &Path,
 ) -> CheckSpec {
@@ -457,13 +637,16 @@ fn check_of(
         }
         "connect" => CheckKind::Tcp,
         "external" | "external-perl" => CheckKind::Misc {
+            // ldirectord passes the virtual (its address, or the mark) and port, then the
+            // real's address and port.
             command: format!(
                 "{} {} {} {} {}",
                 s.checkcommand.clone().unwrap_or_else(|| "/bin/true".into()),
-                v.vip,
+                v.fwmark
+                    .map_or_else(|| v.vip.to_string(), |m| m.to_string()),
                 v.port,
                 r.addr,
-                v.port
+                real_port
             ),
             dynamic: false,
         },
@@ -590,6 +773,199 @@ virtual=10.0.0.100:80
         );
         assert_eq!(h.quorum_down.as_deref(), Some("/bin/fb start"));
         assert_eq!(p.table.services()[0].scheduler, SchedulerKind::Wrr);
+    }
+}
+
+#[cfg(test)]
+mod fwmark_and_autoreload {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// A tutorial's firewall-mark virtual (HTTP and HTTPS as one service, marked by iptables).
+    const FWMARK: &str = "checkinterval=1
+autoreload=yes
+virtual=5
+        real=10.0.0.11 gate
+        real=10.0.0.12 gate 2
+        service=http
+        checkport=80
+        request=\"/\"
+        receive=\"rs\"
+        scheduler=rr
+        persistent=600
+        protocol=fwm
+";
+
+    fn p(text: &str) -> Result<Parsed, ConfigError> {
+        parse(text, Path::new("ldirectord.cf"))
+    }
+
+    #[track_caller]
+    fn refused(text: &str, line: usize, needle: &str) {
+        match p(text) {
+            Err(ConfigError::At {
+                line: l, message, ..
+            }) => {
+                assert_eq!(l, line, "{message}");
+                assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_firewall_mark_virtual_is_a_fwmark_service() {
+        let r = p(FWMARK).unwrap();
+        let svc = &r.table.services()[0];
+        assert_eq!(svc.key, ServiceKey::fwmark(5));
+        assert_eq!(svc.scheduler, SchedulerKind::Rr);
+        assert_eq!(svc.persistence_timeout, Some(600));
+        let reals: Vec<(Ipv4Addr, u16, u32)> = svc
+            .reals
+            .iter()
+            .map(|r| (r.addr, r.port, r.weight))
+            .collect();
+        assert_eq!(
+            reals,
+            vec![
+                (Ipv4Addr::new(10, 0, 0, 11), 0, 1),
+                (Ipv4Addr::new(10, 0, 0, 12), 0, 2)
+            ]
+        );
+        let h = &r.health.services[0];
+        assert_eq!(h.key, ServiceKey::fwmark(5));
+        assert_eq!(h.reals[0].check.connect_port, Some(80));
+        assert!(matches!(h.reals[0].check.kind, CheckKind::Http(_)));
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.starts_with("ldirectord.cf:3: ") && w.contains("--add-mark 5")),
+            "{:?}",
+            r.warnings
+        );
+        assert!(r.autoreload);
+        assert_eq!(r.check_interval, Duration::from_secs(1));
+    }
+
+    /// The iptables MARK rule of the tutorial becomes an `--add-mark` line of a `--rules`
+    /// file, which `uvs run --ldirectord F --rules R` applies on top.
+    #[test]
+    fn mark_rules_from_a_rules_file_choose_the_packets() {
+        let r = p(FWMARK).unwrap();
+        let t = crate::config::rules::parse(
+            "--add-mark 5 -t 10.0.0.100:80,443\n",
+            Path::new("marks.rules"),
+            &r.table,
+        )
+        .unwrap();
+        let marked: Vec<(ServiceKey, ServiceKey)> = t.marked_keys();
+        let vip = Ipv4Addr::new(10, 0, 0, 100);
+        assert_eq!(
+            marked,
+            vec![
+                (
+                    ServiceKey::addr(Protocol::Tcp, vip, 80),
+                    ServiceKey::fwmark(5)
+                ),
+                (
+                    ServiceKey::addr(Protocol::Tcp, vip, 443),
+                    ServiceKey::fwmark(5)
+                )
+            ]
+        );
+    }
+
+    #[test]
+    fn fwmark_check_ports_and_refusals_follow_ldirectord() {
+        // The real's own port is kept and checked; else the service's well-known port.
+        let r = p("virtual=7\n    real=10.0.0.11:8080 gate\n    checktype=connect\n").unwrap();
+        assert_eq!(r.table.services()[0].reals[0].port, 8080);
+        assert_eq!(r.health.services[0].reals[0].check.connect_port, Some(8080));
+        let r = p("virtual=7\n    real=10.0.0.11 gate\n    checktype=connect\n    service=https\n")
+            .unwrap();
+        assert_eq!(r.health.services[0].reals[0].check.connect_port, Some(443));
+        let r = p("virtual=7\n    real=10.0.0.11 gate\n    checktype=on\n").unwrap();
+        assert_eq!(r.health.services[0].reals[0].check.kind, CheckKind::None);
+        let r = p("virtual=7\n    real=10.0.0.11:25 gate\n    checktype=external\n    checkcommand=/bin/chk\n").unwrap();
+        assert_eq!(
+            r.health.services[0].reals[0].check.kind,
+            CheckKind::Misc {
+                command: "/bin/chk 7 0 10.0.0.11 25".into(),
+                dynamic: false
+            }
+        );
+        refused(
+            "virtual=7\n    real=10.0.0.11 gate\n    checktype=connect\n",
+            2,
+            "checkport=",
+        );
+        refused(
+            "virtual=7\n    real=10.0.0.11 gate\n    checkport=80\n    protocol=tcp\n",
+            4,
+            "protocol must be fwm if the virtual service is a fwmark (a number)",
+        );
+        refused(
+            "virtual=10.0.0.100:80\n    real=10.0.0.11 gate\n    protocol=fwm\n",
+            3,
+            "protocol must be tcp or udp if the virtual service is an address and port",
+        );
+        refused("virtual=0\n", 1, "firewall mark");
+        refused("autoreload=maybe\n", 1, "autoreload must be 'yes' or 'no'");
+    }
+
+    static RELOADS: AtomicUsize = AtomicUsize::new(0);
+    static STOP: AtomicBool = AtomicBool::new(false);
+
+    fn count_reload() {
+        RELOADS.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn stopped() -> bool {
+        STOP.load(Ordering::SeqCst)
+    }
+
+    fn wait_for_reloads(n: usize) -> usize {
+        for _ in 0..50 {
+            if RELOADS.load(Ordering::SeqCst) >= n {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RELOADS.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn autoreload_reloads_when_the_content_changes_not_when_touched() {
+        let dir = std::env::temp_dir().join(format!("uvs-autoreload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ldirectord.cf");
+        let text = "checkinterval=0.05\nautoreload=yes\nvirtual=10.0.0.100:80\n    real=10.0.0.11:80 gate\n";
+        std::fs::write(&file, text).unwrap();
+        let set_mtime = |secs: u64| {
+            std::fs::File::options()
+                .write(true)
+                .open(&file)
+                .unwrap()
+                .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+                .unwrap();
+        };
+        set_mtime(1_000);
+        assert!(spawn_autoreload(&file, count_reload, stopped).unwrap());
+        // Touched only: same content, no reload.
+        set_mtime(2_000);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(RELOADS.load(Ordering::SeqCst), 0);
+        // Edited: one reload.
+        std::fs::write(&file, format!("{text}    real=10.0.0.12:80 gate\n")).unwrap();
+        set_mtime(3_000);
+        assert_eq!(wait_for_reloads(1), 1);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(RELOADS.load(Ordering::SeqCst), 1, "one change, one reload");
+        STOP.store(true, Ordering::SeqCst);
+        // autoreload=no starts nothing.
+        std::fs::write(&file, "autoreload=no\n").unwrap();
+        assert!(!spawn_autoreload(&file, count_reload, stopped).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
 

@@ -222,7 +222,8 @@ mod tests {
         let t = p("-At10.0.0.100:80 -srr -p\n-a -t10.0.0.100:80 -r10.0.0.11 -gw2\n-a -t 10.0.0.100:80 -r 10.0.0.12:80 -w3\n")
             .unwrap();
         let s = t.service(&key(Protocol::Tcp, 80)).unwrap();
-        assert_eq!(s.persistence_timeout, Some(300));
+        // A bare -p is ipvsadm's IPVS_SVC_PERSISTENT_TIMEOUT.
+        assert_eq!(s.persistence_timeout, Some(360));
         assert_eq!(s.reals[0].weight, 2);
         assert_eq!(s.reals[1].weight, 3);
         let t = p("-A -t 10.0.0.100:80 -s rr -p600\n").unwrap();

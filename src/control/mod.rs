@@ -22,6 +22,7 @@ use crate::datapath::templates::TemplateTable;
 use crate::datapath::worker::WorkerRequest;
 use crate::interfaces::Interface;
 use crate::io::clock;
+use crate::io::sd_notify;
 use crate::io::signals;
 use crate::io::socket::{RingStats, recv_frame, send_frame, take_ring_stats, wait_readable};
 use crate::kernel_filter::KernelFilter;
@@ -172,7 +173,11 @@ impl Control {
             self.serve_admin();
             pump(&self.trace, &mut self.trace_sessions, &mut trace_buf);
             if signals::take_reload() {
+                sd_notify::tell(sd_notify::Status::Reloading);
                 self.reload_config();
+                if ready {
+                    sd_notify::tell(sd_notify::Status::Ready);
+                }
             }
             self.drain_health();
             if last_ring_read.elapsed() >= RING_STATS_EVERY {
@@ -189,6 +194,7 @@ impl Control {
                 self.metrics = Some(m);
             }
         }
+        sd_notify::tell(sd_notify::Status::Stopping);
         // A MASTER resigns with priority 0 so the peer takes over at once.
         self.ha.shutdown();
     }
@@ -255,6 +261,7 @@ impl Control {
                 log::warn!("cannot write ready file {}: {e}", p.display());
             }
         }
+        sd_notify::tell(sd_notify::Status::Ready);
         true
     }
 

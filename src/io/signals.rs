@@ -60,6 +60,11 @@ pub fn take_reload() -> bool {
     RELOAD.swap(false, Ordering::SeqCst)
 }
 
+/// The reload SIGHUP asks for, asked from inside (ldirectord's `autoreload`).
+pub fn request_reload() {
+    RELOAD.store(true, Ordering::SeqCst);
+}
+
 pub fn request_stop() {
     STOP.store(true, Ordering::SeqCst);
 }

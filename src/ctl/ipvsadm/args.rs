@@ -3,7 +3,7 @@
 //! - Short options combine (`-Ln`, `-lnc`, `-gw2`) and take attached values (`-t10.0.0.1:80`,
 //!   `-w2`, `-w=2`); long options take `--name=value` or `--name value`.
 //! - `-p`/`--persistent` has an optional value: attached, or the next argument unless that
-//!   starts with `-`; alone it means 300 seconds.
+//!   starts with `-`; alone it means 360 seconds.
 //! - The first option must be the command (`-A`, `-L`, …); a command later on is
 //!   "invalid option". Values are checked as they are met, then the command/option table
 //!   (`commands_v_options` in ipvsadm.c) is checked, then the command-specific rules. Messages
@@ -11,8 +11,9 @@
 //! - What uvs cannot do yet (IPv6, SCTP, tunnelling, masquerading, persistence engines, sync
 //!   daemon group/port/ttl/maxlen) is recognised and refused after ipvsadm's own checks, with
 //!   a message that says so (exit 2).
-//! - Host names are not resolved (no DNS): addresses must be dotted quads. Port names are
-//!   looked up in `/etc/services` ([`Names`]), as ipvsadm's `getservbyname` does.
+//! - Host names are resolved as ipvsadm's `gethostbyname` does (`/etc/hosts`, then the system
+//!   resolver; see [`Names::host_addr`]); port names are looked up in `/etc/services`, as its
+//!   `getservbyname` does.
 
 use std::net::Ipv4Addr;
 
@@ -20,8 +21,9 @@ use super::names::Names;
 use crate::ctl::proto::Change;
 use crate::model::{ForwardMethod, Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec};
 
-/// `-p` without a timeout (`IPVS_SVC_PERSISTENT_TIMEOUT`).
-pub const DEFAULT_PERSISTENCE_TIMEOUT: u32 = 300;
+/// `-p` without a timeout: libipvs's `IPVS_SVC_PERSISTENT_TIMEOUT`, `(6*60)` (ipvsadm's man
+/// page still says 300, which the code stopped using long ago).
+pub const DEFAULT_PERSISTENCE_TIMEOUT: u32 = 360;
 /// ipvsadm's `MAX_TIMEOUT`: 31 days.
 pub const MAX_TIMEOUT: u32 = 86_400 * 31;
 /// ipvsadm's `DEF_SCHED`.
@@ -339,6 +341,15 @@ const OPTIONS: &[(&str, Option<char>, ArgKind, Tag)] = {
     ]
 };
 
+/// (long name, short letter, takes a value) of every option the parser knows, for the
+/// documentation's check against it (`doc`).
+#[cfg(test)]
+pub(crate) fn option_table() -> impl Iterator<Item = (&'static str, Option<char>, bool)> {
+    OPTIONS
+        .iter()
+        .map(|&(long, short, kind, _)| (long, short, kind != ArgKind::None))
+}
+
 // ---------------------------------------------------------------------------------------------
 // popt-style scanning.
 
@@ -651,7 +662,10 @@ fn parse_endpoint(buf: &str, proto: Option<Protocol>, names: &Names) -> Option<E
         Some((a, p)) => (a, Some(p)),
         None => (buf, None),
     };
-    let addr: Ipv4Addr = addr.parse().ok()?;
+    let addr = addr
+        .parse::<Ipv4Addr>()
+        .ok()
+        .or_else(|| names.host_addr(addr))?;
     let port = match port {
         None => None,
         Some(p) => Some(match string_to_number(p, 0, 65535) {
@@ -1276,7 +1290,7 @@ mod tests {
         let Command::AddService(s) = p("-A -t 10.0.0.1:80 -p -s rr").unwrap() else {
             panic!()
         };
-        assert_eq!(s.persistence_timeout, Some(300));
+        assert_eq!(s.persistence_timeout, Some(360));
         let Command::AddService(s) =
             p("--add-service --tcp-service=10.0.0.1:80 --persistent 60").unwrap()
         else {
@@ -1377,6 +1391,45 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn host_names_on_input_as_ipvsadm_save_prints_them() {
+        // What `ipvsadm -S` without -n prints for the names /etc/hosts and /etc/services give.
+        let names = Names::from_text(
+            "http 80/tcp www\n",
+            "10.0.0.1 vip.example.org vip\n10.0.0.2 web1 # primary\n",
+        );
+        let argv = |line: &str| -> Vec<String> {
+            std::iter::once("ipvsadm")
+                .chain(line.split_whitespace())
+                .map(str::to_string)
+                .collect()
+        };
+        let Command::AddServer(k, r) = parse(
+            &argv("-a -t vip.example.org:http -r web1:http -g -w 1"),
+            &names,
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!((k, r.addr), (key(80), Ipv4Addr::new(10, 0, 0, 2)));
+        let Command::AddService(s) = parse(&argv("-A -t vip:www -s rr"), &names).unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.key, key(80));
+        assert_eq!(
+            parse(&argv("-a -t vip:80 -r web2 -g"), &names)
+                .unwrap_err()
+                .message,
+            "illegal real server address[:port] specified"
+        );
+        assert_eq!(
+            parse(&argv("-A -t nowhere:80"), &names)
+                .unwrap_err()
+                .message,
+            "illegal virtual server address[:port] specified"
+        );
     }
 
     #[test]

@@ -144,7 +144,10 @@ fn parse_rule(mark: u32, proto: Protocol, text: &str, names: &Names) -> Result<M
         ))
     };
     let (addr, ports) = text.rsplit_once(':').ok_or_else(bad)?;
-    let vip: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let vip = match addr.parse::<Ipv4Addr>() {
+        Ok(a) => a,
+        Err(_) => names.host_addr(addr).ok_or_else(bad)?,
+    };
     let mut list = Vec::new();
     for p in ports.split(',') {
         let port = match p.parse::<u16>() {

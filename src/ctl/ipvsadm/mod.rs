@@ -2,7 +2,8 @@
 //!
 //! - [`args`]: ipvsadm's argument syntax (popt semantics), its checks, messages and exit codes.
 //! - [`print`]: ipvsadm 1.31's listing formats, byte for byte.
-//! - [`names`]: port and host names without the network.
+//! - [`names`]: port and host names.
+//! - [`doc`]: the same command line described for the manual page and shell completions.
 //! - [`run`]: the whole program, in-process (the `uvsadm` binary is a thin wrapper), so tests
 //!   drive exactly what users run.
 //!
@@ -10,6 +11,7 @@
 //! nothing is sent), then one request applies all of them or none.
 
 pub mod args;
+pub mod doc;
 pub mod marks;
 pub mod names;
 pub mod print;
@@ -46,6 +48,7 @@ pub fn run_with_names(
     backend: &mut dyn Backend,
     names: &Names,
 ) -> i32 {
+    let argv = &as_invoked(argv);
     let program = argv.first().map(String::as_str).unwrap_or("ipvsadm");
     let mut out = String::new();
     let mut err = String::new();
@@ -64,6 +67,23 @@ pub fn run_with_names(
         return 1;
     }
     code
+}
+
+/// ipvsadm's own wrapper scripts: `ipvsadm-save` runs `ipvsadm -S` and `ipvsadm-restore`
+/// `ipvsadm -R`, passing their arguments on (`ipvsadm-save -n`). uvsadm invoked under either
+/// name does the same, so the links a package installs behave as the scripts.
+pub fn as_invoked(argv: &[String]) -> Vec<String> {
+    let name = argv
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a.as_str()));
+    let command = match name {
+        Some("ipvsadm-save") => "-S",
+        Some("ipvsadm-restore") => "-R",
+        _ => return argv.to_vec(),
+    };
+    let mut out = vec!["ipvsadm".to_string(), command.to_string()];
+    out.extend(argv.iter().skip(1).cloned());
+    out
 }
 
 fn execute(
