@@ -172,6 +172,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let if_names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
 
     let mut placer = Placer::new(ifaces.clone(), NEIGH_SLOTS);
+    // Routed next hops and the replies' way back come from the kernel's routing table; the
+    // control thread re-reads it whenever it changes.
+    let route_watch = crate::io::rtnetlink::RouteWatch::open()
+        .context("cannot watch the routing table (rtnetlink)")?;
+    placer.routes =
+        crate::io::rtnetlink::dump_ipv4_routes().context("cannot read the routing table")?;
     // Health: the initial desired state (alpha reals start down), then every real
     // (also those health starts without) is placed so checks can reach it.
     let own: Vec<std::net::Ipv4Addr> = ifaces
@@ -195,6 +201,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let admin = crate::ctl::server::bind(args.admin_socket.as_deref())
         .map_err(|e| anyhow::anyhow!("cannot open the admin socket: {e}"))?;
     let vips = snapshot.vips();
+    let nat_sources = snapshot.nat_sources().to_vec();
     // The expanded (protocol, VIP, port) keys, mark rules included.
     let service_keys = snapshot.forwarded_keys();
 
@@ -238,7 +245,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let n_workers = cfg.workers.unwrap_or(cores.len().max(1));
-    let filter = receive_filter(&vips, cfg.arp.vip_mac);
+    let filter = receive_filter(&vips, &nat_sources, cfg.arp.vip_mac);
+    let fanout_program = crate::io::filter::fanout_program(&nat_sources);
     let tx_capacity = match cfg.ring.version {
         RingVersion::V3 => (cfg.ring.block_size as usize / 64).max(256),
         RingVersion::V2 => MAX_V2_BATCH,
@@ -261,7 +269,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         for (i, ifc) in ifaces.iter().enumerate() {
             let fanout = match (n_workers, groups[i]) {
                 (1, _) => Fanout::Alone,
-                (_, None) => Fanout::NewGroup,
+                (_, None) => Fanout::NewGroup(&fanout_program),
                 (_, Some(id)) => Fanout::Join(id),
             };
             let plan = RxSocketPlan {
@@ -392,6 +400,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         },
         metrics,
         ready_file: args.ready_file.clone(),
+        route_watch: Some(route_watch),
         health,
         ha,
         trace,

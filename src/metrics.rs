@@ -41,6 +41,9 @@ pub struct IpvsTotals {
     pub connections: u64,
     pub in_packets: u64,
     pub in_bytes: u64,
+    /// Replies the director rewrote (NAT); zero with direct routing only.
+    pub out_packets: u64,
+    pub out_bytes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -85,9 +88,8 @@ pub fn render(f: &Figures) -> String {
         counter!("node_ipvs_connections_total").absolute(f.ipvs.connections);
         counter!("node_ipvs_incoming_packets_total").absolute(f.ipvs.in_packets);
         counter!("node_ipvs_incoming_bytes_total").absolute(f.ipvs.in_bytes);
-        // Direct routing: replies never pass the director.
-        counter!("node_ipvs_outgoing_packets_total").absolute(0);
-        counter!("node_ipvs_outgoing_bytes_total").absolute(0);
+        counter!("node_ipvs_outgoing_packets_total").absolute(f.ipvs.out_packets);
+        counter!("node_ipvs_outgoing_bytes_total").absolute(f.ipvs.out_bytes);
         for b in &f.backends {
             let labels = [
                 ("local_address", b.local_address.clone()),
@@ -223,6 +225,8 @@ mod tests {
                 connections: 7,
                 in_packets: 70,
                 in_bytes: 7000,
+                out_packets: 60,
+                out_bytes: 6000,
             },
             backends: vec![Backend {
                 local_address: "10.0.0.100".into(),
@@ -243,7 +247,8 @@ mod tests {
         assert!(text.contains("uvs_trace_records_dropped_total{reason=\"ring_full\"} 5"));
         assert!(text.contains("uvs_trace_records_dropped_total{reason=\"rate_limit\"} 0"));
         assert!(text.contains("node_ipvs_connections_total 7"), "{text}");
-        assert!(text.contains("node_ipvs_outgoing_packets_total 0"));
+        assert!(text.contains("node_ipvs_outgoing_packets_total 60"));
+        assert!(text.contains("node_ipvs_outgoing_bytes_total 6000"));
         assert!(text.contains("uvs_drops_total{reason=\"fragment\"} 4"));
         let line = text
             .lines()

@@ -38,6 +38,59 @@ pub struct NextHop {
 pub enum Xmit {
     /// Direct routing (`-g`): only the MAC addresses change.
     Route,
+    /// Masquerading (`-m`): the destination becomes the real's address and `port`; replies
+    /// come back through the director and are rewritten to come from the VIP.
+    Masq { port: u16 },
+}
+
+impl Xmit {
+    /// Replies pass the director (they are rewritten back): the TCP state follows IPVS's
+    /// INPUT/OUTPUT rows, not INPUT_ONLY.
+    pub fn sees_replies(self) -> bool {
+        matches!(self, Xmit::Masq { .. })
+    }
+}
+
+/// How a destination is reached from the director: the egress interface, and the neighbour
+/// slot of the gateway, or `None` when the destination is on the link itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteHop {
+    pub egress: u16,
+    pub gateway: Option<u32>,
+}
+
+/// One route of the director's routing table, compiled: `None` as hop when it leaves by an
+/// interface uvs does not serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub prefix: u32,
+    pub prefix_len: u8,
+    pub metric: u32,
+    pub hop: Option<RouteHop>,
+}
+
+/// The director's routes, longest prefix first (then lowest metric): how replies reach
+/// their clients. Linear: a director's table has a handful of routes; the lookup runs once
+/// per reply frame.
+#[derive(Clone, Debug, Default)]
+pub struct Routes(Vec<RouteEntry>);
+
+impl Routes {
+    pub fn new(mut entries: Vec<RouteEntry>) -> Routes {
+        entries.sort_by_key(|e| (std::cmp::Reverse(e.prefix_len), e.metric));
+        Routes(entries)
+    }
+
+    /// The most specific route to `addr`.
+    #[inline]
+    pub fn lookup(&self, addr: u32) -> Option<&RouteEntry> {
+        self.0.iter().find(|e| {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(e.prefix_len.min(32)))
+                .unwrap_or(0);
+            addr & mask == e.prefix & mask
+        })
+    }
 }
 
 /// How a real server is reached.
@@ -96,10 +149,18 @@ impl ServiceEntry {
     }
 }
 
-/// Where a real server's frames go next (the seam a routed next hop plugs into).
+/// Where frames go next: the real servers' next hops, and the routes replies take.
 pub trait Placement {
     /// The next hop for real server `addr` forwarded with `method`.
     fn next_hop(&mut self, addr: Ipv4Addr, method: ForwardMethod) -> Result<NextHop, PlaceError>;
+    /// The director's routes, each with its gateway's neighbour slot.
+    fn routes(&mut self) -> Result<Vec<RouteEntry>, PlaceError> {
+        Ok(Vec::new())
+    }
+    /// The director's own addresses: what reaches them is the kernel's, not uvs's.
+    fn local_addrs(&self) -> Vec<u32> {
+        Vec::new()
+    }
 }
 
 /// Why a real server has no next hop.
@@ -109,8 +170,12 @@ pub enum PlaceError {
         "real server {0} is not on-link on any served interface (direct routing needs the real server on the director's LAN)"
     )]
     NotOnLink(Ipv4Addr),
-    #[error("no neighbour slot left for real server {0} (at most {1} distinct next hops)")]
+    #[error("no neighbour slot left for {0} (at most {1} distinct next hops)")]
     NoNeighborSlot(Ipv4Addr, usize),
+    #[error(
+        "real server {0} is not reachable through a served interface (no route to it leaves by one)"
+    )]
+    NotRoutable(Ipv4Addr),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +196,12 @@ pub struct Snapshot {
     index_mask: usize,
     /// `real_by_id[id]` = (service index, position in its reals) + 1 packed, 0 = absent.
     real_by_id: Vec<(u32, u32)>,
+    /// The routes replies take back to their clients.
+    pub routes: Routes,
+    /// The director's own addresses.
+    local_addrs: Vec<u32>,
+    /// (address, port) of every masquerading real: where the replies uvs rewrites come from.
+    nat_sources: Vec<(u32, u16)>,
 }
 
 /// One slot of the service index; `svc` = service index + 1 (0 = empty).
@@ -157,6 +228,9 @@ impl Snapshot {
             index: vec![IndexSlot::default(); 1],
             index_mask: 0,
             real_by_id: Vec::new(),
+            routes: Routes::default(),
+            local_addrs: Vec::new(),
+            nat_sources: Vec::new(),
         }
     }
 
@@ -188,6 +262,7 @@ impl Snapshot {
                 paths.push(RealPath {
                     xmit: match r.forward {
                         ForwardMethod::Route => Xmit::Route,
+                        ForwardMethod::Masq => Xmit::Masq { port: r.port },
                     },
                     hop,
                 });
@@ -249,6 +324,18 @@ impl Snapshot {
                 real_by_id[r.id.index()] = (si as u32 + 1, ri as u32);
             }
         }
+        let mut nat_sources: Vec<(u32, u16)> = services
+            .iter()
+            .flat_map(|s| s.reals.iter().zip(&s.paths))
+            .filter_map(|(d, p)| match p.xmit {
+                Xmit::Masq { port } => Some((d.addr, port)),
+                Xmit::Route => None,
+            })
+            .collect();
+        nat_sources.sort_unstable();
+        nat_sources.dedup();
+        let mut local_addrs = placement.local_addrs();
+        local_addrs.sort_unstable();
         Ok(Snapshot {
             generation,
             timeouts: Timeouts::default(),
@@ -256,6 +343,9 @@ impl Snapshot {
             index,
             index_mask: mask,
             real_by_id,
+            routes: Routes::new(placement.routes()?),
+            local_addrs,
+            nat_sources,
         })
     }
 
@@ -317,6 +407,18 @@ impl Snapshot {
         v.sort();
         v.dedup();
         v
+    }
+
+    /// Whether `addr` is one of the director's own addresses.
+    #[inline]
+    pub fn is_local(&self, addr: u32) -> bool {
+        self.local_addrs.binary_search(&addr).is_ok()
+    }
+
+    /// (address, port) of every masquerading real, sorted: the sources of the replies uvs
+    /// rewrites (for the receive filter, the workers' fanout and the kernel filter).
+    pub fn nat_sources(&self) -> &[(u32, u16)] {
+        &self.nat_sources
     }
 
     pub fn has_protocol(&self, p: Protocol) -> bool {

@@ -134,6 +134,19 @@ pub mod ipv4 {
         super::be32(h, 16)
     }
 
+    pub fn set_src(h: &mut [u8], a: u32) {
+        h[12..16].copy_from_slice(&a.to_be_bytes());
+    }
+    pub fn set_dst(h: &mut [u8], a: u32) {
+        h[16..20].copy_from_slice(&a.to_be_bytes());
+    }
+    pub fn header_checksum(h: &[u8]) -> u16 {
+        super::be16(h, 10)
+    }
+    pub fn set_header_checksum(h: &mut [u8], c: u16) {
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+
     /// Internet checksum of a header of `header_len` bytes; 0 means the stored checksum is right.
     pub fn checksum(h: &[u8]) -> u16 {
         let mut sum: u32 = 0;
@@ -154,6 +167,70 @@ pub mod ipv4 {
         check = (check + (check >> 16)) & 0xffff;
         h[10..12].copy_from_slice(&(check as u16).to_be_bytes());
         h[8] = h[8].wrapping_sub(1);
+    }
+}
+
+/// Internet checksum arithmetic (RFC 1071) and its incremental updates (RFC 1624).
+pub mod csum {
+    /// Folds a 32-bit one's complement accumulator to 16 bits.
+    #[inline]
+    pub fn fold(mut sum: u32) -> u16 {
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum as u16
+    }
+
+    /// The one's complement sum of `bytes` (odd lengths padded with a zero byte), unfolded.
+    pub fn sum(bytes: &[u8], mut acc: u32) -> u32 {
+        let mut chunks = bytes.chunks_exact(2);
+        for c in &mut chunks {
+            acc = acc.wrapping_add(u32::from(u16::from_be_bytes([c[0], c[1]])));
+            // Keep room: fold early so a 64 KiB packet cannot overflow.
+            if acc > 0x8000_0000 {
+                acc = (acc & 0xffff) + (acc >> 16);
+            }
+        }
+        if let [last] = chunks.remainder() {
+            acc = acc.wrapping_add(u32::from(*last) << 8);
+        }
+        acc
+    }
+
+    /// The checksum to store for `bytes` (whose checksum field is zero).
+    pub fn checksum(bytes: &[u8]) -> u16 {
+        !fold(sum(bytes, 0))
+    }
+
+    /// RFC 1624 eqn. 3: the stored checksum `check` after the 16-bit words `old` were replaced
+    /// by `new` (HC' = ~(~HC + ~m + m')).
+    #[inline]
+    pub fn update(check: u16, old: &[u16], new: &[u16]) -> u16 {
+        !add_words(u32::from(!check), old, new)
+    }
+
+    /// The same change applied to a partial checksum: the pseudo-header sum a
+    /// checksum-offloaded (`CHECKSUM_PARTIAL`) frame carries in its transport checksum field,
+    /// not complemented, to be completed over the segment on transmit.
+    #[inline]
+    pub fn update_partial(partial: u16, old: &[u16], new: &[u16]) -> u16 {
+        add_words(u32::from(partial), old, new)
+    }
+
+    #[inline]
+    fn add_words(mut acc: u32, old: &[u16], new: &[u16]) -> u16 {
+        for w in old {
+            acc += u32::from(!*w);
+        }
+        for w in new {
+            acc += u32::from(*w);
+        }
+        fold(acc)
+    }
+
+    /// An IPv4 address as the two 16-bit words a checksum sees.
+    #[inline]
+    pub fn words(addr: u32) -> [u16; 2] {
+        [(addr >> 16) as u16, addr as u16]
     }
 }
 
@@ -238,6 +315,51 @@ pub mod arp {
             sender_ip: Ipv4Addr::from(super::be32(f, 28)),
             target_ip: Ipv4Addr::from(super::be32(f, 38)),
         })
+    }
+}
+
+/// TCP and UDP: the ports (bytes 0..4 of either header) and where each keeps its checksum.
+pub mod l4 {
+    pub fn sport(t: &[u8]) -> u16 {
+        super::be16(t, 0)
+    }
+    pub fn dport(t: &[u8]) -> u16 {
+        super::be16(t, 2)
+    }
+    pub fn set_sport(t: &mut [u8], p: u16) {
+        t[0..2].copy_from_slice(&p.to_be_bytes());
+    }
+    pub fn set_dport(t: &mut [u8], p: u16) {
+        t[2..4].copy_from_slice(&p.to_be_bytes());
+    }
+    /// Offset of the checksum in the transport header: 16 (TCP), 6 (UDP); `None` for others.
+    pub fn checksum_offset(proto: u8) -> Option<usize> {
+        match proto {
+            super::IPPROTO_TCP => Some(16),
+            super::IPPROTO_UDP => Some(6),
+            _ => None,
+        }
+    }
+}
+
+/// ICMP (RFC 792): type, code, checksum, and for errors the offending packet's IP header and
+/// first 8 bytes after 8 bytes of ICMP header.
+pub mod icmp {
+    pub const HDR_LEN: usize = 8;
+    pub const ECHO_REPLY: u8 = 0;
+    pub const DEST_UNREACH: u8 = 3;
+    pub const SOURCE_QUENCH: u8 = 4;
+    pub const ECHO_REQUEST: u8 = 8;
+    pub const TIME_EXCEEDED: u8 = 11;
+    /// Destination unreachable code: fragmentation needed and DF set (RFC 1191).
+    pub const FRAG_NEEDED: u8 = 4;
+    /// Destination unreachable code: port unreachable.
+    pub const PORT_UNREACH: u8 = 3;
+
+    /// The errors that concern a connection (IPVS's `ip_vs_in_icmp` handles these; the rest
+    /// are not about a flow).
+    pub fn is_error_about_a_packet(kind: u8) -> bool {
+        matches!(kind, DEST_UNREACH | SOURCE_QUENCH | TIME_EXCEEDED)
     }
 }
 

@@ -285,25 +285,14 @@ mod tests {
 
     #[test]
     fn unsupported_features_are_refused_clearly() {
-        let fwd =
-            "forwarding method tunnel/masquerading is not supported yet (only -g, direct routing)";
+        let fwd = "forwarding method tunnel is not supported yet";
         refused(
             &format!("{RR80}-a -t 10.0.0.100:80 -r 10.0.0.11:80 -i -w 1\n"),
             2,
             &[fwd],
         );
         refused(
-            &format!("{RR80}-a -t 10.0.0.100:80 -r 10.0.0.11:80 -m\n"),
-            2,
-            &[fwd],
-        );
-        refused(
             &format!("{RR80}-a -t 10.0.0.100:80 -r 10.0.0.11:80 --ipip\n"),
-            2,
-            &[fwd],
-        );
-        refused(
-            &format!("{RR80}-a -t 10.0.0.100:80 -r 10.0.0.11:80 --masquerading\n"),
             2,
             &[fwd],
         );

@@ -21,8 +21,8 @@ use super::stats::Stats;
 use crate::datapath::tap::TraceFilter;
 use crate::datapath::worker::{FlowRecord, WorkerRequest};
 use crate::flow::{TcpState, Timeouts};
-use crate::io::filter::receive_filter;
-use crate::io::socket::attach_filter;
+use crate::io::filter::{fanout_program, receive_filter};
+use crate::io::socket::{attach_filter, set_fanout_program};
 use crate::model::change::{Change, Refused, apply};
 use crate::model::{Protocol, RealId, ServiceKey};
 use crate::snapshot::Snapshot;
@@ -92,11 +92,27 @@ impl Control {
                 .map_err(|e| Refused::whole(format!("cannot update the kernel filter: {e}")))?;
         }
         let vips = snap.vips();
-        let program = receive_filter(&vips, self.arp.vip_mac());
+        let program = receive_filter(&vips, snap.nat_sources(), self.arp.vip_mac());
         for &(iface, fd) in &self.ring_fds {
             let name = self.interfaces.get(iface).map_or("?", |i| i.name.as_str());
             if let Err(e) = attach_filter(fd, &program, name) {
                 log::warn!("cannot update a worker's socket filter: {e}");
+            }
+        }
+        // Before the snapshot: a new masquerading real's replies must already reach the worker
+        // of their flow when its first flow is scheduled.
+        if snap.nat_sources() != self.snapshot.load().nat_sources() && self.workers.len() > 1 {
+            let program = fanout_program(snap.nat_sources());
+            let mut done = Vec::new();
+            for &(iface, fd) in &self.ring_fds {
+                if done.contains(&iface) {
+                    continue;
+                }
+                done.push(iface);
+                let name = self.interfaces.get(iface).map_or("?", |i| i.name.as_str());
+                if let Err(e) = set_fanout_program(fd, &program, name) {
+                    log::warn!("cannot update the fanout program on {name}: {e}");
+                }
             }
         }
         self.snapshot.store(Arc::new(snap));
@@ -128,6 +144,8 @@ impl Control {
                 s.conns += c.conns.load(Relaxed);
                 s.in_pkts += c.in_packets.load(Relaxed);
                 s.in_bytes += c.in_bytes.load(Relaxed);
+                s.out_pkts += c.out_packets.load(Relaxed);
+                s.out_bytes += c.out_bytes.load(Relaxed);
             }
         }
         s

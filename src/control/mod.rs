@@ -83,6 +83,8 @@ pub struct Control {
     pub health: HealthCtl,
     /// VRRP and connection sync (inert when neither is configured).
     pub ha: HaRuntime,
+    /// Readable when the kernel's routes, addresses or links change.
+    pub route_watch: Option<crate::io::rtnetlink::RouteWatch>,
 }
 
 /// Longest wait for real-server MACs before declaring readiness anyway.
@@ -98,6 +100,7 @@ impl Control {
             .chain(self.metrics.as_ref().map(|m| m.raw_fd()))
             .chain(self.admin.as_ref().map(|a| a.fds()).unwrap_or_default())
             .chain(self.ha.fds())
+            .chain(self.route_watch.as_ref().map(|w| w.raw_fd()))
             .map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -172,6 +175,9 @@ impl Control {
             }
             self.serve_admin();
             pump(&self.trace, &mut self.trace_sessions, &mut trace_buf);
+            if self.route_watch.as_ref().is_some_and(|w| w.changed()) {
+                self.reroute();
+            }
             if signals::take_reload() {
                 sd_notify::tell(sd_notify::Status::Reloading);
                 self.reload_config();
@@ -226,6 +232,26 @@ impl Control {
                 "SIGHUP: reload refused, keeping the running configuration: {}",
                 r.message
             ),
+        }
+    }
+
+    /// The kernel's routes changed: re-read them and republish, so routed next hops and the
+    /// replies' way back follow. A table that cannot be read keeps the previous one.
+    fn reroute(&mut self) {
+        match crate::io::rtnetlink::dump_ipv4_routes() {
+            Ok(routes) if routes == self.placer.routes => {}
+            Ok(routes) => {
+                self.placer.routes = routes;
+                let local = self.health.local.clone();
+                match self.publish(&[], &local) {
+                    Ok(()) => log::info!("routes changed: next hops recomputed"),
+                    Err(r) => log::error!(
+                        "routes changed, but the configuration no longer places: {} (keeping the previous next hops)",
+                        r.message
+                    ),
+                }
+            }
+            Err(e) => log::warn!("cannot re-read the routing table: {e}"),
         }
     }
 
@@ -294,17 +320,15 @@ impl Control {
         let mut f = Figures::default();
         for svc in self.state.table.services() {
             for r in &svc.reals {
-                let (mut conns, mut pkts, mut bytes) = (0, 0, 0);
                 for w in &self.workers {
                     if let Some(c) = w.real(r.id) {
-                        conns += c.conns.load(Relaxed);
-                        pkts += c.in_packets.load(Relaxed);
-                        bytes += c.in_bytes.load(Relaxed);
+                        f.ipvs.connections += c.conns.load(Relaxed);
+                        f.ipvs.in_packets += c.in_packets.load(Relaxed);
+                        f.ipvs.in_bytes += c.in_bytes.load(Relaxed);
+                        f.ipvs.out_packets += c.out_packets.load(Relaxed);
+                        f.ipvs.out_bytes += c.out_bytes.load(Relaxed);
                     }
                 }
-                f.ipvs.connections += conns;
-                f.ipvs.in_packets += pkts;
-                f.ipvs.in_bytes += bytes;
                 // node_exporter labels a fwmark service: no address, proto FWM, local_mark.
                 let fwm = svc.key.is_fwmark();
                 f.backends.push(Backend {

@@ -34,6 +34,14 @@ pub enum DropReason {
     NotAService,
     /// To a VIP this director stands by for (VRRP BACKUP or FAULT): the MASTER forwards it.
     Standby,
+    /// From a masquerading real's service port to one of the director's own addresses (its
+    /// health checks, an operator's connection): the kernel's, left to it.
+    ToDirector,
+    /// From a masquerading real's service port, but no flow for it (expired, or never
+    /// through this director): not rewritten, and the kernel filter keeps the raw reply in.
+    ReplyNoFlow,
+    /// No route to the client leaves by an interface uvs serves.
+    NoRoute,
     /// TCP/UDP header missing, truncated, or TCP data offset < 5.
     BadL4Header,
     /// Source or destination port 0.
@@ -55,7 +63,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const COUNT: usize = 20;
+    pub const COUNT: usize = 23;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::RingTruncated,
         DropReason::Truncated,
@@ -68,6 +76,9 @@ impl DropReason {
         DropReason::BadSource,
         DropReason::NotAService,
         DropReason::Standby,
+        DropReason::ToDirector,
+        DropReason::ReplyNoFlow,
+        DropReason::NoRoute,
         DropReason::BadL4Header,
         DropReason::ZeroPort,
         DropReason::TtlExceeded,
@@ -92,6 +103,9 @@ impl DropReason {
             DropReason::BadSource => "bad_source",
             DropReason::NotAService => "not_a_service",
             DropReason::Standby => "standby",
+            DropReason::ToDirector => "to_director",
+            DropReason::ReplyNoFlow => "reply_no_flow",
+            DropReason::NoRoute => "no_route",
             DropReason::BadL4Header => "bad_l4_header",
             DropReason::ZeroPort => "zero_port",
             DropReason::TtlExceeded => "ttl_exceeded",
@@ -107,16 +121,18 @@ impl DropReason {
 
 /// Real ids whose traffic counters are kept per worker. Ids are never reused, so a daemon that
 /// has created more reals than this stops counting traffic for the newest ones (forwarding is
-/// unaffected); at 3 counters × 8 bytes that is 1.5 MiB per worker.
+/// unaffected); at 5 counters × 8 bytes that is 2.5 MiB per worker.
 pub const REAL_STATS_CAPACITY: usize = 1 << 16;
 
-/// IPVS's per-destination statistics (what `ipvsadm -L --stats` shows). In DR the director
-/// never sees replies, so there are no outgoing counters to keep.
+/// IPVS's per-destination statistics (what `ipvsadm -L --stats` shows). Outgoing = replies
+/// the director rewrote (NAT); a DR director never sees replies.
 #[derive(Default)]
 pub struct RealCounters {
     pub conns: AtomicU64,
     pub in_packets: AtomicU64,
     pub in_bytes: AtomicU64,
+    pub out_packets: AtomicU64,
+    pub out_bytes: AtomicU64,
 }
 
 /// One counter with a single writer.

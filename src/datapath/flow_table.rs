@@ -19,10 +19,19 @@
 //!
 //! Entry: 32 bytes, all included (IPVS estimates 128 bytes per connection): the five-tuple,
 //! TCP state, real id, expiry, and the persistence template the flow is a child of.
+//!
+//! Return entries: a flow whose replies pass the director (NAT) also has an entry keyed by
+//! its reply's five-tuple (real → client), in the same table, holding what the reply is
+//! rewritten back to (the VIP and port) and the MAC the client's frames came from. The flow
+//! entry stays the one authority on state and expiry: a return entry is only valid while
+//! the flow entry it points back to exists with the same real ([`FlowTable::flow_of`]), and
+//! the incremental expiry reaps it once it does not. Lookups of one kind never match the
+//! other.
 
 use crate::flow::{FlowKey, TcpState, reached};
 use crate::io::huge_array::{HugeArray, MapError, prefetch};
 use crate::model::RealId;
+use crate::wire::MacAddr;
 
 /// Slots examined by a lookup or insert, at most.
 pub const PROBE_WINDOW: usize = 32;
@@ -35,17 +44,23 @@ struct Slot {
     sport: u16,
     dport: u16,
     proto: u8,
-    /// TCP: [`TcpState`] as u8; UDP: 0.
+    /// TCP: [`TcpState`] as u8; UDP: 0. [`RETURN`] marks a return entry.
     state: u8,
-    _pad: u16,
+    /// Return entry: the virtual port replies are rewritten to.
+    vport: u16,
     /// Real id; 0 = empty slot.
     real: u32,
-    /// Expiry time in milliseconds on the worker's clock, wrapping.
+    /// Expiry time in milliseconds on the worker's clock, wrapping. Return entry: the last
+    /// two bytes of the client-side MAC (in the low 16 bits).
     expires: u32,
-    /// Persistence template slot + 1 this flow is a child of; 0 = none.
+    /// Persistence template slot + 1 this flow is a child of; 0 = none. Return entry: the VIP.
     template: u32,
-    _pad2: u32,
+    /// Return entry: the first four bytes of the client-side MAC.
+    mac_head: u32,
 }
+
+/// The `state` bit of a return entry.
+const RETURN: u8 = 0x80;
 
 const EMPTY: Slot = Slot {
     saddr: 0,
@@ -54,11 +69,11 @@ const EMPTY: Slot = Slot {
     dport: 0,
     proto: 0,
     state: 0,
-    _pad: 0,
+    vport: 0,
     real: 0,
     expires: 0,
     template: 0,
-    _pad2: 0,
+    mac_head: 0,
 };
 
 const _: () = assert!(std::mem::size_of::<Slot>() == 32);
@@ -76,7 +91,17 @@ impl Slot {
     fn is_empty(&self) -> bool {
         self.real == 0
     }
+    fn is_return(&self) -> bool {
+        self.state & RETURN != 0
+    }
+    /// A flow entry (not a return entry) for `k`.
     fn matches(&self, k: &FlowKey) -> bool {
+        !self.is_return() && self.same_key(k)
+    }
+    fn matches_return(&self, k: &FlowKey) -> bool {
+        self.is_return() && self.same_key(k)
+    }
+    fn same_key(&self, k: &FlowKey) -> bool {
         self.real != 0
             && self.saddr == k.saddr
             && self.daddr == k.daddr
@@ -92,6 +117,32 @@ pub struct Flow {
     pub real: RealId,
     pub state: TcpState,
     pub expires: u32,
+}
+
+/// What a return entry holds: how a reply of the flow is rewritten and where it goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Return {
+    pub real: RealId,
+    /// The VIP and port the reply is rewritten to come from.
+    pub vip: u32,
+    pub vport: u16,
+    /// The MAC the client's frames arrived from (for a client on a directly connected
+    /// network, the next hop of the replies).
+    pub client_mac: MacAddr,
+}
+
+impl Return {
+    /// The flow entry's key, for a return entry found under `key` (the reply's five-tuple):
+    /// the client, the VIP and their ports.
+    pub fn flow_key(&self, key: &FlowKey) -> FlowKey {
+        FlowKey {
+            saddr: key.daddr,
+            daddr: self.vip,
+            sport: key.dport,
+            dport: self.vport,
+            proto: key.proto,
+        }
+    }
 }
 
 /// Where a lookup found (or would insert) a flow; pass back to [`FlowTable::update`].
@@ -180,6 +231,51 @@ impl FlowTable {
         s.expires = expires;
     }
 
+    /// Finds the return entry for a reply with five-tuple `key`.
+    #[inline]
+    pub fn lookup_return(&self, key: &FlowKey) -> Option<Return> {
+        let home = key.hash() as usize & self.mask;
+        for i in 0..PROBE_WINDOW {
+            let s = &self.slots[(home + i) & self.mask];
+            if s.is_empty() {
+                return None;
+            }
+            if s.matches_return(key) {
+                return return_of(s);
+            }
+        }
+        None
+    }
+
+    /// The live flow entry a return entry found under `key` points back to, if it still
+    /// exists with the same real; else the return entry is stale.
+    #[inline]
+    pub fn flow_of(&self, key: &FlowKey, r: &Return, now: u32) -> Option<(SlotRef, Flow)> {
+        self.lookup(&r.flow_key(key), now)
+            .filter(|(_, f)| f.real == r.real)
+    }
+
+    /// Inserts (or replaces) the return entry for replies with five-tuple `key`. Evicts as
+    /// [`FlowTable::insert`] does when the probe window is full; returns the flow entry it
+    /// displaced, if it had to displace one.
+    pub fn insert_return(&mut self, key: &FlowKey, r: &Return, now: u32) -> Option<Overwritten> {
+        let m = r.client_mac.0;
+        let entry = Slot {
+            saddr: key.saddr,
+            daddr: key.daddr,
+            sport: key.sport,
+            dport: key.dport,
+            proto: key.proto,
+            state: RETURN,
+            vport: r.vport,
+            real: r.real.0.get(),
+            expires: u32::from(u16::from_be_bytes([m[4], m[5]])),
+            template: r.vip,
+            mac_head: u32::from_be_bytes([m[0], m[1], m[2], m[3]]),
+        };
+        self.put(key, entry, now, Slot::matches_return)
+    }
+
     /// Inserts (or replaces) the flow for `key`. Returns the entry it overwrote, if any, so
     /// the caller can undo that entry's connection counts; `Overwritten::evicted` is true when
     /// a live, unrelated flow had to make room (table full within the probe window).
@@ -194,6 +290,23 @@ impl FlowTable {
         template: Option<u32>,
     ) -> Option<Overwritten> {
         let tmpl = template.map_or(0, |t| t + 1);
+        self.put(
+            key,
+            slot(key, real, state, expires, tmpl),
+            now,
+            Slot::matches,
+        )
+    }
+
+    /// Writes `entry` where an entry `same` as it is, or in the first free slot of its probe
+    /// window, or over the window's lowest-ranked entry. Returns the flow entry it replaced.
+    fn put(
+        &mut self,
+        key: &FlowKey,
+        entry: Slot,
+        now: u32,
+        same: fn(&Slot, &FlowKey) -> bool,
+    ) -> Option<Overwritten> {
         let home = key.hash() as usize & self.mask;
         let mut victim = home;
         let mut victim_rank = (u8::MAX, i64::MAX);
@@ -202,11 +315,11 @@ impl FlowTable {
             let s = self.slots[idx];
             if s.is_empty() {
                 self.len += 1;
-                self.slots[idx] = slot(key, real, state, expires, tmpl);
+                self.slots[idx] = entry;
                 return None;
             }
-            if s.matches(key) {
-                self.slots[idx] = slot(key, real, state, expires, tmpl);
+            if same(&s, key) {
+                self.slots[idx] = entry;
                 return overwritten(&s, false);
             }
             let rank = eviction_rank(&s, now);
@@ -216,7 +329,7 @@ impl FlowTable {
             }
         }
         let old = self.slots[victim];
-        self.slots[victim] = slot(key, real, state, expires, tmpl);
+        self.slots[victim] = entry;
         let evicted = victim_rank.1 > 0;
         if evicted {
             self.evictions += 1;
@@ -237,7 +350,12 @@ impl FlowTable {
         while examined < budget.min(self.slots.len()) {
             let idx = self.expire_cursor;
             let s = self.slots[idx];
-            if !s.is_empty() && reached(now, s.expires) {
+            let stale = if s.is_return() {
+                return_of(&s).is_none_or(|r| self.flow_of(&s.key(), &r, now).is_none())
+            } else {
+                reached(now, s.expires)
+            };
+            if !s.is_empty() && stale {
                 if let Some(o) = overwritten(&s, false) {
                     on_remove(o.real, o.state, o.template);
                 }
@@ -282,7 +400,7 @@ impl FlowTable {
     /// Visits every live flow (control-path use: listings). Not for the packet path.
     pub fn for_each_live(&self, now: u32, mut f: impl FnMut(&FlowKey, &Flow)) {
         for s in self.slots.iter() {
-            if s.is_empty() || reached(now, s.expires) {
+            if s.is_empty() || s.is_return() || reached(now, s.expires) {
                 continue;
             }
             if let Some(id) = std::num::NonZeroU32::new(s.real) {
@@ -307,6 +425,10 @@ impl FlowTable {
 /// shorter one (`--set 30 …` makes ESTABLISHED 30 s against SYN_RECV's 60 s), so a SYN flood
 /// would evict a legitimate client's keep-alive connection before the flood's own entries.
 fn eviction_rank(s: &Slot, now: u32) -> (u8, i64) {
+    if s.is_return() {
+        // Lives as long as its flow: ranked with the established flows, last among them.
+        return (2, i64::MAX);
+    }
     let left = i64::from(s.expires.wrapping_sub(now) as i32);
     let class = if left <= 0 {
         0
@@ -330,7 +452,11 @@ pub struct Overwritten {
     pub template: Option<u32>,
 }
 
+/// The flow entry `s` was, if it was one (a return entry holds no connection counts).
 fn overwritten(s: &Slot, evicted: bool) -> Option<Overwritten> {
+    if s.is_return() {
+        return None;
+    }
     Some(Overwritten {
         real: RealId(std::num::NonZeroU32::new(s.real)?),
         state: TcpState::from_u8(s.state),
@@ -347,12 +473,23 @@ fn slot(key: &FlowKey, real: RealId, state: TcpState, expires: u32, template: u3
         dport: key.dport,
         proto: key.proto,
         state: state as u8,
-        _pad: 0,
+        vport: 0,
         real: real.0.get(),
         expires,
         template,
-        _pad2: 0,
+        mac_head: 0,
     }
+}
+
+fn return_of(s: &Slot) -> Option<Return> {
+    let h = s.mac_head.to_be_bytes();
+    let t = (s.expires as u16).to_be_bytes();
+    Some(Return {
+        real: RealId(std::num::NonZeroU32::new(s.real)?),
+        vip: s.template,
+        vport: s.vport,
+        client_mac: MacAddr([h[0], h[1], h[2], h[3], t[0], t[1]]),
+    })
 }
 
 #[cfg(test)]
@@ -464,6 +601,55 @@ mod tests {
                 "established flow {i} survived the flood"
             );
         }
+    }
+
+    fn reply_key(i: u32) -> FlowKey {
+        // The real 10.0.0.11:8080 answering key(i)'s client.
+        let k = key(i);
+        FlowKey {
+            saddr: 0x0a00_000b,
+            daddr: k.saddr,
+            sport: 8080,
+            dport: k.sport,
+            proto: 6,
+        }
+    }
+
+    fn ret(real: u32) -> Return {
+        Return {
+            real: rid(real),
+            vip: 0x0a00_0064,
+            vport: 80,
+            client_mac: MacAddr([2, 0, 0, 0, 1, 0x2a]),
+        }
+    }
+
+    #[test]
+    fn a_return_entry_leads_back_to_its_flow_and_lives_as_long_as_it() {
+        let mut t = FlowTable::new(1024).unwrap();
+        t.insert(&key(1), rid(7), TcpState::SynRecv, 60_000, 0, None);
+        assert_eq!(t.insert_return(&reply_key(1), &ret(7), 0), None);
+        let r = t.lookup_return(&reply_key(1)).unwrap();
+        assert_eq!(r, ret(7));
+        assert_eq!(r.flow_key(&reply_key(1)), key(1));
+        assert_eq!(t.flow_of(&reply_key(1), &r, 10).unwrap().1.real, rid(7));
+        // Lookups of one kind never find the other.
+        assert!(t.lookup(&reply_key(1), 10).is_none());
+        assert!(t.lookup_return(&key(1)).is_none());
+        // Listings show connections only.
+        let mut n = 0;
+        t.for_each_live(10, |_, _| n += 1);
+        assert_eq!(n, 1);
+        // The flow is rescheduled to another real: the return entry is stale at once.
+        t.insert(&key(1), rid(8), TcpState::SynRecv, 60_000, 0, None);
+        assert!(t.flow_of(&reply_key(1), &r, 10).is_none());
+        // The flow expires: expiry reaps both, the return entry with it.
+        assert_eq!(t.len(), 2);
+        let mut removed = Vec::new();
+        t.expire_some(60_000, 2048, |real, _, _| removed.push(real));
+        assert_eq!(removed, vec![rid(8)], "only the flow held counts");
+        assert_eq!(t.len(), 0);
+        assert!(t.lookup_return(&reply_key(1)).is_none());
     }
 
     #[test]

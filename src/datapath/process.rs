@@ -12,17 +12,17 @@ use std::sync::Arc;
 
 use crate::conns::ConnCounts;
 use crate::datapath::counters::{DropReason, WorkerCounters, bump};
-use crate::datapath::flow_table::{Flow, FlowTable, SlotRef};
+use crate::datapath::flow_table::{Flow, FlowTable, Overwritten, Return, SlotRef};
 use crate::datapath::tap::{self, Outcome, Tap, Via};
 use crate::datapath::templates::{TemplateKey, TemplateTable};
 use crate::datapath::xmit::{self, Link};
 use crate::flow::FlowKey;
-use crate::flow::tcp_state::{TcpState, next_state};
+use crate::flow::{Direction, TcpState, next_state};
 use crate::io::VNET_HDR_LEN;
 use crate::io::huge_array::MapError;
 use crate::io::ring::RxFrame;
 use crate::neigh::cache::NeighTable;
-use crate::snapshot::{Real, ServiceEntry, Snapshot};
+use crate::snapshot::{Real, ServiceEntry, Snapshot, Xmit};
 use crate::sync::{HaHooks, SyncRecord};
 use crate::wire::{
     self, ETH_HDR_LEN, ETHERTYPE_IPV4, ETHERTYPES_VLAN, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HDR_LEN,
@@ -77,6 +77,8 @@ struct Parsed {
     key: FlowKey,
     tcp_flags: u8,
     ip_len: usize,
+    /// Where the frame came from on the link (a client's next hop, for its replies).
+    src_mac: MacAddr,
 }
 
 fn parse(frame: &[u8], status: u32) -> Result<Parsed, DropReason> {
@@ -92,7 +94,8 @@ fn parse(frame: &[u8], status: u32) -> Result<Parsed, DropReason> {
         t if ETHERTYPES_VLAN.contains(&t) => return Err(DropReason::VlanTagged),
         _ => return Err(DropReason::NotIpv4),
     }
-    if ethernet::src(frame).is_group() {
+    let src_mac = ethernet::src(frame);
+    if src_mac.is_group() {
         return Err(DropReason::BadSource);
     }
     let ip = &frame[ETH_HDR_LEN..];
@@ -157,6 +160,7 @@ fn parse(frame: &[u8], status: u32) -> Result<Parsed, DropReason> {
         },
         tcp_flags,
         ip_len: total,
+        src_mac,
     })
 }
 
@@ -333,10 +337,13 @@ impl Forwarder {
             return Err(DropReason::RingTruncated);
         }
         let p = parse(&buf[VNET_HDR_LEN..], status)?;
-        let svc = self.service(snap, &p)?;
-        if ipv4::ttl(&buf[VNET_HDR_LEN + ETH_HDR_LEN..]) <= 1 {
-            return Err(DropReason::TtlExceeded);
+        let Some(svc) = snap.service(p.key.proto, p.key.daddr, p.key.dport) else {
+            return self.reply(snap, neigh, counters, buf, &p, now);
+        };
+        if self.ha.gate.is_standby(p.key.daddr) {
+            return Err(DropReason::Standby);
         }
+        check_ttl(buf)?;
         let real = match self.flows.lookup(&p.key, now) {
             Some((at, flow)) => self.continue_flow(snap, &p, at, flow, now)?,
             None => self.start_flow(snap, svc, &p, counters, now)?,
@@ -346,7 +353,7 @@ impl Forwarder {
             neigh,
             interface_macs: &self.interface_macs,
         };
-        let egress = xmit::transmit(real.path, buf, &link)?;
+        let egress = xmit::transmit(real, buf, &link)?;
         if let Some(c) = counters.real(real.dest.id) {
             bump(&c.in_packets, 1);
             bump(&c.in_bytes, p.ip_len as u64);
@@ -354,19 +361,70 @@ impl Forwarder {
         Ok(egress)
     }
 
-    /// The service a frame is for, unless this director stands by for its VIP.
+    /// A frame to no service: a masquerading real's reply, rewritten back to come from the
+    /// VIP and sent towards the client by the director's routes — or not uvs's to forward.
     #[inline]
-    fn service<'s>(&self, snap: &'s Snapshot, p: &Parsed) -> Result<&'s ServiceEntry, DropReason> {
-        let svc = snap
-            .service(p.key.proto, p.key.daddr, p.key.dport)
-            .ok_or(DropReason::NotAService)?;
-        if self.ha.gate.is_standby(p.key.daddr) {
+    fn reply(
+        &mut self,
+        snap: &Snapshot,
+        neigh: &NeighTable,
+        counters: &WorkerCounters,
+        buf: &mut [u8],
+        p: &Parsed,
+        now: u32,
+    ) -> Result<u16, DropReason> {
+        let from_nat_real = snap
+            .nat_sources()
+            .binary_search(&(p.key.saddr, p.key.sport))
+            .is_ok();
+        if !from_nat_real {
+            return Err(DropReason::NotAService);
+        }
+        if snap.is_local(p.key.daddr) {
+            return Err(DropReason::ToDirector);
+        }
+        let ret = self
+            .flows
+            .lookup_return(&p.key)
+            .ok_or(DropReason::ReplyNoFlow)?;
+        let (at, flow) = self
+            .flows
+            .flow_of(&p.key, &ret, now)
+            .ok_or(DropReason::ReplyNoFlow)?;
+        if self.ha.gate.is_standby(ret.vip) {
             return Err(DropReason::Standby);
         }
-        Ok(svc)
+        check_ttl(buf)?;
+        let real = snap.real(flow.real).ok_or(DropReason::RealRemoved)?;
+        let (state, timeout) = after_packet(snap, p, flow.state, Direction::Output);
+        self.advance(at, &flow, state, timeout, now);
+        if state != flow.state {
+            self.sync_emit(&ret.flow_key(&p.key), real, state, timeout);
+        }
+        let route = snap
+            .routes
+            .lookup(p.key.daddr)
+            .and_then(|r| r.hop)
+            .ok_or(DropReason::NoRoute)?;
+        let next_hop = match route.gateway {
+            Some(slot) => neigh.get(slot).ok_or(DropReason::NoNeighbor)?,
+            None if ret.client_mac != MacAddr::ZERO => ret.client_mac,
+            None => return Err(DropReason::NoNeighbor),
+        };
+        self.trace_real(real);
+        let link = Link {
+            neigh,
+            interface_macs: &self.interface_macs,
+        };
+        let egress = xmit::masq_reply(ret.vip, ret.vport, next_hop, route.egress, buf, &link)?;
+        if let Some(c) = counters.real(real.dest.id) {
+            bump(&c.out_packets, 1);
+            bump(&c.out_bytes, p.ip_len as u64);
+        }
+        Ok(egress)
     }
 
-    /// A packet of a known flow: advance its state; its real, if it still exists.
+    /// A packet of a known flow: its real, if it still exists, and the flow's state advanced.
     #[inline]
     fn continue_flow<'s>(
         &mut self,
@@ -376,20 +434,28 @@ impl Forwarder {
         flow: Flow,
         now: u32,
     ) -> Result<Real<'s>, DropReason> {
-        let (state, timeout) = after_packet(snap, p, flow.state);
-        self.flows.update(at, state, now.wrapping_add(timeout));
-        if state.is_active() != flow.state.is_active() {
-            self.conns.moved(flow.real, state.is_active());
-        }
         let real = snap.real(flow.real).ok_or(DropReason::RealRemoved)?;
+        let direction = client_direction(real);
+        let (state, timeout) = after_packet(snap, p, flow.state, direction);
+        self.advance(at, &flow, state, timeout, now);
         if state != flow.state {
-            self.sync_emit(p, real, state, timeout);
+            self.sync_emit(&p.key, real, state, timeout);
         }
         Ok(real)
     }
 
+    /// Stores a flow's new state and expiry; moves its count between active and inactive.
+    #[inline]
+    fn advance(&mut self, at: SlotRef, flow: &Flow, state: TcpState, timeout: u32, now: u32) {
+        self.flows.update(at, state, now.wrapping_add(timeout));
+        if state.is_active() != flow.state.is_active() {
+            self.conns.moved(flow.real, state.is_active());
+        }
+    }
+
     /// The first packet of a flow: adopt it from the connection sync or schedule it, bind it
-    /// to its real, and remember it (unless one-packet scheduling forgets it at once).
+    /// to its real, and remember it (unless one-packet scheduling forgets it at once); a
+    /// masquerading real's flow also gets the return entry its replies are found by.
     #[inline]
     fn start_flow<'s>(
         &mut self,
@@ -415,7 +481,7 @@ impl Forwarder {
         };
         self.trace_new_flow(svc, &chosen);
         let real = chosen.real;
-        let (state, timeout) = after_packet(snap, p, prior);
+        let (state, timeout) = after_packet(snap, p, prior, client_direction(real));
         if ops {
             // `ip_vs_bind_dest` then `ip_vs_unbind_dest`: no count remains, but the
             // thresholds see the connection pass, as in the kernel.
@@ -423,27 +489,57 @@ impl Forwarder {
             self.conns.unbind(real.dest.id, false, real.dest.thresholds);
         } else {
             let expires = now.wrapping_add(timeout);
-            if let Some(old) =
-                self.flows
-                    .insert(&p.key, real.dest.id, state, expires, now, chosen.template)
-            {
-                self.conns
-                    .unbind(old.real, old.state.is_active(), thresholds(snap, old.real));
-                if let Some(slot) = old.template {
-                    self.templates.release(slot, now);
-                }
-                if old.evicted {
-                    bump(&counters.totals.flow_evictions, 1);
-                }
-            }
+            let old = self
+                .flows
+                .insert(&p.key, real.dest.id, state, expires, now, chosen.template);
+            self.forget(snap, old, counters, now);
             self.conns
                 .bind(real.dest.id, state.is_active(), real.dest.thresholds);
+            if let Xmit::Masq { port } = real.path.xmit {
+                let back = FlowKey {
+                    saddr: real.dest.addr,
+                    daddr: p.key.saddr,
+                    sport: port,
+                    dport: p.key.sport,
+                    proto: p.key.proto,
+                };
+                let ret = Return {
+                    real: real.dest.id,
+                    vip: p.key.daddr,
+                    vport: p.key.dport,
+                    client_mac: p.src_mac,
+                };
+                let old = self.flows.insert_return(&back, &ret, now);
+                self.forget(snap, old, counters, now);
+            }
         }
         if let Some(c) = counters.real(real.dest.id) {
             bump(&c.conns, 1);
         }
-        self.sync_emit(p, real, state, timeout);
+        self.sync_emit(&p.key, real, state, timeout);
         Ok(real)
+    }
+
+    /// Undoes the counts of a flow entry an insert replaced.
+    #[inline]
+    fn forget(
+        &self,
+        snap: &Snapshot,
+        old: Option<Overwritten>,
+        counters: &WorkerCounters,
+        now: u32,
+    ) {
+        let Some(old) = old else {
+            return;
+        };
+        self.conns
+            .unbind(old.real, old.state.is_active(), thresholds(snap, old.real));
+        if let Some(slot) = old.template {
+            self.templates.release(slot, now);
+        }
+        if old.evicted {
+            bump(&counters.totals.flow_evictions, 1);
+        }
     }
 
     /// A flow synced from the former MASTER is adopted on its first packet here, whichever
@@ -567,9 +663,9 @@ impl Forwarder {
 
     /// Connection sync: new flows and state changes go to the backup director.
     #[inline]
-    fn sync_emit(&self, p: &Parsed, real: Real<'_>, state: TcpState, timeout_ms: u32) {
+    fn sync_emit(&self, key: &FlowKey, real: Real<'_>, state: TcpState, timeout_ms: u32) {
         self.ha.emit(SyncRecord {
-            key: p.key,
+            key: *key,
             real_addr: real.dest.addr,
             state,
             timeout_secs: timeout_ms / 1000,
@@ -604,12 +700,37 @@ fn thresholds(snap: &Snapshot, id: crate::model::RealId) -> crate::conns::Thresh
     snap.real(id).map(|r| r.dest.thresholds).unwrap_or_default()
 }
 
-/// A flow's state and timeout (ms) after a client packet: TCP follows the INPUT_ONLY table;
-/// UDP has no state and one timeout.
+/// The direction of a client packet to `real`: INPUT when its replies pass the director,
+/// else INPUT_ONLY.
 #[inline]
-fn after_packet(snap: &Snapshot, p: &Parsed, prior: TcpState) -> (TcpState, u32) {
+fn client_direction(real: Real<'_>) -> Direction {
+    if real.path.xmit.sees_replies() {
+        Direction::Input
+    } else {
+        Direction::InputOnly
+    }
+}
+
+/// TTL must stay above 0 after the decrement every method does.
+#[inline]
+fn check_ttl(buf: &[u8]) -> Result<(), DropReason> {
+    if ipv4::ttl(&buf[VNET_HDR_LEN + ETH_HDR_LEN..]) <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
+    Ok(())
+}
+
+/// A flow's state and timeout (ms) after a packet seen in `direction`: TCP follows IPVS's
+/// table; UDP has no state and one timeout.
+#[inline]
+fn after_packet(
+    snap: &Snapshot,
+    p: &Parsed,
+    prior: TcpState,
+    direction: Direction,
+) -> (TcpState, u32) {
     if p.key.proto == IPPROTO_TCP {
-        let s = next_state(prior, p.tcp_flags);
+        let s = next_state(direction, prior, p.tcp_flags);
         (s, snap.timeouts.tcp(s))
     } else {
         (TcpState::None, snap.timeouts.udp_ms)

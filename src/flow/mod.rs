@@ -5,7 +5,7 @@
 
 pub mod tcp_state;
 
-pub use tcp_state::{TcpState, Timeouts, next_state};
+pub use tcp_state::{Direction, TcpState, Timeouts, next_state};
 
 /// The five-tuple a flow is keyed by (network byte order values as host integers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,7 +1,8 @@
-//! IPVS's TCP state table for direct routing: the INPUT_ONLY rows of `tcp_states[]`
-//! (net/netfilter/ipvs/ip_vs_proto_tcp.c), used because a DR director never sees replies
-//! (the entry keeps IP_VS_CONN_F_NOOUTPUT). Flag priority per packet: RST, then SYN, then FIN,
-//! then ACK; a packet with none of them leaves the state as it is.
+//! IPVS's TCP state table (`tcp_states[]`, net/netfilter/ipvs/ip_vs_proto_tcp.c): INPUT and
+//! OUTPUT rows for connections whose replies pass the director (NAT), INPUT_ONLY rows for
+//! those whose replies bypass it (DR, TUN: the kernel's IP_VS_CONN_F_NOOUTPUT). Flag priority
+//! per packet: RST, then SYN, then FIN, then ACK; a packet with none of them leaves the state
+//! as it is. TIME_WAIT and LAST_ACK are reachable only when the director sees both sides.
 
 /// Connection states, in the kernel's order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,8 +63,95 @@ impl TcpState {
     }
 }
 
+/// Which rows of IPVS's `tcp_states[]` a packet is judged by (`tcp_state_off[]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// A client packet of a connection whose replies pass the director (NAT).
+    Input,
+    /// A reply from the real server, through the director (NAT).
+    Output,
+    /// A client packet of a connection whose replies bypass the director (DR, TUN: the
+    /// kernel's `IP_VS_CONN_F_NOOUTPUT`).
+    InputOnly,
+}
+
+type Table = [[TcpState; 11]; 4];
+
 // Columns: sNO sES sSS sSR sFW sTW sCL sCW sLA sLI sSA (the kernel's state order).
-const INPUT_ONLY: [[TcpState; 11]; 4] = [
+// Rows: syn, fin, ack, rst.
+const INPUT: Table = [
+    [
+        SynRecv,
+        Established,
+        Established,
+        SynRecv,
+        SynRecv,
+        SynRecv,
+        SynRecv,
+        SynRecv,
+        SynRecv,
+        SynRecv,
+        SynRecv,
+    ],
+    [
+        Close, CloseWait, SynSent, TimeWait, TimeWait, TimeWait, Close, CloseWait, LastAck, Listen,
+        TimeWait,
+    ],
+    [
+        Established,
+        Established,
+        SynSent,
+        Established,
+        FinWait,
+        TimeWait,
+        Close,
+        CloseWait,
+        Close,
+        Listen,
+        Established,
+    ],
+    [
+        Close, Close, Close, SynRecv, Close, Close, Close, Close, LastAck, Listen, SynRecv,
+    ],
+];
+
+const OUTPUT: Table = [
+    [
+        SynSent,
+        Established,
+        SynSent,
+        SynRecv,
+        SynSent,
+        SynSent,
+        SynSent,
+        SynSent,
+        SynSent,
+        Listen,
+        SynRecv,
+    ],
+    [
+        TimeWait, FinWait, SynSent, TimeWait, FinWait, TimeWait, Close, TimeWait, LastAck, Listen,
+        TimeWait,
+    ],
+    [
+        Established,
+        Established,
+        SynSent,
+        Established,
+        FinWait,
+        TimeWait,
+        Close,
+        CloseWait,
+        LastAck,
+        Established,
+        Established,
+    ],
+    [
+        Close, Close, SynSent, Close, Close, TimeWait, Close, Close, Close, Close, Close,
+    ],
+];
+
+const INPUT_ONLY: Table = [
     /*syn*/
     [
         SynRecv,
@@ -103,8 +191,8 @@ const INPUT_ONLY: [[TcpState; 11]; 4] = [
     ],
 ];
 
-/// The state after a client packet with `flags` (TCP header byte 13).
-pub fn next_state(state: TcpState, flags: u8) -> TcpState {
+/// The state after a packet with `flags` (TCP header byte 13) seen in `direction`.
+pub fn next_state(direction: Direction, state: TcpState, flags: u8) -> TcpState {
     use crate::wire::tcp::{ACK, FIN, RST, SYN};
     let row = if flags & RST != 0 {
         3
@@ -117,7 +205,12 @@ pub fn next_state(state: TcpState, flags: u8) -> TcpState {
     } else {
         return state;
     };
-    INPUT_ONLY[row][state as usize]
+    let table = match direction {
+        Direction::Input => &INPUT,
+        Direction::Output => &OUTPUT,
+        Direction::InputOnly => &INPUT_ONLY,
+    };
+    table[row][state as usize]
 }
 
 /// Per-state timeouts in milliseconds. Defaults are the kernel's `tcp_timeouts[]`;
@@ -171,23 +264,53 @@ mod tests {
     use super::*;
     use crate::wire::tcp::{ACK, FIN, RST, SYN};
 
+    fn next(s: TcpState, f: u8) -> TcpState {
+        next_state(Direction::InputOnly, s, f)
+    }
+
+    #[test]
+    fn life_of_a_nat_connection_reaches_time_wait() {
+        use Direction::{Input, Output};
+        let s = next_state(Input, None, SYN);
+        assert_eq!(s, SynRecv);
+        let s = next_state(Output, s, SYN | ACK);
+        assert_eq!(s, SynRecv);
+        let s = next_state(Input, s, ACK);
+        assert_eq!(s, Established);
+        // The client closes first: its FIN makes CLOSE_WAIT (NAT), not FIN_WAIT (DR).
+        let s = next_state(Input, s, FIN | ACK);
+        assert_eq!(s, CloseWait);
+        assert!(!s.is_active());
+        // The server's FIN: TIME_WAIT, only NAT gets there.
+        let s = next_state(Output, s, FIN | ACK);
+        assert_eq!(s, TimeWait);
+        assert_eq!(next_state(Input, s, ACK), TimeWait);
+        // The server closes first.
+        let s = next_state(Output, Established, FIN | ACK);
+        assert_eq!(s, FinWait);
+        assert_eq!(next_state(Input, s, FIN | ACK), TimeWait);
+        // An RST in SYN_RECV from the client keeps SYN_RECV, from the server closes.
+        assert_eq!(next_state(Input, SynRecv, RST), SynRecv);
+        assert_eq!(next_state(Output, SynRecv, RST), Close);
+    }
+
     #[test]
     fn life_of_a_dr_connection() {
-        let s = next_state(None, SYN);
+        let s = next(None, SYN);
         assert_eq!(s, SynRecv);
         assert!(s.is_active());
-        let s = next_state(s, ACK);
+        let s = next(s, ACK);
         assert_eq!(s, Established);
-        let s = next_state(s, ACK | 0x08);
+        let s = next(s, ACK | 0x08);
         assert_eq!(s, Established);
-        let s = next_state(s, FIN | ACK);
+        let s = next(s, FIN | ACK);
         assert_eq!(s, FinWait);
         assert!(!s.is_active());
-        assert_eq!(next_state(s, ACK), FinWait);
-        assert_eq!(next_state(Established, RST), Close);
-        assert_eq!(next_state(SynRecv, RST), SynRecv);
-        assert_eq!(next_state(Established, 0), Established);
-        assert_eq!(next_state(None, SYN | RST), Close);
+        assert_eq!(next(s, ACK), FinWait);
+        assert_eq!(next(Established, RST), Close);
+        assert_eq!(next(SynRecv, RST), SynRecv);
+        assert_eq!(next(Established, 0), Established);
+        assert_eq!(next(None, SYN | RST), Close);
     }
 
     #[test]

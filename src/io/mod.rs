@@ -26,6 +26,7 @@ pub mod huge_array;
 pub mod ip_raw;
 pub mod process;
 pub mod ring;
+pub mod rtnetlink;
 pub mod sd_notify;
 pub mod signals;
 pub mod socket;

@@ -170,7 +170,10 @@ fn parse_route(body: &[u8]) -> Option<Route> {
         }
         let v = &attrs[4..alen];
         let addr = || v.get(..4).map(|a| Ipv4Addr::new(a[0], a[1], a[2], a[3]));
-        let word = || v.get(..4).map(|a| u32::from_ne_bytes([a[0], a[1], a[2], a[3]]));
+        let word = || {
+            v.get(..4)
+                .map(|a| u32::from_ne_bytes([a[0], a[1], a[2], a[3]]))
+        };
         match akind {
             libc::RTA_DST => r.dst = addr()?,
             libc::RTA_GATEWAY => r.gateway = addr(),
@@ -192,7 +195,8 @@ pub struct RouteWatch {
 
 impl RouteWatch {
     pub fn open() -> io::Result<RouteWatch> {
-        let groups = (libc::RTMGRP_IPV4_ROUTE | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_LINK) as u32;
+        let groups =
+            (libc::RTMGRP_IPV4_ROUTE | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_LINK) as u32;
         let fd = nl_socket(groups)?;
         Ok(RouteWatch { fd })
     }
@@ -243,7 +247,20 @@ mod tests {
     }
 
     fn route_body(dst_len: u8, table: u8, kind: u8, attrs: &[Vec<u8>]) -> Vec<u8> {
-        let mut b = vec![libc::AF_INET as u8, dst_len, 0, 0, table, 3, 0, kind, 0, 0, 0, 0];
+        let mut b = vec![
+            libc::AF_INET as u8,
+            dst_len,
+            0,
+            0,
+            table,
+            3,
+            0,
+            kind,
+            0,
+            0,
+            0,
+            0,
+        ];
         for a in attrs {
             b.extend_from_slice(a);
         }
@@ -282,11 +299,21 @@ mod tests {
         // Local table and a blackhole: not routes replies can take.
         d.extend(message(
             libc::RTM_NEWROUTE,
-            &route_body(32, 255, libc::RTN_LOCAL, &[attr(libc::RTA_DST, &[192, 168, 80, 10])]),
+            &route_body(
+                32,
+                255,
+                libc::RTN_LOCAL,
+                &[attr(libc::RTA_DST, &[192, 168, 80, 10])],
+            ),
         ));
         d.extend(message(
             libc::RTM_NEWROUTE,
-            &route_body(8, 254, libc::RTN_BLACKHOLE, &[attr(libc::RTA_DST, &[10, 0, 0, 0])]),
+            &route_body(
+                8,
+                254,
+                libc::RTN_BLACKHOLE,
+                &[attr(libc::RTA_DST, &[10, 0, 0, 0])],
+            ),
         ));
         d.extend(message(NLMSG_DONE, &[0; 4]));
         let mut out = Vec::new();
@@ -316,7 +343,10 @@ mod tests {
 
     #[test]
     fn truncated_or_lying_messages_end_the_parse_without_panicking() {
-        let m = message(libc::RTM_NEWROUTE, &route_body(24, 254, libc::RTN_UNICAST, &[]));
+        let m = message(
+            libc::RTM_NEWROUTE,
+            &route_body(24, 254, libc::RTN_UNICAST, &[]),
+        );
         for cut in 0..m.len() {
             let mut out = Vec::new();
             let _ = parse_messages(&m[..cut], &mut out);

@@ -71,19 +71,46 @@ pub(crate) fn set_opt<T>(
 /// Attaches (or replaces) a classic BPF filter. Replacing is atomic in the kernel, so the
 /// control thread can call this on a worker's socket while the worker runs.
 pub fn attach_filter(fd: RawFd, program: &[Insn], interface: &str) -> Result<(), IoError> {
+    set_program(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_ATTACH_FILTER,
+        program,
+        interface,
+    )
+}
+
+/// Replaces the program that picks a fanout group member for each frame
+/// (`PACKET_FANOUT_DATA`, on any member's socket; atomic in the kernel, so workers keep
+/// running).
+pub fn set_fanout_program(fd: RawFd, program: &[Insn], interface: &str) -> Result<(), IoError> {
+    set_program(
+        fd,
+        libc::SOL_PACKET,
+        libc::PACKET_FANOUT_DATA,
+        program,
+        interface,
+    )
+}
+
+fn set_program(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    program: &[Insn],
+    interface: &str,
+) -> Result<(), IoError> {
     let prog = libc::sock_fprog {
         len: u16::try_from(program.len())
             .map_err(|_| IoError::Geometry("socket filter too long".into()))?,
         filter: program.as_ptr() as *mut libc::sock_filter,
     };
-    set_opt(
-        fd,
-        libc::SOL_SOCKET,
-        libc::SO_ATTACH_FILTER,
-        &prog,
-        "SO_ATTACH_FILTER",
-        interface,
-    )
+    let what = if name == libc::PACKET_FANOUT_DATA {
+        "PACKET_FANOUT_DATA"
+    } else {
+        "SO_ATTACH_FILTER"
+    };
+    set_opt(fd, level, name, &prog, what, interface)
 }
 
 fn bind(fd: RawFd, ifindex: u32, protocol: u16, interface: &str) -> Result<(), IoError> {
@@ -108,13 +135,14 @@ fn bind(fd: RawFd, ifindex: u32, protocol: u16, interface: &str) -> Result<(), I
 
 /// How a receive socket shares its interface's frames with the other workers' sockets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fanout {
+pub enum Fanout<'p> {
     /// A single worker: no group (the group's per-frame hash would be pure overhead on the
     /// receiving CPU).
     Alone,
     /// The first socket of a group: the kernel picks an id no other group in the namespace
-    /// uses (`PACKET_FANOUT_FLAG_UNIQUEID`), returned by [`open_rx`].
-    NewGroup,
+    /// uses (`PACKET_FANOUT_FLAG_UNIQUEID`), returned by [`open_rx`]. The group picks a member
+    /// with the given program (`filter::fanout_program`).
+    NewGroup(&'p [Insn]),
     /// Join the group [`Fanout::NewGroup`] created.
     Join(u16),
 }
@@ -123,7 +151,7 @@ pub enum Fanout {
 pub struct RxSocketPlan<'a> {
     pub interface: &'a str,
     pub ifindex: u32,
-    pub fanout: Fanout,
+    pub fanout: Fanout<'a>,
     pub filter: &'a [Insn],
 }
 
@@ -158,20 +186,21 @@ pub fn open_rx<R>(
     )?;
     attach_filter(raw, plan.filter, plan.interface)?;
     bind(raw, plan.ifindex, ETH_P_ALL, plan.interface)?;
-    // Hash mode: every packet of a flow reaches the same worker, so flow tables are per worker
-    // and lock-free. No DEFRAG flag: it would make the kernel reassemble fragments before the
-    // tap, while uvs's documented behaviour is to count and drop them (`fragment`).
+    // The group's program (PACKET_FANOUT_CBPF) sends every packet of a flow, both directions,
+    // to the same worker, so flow tables are per worker and lock-free. No DEFRAG flag: it
+    // would make the kernel reassemble fragments before the tap, while uvs's documented
+    // behaviour is to count and drop them (`fragment`).
     //
     // IGNORE_OUTGOING must be given here as well: once a socket joins a fanout group the
     // kernel registers the group's packet hook instead of the socket's, and the group takes
     // its ignore-outgoing bit from this flag only (fanout_add), so the socket option above
     // alone silently stops working and every transmitted frame comes back to be forwarded
     // again until its TTL runs out.
-    let mode = libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
-    let (id, flags) = match plan.fanout {
+    let mode = libc::PACKET_FANOUT_CBPF | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
+    let (id, flags, program) = match plan.fanout {
         Fanout::Alone => return Ok((fd, ring, None)),
-        Fanout::NewGroup => (0, mode | libc::PACKET_FANOUT_FLAG_UNIQUEID),
-        Fanout::Join(id) => (id, mode),
+        Fanout::NewGroup(p) => (0, mode | libc::PACKET_FANOUT_FLAG_UNIQUEID, Some(p)),
+        Fanout::Join(id) => (id, mode, None),
     };
     let arg: libc::c_int = libc::c_int::from(id) | (flags as libc::c_int) << 16;
     set_opt(
@@ -182,6 +211,9 @@ pub fn open_rx<R>(
         "PACKET_FANOUT",
         plan.interface,
     )?;
+    if let Some(p) = program {
+        set_fanout_program(raw, p, plan.interface)?;
+    }
     Ok((fd, ring, Some(fanout_group_of(raw, plan.interface)?)))
 }
 

@@ -249,6 +249,7 @@ pub fn diff(current: &ServiceTable, desired: &ServiceTable) -> Vec<Change> {
                         None => out.push(Change::AddReal(d.key, real_spec(r))),
                         Some(x) => {
                             if x.weight != r.weight
+                                || x.forward != r.forward
                                 || x.upper_threshold != r.upper_threshold
                                 || x.lower_threshold != r.lower_threshold
                             {

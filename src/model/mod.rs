@@ -222,10 +222,23 @@ impl fmt::Display for SchedulerKind {
     }
 }
 
-/// Forwarding method of a real server. Only direct routing (`-g`, "Route") exists so far.
+/// Forwarding method of a real server (ipvsadm `-g`, `-m`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ForwardMethod {
+    /// Direct routing (`-g`, "Route"): only the MAC addresses change; the real server has the
+    /// VIP on a loopback and answers the client directly.
     Route,
+    /// Masquerading, LVS-NAT (`-m`, "Masq"): destination address and port rewritten to the
+    /// real's, and the replies, routed back through the director, rewritten to come from the
+    /// VIP.
+    Masq,
+}
+
+impl ForwardMethod {
+    /// Whether the real's port may differ from the service's (IPVS: only NAT rewrites ports).
+    pub fn maps_ports(self) -> bool {
+        matches!(self, ForwardMethod::Masq)
+    }
 }
 
 /// Stable identity of a real server inside one daemon's lifetime (see the module doc).
@@ -246,7 +259,8 @@ pub const MAX_WEIGHT: u32 = 65535;
 pub struct RealServer {
     pub id: RealId,
     pub addr: Ipv4Addr,
-    /// For direct routing this is always the service port: ipvsadm forces it
+    /// The port the real listens on: NAT may map it; for direct routing it is always the
+    /// service port: ipvsadm forces it
     /// ("The destination port must be equal to service port … DROUTE"), because DR never
     /// rewrites the packet above layer 2, so a different port could never be honoured.
     /// Fwmark services keep the port given (normally 0), as ipvsadm does; DR ignores it.
@@ -320,6 +334,15 @@ impl RealSpec {
             lower_threshold: 0,
         }
     }
+
+    /// A masquerading (NAT) real with ipvsadm's defaults (`-m -w 1`); `port` 0 = the
+    /// service's.
+    pub fn masq(addr: Ipv4Addr, port: u16) -> RealSpec {
+        RealSpec {
+            forward: ForwardMethod::Masq,
+            ..RealSpec::route(addr, port)
+        }
+    }
 }
 
 /// What an operator asks for when adding or editing a service.
@@ -388,11 +411,13 @@ pub enum ModelError {
     NoMarkRule,
 }
 
-/// The port a direct-routing real gets: the service port, as ipvsadm forces it ("The
+/// The port a real gets. Direct routing: the service port, as ipvsadm forces it ("The
 /// destination port must be equal to service port … DROUTE"), except in a fwmark service,
 /// where ipvsadm keeps the given port ("Don't worry about this if fwmark is used"; usually 0).
-fn real_port(key: &ServiceKey, given: u16) -> u16 {
-    if key.is_fwmark() { given } else { key.port }
+/// NAT maps ports: the given one, or the service port when none is given (port 0).
+fn real_port(key: &ServiceKey, given: u16, method: ForwardMethod) -> u16 {
+    let keeps_given = key.is_fwmark() || (method.maps_ports() && given != 0);
+    if keeps_given { given } else { key.port }
 }
 
 /// Upper bound on real servers alive at once; sizes the neighbour (MAC) slot array that workers
@@ -488,7 +513,7 @@ impl ServiceTable {
         }
         let next = self.next_real_id.checked_add(1);
         let svc = self.service_mut(key)?;
-        let port = real_port(&svc.key, spec.port);
+        let port = real_port(&svc.key, spec.port, spec.forward);
         if svc
             .reals
             .iter()
@@ -519,7 +544,7 @@ impl ServiceTable {
             return Err(ModelError::WeightOutOfRange(u64::from(spec.weight)));
         }
         let svc = self.service_mut(key)?;
-        let port = real_port(&svc.key, spec.port);
+        let port = real_port(&svc.key, spec.port, spec.forward);
         let real = svc
             .reals
             .iter_mut()
@@ -529,6 +554,9 @@ impl ServiceTable {
         if spec.weight > 0 {
             real.last_weight = spec.weight;
         }
+        // ipvsadm -e always carries a method (-g when none is given), as the kernel's
+        // __ip_vs_update_dest takes it.
+        real.forward = spec.forward;
         real.upper_threshold = spec.upper_threshold;
         real.lower_threshold = spec.lower_threshold;
         Ok(())

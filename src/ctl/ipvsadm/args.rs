@@ -88,7 +88,7 @@ impl ArgError {
 }
 
 pub const FORWARD_UNSUPPORTED: &str =
-    "forwarding method tunnel/masquerading is not supported yet (only -g, direct routing)";
+    "forwarding method tunnel is not supported yet (-g direct routing and -m masquerading are)";
 
 // ---------------------------------------------------------------------------------------------
 // Commands and options, in ipvsadm's order (the order decides which error is reported first).
@@ -520,6 +520,7 @@ pub struct RealArgs {
     pub addr: Ipv4Addr,
     /// The port given with `-r`, if any (DR forces the service port anyway).
     pub port: Option<u16>,
+    pub forward: ForwardMethod,
     pub weight: u32,
     pub upper_threshold: u32,
     pub lower_threshold: u32,
@@ -596,14 +597,17 @@ impl Command {
         let real = |r: &RealArgs, key: &ServiceKey| RealSpec {
             addr: r.addr,
             // Direct routing: ipvsadm forces the destination port to the service port, except
-            // for fwmark services ("Don't worry about this if fwmark is used").
+            // for fwmark services ("Don't worry about this if fwmark is used"). NAT maps it:
+            // the given port, else the service's.
             port: if key.is_fwmark() {
                 r.port.unwrap_or(0)
+            } else if r.forward.maps_ports() {
+                r.port.unwrap_or(key.port)
             } else {
                 key.port
             },
             weight: r.weight,
-            forward: ForwardMethod::Route,
+            forward: r.forward,
             upper_threshold: r.upper_threshold,
             lower_threshold: r.lower_threshold,
         };
@@ -1098,7 +1102,7 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
     if ce.ipv6 {
         return Err(ArgError::unsupported("IPv6 is not supported yet"));
     }
-    if matches!(ce.forward, Some(Tag::Masq | Tag::Ipip)) || ce.tunnel_options {
+    if ce.forward == Some(Tag::Ipip) || ce.tunnel_options {
         return Err(ArgError::unsupported(FORWARD_UNSUPPORTED));
     }
     if ce.pe {
@@ -1121,6 +1125,11 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
         Ok(RealArgs {
             addr,
             port,
+            // ipvsadm's default is -g, for -a and -e alike.
+            forward: match ce.forward {
+                Some(Tag::Masq) => ForwardMethod::Masq,
+                _ => ForwardMethod::Route,
+            },
             weight: ce.weight.unwrap_or(1),
             upper_threshold: ce.upper,
             lower_threshold: ce.lower,
@@ -1375,9 +1384,23 @@ mod tests {
             p("-A --fwmark-service=1 -s rr").unwrap()
         );
         assert_eq!(
-            err("-a -t 10.0.0.1:80 -r 10.0.0.2 -m").0,
+            err("-a -t 10.0.0.1:80 -r 10.0.0.2 -i").0,
             FORWARD_UNSUPPORTED
         );
+        // -m is supported: masquerading, with the real's port mapped (or the service's).
+        match p("-a -t 10.0.0.1:80 -r 10.0.0.2:8080 -m -w 3") {
+            Ok(Command::AddServer(_, r)) => {
+                assert_eq!(
+                    (r.forward, r.port, r.weight),
+                    (ForwardMethod::Masq, Some(8080), 3)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match p("-e -t 10.0.0.1:80 -r 10.0.0.2:8080 -w 2") {
+            Ok(Command::EditServer(_, r)) => assert_eq!(r.forward, ForwardMethod::Route),
+            other => panic!("{other:?}: -e without -m means -g, as in ipvsadm"),
+        }
         assert_eq!(
             err("-A -t 10.0.0.1:80 -s rr -m").0,
             "Illegal 'forwarding-method' option with the 'add-service' command"

@@ -101,12 +101,14 @@ pub fn glibc_msort<T: Clone>(v: &mut [T], cmp: &dyn Fn(&T, &T) -> i32) {
 fn fwd_name(f: ForwardMethod) -> &'static str {
     match f {
         ForwardMethod::Route => "Route",
+        ForwardMethod::Masq => "Masq",
     }
 }
 
 fn fwd_switch(f: ForwardMethod) -> &'static str {
     match f {
         ForwardMethod::Route => "-g",
+        ForwardMethod::Masq => "-m",
     }
 }
 
