@@ -1,6 +1,7 @@
 //! The only module with `unsafe` and raw syscalls: AF_PACKET sockets, PACKET_MMAP receive
-//! rings, the socket filter and batched transmit, and the CPU latency request that keeps a
-//! sleeping worker's wake-up short. It knows nothing about load balancing.
+//! rings, the socket filter and batched transmit, the CPU latency request that keeps a
+//! sleeping worker's wake-up short, and the netlink socket to nf_tables that owns uvs's
+//! tables. It knows nothing about load balancing.
 //!
 //! Receive and transmit are built around one measured fact (../shared/perf-baseline): rewriting
 //! a frame in place inside the receive ring and handing it to `sendmmsg` from there costs
@@ -18,6 +19,7 @@
 
 pub mod cpu_latency;
 pub mod filter;
+pub mod nftables;
 pub mod ring;
 pub mod socket;
 pub mod tx;
@@ -49,4 +51,13 @@ pub(crate) fn sys_err(what: &'static str, interface: &str) -> IoError {
         interface: interface.to_string(),
         source: std::io::Error::last_os_error(),
     }
+}
+
+/// Test support: moves the calling thread into a network namespace of its own, so a test can
+/// change what the kernel holds (nftables, interfaces) without touching the machine's. False
+/// when that is not allowed (not root).
+#[cfg(test)]
+pub(crate) fn enter_private_netns() -> bool {
+    // SAFETY: geteuid has no preconditions; unshare affects only the calling thread.
+    unsafe { libc::geteuid() == 0 && libc::unshare(libc::CLONE_NEWNET) == 0 }
 }
