@@ -104,7 +104,7 @@ impl Control {
         };
         // The expanded (protocol, VIP, port) keys, mark rules included.
         let keys = snap.forwarded_keys();
-        if let Some(kf) = &self.kernel_filter {
+        if let Some(kf) = &mut self.kernel_filter {
             if let Err(e) = kf.update(&keys) {
                 return refused(format!("cannot update the kernel filter: {e}"));
             }
