@@ -24,7 +24,7 @@ pub fn start_web(lab: &mut Lab) {
 }
 
 /// Starts the director for TCP port 80 on eth0 with `toml` as its `--config`; returns its PID.
-fn start_director_with_config(lab: &mut Lab, toml: &str) -> u32 {
+pub(crate) fn start_director_with_config(lab: &mut Lab, toml: &str) -> u32 {
     let config = lab.dir().join("uvs.toml");
     std::fs::write(&config, toml).expect("config");
     common::start_director(

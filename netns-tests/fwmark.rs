@@ -82,7 +82,7 @@ fn a_mark_rule_over_80_and_443_feeds_one_fwmark_service() {
         .unwrap_or_else(|e| panic!("nft list: {e:#}"));
     for port in [80, 443] {
         assert!(
-            nft.contains(&format!("ip daddr {vip} tcp dport {port} counter")),
+            nft.contains(&format!("{vip} . tcp . {port} counter")),
             "{nft}"
         );
     }

@@ -385,7 +385,7 @@ fn uvs_graceful_stop_sends_priority_zero() {
     assert_eq!(common::curl_vip(&lab, 2).len(), 2);
 }
 
-fn keepalived_path() -> Option<PathBuf> {
+pub(crate) fn keepalived_path() -> Option<PathBuf> {
     [
         "/usr/sbin/keepalived",
         "/sbin/keepalived",

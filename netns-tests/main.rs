@@ -7,6 +7,7 @@
 
 mod admin;
 mod common;
+mod crash;
 mod demo;
 mod doctor;
 mod dr_basic;

@@ -222,7 +222,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
         None => None,
     };
     let kernel_filter = if cfg.kernel_filter {
-        KernelFilter::remove_stale();
         let hook = match cfg.arp.vip_mac {
             Some(_) => ServiceHook::Prerouting,
             None => ServiceHook::Ingress,

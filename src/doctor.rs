@@ -159,22 +159,6 @@ fn offloads(ifname: &str) -> String {
     }
 }
 
-/// Which of uvs's service-rule tables exists: `netdev` (VIPs answered with the interface
-/// MAC) or `ip` (with a VIP MAC). `None`: nft cannot be run.
-fn nft_table_present() -> Option<Option<&'static str>> {
-    for family in ["netdev", "ip"] {
-        let out = std::process::Command::new("nft")
-            .args(["list", "table", family, crate::kernel_filter::TABLE])
-            .stderr(std::process::Stdio::null())
-            .output()
-            .ok()?;
-        if out.status.success() {
-            return Some(Some(family));
-        }
-    }
-    Some(None)
-}
-
 /// Every IPv4 address configured on this namespace's interfaces, loopback included.
 fn local_addresses() -> Vec<(String, Ipv4Addr)> {
     pnet_datalink::interfaces()
@@ -339,25 +323,28 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
             )),
         }
     }
-    match (daemon_running, nft_table_present()) {
-        (true, Some(Some(family))) => r.ok(format!(
-            "kernel-copy suppression: nftables table {family} {} present",
-            crate::kernel_filter::TABLE
+    let table = crate::kernel_filter::TABLE;
+    match (daemon_running, crate::kernel_filter::installed()) {
+        (true, Ok(Some(t))) => r.ok(format!(
+            "kernel-copy suppression: nftables table {} {table} present",
+            t.family
         )),
-        (true, Some(None)) => r.fail(format!(
-            "uvs runs but its nftables table netdev (or, with a VIP MAC, ip) {} is missing: the \
-             director's kernel sees service traffic (kernel_filter = false, or the table was \
-             deleted)",
-            crate::kernel_filter::TABLE
+        (true, Ok(None)) => r.fail(format!(
+            "uvs runs but its nftables table netdev (or, with a VIP MAC, ip) {table} is missing: \
+             the director's kernel sees service traffic (kernel_filter = false)"
         )),
-        (false, Some(Some(family))) => r.warn(format!(
-            "no uvs runs but an nftables table {family} {} exists (left by a killed uvs; the \
-             next start replaces it, or: nft delete table {family} {})",
-            crate::kernel_filter::TABLE,
-            crate::kernel_filter::TABLE
+        (false, Ok(Some(t))) if t.owned => r.warn(format!(
+            "no uvs answers here but an nftables table {} {table} is held by a running \
+             process (a uvs with another --admin-socket?); it goes when that process ends",
+            t.family
         )),
-        (false, Some(None)) => r.info("no uvs runs: no nftables table expected"),
-        (_, None) => r.warn("nft is not installed: cannot check the kernel-copy suppression"),
+        (false, Ok(Some(t))) => r.warn(format!(
+            "no uvs runs but an nftables table {0} {table} exists (left by a killed uvs from \
+             before owner tables; the next start replaces it, or: nft delete table {0} {table})",
+            t.family
+        )),
+        (false, Ok(None)) => r.info("no uvs runs: no nftables table expected"),
+        (_, Err(e)) => r.warn(format!("cannot check the kernel-copy suppression: {e}")),
     }
 
     // The LAN, interface by interface.

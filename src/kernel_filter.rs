@@ -14,10 +14,16 @@
 //! frame. Everything else (the director's own traffic, other ports on the VIP) is untouched.
 //!
 //! The ingress chain runs for every frame on the generator's (the sender's) CPU, so it is kept
-//! short: the service rules come first (the common case stops at its first match), and ARP is
+//! short: the service rule comes first (the common case stops at its first match), and ARP is
 //! judged in the ARP family's hook instead, which only ARP frames reach. That is also why uvs's
 //! ARP socket can be bound to `ETH_P_ARP`: ARP protocol handlers run after the ingress hook
 //! but before `arp_rcv`'s own input hook, so the socket sees the requests the kernel then drops.
+//!
+//! The rules match against sets: `services` holds (VIP, protocol, port) keys, one lookup of
+//! `ip daddr . meta l4proto . th dport` (bench/README measured it as cheap as a rule per
+//! service), each element with its own counter; `vips` holds the VIPs for the fragment and
+//! ARP rules. A change of services adds and removes elements in one small transaction; the
+//! rules themselves never change while uvs runs.
 //!
 //! With a VIP MAC (`[arp] vip_mac`) clients address service traffic to a MAC the director's
 //! kernel does not own: `ip_rcv` drops such a frame (`PACKET_OTHERHOST`) before any hook, so
@@ -27,24 +33,39 @@
 //! With the ingress chain gone, the sending CPU no longer evaluates a rule per frame — what
 //! bench/ measured as the largest per-frame cost uvs added outside its own thread.
 //!
-//! The tables are replaced atomically (one `nft -f` transaction) and removed on every exit path
-//! uvs can catch; a new start first removes whatever a killed instance left behind.
+//! The tables are owned by uvs's netlink socket (`io::nftables`): the kernel deletes them when
+//! the process ends, however it ends. A new start removes the unowned tables a uvs from before
+//! owner tables may have left, in the same transaction that installs its own.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 
+use crate::io::nftables::{
+    Batch, ByteOrder, CmpOp, Expr, Family, Hook, MetaKey, NfSocket, NftError, PayloadBase, SetRef,
+    SetSpec, TableInfo, datatype, reg,
+};
 use crate::model::ServiceKey;
 
 pub const TABLE: &str = "uvs";
+const SERVICES: &str = "services";
+const VIPS: &str = "vips";
+/// Before conntrack's defragmentation (-400), so fragments are seen as they came.
+const PRIORITY: i32 = -500;
+/// Every family a uvs table has ever been created in.
+const FAMILIES: [Family; 3] = [Family::Netdev, Family::Ip, Family::Arp];
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelFilterError {
     #[error(
-        "cannot run nft ({0}); install nftables, or set kernel_filter = false and keep the director's kernel off the VIP yourself"
+        "cannot talk to nf_tables ({0}); uvs needs CAP_NET_ADMIN and a kernel with nftables, or set kernel_filter = false and keep the director's kernel off the VIP yourself"
     )]
-    Spawn(std::io::Error),
-    #[error("nft refused uvs's ruleset: {0}")]
-    Rejected(String),
+    Unavailable(NftError),
+    #[error(
+        "the nftables table {0} {TABLE} belongs to another running process (another uvs in this network namespace?)"
+    )]
+    OwnedElsewhere(&'static str),
+    #[error("{0}")]
+    Rejected(NftError),
 }
 
 /// Where the service rules hook in.
@@ -58,245 +79,428 @@ pub enum ServiceHook {
     Prerouting,
 }
 
-/// The service and fragment rules, one line each, `prefix` before every match.
-fn service_rules(prefix: &str, services: &[ServiceKey], vips: &[std::net::Ipv4Addr]) -> String {
-    let mut s = String::new();
-    // Services first: a forwarded frame is the common case. A non-first fragment carries
-    // no ports, so it never matches these and reaches the fragment rule.
-    for svc in services {
-        let proto = match svc.proto {
-            crate::model::Protocol::Tcp => "tcp",
-            crate::model::Protocol::Udp => "udp",
-        };
-        s.push_str(&format!(
-            "    {prefix}ip daddr {} {proto} dport {} counter drop comment \"forwarded by uvs\"\n",
-            svc.vip, svc.port
-        ));
-    }
-    for vip in vips {
-        s.push_str(&format!(
-            "    {prefix}ip daddr {vip} ip frag-off & 0x3fff != 0 counter drop comment \"fragment to a VIP\"\n"
-        ));
-    }
-    s
-}
-
-/// The ruleset text for the given interfaces and services.
-pub fn ruleset(interfaces: &[String], services: &[ServiceKey], hook: ServiceHook) -> String {
-    let mut vips: Vec<_> = services.iter().map(|s| s.vip).collect();
-    vips.sort();
-    vips.dedup();
-    let mut s = String::new();
-    // Create-then-delete makes the replacement idempotent within one transaction.
-    s.push_str(&remove_script(true));
-    let ifnames: Vec<String> = interfaces.iter().map(|i| format!("\"{i}\"")).collect();
-    match hook {
-        ServiceHook::Ingress => {
-            s.push_str(&format!("table netdev {TABLE} {{\n"));
-            for (i, ifname) in interfaces.iter().enumerate() {
-                s.push_str(&format!(
-                    "  chain ingress_{i} {{\n    type filter hook ingress device \"{ifname}\" priority -500; policy accept;\n"
-                ));
-                s.push_str(&service_rules("", services, &vips));
-                s.push_str("  }\n");
-            }
-            s.push_str("}\n");
-        }
-        ServiceHook::Prerouting => {
-            // Before conntrack's defragmentation (-400), so fragments are seen as they came.
-            s.push_str(&format!(
-                "table ip {TABLE} {{\n  chain prerouting {{\n    type filter hook prerouting priority -500; policy accept;\n"
-            ));
-            if !ifnames.is_empty() {
-                let prefix = format!("iifname {{ {} }} ", ifnames.join(", "));
-                s.push_str(&service_rules(&prefix, services, &vips));
-            }
-            s.push_str("  }\n}\n");
+impl ServiceHook {
+    fn family(self) -> Family {
+        match self {
+            ServiceHook::Ingress => Family::Netdev,
+            ServiceHook::Prerouting => Family::Ip,
         }
     }
-    s.push_str(&format!(
-        "table arp {TABLE} {{\n  chain input {{\n    type filter hook input priority -500; policy accept;\n"
-    ));
-    if !interfaces.is_empty() && !vips.is_empty() {
-        let vips: Vec<String> = vips.iter().map(|v| v.to_string()).collect();
-        s.push_str(&format!(
-            "    iifname {{ {} }} arp operation request arp daddr ip {{ {} }} counter drop comment \"answered by uvs\"\n",
-            ifnames.join(", "),
-            vips.join(", ")
-        ));
-    }
-    s.push_str("  }\n}\n");
-    s
 }
 
-/// Deletes uvs's tables. `tolerate_missing`: declare each table first, so the deletion also
-/// succeeds when it does not exist (a fresh start, or a table already removed).
-fn remove_script(tolerate_missing: bool) -> String {
-    let mut s = String::new();
-    for family in ["netdev", "ip", "arp"] {
-        if tolerate_missing {
-            s.push_str(&format!("table {family} {TABLE}\n"));
+/// A `services` key: `ipv4_addr . inet_proto . inet_service`, each part in a 4-byte register
+/// of its own (the protocol in its first byte, the port big-endian in its first two).
+type Key = (Ipv4Addr, u8, u16);
+
+fn key_of(s: &ServiceKey) -> Key {
+    (s.vip, s.proto.number(), s.port)
+}
+
+fn service_bytes(&(vip, proto, port): &Key) -> Vec<u8> {
+    let mut b = vec![0u8; 12];
+    b[..4].copy_from_slice(&vip.octets());
+    b[4] = proto;
+    b[8..10].copy_from_slice(&port.to_be_bytes());
+    b
+}
+
+fn vip_bytes(vip: &Ipv4Addr) -> Vec<u8> {
+    vip.octets().to_vec()
+}
+
+/// An interface name as `meta iifname` loads it: IFNAMSIZ bytes, zero-padded.
+fn ifname_bytes(name: &str) -> Vec<u8> {
+    let mut b = name.as_bytes().to_vec();
+    b.resize(16, 0);
+    b
+}
+
+const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+const ARPOP_REQUEST: [u8; 2] = [0x00, 0x01];
+/// The IPv4 header's flags-and-offset field without DF: MF or a non-zero offset.
+const FRAGMENT_MASK: [u8; 2] = [0x3f, 0xff];
+
+/// The expressions that select IPv4 from a served interface: a netdev chain is per interface
+/// but sees every ethertype; the ip chain sees only IPv4 but from every interface.
+fn ipv4_on<'a>(interfaces: Option<&'a SetRef>) -> Vec<Expr<'a>> {
+    match interfaces {
+        None => vec![
+            Expr::Meta {
+                key: MetaKey::Protocol,
+                dreg: reg::R1,
+            },
+            Expr::Cmp {
+                sreg: reg::R1,
+                op: CmpOp::Eq,
+                data: &ETH_P_IP,
+            },
+        ],
+        Some(set) => vec![
+            Expr::Meta {
+                key: MetaKey::Iifname,
+                dreg: reg::R1,
+            },
+            Expr::Lookup { sreg: reg::R1, set },
+        ],
+    }
+}
+
+/// `ip daddr . meta l4proto . th dport @services drop`. A non-first fragment has no transport
+/// header, so `th dport` loads nothing and it falls through to the fragment rule.
+fn service_rule<'a>(interfaces: Option<&'a SetRef>, services: &'a SetRef) -> Vec<Expr<'a>> {
+    let mut e = ipv4_on(interfaces);
+    e.extend([
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: 16,
+            len: 4,
+            dreg: reg::R1,
+        },
+        Expr::Meta {
+            key: MetaKey::L4Proto,
+            dreg: reg::R32_01,
+        },
+        Expr::Payload {
+            base: PayloadBase::Transport,
+            offset: 2,
+            len: 2,
+            dreg: reg::R32_02,
+        },
+        Expr::Lookup {
+            sreg: reg::R1,
+            set: services,
+        },
+        Expr::Drop,
+    ]);
+    e
+}
+
+/// `ip daddr @vips ip frag-off & 0x3fff != 0 counter drop`.
+fn fragment_rule<'a>(interfaces: Option<&'a SetRef>, vips: &'a SetRef) -> Vec<Expr<'a>> {
+    let mut e = ipv4_on(interfaces);
+    e.extend([
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: 16,
+            len: 4,
+            dreg: reg::R1,
+        },
+        Expr::Lookup {
+            sreg: reg::R1,
+            set: vips,
+        },
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: 6,
+            len: 2,
+            dreg: reg::R1,
+        },
+        Expr::Bitwise {
+            sreg: reg::R1,
+            dreg: reg::R1,
+            mask: &FRAGMENT_MASK,
+            xor: &[0, 0],
+        },
+        Expr::Cmp {
+            sreg: reg::R1,
+            op: CmpOp::Neq,
+            data: &[0, 0],
+        },
+        Expr::Counter,
+        Expr::Drop,
+    ]);
+    e
+}
+
+/// `iifname { … } arp operation request arp daddr ip @vips counter drop`.
+fn arp_rule<'a>(interfaces: &'a SetRef, vips: &'a SetRef) -> Vec<Expr<'a>> {
+    vec![
+        Expr::Meta {
+            key: MetaKey::Iifname,
+            dreg: reg::R1,
+        },
+        Expr::Lookup {
+            sreg: reg::R1,
+            set: interfaces,
+        },
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: 6,
+            len: 2,
+            dreg: reg::R1,
+        },
+        Expr::Cmp {
+            sreg: reg::R1,
+            op: CmpOp::Eq,
+            data: &ARPOP_REQUEST,
+        },
+        // The target protocol address, after two 6-byte hardware and two 4-byte addresses'
+        // worth of Ethernet/IPv4 ARP (as nft's `arp daddr ip` reads it).
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: 24,
+            len: 4,
+            dreg: reg::R1,
+        },
+        Expr::Lookup {
+            sreg: reg::R1,
+            set: vips,
+        },
+        Expr::Counter,
+        Expr::Drop,
+    ]
+}
+
+/// A service-rule builder: the served-interface set (none in a per-device chain), the set the
+/// rule looks up.
+type RuleFn = for<'a> fn(Option<&'a SetRef>, &'a SetRef) -> Vec<Expr<'a>>;
+
+fn services_spec() -> SetSpec<'static> {
+    SetSpec {
+        name: SERVICES,
+        key_type: datatype::concat(&[
+            datatype::IPV4_ADDR,
+            datatype::INET_PROTOCOL,
+            datatype::INET_SERVICE,
+        ]),
+        key_len: 12,
+        byte_order: ByteOrder::Mixed,
+        counters: true,
+    }
+}
+
+fn vips_spec() -> SetSpec<'static> {
+    SetSpec {
+        name: VIPS,
+        key_type: datatype::IPV4_ADDR,
+        key_len: 4,
+        byte_order: ByteOrder::Big,
+        counters: false,
+    }
+}
+
+/// The whole installation, as one transaction: first every `uvs` table there may be (an
+/// earlier uvs's, of either hook) goes, then ours come, sets before the rules that use them.
+fn install_batch(
+    interfaces: &[String],
+    hook: ServiceHook,
+    services: &BTreeSet<Key>,
+    vips: &BTreeSet<Ipv4Addr>,
+) -> Batch {
+    let mut b = Batch::new();
+    // Declaring a table first makes the deletion succeed whether or not it exists.
+    for f in FAMILIES {
+        b.declare_table(f, TABLE);
+        b.delete_table(f, TABLE);
+    }
+    let service_keys: Vec<Vec<u8>> = services.iter().map(service_bytes).collect();
+    let vip_keys: Vec<Vec<u8>> = vips.iter().map(vip_bytes).collect();
+    let ifnames: Vec<Vec<u8>> = interfaces.iter().map(|i| ifname_bytes(i)).collect();
+
+    let fam = hook.family();
+    b.add_owned_table(fam, TABLE);
+    let svc_set = b.add_set(fam, TABLE, &services_spec());
+    b.add_elements(fam, TABLE, &svc_set, &service_keys);
+    let vip_set = b.add_set(fam, TABLE, &vips_spec());
+    b.add_elements(fam, TABLE, &vip_set, &vip_keys);
+    b.add_owned_table(Family::Arp, TABLE);
+    let arp_vips = b.add_set(Family::Arp, TABLE, &vips_spec());
+    b.add_elements(Family::Arp, TABLE, &arp_vips, &vip_keys);
+
+    // Each chain in hook order; in a chain, services first: a forwarded frame is the common
+    // case.
+    let served = |b: &mut Batch, f: Family| -> Option<SetRef> {
+        (!ifnames.is_empty()).then(|| {
+            // Anonymous: it lives with the one rule that uses it.
+            b.add_anonymous_set(f, TABLE, datatype::IFNAME, 16, ByteOrder::Host, &ifnames)
+        })
+    };
+    let chains: Vec<(String, Option<&str>)> = match hook {
+        ServiceHook::Ingress => interfaces
+            .iter()
+            .enumerate()
+            .map(|(i, ifname)| (format!("ingress_{i}"), Some(ifname.as_str())))
+            .collect(),
+        ServiceHook::Prerouting => vec![("prerouting".to_string(), None)],
+    };
+    for (chain, device) in &chains {
+        b.add_base_chain(
+            fam,
+            TABLE,
+            chain,
+            &Hook {
+                // NF_NETDEV_INGRESS, NF_INET_PRE_ROUTING
+                num: 0,
+                priority: PRIORITY,
+                device: *device,
+            },
+        );
+        let rules: [(RuleFn, &SetRef, &str); 2] = [
+            (service_rule, &svc_set, "forwarded by uvs"),
+            (fragment_rule, &vip_set, "fragment to a VIP"),
+        ];
+        for (rule, set, comment) in rules {
+            // A netdev chain serves its own device; the ip chain every served interface.
+            let on = match device {
+                Some(_) => None,
+                None => match served(&mut b, fam) {
+                    Some(on) => Some(on),
+                    None => continue,
+                },
+            };
+            b.add_rule(fam, TABLE, chain, &rule(on.as_ref(), set), comment);
         }
-        s.push_str(&format!("delete table {family} {TABLE}\n"));
     }
-    s
+
+    b.add_base_chain(
+        Family::Arp,
+        TABLE,
+        "input",
+        &Hook {
+            // NF_ARP_IN
+            num: 0,
+            priority: PRIORITY,
+            device: None,
+        },
+    );
+    if let Some(on) = served(&mut b, Family::Arp) {
+        let rule = arp_rule(&on, &arp_vips);
+        b.add_rule(Family::Arp, TABLE, "input", &rule, "answered by uvs");
+    }
+    b
 }
 
-fn nft(script: &str) -> Result<(), KernelFilterError> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(KernelFilterError::Spawn)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(KernelFilterError::Spawn)?;
+/// The element changes that take the sets from `old` to `new`, as one transaction (empty
+/// when nothing changes).
+fn update_batch(
+    hook: ServiceHook,
+    old: (&BTreeSet<Key>, &BTreeSet<Ipv4Addr>),
+    new: (&BTreeSet<Key>, &BTreeSet<Ipv4Addr>),
+) -> Batch {
+    let mut b = Batch::new();
+    let fam = hook.family();
+    let services = SetRef::existing(SERVICES);
+    let vips = SetRef::existing(VIPS);
+    let gone: Vec<Vec<u8>> = old.0.difference(new.0).map(service_bytes).collect();
+    let added: Vec<Vec<u8>> = new.0.difference(old.0).map(service_bytes).collect();
+    b.delete_elements(fam, TABLE, &services, &gone);
+    b.add_elements(fam, TABLE, &services, &added);
+    let gone: Vec<Vec<u8>> = old.1.difference(new.1).map(vip_bytes).collect();
+    let added: Vec<Vec<u8>> = new.1.difference(old.1).map(vip_bytes).collect();
+    for f in [fam, Family::Arp] {
+        b.delete_elements(f, TABLE, &vips, &gone);
+        b.add_elements(f, TABLE, &vips, &added);
     }
-    let out = child.wait_with_output().map_err(KernelFilterError::Spawn)?;
-    if !out.status.success() {
-        return Err(KernelFilterError::Rejected(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    Ok(())
+    b
 }
 
-/// The installed table; dropping it removes the table.
+fn wanted(services: &[ServiceKey]) -> (BTreeSet<Key>, BTreeSet<Ipv4Addr>) {
+    let keys: BTreeSet<Key> = services.iter().map(key_of).collect();
+    let vips = keys.iter().map(|k| k.0).collect();
+    (keys, vips)
+}
+
+/// uvs's tables in the kernel; they go when this is dropped or the process ends.
 #[derive(Debug)]
 pub struct KernelFilter {
-    interfaces: Vec<String>,
+    sock: NfSocket,
     hook: ServiceHook,
+    services: BTreeSet<Key>,
+    vips: BTreeSet<Ipv4Addr>,
 }
 
 impl KernelFilter {
-    /// Removes a table left by an earlier instance (if any) and installs ours.
+    /// Removes the tables an earlier instance left (if any) and installs ours, in one
+    /// transaction.
     pub fn install(
         interfaces: &[String],
         services: &[ServiceKey],
         hook: ServiceHook,
     ) -> Result<KernelFilter, KernelFilterError> {
-        nft(&ruleset(interfaces, services, hook))?;
+        let mut sock = NfSocket::open().map_err(KernelFilterError::Unavailable)?;
+        for t in uvs_tables(&mut sock)? {
+            let family = t.family().map_or("?", Family::name);
+            if t.is_owned() {
+                return Err(KernelFilterError::OwnedElsewhere(family));
+            }
+            log::info!("replacing the nftables table {family} {TABLE} an earlier uvs left behind");
+        }
+        let (keys, vips) = wanted(services);
+        sock.commit(&install_batch(interfaces, hook, &keys, &vips))
+            .map_err(KernelFilterError::Rejected)?;
         Ok(KernelFilter {
-            interfaces: interfaces.to_vec(),
+            sock,
             hook,
+            services: keys,
+            vips,
         })
     }
 
-    /// Replaces the rules after a configuration change (atomically).
-    pub fn update(&self, services: &[ServiceKey]) -> Result<(), KernelFilterError> {
-        nft(&ruleset(&self.interfaces, services, self.hook))
-    }
-
-    /// Removes a table left behind by a killed instance. Not having one is fine.
-    pub fn remove_stale() {
-        let _ = nft(&remove_script(true));
+    /// Brings the sets to `services` (the expanded (protocol, VIP, port) keys): only the
+    /// elements that change, in one transaction; nothing is sent when none does. On an error
+    /// the kernel and this filter keep the previous sets.
+    pub fn update(&mut self, services: &[ServiceKey]) -> Result<(), KernelFilterError> {
+        let (keys, vips) = wanted(services);
+        let batch = update_batch(self.hook, (&self.services, &self.vips), (&keys, &vips));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.sock
+            .commit(&batch)
+            .map_err(KernelFilterError::Rejected)?;
+        self.services = keys;
+        self.vips = vips;
+        Ok(())
     }
 }
 
 impl Drop for KernelFilter {
     fn drop(&mut self) {
-        // Tolerant: if one table was deleted by hand, the other must still go.
-        if let Err(e) = nft(&remove_script(true)) {
-            log::warn!("could not remove nftables tables netdev/ip/arp {TABLE}: {e}");
+        // Closing the socket would delete the tables too; deleting them first reports a
+        // failure instead of hiding it.
+        let mut b = Batch::new();
+        b.delete_table(self.hook.family(), TABLE);
+        b.delete_table(Family::Arp, TABLE);
+        if let Err(e) = self.sock.commit(&b) {
+            log::warn!(
+                "could not remove the nftables tables {TABLE} (the kernel removes them as uvs exits): {e}"
+            );
         }
     }
+}
+
+fn uvs_tables(sock: &mut NfSocket) -> Result<Vec<TableInfo>, KernelFilterError> {
+    let tables = sock.list_tables().map_err(KernelFilterError::Unavailable)?;
+    Ok(tables
+        .into_iter()
+        .filter(|t| t.name == TABLE && t.family().is_some())
+        .collect())
+}
+
+/// A service-rule table found in the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Installed {
+    /// `netdev` (VIPs answered with the interface MAC) or `ip` (with a VIP MAC).
+    pub family: &'static str,
+    /// Owned by a running process's socket; an unowned one was left by a uvs from before
+    /// owner tables, which nothing removes until the next start.
+    pub owned: bool,
+}
+
+/// uvs's service-rule table in this network namespace, if any.
+pub fn installed() -> Result<Option<Installed>, KernelFilterError> {
+    let mut sock = NfSocket::open().map_err(KernelFilterError::Unavailable)?;
+    let tables = uvs_tables(&mut sock)?;
+    Ok([Family::Netdev, Family::Ip].into_iter().find_map(|f| {
+        tables
+            .iter()
+            .find(|t| t.family() == Some(f))
+            .map(|t| Installed {
+                family: f.name(),
+                owned: t.is_owned(),
+            })
+    }))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::Protocol;
-    use std::net::Ipv4Addr;
-
-    const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
-
-    fn two_services() -> [ServiceKey; 2] {
-        [
-            ServiceKey {
-                proto: Protocol::Tcp,
-                vip: VIP,
-                port: 80,
-                fwmark: 0,
-            },
-            ServiceKey {
-                proto: Protocol::Udp,
-                vip: VIP,
-                port: 53,
-                fwmark: 0,
-            },
-        ]
-    }
-
-    #[test]
-    fn with_a_vip_mac_the_service_rules_leave_the_per_frame_ingress_hook() {
-        let r = ruleset(
-            &["eth0".into(), "eth1".into()],
-            &two_services(),
-            ServiceHook::Prerouting,
-        );
-        assert!(!r.contains("table netdev uvs {"), "{r}");
-        assert!(!r.contains("hook ingress"), "{r}");
-        let ip = &r[r.find("table ip uvs {").expect("ip table")..];
-        assert!(ip.starts_with(
-            "table ip uvs {\n  chain prerouting {\n    type filter hook prerouting priority -500;"
-        ));
-        let on = "iifname { \"eth0\", \"eth1\" } ip daddr 10.0.0.100";
-        assert_eq!(
-            r.matches(&format!("{on} tcp dport 80 counter drop"))
-                .count(),
-            1
-        );
-        assert_eq!(
-            r.matches(&format!("{on} udp dport 53 counter drop"))
-                .count(),
-            1
-        );
-        assert_eq!(r.matches(&format!("{on} ip frag-off")).count(), 1);
-        // The kernel must still not answer ARP for the VIPs.
-        assert!(r.contains("arp operation request arp daddr ip { 10.0.0.100 } counter drop"));
-        // Every table of either mode is removed first, so switching modes leaves nothing.
-        for family in ["netdev", "ip", "arp"] {
-            assert!(r.contains(&format!("delete table {family} uvs\n")));
-        }
-    }
-
-    #[test]
-    fn ruleset_covers_services_fragments_and_arp_of_every_interface() {
-        let r = ruleset(
-            &["eth0".into(), "eth1".into()],
-            &two_services(),
-            ServiceHook::Ingress,
-        );
-        assert!(r.contains("device \"eth0\""));
-        assert!(r.contains("device \"eth1\""));
-        assert!(!r.contains("table ip uvs {"));
-        assert_eq!(
-            r.matches("ip daddr 10.0.0.100 tcp dport 80 counter drop")
-                .count(),
-            2
-        );
-        assert_eq!(
-            r.matches("ip daddr 10.0.0.100 udp dport 53 counter drop")
-                .count(),
-            2
-        );
-        assert_eq!(r.matches("frag-off").count(), 2);
-        // The service rules precede the fragment rule in each chain.
-        let chain0 = &r[r.find("ingress_0").unwrap()..r.find("ingress_1").unwrap()];
-        assert!(chain0.find("dport 80").unwrap() < chain0.find("frag-off").unwrap());
-        // ARP requests for a VIP are judged once, in the ARP family, for both interfaces.
-        assert!(r.contains(
-            "table arp uvs {\n  chain input {\n    type filter hook input priority -500;"
-        ));
-        assert_eq!(
-            r.matches(
-                "iifname { \"eth0\", \"eth1\" } arp operation request arp daddr ip { 10.0.0.100 } counter drop"
-            )
-            .count(),
-            1
-        );
-    }
-}
+mod tests;

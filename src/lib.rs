@@ -6,7 +6,7 @@
 //!                                                     └─miss─► sched::pick ─┘     ▲
 //!                                                                                 │ neigh::cache (MAC slots)
 //! control ──builds──► snapshot ──ArcSwap::store──► workers (one load per batch)
-//! control ──writes──► neigh::cache slots;  ARP socket ◄──► neigh::arp;  /metrics;  kernel_filter (nft)
+//! control ──writes──► neigh::cache slots;  ARP socket ◄──► neigh::arp;  /metrics;  kernel_filter (nf_tables)
 //! ctl::server ──AdminPort──► control::admin (typed operations)
 //! ```
 //!

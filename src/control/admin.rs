@@ -87,7 +87,7 @@ impl Control {
             .with_timeouts(Timeouts::with_set(t.tcp, t.tcpfin, t.udp));
         // The expanded (protocol, VIP, port) keys, mark rules included.
         let keys = snap.forwarded_keys();
-        if let Some(kf) = &self.kernel_filter {
+        if let Some(kf) = &mut self.kernel_filter {
             kf.update(&keys)
                 .map_err(|e| Refused::whole(format!("cannot update the kernel filter: {e}")))?;
         }

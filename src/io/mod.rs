@@ -1,9 +1,10 @@
 //! The only module with `unsafe` and raw syscalls (the crate root denies `unsafe_code`
 //! everywhere else): AF_PACKET sockets, PACKET_MMAP receive rings, the socket filter, batched
-//! transmit, huge-page tables, raw IP and UDP socket options (VRRP, sync, the lab's
-//! responder), peer credentials, signals, clocks, process signals, per-thread knobs, and the
-//! CPU latency request. Each function here is safe to call; each `unsafe` block says why it is
-//! sound. It knows nothing about load balancing.
+//! transmit, huge-page tables, netlink (the nf_tables socket that owns uvs's tables, the
+//! routing table), raw IP and UDP socket options (VRRP, sync, the lab's responder), peer
+//! credentials, signals, clocks, process signals, per-thread knobs, and the CPU latency
+//! request. Each function here is safe to call; each `unsafe` block says why it is sound. It
+//! knows nothing about load balancing.
 //!
 //! Receive and transmit are built around one measured fact (a C forwarder measured both
 //! ways): rewriting a frame in place inside the receive ring and handing it to `sendmmsg` from there costs
@@ -24,6 +25,7 @@ pub mod cpu_latency;
 pub mod filter;
 pub mod huge_array;
 pub mod ip_raw;
+pub mod nftables;
 pub mod process;
 pub mod ring;
 pub mod rtnetlink;
@@ -62,4 +64,13 @@ pub(crate) fn sys_err(what: &'static str, interface: &str) -> IoError {
         interface: interface.to_string(),
         source: std::io::Error::last_os_error(),
     }
+}
+
+/// Test support: moves the calling thread into a network namespace of its own, so a test can
+/// change what the kernel holds (nftables, interfaces) without touching the machine's. False
+/// when that is not allowed (not root).
+#[cfg(test)]
+pub(crate) fn enter_private_netns() -> bool {
+    // SAFETY: geteuid has no preconditions; unshare affects only the calling thread.
+    unsafe { libc::geteuid() == 0 && libc::unshare(libc::CLONE_NEWNET) == 0 }
 }
