@@ -31,7 +31,7 @@ use crate::io::filter::receive_filter;
 use crate::io::ring::{MAX_V2_BATCH, RxRing};
 use crate::io::signals;
 use crate::io::socket::{self, Fanout, RingStats, RxSocketPlan};
-use crate::kernel_filter::{KernelFilter, ServiceHook};
+use crate::kernel_filter::{Filtered, KernelFilter, ServiceHook};
 use crate::model::change::{AdminState, TimeoutsSecs, apply};
 use crate::neigh::arp::{ArpEngine, ArpInterface};
 use crate::neigh::cache::NeighTable;
@@ -202,6 +202,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot open the admin socket: {e}"))?;
     let vips = snapshot.vips();
     let nat_sources = snapshot.nat_sources().to_vec();
+    let nat_replies = snapshot.nat_replies().to_vec();
+    let locals = snapshot.local_addrs().to_vec();
     // The expanded (protocol, VIP, port) keys, mark rules included.
     let service_keys = snapshot.forwarded_keys();
 
@@ -226,7 +228,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
             Some(_) => ServiceHook::Prerouting,
             None => ServiceHook::Ingress,
         };
-        Some(KernelFilter::install(&if_names, &service_keys, hook)?)
+        let filtered = Filtered {
+            services: &service_keys,
+            nat_replies: &nat_replies,
+            locals: &locals,
+        };
+        Some(KernelFilter::install(&if_names, &filtered, hook)?)
     } else {
         log::warn!("kernel_filter = false: the director's kernel also sees service traffic");
         None
@@ -485,9 +492,19 @@ fn start_health(
                     neigh: Arc::clone(neigh),
                 })
             });
+            // The real's port as configured (a fwmark service's real may have none: the
+            // service's then, and the check names its own).
+            let port = cfg
+                .services
+                .service(&svc.key)
+                .and_then(|s| s.reals.iter().find(|x| x.addr == r.addr))
+                .map(|x| x.port)
+                .filter(|p| *p != 0)
+                .unwrap_or(svc.key.port);
             let runner = Runner {
                 service: svc.key,
                 addr: r.addr,
+                port,
                 spec: r.check.clone(),
                 regex,
                 vip_path,

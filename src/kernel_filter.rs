@@ -33,6 +33,15 @@
 //! With the ingress chain gone, the sending CPU no longer evaluates a rule per frame — what
 //! bench/ measured as the largest per-frame cost uvs added outside its own thread.
 //!
+//! Masquerading reals route their replies through the director, and a NAT director has
+//! `ip_forward=1` (the tutorials set it): the kernel would forward each raw reply (from the
+//! real's address) beside the one uvs rewrites, and the client would answer the stranger with
+//! a reset. So the same chains also drop what comes from a masquerading real's service port
+//! (the `nat_replies` set, keyed like `services`) or is an ICMP error about such a reply,
+//! unless it goes to one of the director's own addresses (`locals`): the director's health
+//! checks and an operator's connections to a real are the kernel's. The reals' other traffic
+//! (other source ports) is routed by the kernel as usual.
+//!
 //! The tables are owned by uvs's netlink socket (`io::nftables`): the kernel deletes them when
 //! the process ends, however it ends. A new start removes the unowned tables a uvs from before
 //! owner tables may have left, in the same transaction that installs its own.
@@ -49,6 +58,8 @@ use crate::model::ServiceKey;
 pub const TABLE: &str = "uvs";
 const SERVICES: &str = "services";
 const VIPS: &str = "vips";
+const NAT_REPLIES: &str = "nat_replies";
+const LOCALS: &str = "locals";
 /// Before conntrack's defragmentation (-400), so fragments are seen as they came.
 const PRIORITY: i32 = -500;
 /// Every family a uvs table has ever been created in.
@@ -175,6 +186,106 @@ fn service_rule<'a>(interfaces: Option<&'a SetRef>, services: &'a SetRef) -> Vec
     e
 }
 
+/// `ip saddr . meta l4proto . th sport @nat_replies ip daddr != @locals counter drop`.
+fn nat_reply_rule<'a>(
+    interfaces: Option<&'a SetRef>,
+    sets: (&'a SetRef, &'a SetRef),
+) -> Vec<Expr<'a>> {
+    let (replies, locals) = sets;
+    let mut e = ipv4_on(interfaces);
+    e.extend([
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: 12,
+            len: 4,
+            dreg: reg::R1,
+        },
+        Expr::Meta {
+            key: MetaKey::L4Proto,
+            dreg: reg::R32_01,
+        },
+        Expr::Payload {
+            base: PayloadBase::Transport,
+            offset: 0,
+            len: 2,
+            dreg: reg::R32_02,
+        },
+        Expr::Lookup {
+            sreg: reg::R1,
+            set: replies,
+        },
+    ]);
+    e.extend(not_to_the_director(locals));
+    e
+}
+
+/// `meta l4proto icmp ip saddr . @th,136,8 . @th,240,16 @nat_replies ip daddr != @locals
+/// counter drop`: an ICMP error a masquerading real sends about a packet it received on its
+/// service port (the quoted packet's protocol and destination port, its IP header taken to
+/// be 20 bytes).
+fn nat_icmp_rule<'a>(
+    interfaces: Option<&'a SetRef>,
+    sets: (&'a SetRef, &'a SetRef),
+) -> Vec<Expr<'a>> {
+    let (replies, locals) = sets;
+    let mut e = ipv4_on(interfaces);
+    e.extend([
+        Expr::Meta {
+            key: MetaKey::L4Proto,
+            dreg: reg::R1,
+        },
+        Expr::Cmp {
+            sreg: reg::R1,
+            op: CmpOp::Eq,
+            data: &[IPPROTO_ICMP],
+        },
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: 12,
+            len: 4,
+            dreg: reg::R1,
+        },
+        Expr::Payload {
+            base: PayloadBase::Transport,
+            offset: 8 + 9,
+            len: 1,
+            dreg: reg::R32_01,
+        },
+        Expr::Payload {
+            base: PayloadBase::Transport,
+            offset: 8 + 22,
+            len: 2,
+            dreg: reg::R32_02,
+        },
+        Expr::Lookup {
+            sreg: reg::R1,
+            set: replies,
+        },
+    ]);
+    e.extend(not_to_the_director(locals));
+    e
+}
+
+/// `ip daddr != @locals counter drop`.
+fn not_to_the_director(locals: &SetRef) -> [Expr<'_>; 4] {
+    [
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: 16,
+            len: 4,
+            dreg: reg::R1,
+        },
+        Expr::NotIn {
+            sreg: reg::R1,
+            set: locals,
+        },
+        Expr::Counter,
+        Expr::Drop,
+    ]
+}
+
+const IPPROTO_ICMP: u8 = 1;
+
 /// `ip daddr @vips ip frag-off & 0x3fff != 0 counter drop`.
 fn fragment_rule<'a>(interfaces: Option<&'a SetRef>, vips: &'a SetRef) -> Vec<Expr<'a>> {
     let mut e = ipv4_on(interfaces);
@@ -254,6 +365,8 @@ fn arp_rule<'a>(interfaces: &'a SetRef, vips: &'a SetRef) -> Vec<Expr<'a>> {
 /// A service-rule builder: the served-interface set (none in a per-device chain), the set the
 /// rule looks up.
 type RuleFn = for<'a> fn(Option<&'a SetRef>, &'a SetRef) -> Vec<Expr<'a>>;
+/// A NAT-reply rule builder: the served-interface set, and the `nat_replies` and `locals` sets.
+type NatRuleFn = for<'a> fn(Option<&'a SetRef>, (&'a SetRef, &'a SetRef)) -> Vec<Expr<'a>>;
 
 fn services_spec() -> SetSpec<'static> {
     SetSpec {
@@ -270,8 +383,12 @@ fn services_spec() -> SetSpec<'static> {
 }
 
 fn vips_spec() -> SetSpec<'static> {
+    addr_set(VIPS)
+}
+
+fn addr_set(name: &'static str) -> SetSpec<'static> {
     SetSpec {
-        name: VIPS,
+        name,
         key_type: datatype::IPV4_ADDR,
         key_len: 4,
         byte_order: ByteOrder::Big,
@@ -279,22 +396,26 @@ fn vips_spec() -> SetSpec<'static> {
     }
 }
 
+fn nat_replies_spec() -> SetSpec<'static> {
+    SetSpec {
+        name: NAT_REPLIES,
+        ..services_spec()
+    }
+}
+
 /// The whole installation, as one transaction: first every `uvs` table there may be (an
 /// earlier uvs's, of either hook) goes, then ours come, sets before the rules that use them.
-fn install_batch(
-    interfaces: &[String],
-    hook: ServiceHook,
-    services: &BTreeSet<Key>,
-    vips: &BTreeSet<Ipv4Addr>,
-) -> Batch {
+fn install_batch(interfaces: &[String], hook: ServiceHook, w: &Wanted) -> Batch {
     let mut b = Batch::new();
     // Declaring a table first makes the deletion succeed whether or not it exists.
     for f in FAMILIES {
         b.declare_table(f, TABLE);
         b.delete_table(f, TABLE);
     }
-    let service_keys: Vec<Vec<u8>> = services.iter().map(service_bytes).collect();
-    let vip_keys: Vec<Vec<u8>> = vips.iter().map(vip_bytes).collect();
+    let service_keys: Vec<Vec<u8>> = w.services.iter().map(service_bytes).collect();
+    let vip_keys: Vec<Vec<u8>> = w.vips.iter().map(vip_bytes).collect();
+    let reply_keys: Vec<Vec<u8>> = w.nat_replies.iter().map(service_bytes).collect();
+    let local_keys: Vec<Vec<u8>> = w.locals.iter().map(vip_bytes).collect();
     let ifnames: Vec<Vec<u8>> = interfaces.iter().map(|i| ifname_bytes(i)).collect();
 
     let fam = hook.family();
@@ -339,15 +460,13 @@ fn install_batch(
             (service_rule, &svc_set, "forwarded by uvs"),
             (fragment_rule, &vip_set, "fragment to a VIP"),
         ];
+        // A netdev chain serves its own device; the ip chain every served interface.
+        let on = |b: &mut Batch| match device {
+            Some(_) => Some(None),
+            None => served(b, fam).map(Some),
+        };
         for (rule, set, comment) in rules {
-            // A netdev chain serves its own device; the ip chain every served interface.
-            let on = match device {
-                Some(_) => None,
-                None => match served(&mut b, fam) {
-                    Some(on) => Some(on),
-                    None => continue,
-                },
-            };
+            let Some(on) = on(&mut b) else { continue };
             b.add_rule(fam, TABLE, chain, &rule(on.as_ref(), set), comment);
         }
     }
@@ -367,37 +486,104 @@ fn install_batch(
         let rule = arp_rule(&on, &arp_vips);
         b.add_rule(Family::Arp, TABLE, "input", &rule, "answered by uvs");
     }
+
+    // The NAT rules last, appended to the service chains (so everything above is built as nft
+    // builds it, set ids included).
+    let reply_set = b.add_set(fam, TABLE, &nat_replies_spec());
+    b.add_elements(fam, TABLE, &reply_set, &reply_keys);
+    let local_set = b.add_set(fam, TABLE, &addr_set(LOCALS));
+    b.add_elements(fam, TABLE, &local_set, &local_keys);
+    for (chain, device) in &chains {
+        let nat: [(NatRuleFn, &str); 2] = [
+            (nat_reply_rule, "a reply uvs rewrites"),
+            (nat_icmp_rule, "ICMP about a reply uvs rewrites"),
+        ];
+        for (rule, comment) in nat {
+            let on = match device {
+                Some(_) => None,
+                None => match served(&mut b, fam) {
+                    Some(on) => Some(on),
+                    None => continue,
+                },
+            };
+            let sets = (&reply_set, &local_set);
+            b.add_rule(fam, TABLE, chain, &rule(on.as_ref(), sets), comment);
+        }
+    }
     b
 }
 
 /// The element changes that take the sets from `old` to `new`, as one transaction (empty
 /// when nothing changes).
-fn update_batch(
-    hook: ServiceHook,
-    old: (&BTreeSet<Key>, &BTreeSet<Ipv4Addr>),
-    new: (&BTreeSet<Key>, &BTreeSet<Ipv4Addr>),
-) -> Batch {
+fn update_batch(hook: ServiceHook, old: &Wanted, new: &Wanted) -> Batch {
     let mut b = Batch::new();
     let fam = hook.family();
-    let services = SetRef::existing(SERVICES);
-    let vips = SetRef::existing(VIPS);
-    let gone: Vec<Vec<u8>> = old.0.difference(new.0).map(service_bytes).collect();
-    let added: Vec<Vec<u8>> = new.0.difference(old.0).map(service_bytes).collect();
-    b.delete_elements(fam, TABLE, &services, &gone);
-    b.add_elements(fam, TABLE, &services, &added);
-    let gone: Vec<Vec<u8>> = old.1.difference(new.1).map(vip_bytes).collect();
-    let added: Vec<Vec<u8>> = new.1.difference(old.1).map(vip_bytes).collect();
-    for f in [fam, Family::Arp] {
-        b.delete_elements(f, TABLE, &vips, &gone);
-        b.add_elements(f, TABLE, &vips, &added);
+    fn change<T: Ord>(
+        b: &mut Batch,
+        f: Family,
+        set: &str,
+        old: &BTreeSet<T>,
+        new: &BTreeSet<T>,
+        bytes: fn(&T) -> Vec<u8>,
+    ) {
+        let set = SetRef::existing(set);
+        let gone: Vec<Vec<u8>> = old.difference(new).map(bytes).collect();
+        let added: Vec<Vec<u8>> = new.difference(old).map(bytes).collect();
+        b.delete_elements(f, TABLE, &set, &gone);
+        b.add_elements(f, TABLE, &set, &added);
     }
+    change(
+        &mut b,
+        fam,
+        SERVICES,
+        &old.services,
+        &new.services,
+        service_bytes,
+    );
+    for f in [fam, Family::Arp] {
+        change(&mut b, f, VIPS, &old.vips, &new.vips, vip_bytes);
+    }
+    change(
+        &mut b,
+        fam,
+        NAT_REPLIES,
+        &old.nat_replies,
+        &new.nat_replies,
+        service_bytes,
+    );
+    change(&mut b, fam, LOCALS, &old.locals, &new.locals, vip_bytes);
     b
 }
 
-fn wanted(services: &[ServiceKey]) -> (BTreeSet<Key>, BTreeSet<Ipv4Addr>) {
-    let keys: BTreeSet<Key> = services.iter().map(key_of).collect();
-    let vips = keys.iter().map(|k| k.0).collect();
-    (keys, vips)
+/// What the sets hold.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Wanted {
+    services: BTreeSet<Key>,
+    vips: BTreeSet<Ipv4Addr>,
+    nat_replies: BTreeSet<Key>,
+    locals: BTreeSet<Ipv4Addr>,
+}
+
+/// What the director's kernel must be kept off.
+#[derive(Clone, Copy, Debug)]
+pub struct Filtered<'a> {
+    /// The expanded (protocol, VIP, port) keys uvs forwards.
+    pub services: &'a [ServiceKey],
+    /// (protocol, real address, port) of the masquerading reals' replies.
+    pub nat_replies: &'a [ServiceKey],
+    /// The director's own addresses.
+    pub locals: &'a [u32],
+}
+
+fn wanted(f: &Filtered<'_>) -> Wanted {
+    let services: BTreeSet<Key> = f.services.iter().map(key_of).collect();
+    let vips = services.iter().map(|k| k.0).collect();
+    Wanted {
+        services,
+        vips,
+        nat_replies: f.nat_replies.iter().map(key_of).collect(),
+        locals: f.locals.iter().map(|a| Ipv4Addr::from(*a)).collect(),
+    }
 }
 
 /// uvs's tables in the kernel; they go when this is dropped or the process ends.
@@ -405,8 +591,7 @@ fn wanted(services: &[ServiceKey]) -> (BTreeSet<Key>, BTreeSet<Ipv4Addr>) {
 pub struct KernelFilter {
     sock: NfSocket,
     hook: ServiceHook,
-    services: BTreeSet<Key>,
-    vips: BTreeSet<Ipv4Addr>,
+    sets: Wanted,
 }
 
 impl KernelFilter {
@@ -414,7 +599,7 @@ impl KernelFilter {
     /// transaction.
     pub fn install(
         interfaces: &[String],
-        services: &[ServiceKey],
+        filtered: &Filtered<'_>,
         hook: ServiceHook,
     ) -> Result<KernelFilter, KernelFilterError> {
         let mut sock = NfSocket::open().map_err(KernelFilterError::Unavailable)?;
@@ -425,31 +610,25 @@ impl KernelFilter {
             }
             log::info!("replacing the nftables table {family} {TABLE} an earlier uvs left behind");
         }
-        let (keys, vips) = wanted(services);
-        sock.commit(&install_batch(interfaces, hook, &keys, &vips))
+        let sets = wanted(filtered);
+        sock.commit(&install_batch(interfaces, hook, &sets))
             .map_err(KernelFilterError::Rejected)?;
-        Ok(KernelFilter {
-            sock,
-            hook,
-            services: keys,
-            vips,
-        })
+        Ok(KernelFilter { sock, hook, sets })
     }
 
-    /// Brings the sets to `services` (the expanded (protocol, VIP, port) keys): only the
-    /// elements that change, in one transaction; nothing is sent when none does. On an error
-    /// the kernel and this filter keep the previous sets.
-    pub fn update(&mut self, services: &[ServiceKey]) -> Result<(), KernelFilterError> {
-        let (keys, vips) = wanted(services);
-        let batch = update_batch(self.hook, (&self.services, &self.vips), (&keys, &vips));
+    /// Brings the sets to `filtered`: only the elements that change, in one transaction;
+    /// nothing is sent when none does. On an error the kernel and this filter keep the
+    /// previous sets.
+    pub fn update(&mut self, filtered: &Filtered<'_>) -> Result<(), KernelFilterError> {
+        let sets = wanted(filtered);
+        let batch = update_batch(self.hook, &self.sets, &sets);
         if batch.is_empty() {
             return Ok(());
         }
         self.sock
             .commit(&batch)
             .map_err(KernelFilterError::Rejected)?;
-        self.services = keys;
-        self.vips = vips;
+        self.sets = sets;
         Ok(())
     }
 }

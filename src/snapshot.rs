@@ -202,6 +202,8 @@ pub struct Snapshot {
     local_addrs: Vec<u32>,
     /// (address, port) of every masquerading real: where the replies uvs rewrites come from.
     nat_sources: Vec<(u32, u16)>,
+    /// The same as (protocol, address, port) keys, for the kernel filter.
+    nat_replies: Vec<ServiceKey>,
 }
 
 /// One slot of the service index; `svc` = service index + 1 (0 = empty).
@@ -231,6 +233,7 @@ impl Snapshot {
             routes: Routes::default(),
             local_addrs: Vec::new(),
             nat_sources: Vec::new(),
+            nat_replies: Vec::new(),
         }
     }
 
@@ -324,13 +327,36 @@ impl Snapshot {
                 real_by_id[r.id.index()] = (si as u32 + 1, ri as u32);
             }
         }
-        let mut nat_sources: Vec<(u32, u16)> = services
+        // A masquerading real answers from its port, or (a fwmark service's real with port 0,
+        // which keeps the packet's port) from every port the service's mark rules cover.
+        let mut nat_replies: Vec<ServiceKey> = Vec::new();
+        for (i, svc) in services.iter().enumerate() {
+            for (d, p) in svc.reals.iter().zip(&svc.paths) {
+                let Xmit::Masq { port } = p.xmit else {
+                    continue;
+                };
+                let addr = Ipv4Addr::from(d.addr);
+                if port != 0 {
+                    let protos: Vec<Protocol> = if svc.key.is_fwmark() {
+                        vec![Protocol::Tcp, Protocol::Udp]
+                    } else {
+                        vec![svc.key.proto]
+                    };
+                    nat_replies.extend(protos.into_iter().map(|p| ServiceKey::addr(p, addr, port)));
+                    continue;
+                }
+                for e in index.iter().filter(|e| e.svc as usize == i + 1) {
+                    if let Some(proto) = Protocol::from_number(e.proto) {
+                        nat_replies.push(ServiceKey::addr(proto, addr, e.port));
+                    }
+                }
+            }
+        }
+        nat_replies.sort();
+        nat_replies.dedup();
+        let mut nat_sources: Vec<(u32, u16)> = nat_replies
             .iter()
-            .flat_map(|s| s.reals.iter().zip(&s.paths))
-            .filter_map(|(d, p)| match p.xmit {
-                Xmit::Masq { port } => Some((d.addr, port)),
-                Xmit::Route => None,
-            })
+            .map(|k| (u32::from(k.vip), k.port))
             .collect();
         nat_sources.sort_unstable();
         nat_sources.dedup();
@@ -346,6 +372,7 @@ impl Snapshot {
             routes: Routes::new(placement.routes()?),
             local_addrs,
             nat_sources,
+            nat_replies,
         })
     }
 
@@ -416,9 +443,20 @@ impl Snapshot {
     }
 
     /// (address, port) of every masquerading real, sorted: the sources of the replies uvs
-    /// rewrites (for the receive filter, the workers' fanout and the kernel filter).
+    /// rewrites (for the receive filter and the workers' fanout).
     pub fn nat_sources(&self) -> &[(u32, u16)] {
         &self.nat_sources
+    }
+
+    /// The same sources as (protocol, real address, port) keys, sorted (for the kernel
+    /// filter, which holds the raw replies back from the director's kernel).
+    pub fn nat_replies(&self) -> &[ServiceKey] {
+        &self.nat_replies
+    }
+
+    /// The director's own addresses, sorted.
+    pub fn local_addrs(&self) -> &[u32] {
+        &self.local_addrs
     }
 
     pub fn has_protocol(&self, p: Protocol) -> bool {

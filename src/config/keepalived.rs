@@ -7,8 +7,8 @@
 //! known number of arguments, so one-line blocks (`url { path /  status_code 200 }`) work.
 //!
 //! - `virtual_server IP PORT { … }`: `delay_loop`, `lb_algo`/`lvs_sched`, `lb_kind`/`lvs_method`
-//!   (`DR` only; `NAT` and `TUN` are refused, and so is a missing `lb_kind`, whose keepalived
-//!   default is NAT), `persistence_timeout [N]` (no value = 360 s), `persistence_granularity`,
+//!   (`DR` or `NAT`, keepalived's default; also per `real_server` as keepalived 2.x allows;
+//!   `TUN` is refused), `persistence_timeout [N]` (no value = 360 s), `persistence_granularity`,
 //!   `protocol TCP|UDP`, `quorum`, `hysteresis`, `quorum_up`, `quorum_down`, `sorry_server IP
 //!   PORT`, `inhibit_on_failure` (for every real), `alpha`, checker defaults (`retry`,
 //!   `delay_before_retry`, `connect_timeout`, `warmup`), `real_server IP PORT { … }`.
@@ -314,6 +314,9 @@ struct RawChecker {
 struct RawReal {
     tok: Tok,
     addr: Ipv4Addr,
+    port: u16,
+    /// The real's own `lvs_method`, else the virtual server's.
+    method: Option<ForwardMethod>,
     weight: u32,
     inhibit: Option<bool>,
     uthreshold: u32,
@@ -491,7 +494,8 @@ impl Parser {
         self.open(kw)?;
         let mut proto = Protocol::Tcp;
         let mut sched = SchedulerKind::Wlc;
-        let mut kind_seen = false;
+        // keepalived's default method is NAT.
+        let mut method = ForwardMethod::Masq;
         let mut persistence = None;
         let mut netmask = Ipv4Addr::BROADCAST;
         let mut delay_loop = Duration::from_secs(60);
@@ -512,20 +516,7 @@ impl Parser {
                         SchedulerKind::parse(&v.text).map_err(|e| self.err(&v, e.to_string()))?;
                 }
                 "lb_kind" | "lvs_method" => {
-                    let v = self.arg(&t)?;
-                    match v.text.to_ascii_uppercase().as_str() {
-                        "DR" => kind_seen = true,
-                        "NAT" | "TUN" => {
-                            return Err(self.err(&v, format!("lb_kind {}: uvs is a direct-routing director; only lb_kind DR is supported", v.text)));
-                        }
-                        _ => {
-                            return Err(self.err(
-                                &v,
-                                format!("lb_kind {:?} is unknown (DR, NAT or TUN)", v.text),
-                            ));
-                        }
-                    }
-                    self.rest_of_line();
+                    method = self.lvs_method(&t)?;
                 }
                 "persistence_timeout" => {
                     persistence = Some(match self.arg_opt() {
@@ -593,9 +584,6 @@ impl Parser {
                 }
             }
         }
-        if !kind_seen {
-            return Err(self.err(kw, "virtual_server without lb_kind: keepalived's default is NAT; uvs only does direct routing, so write lb_kind DR"));
-        }
         let key = ServiceKey::addr(proto, vip, port);
         sh.key = key;
         let mut spec = ServiceSpec::new(key, sched);
@@ -607,9 +595,9 @@ impl Parser {
         for r in reals {
             let rs = RealSpec {
                 addr: r.addr,
-                port,
+                port: r.port,
                 weight: r.weight,
-                forward: ForwardMethod::Route,
+                forward: r.method.unwrap_or(method),
                 upper_threshold: r.uthreshold,
                 lower_threshold: r.lthreshold,
             };
@@ -641,14 +629,43 @@ impl Parser {
             .join(" "))
     }
 
+    /// `lb_kind`/`lvs_method DR|NAT|TUN`.
+    fn lvs_method(&mut self, t: &Tok) -> Result<ForwardMethod, ConfigError> {
+        let v = self.arg(t)?;
+        let m = match v.text.to_ascii_uppercase().as_str() {
+            "DR" => ForwardMethod::Route,
+            "NAT" => ForwardMethod::Masq,
+            "TUN" => {
+                return Err(self.err(
+                    &v,
+                    format!(
+                        "{} TUN: tunnelling is not supported yet (DR and NAT are)",
+                        t.text
+                    ),
+                ));
+            }
+            _ => {
+                return Err(self.err(
+                    &v,
+                    format!("{} {:?} is unknown (DR, NAT or TUN)", t.text, v.text),
+                ));
+            }
+        };
+        self.rest_of_line();
+        Ok(m)
+    }
+
     fn real_server(&mut self, kw: &Tok) -> Result<RawReal, ConfigError> {
         let a = self.arg(kw)?;
         let addr = self.ipv4(&a, "real_server")?;
         let pt = self.arg(kw)?;
-        let _port: u16 = self.number(&pt, "real_server port")?;
+        // The real's port: NAT maps to it; DR ignores it (the service's port is used).
+        let port: u16 = self.number(&pt, "real_server port")?;
         let mut r = RawReal {
             tok: kw.clone(),
             addr,
+            port,
+            method: None,
             weight: 1,
             inhibit: None,
             uthreshold: 0,
@@ -673,6 +690,8 @@ impl Parser {
                     }
                 }
                 "inhibit_on_failure" => r.inhibit = Some(true),
+                // keepalived 2.x: a real's own forwarding method.
+                "lb_kind" | "lvs_method" => r.method = Some(self.lvs_method(&t)?),
                 "uthreshold" => r.uthreshold = self.num_arg(&t, "uthreshold")?,
                 "lthreshold" => r.lthreshold = self.num_arg(&t, "lthreshold")?,
                 "notify_up" => r.notify_up = Some(self.command(&t)?),
@@ -1377,21 +1396,52 @@ virtual_server 10.0.0.100 80 {
     }
 
     #[test]
-    fn refusals_name_the_line() {
-        refused(
-            "virtual_server 10.0.0.100 80 {\n lb_kind NAT\n}\n",
-            2,
-            "only lb_kind DR",
+    fn nat_is_keepalived_s_default_and_maps_the_real_s_port() {
+        let conf = "virtual_server 192.168.80.10 80 {
+    lb_algo wrr
+    real_server 192.168.80.11 8080 {
+        weight 3
+        TCP_CHECK {
+            connect_timeout 3
+        }
+    }
+    real_server 192.168.80.12 8080 {
+        weight 2
+        lvs_method DR
+    }
+}
+virtual_server 172.30.0.200 80 {
+    lb_kind NAT
+    real_server 10.0.0.7 80 {
+    }
+}
+";
+        let r = p(conf).unwrap();
+        let s = &r.table.services()[0];
+        assert_eq!(
+            (s.reals[0].forward, s.reals[0].port, s.reals[0].weight),
+            (ForwardMethod::Masq, 8080, 3)
         );
+        // A real of its own method; DR keeps the service's port.
+        assert_eq!(
+            (s.reals[1].forward, s.reals[1].port),
+            (ForwardMethod::Route, 80)
+        );
+        let t = &r.table.services()[1].reals[0];
+        assert_eq!((t.forward, t.port), (ForwardMethod::Masq, 80));
+    }
+
+    #[test]
+    fn refusals_name_the_line() {
         refused(
             "virtual_server 10.0.0.100 80 {\n lb_kind TUN\n}\n",
             2,
-            "only lb_kind DR",
+            "tunnelling is not supported yet",
         );
         refused(
-            "virtual_server 10.0.0.100 80 {\n lb_algo rr\n}\n",
-            1,
-            "lb_kind DR",
+            "virtual_server 10.0.0.100 80 {\n lb_kind XYZ\n}\n",
+            2,
+            "is unknown (DR, NAT or TUN)",
         );
         refused(
             "virtual_server 10.0.0.100 80 {\n lb_kind DR\n lb_algo fastest\n}\n",
@@ -1454,7 +1504,7 @@ virtual_server 10.0.0.100 80 {
         assert_eq!(t.services().len(), 1);
         std::fs::write(
             dir.join("conf.d/web.conf"),
-            "virtual_server 10.0.0.100 80 {\n lb_kind NAT\n}\n",
+            "virtual_server 10.0.0.100 80 {\n lb_kind TUN\n}\n",
         )
         .unwrap();
         match load(&main) {

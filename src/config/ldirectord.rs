@@ -6,7 +6,7 @@
 //!
 //! Understood: `virtual=IP:PORT`, `virtual=MARK` (a firewall-mark service, `-f MARK`; uvs sees
 //! no iptables marks, so its packets are chosen with uvs's mark rules, `uvsadm --add-mark`),
-//! `real=IP[->IP2][:PORT] gate [WEIGHT] ["request", "receive"]`,
+//! `real=IP[->IP2][:PORT] gate|masq [WEIGHT] ["request", "receive"]`,
 //! `checktype` (`negotiate` default, `connect`, `external`, `on`; `off`, `ping` and `N` are
 //! approximated with a warning), `service` (`http` for a negotiate check; the default comes
 //! from the port, 80 → http), `request` (the URI; a bare `index.html` means `/index.html`),
@@ -19,7 +19,7 @@
 //! global `checkinterval`; see [`spawn_autoreload`]).
 //! Accepted and ignored (they concern the ldirectord process): `logfile`,
 //! `callback`, `supervised`, `fork`, `cleanstop`, `monitorfile`, `emailalert*`, `smtp`,
-//! `execute`, `maintenancedir`, `readdquiescent`. Refused clearly: `masq`/`ipip` reals,
+//! `execute`, `maintenancedir`, `readdquiescent`. Refused clearly: `ipip` reals,
 //! IPv6 virtuals, host names. Unknown keys are warnings with the line.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -91,8 +91,10 @@ enum VirtualProtocol {
 struct Real {
     line: usize,
     addr: Ipv4Addr,
-    /// The port written after the address, if any (a firewall-mark service keeps it).
+    /// The port written after the address, if any (a firewall-mark service keeps it, NAT
+    /// maps to it).
     port: Option<String>,
+    method: ForwardMethod,
     weight: u32,
     request: Option<String>,
     receive: Option<(String, usize)>,
@@ -222,15 +224,18 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
             };
             let mut words = value.split_whitespace();
             let target = words.next().unwrap_or("");
-            let method = words.next().unwrap_or("gate").to_ascii_lowercase();
-            if method != "gate" {
-                return Err(at(
-                    line,
-                    format!(
-                        "real={value}: forwarding method {method:?} is not supported; uvs only does direct routing (gate)"
-                    ),
-                ));
-            }
+            let method = match words.next().unwrap_or("gate").to_ascii_lowercase().as_str() {
+                "gate" => ForwardMethod::Route,
+                "masq" => ForwardMethod::Masq,
+                other => {
+                    return Err(at(
+                        line,
+                        format!(
+                            "real={value}: forwarding method {other:?} is not supported (gate and masq are; ipip is not yet)"
+                        ),
+                    ));
+                }
+            };
             let mut weight = 1;
             let rest: Vec<&str> = words.collect();
             if let Some(w) = rest.first().filter(|w| !w.starts_with('"')) {
@@ -264,6 +269,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
                     line,
                     addr: Ipv4Addr::from(n),
                     port: port.map(str::to_string),
+                    method,
                     weight,
                     request: pair.first().cloned(),
                     receive: pair.get(1).map(|r| (r.clone(), line)),
@@ -419,22 +425,27 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
         }
         for r in &v.reals {
             // Direct routing keeps the service's port; a firewall-mark service keeps the
-            // real's own (0 when none is written), as ipvsadm does.
-            let port = match v.fwmark {
-                None => v.port,
-                Some(_) => match &r.port {
-                    None => 0,
-                    Some(p) => p.parse().map_err(|_| {
-                        at(
-                            r.line,
-                            format!("real={}:{p}: the port of a firewall-mark service's real server must be a number", r.addr),
-                        )
-                    })?,
-                },
+            // real's own (0 when none is written), as ipvsadm does; NAT maps to the real's.
+            let given = match &r.port {
+                None => None,
+                Some(p) => Some(p.parse::<u16>().map_err(|_| {
+                    at(
+                        r.line,
+                        format!(
+                            "real={}:{p}: the real server's port must be a number",
+                            r.addr
+                        ),
+                    )
+                })?),
+            };
+            let port = match (v.fwmark, r.method) {
+                (Some(_), _) => given.unwrap_or(0),
+                (None, ForwardMethod::Masq) => given.unwrap_or(v.port),
+                (None, _) => v.port,
             };
             let mut rs = RealSpec::route(r.addr, port);
             rs.weight = r.weight;
-            rs.forward = ForwardMethod::Route;
+            rs.forward = r.method;
             table
                 .add_real(&key, rs)
                 .map_err(|e| at(r.line, format!("real={}: {e}", r.addr)))?;
@@ -741,14 +752,26 @@ virtual=10.0.0.100:80
     #[test]
     fn refusals_and_warnings_name_the_line() {
         let e = parse(
-            "virtual=10.0.0.100:80\n    real=10.0.0.11:80 masq\n",
+            "virtual=10.0.0.100:80\n    real=10.0.0.11:80 ipip\n",
             Path::new("l.cf"),
         )
         .unwrap_err();
         assert!(
-            matches!(e, ConfigError::At { line: 2, ref message, .. } if message.contains("direct routing")),
+            matches!(e, ConfigError::At { line: 2, ref message, .. } if message.contains("\"ipip\" is not supported")),
             "{e}"
         );
+        // masq maps the real's port.
+        let p = parse(
+            "virtual=192.168.80.10:80\n    real=192.168.80.11:8080 masq 3\n    real=192.168.80.12 masq\n",
+            Path::new("l.cf"),
+        )
+        .unwrap();
+        let reals = &p.table.services()[0].reals;
+        assert_eq!(
+            (reals[0].forward, reals[0].port, reals[0].weight),
+            (ForwardMethod::Masq, 8080, 3)
+        );
+        assert_eq!(reals[1].port, 80, "no port: the service's");
         let e = parse("virtual=www.example.com:http\n", Path::new("l.cf")).unwrap_err();
         assert!(matches!(e, ConfigError::At { line: 1, .. }), "{e}");
         let e = parse(

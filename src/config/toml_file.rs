@@ -25,8 +25,9 @@
 //! [[service]]  # protocol = "tcp" | "udp", vip, port, scheduler (default "wlc", as ipvsadm),
 //!              # persistence_timeout, persistence_netmask, sched_flags ([]), ops (false)
 //!              # or fwmark = N instead of protocol/vip/port (a fwmark service, `-f N`)
-//! [[service.real]] # address, port (= service port), weight (1), upper_threshold (0),
-//!                  # lower_threshold (0), forward = "route" | "dr" | "gate"
+//! [[service.real]] # address, port (= service port; only "nat" maps it), weight (1),
+//!                  # upper_threshold (0), lower_threshold (0),
+//!                  # forward = "route" ("dr", "gate") | "nat" ("masq", "masquerading")
 //! [[mark_rule]]    # vip, protocol ("tcp"), ports = [80, 443], mark: the stand-in for
 //!                  # `iptables -t mangle … -j MARK --set-mark N` (see model::MarkRule)
 //! ```
@@ -672,11 +673,12 @@ fn add_real(
         None => ForwardMethod::Route,
         Some(f) => match f.get_ref().to_ascii_lowercase().as_str() {
             "route" | "dr" | "gate" | "droute" => ForwardMethod::Route,
-            m @ ("masq" | "nat" | "masquerading" | "tunnel" | "ipip" | "tun") => {
+            "masq" | "nat" | "masquerading" => ForwardMethod::Masq,
+            m @ ("tunnel" | "ipip" | "tun") => {
                 return err(
                     f.span(),
                     format!(
-                        "{real_label}: forwarding method \"{m}\" is not supported yet (only \"route\", direct routing)"
+                        "{real_label}: forwarding method \"{m}\" is not supported yet (\"route\" and \"nat\" are)"
                     ),
                 );
             }
@@ -684,7 +686,7 @@ fn add_real(
                 return err(
                     f.span(),
                     format!(
-                        "{real_label}: forward = \"{m}\" is unknown (expected \"route\", \"dr\" or \"gate\")"
+                        "{real_label}: forward = \"{m}\" is unknown (expected \"route\" (\"dr\", \"gate\") or \"nat\" (\"masq\"))"
                     ),
                 );
             }
@@ -1362,7 +1364,7 @@ forward = "gate"
             &["weight 65536 is out of range"],
         );
         refused(&format!("{SVC}{real}weight = -1\n"), 7, &["weight -1"]);
-        for m in ["masq", "nat", "tunnel", "ipip"] {
+        for m in ["tunnel", "ipip"] {
             refused(
                 &format!("{SVC}{real}forward = \"{m}\"\n"),
                 7,

@@ -23,9 +23,10 @@ use crate::datapath::worker::{FlowRecord, WorkerRequest};
 use crate::flow::{TcpState, Timeouts};
 use crate::io::filter::{fanout_program, receive_filter};
 use crate::io::socket::{attach_filter, set_fanout_program};
+use crate::kernel_filter::Filtered;
 use crate::model::change::{Change, Refused, apply};
 use crate::model::{Protocol, RealId, ServiceKey};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Real, Snapshot, Xmit};
 use crate::trace::session::{StreamMode, start_session};
 use crate::wire::ipv4_from_u32;
 
@@ -67,6 +68,15 @@ pub struct ConnRow {
     pub fwmark_template: bool,
 }
 
+/// The port a connection reaches its real on: a masquerading real's own, else the one the
+/// client asked for.
+fn dest_port(real: Real<'_>, asked: u16) -> u16 {
+    match real.path.xmit {
+        Xmit::Masq { port } if port != 0 => port,
+        _ => asked,
+    }
+}
+
 impl Control {
     /// Applies `changes` and publishes the result; `local` = the services handed to the
     /// director's own stack (health's local sorry server, see `health::book`): they stay in
@@ -88,7 +98,12 @@ impl Control {
         // The expanded (protocol, VIP, port) keys, mark rules included.
         let keys = snap.forwarded_keys();
         if let Some(kf) = &mut self.kernel_filter {
-            kf.update(&keys)
+            let filtered = Filtered {
+                services: &keys,
+                nat_replies: snap.nat_replies(),
+                locals: snap.local_addrs(),
+            };
+            kf.update(&filtered)
                 .map_err(|e| Refused::whole(format!("cannot update the kernel filter: {e}")))?;
         }
         let vips = snap.vips();
@@ -221,7 +236,7 @@ impl Control {
                     },
                     client: (ipv4_from_u32(f.key.saddr), f.key.sport),
                     virt: (ipv4_from_u32(f.key.daddr), f.key.dport),
-                    dest: (ipv4_from_u32(real.dest.addr), f.key.dport),
+                    dest: (ipv4_from_u32(real.dest.addr), dest_port(real, f.key.dport)),
                     fwmark_template: false,
                 })
             })
@@ -236,7 +251,7 @@ impl Control {
                 state: ConnState::Template,
                 client: (ipv4_from_u32(t.key.snet), 0),
                 virt: (ipv4_from_u32(t.key.vip), t.key.vport),
-                dest: (ipv4_from_u32(real.dest.addr), t.key.vport),
+                dest: (ipv4_from_u32(real.dest.addr), dest_port(real, t.key.vport)),
             })
         }));
         rows

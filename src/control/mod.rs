@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::conns::ConnCounts;
-use crate::datapath::counters::{DropReason, WorkerCounters};
+use crate::datapath::counters::{DropReason, ReuseReason, WorkerCounters};
 use crate::datapath::tap::TraceHub;
 use crate::datapath::templates::TemplateTable;
 use crate::datapath::worker::WorkerRequest;
@@ -386,6 +386,10 @@ impl Control {
                 busy_seconds: w.totals.busy_us.load(Relaxed) as f64 / 1e6,
                 flows: w.totals.flows.load(Relaxed),
                 evictions: w.totals.flow_evictions.load(Relaxed),
+                flow_reuse: ReuseReason::ALL
+                    .iter()
+                    .map(|r| (r.name(), w.totals.flow_reuse[*r as usize].load(Relaxed)))
+                    .collect(),
                 tx_syscalls: w.totals.tx_syscalls.load(Relaxed),
                 coalesce_waits: w.totals.coalesce_waits.load(Relaxed),
             })

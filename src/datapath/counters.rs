@@ -42,6 +42,8 @@ pub enum DropReason {
     ReplyNoFlow,
     /// No route to the client leaves by an interface uvs serves.
     NoRoute,
+    /// An ICMP error to a VIP or from a masquerading real, about no flow: not rewritten.
+    IcmpNoFlow,
     /// TCP/UDP header missing, truncated, or TCP data offset < 5.
     BadL4Header,
     /// Source or destination port 0.
@@ -63,7 +65,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const COUNT: usize = 23;
+    pub const COUNT: usize = 24;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::RingTruncated,
         DropReason::Truncated,
@@ -79,6 +81,7 @@ impl DropReason {
         DropReason::ToDirector,
         DropReason::ReplyNoFlow,
         DropReason::NoRoute,
+        DropReason::IcmpNoFlow,
         DropReason::BadL4Header,
         DropReason::ZeroPort,
         DropReason::TtlExceeded,
@@ -106,6 +109,7 @@ impl DropReason {
             DropReason::ToDirector => "to_director",
             DropReason::ReplyNoFlow => "reply_no_flow",
             DropReason::NoRoute => "no_route",
+            DropReason::IcmpNoFlow => "icmp_no_flow",
             DropReason::BadL4Header => "bad_l4_header",
             DropReason::ZeroPort => "zero_port",
             DropReason::TtlExceeded => "ttl_exceeded",
@@ -115,6 +119,41 @@ impl DropReason {
             DropReason::NoNeighbor => "no_neighbor",
             DropReason::NoEgress => "no_egress",
             DropReason::TxFailed => "tx_failed",
+        }
+    }
+}
+
+/// Why a SYN that matched an existing flow started a new connection instead of being taken
+/// as part of the old one (IPVS's `conn_reuse_mode` and `expire_nodest_conn`, extended: see
+/// `process::reuse`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ReuseReason {
+    /// The old connection was closing (FIN_WAIT, TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK).
+    Closing,
+    /// Its real server was removed.
+    RealRemoved,
+    /// Its real server was quiesced (weight 0).
+    Quiesced,
+    /// Its real server is over its connection threshold (`-x`).
+    Unavailable,
+}
+
+impl ReuseReason {
+    pub const COUNT: usize = 4;
+    pub const ALL: [ReuseReason; ReuseReason::COUNT] = [
+        ReuseReason::Closing,
+        ReuseReason::RealRemoved,
+        ReuseReason::Quiesced,
+        ReuseReason::Unavailable,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            ReuseReason::Closing => "closing",
+            ReuseReason::RealRemoved => "real_removed",
+            ReuseReason::Quiesced => "quiesced",
+            ReuseReason::Unavailable => "unavailable",
         }
     }
 }
@@ -155,6 +194,8 @@ pub struct WorkerTotals {
     pub coalesce_waits: AtomicU64,
     pub flows: AtomicU64,
     pub flow_evictions: AtomicU64,
+    /// New connections started on an old flow's five-tuple, by reason.
+    pub flow_reuse: [AtomicU64; ReuseReason::COUNT],
     /// Busy time in microseconds (processing batches), for the per-worker load metric.
     pub busy_us: AtomicU64,
 }

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use crate::conns::ConnCounts;
-use crate::datapath::counters::{DropReason, WorkerCounters, bump};
+use crate::datapath::counters::{DropReason, ReuseReason, WorkerCounters, bump};
 use crate::datapath::flow_table::{Flow, FlowTable, Overwritten, Return, SlotRef};
 use crate::datapath::tap::{self, Outcome, Tap, Via};
 use crate::datapath::templates::{TemplateKey, TemplateTable};
@@ -25,8 +25,8 @@ use crate::neigh::cache::NeighTable;
 use crate::snapshot::{Real, ServiceEntry, Snapshot, Xmit};
 use crate::sync::{HaHooks, SyncRecord};
 use crate::wire::{
-    self, ETH_HDR_LEN, ETHERTYPE_IPV4, ETHERTYPES_VLAN, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HDR_LEN,
-    MacAddr, ethernet, ipv4, tcp,
+    self, ETH_HDR_LEN, ETHERTYPE_IPV4, ETHERTYPES_VLAN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    IPV4_MIN_HDR_LEN, MacAddr, ethernet, ipv4, tcp,
 };
 
 /// What to do with a frame.
@@ -74,11 +74,25 @@ const PRIVATE_TEMPLATES: usize = 1024;
 
 /// Parsed fields of a frame worth a flow lookup.
 struct Parsed {
+    /// TCP/UDP: the frame's five-tuple. An ICMP error: the quoted packet's, reversed (the
+    /// flow or return entry it is about).
     key: FlowKey,
     tcp_flags: u8,
     ip_len: usize,
     /// Where the frame came from on the link (a client's next hop, for its replies).
     src_mac: MacAddr,
+    /// An ICMP error about a TCP or UDP packet.
+    icmp: Option<IcmpError>,
+}
+
+/// Where an ICMP error's parts are, as offsets into the Ethernet frame.
+#[derive(Clone, Copy, Debug)]
+pub struct IcmpError {
+    /// The ICMP header.
+    pub icmp_off: usize,
+    /// The quoted packet's IP header, and its length.
+    pub inner_off: usize,
+    pub inner_ihl: usize,
 }
 
 fn parse(frame: &[u8], status: u32) -> Result<Parsed, DropReason> {
@@ -126,6 +140,9 @@ fn parse(frame: &[u8], status: u32) -> Result<Parsed, DropReason> {
     }
     let proto = ipv4::protocol(ip);
     let l4 = &ip[ihl..total];
+    if proto == IPPROTO_ICMP {
+        return parse_icmp(l4, ihl, total, src_mac);
+    }
     let tcp_flags = match proto {
         IPPROTO_TCP => {
             if l4.len() < wire::TCP_MIN_HDR_LEN {
@@ -161,6 +178,58 @@ fn parse(frame: &[u8], status: u32) -> Result<Parsed, DropReason> {
         tcp_flags,
         ip_len: total,
         src_mac,
+        icmp: None,
+    })
+}
+
+/// An ICMP error (RFC 792: destination unreachable, source quench, time exceeded) quoting a
+/// TCP or UDP packet: its header and the quoted IP header and first 8 bytes are checked as
+/// IPVS's `ip_vs_in_icmp` checks them. Anything else ICMP is not uvs's.
+fn parse_icmp(
+    icmp: &[u8],
+    ihl: usize,
+    total: usize,
+    src_mac: MacAddr,
+) -> Result<Parsed, DropReason> {
+    if icmp.len() < wire::icmp::HDR_LEN + IPV4_MIN_HDR_LEN + 8 {
+        return Err(DropReason::NotAService);
+    }
+    if !wire::icmp::is_error_about_a_packet(icmp[0]) {
+        return Err(DropReason::NotAService);
+    }
+    if wire::csum::checksum(icmp) != 0 {
+        return Err(DropReason::BadL4Header);
+    }
+    let inner = &icmp[wire::icmp::HDR_LEN..];
+    let inner_ihl = ipv4::header_len(inner);
+    if ipv4::version(inner) != 4
+        || inner_ihl < IPV4_MIN_HDR_LEN
+        || inner.len() < inner_ihl + 8
+        || ipv4::is_fragment(inner)
+    {
+        return Err(DropReason::BadL4Header);
+    }
+    let proto = ipv4::protocol(inner);
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Err(DropReason::NotAService);
+    }
+    let ports = &inner[inner_ihl..];
+    Ok(Parsed {
+        key: FlowKey {
+            saddr: ipv4::dst(inner),
+            daddr: ipv4::src(inner),
+            sport: wire::l4::dport(ports),
+            dport: wire::l4::sport(ports),
+            proto,
+        },
+        tcp_flags: 0,
+        ip_len: total,
+        src_mac,
+        icmp: Some(IcmpError {
+            icmp_off: ETH_HDR_LEN + ihl,
+            inner_off: ETH_HDR_LEN + ihl + wire::icmp::HDR_LEN,
+            inner_ihl,
+        }),
     })
 }
 
@@ -337,6 +406,9 @@ impl Forwarder {
             return Err(DropReason::RingTruncated);
         }
         let p = parse(&buf[VNET_HDR_LEN..], status)?;
+        if let Some(ic) = p.icmp {
+            return self.icmp(snap, neigh, counters, buf, &p, ic, now);
+        }
         let Some(svc) = snap.service(p.key.proto, p.key.daddr, p.key.dport) else {
             return self.reply(snap, neigh, counters, buf, &p, now);
         };
@@ -345,7 +417,17 @@ impl Forwarder {
         }
         check_ttl(buf)?;
         let real = match self.flows.lookup(&p.key, now) {
-            Some((at, flow)) => self.continue_flow(snap, &p, at, flow, now)?,
+            Some((at, flow)) => match self.reuse(snap, &p, &flow) {
+                None => self.continue_flow(snap, &p, at, flow, now)?,
+                Some(why) => {
+                    bump(&counters.totals.flow_reuse[why as usize], 1);
+                    if let Some(t) = self.tap.as_mut().filter(|t| t.armed) {
+                        t.note.reuse = Some(why);
+                    }
+                    // The insert replaces the old entry, and undoes its counts.
+                    self.start_flow(snap, svc, &p, counters, now)?
+                }
+            },
             None => self.start_flow(snap, svc, &p, counters, now)?,
         };
         self.trace_real(real);
@@ -411,17 +493,128 @@ impl Forwarder {
             None if ret.client_mac != MacAddr::ZERO => ret.client_mac,
             None => return Err(DropReason::NoNeighbor),
         };
-        self.trace_real(real);
+        self.trace_reply(real);
         let link = Link {
             neigh,
             interface_macs: &self.interface_macs,
         };
-        let egress = xmit::masq_reply(ret.vip, ret.vport, next_hop, route.egress, buf, &link)?;
+        let to = xmit::ClientSide {
+            vip: ret.vip,
+            vport: ret.vport,
+            next_hop,
+            egress: route.egress,
+        };
+        let egress = xmit::masq_reply(&to, buf, &link)?;
         if let Some(c) = counters.real(real.dest.id) {
             bump(&c.out_packets, 1);
             bump(&c.out_bytes, p.ip_len as u64);
         }
         Ok(egress)
+    }
+
+    /// An ICMP error about a flow, translated as IPVS translates it (`ip_vs_in_icmp`,
+    /// `ip_vs_out_icmp`): about a packet the VIP sent a client (a router's fragmentation
+    /// needed, the client's port unreachable), it goes to the flow's real, rewritten to quote
+    /// what the real sent; from a masquerading real about a packet it received, it goes to
+    /// the client, rewritten to come from the VIP and quote what the client sent. The flow's
+    /// state does not change. Not about a flow: not uvs's.
+    #[allow(clippy::too_many_arguments)]
+    fn icmp(
+        &mut self,
+        snap: &Snapshot,
+        neigh: &NeighTable,
+        counters: &WorkerCounters,
+        buf: &mut [u8],
+        p: &Parsed,
+        ic: IcmpError,
+        now: u32,
+    ) -> Result<u16, DropReason> {
+        if let Some((_, flow)) = self.flows.lookup(&p.key, now) {
+            if self.ha.gate.is_standby(p.key.daddr) {
+                return Err(DropReason::Standby);
+            }
+            check_ttl(buf)?;
+            let real = snap.real(flow.real).ok_or(DropReason::RealRemoved)?;
+            self.trace_real(real);
+            let link = Link {
+                neigh,
+                interface_macs: &self.interface_macs,
+            };
+            let egress = xmit::icmp_to_real(real, ic, buf, &link)?;
+            if let Some(c) = counters.real(real.dest.id) {
+                bump(&c.in_packets, 1);
+                bump(&c.in_bytes, p.ip_len as u64);
+            }
+            return Ok(egress);
+        }
+        let ret = self
+            .flows
+            .lookup_return(&p.key)
+            .ok_or(DropReason::IcmpNoFlow)?;
+        let (_, flow) = self
+            .flows
+            .flow_of(&p.key, &ret, now)
+            .ok_or(DropReason::IcmpNoFlow)?;
+        if self.ha.gate.is_standby(ret.vip) {
+            return Err(DropReason::Standby);
+        }
+        check_ttl(buf)?;
+        let real = snap.real(flow.real).ok_or(DropReason::RealRemoved)?;
+        let client = ipv4::dst(&buf[VNET_HDR_LEN + ETH_HDR_LEN..]);
+        let route = snap
+            .routes
+            .lookup(client)
+            .and_then(|r| r.hop)
+            .ok_or(DropReason::NoRoute)?;
+        let next_hop = match route.gateway {
+            Some(slot) => neigh.get(slot).ok_or(DropReason::NoNeighbor)?,
+            None if ret.client_mac != MacAddr::ZERO => ret.client_mac,
+            None => return Err(DropReason::NoNeighbor),
+        };
+        self.trace_reply(real);
+        let to = xmit::ClientSide {
+            vip: ret.vip,
+            vport: ret.vport,
+            next_hop,
+            egress: route.egress,
+        };
+        let link = Link {
+            neigh,
+            interface_macs: &self.interface_macs,
+        };
+        let egress = xmit::icmp_to_client(&to, ic, buf, &link)?;
+        if let Some(c) = counters.real(real.dest.id) {
+            bump(&c.out_packets, 1);
+            bump(&c.out_bytes, p.ip_len as u64);
+        }
+        Ok(egress)
+    }
+
+    /// Whether a packet that matched `flow` starts a new connection instead: a SYN (without
+    /// ACK or RST) whose flow is closing, or whose real is removed, quiesced or over its
+    /// threshold. IPVS reschedules only a TIME_WAIT match (`conn_reuse_mode`), which a DR
+    /// director never reaches, and otherwise drops the SYN while the old entry lingers
+    /// (`expire_nodest_conn` off): a client whose ports wrap then loses its new connections
+    /// to a removed real for minutes. A client sends such a SYN only for a connection it
+    /// considers closed, so nothing of the old one is lost.
+    #[inline]
+    fn reuse(&self, snap: &Snapshot, p: &Parsed, flow: &Flow) -> Option<ReuseReason> {
+        if p.key.proto != IPPROTO_TCP || p.tcp_flags & (tcp::SYN | tcp::ACK | tcp::RST) != tcp::SYN
+        {
+            return None;
+        }
+        let Some(real) = snap.real(flow.real) else {
+            return Some(ReuseReason::RealRemoved);
+        };
+        if flow.state.is_closing() {
+            Some(ReuseReason::Closing)
+        } else if real.dest.weight == 0 {
+            Some(ReuseReason::Quiesced)
+        } else if self.conns.overloaded(real.dest.id) {
+            Some(ReuseReason::Unavailable)
+        } else {
+            None
+        }
     }
 
     /// A packet of a known flow: its real, if it still exists, and the flow's state advanced.
@@ -499,7 +692,7 @@ impl Forwarder {
                 let back = FlowKey {
                     saddr: real.dest.addr,
                     daddr: p.key.saddr,
-                    sport: port,
+                    sport: if port == 0 { p.key.dport } else { port },
                     dport: p.key.sport,
                     proto: p.key.proto,
                 };
@@ -692,6 +885,15 @@ impl Forwarder {
             t.note.real_addr = real.dest.addr;
         }
     }
+
+    /// Trace: a real's reply (or ICMP error) rewritten back towards the client.
+    #[inline]
+    fn trace_reply(&mut self, real: Real<'_>) {
+        if let Some(t) = self.tap.as_mut().filter(|t| t.armed) {
+            t.note.real_addr = real.dest.addr;
+            t.note.reply = true;
+        }
+    }
 }
 
 /// A real's connection thresholds, or none if it is gone from `snap`.
@@ -739,3 +941,6 @@ fn after_packet(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod nat_tests;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::conns::ConnCounts;
-use crate::datapath::counters::DropReason;
+use crate::datapath::counters::{DropReason, ReuseReason};
 use crate::io::clock::realtime_ns;
 use crate::model::SchedulerKind;
 use crate::sched::{Scheduler, usable};
@@ -146,6 +146,8 @@ pub struct Record {
     pub sessions: u8,
     pub outcome: Outcome,
     pub new_flow: bool,
+    pub reuse: Option<ReuseReason>,
+    pub reply: bool,
     pub ingress: u16,
     /// CLOCK_REALTIME, nanoseconds.
     pub time_ns: u64,
@@ -165,6 +167,8 @@ impl Default for Record {
             sessions: 0,
             outcome: Outcome::Dropped(DropReason::Truncated),
             new_flow: false,
+            reuse: None,
+            reply: false,
             ingress: 0,
             time_ns: 0,
             fields: wire::FlowFields::default(),
@@ -313,6 +317,10 @@ impl TraceHub {
 #[derive(Clone, Copy, Default)]
 pub struct Note {
     pub new_flow: bool,
+    /// A SYN on an old flow's five-tuple started this new flow, for this reason.
+    pub reuse: Option<ReuseReason>,
+    /// A real server's reply, rewritten back (NAT).
+    pub reply: bool,
     pub real_addr: u32,
     pub why: Why,
 }
@@ -381,6 +389,8 @@ impl Tap {
             sessions: p.sessions,
             outcome,
             new_flow: note.new_flow,
+            reuse: note.reuse,
+            reply: note.reply,
             ingress: self.ingress,
             time_ns: p.time_ns,
             fields: p.fields,

@@ -29,6 +29,7 @@
 //! the rewrite, so each segment carries the new addresses.
 
 use crate::datapath::counters::DropReason;
+use crate::datapath::process::IcmpError;
 use crate::io::{VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM, VNET_HDR_LEN};
 use crate::neigh::cache::NeighTable;
 use crate::snapshot::{NextHop, Real, Xmit};
@@ -78,23 +79,134 @@ pub fn masq(
     Ok(hop.egress)
 }
 
-/// Masquerading, real → client: source := the VIP and virtual port; the frame goes to
+/// Where a masquerading real's reply goes: rewritten to come from `vip:vport`, to
 /// `next_hop` (the client's gateway, or the client) out of `egress`.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientSide {
+    pub vip: u32,
+    pub vport: u16,
+    pub next_hop: MacAddr,
+    pub egress: u16,
+}
+
+impl ClientSide {
+    fn src_mac(&self, link: &Link<'_>) -> Result<MacAddr, DropReason> {
+        link.interface_macs
+            .get(usize::from(self.egress))
+            .copied()
+            .ok_or(DropReason::NoEgress)
+    }
+}
+
+/// Masquerading, real → client: source := the VIP and virtual port.
 #[inline]
-pub fn masq_reply(
-    vip: u32,
-    vport: u16,
-    next_hop: MacAddr,
-    egress: u16,
+pub fn masq_reply(to: &ClientSide, buf: &mut [u8], link: &Link<'_>) -> Result<u16, DropReason> {
+    let src = to.src_mac(link)?;
+    rewrite(buf, Side::Source, to.vip, to.vport, to.next_hop, src);
+    Ok(to.egress)
+}
+
+/// An ICMP error about a packet the VIP sent a client, to the flow's real: unchanged but for
+/// the MACs and TTL with direct routing (as IPVS sends it); with masquerading, addressed to
+/// the real and quoting the packet as the real sent it (source := the real's address and
+/// port).
+pub fn icmp_to_real(
+    real: Real<'_>,
+    ic: IcmpError,
     buf: &mut [u8],
     link: &Link<'_>,
 ) -> Result<u16, DropReason> {
-    let src = *link
-        .interface_macs
-        .get(usize::from(egress))
-        .ok_or(DropReason::NoEgress)?;
-    rewrite(buf, Side::Source, vip, vport, next_hop, src);
-    Ok(egress)
+    let hop = real.path.hop;
+    match real.path.xmit {
+        Xmit::Route => route(hop, buf, link),
+        Xmit::Masq { port } => {
+            let (dst, src) = macs(hop, link)?;
+            rewrite_icmp(buf, ic, Side::Destination, real.dest.addr, port, dst, src);
+            Ok(hop.egress)
+        }
+    }
+}
+
+/// An ICMP error from a masquerading real about a packet it received, to the client: from
+/// the VIP, quoting the packet as the client sent it (destination := the VIP and port).
+pub fn icmp_to_client(
+    to: &ClientSide,
+    ic: IcmpError,
+    buf: &mut [u8],
+    link: &Link<'_>,
+) -> Result<u16, DropReason> {
+    let src = to.src_mac(link)?;
+    rewrite_icmp(buf, ic, Side::Source, to.vip, to.vport, to.next_hop, src);
+    Ok(to.egress)
+}
+
+/// Rewrites one end of an ICMP error's outer header and the other end of the packet it quotes
+/// (the quoted packet went the other way), the MACs and TTL; updates both IP header
+/// checksums, and recomputes the ICMP checksum over the whole message, as IPVS does. The
+/// quoted transport checksum is left alone (IPVS leaves it too: the quote is 8 bytes).
+fn rewrite_icmp(
+    buf: &mut [u8],
+    ic: IcmpError,
+    outer: Side,
+    addr: u32,
+    port: u16,
+    dst: MacAddr,
+    src: MacAddr,
+) {
+    buf[0] &= !(VNET_F_DATA_VALID | VNET_F_NEEDS_CSUM);
+    let frame = &mut buf[VNET_HDR_LEN..];
+    ethernet::set_macs(frame, dst, src);
+    let end = ETH_HDR_LEN + ipv4::total_len(&frame[ETH_HDR_LEN..]);
+    {
+        let inner = &mut frame[ic.inner_off..end];
+        let (head, l4) = inner.split_at_mut(ic.inner_ihl);
+        let old = match outer {
+            Side::Destination => ipv4::src(head),
+            Side::Source => ipv4::dst(head),
+        };
+        match outer {
+            Side::Destination => {
+                ipv4::set_src(head, addr);
+                if port != 0 {
+                    l4::set_sport(l4, port);
+                }
+            }
+            Side::Source => {
+                ipv4::set_dst(head, addr);
+                if port != 0 {
+                    l4::set_dport(l4, port);
+                }
+            }
+        }
+        let c = csum::update(
+            ipv4::header_checksum(head),
+            &csum::words(old),
+            &csum::words(addr),
+        );
+        ipv4::set_header_checksum(head, c);
+    }
+    {
+        let msg = &mut frame[ic.icmp_off..end];
+        msg[2..4].fill(0);
+        let c = csum::checksum(msg);
+        msg[2..4].copy_from_slice(&c.to_be_bytes());
+    }
+    let head = &mut frame[ETH_HDR_LEN..ic.icmp_off];
+    let old = match outer {
+        Side::Source => ipv4::src(head),
+        Side::Destination => ipv4::dst(head),
+    };
+    match outer {
+        Side::Source => ipv4::set_src(head, addr),
+        Side::Destination => ipv4::set_dst(head, addr),
+    }
+    let c = csum::update(
+        ipv4::header_checksum(head),
+        &csum::words(old),
+        &csum::words(addr),
+    );
+    ipv4::set_header_checksum(head, c);
+    ipv4::decrement_ttl(head);
 }
 
 /// Which end of the packet a rewrite changes.
@@ -124,6 +236,8 @@ fn rewrite(buf: &mut [u8], side: Side, addr: u32, port: u16, dst: MacAddr, src: 
         Side::Source => l4::sport(l4),
         Side::Destination => l4::dport(l4),
     };
+    // Port 0: a fwmark service's real that keeps the packet's port.
+    let port = if port == 0 { old_port } else { port };
     if let Some(at) = l4::checksum_offset(proto) {
         let check = crate::wire::be16(l4, at);
         let (o, n) = (csum::words(old_addr), csum::words(addr));

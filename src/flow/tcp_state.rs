@@ -57,6 +57,11 @@ impl TcpState {
         }
     }
 
+    /// The connection is being closed: a new SYN on its five-tuple is a new connection.
+    pub const fn is_closing(self) -> bool {
+        matches!(self, FinWait | TimeWait | Close | CloseWait | LastAck)
+    }
+
     /// Counted as an active connection (`tcp_state_active_table`, modern kernels).
     pub const fn is_active(self) -> bool {
         matches!(self, Established | SynSent | SynRecv | SynAck)

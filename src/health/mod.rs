@@ -232,6 +232,9 @@ pub struct Report {
 pub struct Runner {
     pub service: ServiceKey,
     pub addr: Ipv4Addr,
+    /// The real's port: a check without `connect_port` probes it (a NAT real listens on its
+    /// own port; a DR real on the service's).
+    pub port: u16,
     pub spec: CheckSpec,
     pub regex: Option<regex::Regex>,
     pub vip_path: Option<vip::VipPath>,
@@ -242,7 +245,7 @@ impl Runner {
     fn target(&self) -> SocketAddrV4 {
         SocketAddrV4::new(
             self.spec.connect_ip.unwrap_or(self.addr),
-            self.spec.connect_port.unwrap_or(self.service.port),
+            self.spec.connect_port.unwrap_or(self.port),
         )
     }
 

@@ -250,15 +250,17 @@ pub fn receive_filter(
 /// takes the result modulo the group's size). Every frame of a flow, in both directions,
 /// must reach one worker, whose flow table alone knows the flow: the program hashes the
 /// client's address and port, which a request carries as its source, a masquerading real's
-/// reply as its destination, and an ICMP error as the destination of the packet it quotes
-/// (whose IP header is taken to be 20 bytes: options there only cost that error a flow
-/// lookup on the wrong worker). A frame from a masquerading real's address is a reply;
-/// anything else a request.
+/// reply as its destination, and an ICMP error in the packet it quotes: as its source when a
+/// masquerading real sends the error (it quotes what the client sent it), else as its
+/// destination (a router or the client quotes what the VIP sent). The quoted IP header is
+/// taken to be 20 bytes: options there only cost that error a flow lookup on the wrong
+/// worker. A frame from a masquerading real's address is a reply; anything else a request.
 pub fn fanout_program(nat_sources: &[(u32, u16)]) -> Vec<Insn> {
     let build = |reals: &[u32]| {
         let mut a = Asm::new();
         let (request, reply, icmp, mix, zero) =
             (a.label(), a.label(), a.label(), a.label(), a.label());
+        let (icmp_from_real, quoted) = (a.label(), a.label());
         a.op(stmt(BPF_LD | BPF_H | BPF_ABS, 12));
         a.jeq(0x0800, request, Some(zero));
         a.here(request);
@@ -280,9 +282,21 @@ pub fn fanout_program(nat_sources: &[(u32, u16)]) -> Vec<Insn> {
         a.op(stmt(BPF_LD | BPF_W | BPF_ABS, IP_DST));
         a.ja(mix);
         a.here(icmp);
+        a.op(stmt(BPF_LD | BPF_W | BPF_ABS, IP_SRC));
+        for r in reals {
+            a.jeq(*r, icmp_from_real, None);
+        }
+        // The quoted packet's destination.
         a.op(stmt(BPF_LD | BPF_W | BPF_IND, 14 + 8 + 16));
         a.op(stmt(BPF_ST, 0));
         a.op(stmt(BPF_LD | BPF_H | BPF_IND, 14 + 8 + 20 + 2));
+        a.ja(quoted);
+        a.here(icmp_from_real);
+        // The quoted packet's source.
+        a.op(stmt(BPF_LD | BPF_W | BPF_IND, 14 + 8 + 12));
+        a.op(stmt(BPF_ST, 0));
+        a.op(stmt(BPF_LD | BPF_H | BPF_IND, 14 + 8 + 20));
+        a.here(quoted);
         a.op(stmt(BPF_MISC | BPF_TAX, 0));
         a.op(stmt(BPF_LD | BPF_MEM, 0));
         a.here(mix);

@@ -263,6 +263,11 @@ pub enum Expr<'a> {
         sreg: u32,
         set: &'a SetRef,
     },
+    /// The key is *not* in the set (`NFT_LOOKUP_F_INV`).
+    NotIn {
+        sreg: u32,
+        set: &'a SetRef,
+    },
     Counter,
     Drop,
 }
@@ -632,7 +637,7 @@ fn put_expr(buf: &mut Vec<u8>, e: &Expr<'_>) {
         Expr::Payload { .. } => "payload",
         Expr::Cmp { .. } => "cmp",
         Expr::Bitwise { .. } => "bitwise",
-        Expr::Lookup { .. } => "lookup",
+        Expr::Lookup { .. } | Expr::NotIn { .. } => "lookup",
         Expr::Counter => "counter",
         Expr::Drop => "immediate",
     };
@@ -682,6 +687,15 @@ fn put_expr(buf: &mut Vec<u8>, e: &Expr<'_>) {
             if set.id != 0 {
                 put_u32(buf, 4, set.id);
             }
+        }
+        Expr::NotIn { sreg, set } => {
+            put_u32(buf, 2, sreg);
+            put_str(buf, 1, &set.name);
+            if set.id != 0 {
+                put_u32(buf, 4, set.id);
+            }
+            // NFTA_LOOKUP_FLAGS: NFT_LOOKUP_F_INV
+            put_u32(buf, 5, 1);
         }
         Expr::Counter => {}
         Expr::Drop => {

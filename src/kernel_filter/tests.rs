@@ -14,8 +14,17 @@ fn two_services() -> Vec<ServiceKey> {
     vec![svc(Protocol::Tcp, VIP, 80), svc(Protocol::Udp, VIP, 53)]
 }
 
-fn sets(services: &[ServiceKey]) -> (BTreeSet<Key>, BTreeSet<Ipv4Addr>) {
-    wanted(services)
+/// Services only: no masquerading reals, no local addresses.
+fn only(services: &[ServiceKey]) -> Filtered<'_> {
+    Filtered {
+        services,
+        nat_replies: &[],
+        locals: &[],
+    }
+}
+
+fn sets(services: &[ServiceKey]) -> Wanted {
+    wanted(&only(services))
 }
 
 fn hex(s: &str) -> Vec<u8> {
@@ -184,9 +193,8 @@ const ARP_RULE: &str = concat!(
 
 #[test]
 fn the_netdev_table_is_built_as_nft_builds_it() {
-    let (keys, vips) = sets(&two_services());
-    let got =
-        normalized(&install_batch(&["eth0".into()], ServiceHook::Ingress, &keys, &vips).encode(0));
+    let w = sets(&two_services());
+    let got = normalized(&install_batch(&["eth0".into()], ServiceHook::Ingress, &w).encode(0));
     let want = |h: &str| normalized(&hex(h)).remove(0);
     // The batch-begin message, six that remove earlier tables, the owned netdev table; then
     // what nft sends for the same table. The arp table comes between the sets and the chain.
@@ -204,13 +212,11 @@ fn the_netdev_table_is_built_as_nft_builds_it() {
 
 #[test]
 fn the_prerouting_and_arp_tables_are_built_as_nft_builds_them() {
-    let none = BTreeSet::new();
     let got = normalized(
         &install_batch(
             &["eth0".into(), "eth1".into()],
             ServiceHook::Prerouting,
-            &none,
-            &BTreeSet::new(),
+            &Wanted::default(),
         )
         .encode(0),
     );
@@ -231,29 +237,28 @@ fn the_prerouting_and_arp_tables_are_built_as_nft_builds_them() {
 
 #[test]
 fn an_update_sends_only_the_elements_that_change() {
-    let (k0, v0) = sets(&two_services());
-    assert!(update_batch(ServiceHook::Ingress, (&k0, &v0), (&k0, &v0)).is_empty());
+    let w0 = sets(&two_services());
+    assert!(update_batch(ServiceHook::Ingress, &w0, &w0).is_empty());
     // A new port on a known VIP: one element, no VIP change.
     let mut more = two_services();
     more.push(svc(Protocol::Tcp, VIP, 443));
-    let (k1, v1) = sets(&more);
-    assert_eq!(
-        update_batch(ServiceHook::Ingress, (&k0, &v0), (&k1, &v1)).len(),
-        1
-    );
+    let w1 = sets(&more);
+    assert_eq!(update_batch(ServiceHook::Ingress, &w0, &w1).len(), 1);
     // A new VIP: its service, and the VIP in both tables' sets.
     more.push(svc(Protocol::Udp, VIP2, 53));
-    let (k2, v2) = sets(&more);
-    assert_eq!(
-        update_batch(ServiceHook::Prerouting, (&k1, &v1), (&k2, &v2)).len(),
-        3
-    );
+    let w2 = sets(&more);
+    assert_eq!(update_batch(ServiceHook::Prerouting, &w1, &w2).len(), 3);
     // Everything gone: the four services in one message, the two VIPs in each table.
-    let (k3, v3) = sets(&[]);
-    assert_eq!(
-        update_batch(ServiceHook::Ingress, (&k2, &v2), (&k3, &v3)).len(),
-        3
-    );
+    let w3 = sets(&[]);
+    assert_eq!(update_batch(ServiceHook::Ingress, &w2, &w3).len(), 3);
+    // A masquerading real and the director's address: one message for each set.
+    let nat = [svc(Protocol::Tcp, Ipv4Addr::new(10, 0, 0, 11), 8080)];
+    let w4 = wanted(&Filtered {
+        services: &more,
+        nat_replies: &nat,
+        locals: &[0x0a00_0002],
+    });
+    assert_eq!(update_batch(ServiceHook::Ingress, &w2, &w4).len(), 2);
 }
 
 #[test]
@@ -308,7 +313,8 @@ fn nft_ruleset() -> Option<String> {
 fn installed_tables_are_owned_readable_by_nft_and_removed_on_drop() {
     in_private_netns(|| {
         let kf =
-            KernelFilter::install(&["lo".into()], &two_services(), ServiceHook::Ingress).unwrap();
+            KernelFilter::install(&["lo".into()], &only(&two_services()), ServiceHook::Ingress)
+                .unwrap();
         let port = kf.sock.port_id().unwrap();
         let tables = uvs_tables_now();
         assert_eq!(
@@ -330,6 +336,7 @@ fn installed_tables_are_owned_readable_by_nft_and_removed_on_drop() {
                 "elements = { 10.0.0.100 }",
                 "type filter hook input priority -500; policy accept;",
                 "arp operation request arp daddr ip @vips counter packets 0 bytes 0 drop comment \"answered by uvs\"",
+                "ip saddr . meta l4proto . th sport @nat_replies ip daddr != @locals counter packets 0 bytes 0 drop comment \"a reply uvs rewrites\"",
             ] {
                 assert!(r.contains(line), "missing {line:?} in\n{r}");
             }
@@ -344,7 +351,7 @@ fn with_a_vip_mac_the_service_rules_are_in_ip_prerouting_on_the_served_interface
     in_private_netns(|| {
         let kf = KernelFilter::install(
             &["eth0".into(), "eth1".into()],
-            &two_services(),
+            &only(&two_services()),
             ServiceHook::Prerouting,
         )
         .unwrap();
@@ -368,12 +375,15 @@ fn with_a_vip_mac_the_service_rules_are_in_ip_prerouting_on_the_served_interface
 #[test]
 fn updates_change_the_elements_and_a_refused_one_changes_nothing() {
     in_private_netns(|| {
-        let mut kf =
-            KernelFilter::install(&["lo".into()], &two_services()[..1], ServiceHook::Ingress)
-                .unwrap();
+        let mut kf = KernelFilter::install(
+            &["lo".into()],
+            &only(&two_services()[..1]),
+            ServiceHook::Ingress,
+        )
+        .unwrap();
         let mut more = two_services();
         more.push(svc(Protocol::Tcp, VIP2, 443));
-        kf.update(&more).unwrap();
+        kf.update(&only(&more)).unwrap();
         let r = nft_ruleset();
         if let Some(r) = &r {
             assert!(r.contains("10.0.0.100 . udp . 53 counter"), "{r}");
@@ -387,22 +397,22 @@ fn updates_change_the_elements_and_a_refused_one_changes_nothing() {
         // A key uvs believes installed but the kernel lacks: removing it fails, and with it
         // the whole transaction (the other removals and the VIP's).
         let phantom = (Ipv4Addr::new(10, 0, 0, 99), 6, 8080);
-        kf.services.insert(phantom);
-        let before = (kf.services.clone(), kf.vips.clone());
-        let e = kf.update(&two_services()[..1]).unwrap_err();
+        kf.sets.services.insert(phantom);
+        let before = (kf.sets.services.clone(), kf.sets.vips.clone());
+        let e = kf.update(&only(&two_services()[..1])).unwrap_err();
         assert!(
             e.to_string()
                 .contains("delete 3 element(s) from set netdev uvs services"),
             "{e}"
         );
-        assert_eq!((kf.services.clone(), kf.vips.clone()), before);
+        assert_eq!((kf.sets.services.clone(), kf.sets.vips.clone()), before);
         assert_eq!(
             nft_ruleset(),
             r,
             "the refused transaction changed the kernel"
         );
-        kf.services.remove(&phantom);
-        kf.update(&two_services()[..1]).unwrap();
+        kf.sets.services.remove(&phantom);
+        kf.update(&only(&two_services()[..1])).unwrap();
         if let Some(r) = nft_ruleset() {
             assert!(!r.contains("10.0.0.101"), "{r}");
             assert!(!r.contains(". udp . 53"), "{r}");
@@ -426,7 +436,8 @@ fn a_start_replaces_unowned_tables_and_refuses_tables_another_socket_owns() {
             "unowned tables outlive their socket"
         );
         let kf =
-            KernelFilter::install(&["lo".into()], &two_services(), ServiceHook::Ingress).unwrap();
+            KernelFilter::install(&["lo".into()], &only(&two_services()), ServiceHook::Ingress)
+                .unwrap();
         let tables = uvs_tables_now();
         assert_eq!(
             families(&tables),
@@ -435,7 +446,7 @@ fn a_start_replaces_unowned_tables_and_refuses_tables_another_socket_owns() {
         );
         assert!(tables.iter().all(TableInfo::is_owned));
 
-        let e = KernelFilter::install(&["lo".into()], &two_services(), ServiceHook::Ingress)
+        let e = KernelFilter::install(&["lo".into()], &only(&two_services()), ServiceHook::Ingress)
             .unwrap_err();
         assert!(matches!(e, KernelFilterError::OwnedElsewhere(_)), "{e}");
         assert!(
@@ -447,6 +458,30 @@ fn a_start_replaces_unowned_tables_and_refuses_tables_another_socket_owns() {
             tables,
             "the refused start changed nothing"
         );
+        drop(kf);
+    });
+}
+
+#[test]
+fn raw_replies_of_masquerading_reals_are_dropped_unless_they_go_to_the_director() {
+    in_private_netns(|| {
+        let nat = [svc(Protocol::Tcp, Ipv4Addr::new(10, 0, 0, 11), 8080)];
+        let filtered = Filtered {
+            services: &two_services(),
+            nat_replies: &nat,
+            locals: &[0x0a00_0002],
+        };
+        let kf = KernelFilter::install(&["lo".into()], &filtered, ServiceHook::Ingress).unwrap();
+        if let Some(r) = nft_ruleset() {
+            for line in [
+                "10.0.0.11 . tcp . 8080 counter packets 0 bytes 0",
+                "ip saddr . meta l4proto . th sport @nat_replies ip daddr != @locals counter",
+                "@th,240,16 @nat_replies ip daddr != @locals counter",
+                "elements = { 10.0.0.2 }",
+            ] {
+                assert!(r.contains(line), "missing {line:?} in\n{r}");
+            }
+        }
         drop(kf);
     });
 }

@@ -258,7 +258,8 @@ pub fn start_http_servers(lab: &mut Lab, spec: &LabSpec, uvs_exe: &Path) -> Resu
     for h in &spec.hosts {
         let Some(kind) = h.http else { continue };
         let body = h.http_body.clone().unwrap_or_else(|| h.name.clone());
-        lab.start_http(&h.name, &body, kind == HttpKind::Nginx, uvs_exe)
+        let port = h.http_port.unwrap_or(80);
+        lab.start_http_on(&h.name, &body, port, kind == HttpKind::Nginx, uvs_exe)
             .with_context(|| format!("HTTP server on {}", h.name))?;
     }
     Ok(())

@@ -435,13 +435,25 @@ impl Lab {
         prefer_nginx: bool,
         uvs_exe: &Path,
     ) -> Result<u32> {
+        self.start_http_on(host, name, 80, prefer_nginx, uvs_exe)
+    }
+
+    /// [`Lab::start_http`] on another port (a NAT real server listening on 8080, say).
+    pub fn start_http_on(
+        &mut self,
+        host: &str,
+        name: &str,
+        port: u16,
+        prefer_nginx: bool,
+        uvs_exe: &Path,
+    ) -> Result<u32> {
         match nginx_path() {
             Some(nginx) if prefer_nginx => {
-                let pid = self.start_nginx(host, name, &nginx)?;
-                self.wait_http(host, name, 80, pid)?;
+                let pid = self.start_nginx(host, name, port, &nginx)?;
+                self.wait_http(host, name, port, pid)?;
                 Ok(pid)
             }
-            _ => self.start_builtin_http(host, name, 80, uvs_exe),
+            _ => self.start_builtin_http(host, name, port, uvs_exe),
         }
     }
 
@@ -516,8 +528,12 @@ impl Lab {
         s
     }
 
-    fn start_nginx(&mut self, host: &str, name: &str, nginx: &Path) -> Result<u32> {
-        let d = self.dir.join(format!("{host}-nginx"));
+    fn start_nginx(&mut self, host: &str, name: &str, port: u16, nginx: &Path) -> Result<u32> {
+        let d = self.dir.join(if port == 80 {
+            format!("{host}-nginx")
+        } else {
+            format!("{host}-nginx{port}")
+        });
         fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         let ds = path_str(&d)?;
         // Every path nginx would otherwise take from its compiled-in defaults (/var/log/nginx,
@@ -541,7 +557,7 @@ http {{
     keepalive_timeout 65;
     keepalive_requests 100000;
     server {{
-        listen 0.0.0.0:80 reuseport;
+        listen 0.0.0.0:{port} reuseport;
         location / {{
             default_type text/plain;
             return 200 "{name}\n";
@@ -552,7 +568,11 @@ http {{
         );
         let conf_path = d.join("nginx.conf");
         fs::write(&conf_path, conf).with_context(|| format!("writing {}", conf_path.display()))?;
-        let log = self.dir.join(format!("{host}-nginx.log"));
+        let log = self.dir.join(if port == 80 {
+            format!("{host}-nginx.log")
+        } else {
+            format!("{host}-nginx{port}.log")
+        });
         let nginx = path_str(nginx)?;
         let err_log = format!("{ds}/error.log");
         let conf_s = path_str(&conf_path)?;

@@ -4,7 +4,8 @@
 //! Both answer with the server's name (`<name>\n`) so a client can tell which real server a
 //! director picked. An HTTP `POST` is answered with `<name> bytes=<N> fnv=<H>\n`: the body's
 //! length and its FNV-1a 64-bit hash (16 hex digits), so a test can check an upload arrived
-//! intact through the director.
+//! intact through the director; a `GET /bytes/N` is answered with N bytes of [`pattern`], so
+//! a test can check a download.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -45,6 +46,24 @@ pub fn serve_http(name: &str, port: u16) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Largest `GET /bytes/N` answered.
+const MAX_DOWNLOAD: usize = 64 << 20;
+
+/// `n` bytes of a fixed pseudo-random stream (xorshift64): what `GET /bytes/N` returns, for a
+/// test to compare a download against.
+pub fn pattern(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
 }
 
 /// FNV-1a, 64-bit: state for hashing a stream in pieces.
@@ -120,7 +139,8 @@ fn http_conn(stream: TcpStream, name: &str) -> io::Result<()> {
         }
         let mut parts = request_line.split_whitespace();
         let method = parts.next().unwrap_or("").to_string();
-        let version = parts.nth(1).unwrap_or("HTTP/1.0").to_string();
+        let path = parts.next().unwrap_or("/").to_string();
+        let version = parts.next().unwrap_or("HTTP/1.0").to_string();
         let mut keep_alive = version == "HTTP/1.1";
         let mut content_length: u64 = 0;
         let mut expect_continue = false;
@@ -162,22 +182,28 @@ fn http_conn(stream: TcpStream, name: &str) -> io::Result<()> {
         }
         let body = if method == "POST" {
             let (n, h) = hash_body(&mut r, content_length)?;
-            format!("{name} bytes={n} fnv={h:016x}\n")
+            format!("{name} bytes={n} fnv={h:016x}\n").into_bytes()
         } else {
             // Discard a request body so the next request on this connection parses cleanly.
             io::copy(&mut (&mut r).take(content_length), &mut io::sink())?;
-            format!("{name}\n")
+            match path
+                .strip_prefix("/bytes/")
+                .and_then(|n| n.parse::<usize>().ok())
+            {
+                Some(n) if n <= MAX_DOWNLOAD => pattern(n),
+                _ => format!("{name}\n").into_bytes(),
+            }
         };
         let conn = if keep_alive { "keep-alive" } else { "close" };
-        let mut resp = format!(
+        let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
              Connection: {conn}\r\n\r\n",
             body.len()
         );
+        w.write_all(head.as_bytes())?;
         if method != "HEAD" {
-            resp.push_str(&body);
+            w.write_all(&body)?;
         }
-        w.write_all(resp.as_bytes())?;
         if !keep_alive {
             return Ok(());
         }

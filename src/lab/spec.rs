@@ -91,9 +91,11 @@ pub struct HostSpec {
     /// address exists), then each VIP/32 on lo.
     #[serde(default)]
     pub vips: Vec<Ipv4Addr>,
-    /// Start an HTTP server on port 80 answering the body `http_body` (default: host name).
+    /// Start an HTTP server on port `http_port` (80) answering the body `http_body` (default:
+    /// host name).
     pub http: Option<HttpKind>,
     pub http_body: Option<String>,
+    pub http_port: Option<u16>,
     #[serde(default)]
     pub interfaces: Vec<IfaceSpec>,
 }
@@ -171,10 +173,15 @@ fn default_requests() -> usize {
     6
 }
 
-/// Private (RFC 1918) or loopback-free link-local test ranges only: labs must never use
-/// addresses that could be someone's.
+/// Private (RFC 1918), benchmarking (RFC 2544: 198.18/15) or documentation (RFC 5737:
+/// 198.51.100/24, 203.0.113/24) ranges only: labs must never use addresses that could be
+/// someone's. The tutorials' "internet" addresses become documentation ones.
 pub fn is_private(a: Ipv4Addr) -> bool {
+    let o = a.octets();
     a.is_private()
+        || (o[0] == 198 && (o[1] & 0xfe) == 18)
+        || (o[0], o[1], o[2]) == (198, 51, 100)
+        || (o[0], o[1], o[2]) == (203, 0, 113)
 }
 
 pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
@@ -263,7 +270,7 @@ impl LabSpec {
                         parse_cidr(a).with_context(|| format!("{}:{}", h.name, i.name))?;
                     if !is_private(ip) {
                         bail!(
-                            "{}:{}: {ip} is not a private address (labs use 10/8, 172.16/12, 192.168/16 only)",
+                            "{}:{}: {ip} is not a private address (labs use 10/8, 172.16/12, 192.168/16, 198.18/15, 198.51.100/24 and 203.0.113/24 only)",
                             h.name,
                             i.name
                         );
@@ -319,8 +326,8 @@ impl LabSpec {
                     ),
                 }
             }
-            if h.http.is_none() && h.http_body.is_some() {
-                bail!("{}: http_body without http", h.name);
+            if h.http.is_none() && (h.http_body.is_some() || h.http_port.is_some()) {
+                bail!("{}: http_body or http_port without http", h.name);
             }
         }
         let mut dir_hosts = HashSet::new();

@@ -1,6 +1,6 @@
 //! Decision records in words: one line per decision, as `uvs trace` prints it.
 
-use crate::datapath::counters::DropReason;
+use crate::datapath::counters::{DropReason, ReuseReason};
 use crate::datapath::tap::{Outcome, Record, Via, WHY_REALS, Why, WhyReal};
 use crate::wire::{ETH_HDR_LEN, FlowFields, IPPROTO_TCP, IPPROTO_UDP, ethernet, ipv4_from_u32};
 
@@ -185,7 +185,18 @@ pub fn format_record(r: &Record, ifname: &dyn Fn(u16) -> String) -> String {
         }
         Outcome::Forwarded { egress } => egress,
     };
-    if r.new_flow {
+    if r.reply {
+        s.push_str(&format!(
+            " reply of real {} rewritten back to the VIP",
+            ipv4_from_u32(r.real_addr)
+        ));
+    } else if r.new_flow {
+        if let Some(why) = r.reuse {
+            s.push_str(&format!(
+                " SYN on an old flow's ports ({}): a new connection,",
+                reuse_text(why)
+            ));
+        }
         s.push_str(&format!(
             " {} -> {} ({})",
             if r.why.ops {
@@ -220,6 +231,16 @@ pub fn format_record(r: &Record, ifname: &dyn Fn(u16) -> String) -> String {
     s
 }
 
+/// Why an old flow's five-tuple started a new connection, in words.
+fn reuse_text(why: ReuseReason) -> &'static str {
+    match why {
+        ReuseReason::Closing => "it was closing",
+        ReuseReason::RealRemoved => "its real server was removed",
+        ReuseReason::Quiesced => "its real server is quiesced",
+        ReuseReason::Unavailable => "its real server is over its threshold",
+    }
+}
+
 /// A drop reason in words, for trace lines.
 pub fn drop_explanation(reason: DropReason) -> &'static str {
     match reason {
@@ -236,6 +257,7 @@ pub fn drop_explanation(reason: DropReason) -> &'static str {
         DropReason::ToDirector => "to the director itself: the kernel's",
         DropReason::ReplyNoFlow => "a real server's reply with no flow to rewrite it for",
         DropReason::NoRoute => "no route to the client by a served interface",
+        DropReason::IcmpNoFlow => "an ICMP error about no flow of uvs's",
         DropReason::Fragment => "IP fragments are not reassembled",
         DropReason::BadIpChecksum => "bad IPv4 header checksum",
         DropReason::BadSource => "broadcast/multicast/zero source",
