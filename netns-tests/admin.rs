@@ -13,7 +13,7 @@ use uvs::lab::{LabOptions, addr, build_dr_lab};
 use uvs::model::{Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec};
 
 use crate::common;
-use crate::dr_basic::start_web;
+use crate::common::start_web;
 
 fn vip80() -> ServiceKey {
     ServiceKey {

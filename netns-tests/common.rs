@@ -1,4 +1,23 @@
-//! Shared helpers: root/CI gate, unique prefixes, director start-up, metrics, captures.
+//! The shared fixture of the namespace tests: a lab, a director in it, the director's admin
+//! socket, `uvsadm` and metrics, and the client-side helpers the tests share.
+//!
+//! A test reads:
+//!
+//! ```text
+//! let Some(ctx) = common::setup(20) else { return };  // lock, root/CI gate, unique prefix
+//! let mut lab = ctx.web_lab();                         // DR lab, web servers on rs1 and rs2
+//! let d = Director::rr_http().admin_socket().start(&mut lab);
+//! common::curl_vip(&lab, 4);                           // traffic from the client
+//! d.admin(&Request::Status); d.uvsadm(&["-Ln"]); d.metric("uvs_drops_total", &[]); d.tail();
+//! ```
+//!
+//! Ownership and tear-down: the [`Lab`] owns every namespace and every process a test starts,
+//! directors included, and its `Drop` (which also runs on a panic) ends those processes by PID
+//! and removes the namespaces. A [`Director`] is a handle (namespace, PID, files): reading
+//! through it (log, admin socket, `uvsadm`, metrics) needs no lab, while ending or signalling
+//! the process goes through the lab, which still holds it unreaped, so a signal can never
+//! reach a recycled PID. Files a test or director writes live in the lab's directory, named
+//! after the director's namespace (`dir.rules`, `dir.log`, `dir2.toml`, `dir.sock`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,7 +26,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use uvs::lab::{Lab, addr, fmt_mac, tail};
+use uvs::lab::{Lab, LabOptions, addr, build_dr_lab, fmt_mac, tail};
 
 /// Serialises the tests (see the crate docs).
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -68,8 +87,231 @@ pub fn setup(testno: u32) -> Option<Ctx> {
     })
 }
 
+impl Ctx {
+    /// The DR lab (client → router → switch with dir, rs1, rs2), kernel offload defaults.
+    pub fn dr_lab(&self) -> Lab {
+        self.dr_lab_with(&LabOptions::default())
+    }
+
+    pub fn dr_lab_with(&self, opts: &LabOptions) -> Lab {
+        build_dr_lab(&self.prefix, opts)
+            .unwrap_or_else(|e| panic!("building the DR lab ({opts:?}): {e:#}"))
+    }
+
+    /// The DR lab with [`start_web`]'s web servers on rs1 and rs2.
+    pub fn web_lab(&self) -> Lab {
+        let mut lab = self.dr_lab();
+        start_web(&mut lab);
+        lab
+    }
+}
+
+/// nginx (or, only if it is not installed, the built-in responder) on rs1 and rs2, port 80.
+pub fn start_web(lab: &mut Lab) {
+    if !Lab::nginx_installed() {
+        eprintln!("nginx not installed: using the built-in HTTP responder");
+    }
+    for rs in ["rs1", "rs2"] {
+        lab.start_http(rs, rs, true, &uvs_exe())
+            .unwrap_or_else(|e| panic!("web server on {rs}: {e:#}"));
+    }
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("lab paths are UTF-8")
+}
+
+/// How to start a director: what [`Director::launch`] and [`Director::rr_http`] begin and
+/// [`Launch::start`] runs.
+#[must_use]
+pub struct Launch {
+    host: String,
+    /// (flag, file name in the lab directory, contents)
+    files: Vec<(&'static str, String, String)>,
+    interfaces: Vec<String>,
+    metrics: bool,
+}
+
+impl Launch {
+    /// `--rules FILE` with these ipvsadm-save lines.
+    pub fn rules(self, text: &str) -> Self {
+        let name = format!("{}.rules", self.host);
+        self.file("--rules", &name, text)
+    }
+
+    /// `--config FILE` with this TOML.
+    pub fn config(self, toml: &str) -> Self {
+        let name = format!("{}.toml", self.host);
+        self.file("--config", &name, toml)
+    }
+
+    /// `flag FILE`, FILE holding `text` (`--keepalived`, `--ldirectord`).
+    pub fn file(mut self, flag: &'static str, name: &str, text: &str) -> Self {
+        self.files.push((flag, name.to_string(), text.to_string()));
+        self
+    }
+
+    pub fn interface(mut self, ifname: &str) -> Self {
+        self.interfaces.push(ifname.to_string());
+        self
+    }
+
+    /// Writes the files, starts `uvs run` and waits until it reports ready.
+    pub fn start(self, lab: &mut Lab) -> Director {
+        let mut args: Vec<String> = Vec::new();
+        for (flag, name, text) in &self.files {
+            let path = lab.dir().join(name);
+            std::fs::write(&path, text)
+                .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+            args.extend([flag.to_string(), path_str(&path).to_string()]);
+        }
+        for i in &self.interfaces {
+            args.extend(["--interface".to_string(), i.clone()]);
+        }
+        if !self.metrics {
+            args.extend(["--metrics".to_string(), "off".to_string()]);
+        }
+        let log = log_path(lab, &self.host);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let pid = lab
+            .start_director_in(&self.host, &uvs_exe(), &argv, &log)
+            .unwrap_or_else(|e| panic!("starting the director in {}: {e:#}", self.host));
+        Director {
+            ns: lab.ns(&self.host),
+            pid,
+            log,
+            metrics: self.metrics,
+        }
+    }
+}
+
+/// A running `uvs run`, started by [`Launch::start`]; see the module docs for who owns what.
+#[derive(Debug)]
+pub struct Director {
+    /// Full namespace name.
+    ns: String,
+    pid: u32,
+    log: PathBuf,
+    metrics: bool,
+}
+
+impl Director {
+    /// A director in `dir` with nothing configured yet.
+    pub fn launch() -> Launch {
+        Launch {
+            host: "dir".to_string(),
+            files: Vec::new(),
+            interfaces: Vec::new(),
+            metrics: true,
+        }
+    }
+
+    /// The usual service: TCP VIP:80, rr over rs1 and rs2, served on eth0.
+    pub fn rr_http() -> Launch {
+        Self::launch().rules(&dr_rules('t', 80)).interface("eth0")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The last lines of its log, for assertion messages.
+    pub fn tail(&self) -> String {
+        tail(&self.log, 30)
+    }
+
+    /// Ends it with SIGKILL, as a crash would: nothing of its own clean-up runs.
+    pub fn kill(self, lab: &mut Lab) {
+        sigkill(lab, self.pid);
+    }
+
+    /// The director's Prometheus page.
+    pub fn scrape(&self) -> String {
+        assert!(self.metrics, "the director runs with --metrics off");
+        run_in(&self.ns, &curl_metrics()).checked()
+    }
+}
+
+fn curl_metrics() -> [&'static str; 7] {
+    [
+        "curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        "--max-time",
+        "5",
+        "http://127.0.0.1:9477/metrics",
+    ]
+}
+
+/// The log of the director in namespace `host`.
+fn log_path(lab: &Lab, host: &str) -> PathBuf {
+    lab.dir().join(format!("{host}.log"))
+}
+
+/// SIGKILL, to a process the lab started and still holds, then reaped through the lab.
+pub fn sigkill(lab: &mut Lab, pid: u32) {
+    assert!(lab.pids().contains(&pid), "pid {pid} is not the lab's");
+    // SAFETY: kill(2) has no memory effects; the lab holds this child unreaped, so the PID
+    // cannot have been recycled.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    lab.kill(pid);
+}
+
+/// A finished command: exit code (-1 for a signal), stdout, stderr.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    what: String,
+}
+
+impl Out {
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+
+    /// Its stdout, if it exited 0; else a panic naming the command with its stderr.
+    pub fn checked(self) -> String {
+        assert!(
+            self.ok(),
+            "{} exited {}: {}",
+            self.what,
+            self.code,
+            self.stderr.trim()
+        );
+        self.stdout
+    }
+}
+
+/// Runs `argv` in namespace `ns` (a full name, [`Lab::ns`]), stdin empty.
+pub fn run_in(ns: &str, argv: &[&str]) -> Out {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]);
+    let what = format!("{argv:?} in {ns}");
+    let out = c
+        .args(argv)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {what}: {e}"));
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        what,
+    }
+}
+
+/// `ip neigh show IP` in namespace `ns`: (link-layer address, state) of its entry.
+pub fn neigh(ns: &str, ip: &str) -> Option<(String, String)> {
+    let out = run_in(ns, &["ip", "neigh", "show", ip]);
+    if !out.ok() {
+        return None;
+    }
+    let w: Vec<&str> = out.stdout.split_whitespace().collect();
+    let i = w.iter().position(|x| *x == "lladdr")?;
+    Some((w.get(i + 1)?.to_string(), w.last()?.to_string()))
 }
 
 /// Writes `rules` to the lab directory and starts the director with
@@ -86,10 +328,10 @@ pub fn start_director(lab: &mut Lab, rules: &str, args: &[&str]) -> u32 {
 }
 
 pub fn director_log(lab: &Lab) -> PathBuf {
-    lab.dir().join("director.log")
+    log_path(lab, "dir")
 }
 
-/// The last lines of the director's log, for assertion messages.
+/// The last lines of the log of the director in `dir`, for assertion messages.
 pub fn director_tail(lab: &Lab) -> String {
     tail(&director_log(lab), 30)
 }

@@ -26,7 +26,7 @@ fn doctor_names_the_rs_answering_arp_for_the_vip_and_the_rs_without_the_vip() {
     let Some(ctx) = common::setup(74) else { return };
     let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
         .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
+    common::start_web(&mut lab);
     let vip = addr::VIP.to_string();
 
     // A healthy lab first: no problem found (services from the rules file, no uvs running).

@@ -11,8 +11,8 @@ use uvs::ctl::proto::{Reply, Request};
 use uvs::health::book::{HealthListing, RealHealthRow};
 use uvs::lab::{Lab, LabOptions, addr, build_dr_lab};
 
+use crate::common::start_web;
 use crate::common::{self, Ctx};
-use crate::dr_basic::start_web;
 
 /// Check timing used by the TOML tests: window = interval + retry × (dbr + timeout) + timeout.
 const INTERVAL: f64 = 0.2;

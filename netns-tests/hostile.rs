@@ -600,7 +600,7 @@ fn hostile_frames_are_each_counted_under_a_reason_and_nothing_leaks() {
     let Some(ctx) = common::setup(70) else { return };
     let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
         .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
+    common::start_web(&mut lab);
     let pid = common::start_director(
         &mut lab,
         &common::dr_rules('t', 80),
@@ -844,7 +844,7 @@ fn syn_flood_fills_the_flow_table_but_established_flows_survive() {
     let Some(ctx) = common::setup(71) else { return };
     let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
         .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
+    common::start_web(&mut lab);
     let sock = lab.dir().join("admin.sock");
     let config = toml_config(&lab, "[flow_table]\ncapacity = 1024");
     let log = common::director_log(&lab);
@@ -918,7 +918,7 @@ fn overload_counts_ring_drops_and_the_admin_socket_stays_responsive() {
     let Some(ctx) = common::setup(72) else { return };
     let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
         .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
+    common::start_web(&mut lab);
     let sock = lab.dir().join("admin.sock");
     // A tiny ring (8 frame slots): what the one worker cannot take is a ring drop.
     let config = toml_config(
@@ -1050,7 +1050,7 @@ fn unprivileged_and_garbage_admin_requests_change_nothing_and_sigkill_restart_re
     let Some(ctx) = common::setup(73) else { return };
     let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
         .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
+    common::start_web(&mut lab);
     // The default abstract admin socket: no file permissions stand in the way, so the
     // daemon's own check is what refuses an unprivileged peer.
     let pid = common::start_director(

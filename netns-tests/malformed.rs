@@ -209,7 +209,7 @@ fn malformed_burst_is_counted_and_traffic_survives() {
     let Some(ctx) = common::setup(8) else { return };
     let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
         .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
+    common::start_web(&mut lab);
     let pid = common::start_director(
         &mut lab,
         &common::dr_rules('t', 80),
@@ -332,7 +332,7 @@ fn fragments_to_the_vip_are_counted_and_never_forwarded() {
     let Some(ctx) = common::setup(10) else { return };
     let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
         .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
+    common::start_web(&mut lab);
     let pid = common::start_director(
         &mut lab,
         &common::dr_rules('t', 80),

@@ -11,7 +11,7 @@ fn run(testno: u32, offloads: bool) {
     };
     let mut lab = build_dr_lab(&ctx.prefix, &LabOptions { offloads })
         .unwrap_or_else(|e| panic!("building the DR lab (offloads {offloads}): {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
+    common::start_web(&mut lab);
     for rs in ["rs1", "rs2"] {
         lab.start_builtin_http(rs, rs, 8080, &common::uvs_exe())
             .unwrap_or_else(|e| panic!("responder on {rs}:8080: {e:#}"));

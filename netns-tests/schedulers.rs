@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use uvs::lab::{Lab, LabOptions, addr, build_dr_lab};
 
+use crate::common::start_web;
 use crate::common::{self, Ctx};
-use crate::dr_basic::start_web;
 
 fn dr_lab(ctx: &Ctx) -> Lab {
     build_dr_lab(&ctx.prefix, &LabOptions::default())

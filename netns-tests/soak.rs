@@ -105,7 +105,7 @@ fn soak_mixed_traffic_with_live_changes_and_flaps() {
     let secs = soak_secs();
     let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
         .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
+    common::start_web(&mut lab);
     for rs in ["rs1", "rs2"] {
         lab.start_udp_echo(rs, rs, 53, &common::uvs_exe())
             .unwrap_or_else(|e| panic!("UDP echo on {rs}: {e:#}"));

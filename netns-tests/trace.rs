@@ -10,7 +10,7 @@ use crate::common::{self, path_str};
 fn lab_with_director(prefix: &str) -> Lab {
     let mut lab = build_dr_lab(prefix, &LabOptions::default())
         .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
+    common::start_web(&mut lab);
     common::start_director(
         &mut lab,
         &common::dr_rules('t', 80),

@@ -7,7 +7,7 @@ use std::process::Command;
 use uvs::lab::{Lab, LabOptions, addr, addr::two_arm as a, build_dr_lab, build_two_arm_lab};
 
 use crate::common;
-use crate::dr_basic::start_web;
+use crate::common::start_web;
 
 fn uvsadm_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_uvsadm"))
