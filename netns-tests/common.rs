@@ -26,6 +26,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use uvs::ctl::backend::{Backend, SocketBackend, SocketLocation};
+use uvs::ctl::proto::{Reply, Request};
 use uvs::lab::{Lab, LabOptions, addr, build_dr_lab, fmt_mac, tail};
 
 /// Serialises the tests (see the crate docs).
@@ -129,6 +131,7 @@ pub struct Launch {
     /// (flag, file name in the lab directory, contents)
     files: Vec<(&'static str, String, String)>,
     interfaces: Vec<String>,
+    admin_socket: bool,
     metrics: bool,
 }
 
@@ -156,17 +159,36 @@ impl Launch {
         self
     }
 
+    /// A filesystem admin socket, which the test process can reach across namespaces (the
+    /// default abstract one is only reachable from inside the director's namespace).
+    pub fn admin_socket(mut self) -> Self {
+        self.admin_socket = true;
+        self
+    }
+
     /// Writes the files, starts `uvs run` and waits until it reports ready.
     pub fn start(self, lab: &mut Lab) -> Director {
         let mut args: Vec<String> = Vec::new();
+        let mut rules = None;
         for (flag, name, text) in &self.files {
             let path = lab.dir().join(name);
             std::fs::write(&path, text)
                 .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
             args.extend([flag.to_string(), path_str(&path).to_string()]);
+            if *flag == "--rules" {
+                rules = Some(path);
+            }
         }
         for i in &self.interfaces {
             args.extend(["--interface".to_string(), i.clone()]);
+        }
+        let socket = self
+            .admin_socket
+            .then(|| lab.dir().join(format!("{}.sock", self.host)));
+        if let Some(s) = &socket {
+            // Left by a director this test stopped before.
+            let _ = std::fs::remove_file(s);
+            args.extend(["--admin-socket".to_string(), path_str(s).to_string()]);
         }
         if !self.metrics {
             args.extend(["--metrics".to_string(), "off".to_string()]);
@@ -180,6 +202,8 @@ impl Launch {
             ns: lab.ns(&self.host),
             pid,
             log,
+            rules,
+            socket,
             metrics: self.metrics,
         }
     }
@@ -192,6 +216,8 @@ pub struct Director {
     ns: String,
     pid: u32,
     log: PathBuf,
+    rules: Option<PathBuf>,
+    socket: Option<PathBuf>,
     metrics: bool,
 }
 
@@ -202,6 +228,7 @@ impl Director {
             host: "dir".to_string(),
             files: Vec::new(),
             interfaces: Vec::new(),
+            admin_socket: false,
             metrics: true,
         }
     }
@@ -220,9 +247,61 @@ impl Director {
         tail(&self.log, 30)
     }
 
+    /// Its whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Replaces its rules file (read again on SIGHUP).
+    pub fn rewrite_rules(&self, text: &str) {
+        let path = self
+            .rules
+            .as_ref()
+            .expect("the director was started with --rules");
+        std::fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+
+    /// Sends `sig`; the lab must still hold the process (not stopped, killed or reaped).
+    pub fn signal(&self, lab: &Lab, sig: libc::c_int) {
+        assert!(
+            lab.pids().contains(&self.pid),
+            "director {} is no longer the lab's",
+            self.pid
+        );
+        // SAFETY: kill(2) has no memory effects; the lab holds this child unreaped, so the PID
+        // cannot have been recycled.
+        assert_eq!(unsafe { libc::kill(self.pid as libc::pid_t, sig) }, 0);
+    }
+
+    /// Whether it still runs (an exited, unreaped director counts as gone).
+    pub fn is_running(&self, lab: &mut Lab) -> bool {
+        lab.is_running(self.pid)
+    }
+
     /// Ends it with SIGKILL, as a crash would: nothing of its own clean-up runs.
     pub fn kill(self, lab: &mut Lab) {
         sigkill(lab, self.pid);
+    }
+
+    /// Its filesystem admin socket ([`Launch::admin_socket`]).
+    pub fn admin_socket(&self) -> &Path {
+        self.socket
+            .as_deref()
+            .expect("the director was started without Launch::admin_socket")
+    }
+
+    /// One request on the admin socket; a transport failure is a panic.
+    pub fn admin(&self, req: &Request) -> Reply {
+        self.try_admin(req)
+            .unwrap_or_else(|e| panic!("admin request {req:?}: {e}"))
+    }
+
+    pub fn try_admin(&self, req: &Request) -> Result<Reply, String> {
+        SocketBackend {
+            location: SocketLocation::Path(self.admin_socket().to_path_buf()),
+        }
+        .call(req)
+        .map_err(|e| e.to_string())
     }
 
     /// The director's Prometheus page.
@@ -422,6 +501,65 @@ pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
             return None;
         }
         thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits up to `within` for a process the lab started to exit; whether it did.
+pub fn wait_exit(lab: &mut Lab, pid: u32, within: Duration) -> bool {
+    poll(within, || (!lab.is_running(pid)).then_some(())).is_some()
+}
+
+/// A `curl` from the client holding one keep-alive connection to VIP:80 for `n` requests at
+/// 10/s; its answers are the lines of its log.
+pub struct KeepAlive {
+    pid: u32,
+    log: PathBuf,
+    n: usize,
+}
+
+impl KeepAlive {
+    /// Starts it; curl gives up after `max_secs`. `tag` names its log.
+    pub fn start(lab: &mut Lab, n: usize, max_secs: u64, tag: &str) -> Self {
+        let urls: Vec<String> = (0..n).map(|_| format!("http://{}/", addr::VIP)).collect();
+        let max = max_secs.to_string();
+        let mut args = vec!["curl", "-s", "--max-time", &max, "--rate", "10/s"];
+        args.extend(urls.iter().map(String::as_str));
+        let log = lab.dir().join(format!("keepalive-{tag}.log"));
+        let pid = lab
+            .spawn("client", &args, &log)
+            .unwrap_or_else(|e| panic!("starting the keep-alive client: {e:#}"));
+        Self { pid, log, n }
+    }
+
+    /// What it printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits up to `wait` for it to finish and checks that all `n` requests were answered, by
+    /// one real server (the connection never moved). Returns the answers.
+    pub fn check(&self, lab: &mut Lab, wait: Duration) -> Vec<String> {
+        let done = wait_exit(lab, self.pid, wait);
+        let text = self.output();
+        let bodies: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        assert!(done, "the keep-alive client did not finish: {text}");
+        assert_eq!(
+            bodies.len(),
+            self.n,
+            "all {} keep-alive requests answered: {text}\ndirector:\n{}",
+            self.n,
+            director_tail(lab)
+        );
+        assert!(
+            bodies.iter().all(|b| *b == bodies[0]),
+            "the established connection stayed on one real server: {bodies:?}"
+        );
+        bodies
     }
 }
 
