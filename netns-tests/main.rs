@@ -10,6 +10,7 @@ mod common;
 mod demo;
 mod doctor;
 mod dr_basic;
+mod frames;
 mod fwmark;
 mod ha;
 mod health;
