@@ -278,6 +278,11 @@ impl Director {
         lab.is_running(self.pid)
     }
 
+    /// Stops it as an operator would: SIGTERM, and SIGKILL only after a 2 s grace.
+    pub fn stop(self, lab: &mut Lab) {
+        lab.kill(self.pid);
+    }
+
     /// Ends it with SIGKILL, as a crash would: nothing of its own clean-up runs.
     pub fn kill(self, lab: &mut Lab) {
         sigkill(lab, self.pid);
@@ -307,7 +312,7 @@ impl Director {
     /// The director's Prometheus page.
     pub fn scrape(&self) -> String {
         assert!(self.metrics, "the director runs with --metrics off");
-        run_in(&self.ns, &curl_metrics()).checked()
+        run_in(&self.ns, As::Root, &curl_metrics()).checked()
     }
 }
 
@@ -337,6 +342,14 @@ pub fn sigkill(lab: &mut Lab, pid: u32) {
     lab.kill(pid);
 }
 
+/// Who a command runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum As {
+    Root,
+    /// uid/gid 65534 without capabilities: what an unprivileged user may do.
+    Nobody,
+}
+
 /// A finished command: exit code (-1 for a signal), stdout, stderr.
 #[derive(Debug)]
 pub struct Out {
@@ -364,10 +377,19 @@ impl Out {
     }
 }
 
-/// Runs `argv` in namespace `ns` (a full name, [`Lab::ns`]), stdin empty.
-pub fn run_in(ns: &str, argv: &[&str]) -> Out {
+/// Runs `argv` in namespace `ns` (a full name, [`Lab::ns`]) as `who`, stdin empty.
+pub fn run_in(ns: &str, who: As, argv: &[&str]) -> Out {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns]);
+    if who == As::Nobody {
+        c.args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ]);
+    }
     let what = format!("{argv:?} in {ns}");
     let out = c
         .args(argv)
@@ -384,7 +406,7 @@ pub fn run_in(ns: &str, argv: &[&str]) -> Out {
 
 /// `ip neigh show IP` in namespace `ns`: (link-layer address, state) of its entry.
 pub fn neigh(ns: &str, ip: &str) -> Option<(String, String)> {
-    let out = run_in(ns, &["ip", "neigh", "show", ip]);
+    let out = run_in(ns, As::Root, &["ip", "neigh", "show", ip]);
     if !out.ok() {
         return None;
     }
@@ -529,6 +551,10 @@ impl KeepAlive {
             .spawn("client", &args, &log)
             .unwrap_or_else(|e| panic!("starting the keep-alive client: {e:#}"));
         Self { pid, log, n }
+    }
+
+    pub fn is_running(&self, lab: &mut Lab) -> bool {
+        lab.is_running(self.pid)
     }
 
     /// What it printed so far.

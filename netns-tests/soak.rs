@@ -8,7 +8,7 @@
 //! `UVS_SOAK_SECS` sets the traffic phase (default 110 s, so the test takes about two
 //! minutes); `scripts/soak.sh [MINUTES]` runs it for longer.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use uvs::ctl::backend::{Backend, SocketBackend, SocketLocation};
@@ -17,7 +17,7 @@ use uvs::lab::{Lab, LabOptions, addr, build_dr_lab};
 use uvs::model::{Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec};
 
 use crate::common;
-use crate::hostile::{check_keepalive, keepalive_client};
+use crate::common::KeepAlive;
 
 fn key(proto: Protocol, port: u16) -> ServiceKey {
     ServiceKey::addr(proto, addr::VIP, port)
@@ -134,7 +134,7 @@ fn soak_mixed_traffic_with_live_changes_and_flaps() {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(secs);
     let mut samples = vec![sample(pid, Duration::ZERO)];
-    let mut keepalive: Option<(u32, PathBuf, usize)> = None;
+    let mut keepalive: Option<KeepAlive> = None;
     let mut segments = 0;
     let (mut short_ok, mut udp_ok, mut uploads, mut changes) = (0u64, 0u64, 0u64, 0u64);
     let mut failures: Vec<String> = Vec::new();
@@ -144,18 +144,24 @@ fn soak_mixed_traffic_with_live_changes_and_flaps() {
         let left = deadline.saturating_duration_since(tick).as_secs();
         // Keep one keep-alive connection open at all times, a minute (or what is left) each.
         let finished = match &keepalive {
-            Some((p, _, _)) => !lab.is_running(*p),
+            Some(k) => !k.is_running(&mut lab),
             None => true,
         };
         if finished {
-            if let Some((p, log, n)) = keepalive.take() {
-                check_keepalive(&mut lab, p, &log, n, Duration::from_secs(1));
+            if let Some(k) = keepalive.take() {
+                k.check(&mut lab, Duration::from_secs(1));
                 segments += 1;
             }
             if left >= 10 {
                 let n = (left.min(60) as usize - 5) * 10;
-                let (p, log) = keepalive_client(&mut lab, n, &format!("soak{segments}"));
-                keepalive = Some((p, log, n));
+                // n requests at 10/s, and 30 s to spare.
+                let max = n as u64 / 10 + 30;
+                keepalive = Some(KeepAlive::start(
+                    &mut lab,
+                    n,
+                    max,
+                    &format!("soak{segments}"),
+                ));
             }
         }
         match admin(&sock, &Request::Apply(change(i))) {
@@ -188,8 +194,8 @@ fn soak_mixed_traffic_with_live_changes_and_flaps() {
             std::thread::sleep(rest);
         }
     }
-    if let Some((p, log, n)) = keepalive.take() {
-        check_keepalive(&mut lab, p, &log, n, Duration::from_secs(30));
+    if let Some(k) = keepalive.take() {
+        k.check(&mut lab, Duration::from_secs(30));
         segments += 1;
     }
     samples.push(sample(pid, start.elapsed()));
