@@ -129,28 +129,38 @@ pub fn path_str(p: &Path) -> &str {
 pub struct Launch {
     host: String,
     /// (flag, file name in the lab directory, contents)
-    files: Vec<(&'static str, String, String)>,
+    files: Vec<(&'static str, FileName, String)>,
     interfaces: Vec<String>,
     admin_socket: bool,
     metrics: bool,
 }
 
+/// Where a director's file goes in the lab directory.
+enum FileName {
+    /// `<host>.<extension>`: two directors of one lab never share it.
+    PerHost(&'static str),
+    Given(String),
+}
+
 impl Launch {
     /// `--rules FILE` with these ipvsadm-save lines.
-    pub fn rules(self, text: &str) -> Self {
-        let name = format!("{}.rules", self.host);
-        self.file("--rules", &name, text)
+    pub fn rules(mut self, text: &str) -> Self {
+        let name = FileName::PerHost("rules");
+        self.files.push(("--rules", name, text.to_string()));
+        self
     }
 
     /// `--config FILE` with this TOML.
-    pub fn config(self, toml: &str) -> Self {
-        let name = format!("{}.toml", self.host);
-        self.file("--config", &name, toml)
+    pub fn config(mut self, toml: &str) -> Self {
+        let name = FileName::PerHost("toml");
+        self.files.push(("--config", name, toml.to_string()));
+        self
     }
 
     /// `flag FILE`, FILE holding `text` (`--keepalived`, `--ldirectord`).
     pub fn file(mut self, flag: &'static str, name: &str, text: &str) -> Self {
-        self.files.push((flag, name.to_string(), text.to_string()));
+        let name = FileName::Given(name.to_string());
+        self.files.push((flag, name, text.to_string()));
         self
     }
 
@@ -171,7 +181,10 @@ impl Launch {
         let mut args: Vec<String> = Vec::new();
         let mut rules = None;
         for (flag, name, text) in &self.files {
-            let path = lab.dir().join(name);
+            let path = lab.dir().join(match name {
+                FileName::PerHost(ext) => format!("{}.{ext}", self.host),
+                FileName::Given(name) => name.clone(),
+            });
             std::fs::write(&path, text)
                 .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
             args.extend([flag.to_string(), path_str(&path).to_string()]);
@@ -309,6 +322,15 @@ impl Director {
         .map_err(|e| e.to_string())
     }
 
+    /// What `uvs status` prints about it.
+    pub fn uvs_status(&self) -> String {
+        let mut args = vec!["status"];
+        if let Some(s) = &self.socket {
+            args.extend(["--admin-socket", path_str(s)]);
+        }
+        uvs_in(&self.ns, As::Root, &args).stdout
+    }
+
     /// The director's Prometheus page.
     pub fn scrape(&self) -> String {
         assert!(self.metrics, "the director runs with --metrics off");
@@ -402,6 +424,14 @@ pub fn run_in(ns: &str, who: As, argv: &[&str]) -> Out {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         what,
     }
+}
+
+/// The `uvs` binary's `args` in namespace `ns`.
+pub fn uvs_in(ns: &str, who: As, args: &[&str]) -> Out {
+    let exe = uvs_exe();
+    let mut argv = vec![path_str(&exe)];
+    argv.extend_from_slice(args);
+    run_in(ns, who, &argv)
 }
 
 /// `ip neigh show IP` in namespace `ns`: (link-layer address, state) of its entry.
