@@ -37,6 +37,10 @@ pub fn uvs_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_uvs"))
 }
 
+pub fn uvsadm_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_uvsadm"))
+}
+
 pub fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
@@ -143,6 +147,12 @@ enum FileName {
 }
 
 impl Launch {
+    /// In namespace `host` instead of `dir`.
+    pub fn on(mut self, host: &str) -> Self {
+        self.host = host.to_string();
+        self
+    }
+
     /// `--rules FILE` with these ipvsadm-save lines.
     pub fn rules(mut self, text: &str) -> Self {
         let name = FileName::PerHost("rules");
@@ -255,6 +265,11 @@ impl Director {
         self.pid
     }
 
+    /// Its namespace's full name.
+    pub fn ns(&self) -> &str {
+        &self.ns
+    }
+
     /// The last lines of its log, for assertion messages.
     pub fn tail(&self) -> String {
         tail(&self.log, 30)
@@ -322,6 +337,11 @@ impl Director {
         .map_err(|e| e.to_string())
     }
 
+    /// `uvsadm ARGS` in its namespace.
+    pub fn uvsadm(&self, args: &[&str]) -> Out {
+        uvsadm_in(&self.ns, As::Root, args)
+    }
+
     /// What `uvs status` prints about it.
     pub fn uvs_status(&self) -> String {
         let mut args = vec!["status"];
@@ -335,6 +355,12 @@ impl Director {
     pub fn scrape(&self) -> String {
         assert!(self.metrics, "the director runs with --metrics off");
         run_in(&self.ns, As::Root, &curl_metrics()).checked()
+    }
+
+    /// [`Director::scrape`], `None` when the page does not answer (the director is gone).
+    pub fn try_scrape(&self) -> Option<String> {
+        let out = run_in(&self.ns, As::Root, &curl_metrics());
+        out.ok().then_some(out.stdout)
     }
 }
 
@@ -429,6 +455,14 @@ pub fn run_in(ns: &str, who: As, argv: &[&str]) -> Out {
 /// The `uvs` binary's `args` in namespace `ns`.
 pub fn uvs_in(ns: &str, who: As, args: &[&str]) -> Out {
     let exe = uvs_exe();
+    let mut argv = vec![path_str(&exe)];
+    argv.extend_from_slice(args);
+    run_in(ns, who, &argv)
+}
+
+/// `uvsadm ARGS` in namespace `ns`, whether a director runs there or not.
+pub fn uvsadm_in(ns: &str, who: As, args: &[&str]) -> Out {
+    let exe = uvsadm_exe();
     let mut argv = vec![path_str(&exe)];
     argv.extend_from_slice(args);
     run_in(ns, who, &argv)
