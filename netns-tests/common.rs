@@ -20,6 +20,7 @@
 //! after the director's namespace (`dir.rules`, `dir.log`, `dir2.toml`, `dir.sock`).
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -28,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use uvs::ctl::backend::{Backend, SocketBackend, SocketLocation};
 use uvs::ctl::proto::{Reply, Request};
-use uvs::lab::{Lab, LabOptions, addr, build_dr_lab, fmt_mac, tail};
+use uvs::lab::{Lab, LabOptions, addr, build_dr_lab, build_two_arm_lab, fmt_mac, tail};
 
 /// Serialises the tests (see the crate docs).
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -104,6 +105,12 @@ impl Ctx {
             .unwrap_or_else(|e| panic!("building the DR lab ({opts:?}): {e:#}"))
     }
 
+    /// The kernel IPVS DR selftest's shape: client → director → rs1, rs1 answering directly.
+    pub fn two_arm_lab(&self) -> Lab {
+        build_two_arm_lab(&self.prefix, &LabOptions::default())
+            .unwrap_or_else(|e| panic!("building the two-arm lab: {e:#}"))
+    }
+
     /// The DR lab with [`start_web`]'s web servers on rs1 and rs2.
     pub fn web_lab(&self) -> Lab {
         let mut lab = self.dr_lab();
@@ -176,6 +183,11 @@ impl Launch {
 
     pub fn interface(mut self, ifname: &str) -> Self {
         self.interfaces.push(ifname.to_string());
+        self
+    }
+
+    pub fn metrics_off(mut self) -> Self {
+        self.metrics = false;
         self
     }
 
@@ -339,7 +351,11 @@ impl Director {
 
     /// `uvsadm ARGS` in its namespace.
     pub fn uvsadm(&self, args: &[&str]) -> Out {
-        uvsadm_in(&self.ns, As::Root, args)
+        self.uvsadm_as(As::Root, args)
+    }
+
+    pub fn uvsadm_as(&self, who: As, args: &[&str]) -> Out {
+        uvsadm_in(&self.ns, who, args)
     }
 
     /// What `uvs status` prints about it.
@@ -427,6 +443,11 @@ impl Out {
 
 /// Runs `argv` in namespace `ns` (a full name, [`Lab::ns`]) as `who`, stdin empty.
 pub fn run_in(ns: &str, who: As, argv: &[&str]) -> Out {
+    run_fed_in(ns, who, argv, None)
+}
+
+/// [`run_in`] with `input` on stdin (`uvsadm -R`), or none.
+pub fn run_fed_in(ns: &str, who: As, argv: &[&str], input: Option<&[u8]>) -> Out {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns]);
     if who == As::Nobody {
@@ -439,11 +460,27 @@ pub fn run_in(ns: &str, who: As, argv: &[&str]) -> Out {
         ]);
     }
     let what = format!("{argv:?} in {ns}");
-    let out = c
+    let mut child = c
         .args(argv)
-        .stdin(Stdio::null())
-        .output()
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| panic!("running {what}: {e}"));
+    if let Some(data) = input {
+        // Dropped after the write: the command sees the end of its input.
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(data)
+            .unwrap_or_else(|e| panic!("feeding {what}: {e}"));
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
     Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
