@@ -373,6 +373,11 @@ impl Director {
         run_in(&self.ns, As::Root, &curl_metrics()).checked()
     }
 
+    /// [`metric`] of a fresh scrape.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&self.scrape(), name, labels)
+    }
+
     /// [`Director::scrape`], `None` when the page does not answer (the director is gone).
     pub fn try_scrape(&self) -> Option<String> {
         let out = run_in(&self.ns, As::Root, &curl_metrics());
@@ -516,26 +521,10 @@ pub fn neigh(ns: &str, ip: &str) -> Option<(String, String)> {
     Some((w.get(i + 1)?.to_string(), w.last()?.to_string()))
 }
 
-/// Writes `rules` to the lab directory and starts the director with
-/// `--rules FILE` plus `args`. Returns its PID.
-pub fn start_director(lab: &mut Lab, rules: &str, args: &[&str]) -> u32 {
-    let file = lab.dir().join("rules");
-    std::fs::write(&file, rules).expect("writing rules");
-    let log = director_log(lab);
-    let file_s = path_str(&file).to_string();
-    let mut full = vec!["--rules", &file_s];
-    full.extend_from_slice(args);
-    lab.start_director(&uvs_exe(), &full, &log)
-        .unwrap_or_else(|e| panic!("starting the director: {e:#}"))
-}
-
-pub fn director_log(lab: &Lab) -> PathBuf {
-    log_path(lab, "dir")
-}
-
-/// The last lines of the log of the director in `dir`, for assertion messages.
+/// The last lines of the log of the director in `dir`, for the assertion messages of helpers
+/// that have the lab but no [`Director`].
 pub fn director_tail(lab: &Lab) -> String {
-    tail(&director_log(lab), 30)
+    tail(&log_path(lab, "dir"), 30)
 }
 
 /// DR rules: `proto` `t`/`u`, the VIP at `port`, rr over rs1 and rs2.
@@ -578,12 +567,6 @@ pub fn count<'a>(answers: impl IntoIterator<Item = &'a String>) -> BTreeMap<Stri
         *m.entry(a.clone()).or_insert(0) += 1;
     }
     m
-}
-
-/// Scrapes the director's Prometheus endpoint (inside its namespace).
-pub fn scrape(lab: &Lab) -> String {
-    lab.curl("dir", "http://127.0.0.1:9477/metrics", &[])
-        .unwrap_or_else(|e| panic!("scraping metrics: {e:#}"))
 }
 
 /// Sum of the samples of `name` whose labels include every `k="v"` of `labels`.
