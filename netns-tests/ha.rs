@@ -360,6 +360,30 @@ fn keepalived_lab(ctx: &Ctx) -> (ExtraNs, Lab) {
     (dir2, lab)
 }
 
+/// What the keepalived tests run through: (VRRP version, advert_int, uvs's auth line,
+/// keepalived's authentication block).
+const KEEPALIVED_VERSIONS: [(u8, &str, &str, &str); 2] = [
+    (
+        2,
+        "1",
+        "auth_pass = \"1111\"",
+        "authentication {\n auth_type PASS\n auth_pass 1111\n }",
+    ),
+    (3, "0.1", "", ""),
+];
+
+/// keepalived.conf with one VRRP instance for the VIP, starting as BACKUP; `global` is added
+/// to global_defs.
+fn keepalived_conf(version: u8, priority: u8, advert: &str, auth: &str, global: &str) -> String {
+    format!(
+        "global_defs {{\n router_id ka_{version}\n{global}}}\n\
+         vrrp_instance VI_1 {{\n state BACKUP\n interface eth0\n virtual_router_id 51\n \
+         version {version}\n priority {priority}\n advert_int {advert}\n {auth}\n \
+         virtual_ipaddress {{\n {}/32\n }}\n}}\n",
+        addr::VIP
+    )
+}
+
 /// keepalived (VRRP only) in `dir2`, one instance: its own process group, killed by PID.
 fn start_keepalived(lab: &mut Lab, ka: &Path, conf: &str) -> u32 {
     let dir = lab.dir().to_path_buf();
@@ -411,22 +435,8 @@ fn uvs_keepalived_interop() {
     };
     let (_dir2, mut lab) = keepalived_lab(&ctx);
     let rules = common::dr_rules('t', 80);
-    for (version, advert, auth_uvs, auth_ka) in [
-        (
-            2u8,
-            "1",
-            "auth_pass = \"1111\"",
-            "authentication {\n auth_type PASS\n auth_pass 1111\n }",
-        ),
-        (3u8, "0.1", "", ""),
-    ] {
-        let conf = format!(
-            "global_defs {{\n router_id ka_{version}\n vrrp_garp_master_delay 5\n}}\n\
-             vrrp_instance VI_1 {{\n state BACKUP\n interface eth0\n virtual_router_id 51\n \
-             version {version}\n priority 100\n advert_int {advert}\n {auth_ka}\n \
-             virtual_ipaddress {{\n {}/32\n }}\n}}\n",
-            addr::VIP
-        );
+    for (version, advert, auth_uvs, auth_ka) in KEEPALIVED_VERSIONS {
+        let conf = keepalived_conf(version, 100, advert, auth_ka, " vrrp_garp_master_delay 5\n");
         // uvs MASTER (150) and keepalived BACKUP (100).
         let u = start_uvs(
             &mut lab,
@@ -778,22 +788,8 @@ fn keepalived_to_uvs_takeover_and_one_advertiser() {
     };
     let (_dir2, mut lab) = keepalived_lab(&ctx);
     let rules = common::dr_rules('t', 80);
-    for (version, advert, auth_uvs, auth_ka) in [
-        (
-            2u8,
-            "1",
-            "auth_pass = \"1111\"",
-            "authentication {\n auth_type PASS\n auth_pass 1111\n }",
-        ),
-        (3u8, "0.1", "", ""),
-    ] {
-        let conf = format!(
-            "global_defs {{\n router_id ka_{version}\n}}\n\
-             vrrp_instance VI_1 {{\n state BACKUP\n interface eth0\n virtual_router_id 51\n \
-             version {version}\n priority 150\n advert_int {advert}\n {auth_ka}\n \
-             virtual_ipaddress {{\n {}/32\n }}\n}}\n",
-            addr::VIP
-        );
+    for (version, advert, auth_uvs, auth_ka) in KEEPALIVED_VERSIONS {
+        let conf = keepalived_conf(version, 150, advert, auth_ka, "");
         let k = start_keepalived(&mut lab, &ka, &conf);
         wait_ka(&lab, true, Duration::from_secs(6));
         let u = start_uvs(

@@ -566,27 +566,22 @@ fn hostile_frames_are_each_counted_under_a_reason_and_nothing_leaks() {
             Counted::Unsendable => {}
         }
     }
+    // What `name` counted per reason between `before` and `now`.
+    let per_reason = |name: &str, now: &str| {
+        delta(
+            &by_label(&before, name, "reason"),
+            &by_label(now, name, "reason"),
+        )
+    };
     let mut last = String::new();
     let settled = common::poll(Duration::from_secs(5), || {
         last = director.scrape();
-        let drops = delta(
-            &by_label(&before, "uvs_drops_total", "reason"),
-            &by_label(&last, "uvs_drops_total", "reason"),
-        );
-        let arp = delta(
-            &by_label(&before, "uvs_arp_ignored_total", "reason"),
-            &by_label(&last, "uvs_arp_ignored_total", "reason"),
-        );
+        let drops = per_reason("uvs_drops_total", &last);
+        let arp = per_reason("uvs_arp_ignored_total", &last);
         (drops == want_drops && arp == want_arp).then_some(())
     });
-    let drops = delta(
-        &by_label(&before, "uvs_drops_total", "reason"),
-        &by_label(&last, "uvs_drops_total", "reason"),
-    );
-    let arp = delta(
-        &by_label(&before, "uvs_arp_ignored_total", "reason"),
-        &by_label(&last, "uvs_arp_ignored_total", "reason"),
-    );
+    let drops = per_reason("uvs_drops_total", &last);
+    let arp = per_reason("uvs_arp_ignored_total", &last);
     assert!(
         settled.is_some(),
         "{kinds} kinds of defects: per reason\n drops want {want_drops:?}\n drops got  {drops:?}\n \
