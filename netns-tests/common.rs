@@ -561,6 +561,18 @@ pub fn curl_vip(lab: &Lab, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Sends `n` requests to the VIP and checks that rr spread them evenly, half to rs1 and half
+/// to rs2; `context` leads the failure message.
+pub fn assert_even_split(lab: &Lab, n: usize, context: &str) {
+    let answers = curl_vip(lab, n);
+    let c = count(&answers);
+    assert_eq!(
+        (c.get("rs1").copied(), c.get("rs2").copied()),
+        (Some(n / 2), Some(n / 2)),
+        "{context}: {answers:?}"
+    );
+}
+
 pub fn count<'a>(answers: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for a in answers {

@@ -12,12 +12,10 @@ fn rr_splits_ten_requests_five_five() {
     let Some(ctx) = common::setup(1) else { return };
     let mut lab = ctx.web_lab();
     Director::rr_http().start(&mut lab);
-    let answers = common::curl_vip(&lab, 10);
-    let c = common::count(&answers);
-    assert_eq!(
-        (c.get("rs1").copied(), c.get("rs2").copied(), c.len()),
-        (Some(5), Some(5), 2),
-        "10 requests under rr should split 5/5 between rs1 and rs2, got {answers:?}"
+    common::assert_even_split(
+        &lab,
+        10,
+        "10 requests under rr should split 5/5 between rs1 and rs2, got",
     );
 }
 
@@ -500,12 +498,7 @@ fn a_cpu_latency_request_lasts_exactly_as_long_as_the_director() {
         0,
         "while uvs runs with cpu_latency_us = 0, idle CPUs may not sleep at all"
     );
-    let c = common::count(&common::curl_vip(&lab, 4));
-    assert_eq!(
-        (c.get("rs1"), c.get("rs2")),
-        (Some(&2), Some(&2)),
-        "the sleeping worker forwards as before: {c:?}"
-    );
+    common::assert_even_split(&lab, 4, "the sleeping worker forwards as before");
 
     // Killed, not stopped: no exit path of uvs may leave the machine tuned.
     director.kill(&mut lab);

@@ -25,13 +25,7 @@ fn run(testno: u32, offloads: bool) {
         .interface("eth0")
         .start(&mut lab);
 
-    let answers = common::curl_vip(&lab, 10);
-    let c = common::count(&answers);
-    assert_eq!(
-        (c.get("rs1").copied(), c.get("rs2").copied()),
-        (Some(5), Some(5)),
-        "offloads {offloads}: {answers:?}"
-    );
+    common::assert_even_split(&lab, 10, &format!("offloads {offloads}"));
 
     let url = format!("http://{}:8080/", addr::VIP);
     let mut names = Vec::new();
