@@ -4,16 +4,13 @@
 //! the test process across namespaces.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::time::Duration;
 
-use uvs::ctl::backend::{Backend, SocketBackend, SocketLocation};
 use uvs::ctl::proto::{Change, Reply, Request, Status};
-use uvs::lab::{LabOptions, addr, build_dr_lab};
+use uvs::lab::addr;
 use uvs::model::{Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec};
 
-use crate::common;
-use crate::dr_basic::start_web;
+use crate::common::{self, Director, KeepAlive};
 
 fn vip80() -> ServiceKey {
     ServiceKey {
@@ -24,16 +21,8 @@ fn vip80() -> ServiceKey {
     }
 }
 
-fn call(sock: &Path, req: Request) -> Reply {
-    let mut b = SocketBackend {
-        location: SocketLocation::Path(sock.to_path_buf()),
-    };
-    b.call(&req)
-        .unwrap_or_else(|e| panic!("admin request {req:?}: {e}"))
-}
-
-fn status(sock: &Path) -> Status {
-    match call(sock, Request::Status) {
+fn status(d: &Director) -> Status {
+    match d.admin(&Request::Status) {
         Reply::Status(s) => s,
         other => panic!("unexpected reply {other:?}"),
     }
@@ -73,34 +62,16 @@ fn change(i: usize) -> Vec<Change> {
 #[test]
 fn hundred_live_changes_under_traffic_lose_nothing_and_move_no_connection() {
     let Some(ctx) = common::setup(20) else { return };
-    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    start_web(&mut lab);
-    let sock = lab.dir().join("admin.sock");
-    common::start_director(
-        &mut lab,
-        &common::dr_rules('t', 80),
-        &[
-            "--interface",
-            "eth0",
-            "--admin-socket",
-            common::path_str(&sock),
-        ],
-    );
+    let mut lab = ctx.web_lab();
+    let d = Director::rr_http().admin_socket().start(&mut lab);
 
     // One keep-alive connection, 60 requests at 10/s, spanning all the changes below.
-    let urls: Vec<String> = (0..60).map(|_| format!("http://{}/", addr::VIP)).collect();
-    let mut args = vec!["curl", "-s", "--max-time", "20", "--rate", "10/s"];
-    args.extend(urls.iter().map(String::as_str));
-    let keepalive_log = lab.dir().join("keepalive.log");
-    let keepalive = lab
-        .spawn("client", &args, &keepalive_log)
-        .unwrap_or_else(|e| panic!("starting the keep-alive client: {e:#}"));
+    let keepalive = KeepAlive::start(&mut lab, 60, 20, "changes");
     std::thread::sleep(Duration::from_millis(300));
 
     let mut answers = Vec::new();
     for i in 0..100 {
-        match call(&sock, Request::Apply(change(i))) {
+        match d.admin(&Request::Apply(change(i))) {
             Reply::Done => {}
             other => panic!("change {i} {:?} refused: {other:?}", change(i)),
         }
@@ -118,29 +89,11 @@ fn hundred_live_changes_under_traffic_lose_nothing_and_move_no_connection() {
         "{answers:?}"
     );
 
-    let done = common::poll(Duration::from_secs(15), || {
-        (!lab.is_running(keepalive)).then_some(())
-    });
-    assert!(done.is_some(), "the keep-alive client did not finish");
-    let text = std::fs::read_to_string(&keepalive_log).unwrap_or_default();
-    let bodies: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    assert_eq!(
-        bodies.len(),
-        60,
-        "all 60 keep-alive requests answered: {text}"
-    );
-    assert!(
-        bodies.iter().all(|b| *b == bodies[0]),
-        "the established connection stayed on one real server: {bodies:?}"
-    );
+    keepalive.check(&mut lab, Duration::from_secs(15));
 
     // The status shows the traffic: 50 short connections + 1 keep-alive (+ the extra service
     // added and removed).
-    let st = status(&sock);
+    let st = status(&d);
     let svc = st
         .services
         .iter()
@@ -157,7 +110,7 @@ fn hundred_live_changes_under_traffic_lose_nothing_and_move_no_connection() {
     assert!(counted >= 1, "connections are counted per real: {svc:?}");
 
     // The connection listing holds the short connections in FIN_WAIT/CLOSE etc.
-    let conns = match call(&sock, Request::Connections) {
+    let conns = match d.admin(&Request::Connections) {
         Reply::Connections(c) => c,
         other => panic!("{other:?}"),
     };
@@ -175,32 +128,17 @@ fn hundred_live_changes_under_traffic_lose_nothing_and_move_no_connection() {
 #[test]
 fn a_refused_change_leaves_the_running_state_as_it_was() {
     let Some(ctx) = common::setup(21) else { return };
-    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    start_web(&mut lab);
-    let sock = lab.dir().join("admin.sock");
-    common::start_director(
-        &mut lab,
-        &common::dr_rules('t', 80),
-        &[
-            "--interface",
-            "eth0",
-            "--admin-socket",
-            common::path_str(&sock),
-        ],
-    );
-    let before = status(&sock);
+    let mut lab = ctx.web_lab();
+    let d = Director::rr_http().admin_socket().start(&mut lab);
+    let before = status(&d);
     let undefined = ServiceKey {
         port: 81,
         ..vip80()
     };
-    let reply = call(
-        &sock,
-        Request::Apply(vec![
-            Change::DeleteReal(vip80(), addr::RS2, 80),
-            Change::AddReal(undefined, RealSpec::route(addr::RS1, 81)),
-        ]),
-    );
+    let reply = d.admin(&Request::Apply(vec![
+        Change::DeleteReal(vip80(), addr::RS2, 80),
+        Change::AddReal(undefined, RealSpec::route(addr::RS1, 81)),
+    ]));
     match reply {
         Reply::Refused(r) => {
             assert_eq!(r.message, "Service not defined");
@@ -209,18 +147,15 @@ fn a_refused_change_leaves_the_running_state_as_it_was() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     // A real that is not on the director's LAN is refused too, before anything changes.
-    let reply = call(
-        &sock,
-        Request::Apply(vec![Change::AddReal(
-            vip80(),
-            RealSpec::route(Ipv4Addr::new(192, 168, 77, 7), 80),
-        )]),
-    );
+    let reply = d.admin(&Request::Apply(vec![Change::AddReal(
+        vip80(),
+        RealSpec::route(Ipv4Addr::new(192, 168, 77, 7), 80),
+    )]));
     assert!(
         matches!(reply, Reply::Refused(ref r) if r.message.contains("not on-link")),
         "{reply:?}"
     );
-    let after = status(&sock);
+    let after = status(&d);
     assert_eq!(before.services.len(), after.services.len());
     let reals = |s: &Status| -> Vec<(Ipv4Addr, u32)> {
         s.services[0]
@@ -238,26 +173,8 @@ fn a_refused_change_leaves_the_running_state_as_it_was() {
 #[test]
 fn sighup_reloads_transactionally() {
     let Some(ctx) = common::setup(22) else { return };
-    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    start_web(&mut lab);
-    let sock = lab.dir().join("admin.sock");
-    let pid = common::start_director(
-        &mut lab,
-        &common::dr_rules('t', 80),
-        &[
-            "--interface",
-            "eth0",
-            "--admin-socket",
-            common::path_str(&sock),
-        ],
-    );
-    let rules = lab.dir().join("rules");
-    let hup = |lab: &uvs::lab::Lab| {
-        // SAFETY: kill(2) on the director's PID, which this test started.
-        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
-        assert!(lab.pids().contains(&pid));
-    };
+    let mut lab = ctx.web_lab();
+    let d = Director::rr_http().admin_socket().start(&mut lab);
     let weights = |s: &Status| -> Vec<(Ipv4Addr, u32)> {
         s.services[0]
             .reals
@@ -266,38 +183,27 @@ fn sighup_reloads_transactionally() {
             .collect()
     };
     // A valid edit: rs2's weight becomes 3.
-    std::fs::write(
-        &rules,
-        common::dr_rules('t', 80).replace(
-            &format!("{}:80 -g -w 1", addr::RS2),
-            &format!("{}:80 -g -w 3", addr::RS2),
-        ),
-    )
-    .expect("rewrite rules");
-    hup(&lab);
+    d.rewrite_rules(&common::dr_rules('t', 80).replace(
+        &format!("{}:80 -g -w 1", addr::RS2),
+        &format!("{}:80 -g -w 3", addr::RS2),
+    ));
+    d.signal(&lab, libc::SIGHUP);
     let reloaded = common::poll(Duration::from_secs(3), || {
-        let s = status(&sock);
+        let s = status(&d);
         (weights(&s) == vec![(addr::RS1, 1), (addr::RS2, 3)]).then_some(())
     });
     assert!(
         reloaded.is_some(),
         "weights after reload: {:?}",
-        weights(&status(&sock))
+        weights(&status(&d))
     );
     // An invalid file (line 2 names an undefined service) changes nothing.
-    std::fs::write(
-        &rules,
-        "-A -t 10.0.0.100:80 -s rr\n-a -t 10.0.0.100:99 -r 10.0.0.11\n",
-    )
-    .expect("rewrite");
-    hup(&lab);
+    d.rewrite_rules("-A -t 10.0.0.100:80 -s rr\n-a -t 10.0.0.100:99 -r 10.0.0.11\n");
+    d.signal(&lab, libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(500));
-    assert!(lab.is_running(pid), "the director survives a bad reload");
-    assert_eq!(
-        weights(&status(&sock)),
-        vec![(addr::RS1, 1), (addr::RS2, 3)]
-    );
-    let log = std::fs::read_to_string(common::director_log(&lab)).unwrap_or_default();
+    assert!(d.is_running(&mut lab), "the director survives a bad reload");
+    assert_eq!(weights(&status(&d)), vec![(addr::RS1, 1), (addr::RS2, 3)]);
+    let log = d.log();
     assert!(
         log.contains("configuration refused") && log.contains(":2:"),
         "{log}"
@@ -308,10 +214,7 @@ fn sighup_reloads_transactionally() {
 #[test]
 fn weight_zero_drains_existing_connections_finish_new_ones_go_elsewhere() {
     let Some(ctx) = common::setup(23) else { return };
-    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    start_web(&mut lab);
-    let sock = lab.dir().join("admin.sock");
+    let mut lab = ctx.web_lab();
     // Persistent rr service: the template must also appear in the connection listing.
     let rules = format!(
         "-A -t {vip}:80 -s rr -p 30\n-a -t {vip}:80 -r {}:80 -g -w 1\n-a -t {vip}:80 -r {}:80 -g -w 1\n",
@@ -319,24 +222,15 @@ fn weight_zero_drains_existing_connections_finish_new_ones_go_elsewhere() {
         addr::RS2,
         vip = addr::VIP
     );
-    common::start_director(
-        &mut lab,
-        &rules,
-        &[
-            "--interface",
-            "eth0",
-            "--admin-socket",
-            common::path_str(&sock),
-        ],
-    );
+    let d = Director::launch()
+        .rules(&rules)
+        .interface("eth0")
+        .admin_socket()
+        .start(&mut lab);
     // A long keep-alive connection from the client (40 requests at 10/s).
-    let urls: Vec<String> = (0..40).map(|_| format!("http://{}/", addr::VIP)).collect();
-    let mut args = vec!["curl", "-s", "--max-time", "20", "--rate", "10/s"];
-    args.extend(urls.iter().map(String::as_str));
-    let log = lab.dir().join("drain.log");
-    let pid = lab.spawn("client", &args, &log).expect("keep-alive client");
+    let keepalive = KeepAlive::start(&mut lab, 40, 20, "drain");
     std::thread::sleep(Duration::from_millis(500));
-    let first = std::fs::read_to_string(&log).unwrap_or_default();
+    let first = keepalive.output();
     let pinned = first
         .lines()
         .next()
@@ -354,7 +248,7 @@ fn weight_zero_drains_existing_connections_finish_new_ones_go_elsewhere() {
     };
     let other = if pinned == "rs1" { "rs2" } else { "rs1" };
 
-    let conns = match call(&sock, Request::Connections) {
+    let conns = match d.admin(&Request::Connections) {
         Reply::Connections(c) => c,
         other => panic!("{other:?}"),
     };
@@ -371,13 +265,10 @@ fn weight_zero_drains_existing_connections_finish_new_ones_go_elsewhere() {
     quiesced.weight = 0;
     let mut spec = ServiceSpec::new(vip80(), SchedulerKind::Rr);
     spec.persistence_timeout = None;
-    match call(
-        &sock,
-        Request::Apply(vec![
-            Change::EditService(spec),
-            Change::EditReal(vip80(), quiesced),
-        ]),
-    ) {
+    match d.admin(&Request::Apply(vec![
+        Change::EditService(spec),
+        Change::EditReal(vip80(), quiesced),
+    ])) {
         Reply::Done => {}
         other => panic!("{other:?}"),
     }
@@ -388,17 +279,7 @@ fn weight_zero_drains_existing_connections_finish_new_ones_go_elsewhere() {
         "new connections avoid the quiesced real: {fresh:?}"
     );
     // ...while the established connection keeps being served by the quiesced one.
-    let done = common::poll(Duration::from_secs(15), || {
-        (!lab.is_running(pid)).then_some(())
-    });
-    assert!(done.is_some(), "the keep-alive client did not finish");
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let bodies: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    assert_eq!(bodies.len(), 40, "{text}");
+    let bodies = keepalive.check(&mut lab, Duration::from_secs(15));
     assert!(
         bodies.iter().all(|b| *b == pinned),
         "the drained connection stayed: {bodies:?}"

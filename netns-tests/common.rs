@@ -1,19 +1,45 @@
-//! Shared helpers: root/CI gate, unique prefixes, director start-up, metrics, captures.
+//! The shared fixture of the namespace tests: a lab, a director in it, the director's admin
+//! socket, `uvsadm` and metrics, and the client-side helpers the tests share.
+//!
+//! A test reads:
+//!
+//! ```text
+//! let Some(ctx) = common::setup(20) else { return };  // lock, root/CI gate, unique prefix
+//! let mut lab = ctx.web_lab();                         // DR lab, web servers on rs1 and rs2
+//! let d = Director::rr_http().admin_socket().start(&mut lab);
+//! common::curl_vip(&lab, 4);                           // traffic from the client
+//! d.admin(&Request::Status); d.uvsadm(&["-Ln"]); d.metric("uvs_drops_total", &[]); d.tail();
+//! ```
+//!
+//! Ownership and tear-down: the [`Lab`] owns every namespace and every process a test starts,
+//! directors included, and its `Drop` (which also runs on a panic) ends those processes by PID
+//! and removes the namespaces. A [`Director`] is a handle (namespace, PID, files): reading
+//! through it (log, admin socket, `uvsadm`, metrics) needs no lab, while ending or signalling
+//! the process goes through the lab, which still holds it unreaped, so a signal can never
+//! reach a recycled PID. Files a test or director writes live in the lab's directory, named
+//! after the director's namespace (`dir.rules`, `dir.log`, `dir2.toml`, `dir.sock`).
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use uvs::lab::{Lab, addr, fmt_mac, tail};
+use uvs::ctl::backend::{Backend, SocketBackend, SocketLocation};
+use uvs::ctl::proto::{Reply, Request};
+use uvs::lab::{Lab, LabOptions, addr, build_dr_lab, build_two_arm_lab, fmt_mac, tail};
 
 /// Serialises the tests (see the crate docs).
 static SERIAL: Mutex<()> = Mutex::new(());
 
 pub fn uvs_exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_uvs"))
+}
+
+pub fn uvsadm_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_uvsadm"))
 }
 
 pub fn under_ci() -> bool {
@@ -68,30 +94,437 @@ pub fn setup(testno: u32) -> Option<Ctx> {
     })
 }
 
+impl Ctx {
+    /// The DR lab (client → router → switch with dir, rs1, rs2), kernel offload defaults.
+    pub fn dr_lab(&self) -> Lab {
+        self.dr_lab_with(&LabOptions::default())
+    }
+
+    pub fn dr_lab_with(&self, opts: &LabOptions) -> Lab {
+        build_dr_lab(&self.prefix, opts)
+            .unwrap_or_else(|e| panic!("building the DR lab ({opts:?}): {e:#}"))
+    }
+
+    /// The kernel IPVS DR selftest's shape: client → director → rs1, rs1 answering directly.
+    pub fn two_arm_lab(&self) -> Lab {
+        build_two_arm_lab(&self.prefix, &LabOptions::default())
+            .unwrap_or_else(|e| panic!("building the two-arm lab: {e:#}"))
+    }
+
+    /// The DR lab with [`start_web`]'s web servers on rs1 and rs2.
+    pub fn web_lab(&self) -> Lab {
+        let mut lab = self.dr_lab();
+        start_web(&mut lab);
+        lab
+    }
+}
+
+/// nginx (or, only if it is not installed, the built-in responder) on rs1 and rs2, port 80.
+pub fn start_web(lab: &mut Lab) {
+    if !Lab::nginx_installed() {
+        eprintln!("nginx not installed: using the built-in HTTP responder");
+    }
+    for rs in ["rs1", "rs2"] {
+        lab.start_http(rs, rs, true, &uvs_exe())
+            .unwrap_or_else(|e| panic!("web server on {rs}: {e:#}"));
+    }
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("lab paths are UTF-8")
 }
 
-/// Writes `rules` to the lab directory and starts the director with
-/// `--rules FILE` plus `args`. Returns its PID.
-pub fn start_director(lab: &mut Lab, rules: &str, args: &[&str]) -> u32 {
-    let file = lab.dir().join("rules");
-    std::fs::write(&file, rules).expect("writing rules");
-    let log = director_log(lab);
-    let file_s = path_str(&file).to_string();
-    let mut full = vec!["--rules", &file_s];
-    full.extend_from_slice(args);
-    lab.start_director(&uvs_exe(), &full, &log)
-        .unwrap_or_else(|e| panic!("starting the director: {e:#}"))
+/// How to start a director: what [`Director::launch`] and [`Director::rr_http`] begin and
+/// [`Launch::start`] runs.
+#[must_use]
+pub struct Launch {
+    host: String,
+    /// (flag, file name in the lab directory, contents)
+    files: Vec<(&'static str, FileName, String)>,
+    interfaces: Vec<String>,
+    admin_socket: bool,
+    metrics: bool,
 }
 
-pub fn director_log(lab: &Lab) -> PathBuf {
-    lab.dir().join("director.log")
+/// Where a director's file goes in the lab directory.
+enum FileName {
+    /// `<host>.<extension>`: two directors of one lab never share it.
+    PerHost(&'static str),
+    Given(String),
 }
 
-/// The last lines of the director's log, for assertion messages.
+impl Launch {
+    /// In namespace `host` instead of `dir`.
+    pub fn on(mut self, host: &str) -> Self {
+        self.host = host.to_string();
+        self
+    }
+
+    /// `--rules FILE` with these ipvsadm-save lines.
+    pub fn rules(mut self, text: &str) -> Self {
+        let name = FileName::PerHost("rules");
+        self.files.push(("--rules", name, text.to_string()));
+        self
+    }
+
+    /// `--config FILE` with this TOML.
+    pub fn config(mut self, toml: &str) -> Self {
+        let name = FileName::PerHost("toml");
+        self.files.push(("--config", name, toml.to_string()));
+        self
+    }
+
+    /// `flag FILE`, FILE holding `text` (`--keepalived`, `--ldirectord`).
+    pub fn file(mut self, flag: &'static str, name: &str, text: &str) -> Self {
+        let name = FileName::Given(name.to_string());
+        self.files.push((flag, name, text.to_string()));
+        self
+    }
+
+    pub fn interface(mut self, ifname: &str) -> Self {
+        self.interfaces.push(ifname.to_string());
+        self
+    }
+
+    pub fn metrics_off(mut self) -> Self {
+        self.metrics = false;
+        self
+    }
+
+    /// A filesystem admin socket, which the test process can reach across namespaces (the
+    /// default abstract one is only reachable from inside the director's namespace).
+    pub fn admin_socket(mut self) -> Self {
+        self.admin_socket = true;
+        self
+    }
+
+    /// Writes the files, starts `uvs run` and waits until it reports ready.
+    pub fn start(self, lab: &mut Lab) -> Director {
+        let mut args: Vec<String> = Vec::new();
+        let mut rules = None;
+        for (flag, name, text) in &self.files {
+            let path = lab.dir().join(match name {
+                FileName::PerHost(ext) => format!("{}.{ext}", self.host),
+                FileName::Given(name) => name.clone(),
+            });
+            std::fs::write(&path, text)
+                .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+            args.extend([flag.to_string(), path_str(&path).to_string()]);
+            if *flag == "--rules" {
+                rules = Some(path);
+            }
+        }
+        for i in &self.interfaces {
+            args.extend(["--interface".to_string(), i.clone()]);
+        }
+        let socket = self
+            .admin_socket
+            .then(|| lab.dir().join(format!("{}.sock", self.host)));
+        if let Some(s) = &socket {
+            // Left by a director this test stopped before.
+            let _ = std::fs::remove_file(s);
+            args.extend(["--admin-socket".to_string(), path_str(s).to_string()]);
+        }
+        if !self.metrics {
+            args.extend(["--metrics".to_string(), "off".to_string()]);
+        }
+        let log = log_path(lab, &self.host);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let pid = lab
+            .start_director_in(&self.host, &uvs_exe(), &argv, &log)
+            .unwrap_or_else(|e| panic!("starting the director in {}: {e:#}", self.host));
+        Director {
+            ns: lab.ns(&self.host),
+            pid,
+            log,
+            rules,
+            socket,
+            metrics: self.metrics,
+        }
+    }
+}
+
+/// A running `uvs run`, started by [`Launch::start`]; see the module docs for who owns what.
+#[derive(Debug)]
+pub struct Director {
+    /// Full namespace name.
+    ns: String,
+    pid: u32,
+    log: PathBuf,
+    rules: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    metrics: bool,
+}
+
+impl Director {
+    /// A director in `dir` with nothing configured yet.
+    pub fn launch() -> Launch {
+        Launch {
+            host: "dir".to_string(),
+            files: Vec::new(),
+            interfaces: Vec::new(),
+            admin_socket: false,
+            metrics: true,
+        }
+    }
+
+    /// The usual service: TCP VIP:80, rr over rs1 and rs2, served on eth0.
+    pub fn rr_http() -> Launch {
+        Self::launch().rules(&dr_rules('t', 80)).interface("eth0")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Its namespace's full name.
+    pub fn ns(&self) -> &str {
+        &self.ns
+    }
+
+    /// The last lines of its log, for assertion messages.
+    pub fn tail(&self) -> String {
+        tail(&self.log, 30)
+    }
+
+    /// Its whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Replaces its rules file (read again on SIGHUP).
+    pub fn rewrite_rules(&self, text: &str) {
+        let path = self
+            .rules
+            .as_ref()
+            .expect("the director was started with --rules");
+        std::fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+
+    /// Sends `sig`; the lab must still hold the process (not stopped, killed or reaped).
+    pub fn signal(&self, lab: &Lab, sig: libc::c_int) {
+        assert!(
+            lab.pids().contains(&self.pid),
+            "director {} is no longer the lab's",
+            self.pid
+        );
+        // SAFETY: kill(2) has no memory effects; the lab holds this child unreaped, so the PID
+        // cannot have been recycled.
+        assert_eq!(unsafe { libc::kill(self.pid as libc::pid_t, sig) }, 0);
+    }
+
+    /// Whether it still runs (an exited, unreaped director counts as gone).
+    pub fn is_running(&self, lab: &mut Lab) -> bool {
+        lab.is_running(self.pid)
+    }
+
+    /// Stops it as an operator would: SIGTERM, and SIGKILL only after a 2 s grace.
+    pub fn stop(self, lab: &mut Lab) {
+        lab.kill(self.pid);
+    }
+
+    /// Ends it with SIGKILL, as a crash would: nothing of its own clean-up runs.
+    pub fn kill(self, lab: &mut Lab) {
+        sigkill(lab, self.pid);
+    }
+
+    /// Its filesystem admin socket ([`Launch::admin_socket`]).
+    pub fn admin_socket(&self) -> &Path {
+        self.socket
+            .as_deref()
+            .expect("the director was started without Launch::admin_socket")
+    }
+
+    /// One request on the admin socket; a transport failure is a panic.
+    pub fn admin(&self, req: &Request) -> Reply {
+        self.try_admin(req)
+            .unwrap_or_else(|e| panic!("admin request {req:?}: {e}"))
+    }
+
+    pub fn try_admin(&self, req: &Request) -> Result<Reply, String> {
+        SocketBackend {
+            location: SocketLocation::Path(self.admin_socket().to_path_buf()),
+        }
+        .call(req)
+        .map_err(|e| e.to_string())
+    }
+
+    /// `uvsadm ARGS` in its namespace.
+    pub fn uvsadm(&self, args: &[&str]) -> Out {
+        self.uvsadm_as(As::Root, args)
+    }
+
+    pub fn uvsadm_as(&self, who: As, args: &[&str]) -> Out {
+        uvsadm_in(&self.ns, who, args)
+    }
+
+    /// What `uvs status` prints about it.
+    pub fn uvs_status(&self) -> String {
+        let mut args = vec!["status"];
+        if let Some(s) = &self.socket {
+            args.extend(["--admin-socket", path_str(s)]);
+        }
+        uvs_in(&self.ns, As::Root, &args).stdout
+    }
+
+    /// The director's Prometheus page.
+    pub fn scrape(&self) -> String {
+        assert!(self.metrics, "the director runs with --metrics off");
+        run_in(&self.ns, As::Root, &curl_metrics()).checked()
+    }
+
+    /// [`metric`] of a fresh scrape.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&self.scrape(), name, labels)
+    }
+
+    /// [`Director::scrape`], `None` when the page does not answer (the director is gone).
+    pub fn try_scrape(&self) -> Option<String> {
+        let out = run_in(&self.ns, As::Root, &curl_metrics());
+        out.ok().then_some(out.stdout)
+    }
+}
+
+fn curl_metrics() -> [&'static str; 7] {
+    [
+        "curl",
+        "-sS",
+        "--noproxy",
+        "*",
+        "--max-time",
+        "5",
+        "http://127.0.0.1:9477/metrics",
+    ]
+}
+
+/// The log of the director in namespace `host`.
+fn log_path(lab: &Lab, host: &str) -> PathBuf {
+    lab.dir().join(format!("{host}.log"))
+}
+
+/// SIGKILL, to a process the lab started and still holds, then reaped through the lab.
+pub fn sigkill(lab: &mut Lab, pid: u32) {
+    assert!(lab.pids().contains(&pid), "pid {pid} is not the lab's");
+    // SAFETY: kill(2) has no memory effects; the lab holds this child unreaped, so the PID
+    // cannot have been recycled.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    lab.kill(pid);
+}
+
+/// Who a command runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum As {
+    Root,
+    /// uid/gid 65534 without capabilities: what an unprivileged user may do.
+    Nobody,
+}
+
+/// A finished command: exit code (-1 for a signal), stdout, stderr.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    what: String,
+}
+
+impl Out {
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+
+    /// Its stdout, if it exited 0; else a panic naming the command with its stderr.
+    pub fn checked(self) -> String {
+        assert!(
+            self.ok(),
+            "{} exited {}: {}",
+            self.what,
+            self.code,
+            self.stderr.trim()
+        );
+        self.stdout
+    }
+}
+
+/// Runs `argv` in namespace `ns` (a full name, [`Lab::ns`]) as `who`, stdin empty.
+pub fn run_in(ns: &str, who: As, argv: &[&str]) -> Out {
+    run_fed_in(ns, who, argv, None)
+}
+
+/// [`run_in`] with `input` on stdin (`uvsadm -R`), or none.
+pub fn run_fed_in(ns: &str, who: As, argv: &[&str], input: Option<&[u8]>) -> Out {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]);
+    if who == As::Nobody {
+        c.args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ]);
+    }
+    let what = format!("{argv:?} in {ns}");
+    let mut child = c
+        .args(argv)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {what}: {e}"));
+    if let Some(data) = input {
+        // Dropped after the write: the command sees the end of its input.
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(data)
+            .unwrap_or_else(|e| panic!("feeding {what}: {e}"));
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        what,
+    }
+}
+
+/// The `uvs` binary's `args` in namespace `ns`.
+pub fn uvs_in(ns: &str, who: As, args: &[&str]) -> Out {
+    let exe = uvs_exe();
+    let mut argv = vec![path_str(&exe)];
+    argv.extend_from_slice(args);
+    run_in(ns, who, &argv)
+}
+
+/// `uvsadm ARGS` in namespace `ns`, whether a director runs there or not.
+pub fn uvsadm_in(ns: &str, who: As, args: &[&str]) -> Out {
+    let exe = uvsadm_exe();
+    let mut argv = vec![path_str(&exe)];
+    argv.extend_from_slice(args);
+    run_in(ns, who, &argv)
+}
+
+/// `ip neigh show IP` in namespace `ns`: (link-layer address, state) of its entry.
+pub fn neigh(ns: &str, ip: &str) -> Option<(String, String)> {
+    let out = run_in(ns, As::Root, &["ip", "neigh", "show", ip]);
+    if !out.ok() {
+        return None;
+    }
+    let w: Vec<&str> = out.stdout.split_whitespace().collect();
+    let i = w.iter().position(|x| *x == "lladdr")?;
+    Some((w.get(i + 1)?.to_string(), w.last()?.to_string()))
+}
+
+/// The last lines of the log of the director in `dir`, for the assertion messages of helpers
+/// that have the lab but no [`Director`].
 pub fn director_tail(lab: &Lab) -> String {
-    tail(&director_log(lab), 30)
+    tail(&log_path(lab, "dir"), 30)
 }
 
 /// DR rules: `proto` `t`/`u`, the VIP at `port`, rr over rs1 and rs2.
@@ -128,18 +561,24 @@ pub fn curl_vip(lab: &Lab, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Sends `n` requests to the VIP and checks that rr spread them evenly, half to rs1 and half
+/// to rs2; `context` leads the failure message.
+pub fn assert_even_split(lab: &Lab, n: usize, context: &str) {
+    let answers = curl_vip(lab, n);
+    let c = count(&answers);
+    assert_eq!(
+        (c.get("rs1").copied(), c.get("rs2").copied()),
+        (Some(n / 2), Some(n / 2)),
+        "{context}: {answers:?}"
+    );
+}
+
 pub fn count<'a>(answers: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for a in answers {
         *m.entry(a.clone()).or_insert(0) += 1;
     }
     m
-}
-
-/// Scrapes the director's Prometheus endpoint (inside its namespace).
-pub fn scrape(lab: &Lab) -> String {
-    lab.curl("dir", "http://127.0.0.1:9477/metrics", &[])
-        .unwrap_or_else(|e| panic!("scraping metrics: {e:#}"))
 }
 
 /// Sum of the samples of `name` whose labels include every `k="v"` of `labels`.
@@ -180,6 +619,69 @@ pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
             return None;
         }
         thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits up to `within` for a process the lab started to exit; whether it did.
+pub fn wait_exit(lab: &mut Lab, pid: u32, within: Duration) -> bool {
+    poll(within, || (!lab.is_running(pid)).then_some(())).is_some()
+}
+
+/// A `curl` from the client holding one keep-alive connection to VIP:80 for `n` requests at
+/// 10/s; its answers are the lines of its log.
+pub struct KeepAlive {
+    pid: u32,
+    log: PathBuf,
+    n: usize,
+}
+
+impl KeepAlive {
+    /// Starts it; curl gives up after `max_secs`. `tag` names its log.
+    pub fn start(lab: &mut Lab, n: usize, max_secs: u64, tag: &str) -> Self {
+        let urls: Vec<String> = (0..n).map(|_| format!("http://{}/", addr::VIP)).collect();
+        let max = max_secs.to_string();
+        let mut args = vec!["curl", "-s", "--max-time", &max, "--rate", "10/s"];
+        args.extend(urls.iter().map(String::as_str));
+        let log = lab.dir().join(format!("keepalive-{tag}.log"));
+        let pid = lab
+            .spawn("client", &args, &log)
+            .unwrap_or_else(|e| panic!("starting the keep-alive client: {e:#}"));
+        Self { pid, log, n }
+    }
+
+    pub fn is_running(&self, lab: &mut Lab) -> bool {
+        lab.is_running(self.pid)
+    }
+
+    /// What it printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits up to `wait` for it to finish and checks that all `n` requests were answered, by
+    /// one real server (the connection never moved). Returns the answers.
+    pub fn check(&self, lab: &mut Lab, wait: Duration) -> Vec<String> {
+        let done = wait_exit(lab, self.pid, wait);
+        let text = self.output();
+        let bodies: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        assert!(done, "the keep-alive client did not finish: {text}");
+        assert_eq!(
+            bodies.len(),
+            self.n,
+            "all {} keep-alive requests answered: {text}\ndirector:\n{}",
+            self.n,
+            director_tail(lab)
+        );
+        assert!(
+            bodies.iter().all(|b| *b == bodies[0]),
+            "the established connection stayed on one real server: {bodies:?}"
+        );
+        bodies
     }
 }
 

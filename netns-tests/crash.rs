@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use uvs::lab::{Lab, LabOptions, addr, build_dr_lab};
 
-use crate::common::{self, path_str, poll};
+use crate::common::{self, Director, path_str, poll};
 
 /// The `uvs` tables in the director's namespace, as `nft list tables` prints them.
 fn uvs_tables(lab: &Lab) -> Vec<String> {
@@ -75,18 +75,12 @@ fn start_keepalived(lab: &mut Lab, ka: &Path, tag: &str) -> u32 {
 #[test]
 fn a_killed_director_leaves_nothing_behind_and_keepalived_then_serves_its_vip() {
     let Some(ctx) = common::setup(96) else { return };
-    let Some(ka) = crate::ha::keepalived_path() else {
-        // scripts/deps.sh installs keepalived; under CI a missing tool is a failure.
-        assert!(
-            !common::under_ci(),
-            "keepalived not installed (apt-get install keepalived)"
-        );
-        eprintln!("skipping: keepalived not installed (apt-get install keepalived)");
+    let Some(ka) = crate::ha::keepalived_or_skip() else {
         return;
     };
     let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
         .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
+    common::start_web(&mut lab);
     // What the director's host serves itself once keepalived holds the VIP there.
     lab.start_builtin_http("dir", "director", 80, &common::uvs_exe())
         .expect("web server on the director");
@@ -99,16 +93,11 @@ fn a_killed_director_leaves_nothing_behind_and_keepalived_then_serves_its_vip() 
         } else {
             "plain"
         };
-        let pid = match vip_mac {
-            None => common::start_director(
-                &mut lab,
-                &common::dr_rules('t', 80),
-                &["--interface", "eth0"],
-            ),
-            Some(m) => crate::dr_basic::start_director_with_config(
-                &mut lab,
-                &format!("[arp]\nvip_mac = \"{m}\"\n"),
-            ),
+        let director = match vip_mac {
+            None => Director::rr_http().start(&mut lab),
+            Some(m) => Director::rr_http()
+                .config(&format!("[arp]\nvip_mac = \"{m}\"\n"))
+                .start(&mut lab),
         };
         let answers = common::curl_vip(&lab, 2);
         assert!(answers.iter().all(|a| a.starts_with("rs")), "{answers:?}");
@@ -124,8 +113,7 @@ fn a_killed_director_leaves_nothing_behind_and_keepalived_then_serves_its_vip() 
             assert_eq!(promiscuity_running, promiscuity_before + 1, "{tag}");
         }
 
-        // SAFETY: kill(2) on a PID this test started and has not reaped.
-        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+        director.signal(&lab, libc::SIGKILL);
         let killed = Instant::now();
         let mut left = uvs_tables(&lab);
         while !left.is_empty() && killed.elapsed() < Duration::from_secs(1) {
@@ -146,7 +134,7 @@ fn a_killed_director_leaves_nothing_behind_and_keepalived_then_serves_its_vip() 
             promiscuity_before,
             "{tag}: the VIP MAC outlived the director"
         );
-        lab.kill(pid);
+        director.stop(&mut lab);
 
         // keepalived on the same host takes the VIP.
         let k = start_keepalived(&mut lab, &ka, tag);

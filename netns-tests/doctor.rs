@@ -4,29 +4,22 @@
 
 use std::time::Duration;
 
-use uvs::lab::{LabOptions, addr, build_dr_lab};
+use uvs::lab::{Lab, addr};
 
-use crate::common;
+use crate::common::{self, As, Director};
 
-fn doctor(lab: &uvs::lab::Lab, args: &[&str]) -> (bool, String) {
-    let exe = common::uvs_exe();
-    let mut full = vec![common::path_str(&exe), "doctor"];
-    full.extend_from_slice(args);
-    let out = lab.exec("dir", &full).expect("running uvs doctor");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+/// `uvs doctor ARGS` in the director's namespace: (success, stdout then stderr).
+fn doctor(lab: &Lab, args: &[&str]) -> (bool, String) {
+    let mut argv = vec!["doctor"];
+    argv.extend_from_slice(args);
+    let out = common::uvs_in(&lab.ns("dir"), As::Root, &argv);
+    (out.ok(), out.stdout + &out.stderr)
 }
 
 #[test]
 fn doctor_names_the_rs_answering_arp_for_the_vip_and_the_rs_without_the_vip() {
     let Some(ctx) = common::setup(74) else { return };
-    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
+    let mut lab = ctx.web_lab();
     let vip = addr::VIP.to_string();
 
     // A healthy lab first: no problem found (services from the rules file, no uvs running).
@@ -83,11 +76,7 @@ fn doctor_names_the_rs_answering_arp_for_the_vip_and_the_rs_without_the_vip() {
     );
 
     // With uvs running: services from its admin socket; its table is checked too.
-    let pid = common::start_director(
-        &mut lab,
-        &common::dr_rules('t', 80),
-        &["--interface", "eth0"],
-    );
+    let d = Director::rr_http().start(&mut lab);
     let (ok, text) = doctor(&lab, &[]);
     eprintln!("broken lab, from the daemon:\n{text}");
     assert!(!ok);
@@ -99,15 +88,14 @@ fn doctor_names_the_rs_answering_arp_for_the_vip_and_the_rs_without_the_vip() {
     check(&text);
     // The daemon saw rs2's answer to the doctor's request too: counted and logged.
     let counted = common::poll(Duration::from_secs(3), || {
-        let m = common::scrape(&lab);
-        (common::metric(&m, "uvs_arp_ignored_total", &[("reason", "vip_conflict")]) >= 1.0)
-            .then_some(())
+        (d.metric("uvs_arp_ignored_total", &[("reason", "vip_conflict")]) >= 1.0).then_some(())
     });
     assert!(counted.is_some(), "vip_conflict counted");
     assert!(
-        common::director_tail(&lab).contains(&format!("another host ({rs2_mac}) claims VIP {vip}")),
+        d.tail()
+            .contains(&format!("another host ({rs2_mac}) claims VIP {vip}")),
         "{}",
-        common::director_tail(&lab)
+        d.tail()
     );
-    assert!(lab.is_running(pid));
+    assert!(d.is_running(&mut lab));
 }

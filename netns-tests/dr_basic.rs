@@ -3,66 +3,27 @@
 
 use std::time::Duration;
 
-use uvs::lab::{Lab, LabOptions, addr, build_dr_lab};
+use uvs::lab::{Lab, addr};
 
-use crate::common::{self, Ctx, mac_str};
-
-fn dr_lab(ctx: &Ctx) -> Lab {
-    build_dr_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"))
-}
-
-/// nginx (or, only if it is not installed, the built-in responder) on rs1 and rs2, port 80.
-pub fn start_web(lab: &mut Lab) {
-    if !Lab::nginx_installed() {
-        eprintln!("nginx not installed: using the built-in HTTP responder");
-    }
-    for rs in ["rs1", "rs2"] {
-        lab.start_http(rs, rs, true, &common::uvs_exe())
-            .unwrap_or_else(|e| panic!("web server on {rs}: {e:#}"));
-    }
-}
-
-/// Starts the director for TCP port 80 on eth0 with `toml` as its `--config`; returns its PID.
-pub(crate) fn start_director_with_config(lab: &mut Lab, toml: &str) -> u32 {
-    let config = lab.dir().join("uvs.toml");
-    std::fs::write(&config, toml).expect("config");
-    common::start_director(
-        lab,
-        &common::dr_rules('t', 80),
-        &["--interface", "eth0", "--config", common::path_str(&config)],
-    )
-}
+use crate::common::{self, Director, mac_str};
 
 #[test]
 fn rr_splits_ten_requests_five_five() {
     let Some(ctx) = common::setup(1) else { return };
-    let mut lab = dr_lab(&ctx);
-    start_web(&mut lab);
-    common::start_director(
-        &mut lab,
-        &common::dr_rules('t', 80),
-        &["--interface", "eth0"],
-    );
-    let answers = common::curl_vip(&lab, 10);
-    let c = common::count(&answers);
-    assert_eq!(
-        (c.get("rs1").copied(), c.get("rs2").copied(), c.len()),
-        (Some(5), Some(5), 2),
-        "10 requests under rr should split 5/5 between rs1 and rs2, got {answers:?}"
+    let mut lab = ctx.web_lab();
+    Director::rr_http().start(&mut lab);
+    common::assert_even_split(
+        &lab,
+        10,
+        "10 requests under rr should split 5/5 between rs1 and rs2, got",
     );
 }
 
 #[test]
 fn keepalive_connection_stays_on_one_rs() {
     let Some(ctx) = common::setup(2) else { return };
-    let mut lab = dr_lab(&ctx);
-    start_web(&mut lab);
-    common::start_director(
-        &mut lab,
-        &common::dr_rules('t', 80),
-        &["--interface", "eth0"],
-    );
+    let mut lab = ctx.web_lab();
+    Director::rr_http().start(&mut lab);
     let url = format!("http://{}/", addr::VIP);
     let mut args: Vec<&str> = vec!["-w", "connects=%{num_connects}\\n"];
     // curl takes the URLs after the options; Lab::curl appends the last one.
@@ -91,31 +52,22 @@ fn keepalive_connection_stays_on_one_rs() {
     );
 }
 
-/// `ip -n <router> neigh show VIP` → (lladdr, state).
+/// The router's neighbour entry for the VIP: (lladdr, state).
 fn router_neigh_vip(lab: &Lab) -> Option<(String, String)> {
-    let out = lab
-        .exec_ok("router", &["ip", "neigh", "show", &addr::VIP.to_string()])
-        .ok()?;
-    let w: Vec<&str> = out.split_whitespace().collect();
-    let i = w.iter().position(|x| *x == "lladdr")?;
-    Some((w.get(i + 1)?.to_string(), w.last()?.to_string()))
+    common::neigh(&lab.ns("router"), &addr::VIP.to_string())
 }
 
 #[test]
 fn frames_at_the_rs_are_rewritten_and_replies_bypass_the_director() {
     let Some(ctx) = common::setup(3) else { return };
-    let mut lab = dr_lab(&ctx);
+    let mut lab = ctx.dr_lab();
     lab.set_sysctls(
         "router",
         &[("net.ipv4.neigh.eth1.delay_first_probe_time", "1")],
     )
     .expect("sysctl");
-    start_web(&mut lab);
-    common::start_director(
-        &mut lab,
-        &common::dr_rules('t', 80),
-        &["--interface", "eth0"],
-    );
+    common::start_web(&mut lab);
+    Director::rr_http().start(&mut lab);
 
     let rs1_pcap = lab.dir().join("rs1.pcap");
     let dir_pcap = lab.dir().join("dir.pcap");
@@ -246,16 +198,15 @@ fn frames_at_the_rs_are_rewritten_and_replies_bypass_the_director() {
 #[test]
 fn udp_service_works() {
     let Some(ctx) = common::setup(4) else { return };
-    let mut lab = dr_lab(&ctx);
+    let mut lab = ctx.dr_lab();
     for rs in ["rs1", "rs2"] {
         lab.start_udp_echo(rs, rs, 53, &common::uvs_exe())
             .unwrap_or_else(|e| panic!("UDP echo on {rs}: {e:#}"));
     }
-    common::start_director(
-        &mut lab,
-        &common::dr_rules('u', 53),
-        &["--interface", "eth0"],
-    );
+    Director::launch()
+        .rules(&common::dr_rules('u', 53))
+        .interface("eth0")
+        .start(&mut lab);
     // Each request is a new socket, so a new source port: a new flow for the scheduler. The
     // socket is connected to the VIP, so only a reply from the VIP is accepted. No retries:
     // the director reports ready only once it knows both real servers' MACs.
@@ -282,13 +233,8 @@ fn udp_service_works() {
 #[test]
 fn each_frame_is_forwarded_exactly_once() {
     let Some(ctx) = common::setup(11) else { return };
-    let mut lab = dr_lab(&ctx);
-    start_web(&mut lab);
-    common::start_director(
-        &mut lab,
-        &common::dr_rules('t', 80),
-        &["--interface", "eth0"],
-    );
+    let mut lab = ctx.web_lab();
+    let d = Director::rr_http().start(&mut lab);
     let pcap = lab.dir().join("dir.pcap");
     let cap = lab
         .tcpdump_start("dir", "eth0", &format!("dst host {}", addr::VIP), &pcap)
@@ -305,7 +251,7 @@ fn each_frame_is_forwarded_exactly_once() {
             .count()
     };
     let (inbound, outbound) = (ipv4(&router_mac), ipv4(&dir_mac));
-    let m = common::scrape(&lab);
+    let m = d.scrape();
     assert_eq!(
         outbound,
         inbound,
@@ -328,19 +274,15 @@ fn each_frame_is_forwarded_exactly_once() {
 #[test]
 fn vip_on_the_directors_own_kernel_gets_one_arp_reply_per_request() {
     let Some(ctx) = common::setup(87) else { return };
-    let mut lab = dr_lab(&ctx);
+    let mut lab = ctx.dr_lab();
     let vip = addr::VIP.to_string();
     lab.exec_ok(
         "dir",
         &["ip", "addr", "add", &format!("{vip}/32"), "dev", "lo"],
     )
     .expect("VIP on the director's lo");
-    start_web(&mut lab);
-    common::start_director(
-        &mut lab,
-        &common::dr_rules('t', 80),
-        &["--interface", "eth0"],
-    );
+    common::start_web(&mut lab);
+    Director::rr_http().start(&mut lab);
 
     let dir_mac = mac_str(addr::HOST_DIR, 0);
     let router_mac = mac_str(addr::HOST_ROUTER, 1);
@@ -390,7 +332,7 @@ fn vip_on_the_directors_own_kernel_gets_one_arp_reply_per_request() {
 #[test]
 fn with_a_vip_mac_clients_use_it_and_the_directors_kernel_stays_out() {
     let Some(ctx) = common::setup(88) else { return };
-    let mut lab = dr_lab(&ctx);
+    let mut lab = ctx.dr_lab();
     let vip = addr::VIP.to_string();
     let vip_mac = "02:00:5e:00:01:0a";
     lab.exec_ok(
@@ -398,8 +340,10 @@ fn with_a_vip_mac_clients_use_it_and_the_directors_kernel_stays_out() {
         &["ip", "addr", "add", &format!("{vip}/32"), "dev", "lo"],
     )
     .expect("VIP on the director's lo");
-    start_web(&mut lab);
-    start_director_with_config(&mut lab, &format!("[arp]\nvip_mac = \"{vip_mac}\"\n"));
+    common::start_web(&mut lab);
+    let d = Director::rr_http()
+        .config(&format!("[arp]\nvip_mac = \"{vip_mac}\"\n"))
+        .start(&mut lab);
 
     let tables = lab.exec_ok("dir", &["nft", "list", "tables"]).expect("nft");
     assert!(
@@ -442,7 +386,7 @@ fn with_a_vip_mac_clients_use_it_and_the_directors_kernel_stays_out() {
         learned.as_ref().map(|(mac, _)| mac.as_str()),
         Some(vip_mac),
         "the router learned {learned:?} for the VIP\n{}",
-        common::director_tail(&lab)
+        d.tail()
     );
     assert_eq!(
         common::count(&answers).values().sum::<usize>(),
@@ -498,9 +442,11 @@ fn worker_cpu_secs(director: u32) -> f64 {
 #[test]
 fn busy_poll_spins_while_traffic_is_recent_and_sleeps_when_idle() {
     let Some(ctx) = common::setup(89) else { return };
-    let mut lab = dr_lab(&ctx);
-    start_web(&mut lab);
-    let director = start_director_with_config(&mut lab, "[ring]\nbusy_poll_us = 300000\n");
+    let mut lab = ctx.web_lab();
+    let director = Director::rr_http()
+        .config("[ring]\nbusy_poll_us = 300000\n")
+        .start(&mut lab)
+        .pid();
 
     // Requests closer together than the 300 ms window: the worker never sleeps.
     let (cpu0, t0) = (worker_cpu_secs(director), std::time::Instant::now());
@@ -543,25 +489,19 @@ fn cpu_latency_granted() -> i32 {
 fn a_cpu_latency_request_lasts_exactly_as_long_as_the_director() {
     let Some(ctx) = common::setup(91) else { return };
     let before = cpu_latency_granted();
-    let mut lab = dr_lab(&ctx);
-    start_web(&mut lab);
-    let director = start_director_with_config(&mut lab, "[ring]\ncpu_latency_us = 0\n");
+    let mut lab = ctx.web_lab();
+    let director = Director::rr_http()
+        .config("[ring]\ncpu_latency_us = 0\n")
+        .start(&mut lab);
     assert_eq!(
         cpu_latency_granted(),
         0,
         "while uvs runs with cpu_latency_us = 0, idle CPUs may not sleep at all"
     );
-    let c = common::count(&common::curl_vip(&lab, 4));
-    assert_eq!(
-        (c.get("rs1"), c.get("rs2")),
-        (Some(&2), Some(&2)),
-        "the sleeping worker forwards as before: {c:?}"
-    );
+    common::assert_even_split(&lab, 4, "the sleeping worker forwards as before");
 
     // Killed, not stopped: no exit path of uvs may leave the machine tuned.
-    // SAFETY: plain syscall on the director's PID, which this test started and has not reaped.
-    unsafe { libc::kill(director as libc::pid_t, libc::SIGKILL) };
-    lab.kill(director);
+    director.kill(&mut lab);
     let restored = common::poll(Duration::from_secs(5), || {
         (cpu_latency_granted() == before).then_some(())
     });
@@ -575,7 +515,7 @@ fn a_cpu_latency_request_lasts_exactly_as_long_as_the_director() {
 #[test]
 fn coalescing_waits_under_a_stream_but_never_holds_a_lone_request() {
     let Some(ctx) = common::setup(90) else { return };
-    let mut lab = dr_lab(&ctx);
+    let mut lab = ctx.dr_lab();
     for rs in ["rs1", "rs2"] {
         lab.start_udp_echo(rs, rs, 53, &common::uvs_exe())
             .unwrap_or_else(|e| panic!("UDP echo on {rs}: {e:#}"));
@@ -584,11 +524,14 @@ fn coalescing_waits_under_a_stream_but_never_holds_a_lone_request() {
     }
     let rules = common::dr_rules('u', 53) + &common::dr_rules('t', 8080);
     // The default [ring] coalesce_us (50).
-    common::start_director(&mut lab, &rules, &["--interface", "eth0"]);
+    let d = Director::launch()
+        .rules(&rules)
+        .interface("eth0")
+        .start(&mut lab);
     let waits = |text: &str| common::metric(text, "uvs_worker_coalesce_waits_total", &[]);
 
     // Single-datagram requests 20 ms apart: each frame's next round finds the ring empty.
-    let before = common::scrape(&lab);
+    let before = d.scrape();
     assert!(
         before.contains("uvs_worker_coalesce_waits_total{"),
         "the exporter publishes the coalescing counter:\n{before}"
@@ -598,7 +541,7 @@ fn coalescing_waits_under_a_stream_but_never_holds_a_lone_request() {
             .unwrap_or_else(|e| panic!("UDP request {i}: {e:#}\n{}", common::director_tail(&lab)));
         std::thread::sleep(Duration::from_millis(20));
     }
-    let after_lone = common::scrape(&lab);
+    let after_lone = d.scrape();
     assert_eq!(
         waits(&after_lone),
         waits(&before),
@@ -612,7 +555,7 @@ fn coalescing_waits_under_a_stream_but_never_holds_a_lone_request() {
         let data = common::pseudo_random(8 << 20, 0xc0a1_e5ce + i);
         common::upload_and_verify(&lab, &url, &data, &format!("coalesce{i}"));
     }
-    let after_stream = common::scrape(&lab);
+    let after_stream = d.scrape();
     let stream_waits = waits(&after_stream) - waits(&after_lone);
     eprintln!("coalescing waits during three 8 MiB uploads: {stream_waits}");
     assert!(

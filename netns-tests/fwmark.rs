@@ -2,27 +2,9 @@
 //! `iptables -t mangle … -m multiport --dports 80,443 -j MARK --set-mark 1`) sends both ports
 //! to the `-f 1` service, ahead of an address service on VIP:443; `-Ln` shows `FWM  1`.
 
-use std::path::PathBuf;
-use std::process::Command;
+use uvs::lab::{Lab, addr};
 
-use uvs::lab::{Lab, LabOptions, addr, build_dr_lab};
-
-use crate::common;
-
-fn uvsadm(lab: &Lab, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.ns("dir")])
-        .arg(PathBuf::from(env!("CARGO_BIN_EXE_uvsadm")))
-        .args(args)
-        .output()
-        .expect("running uvsadm");
-    assert!(
-        out.status.success(),
-        "uvsadm {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use crate::common::{self, Director};
 
 fn get(lab: &Lab, port: u16) -> String {
     let url = format!("http://{}:{port}/", addr::VIP);
@@ -40,8 +22,7 @@ fn get(lab: &Lab, port: u16) -> String {
 #[test]
 fn a_mark_rule_over_80_and_443_feeds_one_fwmark_service() {
     let Some(ctx) = common::setup(48) else { return };
-    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
+    let mut lab = ctx.dr_lab();
     for rs in ["rs1", "rs2"] {
         for port in [80, 443] {
             lab.start_builtin_http(rs, rs, port, &common::uvs_exe())
@@ -58,7 +39,10 @@ fn a_mark_rule_over_80_and_443_feeds_one_fwmark_service() {
          -a -f 1 -r {rs1}:0 -g\n\
          -a -f 1 -r {rs2}:0 -g\n"
     );
-    common::start_director(&mut lab, &rules, &["--interface", "eth0"]);
+    let d = Director::launch()
+        .rules(&rules)
+        .interface("eth0")
+        .start(&mut lab);
 
     // rr over the fwmark service: 80, 80, 443, 443 → each port reaches both reals.
     let answers: Vec<(u16, String)> = [80, 80, 443, 443, 80, 443]
@@ -87,13 +71,13 @@ fn a_mark_rule_over_80_and_443_feeds_one_fwmark_service() {
         );
     }
 
-    let ln = uvsadm(&lab, &["-Ln"]);
+    let ln = d.uvsadm(&["-Ln"]).checked();
     assert!(ln.contains("\nFWM  1 rr\n"), "{ln}");
     assert!(
         ln.contains(&format!("  -> {:<28} Route   1      ", format!("{rs1}:0"))),
         "{ln}"
     );
-    let stats = uvsadm(&lab, &["-Ln", "--stats", "-f", "1"]);
+    let stats = d.uvsadm(&["-Ln", "--stats", "-f", "1"]).checked();
     let conns: u64 = stats
         .lines()
         .find(|l| l.starts_with("FWM  1"))
@@ -102,12 +86,15 @@ fn a_mark_rule_over_80_and_443_feeds_one_fwmark_service() {
         .unwrap_or_else(|| panic!("{stats}"));
     assert_eq!(conns, 6, "{stats}");
     assert!(
-        uvsadm(&lab, &["--list-marks"]).contains(&format!("1     TCP  {vip:<15} 80,443")),
+        d.uvsadm(&["--list-marks"])
+            .checked()
+            .contains(&format!("1     TCP  {vip:<15} 80,443")),
         "mark rules listed"
     );
 
     // Live: without the mark rule, 443 goes back to its address service (rs1 only).
-    uvsadm(&lab, &["--del-mark", "1", "-t", &format!("{vip}:80,443")]);
+    d.uvsadm(&["--del-mark", "1", "-t", &format!("{vip}:80,443")])
+        .checked();
     for _ in 0..3 {
         assert_eq!(get(&lab, 443), "rs1");
     }

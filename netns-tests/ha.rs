@@ -1,4 +1,4 @@
-//! High availability (issue 8): two directors on the DR lab's LAN — `dir` (10.0.0.2) and a
+//! High availability: two directors on the DR lab's LAN — `dir` (10.0.0.2) and a
 //! second namespace `dir2` (10.0.0.3) this file adds — sharing the VIP with VRRP; uvs + uvs
 //! with connection sync, and uvs + a real keepalived (Debian package, VRRP only).
 //!
@@ -10,14 +10,15 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use uvs::lab::{Lab, LabOptions, addr, build_dr_lab, fmt_mac};
+use uvs::lab::{Lab, addr, fmt_mac};
 
-use crate::common::{self, Ctx, path_str, poll, pseudo_random};
+use crate::common::{self, Ctx, Director, path_str, poll, pseudo_random};
 
 const DIR2_ADDR: &str = "10.0.0.3";
 const DIR2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x03, 0];
 
-/// The `dir2` namespace (not known to `Lab`): removed on drop, after the lab killed what ran in it.
+/// The `dir2` namespace (not known to `Lab`): removed on drop. Bound before the lab, so
+/// dropped after it, once the lab has ended what ran in it.
 struct ExtraNs(String);
 
 impl Drop for ExtraNs {
@@ -39,9 +40,8 @@ fn ip(args: &[&str]) {
 }
 
 /// The DR lab plus `dir2` on the bridge (port "dir2"), web servers on rs1 and rs2.
-fn ha_lab(ctx: &Ctx) -> (Lab, ExtraNs) {
-    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
+fn ha_lab(ctx: &Ctx) -> (ExtraNs, Lab) {
+    let mut lab = ctx.dr_lab();
     let ns = lab.ns("dir2");
     ip(&["netns", "add", &ns]);
     let extra = ExtraNs(ns.clone());
@@ -89,7 +89,7 @@ fn ha_lab(ctx: &Ctx) -> (Lab, ExtraNs) {
         lab.start_builtin_http(rs, rs, 80, &common::uvs_exe())
             .unwrap_or_else(|e| panic!("web server on {rs}: {e:#}"));
     }
-    (lab, extra)
+    (extra, lab)
 }
 
 fn vrrp_toml(prio: u8, version: u8, advert: &str, extra: &str, sync: bool) -> String {
@@ -105,84 +105,32 @@ fn vrrp_toml(prio: u8, version: u8, advert: &str, extra: &str, sync: bool) -> St
     s
 }
 
-/// Starts `uvs run` in `host` with this TOML and the lab's rr rules; waits until ready.
-fn start_uvs(lab: &mut Lab, host: &str, toml: &str, rules: &str) -> u32 {
-    let dir = lab.dir().to_path_buf();
-    let cfg = dir.join(format!("{host}.toml"));
-    std::fs::write(&cfg, toml).unwrap();
-    let rules_f = dir.join(format!("{host}.rules"));
-    std::fs::write(&rules_f, rules).unwrap();
-    let ready = dir.join(format!("{host}.ready"));
-    let _ = std::fs::remove_file(&ready);
-    let log = dir.join(format!("{host}.log"));
-    let exe = common::uvs_exe();
-    let pid = lab
-        .spawn(
-            host,
-            &[
-                path_str(&exe),
-                "run",
-                "--ready-file",
-                path_str(&ready),
-                "--config",
-                path_str(&cfg),
-                "--rules",
-                path_str(&rules_f),
-            ],
-            &log,
-        )
-        .expect("spawning uvs");
-    let ok = poll(Duration::from_secs(10), || ready.exists().then_some(()));
-    assert!(
-        ok.is_some(),
-        "uvs in {host} not ready:\n{}",
-        uvs::lab::tail(&log, 30)
-    );
-    pid
+/// Starts `uvs run` in `host` with this TOML and these rules; waits until ready.
+fn start_uvs(lab: &mut Lab, host: &str, toml: &str, rules: &str) -> Director {
+    Director::launch()
+        .on(host)
+        .config(toml)
+        .rules(rules)
+        .start(lab)
 }
 
-fn log_tail(lab: &Lab, host: &str) -> String {
-    uvs::lab::tail(&lab.dir().join(format!("{host}.log")), 30)
-}
-
-fn status(lab: &Lab, host: &str) -> String {
-    let exe = common::uvs_exe();
-    let out = lab
-        .exec(host, &[path_str(&exe), "status"])
-        .expect("uvs status");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn wait_state(lab: &Lab, host: &str, state: &str, within: Duration) {
+fn wait_state(d: &Director, state: &str, within: Duration) {
     let got = poll(within, || {
-        status(lab, host)
-            .contains(&format!(": {state}"))
-            .then_some(())
+        d.uvs_status().contains(&format!(": {state}")).then_some(())
     });
     assert!(
         got.is_some(),
-        "{host} not {state}: {}\n{}",
-        status(lab, host),
-        log_tail(lab, host)
+        "{} not {state}: {}\n{}",
+        d.ns(),
+        d.uvs_status(),
+        d.tail()
     );
 }
 
 fn router_vip_mac(lab: &Lab) -> String {
-    let out = lab
-        .exec_ok("router", &["ip", "neigh", "show", &addr::VIP.to_string()])
-        .unwrap_or_default();
-    out.split_whitespace()
-        .skip_while(|w| *w != "lladdr")
-        .nth(1)
-        .unwrap_or("")
-        .to_string()
-}
-
-/// SIGKILL, on a PID this test started (then reaped through the lab).
-fn sigkill(lab: &mut Lab, pid: u32) {
-    // SAFETY: plain syscall on a child PID the lab recorded and has not reaped.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-    lab.kill(pid);
+    common::neigh(&lab.ns("router"), &addr::VIP.to_string())
+        .map(|(mac, _)| mac)
+        .unwrap_or_default()
 }
 
 /// A client sending one request every 10 ms (fresh connection each, 200 ms timeout), logging
@@ -270,24 +218,37 @@ fn start_slow_upload(lab: &mut Lab, tag: &str, bytes: usize, rate: &str) -> (u32
     (pid, out, want)
 }
 
-fn wait_exit(lab: &mut Lab, pid: u32, within: Duration) -> bool {
-    poll(within, || (!lab.is_running(pid)).then_some(())).is_some()
+/// Waits for the uploads of [`start_slow_upload`]; how many did not arrive intact.
+fn broken_uploads(lab: &mut Lab, uploads: &[(u32, PathBuf, String)]) -> usize {
+    let mut broken = 0;
+    for (pid, out, want) in uploads {
+        assert!(
+            common::wait_exit(lab, *pid, Duration::from_secs(30)),
+            "upload still running"
+        );
+        let body = std::fs::read_to_string(out).unwrap_or_default();
+        if !body.trim().ends_with(want.as_str()) {
+            broken += 1;
+            eprintln!("broken upload: got {body:?}, want …{want}");
+        }
+    }
+    broken
 }
 
 #[test]
 fn uvs_uvs_failover_with_sync_keeps_connections() {
     let Some(ctx) = common::setup(80) else { return };
-    let (mut lab, _dir2) = ha_lab(&ctx);
+    let (_dir2, mut lab) = ha_lab(&ctx);
     let rules = common::dr_rules('t', 80);
     let m = start_uvs(&mut lab, "dir", &vrrp_toml(150, 3, "0.1", "", true), &rules);
-    wait_state(&lab, "dir", "MASTER", Duration::from_secs(3));
-    let _b = start_uvs(
+    wait_state(&m, "MASTER", Duration::from_secs(3));
+    let b = start_uvs(
         &mut lab,
         "dir2",
         &vrrp_toml(100, 3, "0.1", "", true),
         &rules,
     );
-    wait_state(&lab, "dir2", "BACKUP", Duration::from_secs(3));
+    wait_state(&b, "BACKUP", Duration::from_secs(3));
     assert_eq!(common::curl_vip(&lab, 2).len(), 2);
     assert_eq!(router_vip_mac(&lab), lab.mac_str("dir", "eth0").unwrap());
 
@@ -299,27 +260,14 @@ fn uvs_uvs_failover_with_sync_keeps_connections() {
     thread::sleep(Duration::from_millis(1500));
     let killed_at = now_ns();
     let t0 = Instant::now();
-    sigkill(&mut lab, m);
-    wait_state(&lab, "dir2", "MASTER", Duration::from_secs(3));
+    m.kill(&mut lab);
+    wait_state(&b, "MASTER", Duration::from_secs(3));
     let takeover = t0.elapsed();
     thread::sleep(Duration::from_secs(2));
-    let mut broken = 0;
-    for (pid, out, want) in &uploads {
-        assert!(
-            wait_exit(&mut lab, *pid, Duration::from_secs(30)),
-            "upload still running"
-        );
-        let body = std::fs::read_to_string(out).unwrap_or_default();
-        if !body.trim().ends_with(want.as_str()) {
-            broken += 1;
-            eprintln!("broken upload: got {body:?}, want …{want}");
-        }
-    }
+    let broken = broken_uploads(&mut lab, &uploads);
     lab.kill(probe);
     let (gap, late_fail, ok, fail) = probe_report(&probe_file, killed_at);
-    let metrics = lab
-        .curl("dir2", "http://127.0.0.1:9477/metrics", &[])
-        .unwrap_or_default();
+    let metrics = b.try_scrape().unwrap_or_default();
     let adopted = common::metric(&metrics, "uvs_sync_adopted_total", &[]);
     eprintln!(
         "HA uvs+uvs (v3, 100 ms adverts, sync): takeover seen by `uvs status` after {takeover:?}; \
@@ -335,7 +283,7 @@ fn uvs_uvs_failover_with_sync_keeps_connections() {
         broken,
         0,
         "established connections broken by the failover\n{}",
-        log_tail(&lab, "dir2")
+        b.tail()
     );
     assert_eq!(late_fail, 0, "requests failed after the takeover window");
     assert!(
@@ -348,7 +296,7 @@ fn uvs_uvs_failover_with_sync_keeps_connections() {
 #[test]
 fn uvs_graceful_stop_sends_priority_zero() {
     let Some(ctx) = common::setup(81) else { return };
-    let (mut lab, _dir2) = ha_lab(&ctx);
+    let (_dir2, mut lab) = ha_lab(&ctx);
     let rules = common::dr_rules('t', 80);
     // v2, 1 s adverts: the peer would need 3.6 s without the priority-0 advert.
     let m = start_uvs(
@@ -357,20 +305,18 @@ fn uvs_graceful_stop_sends_priority_zero() {
         &vrrp_toml(150, 2, "1", "auth_pass = \"1111\"", false),
         &rules,
     );
-    wait_state(&lab, "dir", "MASTER", Duration::from_secs(5));
-    start_uvs(
+    wait_state(&m, "MASTER", Duration::from_secs(5));
+    let b = start_uvs(
         &mut lab,
         "dir2",
         &vrrp_toml(100, 2, "1", "auth_pass = \"1111\"", false),
         &rules,
     );
-    wait_state(&lab, "dir2", "BACKUP", Duration::from_secs(5));
+    wait_state(&b, "BACKUP", Duration::from_secs(5));
     thread::sleep(Duration::from_millis(1500));
     let t0 = Instant::now();
-    lab.kill(m); // SIGTERM: graceful
-    let m2 = lab
-        .curl("dir2", "http://127.0.0.1:9477/metrics", &[])
-        .unwrap_or_default();
+    m.stop(&mut lab);
+    let m2 = b.try_scrape().unwrap_or_default();
     eprintln!(
         "{}",
         m2.lines()
@@ -378,22 +324,64 @@ fn uvs_graceful_stop_sends_priority_zero() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    wait_state(&lab, "dir2", "MASTER", Duration::from_secs(3));
+    wait_state(&b, "MASTER", Duration::from_secs(3));
     let took = t0.elapsed();
     eprintln!("HA graceful stop (v2, 1 s adverts): peer MASTER after {took:?}");
     assert!(took < Duration::from_millis(2500), "took {took:?}");
     assert_eq!(common::curl_vip(&lab, 2).len(), 2);
 }
 
-pub(crate) fn keepalived_path() -> Option<PathBuf> {
-    [
+/// keepalived's path; `None`: skip the test, which under CI is a failure instead.
+pub(crate) fn keepalived_or_skip() -> Option<PathBuf> {
+    let ka = [
         "/usr/sbin/keepalived",
         "/sbin/keepalived",
         "/usr/local/sbin/keepalived",
     ]
     .iter()
     .map(PathBuf::from)
-    .find(|p| p.exists())
+    .find(|p| p.exists());
+    if ka.is_none() {
+        // scripts/deps.sh installs keepalived.
+        assert!(
+            !common::under_ci(),
+            "keepalived not installed (apt-get install keepalived)"
+        );
+        eprintln!("skipping: keepalived not installed (apt-get install keepalived)");
+    }
+    ka
+}
+
+/// [`ha_lab`] with what keepalived's host serves once it holds the VIP (it has no IPVS here).
+fn keepalived_lab(ctx: &Ctx) -> (ExtraNs, Lab) {
+    let (dir2, mut lab) = ha_lab(ctx);
+    lab.start_builtin_http("dir2", "ka", 80, &common::uvs_exe())
+        .expect("responder in dir2");
+    (dir2, lab)
+}
+
+/// What the keepalived tests run through: (VRRP version, advert_int, uvs's auth line,
+/// keepalived's authentication block).
+const KEEPALIVED_VERSIONS: [(u8, &str, &str, &str); 2] = [
+    (
+        2,
+        "1",
+        "auth_pass = \"1111\"",
+        "authentication {\n auth_type PASS\n auth_pass 1111\n }",
+    ),
+    (3, "0.1", "", ""),
+];
+
+/// keepalived.conf with one VRRP instance for the VIP, starting as BACKUP; `global` is added
+/// to global_defs.
+fn keepalived_conf(version: u8, priority: u8, advert: &str, auth: &str, global: &str) -> String {
+    format!(
+        "global_defs {{\n router_id ka_{version}\n{global}}}\n\
+         vrrp_instance VI_1 {{\n state BACKUP\n interface eth0\n virtual_router_id 51\n \
+         version {version}\n priority {priority}\n advert_int {advert}\n {auth}\n \
+         virtual_ipaddress {{\n {}/32\n }}\n}}\n",
+        addr::VIP
+    )
 }
 
 /// keepalived (VRRP only) in `dir2`, one instance: its own process group, killed by PID.
@@ -442,36 +430,13 @@ fn wait_ka(lab: &Lab, master: bool, within: Duration) {
 #[test]
 fn uvs_keepalived_interop() {
     let Some(ctx) = common::setup(82) else { return };
-    let Some(ka) = keepalived_path() else {
-        // scripts/deps.sh installs keepalived; under CI a missing tool is a failure.
-        assert!(
-            !common::under_ci(),
-            "keepalived not installed (apt-get install keepalived)"
-        );
-        eprintln!("skipping: keepalived not installed (apt-get install keepalived)");
+    let Some(ka) = keepalived_or_skip() else {
         return;
     };
-    let (mut lab, _dir2) = ha_lab(&ctx);
-    // What keepalived's host serves once it holds the VIP (it has no IPVS here).
-    lab.start_builtin_http("dir2", "ka", 80, &common::uvs_exe())
-        .expect("responder in dir2");
+    let (_dir2, mut lab) = keepalived_lab(&ctx);
     let rules = common::dr_rules('t', 80);
-    for (version, advert, auth_uvs, auth_ka) in [
-        (
-            2u8,
-            "1",
-            "auth_pass = \"1111\"",
-            "authentication {\n auth_type PASS\n auth_pass 1111\n }",
-        ),
-        (3u8, "0.1", "", ""),
-    ] {
-        let conf = format!(
-            "global_defs {{\n router_id ka_{version}\n vrrp_garp_master_delay 5\n}}\n\
-             vrrp_instance VI_1 {{\n state BACKUP\n interface eth0\n virtual_router_id 51\n \
-             version {version}\n priority 100\n advert_int {advert}\n {auth_ka}\n \
-             virtual_ipaddress {{\n {}/32\n }}\n}}\n",
-            addr::VIP
-        );
+    for (version, advert, auth_uvs, auth_ka) in KEEPALIVED_VERSIONS {
+        let conf = keepalived_conf(version, 100, advert, auth_ka, " vrrp_garp_master_delay 5\n");
         // uvs MASTER (150) and keepalived BACKUP (100).
         let u = start_uvs(
             &mut lab,
@@ -479,14 +444,11 @@ fn uvs_keepalived_interop() {
             &vrrp_toml(150, version, advert, auth_uvs, false),
             &rules,
         );
-        wait_state(&lab, "dir", "MASTER", Duration::from_secs(5));
+        wait_state(&u, "MASTER", Duration::from_secs(5));
         let k = start_keepalived(&mut lab, &ka, &conf);
         thread::sleep(Duration::from_secs(2));
         wait_ka(&lab, false, Duration::from_secs(1));
-        assert!(
-            status(&lab, "dir").contains(": MASTER"),
-            "exactly one MASTER"
-        );
+        assert!(u.uvs_status().contains(": MASTER"), "exactly one MASTER");
         let answers = common::curl_vip(&lab, 2);
         assert!(answers.iter().all(|a| a.starts_with("rs")), "{answers:?}");
 
@@ -494,7 +456,7 @@ fn uvs_keepalived_interop() {
         let (probe, file) = start_prober(&mut lab, &format!("ka{version}"));
         thread::sleep(Duration::from_millis(1000));
         let killed_at = now_ns();
-        sigkill(&mut lab, u);
+        u.kill(&mut lab);
         wait_ka(&lab, true, Duration::from_secs(5));
         thread::sleep(Duration::from_millis(1500));
         lab.kill(probe);
@@ -516,7 +478,7 @@ fn uvs_keepalived_interop() {
             &vrrp_toml(150, version, advert, auth_uvs, false),
             &rules,
         );
-        wait_state(&lab, "dir", "MASTER", Duration::from_secs(6));
+        wait_state(&u, "MASTER", Duration::from_secs(6));
         wait_ka(&lab, false, Duration::from_secs(3));
         thread::sleep(Duration::from_millis(1000));
         lab.kill(probe);
@@ -529,7 +491,7 @@ fn uvs_keepalived_interop() {
         // keepalived dies: uvs stays MASTER; then uvs with nopreempt must not take over from a
         // lower-priority keepalived MASTER.
         lab.kill(k);
-        lab.kill(u);
+        u.stop(&mut lab);
         let k = start_keepalived(&mut lab, &ka, &conf);
         wait_ka(&lab, true, Duration::from_secs(6));
         let u = start_uvs(
@@ -546,27 +508,21 @@ fn uvs_keepalived_interop() {
         );
         thread::sleep(Duration::from_secs(5));
         assert!(
-            status(&lab, "dir").contains(": BACKUP"),
+            u.uvs_status().contains(": BACKUP"),
             "nopreempt: {}",
-            status(&lab, "dir")
+            u.uvs_status()
         );
         assert!(ka_has_vip(&lab), "keepalived stays MASTER");
-        lab.kill(u);
+        u.stop(&mut lab);
         lab.kill(k);
         thread::sleep(Duration::from_millis(300));
     }
 }
 
-fn uvsadm(lab: &Lab, host: &str, args: &str) -> (i32, String, String) {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_uvsadm"));
-    let mut argv = vec![path_str(&exe)];
-    argv.extend(args.split_whitespace());
-    let out = lab.exec(host, &argv).expect("running uvsadm");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// `uvsadm` with `args` split at spaces: (exit code, stdout, stderr).
+fn uvsadm(d: &Director, args: &str) -> (i32, String, String) {
+    let out = d.uvsadm(&args.split_whitespace().collect::<Vec<_>>());
+    (out.code, out.stdout, out.stderr)
 }
 
 fn daemon_line(role: &str, ifc: &str, syncid: u8) -> String {
@@ -580,43 +536,37 @@ fn daemon_line(role: &str, ifc: &str, syncid: u8) -> String {
 #[test]
 fn uvsadm_start_and_stop_the_sync_daemon() {
     let Some(ctx) = common::setup(83) else { return };
-    let (mut lab, _dir2) = ha_lab(&ctx);
+    let (_dir2, mut lab) = ha_lab(&ctx);
     let plain = "interfaces = [\"eth0\"]\nworkers = 2\n";
-    start_uvs(&mut lab, "dir", plain, &common::dr_rules('t', 80));
+    let d = start_uvs(&mut lab, "dir", plain, &common::dr_rules('t', 80));
     // dir2 serves nothing (it would answer ARP for the VIP too): a pure sync backup.
-    start_uvs(&mut lab, "dir2", plain, "");
-    assert_eq!(
-        uvsadm(&lab, "dir", "-L --daemon"),
-        (0, String::new(), String::new())
-    );
-    let (c, _, e) = uvsadm(&lab, "dir", "--stop-daemon master");
+    let d2 = start_uvs(&mut lab, "dir2", plain, "");
+    assert_eq!(uvsadm(&d, "-L --daemon"), (0, String::new(), String::new()));
+    let (c, _, e) = uvsadm(&d, "--stop-daemon master");
     assert_eq!((c, e.as_str()), (255, "No daemon is running\n"));
-    let (c, _, e) = uvsadm(&lab, "dir", "--start-daemon master --mcast-interface nope0");
+    let (c, _, e) = uvsadm(&d, "--start-daemon master --mcast-interface nope0");
     assert_eq!((c, e.as_str()), (255, "No such device\n"));
 
     let (c, _, e) = uvsadm(
-        &lab,
-        "dir",
+        &d,
         "--start-daemon master --mcast-interface eth0 --syncid 5",
     );
     assert_eq!((c, e.as_str()), (0, ""));
     let (c, _, e) = uvsadm(
-        &lab,
-        "dir2",
+        &d2,
         "--start-daemon=backup --mcast-interface=eth0 --syncid=5",
     );
     assert_eq!((c, e.as_str()), (0, ""));
     assert_eq!(
-        uvsadm(&lab, "dir", "-L --daemon").1,
+        uvsadm(&d, "-L --daemon").1,
         daemon_line("master", "eth0", 5)
     );
     assert_eq!(
-        uvsadm(&lab, "dir2", "-L --daemon").1,
+        uvsadm(&d2, "-L --daemon").1,
         daemon_line("backup", "eth0", 5)
     );
     let (c, _, e) = uvsadm(
-        &lab,
-        "dir",
+        &d,
         "--start-daemon master --mcast-interface eth0 --syncid 5",
     );
     assert_eq!((c, e.as_str()), (255, "Daemon has already run\n"));
@@ -624,43 +574,43 @@ fn uvsadm_start_and_stop_the_sync_daemon() {
     // Connections through dir reach dir2 as sync records.
     assert_eq!(common::curl_vip(&lab, 4).len(), 4);
     let got = poll(Duration::from_secs(3), || {
-        let m = lab
-            .curl("dir2", "http://127.0.0.1:9477/metrics", &[])
-            .ok()?;
+        let m = d2.try_scrape()?;
         let n = common::metric(&m, "uvs_sync_records_received_total", &[]);
         (n >= 4.0).then_some(n)
     });
     assert!(
         got.is_some(),
         "no sync records on dir2: {}",
-        status(&lab, "dir2")
+        d2.uvs_status()
     );
-    assert!(status(&lab, "dir2").contains("synced connections waiting for adoption"));
+    assert!(
+        d2.uvs_status()
+            .contains("synced connections waiting for adoption")
+    );
 
     // Both roles on one director, then stop them one by one.
     let (c, _, _) = uvsadm(
-        &lab,
-        "dir",
+        &d,
         "--start-daemon backup --mcast-interface eth0 --syncid 5",
     );
     assert_eq!(c, 0);
     assert_eq!(
-        uvsadm(&lab, "dir", "-L --daemon").1,
+        uvsadm(&d, "-L --daemon").1,
         daemon_line("master", "eth0", 5) + &daemon_line("backup", "eth0", 5)
     );
-    assert_eq!(uvsadm(&lab, "dir", "--stop-daemon master").0, 0);
+    assert_eq!(uvsadm(&d, "--stop-daemon master").0, 0);
     assert_eq!(
-        uvsadm(&lab, "dir", "-L --daemon").1,
+        uvsadm(&d, "-L --daemon").1,
         daemon_line("backup", "eth0", 5)
     );
-    let (c, _, e) = uvsadm(&lab, "dir", "--stop-daemon master");
+    let (c, _, e) = uvsadm(&d, "--stop-daemon master");
     assert_eq!((c, e.as_str()), (255, "No daemon is running\n"));
-    assert_eq!(uvsadm(&lab, "dir", "--stop-daemon backup").0, 0);
-    assert_eq!(uvsadm(&lab, "dir", "-L --daemon").1, "");
+    assert_eq!(uvsadm(&d, "--stop-daemon backup").0, 0);
+    assert_eq!(uvsadm(&d, "-L --daemon").1, "");
     // Started again after a full stop: a fresh daemon, other interface settings allowed.
-    assert_eq!(uvsadm(&lab, "dir", "--start-daemon master").0, 0);
+    assert_eq!(uvsadm(&d, "--start-daemon master").0, 0);
     assert_eq!(
-        uvsadm(&lab, "dir", "-L --daemon").1,
+        uvsadm(&d, "-L --daemon").1,
         daemon_line("master", "eth0", 0)
     );
 }
@@ -706,7 +656,7 @@ fn pcap_lines(lab: &Lab, pcap: &Path) -> Vec<(f64, String)> {
 #[test]
 fn split_brain_converges_and_the_survivor_reannounces() {
     let Some(ctx) = common::setup(84) else { return };
-    let (mut lab, _dir2) = ha_lab(&ctx);
+    let (_dir2, mut lab) = ha_lab(&ctx);
     let rules = common::dr_rules('t', 80);
     // No second gratuitous burst: every GARP seen later comes from a state change.
     let extra = "\n[arp]\ngarp_delay_secs = 0\n";
@@ -715,10 +665,10 @@ fn split_brain_converges_and_the_survivor_reannounces() {
         // [arp] must precede [[vrrp]] in TOML's top-level table order: insert after workers.
         v.replacen("workers = 2\n", &format!("workers = 2\n{extra}"), 1)
     };
-    start_uvs(&mut lab, "dir", &toml(150), &rules);
-    wait_state(&lab, "dir", "MASTER", Duration::from_secs(3));
-    start_uvs(&mut lab, "dir2", &toml(100), &rules);
-    wait_state(&lab, "dir2", "BACKUP", Duration::from_secs(3));
+    let d = start_uvs(&mut lab, "dir", &toml(150), &rules);
+    wait_state(&d, "MASTER", Duration::from_secs(3));
+    let d2 = start_uvs(&mut lab, "dir2", &toml(100), &rules);
+    wait_state(&d2, "BACKUP", Duration::from_secs(3));
     let table = format!("{}blk", ctx.prefix.replace('-', "_"));
     // A neighbour entry on the router (Linux updates, but does not create, one from a GARP).
     assert_eq!(common::curl_vip(&lab, 2).len(), 2);
@@ -727,9 +677,9 @@ fn split_brain_converges_and_the_survivor_reannounces() {
     block_vrrp(&lab, "dir", &table);
     block_vrrp(&lab, "dir2", &table);
     let t0 = Instant::now();
-    wait_state(&lab, "dir2", "MASTER", Duration::from_secs(3));
+    wait_state(&d2, "MASTER", Duration::from_secs(3));
     let split_after = t0.elapsed();
-    assert!(status(&lab, "dir").contains(": MASTER"), "both MASTER");
+    assert!(d.uvs_status().contains(": MASTER"), "both MASTER");
     // dir2's gratuitous ARPs moved the router to it.
     let moved = poll(Duration::from_secs(2), || {
         (router_vip_mac(&lab) == fmt_mac(DIR2_MAC)).then_some(())
@@ -745,7 +695,7 @@ fn split_brain_converges_and_the_survivor_reannounces() {
     unblock_vrrp(&lab, "dir", &table);
     unblock_vrrp(&lab, "dir2", &table);
     let t1 = Instant::now();
-    wait_state(&lab, "dir2", "BACKUP", Duration::from_secs(3));
+    wait_state(&d2, "BACKUP", Duration::from_secs(3));
     let converged = t1.elapsed();
     thread::sleep(Duration::from_millis(1500));
     common::stop_capture(&mut lab, cap);
@@ -779,7 +729,7 @@ fn split_brain_converges_and_the_survivor_reannounces() {
          MASTER {converged:?} after restoring; survivor's gratuitous ARPs: {reannounced}; \
          last dir2 advert at +{last_dir2_advert:.3} s, then {dir_adverts_after} from dir only"
     );
-    assert!(status(&lab, "dir").contains(": MASTER"));
+    assert!(d.uvs_status().contains(": MASTER"));
     assert!(converged < Duration::from_millis(1000), "{converged:?}");
     assert!(
         reannounced >= 1,
@@ -796,7 +746,7 @@ fn split_brain_converges_and_the_survivor_reannounces() {
 #[test]
 fn mh_and_sloppy_tcp_keep_connections_without_sync() {
     let Some(ctx) = common::setup(85) else { return };
-    let (mut lab, _dir2) = ha_lab(&ctx);
+    let (_dir2, mut lab) = ha_lab(&ctx);
     let rules = common::dr_rules('t', 80).replace("-s rr", "-s mh");
     let toml = |p| {
         vrrp_toml(p, 3, "0.1", "", false).replacen(
@@ -806,38 +756,25 @@ fn mh_and_sloppy_tcp_keep_connections_without_sync() {
         )
     };
     let m = start_uvs(&mut lab, "dir", &toml(150), &rules);
-    wait_state(&lab, "dir", "MASTER", Duration::from_secs(3));
-    start_uvs(&mut lab, "dir2", &toml(100), &rules);
-    wait_state(&lab, "dir2", "BACKUP", Duration::from_secs(3));
+    wait_state(&m, "MASTER", Duration::from_secs(3));
+    let b = start_uvs(&mut lab, "dir2", &toml(100), &rules);
+    wait_state(&b, "BACKUP", Duration::from_secs(3));
     let uploads: Vec<_> = (0..3)
         .map(|i| start_slow_upload(&mut lab, &format!("mh{i}"), 200_000, "50K"))
         .collect();
     thread::sleep(Duration::from_millis(1500));
     let t0 = Instant::now();
-    sigkill(&mut lab, m);
-    wait_state(&lab, "dir2", "MASTER", Duration::from_secs(3));
+    m.kill(&mut lab);
+    wait_state(&b, "MASTER", Duration::from_secs(3));
     let takeover = t0.elapsed();
-    let mut broken = 0;
-    for (pid, out, want) in &uploads {
-        assert!(
-            wait_exit(&mut lab, *pid, Duration::from_secs(30)),
-            "upload still running"
-        );
-        let body = std::fs::read_to_string(out).unwrap_or_default();
-        if !body.trim().ends_with(want.as_str()) {
-            broken += 1;
-            eprintln!("broken upload: got {body:?}, want …{want}");
-        }
-    }
-    let metrics = lab
-        .curl("dir2", "http://127.0.0.1:9477/metrics", &[])
-        .unwrap_or_default();
+    let broken = broken_uploads(&mut lab, &uploads);
+    let metrics = b.try_scrape().unwrap_or_default();
     eprintln!(
         "HA mh + sloppy_tcp without sync (v3, 100 ms adverts): takeover seen after {takeover:?}; \
          broken established connections {broken}/3"
     );
     assert_eq!(common::metric(&metrics, "uvs_sync_adopted_total", &[]), 0.0);
-    assert_eq!(broken, 0, "{}", log_tail(&lab, "dir2"));
+    assert_eq!(broken, 0, "{}", b.tail());
 }
 
 /// uvs + keepalived, tcpdump on the router: exactly one MASTER sends adverts in steady state
@@ -846,35 +783,13 @@ fn mh_and_sloppy_tcp_keep_connections_without_sync() {
 #[test]
 fn keepalived_to_uvs_takeover_and_one_advertiser() {
     let Some(ctx) = common::setup(86) else { return };
-    let Some(ka) = keepalived_path() else {
-        // scripts/deps.sh installs keepalived; under CI a missing tool is a failure.
-        assert!(
-            !common::under_ci(),
-            "keepalived not installed (apt-get install keepalived)"
-        );
-        eprintln!("skipping: keepalived not installed (apt-get install keepalived)");
+    let Some(ka) = keepalived_or_skip() else {
         return;
     };
-    let (mut lab, _dir2) = ha_lab(&ctx);
-    lab.start_builtin_http("dir2", "ka", 80, &common::uvs_exe())
-        .expect("responder in dir2");
+    let (_dir2, mut lab) = keepalived_lab(&ctx);
     let rules = common::dr_rules('t', 80);
-    for (version, advert, auth_uvs, auth_ka) in [
-        (
-            2u8,
-            "1",
-            "auth_pass = \"1111\"",
-            "authentication {\n auth_type PASS\n auth_pass 1111\n }",
-        ),
-        (3u8, "0.1", "", ""),
-    ] {
-        let conf = format!(
-            "global_defs {{\n router_id ka_{version}\n}}\n\
-             vrrp_instance VI_1 {{\n state BACKUP\n interface eth0\n virtual_router_id 51\n \
-             version {version}\n priority 150\n advert_int {advert}\n {auth_ka}\n \
-             virtual_ipaddress {{\n {}/32\n }}\n}}\n",
-            addr::VIP
-        );
+    for (version, advert, auth_uvs, auth_ka) in KEEPALIVED_VERSIONS {
+        let conf = keepalived_conf(version, 150, advert, auth_ka, "");
         let k = start_keepalived(&mut lab, &ka, &conf);
         wait_ka(&lab, true, Duration::from_secs(6));
         let u = start_uvs(
@@ -883,14 +798,14 @@ fn keepalived_to_uvs_takeover_and_one_advertiser() {
             &vrrp_toml(100, version, advert, auth_uvs, false),
             &rules,
         );
-        wait_state(&lab, "dir", "BACKUP", Duration::from_secs(3));
+        wait_state(&u, "BACKUP", Duration::from_secs(3));
         let pcap = lab.dir().join(format!("adverts-v{version}.pcap"));
         let cap = lab
             .tcpdump_start("router", "eth1", "ip proto 112", &pcap)
             .expect("tcpdump");
         let steady = if version == 2 { 4000 } else { 1500 };
         thread::sleep(Duration::from_millis(steady));
-        assert!(ka_has_vip(&lab) && status(&lab, "dir").contains(": BACKUP"));
+        assert!(ka_has_vip(&lab) && u.uvs_status().contains(": BACKUP"));
 
         let (probe, file) = start_prober(&mut lab, &format!("ka-dies-v{version}"));
         thread::sleep(Duration::from_millis(1000));
@@ -904,14 +819,14 @@ fn keepalived_to_uvs_takeover_and_one_advertiser() {
         let t0 = Instant::now();
         // SAFETY: plain syscall on the PID keepalived (started by this test) recorded.
         unsafe { libc::kill(child, libc::SIGKILL) };
-        sigkill(&mut lab, k);
+        common::sigkill(&mut lab, k);
         // Only now (keepalived reacts to its VIP vanishing by resigning): the dead host's
         // kernel stops answering for the VIP.
         let vip32 = format!("{}/32", addr::VIP);
         let _ = lab.exec("dir2", &["ip", "addr", "del", &vip32, "dev", "eth0"]);
         // Probes started from here on find the VIP gone until uvs takes over.
         let killed_at = now_ns();
-        wait_state(&lab, "dir", "MASTER", Duration::from_secs(6));
+        wait_state(&u, "MASTER", Duration::from_secs(6));
         let takeover = t0.elapsed();
         thread::sleep(Duration::from_millis(if version == 2 {
             2500
@@ -957,7 +872,7 @@ fn keepalived_to_uvs_takeover_and_one_advertiser() {
         assert_eq!(late, 0, "requests failed after the takeover");
         assert_eq!(router_vip_mac(&lab), lab.mac_str("dir", "eth0").unwrap());
         assert!(common::curl_vip(&lab, 1)[0].starts_with("rs"));
-        lab.kill(u);
+        u.stop(&mut lab);
         thread::sleep(Duration::from_millis(300));
     }
 }

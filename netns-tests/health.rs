@@ -1,18 +1,16 @@
-//! Health checks in the DR lab (issue 5): a stopped real server is taken out within the check
+//! Health checks in the DR lab: a stopped real server is taken out within the check
 //! window and comes back with its weight; HTTP expectations; through-the-VIP vs plain TCP;
 //! the sorry server on the director itself; MISC_CHECK with quorum and hysteresis; quiescent
 //! vs remove; the shipped keepalived.conf and ldirectord.cf end to end.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use uvs::ctl::backend::{Backend, SocketBackend, SocketLocation};
-use uvs::ctl::proto::{HealthListing, RealHealthRow};
 use uvs::ctl::proto::{Reply, Request};
-use uvs::lab::{Lab, LabOptions, addr, build_dr_lab};
+use uvs::ctl::proto::{HealthListing, RealHealthRow};
+use uvs::lab::{Lab, addr};
 
-use crate::common::{self, Ctx};
-use crate::dr_basic::start_web;
+use crate::common::{self, Director, start_web};
 
 /// Check timing used by the TOML tests: window = interval + retry × (dbr + timeout) + timeout.
 const INTERVAL: f64 = 0.2;
@@ -24,41 +22,20 @@ fn window() -> Duration {
     Duration::from_secs_f64(INTERVAL + f64::from(RETRY) * (DBR + TIMEOUT) + TIMEOUT)
 }
 
-fn lab(ctx: &Ctx) -> Lab {
-    build_dr_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"))
+/// Starts the director on eth0, with an admin socket, from `flag FILE` (FILE = `text`,
+/// written to the lab dir).
+fn start(lab: &mut Lab, flag: &'static str, name: &str, text: &str) -> Director {
+    Director::launch()
+        .file(flag, name, text)
+        .interface("eth0")
+        .admin_socket()
+        .start(lab)
 }
 
-fn sock(lab: &Lab) -> PathBuf {
-    lab.dir().join("admin.sock")
-}
-
-/// Starts the director with `flag FILE` (FILE = `text` written to the lab dir).
-fn start(lab: &mut Lab, flag: &str, name: &str, text: &str) -> u32 {
-    let file = lab.dir().join(name);
-    std::fs::write(&file, text).expect("writing the config");
-    let s = sock(lab);
-    let _ = std::fs::remove_file(&s);
-    let log = common::director_log(lab);
-    let args = [
-        flag,
-        common::path_str(&file),
-        "--interface",
-        "eth0",
-        "--admin-socket",
-        common::path_str(&s),
-    ];
-    lab.start_director(&common::uvs_exe(), &args, &log)
-        .unwrap_or_else(|e| panic!("starting the director: {e:#}"))
-}
-
-fn health(lab: &Lab) -> HealthListing {
-    let mut b = SocketBackend {
-        location: SocketLocation::Path(sock(lab)),
-    };
-    match b.call(&Request::Health) {
+fn health(d: &Director) -> HealthListing {
+    match d.try_admin(&Request::Health) {
         Ok(Reply::Health(h)) => h,
-        other => panic!("health request: {other:?}\n{}", common::director_tail(lab)),
+        other => panic!("health request: {other:?}\n{}", d.tail()),
     }
 }
 
@@ -73,17 +50,17 @@ fn real(h: &HealthListing, a: std::net::Ipv4Addr) -> RealHealthRow {
 
 /// Polls the health listing until `f` holds; returns the time it took.
 fn wait_for(
-    lab: &Lab,
+    d: &Director,
     what: &str,
     timeout: Duration,
     f: impl Fn(&HealthListing) -> bool,
 ) -> Duration {
     let t = Instant::now();
-    common::poll(timeout, || f(&health(lab)).then_some(())).unwrap_or_else(|| {
+    common::poll(timeout, || f(&health(d)).then_some(())).unwrap_or_else(|| {
         panic!(
             "{what}: not within {timeout:?}; listing:\n{}\ndirector log:\n{}",
-            health(lab).render(),
-            common::director_tail(lab)
+            health(d).render(),
+            d.tail()
         )
     });
     t.elapsed()
@@ -124,20 +101,20 @@ fn web(lab: &mut Lab, rs: &str) -> u32 {
 #[test]
 fn stopped_rs_is_quiesced_within_the_window_and_returns_with_its_weight() {
     let Some(ctx) = common::setup(50) else { return };
-    let mut lab = lab(&ctx);
+    let mut lab = ctx.dr_lab();
     let pid1 = web(&mut lab, "rs1");
     web(&mut lab, "rs2");
-    start(
+    let d = start(
         &mut lab,
         "--config",
         "uvs.toml",
         &toml("", "type = \"tcp\""),
     );
-    wait_for(&lab, "first checks", Duration::from_secs(5), |h| {
+    wait_for(&d, "first checks", Duration::from_secs(5), |h| {
         h.services[0].reals.iter().all(|r| r.checks > 0 && r.up)
     });
     lab.kill(pid1);
-    let took = wait_for(&lab, "rs1 quiesced", Duration::from_secs(5), |h| {
+    let took = wait_for(&d, "rs1 quiesced", Duration::from_secs(5), |h| {
         real(h, addr::RS1).effective_weight == Some(0)
     });
     // The listing is polled every 100 ms: allow that and the control tick on top.
@@ -151,7 +128,7 @@ fn stopped_rs_is_quiesced_within_the_window_and_returns_with_its_weight() {
         answers.iter().all(|a| a == "rs2"),
         "after the window every request must succeed on rs2: {answers:?}"
     );
-    let m = common::scrape(&lab);
+    let m = d.scrape();
     let rs1 = addr::RS1.to_string();
     assert_eq!(
         common::metric(&m, "uvs_health_real_up", &[("remote_address", &rs1)]),
@@ -165,7 +142,7 @@ fn stopped_rs_is_quiesced_within_the_window_and_returns_with_its_weight() {
         ) >= 1.0
     );
     web(&mut lab, "rs1");
-    wait_for(&lab, "rs1 back", Duration::from_secs(5), |h| {
+    wait_for(&d, "rs1 back", Duration::from_secs(5), |h| {
         real(h, addr::RS1).effective_weight == Some(2)
     });
     let c = common::count(&common::curl_vip(&lab, 6));
@@ -178,10 +155,10 @@ fn stopped_rs_is_quiesced_within_the_window_and_returns_with_its_weight() {
 #[test]
 fn http_expectation_mismatch_marks_down_and_remove_vs_quiescent() {
     let Some(ctx) = common::setup(51) else { return };
-    let mut lab = lab(&ctx);
+    let mut lab = ctx.dr_lab();
     start_web(&mut lab);
     // Only rs1's body contains "rs1": rs2 fails its check. quiescent = false: removed.
-    start(
+    let d = start(
         &mut lab,
         "--config",
         "uvs.toml",
@@ -190,50 +167,50 @@ fn http_expectation_mismatch_marks_down_and_remove_vs_quiescent() {
             "type = \"http\"\npath = \"/\"\nexpect = \"rs1\"",
         ),
     );
-    wait_for(&lab, "rs2 removed", Duration::from_secs(5), |h| {
+    wait_for(&d, "rs2 removed", Duration::from_secs(5), |h| {
         let r = real(h, addr::RS2);
         !r.up && r.effective_weight.is_none() && r.last_message.contains("does not contain")
     });
-    let h = health(&lab);
+    let h = health(&d);
     assert_eq!(real(&h, addr::RS1).effective_weight, Some(2));
     assert!(common::curl_vip(&lab, 6).iter().all(|a| a == "rs1"));
     assert!(
-        health(&lab).render().contains("removed"),
+        health(&d).render().contains("removed"),
         "{}",
-        health(&lab).render()
+        health(&d).render()
     );
 }
 
 #[test]
 fn through_the_vip_check_catches_a_rs_without_the_vip_and_plain_tcp_does_not() {
     let Some(ctx) = common::setup(52) else { return };
-    let mut lab = lab(&ctx);
+    let mut lab = ctx.dr_lab();
     start_web(&mut lab);
     let vip32 = format!("{}/32", addr::VIP);
     lab.exec_ok("rs2", &["ip", "addr", "del", &vip32, "dev", "lo"])
         .expect("removing the VIP from rs2");
-    let pid = start(
+    let d = start(
         &mut lab,
         "--config",
         "uvs.toml",
         &toml("", "type = \"tcp\""),
     );
     std::thread::sleep(window() * 2);
-    let h = health(&lab);
+    let h = health(&d);
     assert!(
         real(&h, addr::RS2).up,
         "a plain TCP check passes: {}",
         h.render()
     );
-    lab.kill(pid);
-    start(
+    d.stop(&mut lab);
+    let d = start(
         &mut lab,
         "--config",
         "uvs.toml",
         &toml("", "type = \"vip\""),
     );
     wait_for(
-        &lab,
+        &d,
         "rs2 down through the VIP",
         Duration::from_secs(5),
         |h| {
@@ -241,17 +218,14 @@ fn through_the_vip_check_catches_a_rs_without_the_vip_and_plain_tcp_does_not() {
             !r.up && r.last_message.contains("VIP")
         },
     );
-    let h = health(&lab);
+    let h = health(&d);
     assert!(real(&h, addr::RS1).up, "rs1 has the VIP: {}", h.render());
     assert!(common::curl_vip(&lab, 6).iter().all(|a| a == "rs1"));
     lab.exec_ok("rs2", &["ip", "addr", "add", &vip32, "dev", "lo"])
         .expect("restoring the VIP on rs2");
-    wait_for(
-        &lab,
-        "rs2 up through the VIP",
-        Duration::from_secs(5),
-        |h| real(h, addr::RS2).up,
-    );
+    wait_for(&d, "rs2 up through the VIP", Duration::from_secs(5), |h| {
+        real(h, addr::RS2).up
+    });
 }
 
 /// The director's own web server, with the VIP on its lo (as the tutorials configure it).
@@ -266,11 +240,11 @@ fn sorry_on_director(lab: &mut Lab) {
 #[test]
 fn sorry_server_on_localhost_answers_when_all_are_down() {
     let Some(ctx) = common::setup(53) else { return };
-    let mut lab = lab(&ctx);
+    let mut lab = ctx.dr_lab();
     let p1 = web(&mut lab, "rs1");
     let p2 = web(&mut lab, "rs2");
     sorry_on_director(&mut lab);
-    start(
+    let d = start(
         &mut lab,
         "--config",
         "uvs.toml",
@@ -286,13 +260,13 @@ fn sorry_server_on_localhost_answers_when_all_are_down() {
     );
     lab.kill(p1);
     lab.kill(p2);
-    wait_for(&lab, "sorry active", Duration::from_secs(5), |h| {
+    wait_for(&d, "sorry active", Duration::from_secs(5), |h| {
         h.services[0].sorry_active && h.services[0].local
     });
     let answers = common::curl_vip(&lab, 4);
     assert!(answers.iter().all(|a| a == "sorry"), "{answers:?}");
     web(&mut lab, "rs1");
-    wait_for(&lab, "rs1 back", Duration::from_secs(5), |h| {
+    wait_for(&d, "rs1 back", Duration::from_secs(5), |h| {
         !h.services[0].local && real(h, addr::RS1).up
     });
     let answers = common::curl_vip(&lab, 4);
@@ -302,13 +276,13 @@ fn sorry_server_on_localhost_answers_when_all_are_down() {
 #[test]
 fn misc_check_quorum_with_hysteresis_and_notify_commands() {
     let Some(ctx) = common::setup(54) else { return };
-    let mut lab = lab(&ctx);
+    let mut lab = ctx.dr_lab();
     start_web(&mut lab);
-    let d = lab.dir().to_path_buf();
-    let flag = |rs: &str| d.join(format!("{rs}-ok"));
+    let tmp = lab.dir().to_path_buf();
+    let flag = |rs: &str| tmp.join(format!("{rs}-ok"));
     std::fs::write(flag("10.0.0.11"), "").unwrap();
     std::fs::write(flag("10.0.0.12"), "").unwrap();
-    let ds = common::path_str(&d).to_string();
+    let ds = common::path_str(&tmp).to_string();
     // Weights 2 + 1; quorum 2, hysteresis 1: lost below 1, regained at 3.
     let health_section = format!(
         "[service.health]\nquorum = 2\nhysteresis = 1\nquorum_up = \"echo up >> {ds}/quorum\"\nquorum_down = \"echo down >> {ds}/quorum\""
@@ -325,37 +299,37 @@ fn misc_check_quorum_with_hysteresis_and_notify_commands() {
             ),
         );
     }
-    start(&mut lab, "--config", "uvs.toml", &cfg);
+    let d = start(&mut lab, "--config", "uvs.toml", &cfg);
     let quorum = |h: &HealthListing| h.services[0].quorum_up;
-    wait_for(&lab, "checks", Duration::from_secs(5), |h| {
+    wait_for(&d, "checks", Duration::from_secs(5), |h| {
         h.services[0].reals.iter().all(|r| r.checks > 0)
     });
     std::fs::remove_file(flag("10.0.0.12")).unwrap();
-    wait_for(&lab, "rs2 down", Duration::from_secs(5), |h| {
+    wait_for(&d, "rs2 down", Duration::from_secs(5), |h| {
         !real(h, addr::RS2).up
     });
-    assert!(quorum(&health(&lab)), "live 2 ≥ 2 − 1: quorum kept");
+    assert!(quorum(&health(&d)), "live 2 ≥ 2 − 1: quorum kept");
     std::fs::remove_file(flag("10.0.0.11")).unwrap();
-    wait_for(&lab, "quorum lost", Duration::from_secs(5), |h| !quorum(h));
+    wait_for(&d, "quorum lost", Duration::from_secs(5), |h| !quorum(h));
     std::fs::write(flag("10.0.0.11"), "").unwrap();
-    wait_for(&lab, "rs1 up", Duration::from_secs(5), |h| {
+    wait_for(&d, "rs1 up", Duration::from_secs(5), |h| {
         real(h, addr::RS1).up
     });
     std::thread::sleep(window());
     assert!(
-        !quorum(&health(&lab)),
+        !quorum(&health(&d)),
         "live 2 < 2 + 1: still lost (hysteresis)"
     );
     std::fs::write(flag("10.0.0.12"), "").unwrap();
-    wait_for(&lab, "quorum back", Duration::from_secs(5), quorum);
+    wait_for(&d, "quorum back", Duration::from_secs(5), quorum);
     let q = common::poll(Duration::from_secs(2), || {
-        std::fs::read_to_string(d.join("quorum"))
+        std::fs::read_to_string(tmp.join("quorum"))
             .ok()
             .filter(|s| s.lines().count() >= 2)
     })
     .expect("quorum commands ran");
     assert_eq!(q, "down\nup\n");
-    let downs = std::fs::read_to_string(d.join("downs")).unwrap_or_default();
+    let downs = std::fs::read_to_string(tmp.join("downs")).unwrap_or_default();
     assert_eq!(downs, "10.0.0.12\n10.0.0.11\n");
 }
 
@@ -367,7 +341,7 @@ fn shipped(rel: &str) -> String {
 #[test]
 fn shipped_keepalived_conf_drives_the_lab() {
     let Some(ctx) = common::setup(55) else { return };
-    let mut lab = lab(&ctx);
+    let mut lab = ctx.dr_lab();
     let p1 = web(&mut lab, "rs1");
     let p2 = web(&mut lab, "rs2");
     sorry_on_director(&mut lab);
@@ -377,38 +351,27 @@ fn shipped_keepalived_conf_drives_the_lab() {
         .replace("connect_timeout 3", "connect_timeout 0.3")
         .replace("delay_before_retry 3", "delay_before_retry 0.2")
         .replace("retry 3", "retry 1");
-    start(&mut lab, "--keepalived", "keepalived.conf", &text);
-    // The tutorial's vrrp_instance runs too (HA, issue 8): alone on the LAN, it is MASTER.
-    let exe = common::uvs_exe();
+    let d = start(&mut lab, "--keepalived", "keepalived.conf", &text);
+    // The tutorial's vrrp_instance runs too: alone on the LAN, it is MASTER.
     let master = common::poll(Duration::from_secs(5), || {
-        let s = sock(&lab);
-        let argv = [
-            common::path_str(&exe),
-            "status",
-            "--admin-socket",
-            common::path_str(&s),
-        ];
-        let out = lab.exec("dir", &argv).ok()?;
-        let st = String::from_utf8_lossy(&out.stdout).into_owned();
+        let st = d.uvs_status();
         (st.contains("VRRP instance VI_1 (eth0 vrid 51 v2 priority 100") && st.contains(": MASTER"))
             .then_some(())
     });
-    assert!(master.is_some(), "{}", common::director_tail(&lab));
+    assert!(master.is_some(), "{}", d.tail());
     let c = common::count(&common::curl_vip(&lab, 4));
     assert_eq!(c.len(), 2, "{c:?}");
     lab.kill(p1);
     // keepalived's default: a failed real is removed.
-    wait_for(&lab, "rs1 removed", Duration::from_secs(5), |h| {
+    wait_for(&d, "rs1 removed", Duration::from_secs(5), |h| {
         real(h, addr::RS1).effective_weight.is_none()
     });
     assert!(common::curl_vip(&lab, 4).iter().all(|a| a == "rs2"));
     lab.kill(p2);
-    wait_for(&lab, "sorry", Duration::from_secs(5), |h| {
-        h.services[0].local
-    });
+    wait_for(&d, "sorry", Duration::from_secs(5), |h| h.services[0].local);
     assert!(common::curl_vip(&lab, 2).iter().all(|a| a == "sorry"));
     web(&mut lab, "rs2");
-    wait_for(&lab, "rs2 back", Duration::from_secs(5), |h| {
+    wait_for(&d, "rs2 back", Duration::from_secs(5), |h| {
         real(h, addr::RS2).effective_weight == Some(1)
     });
     assert!(common::curl_vip(&lab, 2).iter().all(|a| a == "rs2"));
@@ -417,21 +380,21 @@ fn shipped_keepalived_conf_drives_the_lab() {
 #[test]
 fn shipped_ldirectord_cf_drives_the_lab() {
     let Some(ctx) = common::setup(56) else { return };
-    let mut lab = lab(&ctx);
+    let mut lab = ctx.dr_lab();
     web(&mut lab, "rs1");
     let p2 = web(&mut lab, "rs2");
     let text = shipped("configs/ldirectord/ldirectord.cf")
         .replace("checktimeout=3", "checktimeout=0.3")
         .replace("checkinterval=1", "checkinterval=0.3");
-    start(&mut lab, "--ldirectord", "ldirectord.cf", &text);
-    wait_for(&lab, "checks pass", Duration::from_secs(5), |h| {
+    let d = start(&mut lab, "--ldirectord", "ldirectord.cf", &text);
+    wait_for(&d, "checks pass", Duration::from_secs(5), |h| {
         h.services[0].reals.iter().all(|r| r.checks > 0 && r.up)
     });
     let c = common::count(&common::curl_vip(&lab, 4));
     assert_eq!(c.len(), 2, "{c:?}");
     lab.kill(p2);
     wait_for(
-        &lab,
+        &d,
         "rs2 removed (quiescent=no)",
         Duration::from_secs(5),
         |h| real(h, addr::RS2).effective_weight.is_none(),

@@ -11,65 +11,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use etherparse::PacketBuilder;
-use uvs::ctl::backend::{Backend, SocketBackend, SocketLocation};
 use uvs::ctl::proto::{Change, Reply, Request};
-use uvs::lab::{Lab, LabOptions, addr, build_dr_lab, inject};
+use uvs::lab::{Lab, addr, inject};
 
-use crate::common::{self, Pkt};
-
-const IP: usize = 14;
-const L4: usize = IP + 20;
-
-fn router_mac() -> [u8; 6] {
-    addr::mac(addr::HOST_ROUTER, 1)
-}
-
-fn dir_mac() -> [u8; 6] {
-    addr::mac(addr::HOST_DIR, 0)
-}
-
-fn csum(b: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for c in b.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Recomputes the IPv4 header checksum (IHL from the header, clamped to the frame).
-fn fix_ip(f: &mut [u8]) {
-    if f.len() < IP + 12 {
-        return;
-    }
-    let ihl = (usize::from(f[IP] & 0x0f) * 4).min(f.len() - IP);
-    f[IP + 10] = 0;
-    f[IP + 11] = 0;
-    let c = csum(&f[IP..IP + ihl.max(12)]);
-    f[IP + 10..IP + 12].copy_from_slice(&c.to_be_bytes());
-}
-
-fn edit(mut f: Vec<u8>, e: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-    e(&mut f);
-    fix_ip(&mut f);
-    f
-}
-
-fn syn_from(src: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(router_mac(), dir_mac())
-        .ipv4(src, addr::VIP.octets(), 64)
-        .tcp(sport, dport, 1, 64240)
-        .syn();
-    let mut v = Vec::new();
-    b.write(&mut v, &[0u8; 8]).unwrap();
-    v
-}
-
-fn syn() -> Vec<u8> {
-    syn_from(addr::CLIENT.octets(), 40000, 80)
-}
+use crate::common::{self, As, Director, KeepAlive, Pkt};
+use crate::frames::{self, IP, L4, client_syn, dir_mac, edit, fix_ip, router_mac, syn_from};
 
 fn udp(sport: u16, dport: u16) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(router_mac(), dir_mac())
@@ -81,7 +27,7 @@ fn udp(sport: u16, dport: u16) -> Vec<u8> {
 }
 
 fn tcp_flags(flags: u8) -> Vec<u8> {
-    let mut f = syn();
+    let mut f = client_syn();
     f[L4 + 13] = flags;
     f
 }
@@ -156,7 +102,7 @@ fn d(v: &mut Vec<Defect>, name: impl Into<String>, frame: Vec<u8>, counted: Coun
 fn defects() -> Vec<Defect> {
     use Counted::{Arp, Drop, Unsendable};
     let mut v = Vec::new();
-    let s = syn();
+    let s = client_syn();
     // Truncated at every byte from inside the Ethernet header to the end of the TCP header:
     // the IP total length then claims more than the frame holds.
     for cut in 0..s.len() {
@@ -508,22 +454,7 @@ fn random_frames(n: usize, seed: u64) -> Vec<Vec<u8>> {
 
 /// Sends frames with `uvs lab-send-frames`; returns (sent, too short).
 fn send(lab: &Lab, host: &str, ifname: &str, frames: &[Vec<u8>], tag: &str) -> (usize, usize) {
-    let file = lab.dir().join(format!("frames-{tag}.bin"));
-    std::fs::write(&file, inject::encode_frames(frames).unwrap()).unwrap();
-    let exe = common::uvs_exe();
-    let out = lab
-        .exec_ok(
-            host,
-            &[
-                common::path_str(&exe),
-                "lab-send-frames",
-                "--interface",
-                ifname,
-                "--file",
-                common::path_str(&file),
-            ],
-        )
-        .unwrap_or_else(|e| panic!("lab-send-frames {tag}: {e:#}"));
+    let out = frames::send(lab, host, ifname, frames, tag);
     // "sent N frames, M too short to send"
     let nums: Vec<usize> = out
         .split(|c: char| !c.is_ascii_digit())
@@ -598,14 +529,8 @@ fn show(text: &str, prefixes: &[&str]) -> String {
 #[test]
 fn hostile_frames_are_each_counted_under_a_reason_and_nothing_leaks() {
     let Some(ctx) = common::setup(70) else { return };
-    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
-    let pid = common::start_director(
-        &mut lab,
-        &common::dr_rules('t', 80),
-        &["--interface", "eth0"],
-    );
+    let mut lab = ctx.web_lab();
+    let director = Director::rr_http().start(&mut lab);
     common::curl_vip(&lab, 1);
 
     // Everything the director's namespace transmits: uvs's forwards and ARP answers, and any
@@ -617,7 +542,7 @@ fn hostile_frames_are_each_counted_under_a_reason_and_nothing_leaks() {
     let defects = defects();
     let kinds = defects.len();
     assert!(kinds >= 100, "only {kinds} kinds of malformed frames");
-    let before = common::scrape(&lab);
+    let before = director.scrape();
     let (on_lan, from_sw): (Vec<&Defect>, Vec<&Defect>) =
         defects.iter().partition(|d| !d.from_switch);
     let lan: Vec<Vec<u8>> = on_lan.iter().map(|d| d.frame.clone()).collect();
@@ -641,27 +566,22 @@ fn hostile_frames_are_each_counted_under_a_reason_and_nothing_leaks() {
             Counted::Unsendable => {}
         }
     }
+    // What `name` counted per reason between `before` and `now`.
+    let per_reason = |name: &str, now: &str| {
+        delta(
+            &by_label(&before, name, "reason"),
+            &by_label(now, name, "reason"),
+        )
+    };
     let mut last = String::new();
     let settled = common::poll(Duration::from_secs(5), || {
-        last = common::scrape(&lab);
-        let drops = delta(
-            &by_label(&before, "uvs_drops_total", "reason"),
-            &by_label(&last, "uvs_drops_total", "reason"),
-        );
-        let arp = delta(
-            &by_label(&before, "uvs_arp_ignored_total", "reason"),
-            &by_label(&last, "uvs_arp_ignored_total", "reason"),
-        );
+        last = director.scrape();
+        let drops = per_reason("uvs_drops_total", &last);
+        let arp = per_reason("uvs_arp_ignored_total", &last);
         (drops == want_drops && arp == want_arp).then_some(())
     });
-    let drops = delta(
-        &by_label(&before, "uvs_drops_total", "reason"),
-        &by_label(&last, "uvs_drops_total", "reason"),
-    );
-    let arp = delta(
-        &by_label(&before, "uvs_arp_ignored_total", "reason"),
-        &by_label(&last, "uvs_arp_ignored_total", "reason"),
-    );
+    let drops = per_reason("uvs_drops_total", &last);
+    let arp = per_reason("uvs_arp_ignored_total", &last);
     assert!(
         settled.is_some(),
         "{kinds} kinds of defects: per reason\n drops want {want_drops:?}\n drops got  {drops:?}\n \
@@ -689,7 +609,7 @@ fn hostile_frames_are_each_counted_under_a_reason_and_nothing_leaks() {
             .iter()
             .all(|f| f.len() >= 34 && f[12..14] != [0x08, 0x06])
     );
-    let before = common::scrape(&lab);
+    let before = director.scrape();
     let path_before = kernel_path_drops(&lab);
     let t0 = Instant::now();
     let (sent, _) = send(&lab, "router", "eth1", &random, "random");
@@ -705,7 +625,7 @@ fn hostile_frames_are_each_counted_under_a_reason_and_nothing_leaks() {
     // by drops the kernel counted on the way (softnet backlog, interface drop counters).
     let mut prev = -1.0;
     common::poll(Duration::from_secs(10), || {
-        last = common::scrape(&lab);
+        last = director.scrape();
         let c = counted(&last) - counted(&before);
         let done = c >= sent as f64 || c == prev;
         prev = c;
@@ -735,19 +655,13 @@ fn hostile_frames_are_each_counted_under_a_reason_and_nothing_leaks() {
         )
     );
     assert!(
-        lab.is_running(pid),
+        director.is_running(&mut lab),
         "the director died:\n{}",
-        common::director_tail(&lab)
+        director.tail()
     );
 
     // Real traffic still works.
-    let answers = common::curl_vip(&lab, 4);
-    let c = common::count(&answers);
-    assert_eq!(
-        (c.get("rs1").copied(), c.get("rs2").copied()),
-        (Some(2), Some(2)),
-        "after the hostile frames: {answers:?}"
-    );
+    common::assert_even_split(&lab, 4, "after the hostile frames");
     common::stop_capture(&mut lab, cap);
     let pkts = common::read_pcap(&lab, &pcap);
     assert!(
@@ -763,8 +677,8 @@ fn hostile_frames_are_each_counted_under_a_reason_and_nothing_leaks() {
 }
 
 /// A TOML configuration: one worker, `extra` appended, TCP VIP:80 over rs1 and rs2.
-fn toml_config(lab: &Lab, extra: &str) -> String {
-    let text = format!(
+fn toml_config(extra: &str) -> String {
+    format!(
         "interfaces = [\"eth0\"]\nworkers = 1\n{extra}\n\
          [[service]]\nvip = \"{vip}\"\nport = 80\nscheduler = \"rr\"\n\
          [[service.real]]\naddress = \"{rs1}\"\n\
@@ -772,56 +686,7 @@ fn toml_config(lab: &Lab, extra: &str) -> String {
         vip = addr::VIP,
         rs1 = addr::RS1,
         rs2 = addr::RS2,
-    );
-    let file = lab.dir().join("uvs.toml");
-    std::fs::write(&file, text).unwrap();
-    common::path_str(&file).to_string()
-}
-
-fn admin(sock: &Path, req: &Request) -> Reply {
-    SocketBackend {
-        location: SocketLocation::Path(sock.to_path_buf()),
-    }
-    .call(req)
-    .unwrap_or_else(|e| panic!("admin request {req:?}: {e}"))
-}
-
-/// Starts `curl` on one keep-alive connection: `n` requests at 10/s. Returns its PID and log.
-pub fn keepalive_client(lab: &mut Lab, n: usize, tag: &str) -> (u32, std::path::PathBuf) {
-    let urls: Vec<String> = (0..n).map(|_| format!("http://{}/", addr::VIP)).collect();
-    let max = format!("{}", n / 10 + 30);
-    let mut args = vec!["curl", "-s", "--max-time", &max, "--rate", "10/s"];
-    args.extend(urls.iter().map(String::as_str));
-    let log = lab.dir().join(format!("keepalive-{tag}.log"));
-    let pid = lab
-        .spawn("client", &args, &log)
-        .unwrap_or_else(|e| panic!("starting the keep-alive client: {e:#}"));
-    (pid, log)
-}
-
-/// Waits for a keep-alive client and checks all `n` answers came, from one real server.
-pub fn check_keepalive(lab: &mut Lab, pid: u32, log: &Path, n: usize, wait: Duration) {
-    let done = common::poll(wait, || (!lab.is_running(pid)).then_some(()));
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let bodies: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    assert!(
-        done.is_some(),
-        "the keep-alive client did not finish: {text}"
-    );
-    assert_eq!(
-        bodies.len(),
-        n,
-        "all {n} keep-alive requests answered: {text}\ndirector:\n{}",
-        common::director_tail(lab)
-    );
-    assert!(
-        bodies.iter().all(|b| *b == bodies[0]),
-        "the established connection stayed on one real server: {bodies:?}"
-    );
+    )
 }
 
 /// SYNs from `n` random sources (198.18.0.0/15, never routed back) to VIP:80.
@@ -842,23 +707,11 @@ fn syn_flood(n: usize, seed: u64) -> Vec<Vec<u8>> {
 #[test]
 fn syn_flood_fills_the_flow_table_but_established_flows_survive() {
     let Some(ctx) = common::setup(71) else { return };
-    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
-    let sock = lab.dir().join("admin.sock");
-    let config = toml_config(&lab, "[flow_table]\ncapacity = 1024");
-    let log = common::director_log(&lab);
-    lab.start_director(
-        &common::uvs_exe(),
-        &[
-            "--config",
-            &config,
-            "--admin-socket",
-            common::path_str(&sock),
-        ],
-        &log,
-    )
-    .unwrap_or_else(|e| panic!("starting the director: {e:#}"));
+    let mut lab = ctx.web_lab();
+    let director = Director::launch()
+        .config(&toml_config("[flow_table]\ncapacity = 1024"))
+        .admin_socket()
+        .start(&mut lab);
     // ESTABLISHED for 10 s, shorter than SYN_RECV's 60 s: expiry order alone would sacrifice
     // the established flow to the flood.
     let set = Request::Apply(vec![Change::SetTimeouts {
@@ -866,19 +719,20 @@ fn syn_flood_fills_the_flow_table_but_established_flows_survive() {
         tcpfin: 0,
         udp: 0,
     }]);
-    assert_eq!(admin(&sock, &set), Reply::Done);
+    assert_eq!(director.admin(&set), Reply::Done);
     common::curl_vip(&lab, 1);
 
-    let (client, client_log) = keepalive_client(&mut lab, 120, "flood");
+    // 120 requests at 10/s: 12 s, and 30 s to spare.
+    let client = KeepAlive::start(&mut lab, 120, 12 + 30, "flood");
     std::thread::sleep(Duration::from_millis(500));
-    let before = common::scrape(&lab);
+    let before = director.scrape();
     let mut sent = 0;
     for round in 0..6 {
         let flood = syn_flood(10_000, 0x5eed_0000 + round);
         sent += send(&lab, "router", "eth1", &flood, &format!("flood{round}")).0;
         std::thread::sleep(Duration::from_millis(500));
     }
-    let after = common::scrape(&lab);
+    let after = director.scrape();
     let evictions =
         sum(&after, "uvs_flow_evictions_total") - sum(&before, "uvs_flow_evictions_total");
     let flows = sum(&after, "uvs_worker_flows");
@@ -901,7 +755,7 @@ fn syn_flood_fills_the_flow_table_but_established_flows_survive() {
         )
     );
     assert!(flows <= 1024.0, "the table never grows: {flows}");
-    check_keepalive(&mut lab, client, &client_log, 120, Duration::from_secs(20));
+    client.check(&mut lab, Duration::from_secs(20));
     // New clients are still served.
     assert_eq!(common::curl_vip(&lab, 2).len(), 2);
 }
@@ -916,30 +770,16 @@ fn slow_client(sock: &Path) -> UnixStream {
 #[test]
 fn overload_counts_ring_drops_and_the_admin_socket_stays_responsive() {
     let Some(ctx) = common::setup(72) else { return };
-    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
-    let sock = lab.dir().join("admin.sock");
+    let mut lab = ctx.web_lab();
     // A tiny ring (8 frame slots): what the one worker cannot take is a ring drop.
-    let config = toml_config(
-        &lab,
-        "[ring]\nblock_size = 4096\nblock_count = 4\nframe_size = 2048",
-    );
-    let log = common::director_log(&lab);
-    let pid = lab
-        .start_director(
-            &common::uvs_exe(),
-            &[
-                "--config",
-                &config,
-                "--admin-socket",
-                common::path_str(&sock),
-            ],
-            &log,
-        )
-        .unwrap_or_else(|e| panic!("starting the director: {e:#}"));
+    let director = Director::launch()
+        .config(&toml_config(
+            "[ring]\nblock_size = 4096\nblock_count = 4\nframe_size = 2048",
+        ))
+        .admin_socket()
+        .start(&mut lab);
     common::curl_vip(&lab, 1);
-    let before = common::scrape(&lab);
+    let before = director.scrape();
 
     // Flood from the router for ~6 s: lab-send-frames in a loop, as fast as the kernel takes.
     let flood = syn_flood(20_000, 0xf100d);
@@ -957,22 +797,22 @@ fn overload_counts_ring_drops_and_the_admin_socket_stays_responsive() {
         .unwrap();
     std::thread::sleep(Duration::from_secs(1));
     // Two clients that connect and never finish their request, then listings.
-    let _slow: Vec<UnixStream> = (0..3).map(|_| slow_client(&sock)).collect();
+    let _slow: Vec<UnixStream> = (0..3)
+        .map(|_| slow_client(director.admin_socket()))
+        .collect();
     let mut worst = Duration::ZERO;
     for _ in 0..8 {
         let t0 = Instant::now();
-        match admin(&sock, &Request::Status) {
+        match director.admin(&Request::Status) {
             Reply::Status(st) => assert_eq!(st.services.len(), 1),
             other => panic!("{other:?}"),
         }
         worst = worst.max(t0.elapsed());
         std::thread::sleep(Duration::from_millis(400));
     }
-    let done = common::poll(Duration::from_secs(15), || {
-        (!lab.is_running(flooder)).then_some(())
-    });
-    assert!(done.is_some(), "the flood did not end");
-    let after = common::scrape(&lab);
+    let done = common::wait_exit(&mut lab, flooder, Duration::from_secs(15));
+    assert!(done, "the flood did not end");
+    let after = director.scrape();
     let ring_drops = sum(&after, "uvs_ring_drops_total") - sum(&before, "uvs_ring_drops_total");
     let rx = sum(&after, "uvs_worker_rx_frames_total") - sum(&before, "uvs_worker_rx_frames_total");
     eprintln!(
@@ -987,7 +827,7 @@ fn overload_counts_ring_drops_and_the_admin_socket_stays_responsive() {
         worst < Duration::from_secs(1),
         "a Status request took {worst:?} while the worker was saturated"
     );
-    assert!(lab.is_running(pid));
+    assert!(director.is_running(&mut lab));
     assert_eq!(common::curl_vip(&lab, 2).len(), 2);
 }
 
@@ -1020,21 +860,11 @@ for a in sys.argv[1:]:
     print(call(raw), flush=True)
 "#;
 
-fn py_admin(lab: &Lab, nobody: bool, reqs: &[String]) -> Vec<String> {
-    let mut args: Vec<&str> = Vec::new();
-    if nobody {
-        args.extend([
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ]);
-    }
-    args.extend(["/usr/bin/python3", "-c", PY_CLIENT]);
+fn py_admin(lab: &Lab, who: As, reqs: &[String]) -> Vec<String> {
+    let mut args = vec!["/usr/bin/python3", "-c", PY_CLIENT];
     args.extend(reqs.iter().map(String::as_str));
-    lab.exec_ok("dir", &args)
-        .unwrap_or_else(|e| panic!("python admin client: {e:#}"))
+    common::run_in(&lab.ns("dir"), who, &args)
+        .checked()
         .lines()
         .map(str::to_string)
         .collect()
@@ -1048,24 +878,18 @@ fn nft_table_present(lab: &Lab) -> bool {
 #[test]
 fn unprivileged_and_garbage_admin_requests_change_nothing_and_sigkill_restart_recovers() {
     let Some(ctx) = common::setup(73) else { return };
-    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
+    let mut lab = ctx.web_lab();
     // The default abstract admin socket: no file permissions stand in the way, so the
     // daemon's own check is what refuses an unprivileged peer.
-    let pid = common::start_director(
-        &mut lab,
-        &common::dr_rules('t', 80),
-        &["--interface", "eth0"],
-    );
+    let director = Director::rr_http().start(&mut lab);
     let status = r#"{"version":1,"body":"Status"}"#.to_string();
     let clear = r#"{"version":1,"body":{"Apply":["Clear"]}}"#.to_string();
     let zero = r#"{"version":1,"body":{"Zero":null}}"#.to_string();
-    let st_before = py_admin(&lab, false, std::slice::from_ref(&status));
+    let st_before = py_admin(&lab, As::Root, std::slice::from_ref(&status));
     assert!(st_before[0].contains("\"Status\""), "{st_before:?}");
 
     // As nobody: changes refused, reads allowed.
-    let r = py_admin(&lab, true, &[clear.clone(), zero, status.clone()]);
+    let r = py_admin(&lab, As::Nobody, &[clear.clone(), zero, status.clone()]);
     assert!(
         r[0].contains("Permission denied") && r[1].contains("Permission denied"),
         "an unprivileged peer's changes: {r:?}"
@@ -1075,14 +899,14 @@ fn unprivileged_and_garbage_admin_requests_change_nothing_and_sigkill_restart_re
         "an unprivileged peer can read: {r:?}"
     );
     assert_eq!(
-        py_admin(&lab, false, std::slice::from_ref(&status)),
+        py_admin(&lab, As::Root, std::slice::from_ref(&status)),
         st_before,
         "nothing changed"
     );
     assert!(
-        common::director_tail(&lab).contains("refused a change from uid 65534"),
+        director.tail().contains("refused a change from uid 65534"),
         "the refusal is logged:\n{}",
-        common::director_tail(&lab)
+        director.tail()
     );
 
     // Garbage and oversize requests: an error reply each, and the daemon keeps serving.
@@ -1104,7 +928,7 @@ fn unprivileged_and_garbage_admin_requests_change_nothing_and_sigkill_restart_re
         format!("RAW:{}{}", hex(&3u32.to_be_bytes()), hex(&[0, 1, 2])),
     ];
     garbage.push(status.clone());
-    let r = py_admin(&lab, false, &garbage);
+    let r = py_admin(&lab, As::Root, &garbage);
     eprintln!("garbage replies: {r:#?}");
     for (req, rep) in garbage.iter().zip(&r).take(garbage.len() - 1) {
         // A peer that closes before its length prefix is complete gets no reply (there is
@@ -1118,18 +942,15 @@ fn unprivileged_and_garbage_admin_requests_change_nothing_and_sigkill_restart_re
         r.last().unwrap().contains("\"Status\""),
         "still serving: {r:?}"
     );
-    assert!(lab.is_running(pid));
+    assert!(director.is_running(&mut lab));
     assert_eq!(common::curl_vip(&lab, 2).len(), 2);
 
     // SIGKILL: the dead process cleans nothing up itself, but its tables belonged to its
     // netlink socket, which the kernel closed with it.
     assert!(nft_table_present(&lab));
-    // SAFETY: kill(2) on a PID this test started and still owns (not reaped yet).
-    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-    let dead = common::poll(Duration::from_secs(5), || {
-        (!lab.is_running(pid)).then_some(())
-    });
-    assert!(dead.is_some());
+    director.signal(&lab, libc::SIGKILL);
+    let dead = common::wait_exit(&mut lab, director.pid(), Duration::from_secs(5));
+    assert!(dead);
     assert!(
         !nft_table_present(&lab),
         "a killed director leaves its nft table behind"
@@ -1145,11 +966,7 @@ fn unprivileged_and_garbage_admin_requests_change_nothing_and_sigkill_restart_re
     )
     .unwrap();
     // ...and the next start does it: it starts, serves, and owns a fresh table.
-    let pid2 = common::start_director(
-        &mut lab,
-        &common::dr_rules('t', 80),
-        &["--interface", "eth0"],
-    );
+    let restarted = Director::rr_http().start(&mut lab);
     let table = lab
         .exec_ok("dir", &["nft", "list", "table", "netdev", "uvs"])
         .unwrap();
@@ -1161,7 +978,7 @@ fn unprivileged_and_garbage_admin_requests_change_nothing_and_sigkill_restart_re
     );
     let answers = common::curl_vip(&lab, 4);
     assert_eq!(answers.len(), 4);
-    assert!(py_admin(&lab, false, &[status])[0].contains("\"Status\""));
-    lab.kill(pid2);
+    assert!(py_admin(&lab, As::Root, &[status])[0].contains("\"Status\""));
+    restarted.stop(&mut lab);
     assert!(!nft_table_present(&lab), "SIGTERM removes the table");
 }

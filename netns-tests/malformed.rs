@@ -3,60 +3,10 @@
 
 use std::time::Duration;
 
-use etherparse::PacketBuilder;
-use uvs::lab::{Lab, LabOptions, addr, build_dr_lab, inject};
+use uvs::lab::addr;
 
-use crate::common::{self, Pkt};
-
-const ETH: usize = 14;
-const IP: usize = ETH;
-const TCP: usize = ETH + 20;
-
-fn router_mac() -> [u8; 6] {
-    addr::mac(addr::HOST_ROUTER, 1)
-}
-
-fn dir_mac() -> [u8; 6] {
-    addr::mac(addr::HOST_DIR, 0)
-}
-
-/// A well-formed TCP SYN client:40000 → VIP:80 from the router to the director, with payload.
-fn tcp_syn(src_ip: [u8; 4]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(router_mac(), dir_mac())
-        .ipv4(src_ip, addr::VIP.octets(), 64)
-        .tcp(40000, 80, 1, 64240)
-        .syn();
-    let payload = [0u8; 8];
-    let mut v = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut v, &payload).unwrap();
-    v
-}
-
-fn client_syn() -> Vec<u8> {
-    tcp_syn(addr::CLIENT.octets())
-}
-
-/// Recomputes the IPv4 header checksum of a frame (IHL taken from the header).
-fn fix_ip_checksum(f: &mut [u8]) {
-    let ihl = usize::from(f[IP] & 0x0f) * 4;
-    f[IP + 10] = 0;
-    f[IP + 11] = 0;
-    let mut sum: u32 = 0;
-    for c in f[IP..IP + ihl].chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    let c = !(sum as u16);
-    f[IP + 10..IP + 12].copy_from_slice(&c.to_be_bytes());
-}
-
-fn with_ip(mut f: Vec<u8>, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-    edit(&mut f);
-    fix_ip_checksum(&mut f);
-    f
-}
+use crate::common::{self, Director, Pkt};
+use crate::frames::{IP, L4, client_syn, dir_mac, edit, fix_ip, router_mac, send, syn_from};
 
 fn arp(hlen: u8, op: u16) -> Vec<u8> {
     let mut f = Vec::new();
@@ -91,15 +41,15 @@ fn defects() -> Vec<Vec<u8>> {
     }
     // TCP header cut by the frame's end: the IP length still claims it all (bad_ip_length),
     // and with the IP length shrunk to match (bad_l4_header).
-    v.push(syn[..TCP + 10].to_vec());
-    v.push(with_ip(syn[..TCP + 10].to_vec(), |f| {
+    v.push(syn[..L4 + 10].to_vec());
+    v.push(edit(syn[..L4 + 10].to_vec(), |f| {
         f[IP + 2..IP + 4].copy_from_slice(&30u16.to_be_bytes())
     }));
     // IHL < 5, and version 6 in an IPv4 frame.
-    v.push(with_ip(syn.clone(), |f| f[IP] = 0x44));
-    v.push(with_ip(syn.clone(), |f| f[IP] = 0x65));
+    v.push(edit(syn.clone(), |f| f[IP] = 0x44));
+    v.push(edit(syn.clone(), |f| f[IP] = 0x65));
     // IP total length beyond the frame.
-    v.push(with_ip(syn.clone(), |f| {
+    v.push(edit(syn.clone(), |f| {
         f[IP + 2..IP + 4].copy_from_slice(&1400u16.to_be_bytes())
     }));
     // Bad IP header checksum.
@@ -107,25 +57,25 @@ fn defects() -> Vec<Vec<u8>> {
     bad[IP + 10] ^= 0x5a;
     v.push(bad);
     // Fragments to VIP:80: first (MF) and a later one (offset set).
-    v.push(with_ip(syn.clone(), |f| f[IP + 6] = 0x20));
-    v.push(with_ip(syn.clone(), |f| {
+    v.push(edit(syn.clone(), |f| f[IP + 6] = 0x20));
+    v.push(edit(syn.clone(), |f| {
         f[IP + 6] = 0x00;
         f[IP + 7] = 0x10;
     }));
     // TCP data offset < 5.
     let mut doff = syn.clone();
-    doff[TCP + 12] = 0x40;
+    doff[L4 + 12] = 0x40;
     v.push(doff);
     // Zero source port, zero destination port.
     let mut zs = syn.clone();
-    zs[TCP..TCP + 2].copy_from_slice(&[0, 0]);
+    zs[L4..L4 + 2].copy_from_slice(&[0, 0]);
     v.push(zs);
     let mut zd = syn.clone();
-    zd[TCP + 2..TCP + 4].copy_from_slice(&[0, 0]);
+    zd[L4 + 2..L4 + 4].copy_from_slice(&[0, 0]);
     v.push(zd);
     // Multicast, broadcast and unspecified source IPs.
     for src in [[224, 0, 0, 5], [255, 255, 255, 255], [0, 0, 0, 0]] {
-        v.push(tcp_syn(src));
+        v.push(syn_from(src, 40000, 80));
     }
     // An odd ethertype (IEEE local experimental).
     let mut odd = syn.clone();
@@ -177,7 +127,7 @@ fn random_frames(n: usize) -> Vec<Vec<u8>> {
                     f[IP + 6] &= 0x40;
                     f[IP + 7] = 0;
                     f[IP + 8] = 64;
-                    fix_ip_checksum(&mut f);
+                    fix_ip(&mut f);
                 }
             }
         }
@@ -186,35 +136,11 @@ fn random_frames(n: usize) -> Vec<Vec<u8>> {
     out
 }
 
-fn send(lab: &Lab, host: &str, ifname: &str, frames: &[Vec<u8>], tag: &str) -> String {
-    let file = lab.dir().join(format!("frames-{tag}.bin"));
-    std::fs::write(&file, inject::encode_frames(frames).unwrap()).unwrap();
-    let exe = common::uvs_exe();
-    lab.exec_ok(
-        host,
-        &[
-            common::path_str(&exe),
-            "lab-send-frames",
-            "--interface",
-            ifname,
-            "--file",
-            common::path_str(&file),
-        ],
-    )
-    .unwrap_or_else(|e| panic!("lab-send-frames {tag}: {e:#}"))
-}
-
 #[test]
 fn malformed_burst_is_counted_and_traffic_survives() {
     let Some(ctx) = common::setup(8) else { return };
-    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
-    let pid = common::start_director(
-        &mut lab,
-        &common::dr_rules('t', 80),
-        &["--interface", "eth0"],
-    );
+    let mut lab = ctx.web_lab();
+    let director = Director::rr_http().start(&mut lab);
     // One normal request first, so the bridge has learnt every port and the path is warm.
     common::curl_vip(&lab, 1);
 
@@ -255,7 +181,7 @@ fn malformed_burst_is_counted_and_traffic_survives() {
     };
     let mut last = String::new();
     let counted = common::poll(Duration::from_secs(5), || {
-        last = common::scrape(&lab);
+        last = director.scrape();
         short(&last).is_empty().then_some(())
     });
     assert!(
@@ -268,18 +194,12 @@ fn malformed_burst_is_counted_and_traffic_survives() {
             .join("\n")
     );
     assert!(
-        lab.is_running(pid),
+        director.is_running(&mut lab),
         "the director died:\n{}",
-        common::director_tail(&lab)
+        director.tail()
     );
 
-    let answers = common::curl_vip(&lab, 4);
-    let c = common::count(&answers);
-    assert_eq!(
-        (c.get("rs1").copied(), c.get("rs2").copied()),
-        (Some(2), Some(2)),
-        "after the burst: {answers:?}"
-    );
+    common::assert_even_split(&lab, 4, "after the burst");
     common::stop_capture(&mut lab, cap);
 
     let pkts = common::read_pcap(&lab, &pcap);
@@ -304,16 +224,19 @@ fn malformed_burst_is_counted_and_traffic_survives() {
         noise.is_empty(),
         "the director answered with RST/ICMP: {noise:#?}"
     );
-    assert!(lab.is_running(pid), "the director died after the requests");
+    assert!(
+        director.is_running(&mut lab),
+        "the director died after the requests"
+    );
 }
 
 /// The two fragments of one TCP SYN (with 8 payload bytes) client:40001 → VIP:80: 16 bytes of
 /// TCP at offset 0 with MF, then the remaining 12 at offset 16.
 fn fragmented_syn() -> [Vec<u8>; 2] {
     let mut syn = client_syn();
-    syn[TCP..TCP + 2].copy_from_slice(&40001u16.to_be_bytes());
-    let l4 = syn[TCP..].to_vec();
-    let head = syn[..TCP].to_vec();
+    syn[L4..L4 + 2].copy_from_slice(&40001u16.to_be_bytes());
+    let l4 = syn[L4..].to_vec();
+    let head = syn[..L4].to_vec();
     let frag = |data: &[u8], off8: u16, mf: bool| {
         let mut f = head.clone();
         f.extend_from_slice(data);
@@ -321,7 +244,7 @@ fn fragmented_syn() -> [Vec<u8>; 2] {
         f[IP + 2..IP + 4].copy_from_slice(&len.to_be_bytes());
         let fo = off8 | if mf { 0x2000 } else { 0 };
         f[IP + 6..IP + 8].copy_from_slice(&fo.to_be_bytes());
-        fix_ip_checksum(&mut f);
+        fix_ip(&mut f);
         f
     };
     [frag(&l4[..16], 0, true), frag(&l4[16..], 2, false)]
@@ -330,24 +253,18 @@ fn fragmented_syn() -> [Vec<u8>; 2] {
 #[test]
 fn fragments_to_the_vip_are_counted_and_never_forwarded() {
     let Some(ctx) = common::setup(10) else { return };
-    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
-    let pid = common::start_director(
-        &mut lab,
-        &common::dr_rules('t', 80),
-        &["--interface", "eth0"],
-    );
+    let mut lab = ctx.web_lab();
+    let d = Director::rr_http().start(&mut lab);
     common::curl_vip(&lab, 1);
-    let before = common::scrape(&lab);
+    let before = d.scrape();
     let conns_before = common::metric(&before, "node_ipvs_connections_total", &[]);
 
     let pcap = lab.dir().join("dir.pcap");
     let cap = lab.tcpdump_start("dir", "eth0", "", &pcap).unwrap();
     let syn = client_syn();
     let lone = vec![
-        with_ip(syn.clone(), |f| f[IP + 6] = 0x20),
-        with_ip(syn.clone(), |f| {
+        edit(syn.clone(), |f| f[IP + 6] = 0x20),
+        edit(syn.clone(), |f| {
             f[IP + 6] = 0x00;
             f[IP + 7] = 0x10;
         }),
@@ -362,11 +279,11 @@ fn fragments_to_the_vip_are_counted_and_never_forwarded() {
 
     let mut last = String::new();
     let counted = common::poll(Duration::from_secs(3), || {
-        last = common::scrape(&lab);
+        last = d.scrape();
         (common::metric(&last, "uvs_drops_total", &[("reason", "fragment")]) >= 4.0).then_some(())
     });
     let conns = common::metric(&last, "node_ipvs_connections_total", &[]) - conns_before;
-    assert!(lab.is_running(pid));
+    assert!(d.is_running(&mut lab));
     assert!(
         counted.is_some() && conns == 0.0,
         "4 fragments to the VIP reached the director's eth0 ({seen} frames to the VIP captured) \

@@ -1,17 +1,16 @@
 //! The DR lab with veth offloads on (kernel defaults: checksum-partial frames and GSO
 //! super-frames reach the director) and off: scheduling and bulk data must work either way.
 
-use uvs::lab::{LabOptions, addr, build_dr_lab};
+use uvs::lab::{LabOptions, addr};
 
-use crate::common;
+use crate::common::{self, Director};
 
 fn run(testno: u32, offloads: bool) {
     let Some(ctx) = common::setup(testno) else {
         return;
     };
-    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions { offloads })
-        .unwrap_or_else(|e| panic!("building the DR lab (offloads {offloads}): {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
+    let mut lab = ctx.dr_lab_with(&LabOptions { offloads });
+    common::start_web(&mut lab);
     for rs in ["rs1", "rs2"] {
         lab.start_builtin_http(rs, rs, 8080, &common::uvs_exe())
             .unwrap_or_else(|e| panic!("responder on {rs}:8080: {e:#}"));
@@ -21,15 +20,12 @@ fn run(testno: u32, offloads: bool) {
         common::dr_rules('t', 80),
         common::dr_rules('t', 8080)
     );
-    common::start_director(&mut lab, &rules, &["--interface", "eth0"]);
+    Director::launch()
+        .rules(&rules)
+        .interface("eth0")
+        .start(&mut lab);
 
-    let answers = common::curl_vip(&lab, 10);
-    let c = common::count(&answers);
-    assert_eq!(
-        (c.get("rs1").copied(), c.get("rs2").copied()),
-        (Some(5), Some(5)),
-        "offloads {offloads}: {answers:?}"
-    );
+    common::assert_even_split(&lab, 10, &format!("offloads {offloads}"));
 
     let url = format!("http://{}:8080/", addr::VIP);
     let mut names = Vec::new();

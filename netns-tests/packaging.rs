@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use uvs::lab::{Lab, LabOptions, addr, build_dr_lab, tail};
 
-use crate::common::{self, path_str};
-use crate::dr_basic::start_web;
+use crate::common::{self, path_str, start_web};
 
 /// The value of `key=` in a unit file, or of its last occurrence.
 fn unit_value(unit: &str, key: &str) -> Option<String> {
@@ -49,7 +48,7 @@ fn wait_notify(socket: &UnixDatagram, want: &str, timeout: Duration, lab: &Lab) 
     }
     panic!(
         "no {want} from the director within {timeout:?} (got {seen:?}); log:\n{}",
-        tail(&common::director_log(lab), 40)
+        tail(&lab.dir().join("dir.log"), 40)
     );
 }
 
@@ -139,7 +138,7 @@ fn uvs_runs_as_the_unit_runs_it_unprivileged_read_only_and_notifying() {
         uvs = path_str(&common::uvs_exe()),
         rules = path_str(&rules),
     );
-    let log = common::director_log(&lab);
+    let log = lab.dir().join("dir.log");
     let outer = lab
         .spawn("dir", &["unshare", "--mount", "sh", "-c", &script], &log)
         .expect("spawning the sandbox");

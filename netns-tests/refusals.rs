@@ -1,40 +1,23 @@
 //! `uvs run` refuses clearly, and starts nothing, when it lacks privileges, an interface is
 //! missing, the rules are bad, or another uvs already serves the namespace.
 
-use std::process::Command;
+use uvs::lab::Lab;
 
-use uvs::lab::{LabOptions, build_dr_lab};
+use crate::common::{self, As, Director};
 
-use crate::common;
-
-/// Runs `uvs run ARGS` in the lab's director namespace (optionally as `nobody`) and returns
-/// (exit success, stderr).
-fn run_in_dir(lab: &uvs::lab::Lab, as_nobody: bool, args: &[&str]) -> (bool, String) {
-    let exe = common::uvs_exe();
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &lab.ns("dir")]);
-    if as_nobody {
-        cmd.args([
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ]);
-    }
-    cmd.arg(&exe).arg("run").args(args);
-    let out = cmd.output().unwrap_or_else(|e| panic!("running uvs: {e}"));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// Runs `uvs run ARGS` in the lab's director namespace as `who` and returns (exit success,
+/// stderr).
+fn run_in_dir(lab: &Lab, who: As, args: &[&str]) -> (bool, String) {
+    let mut argv = vec!["run"];
+    argv.extend_from_slice(args);
+    let out = common::uvs_in(&lab.ns("dir"), who, &argv);
+    (out.ok(), out.stderr)
 }
 
 #[test]
 fn refusals_name_the_problem_and_start_nothing() {
     let Some(ctx) = common::setup(30) else { return };
-    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
+    let mut lab = ctx.dr_lab();
     let rules = lab.dir().join("refusal.rules");
     std::fs::write(&rules, common::dr_rules('t', 80)).expect("rules");
     // The rules file must be readable by nobody for the privilege check to be the first error.
@@ -46,7 +29,7 @@ fn refusals_name_the_problem_and_start_nothing() {
 
     let (ok, err) = run_in_dir(
         &lab,
-        true,
+        As::Nobody,
         &["--rules", r, "--interface", "eth0", "--metrics", "off"],
     );
     assert!(!ok);
@@ -54,7 +37,7 @@ fn refusals_name_the_problem_and_start_nothing() {
 
     let (ok, err) = run_in_dir(
         &lab,
-        false,
+        As::Root,
         &["--rules", r, "--interface", "eth9", "--metrics", "off"],
     );
     assert!(!ok);
@@ -67,21 +50,17 @@ fn refusals_name_the_problem_and_start_nothing() {
     .expect("rules");
     let (ok, err) = run_in_dir(
         &lab,
-        false,
+        As::Root,
         &["--rules", r, "--interface", "eth0", "--metrics", "off"],
     );
     assert!(!ok);
     assert!(err.contains(":2:"), "the error names the line: {err}");
 
     std::fs::write(&rules, common::dr_rules('t', 80)).expect("rules");
-    common::start_director(
-        &mut lab,
-        &common::dr_rules('t', 80),
-        &["--interface", "eth0"],
-    );
+    Director::rr_http().start(&mut lab);
     let (ok, err) = run_in_dir(
         &lab,
-        false,
+        As::Root,
         &["--rules", r, "--interface", "eth0", "--metrics", "off"],
     );
     assert!(!ok);

@@ -8,15 +8,9 @@
 
 use std::time::Duration;
 
-use uvs::lab::{Lab, LabOptions, addr, build_dr_lab};
+use uvs::lab::{Lab, addr};
 
-use crate::common::{self, Ctx};
-use crate::dr_basic::start_web;
-
-fn dr_lab(ctx: &Ctx) -> Lab {
-    build_dr_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"))
-}
+use crate::common::{self, Director};
 
 /// A service on VIP:80 over rs1 and rs2 (weight 1), with `opts` on the `-A` line.
 fn rules(opts: &str) -> String {
@@ -30,9 +24,18 @@ fn rules(opts: &str) -> String {
     )
 }
 
-fn active(lab: &Lab, rs: std::net::Ipv4Addr) -> f64 {
-    common::metric(
-        &common::scrape(lab),
+/// The DR lab with its web servers and a director serving [`rules`] with `opts`.
+fn start(ctx: &common::Ctx, opts: &str) -> (Lab, Director) {
+    let mut lab = ctx.web_lab();
+    let d = Director::launch()
+        .rules(&rules(opts))
+        .interface("eth0")
+        .start(&mut lab);
+    (lab, d)
+}
+
+fn active(d: &Director, rs: std::net::Ipv4Addr) -> f64 {
+    d.metric(
         "node_ipvs_backend_connections_active",
         &[("remote_address", &rs.to_string()), ("local_port", "80")],
     )
@@ -41,9 +44,7 @@ fn active(lab: &Lab, rs: std::net::Ipv4Addr) -> f64 {
 #[test]
 fn wlc_sends_new_connections_to_the_real_with_fewer_active_ones() {
     let Some(ctx) = common::setup(40) else { return };
-    let mut lab = dr_lab(&ctx);
-    start_web(&mut lab);
-    common::start_director(&mut lab, &rules("-s wlc"), &["--interface", "eth0"]);
+    let (mut lab, d) = start(&ctx, "-s wlc");
     // Three idle connections held open: wlc ties go to the earliest real, so rs1, rs2, rs1.
     let vip = addr::VIP;
     for i in 0..3 {
@@ -52,17 +53,17 @@ fn wlc_sends_new_connections_to_the_real_with_fewer_active_ones() {
         lab.spawn("client", &["bash", "-c", &script], &log)
             .unwrap_or_else(|e| panic!("holding connection {i}: {e:#}"));
         let opened = common::poll(Duration::from_secs(5), || {
-            let total = active(&lab, addr::RS1) + active(&lab, addr::RS2);
+            let total = active(&d, addr::RS1) + active(&d, addr::RS2);
             (total >= f64::from(i + 1)).then_some(())
         });
         assert!(
             opened.is_some(),
             "held connection {i} never became active\n{}",
-            common::director_tail(&lab)
+            d.tail()
         );
     }
     assert_eq!(
-        (active(&lab, addr::RS1), active(&lab, addr::RS2)),
+        (active(&d, addr::RS1), active(&d, addr::RS2)),
         (2.0, 1.0),
         "3 long-lived connections under wlc: rs1, rs2, rs1"
     );
@@ -72,15 +73,13 @@ fn wlc_sends_new_connections_to_the_real_with_fewer_active_ones() {
         answers.iter().all(|a| a == "rs2"),
         "new connections must go to rs2 (1 active) rather than rs1 (2 active): {answers:?}"
     );
-    assert_eq!(active(&lab, addr::RS1), 2.0, "held connections stay");
+    assert_eq!(active(&d, addr::RS1), 2.0, "held connections stay");
 }
 
 #[test]
 fn sh_keeps_a_client_on_one_real_server() {
     let Some(ctx) = common::setup(41) else { return };
-    let mut lab = dr_lab(&ctx);
-    start_web(&mut lab);
-    common::start_director(&mut lab, &rules("-s sh"), &["--interface", "eth0"]);
+    let (lab, _d) = start(&ctx, "-s sh");
     let answers = common::curl_vip(&lab, 10);
     assert!(
         answers.iter().all(|a| a == &answers[0]) && answers[0].starts_with("rs"),
@@ -91,9 +90,7 @@ fn sh_keeps_a_client_on_one_real_server() {
 #[test]
 fn persistence_keeps_a_client_on_one_real_server_under_rr() {
     let Some(ctx) = common::setup(42) else { return };
-    let mut lab = dr_lab(&ctx);
-    start_web(&mut lab);
-    common::start_director(&mut lab, &rules("-s rr -p 60"), &["--interface", "eth0"]);
+    let (lab, _d) = start(&ctx, "-s rr -p 60");
     let answers = common::curl_vip(&lab, 10);
     assert!(
         answers.iter().all(|a| a == &answers[0]) && answers[0].starts_with("rs"),

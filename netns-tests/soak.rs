@@ -8,16 +8,13 @@
 //! `UVS_SOAK_SECS` sets the traffic phase (default 110 s, so the test takes about two
 //! minutes); `scripts/soak.sh [MINUTES]` runs it for longer.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use uvs::ctl::backend::{Backend, SocketBackend, SocketLocation};
 use uvs::ctl::proto::{Change, Reply, Request};
-use uvs::lab::{Lab, LabOptions, addr, build_dr_lab};
+use uvs::lab::addr;
 use uvs::model::{Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec};
 
-use crate::common;
-use crate::hostile::{check_keepalive, keepalive_client};
+use crate::common::{self, Director, KeepAlive};
 
 fn key(proto: Protocol, port: u16) -> ServiceKey {
     ServiceKey::addr(proto, addr::VIP, port)
@@ -84,14 +81,6 @@ fn sample(pid: u32, at: Duration) -> Sample {
     Sample { at, rss_kb, fds }
 }
 
-fn admin(sock: &Path, req: &Request) -> Result<Reply, String> {
-    SocketBackend {
-        location: SocketLocation::Path(sock.to_path_buf()),
-    }
-    .call(req)
-    .map_err(|e| e.to_string())
-}
-
 fn soak_secs() -> u64 {
     std::env::var("UVS_SOAK_SECS")
         .ok()
@@ -103,9 +92,7 @@ fn soak_secs() -> u64 {
 fn soak_mixed_traffic_with_live_changes_and_flaps() {
     let Some(ctx) = common::setup(75) else { return };
     let secs = soak_secs();
-    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
+    let mut lab = ctx.web_lab();
     for rs in ["rs1", "rs2"] {
         lab.start_udp_echo(rs, rs, 53, &common::uvs_exe())
             .unwrap_or_else(|e| panic!("UDP echo on {rs}: {e:#}"));
@@ -113,28 +100,23 @@ fn soak_mixed_traffic_with_live_changes_and_flaps() {
         lab.start_builtin_http(rs, rs, 8081, &common::uvs_exe())
             .unwrap_or_else(|e| panic!("responder on {rs}:8081: {e:#}"));
     }
-    let sock = lab.dir().join("admin.sock");
     let rules = format!(
         "{}{}{}",
         common::dr_rules('t', 80),
         common::dr_rules('u', 53),
         common::dr_rules('t', 8081)
     );
-    let pid = common::start_director(
-        &mut lab,
-        &rules,
-        &[
-            "--interface",
-            "eth0",
-            "--admin-socket",
-            common::path_str(&sock),
-        ],
-    );
+    let director = Director::launch()
+        .rules(&rules)
+        .interface("eth0")
+        .admin_socket()
+        .start(&mut lab);
+    let pid = director.pid();
 
     let start = Instant::now();
     let deadline = start + Duration::from_secs(secs);
     let mut samples = vec![sample(pid, Duration::ZERO)];
-    let mut keepalive: Option<(u32, PathBuf, usize)> = None;
+    let mut keepalive: Option<KeepAlive> = None;
     let mut segments = 0;
     let (mut short_ok, mut udp_ok, mut uploads, mut changes) = (0u64, 0u64, 0u64, 0u64);
     let mut failures: Vec<String> = Vec::new();
@@ -144,21 +126,27 @@ fn soak_mixed_traffic_with_live_changes_and_flaps() {
         let left = deadline.saturating_duration_since(tick).as_secs();
         // Keep one keep-alive connection open at all times, a minute (or what is left) each.
         let finished = match &keepalive {
-            Some((p, _, _)) => !lab.is_running(*p),
+            Some(k) => !k.is_running(&mut lab),
             None => true,
         };
         if finished {
-            if let Some((p, log, n)) = keepalive.take() {
-                check_keepalive(&mut lab, p, &log, n, Duration::from_secs(1));
+            if let Some(k) = keepalive.take() {
+                k.check(&mut lab, Duration::from_secs(1));
                 segments += 1;
             }
             if left >= 10 {
                 let n = (left.min(60) as usize - 5) * 10;
-                let (p, log) = keepalive_client(&mut lab, n, &format!("soak{segments}"));
-                keepalive = Some((p, log, n));
+                // n requests at 10/s, and 30 s to spare.
+                let max = n as u64 / 10 + 30;
+                keepalive = Some(KeepAlive::start(
+                    &mut lab,
+                    n,
+                    max,
+                    &format!("soak{segments}"),
+                ));
             }
         }
-        match admin(&sock, &Request::Apply(change(i))) {
+        match director.try_admin(&Request::Apply(change(i))) {
             Ok(Reply::Done) => changes += 1,
             other => failures.push(format!("change {i} {:?}: {other:?}", change(i))),
         }
@@ -179,21 +167,21 @@ fn soak_mixed_traffic_with_live_changes_and_flaps() {
             samples.push(sample(pid, start.elapsed()));
         }
         assert!(
-            lab.is_running(pid),
+            director.is_running(&mut lab),
             "the director died at {i}s:\n{}",
-            common::director_tail(&lab)
+            director.tail()
         );
         i += 1;
         if let Some(rest) = Duration::from_secs(1).checked_sub(tick.elapsed()) {
             std::thread::sleep(rest);
         }
     }
-    if let Some((p, log, n)) = keepalive.take() {
-        check_keepalive(&mut lab, p, &log, n, Duration::from_secs(30));
+    if let Some(k) = keepalive.take() {
+        k.check(&mut lab, Duration::from_secs(30));
         segments += 1;
     }
     samples.push(sample(pid, start.elapsed()));
-    let m = common::scrape(&lab);
+    let m = director.scrape();
     eprintln!(
         "soak {secs}s: {changes} changes, {short_ok} short HTTP, {udp_ok} UDP, {uploads} uploads, \
          {segments} keep-alive connections; flows {}; rss/fds: {}",
@@ -225,12 +213,5 @@ fn soak_mixed_traffic_with_live_changes_and_flaps() {
         warm.fds,
         last.fds
     );
-    let _ = lab_cleanup(&mut lab, pid);
-}
-
-/// SIGTERM the director and check it exits cleanly (no leaked table).
-fn lab_cleanup(lab: &mut Lab, pid: u32) -> bool {
-    lab.kill(pid);
-    lab.exec("dir", &["nft", "list", "table", "netdev", "uvs"])
-        .is_ok_and(|o| !o.status.success())
+    director.stop(&mut lab);
 }

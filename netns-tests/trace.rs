@@ -3,20 +3,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use uvs::lab::{Lab, LabOptions, addr, build_dr_lab};
+use uvs::lab::{Lab, addr};
 
-use crate::common::{self, path_str};
+use crate::common::{self, Ctx, Director, path_str};
 
-fn lab_with_director(prefix: &str) -> Lab {
-    let mut lab = build_dr_lab(prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    crate::dr_basic::start_web(&mut lab);
-    common::start_director(
-        &mut lab,
-        &common::dr_rules('t', 80),
-        &["--interface", "eth0", "--metrics", "off"],
-    );
-    lab
+fn lab_with_director(ctx: &Ctx) -> (Lab, Director) {
+    let mut lab = ctx.web_lab();
+    let d = Director::rr_http().metrics_off().start(&mut lab);
+    (lab, d)
 }
 
 /// Starts `uvs trace ARGS` in the director's namespace, output to a log; waits for its header.
@@ -47,7 +41,7 @@ fn trace_lines(log: &PathBuf) -> Vec<String> {
 #[test]
 fn rr_trace_names_the_real_server_each_new_flow_reached() {
     let Some(ctx) = common::setup(44) else { return };
-    let mut lab = lab_with_director(&ctx.prefix);
+    let (mut lab, _d) = lab_with_director(&ctx);
     let (pid, log) = start_trace(&mut lab, &["--service", "10.0.0.100:80"]);
     let answers = common::curl_vip(&lab, 6);
     let lines = trace_lines(&log);
@@ -91,14 +85,13 @@ fn rr_trace_names_the_real_server_each_new_flow_reached() {
 #[test]
 fn a_drop_shows_its_reason() {
     let Some(ctx) = common::setup(45) else { return };
-    let mut lab = lab_with_director(&ctx.prefix);
+    let (mut lab, d) = lab_with_director(&ctx);
     let (pid, log) = start_trace(&mut lab, &[]);
-    let uvsadm = env!("CARGO_BIN_EXE_uvsadm");
     for rs in [addr::RS1, addr::RS2] {
         let r = format!("{rs}:80");
         let v = format!("{}:80", addr::VIP);
-        lab.exec_ok("dir", &[uvsadm, "-e", "-t", &v, "-r", &r, "-g", "-w", "0"])
-            .unwrap();
+        d.uvsadm(&["-e", "-t", &v, "-r", &r, "-g", "-w", "0"])
+            .checked();
     }
     let url = format!("http://{}/", addr::VIP);
     assert!(lab.curl("client", &url, &["--max-time", "1"]).is_err());
@@ -116,7 +109,7 @@ fn a_drop_shows_its_reason() {
 #[test]
 fn trace_under_load_loses_no_packets() {
     let Some(ctx) = common::setup(46) else { return };
-    let mut lab = lab_with_director(&ctx.prefix);
+    let (mut lab, _d) = lab_with_director(&ctx);
     // A low rate limit, so the worker-side limiter is exercised under load.
     let (pid, log) = start_trace(&mut lab, &["--rate", "20"]);
     let url = format!("http://{}/", addr::VIP);
@@ -149,7 +142,7 @@ fn trace_under_load_loses_no_packets() {
 #[test]
 fn capture_holds_the_received_and_the_rewritten_frame() {
     let Some(ctx) = common::setup(47) else { return };
-    let mut lab = lab_with_director(&ctx.prefix);
+    let (mut lab, _d) = lab_with_director(&ctx);
     let pcap = lab.dir().join("dir.pcapng");
     let log = lab.dir().join("capture.log");
     let exe = common::uvs_exe();

@@ -1,14 +1,13 @@
 //! The kernel IPVS DR selftest's topology (`ipvs.sh`, `test_dr`) with uvs as the director.
 
-use uvs::lab::{LabOptions, addr::two_arm as a, build_two_arm_lab};
+use uvs::lab::addr::two_arm as a;
 
-use crate::common;
+use crate::common::{self, Director};
 
 #[test]
 fn two_arm_selftest_shape_transfers_data_intact() {
     let Some(ctx) = common::setup(5) else { return };
-    let mut lab = build_two_arm_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the two-arm lab: {e:#}"));
+    let mut lab = ctx.two_arm_lab();
     lab.start_builtin_http("rs1", "rs1", 8080, &common::uvs_exe())
         .unwrap_or_else(|e| panic!("responder on rs1: {e:#}"));
     let rules = format!(
@@ -16,11 +15,11 @@ fn two_arm_selftest_shape_transfers_data_intact() {
         vip = a::VIP,
         rs = a::RS1
     );
-    common::start_director(
-        &mut lab,
-        &rules,
-        &["--interface", "veth10", "--interface", "veth12"],
-    );
+    Director::launch()
+        .rules(&rules)
+        .interface("veth10")
+        .interface("veth12")
+        .start(&mut lab);
 
     let pcap = lab.dir().join("dir-veth10.pcap");
     let cap = lab.tcpdump_start("dir", "veth10", "", &pcap).unwrap();

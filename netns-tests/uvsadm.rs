@@ -1,59 +1,26 @@
 //! uvsadm against a running director: an unmodified ipvsadm script through an `ipvsadm` link,
 //! authorisation from the peer's credentials, the no-daemon message, live listings.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use uvs::lab::{Lab, LabOptions, addr, addr::two_arm as a, build_dr_lab, build_two_arm_lab};
+use uvs::lab::{Lab, addr, addr::two_arm as a};
 
-use crate::common;
-use crate::dr_basic::start_web;
+use crate::common::{self, As, Director, path_str, uvsadm_exe};
 
-fn uvsadm_exe() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_uvsadm"))
-}
-
-/// Runs uvsadm in a namespace (optionally as `nobody`): (exit code, stdout, stderr).
-fn uvsadm(lab: &Lab, host: &str, as_nobody: bool, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &lab.ns(host)]);
-    if as_nobody {
-        cmd.args([
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ]);
-    }
-    let out = cmd
-        .arg(uvsadm_exe())
-        .args(args)
-        .output()
-        .expect("running uvsadm");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn start_empty_director(lab: &mut Lab, interfaces: &[&str]) -> u32 {
-    let log = common::director_log(lab);
-    let mut args = vec!["--metrics", "off"];
-    for i in interfaces {
-        args.extend(["--interface", i]);
-    }
-    lab.start_director(&common::uvs_exe(), &args, &log)
-        .unwrap_or_else(|e| panic!("starting the director: {e:#}"))
+/// A director with no service yet, configured by uvsadm afterwards.
+fn start_empty_director(lab: &mut Lab, interfaces: &[&str]) -> Director {
+    interfaces
+        .iter()
+        .fold(Director::launch().metrics_off(), |l, i| l.interface(i))
+        .start(lab)
 }
 
 #[test]
 fn an_unmodified_ipvsadm_script_runs_with_ipvsadm_linked_to_uvsadm() {
     let Some(ctx) = common::setup(40) else { return };
-    let mut lab = build_two_arm_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the two-arm lab: {e:#}"));
-    start_empty_director(&mut lab, &["veth10", "veth12"]);
+    let mut lab = ctx.two_arm_lab();
+    let d = start_empty_director(&mut lab, &["veth10", "veth12"]);
     let bin = lab.dir().join("bin");
     std::fs::create_dir_all(&bin).expect("bin dir");
     std::os::unix::fs::symlink(uvsadm_exe(), bin.join("ipvsadm")).expect("ipvsadm link");
@@ -75,7 +42,7 @@ fn an_unmodified_ipvsadm_script_runs_with_ipvsadm_linked_to_uvsadm() {
     assert!(
         out.status.success() && stdout.contains("DR data transfer: PASS"),
         "script failed:\n{stdout}\n{stderr}\ndirector:\n{}",
-        common::director_tail(&lab)
+        d.tail()
     );
     // `ipvsadm -Ln` inside the script printed ipvsadm's listing.
     assert!(
@@ -98,38 +65,42 @@ fn an_unmodified_ipvsadm_script_runs_with_ipvsadm_linked_to_uvsadm() {
 #[test]
 fn changes_need_root_and_listings_show_the_traffic() {
     let Some(ctx) = common::setup(41) else { return };
-    let mut lab = build_dr_lab(&ctx.prefix, &LabOptions::default())
-        .unwrap_or_else(|e| panic!("building the DR lab: {e:#}"));
-    start_web(&mut lab);
+    let mut lab = ctx.web_lab();
 
     // No director yet: a clear message naming the namespace, non-zero exit.
-    let (code, _, err) = uvsadm(&lab, "dir", false, &["-Ln"]);
-    assert_ne!(code, 0);
+    let out = common::uvsadm_in(&lab.ns("dir"), As::Root, &["-Ln"]);
+    assert_ne!(out.code, 0);
     assert!(
-        err.contains(&lab.ns("dir")),
-        "the message names the namespace: {err}"
+        out.stderr.contains(&lab.ns("dir")),
+        "the message names the namespace: {}",
+        out.stderr
     );
 
-    start_empty_director(&mut lab, &["eth0"]);
+    let d = start_empty_director(&mut lab, &["eth0"]);
     let vip = format!("{}:80", addr::VIP);
     for args in [
         vec!["-A", "-t", vip.as_str(), "-s", "rr"],
         vec!["-a", "-t", vip.as_str(), "-r", "10.0.0.11", "-g", "-w", "1"],
         vec!["-a", "-t", vip.as_str(), "-r", "10.0.0.12", "-g", "-w", "1"],
     ] {
-        let (code, _, err) = uvsadm(&lab, "dir", false, &args);
-        assert_eq!((code, err.as_str()), (0, ""), "{args:?}");
+        let out = d.uvsadm(&args);
+        assert_eq!((out.code, out.stderr.as_str()), (0, ""), "{args:?}");
     }
     let answers = common::curl_vip(&lab, 6);
     assert_eq!(common::count(&answers).len(), 2, "{answers:?}");
 
     // An unprivileged user cannot change anything...
-    let (code, _, err) = uvsadm(&lab, "dir", true, &["-D", "-t", vip.as_str()]);
-    assert_ne!(code, 0);
-    assert!(err.contains("Permission denied"), "{err}");
+    let denied = d.uvsadm_as(As::Nobody, &["-D", "-t", vip.as_str()]);
+    assert_ne!(denied.code, 0);
+    assert!(
+        denied.stderr.contains("Permission denied"),
+        "{}",
+        denied.stderr
+    );
     // ...but may list, and the service is still there with the traffic counted.
-    let (code, out, err) = uvsadm(&lab, "dir", true, &["-L", "-n", "--stats"]);
-    assert_eq!(code, 0, "{err}");
+    let listed = d.uvsadm_as(As::Nobody, &["-L", "-n", "--stats"]);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let out = listed.stdout;
     let line = out
         .lines()
         .find(|l| l.starts_with(&format!("TCP  {vip}")))
@@ -140,30 +111,20 @@ fn changes_need_root_and_listings_show_the_traffic() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert_eq!(conns, 6, "{line}");
-    let (code, out, _) = uvsadm(&lab, "dir", false, &["-lnc"]);
-    assert_eq!(code, 0);
+    let conns = d.uvsadm(&["-lnc"]);
+    assert_eq!(conns.code, 0);
+    let out = conns.stdout;
     assert!(out.starts_with("IPVS connection entries\npro expire state       source             virtual            destination\n"), "{out}");
     assert!(out.lines().skip(2).count() >= 6, "{out}");
     // Save and restore through the running director is the identity.
-    let (_, saved, _) = uvsadm(&lab, "dir", false, &["-S", "-n"]);
-    let (code, _, err) = uvsadm(&lab, "dir", false, &["-C"]);
-    assert_eq!((code, err.as_str()), (0, ""));
-    let mut restore = Command::new("ip");
-    restore
-        .args(["netns", "exec", &lab.ns("dir")])
-        .arg(uvsadm_exe())
-        .arg("-R")
-        .stdin(std::process::Stdio::piped());
-    let mut child = restore.spawn().expect("uvsadm -R");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(saved.as_bytes())
-        .expect("write");
-    assert!(child.wait().expect("wait").success());
-    let (_, again, _) = uvsadm(&lab, "dir", false, &["-S", "-n"]);
+    let saved = d.uvsadm(&["-S", "-n"]).stdout;
+    let cleared = d.uvsadm(&["-C"]);
+    assert_eq!((cleared.code, cleared.stderr.as_str()), (0, ""));
+    let exe = uvsadm_exe();
+    let restore = [path_str(&exe), "-R"];
+    let restored = common::run_fed_in(d.ns(), As::Root, &restore, Some(saved.as_bytes()));
+    assert!(restored.ok());
+    let again = d.uvsadm(&["-S", "-n"]).stdout;
     assert_eq!(again, saved);
     assert_eq!(common::count(&common::curl_vip(&lab, 4)).len(), 2);
 }
