@@ -18,6 +18,7 @@ mod health;
 mod hostile;
 mod labs;
 mod malformed;
+mod nat;
 mod offloads;
 mod packaging;
 mod refusals;
