@@ -338,3 +338,103 @@ fn nat_reuses_a_client_port_in_time_wait_and_leaves_the_reals_their_gateway() {
     })
     .unwrap_or_else(|| panic!("service after the side traffic\n{}", d.tail()));
 }
+
+/// The keepalived.conf of the LVS-NAT tutorials, checks included: `lb_kind NAT`, reals on
+/// their own port, HTTP_GET on that port. A real whose server stops leaves the rotation.
+const KEEPALIVED_NAT: &str = r#"
+global_defs {
+    router_id LVS_NAT
+}
+
+virtual_server 192.168.80.10 80 {
+    delay_loop 1
+    lb_algo rr
+    lb_kind NAT
+    protocol TCP
+
+    real_server 192.168.80.11 8080 {
+        weight 1
+        HTTP_GET {
+            url {
+                path /
+                status_code 200
+            }
+            connect_timeout 1
+            nb_get_retry 1
+            delay_before_retry 1
+        }
+    }
+    real_server 192.168.80.12 8080 {
+        weight 1
+        HTTP_GET {
+            url {
+                path /
+                status_code 200
+            }
+            connect_timeout 1
+            nb_get_retry 1
+            delay_before_retry 1
+        }
+    }
+}
+"#;
+
+#[test]
+fn keepalived_nat_checks_the_reals_on_their_own_port() {
+    let Some(ctx) = common::setup(135) else {
+        return;
+    };
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/labs/nat-one-arm.toml");
+    let spec = LabSpec::load(&file).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut lab = build_topology(&spec, Some(&ctx.prefix), &LabOptions::default())
+        .unwrap_or_else(|e| panic!("building nat-one-arm: {e:#}"));
+    let exe = common::uvs_exe();
+    lab.start_http_on("rs1", "rs1", 8080, false, &exe).unwrap();
+    let rs2 = lab.start_http_on("rs2", "rs2", 8080, false, &exe).unwrap();
+    let d = Director::launch()
+        .file("--keepalived", "keepalived.conf", KEEPALIVED_NAT)
+        .interface("eth0")
+        .admin_socket()
+        .start(&mut lab);
+
+    let listing = d.uvsadm(&["-Ln"]).checked();
+    assert_eq!(
+        listing.lines().filter(|l| l.contains("Masq")).count(),
+        2,
+        "lb_kind NAT makes both reals Masq:\n{listing}"
+    );
+    let url = format!("http://{VIP}/");
+    let both = common::poll(Duration::from_secs(5), || {
+        let answers: Vec<String> = (0..4)
+            .filter_map(|_| lab.curl("client", &url, &[]).ok())
+            .map(|b| b.trim().to_string())
+            .collect();
+        let c = common::count(&answers);
+        (c.get("rs1") == Some(&2) && c.get("rs2") == Some(&2)).then_some(())
+    });
+    assert!(both.is_some(), "rr over both reals\n{}", d.tail());
+
+    // HTTP_GET probes 8080, the real's port: stopping rs2's server takes it out.
+    lab.kill(rs2);
+    common::poll(Duration::from_secs(10), || {
+        let l = d.uvsadm(&["-Ln"]).checked();
+        (!l.contains("192.168.80.12:8080")).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "rs2 still listed 10 s after its server stopped:\n{}\n{:?}\n{}",
+            d.uvsadm(&["-Ln"]).checked(),
+            d.admin(&uvs::ctl::proto::Request::Health),
+            d.log()
+        )
+    });
+    let answers: Vec<String> = (0..6)
+        .map(|i| {
+            lab.curl("client", &url, &[])
+                .unwrap_or_else(|e| panic!("request {i} after rs2 left: {e:#}\n{}", d.tail()))
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert!(answers.iter().all(|a| a == "rs1"), "{answers:?}");
+}

@@ -404,7 +404,7 @@ fn push_diff(
     want: Option<u32>,
 ) {
     match (current, want) {
-        (Some(_), None) => out.push(Change::DeleteReal(key, spec.addr, key.port)),
+        (Some(_), None) => out.push(Change::DeleteReal(key, spec.addr, spec.port)),
         (None, Some(w)) => out.push(Change::AddReal(key, RealSpec { weight: w, ..spec })),
         (Some(c), Some(w)) if c != w => {
             out.push(Change::EditReal(key, RealSpec { weight: w, ..spec }))
@@ -565,6 +565,27 @@ mod tests {
         b.on_report(&report(RS2, true));
         t = run(&t, &b.reconcile(&t));
         assert_eq!(weights(&t), vec![(RS1, 2), (RS2, 1)]);
+    }
+
+    #[test]
+    fn a_nat_real_on_its_own_port_is_removed_and_restored_on_that_port() {
+        let mut t = ServiceTable::new();
+        t.add_service(ServiceSpec::new(key(), SchedulerKind::Rr))
+            .unwrap();
+        for a in [RS1, RS2] {
+            t.add_real(&key(), RealSpec::masq(a, 8080)).unwrap();
+        }
+        let mut b = Book::new(&cfg(|s| s.quiescent = false), &t, &[]);
+        b.on_report(&report(RS2, false));
+        t = run(&t, &b.reconcile(&t));
+        assert_eq!(weights(&t), vec![(RS1, 1)]);
+        b.on_report(&report(RS2, true));
+        t = run(&t, &b.reconcile(&t));
+        let back = &t.service(&key()).unwrap().reals[1];
+        assert_eq!(
+            (back.addr, back.port, back.forward),
+            (RS2, 8080, crate::model::ForwardMethod::Masq)
+        );
     }
 
     #[test]
