@@ -21,9 +21,10 @@ use crate::flow::{Direction, TcpState, next_state};
 use crate::io::VNET_HDR_LEN;
 use crate::io::huge_array::MapError;
 use crate::io::ring::RxFrame;
+use crate::model::ForwardMethod;
 use crate::neigh::cache::NeighTable;
 use crate::snapshot::{Real, ServiceEntry, Snapshot, Xmit};
-use crate::sync::{HaHooks, SyncRecord};
+use crate::sync::{HaHooks, SyncRecord, SyncedFlow};
 use crate::wire::{
     self, ETH_HDR_LEN, ETHERTYPE_IPV4, ETHERTYPES_VLAN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
     IPV4_MIN_HDR_LEN, MacAddr, ethernet, ipv4, tcp,
@@ -465,10 +466,10 @@ impl Forwarder {
         if snap.is_local(p.key.daddr) {
             return Err(DropReason::ToDirector);
         }
-        let ret = self
-            .flows
-            .lookup_return(&p.key)
-            .ok_or(DropReason::ReplyNoFlow)?;
+        let ret = match self.flows.lookup_return(&p.key) {
+            Some(ret) => ret,
+            None => self.adopt_synced_reply(snap, counters, p, now)?,
+        };
         let (at, flow) = self
             .flows
             .flow_of(&p.key, &ret, now)
@@ -692,7 +693,7 @@ impl Forwarder {
                 let back = FlowKey {
                     saddr: real.dest.addr,
                     daddr: p.key.saddr,
-                    sport: if port == 0 { p.key.dport } else { port },
+                    sport: masq_port(port, p.key.dport),
                     dport: p.key.sport,
                     proto: p.key.proto,
                 };
@@ -746,8 +747,7 @@ impl Forwarder {
         now: u32,
     ) -> Option<(Scheduled<'s>, TcpState)> {
         let f = self.ha.synced.take(key, now)?;
-        let i = svc.reals.iter().position(|r| r.addr == f.real_addr)?;
-        let real = svc.real(i)?;
+        let real = synced_real(svc, key, &f)?;
         Some((
             Scheduled {
                 real,
@@ -756,6 +756,68 @@ impl Forwarder {
             },
             f.state,
         ))
+    }
+
+    /// A NAT flow synced from the former MASTER whose real's reply arrives before the client's
+    /// next packet: adopted here, with its return entry. A client on a directly connected
+    /// network is reached by its MAC, which only its own frames tell, so such a flow waits for
+    /// the client's next packet instead.
+    #[cold]
+    #[inline(never)]
+    fn adopt_synced_reply(
+        &mut self,
+        snap: &Snapshot,
+        counters: &WorkerCounters,
+        p: &Parsed,
+        now: u32,
+    ) -> Result<Return, DropReason> {
+        let key = self
+            .ha
+            .synced
+            .owner_of_reply(&p.key)
+            .ok_or(DropReason::ReplyNoFlow)?;
+        if self.ha.gate.is_standby(key.daddr) {
+            return Err(DropReason::Standby);
+        }
+        let on_link = snap
+            .routes
+            .lookup(key.saddr)
+            .and_then(|r| r.hop)
+            .is_some_and(|hop| hop.gateway.is_none());
+        if on_link {
+            return Err(DropReason::ReplyNoFlow);
+        }
+        let svc = snap
+            .service(key.proto, key.daddr, key.dport)
+            .ok_or(DropReason::ReplyNoFlow)?;
+        let f = self
+            .ha
+            .synced
+            .take(&key, now)
+            .ok_or(DropReason::ReplyNoFlow)?;
+        let real = synced_real(svc, &key, &f).ok_or(DropReason::ReplyNoFlow)?;
+        let old = self
+            .flows
+            .insert(&key, real.dest.id, f.state, f.expires, now, None);
+        self.forget(snap, old, counters, now);
+        self.conns
+            .bind(real.dest.id, f.state.is_active(), real.dest.thresholds);
+        let ret = Return {
+            real: real.dest.id,
+            vip: key.daddr,
+            vport: key.dport,
+            client_mac: MacAddr::ZERO,
+        };
+        let old = self.flows.insert_return(&p.key, &ret, now);
+        self.forget(snap, old, counters, now);
+        if let Some(c) = counters.real(real.dest.id) {
+            bump(&c.conns, 1);
+        }
+        if let Some(t) = self.tap.as_mut().filter(|t| t.armed) {
+            t.note.new_flow = true;
+            t.note.why.via = Via::Synced;
+        }
+        Ok(ret)
     }
 
     /// Picks the real for a new connection of `svc`: through its persistence template if
@@ -857,9 +919,15 @@ impl Forwarder {
     /// Connection sync: new flows and state changes go to the backup director.
     #[inline]
     fn sync_emit(&self, key: &FlowKey, real: Real<'_>, state: TcpState, timeout_ms: u32) {
+        let (forward, real_port) = match real.path.xmit {
+            Xmit::Route => (ForwardMethod::Route, key.dport),
+            Xmit::Masq { port } => (ForwardMethod::Masq, masq_port(port, key.dport)),
+        };
         self.ha.emit(SyncRecord {
             key: *key,
             real_addr: real.dest.addr,
+            real_port,
+            forward,
             state,
             timeout_secs: timeout_ms / 1000,
         });
@@ -894,6 +962,31 @@ impl Forwarder {
             t.note.reply = true;
         }
     }
+}
+
+/// The port a NAT real receives a flow on: its own, or (a fwmark service's real without
+/// one) the port the client used.
+#[inline]
+fn masq_port(real_port: u16, client_dport: u16) -> u16 {
+    if real_port == 0 {
+        client_dport
+    } else {
+        real_port
+    }
+}
+
+/// The real of `svc` a synced flow was on: same address, method and port (a service may
+/// reach one address on several ports by NAT).
+fn synced_real<'s>(svc: &'s ServiceEntry, key: &FlowKey, f: &SyncedFlow) -> Option<Real<'s>> {
+    (0..svc.reals.len()).filter_map(|i| svc.real(i)).find(|r| {
+        r.dest.addr == f.real_addr
+            && match r.path.xmit {
+                Xmit::Route => f.forward == ForwardMethod::Route,
+                Xmit::Masq { port } => {
+                    f.forward == ForwardMethod::Masq && masq_port(port, key.dport) == f.real_port
+                }
+            }
+    })
 }
 
 /// A real's connection thresholds, or none if it is gone from `snap`.
