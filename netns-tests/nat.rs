@@ -90,6 +90,11 @@ fn one_arm_nat_splits_by_weight_and_each_side_sees_only_its_peer() {
     let client_cap = lab
         .tcpdump_start("client", "eth0", "ip", &client_pcap)
         .unwrap();
+    // The router's LAN side: a raw reply the director's kernel forwarded would show here.
+    let router_pcap = lab.dir().join("router-eth1.pcap");
+    let router_cap = lab
+        .tcpdump_start("router", "eth1", "ip", &router_pcap)
+        .unwrap();
     let rs1_pcap = lab.dir().join("rs1.pcap");
     let rs1_cap = lab
         .tcpdump_start("rs1", "eth0", "tcp port 8080", &rs1_pcap)
@@ -112,6 +117,19 @@ fn one_arm_nat_splits_by_weight_and_each_side_sees_only_its_peer() {
     );
     common::stop_capture(&mut lab, client_cap);
     common::stop_capture(&mut lab, rs1_cap);
+    common::stop_capture(&mut lab, router_cap);
+    let router_mac = lab.mac_str("router", "eth1").unwrap();
+    let raw: Vec<_> = common::read_pcap(&lab, &router_pcap)
+        .into_iter()
+        .filter(|p| {
+            p.dst_mac == router_mac
+                && p.src_ip.as_deref().is_some_and(|s| {
+                    ["192.168.80.11", "192.168.80.12", "192.168.80.13"].contains(&s)
+                })
+        })
+        .map(|p| p.line)
+        .collect();
+    assert!(raw.is_empty(), "raw replies reached the router: {raw:#?}");
 
     // The client talks to the VIP only: no real's address, no raw reply leaking past the
     // director, and neither RST nor ICMP from the director's own kernel (the VIP is its address).
@@ -308,9 +326,12 @@ fn nat_reuses_a_client_port_in_time_wait_and_leaves_the_reals_their_gateway() {
     let d = one_arm_director(&mut lab);
     let url = format!("http://{VIP}/");
 
-    // The server closes first (Connection: close), so it is the real that holds TIME_WAIT
-    // and the client may reuse its port at once, as a busy client's port range wraps.
-    let args = ["--local-port", "41234", "-H", "Connection: close"];
+    // A busy client whose port range wraps reuses a port while the director still holds the
+    // old connection in TIME_WAIT. The client keeps no TIME_WAIT of its own here (no buckets),
+    // so curl may bind the same port again at once.
+    lab.set_sysctls("client", &[("net.ipv4.tcp_max_tw_buckets", "0")])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let args = ["--local-port", "41234"];
     for i in 0..3 {
         let body = lab
             .curl("client", &url, &args)
@@ -437,4 +458,70 @@ fn keepalived_nat_checks_the_reals_on_their_own_port() {
         })
         .collect();
     assert!(answers.iter().all(|a| a == "rs1"), "{answers:?}");
+}
+
+#[test]
+fn trace_shows_both_rewrites_of_a_nat_connection() {
+    let Some(ctx) = common::setup(136) else {
+        return;
+    };
+    let mut lab = seed_lab(&ctx, "nat-one-arm", true);
+    let d = one_arm_director(&mut lab);
+    let log = lab.dir().join("trace.out");
+    let exe = common::uvs_exe();
+    let pid = lab
+        .spawn(
+            "dir",
+            &[
+                common::path_str(&exe),
+                "trace",
+                "--admin-socket",
+                common::path_str(d.admin_socket()),
+            ],
+            &log,
+        )
+        .unwrap();
+    common::poll(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|s| s.contains("# uvs trace"))
+    })
+    .unwrap_or_else(|| panic!("uvs trace did not attach:\n{}", uvs::lab::tail(&log, 20)));
+    lab.curl("client", &format!("http://{VIP}/"), &[])
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", d.tail()));
+    std::thread::sleep(Duration::from_millis(300));
+    lab.kill(pid);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    // The request: to the VIP's port 80 in, to the chosen real's 8080 out.
+    let syn = text
+        .lines()
+        .find(|l| l.contains(" tcp [S] ") && l.contains("new flow -> 192.168.80.1"))
+        .unwrap_or_else(|| panic!("no traced SYN:\n{text}"));
+    let real = syn
+        .split("new flow -> ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_default();
+    let client_port = syn
+        .split_whitespace()
+        .nth(2)
+        .and_then(|a| a.rsplit_once(':'))
+        .map(|(_, p)| p)
+        .unwrap_or_default();
+    assert!(
+        syn.contains(&format!("ip {CLIENT}:{client_port} > {real}:8080")),
+        "the request's rewrite: {syn}"
+    );
+    // The reply: from the real's 8080 in, from the VIP's port 80 out, towards the router.
+    let router_mac = lab.mac_str("router", "eth1").unwrap();
+    let syn_ack = text
+        .lines()
+        .find(|l| l.contains(" tcp [S.] ") && l.contains(&format!(" {real}:8080 > ")))
+        .unwrap_or_else(|| panic!("no traced SYN-ACK:\n{text}"));
+    assert!(
+        syn_ack.contains("rewritten back to the VIP")
+            && syn_ack.contains(&format!("ip {VIP}:80 > {CLIENT}:{client_port}"))
+            && syn_ack.contains(&format!("> {router_mac} ttl")),
+        "the reply's rewrite: {syn_ack}"
+    );
 }
