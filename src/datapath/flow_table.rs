@@ -1,7 +1,8 @@
 //! Per-worker flow table: fixed capacity, open addressing with linear probing inside a bounded
 //! window, backward-shift deletion (no tombstones), no allocation after construction.
 //!
-//! Lock-free by construction: the fanout hash delivers every packet of a flow to the same
+//! Lock-free by construction: the fanout program delivers every packet of a flow, both
+//! directions, to the same
 //! worker, so each worker owns its table outright.
 //!
 //! Sizing: linear probing stays short while the table is at most about half full, so the

@@ -737,7 +737,7 @@ impl Forwarder {
     }
 
     /// A flow synced from the former MASTER is adopted on its first packet here, whichever
-    /// worker the fanout hash picked, with the real and state it had there. It is not
+    /// worker the fanout program picked, with the real and state it had there. It is not
     /// scheduled again and takes no persistence template of its own.
     #[inline]
     fn adopt_synced<'s>(

@@ -6,10 +6,9 @@
 //! - [`SyncedTable`]: connections learned from the master, shared by all workers.
 //! - [`daemon`]: the UDP multicast sender/receiver on the control thread.
 //!
-//! Which worker finds a synced flow: the kernel's PACKET_FANOUT_HASH is randomly seeded, so
-//! the backup cannot know which worker will receive a flow's packets after takeover. Rather
-//! than steering frames with a fanout program of our own (which would change the receive
-//! path and its load balancing), a worker whose own table misses consults the shared
+//! Which worker finds a synced flow: the master may be a kernel IPVS or a uvs with another
+//! worker count, so the backup cannot place a record in the worker that will receive the
+//! flow's packets after takeover. A worker whose own table misses consults the shared
 //! [`SyncedTable`] and *moves* the entry into its own table. Misses are rare on the packet
 //! path (new connections, and the first packet of each synced connection after takeover), so
 //! the sharded lock is not on the hot path of established traffic. A NAT connection may be
