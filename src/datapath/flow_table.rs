@@ -2,8 +2,7 @@
 //! window, backward-shift deletion (no tombstones), no allocation after construction.
 //!
 //! Lock-free by construction: the fanout program delivers every packet of a flow, both
-//! directions, to the same
-//! worker, so each worker owns its table outright.
+//! directions, to the same worker, so each worker owns its table outright.
 //!
 //! Sizing: linear probing stays short while the table is at most about half full, so the
 //! configured capacity should be at least twice the flows a worker is expected to hold.
