@@ -11,6 +11,7 @@
 pub mod coalesce;
 pub mod counters;
 pub mod flow_table;
+pub mod fullnat;
 pub mod process;
 pub mod tap;
 pub mod templates;
