@@ -22,6 +22,7 @@ mod nat;
 mod offloads;
 mod packaging;
 mod refusals;
+mod reuse;
 mod schedulers;
 mod soak;
 mod trace;
