@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use uvs::ctl::proto::{Reply, Request};
 use uvs::ctl::proto::{HealthListing, RealHealthRow};
+use uvs::ctl::proto::{Reply, Request};
 use uvs::lab::{Lab, addr};
 
 use crate::common::{self, Director, start_web};
