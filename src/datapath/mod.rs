@@ -13,5 +13,6 @@ pub mod flow_table;
 pub mod process;
 pub mod tap;
 pub mod templates;
+pub mod tunnel;
 pub mod worker;
 pub mod xmit;

@@ -76,6 +76,9 @@ pub struct SyncRecord {
     pub state: TcpState,
     /// Seconds of life left.
     pub timeout_secs: u32,
+    /// The connection's forwarding method as IPVS flags it (`wire::F_DROUTE`, `F_TUNNEL`,
+    /// `F_MASQ`).
+    pub fwd: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -255,6 +258,7 @@ mod tests {
             real_addr: 0x0a00_000b,
             state: TcpState::Established,
             timeout_secs: 900,
+            fwd: wire::F_DROUTE,
         };
         t.learn(&r, 0);
         t.learn(&r, 0);

@@ -20,8 +20,12 @@ pub const HEADER_LEN: usize = 8;
 pub const RECORD_LEN: usize = 36;
 /// Records per message: keeps a message within a 1500-byte MTU (8 + 40 × 36 = 1448).
 pub const MAX_PER_MESSAGE: usize = 40;
-/// IP_VS_CONN_F_DROUTE.
+/// IP_VS_CONN_F_MASQ, IP_VS_CONN_F_TUNNEL, IP_VS_CONN_F_DROUTE: the forwarding method,
+/// `flags & F_FWD_MASK`.
+pub const F_MASQ: u32 = 0x0000;
+pub const F_TUNNEL: u32 = 0x0002;
 pub const F_DROUTE: u32 = 0x0003;
+pub const F_FWD_MASK: u32 = 0x0007;
 /// IP_VS_CONN_F_INACTIVE.
 pub const F_INACTIVE: u32 = 0x0100;
 /// IP_VS_CONN_F_TEMPLATE: persistence templates are not adopted (uvs keeps none here).
@@ -46,7 +50,7 @@ pub fn encode(syncid: u8, records: &[SyncRecord]) -> Vec<u8> {
         b.push(0);
         b.push(r.key.proto);
         b.extend_from_slice(&(RECORD_LEN as u16).to_be_bytes());
-        let mut flags = F_DROUTE;
+        let mut flags = r.fwd & F_FWD_MASK;
         if !r.state.is_active() {
             flags |= F_INACTIVE;
         }
@@ -71,7 +75,8 @@ fn be32(b: &[u8], o: usize) -> u32 {
     u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
 
-/// Decodes a message: its syncid and the IPv4 direct-routing records (others are skipped).
+/// Decodes a message: its syncid and the IPv4 records of masquerading, tunnelling and
+/// direct-routing connections (others are skipped).
 pub fn decode(m: &[u8]) -> Result<(u8, Vec<SyncRecord>), WireError> {
     if m.len() < HEADER_LEN {
         return Err(WireError::Truncated);
@@ -98,7 +103,7 @@ pub fn decode(m: &[u8]) -> Result<(u8, Vec<SyncRecord>), WireError> {
         let is_v6 = r[0] & 1 != 0;
         if !is_v6
             && flags & F_TEMPLATE == 0
-            && flags & 0x7 == F_DROUTE
+            && matches!(flags & F_FWD_MASK, F_MASQ | F_TUNNEL | F_DROUTE)
             && (r[1] == IPPROTO_TCP || r[1] == IPPROTO_UDP)
         {
             out.push(SyncRecord {
@@ -116,6 +121,7 @@ pub fn decode(m: &[u8]) -> Result<(u8, Vec<SyncRecord>), WireError> {
                     TcpState::None
                 },
                 timeout_secs: be32(r, 20),
+                fwd: flags & F_FWD_MASK,
             });
         }
         // Records (with options) are padded to 32 bits.
@@ -141,6 +147,7 @@ mod tests {
             real_addr: 0x0a00_000b,
             state: TcpState::Established,
             timeout_secs: 900,
+            fwd: F_DROUTE,
         };
         let m = encode(5, &[r, r]);
         assert_eq!(m.len(), 8 + 72);
@@ -158,5 +165,31 @@ mod tests {
         let mut big = m;
         big[8 + 3] = 200; // record size beyond the message
         assert_eq!(decode(&big), Err(WireError::BadSize));
+    }
+
+    #[test]
+    fn a_tunnelled_connection_carries_ipvs_tunnel_flag() {
+        let r = SyncRecord {
+            key: FlowKey {
+                saddr: 0xc633_640a,
+                daddr: 0xcb00_7102,
+                sport: 40000,
+                dport: 80,
+                proto: 6,
+            },
+            real_addr: 0x0a00_0002,
+            state: TcpState::SynRecv,
+            timeout_secs: 60,
+            fwd: F_TUNNEL,
+        };
+        let m = encode(1, &[r]);
+        assert_eq!(&m[12..16], &[0, 0, 0, 2], "IP_VS_CONN_F_TUNNEL, active");
+        assert_eq!(decode(&m), Ok((1, vec![r])));
+        // A bypass (4) or local-node (1) connection is not adopted.
+        for other in [1u8, 4] {
+            let mut x = m.clone();
+            x[15] = other;
+            assert_eq!(decode(&x), Ok((1, vec![])));
+        }
     }
 }
