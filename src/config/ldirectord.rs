@@ -19,8 +19,8 @@
 //! global `checkinterval`; see [`spawn_autoreload`]).
 //! Accepted and ignored (they concern the ldirectord process): `logfile`,
 //! `callback`, `supervised`, `fork`, `cleanstop`, `monitorfile`, `emailalert*`, `smtp`,
-//! `execute`, `maintenancedir`, `readdquiescent`. Refused clearly: `ipip` reals,
-//! IPv6 virtuals, host names. Unknown keys are warnings with the line.
+//! `execute`, `maintenancedir`, `readdquiescent`. Refused clearly: IPv6 virtuals, host
+//! names. Unknown keys are warnings with the line.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -227,11 +227,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
             let method = match words.next().unwrap_or("gate").to_ascii_lowercase().as_str() {
                 "gate" => ForwardMethod::Route,
                 "masq" => ForwardMethod::Masq,
+                "ipip" => ForwardMethod::IPIP,
                 other => {
                     return Err(at(
                         line,
                         format!(
-                            "real={value}: forwarding method {other:?} is not supported (gate and masq are; ipip is not yet)"
+                            "real={value}: forwarding method {other:?} is unknown (gate, masq or ipip)"
                         ),
                     ));
                 }
@@ -752,14 +753,22 @@ virtual=10.0.0.100:80
     #[test]
     fn refusals_and_warnings_name_the_line() {
         let e = parse(
-            "virtual=10.0.0.100:80\n    real=10.0.0.11:80 ipip\n",
+            "virtual=10.0.0.100:80\n    real=10.0.0.11:80 vxlan\n",
             Path::new("l.cf"),
         )
         .unwrap_err();
         assert!(
-            matches!(e, ConfigError::At { line: 2, ref message, .. } if message.contains("\"ipip\" is not supported")),
+            matches!(e, ConfigError::At { line: 2, ref message, .. } if message.contains("\"vxlan\" is unknown")),
             "{e}"
         );
+        // ipip: an IPIP tunnel to the real, on the virtual's port.
+        let p = parse(
+            "virtual=203.0.113.2:80\n    real=10.0.0.2:8080 ipip 2\n",
+            Path::new("l.cf"),
+        )
+        .unwrap();
+        let r = &p.table.services()[0].reals[0];
+        assert_eq!((r.forward, r.port, r.weight), (ForwardMethod::IPIP, 80, 2));
         // masq maps the real's port.
         let p = parse(
             "virtual=192.168.80.10:80\n    real=192.168.80.11:8080 masq 3\n    real=192.168.80.12 masq\n",
