@@ -24,5 +24,6 @@ mod refusals;
 mod schedulers;
 mod soak;
 mod trace;
+mod tun;
 mod two_arm;
 mod uvsadm;

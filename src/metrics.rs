@@ -72,6 +72,11 @@ pub struct WorkerFigures {
     pub flow_reuse: Vec<(&'static str, u64)>,
     pub tx_syscalls: u64,
     pub coalesce_waits: u64,
+    /// Tunnels: ICMP fragmentation-needed sent, held back by the rate limit, and GSO
+    /// super-frames cut into segments.
+    pub tunnel_frag_needed: u64,
+    pub tunnel_icmp_rate_limited: u64,
+    pub tunnel_segmented: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -131,6 +136,12 @@ pub fn render(f: &Figures) -> String {
                 .absolute(w.tx_syscalls);
             counter!("uvs_worker_coalesce_waits_total", "worker" => worker.clone())
                 .absolute(w.coalesce_waits);
+            counter!("uvs_tunnel_frag_needed_total", "worker" => worker.clone())
+                .absolute(w.tunnel_frag_needed);
+            counter!("uvs_tunnel_icmp_rate_limited_total", "worker" => worker.clone())
+                .absolute(w.tunnel_icmp_rate_limited);
+            counter!("uvs_tunnel_segmented_total", "worker" => worker.clone())
+                .absolute(w.tunnel_segmented);
             gauge!("uvs_worker_busy_seconds_total", "worker" => worker.clone()).set(w.busy_seconds);
             gauge!("uvs_worker_flows", "worker" => worker.clone()).set(w.flows as f64);
             counter!("uvs_flow_evictions_total", "worker" => worker.clone()).absolute(w.evictions);

@@ -392,6 +392,9 @@ impl Control {
                     .collect(),
                 tx_syscalls: w.totals.tx_syscalls.load(Relaxed),
                 coalesce_waits: w.totals.coalesce_waits.load(Relaxed),
+                tunnel_frag_needed: w.totals.icmp_frag_needed.load(Relaxed),
+                tunnel_icmp_rate_limited: w.totals.icmp_rate_limited.load(Relaxed),
+                tunnel_segmented: w.totals.segmented.load(Relaxed),
             })
             .collect();
         f.rings = self
