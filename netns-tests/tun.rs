@@ -9,7 +9,9 @@
 //! ```
 
 use std::path::Path;
+use std::time::Duration;
 
+use uvs::ctl::proto::{HealthListing, Reply, Request};
 use uvs::lab::{Lab, LabOptions, build_tun_lab};
 
 use crate::common::{self, Director};
@@ -267,4 +269,142 @@ fn tun_df_full_size_segments_get_frag_needed_and_a_2mb_upload_completes_offloads
 #[test]
 fn tun_df_full_size_segments_get_frag_needed_and_a_2mb_upload_completes_offloads_on() {
     check_pmtu_and_upload(true);
+}
+
+/// A TOML configuration of the seeds' service with every real checked by `check`.
+fn checked_config(check: &str) -> String {
+    format!(
+        r#"metrics = "127.0.0.1:9477"
+[[service]]
+vip = "{VIP}"
+port = 80
+scheduler = "rr"
+[service.check]
+type = "{check}"
+interval = 0.2
+timeout = 0.3
+retry = 0
+rise = 1
+fall = 1
+[[service.real]]
+address = "10.0.0.2"
+forward = "tunnel"
+[[service.real]]
+address = "10.0.0.6"
+forward = "tunnel"
+"#
+    )
+}
+
+fn health(d: &Director) -> HealthListing {
+    match d.try_admin(&Request::Health) {
+        Ok(Reply::Health(h)) => h,
+        other => panic!("health request: {other:?}\n{}", d.tail()),
+    }
+}
+
+/// Whether rs1 (10.0.0.2) is up, and its last check message.
+fn rs1(d: &Director) -> (bool, String) {
+    let h = health(d);
+    let r = h.services[0]
+        .reals
+        .iter()
+        .find(|r| r.addr == std::net::Ipv4Addr::new(10, 0, 0, 2))
+        .cloned()
+        .expect("rs1 in the listing");
+    (r.up, r.last_message)
+}
+
+#[test]
+fn tun_through_the_tunnel_check_catches_a_real_whose_tunnel_end_is_down() {
+    let Some(ctx) = common::setup(135) else {
+        return;
+    };
+    let mut lab = build_tun_lab(&ctx.prefix, &LabOptions::default(), &common::uvs_exe())
+        .unwrap_or_else(|e| panic!("building the TUN lab: {e:#}"));
+    for rs in ["rs1", "rs2"] {
+        lab.start_builtin_http(rs, rs, 80, &common::uvs_exe())
+            .unwrap_or_else(|e| panic!("web server on {rs}: {e:#}"));
+    }
+    // rs1's tunnel end goes down: nothing it receives through the tunnel reaches its stack,
+    // but it still answers on its own address.
+    lab.exec_ok("rs1", &["ip", "link", "set", "tunl0", "down"])
+        .unwrap();
+    let cfg = checked_config("tcp");
+    let d = Director::launch()
+        .file("--config", "uvs.toml", &cfg)
+        .interface("eth0")
+        .admin_socket()
+        .start(&mut lab);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        rs1(&d).0,
+        "a plain TCP check passes: {}",
+        health(&d).render()
+    );
+    d.stop(&mut lab);
+
+    let cfg = checked_config("vip");
+    let d = Director::launch()
+        .file("--config", "uvs.toml", &cfg)
+        .interface("eth0")
+        .admin_socket()
+        .start(&mut lab);
+    let down = common::poll(Duration::from_secs(5), || {
+        let (up, msg) = rs1(&d);
+        (!up && msg.contains("tunnel")).then_some(msg)
+    });
+    assert!(
+        down.is_some(),
+        "rs1 not down through its tunnel: {}\n{}",
+        health(&d).render(),
+        d.tail()
+    );
+    assert!(requests(&lab, &d, 4).iter().all(|a| a == "rs2"));
+    lab.exec_ok("rs1", &["ip", "link", "set", "tunl0", "up"])
+        .unwrap();
+    let up = common::poll(Duration::from_secs(5), || rs1(&d).0.then_some(()));
+    assert!(up.is_some(), "rs1 back up: {}", health(&d).render());
+    assert_split(&lab, &d, 4, "both reals back");
+    // uvs doctor sees the same: both reals reachable, decapsulating, answering for the VIP.
+    let doctor = common::uvs_in(
+        d.ns(),
+        common::As::Root,
+        &[
+            "doctor",
+            "--admin-socket",
+            common::path_str(d.admin_socket()),
+        ],
+    );
+    let text = format!("{}{}", doctor.stdout, doctor.stderr);
+    assert!(doctor.ok(), "{text}");
+    for rs in ["10.0.0.2", "10.0.0.6"] {
+        assert!(
+            text.contains(&format!("real server {rs} reachable via 203.0.113.1")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "real server {rs} decapsulates ipip and answers on VIP"
+            )),
+            "{text}"
+        );
+    }
+    lab.exec_ok("rs2", &["ip", "link", "set", "tunl0", "down"])
+        .unwrap();
+    let doctor = common::uvs_in(
+        d.ns(),
+        common::As::Root,
+        &[
+            "doctor",
+            "--admin-socket",
+            common::path_str(d.admin_socket()),
+        ],
+    );
+    let text = format!("{}{}", doctor.stdout, doctor.stderr);
+    assert!(!doctor.ok(), "{text}");
+    assert!(
+        text.contains("real server 10.0.0.6 does not answer a SYN to 203.0.113.2:80 inside ipip"),
+        "{text}"
+    );
 }

@@ -479,19 +479,50 @@ fn start_health(
                     .context("HTTP check regex")?,
                 _ => None,
             };
-            // The through-the-VIP probe is a direct-routing frame to the real's MAC.
-            let hop = placer.next_hop(r.addr, ForwardMethod::Route).ok();
-            let vip_path = hop.and_then(|hop| {
-                let ifc = ifaces.get(usize::from(hop.egress))?;
-                Some(VipPath {
-                    interface: ifc.name.clone(),
-                    ifindex: ifc.index,
-                    src_mac: ifc.mac,
-                    src_ip: ifc.source_for(r.addr)?,
-                    slot: hop.neigh,
-                    neigh: Arc::clone(neigh),
-                })
-            });
+            // The through-the-VIP probe is a direct-routing frame to the real's MAC; for a
+            // tunnelling real, a tunnelled one to its next hop.
+            let forward = cfg
+                .services
+                .service(&svc.key)
+                .and_then(|s| s.reals.iter().find(|x| x.addr == r.addr))
+                .map(|x| x.forward);
+            let vip_path = match forward {
+                Some(ForwardMethod::Tunnel(encap)) => {
+                    let hop = placer.next_hop(r.addr, ForwardMethod::Tunnel(encap)).ok();
+                    hop.and_then(|hop| {
+                        let ifc = ifaces.get(usize::from(hop.egress))?;
+                        let end = placer.tunnel_end(r.addr, hop).ok()?;
+                        Some(VipPath {
+                            interface: ifc.name.clone(),
+                            ifindex: ifc.index,
+                            src_mac: ifc.mac,
+                            src_ip: std::net::Ipv4Addr::from(end.source),
+                            slot: hop.neigh,
+                            neigh: Arc::clone(neigh),
+                            tunnel: Some(crate::health::vip::TunnelTo {
+                                real: r.addr,
+                                encap,
+                                end,
+                            }),
+                        })
+                    })
+                }
+                _ => {
+                    let hop = placer.next_hop(r.addr, ForwardMethod::Route).ok();
+                    hop.and_then(|hop| {
+                        let ifc = ifaces.get(usize::from(hop.egress))?;
+                        Some(VipPath {
+                            interface: ifc.name.clone(),
+                            ifindex: ifc.index,
+                            src_mac: ifc.mac,
+                            src_ip: ifc.source_for(r.addr)?,
+                            slot: hop.neigh,
+                            neigh: Arc::clone(neigh),
+                            tunnel: None,
+                        })
+                    })
+                }
+            };
             // The real's port as configured (a fwmark service's real may have none: the
             // service's then, and the check names its own).
             let port = cfg
