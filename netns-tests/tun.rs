@@ -408,3 +408,34 @@ fn tun_through_the_tunnel_check_catches_a_real_whose_tunnel_end_is_down() {
         "{text}"
     );
 }
+
+#[test]
+fn tun_frag_needed_from_a_router_on_the_tunnel_path_is_translated_to_the_client() {
+    let Some(ctx) = common::setup(136) else {
+        return;
+    };
+    let (lab, d) = tun_lab(&ctx, true);
+    // The router's link to rs1 is narrower than the director's: the router, not uvs, finds
+    // the outer packets too big, and tells the director (the outer source).
+    lab.exec_ok("router", &["ip", "link", "set", "eth2", "mtu", "1400"])
+        .unwrap();
+    let url = format!("http://{VIP}/");
+    let mut names = Vec::new();
+    for i in 0..2u64 {
+        let data = common::pseudo_random(2 << 20, 0x9a7b + i);
+        names.push(common::upload_and_verify(
+            &lab,
+            &url,
+            &data,
+            &format!("p{i}"),
+        ));
+    }
+    names.sort();
+    assert_eq!(names, ["rs1", "rs2"]);
+    let route = lab.exec_ok("client", &["ip", "route", "get", VIP]).unwrap();
+    assert!(
+        route.contains("mtu 1380"),
+        "the client learned the path's MTU less IPIP's 20 bytes: {route}"
+    );
+    assert!(d.metric("uvs_tunnel_path_icmp_translated_total", &[]) >= 1.0);
+}

@@ -361,6 +361,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let health = start_health(&cfg, &mut book, &ifaces, &mut placer, &neigh, plan)?;
     ha.start(&mut arp, vips.clone(), now); // only MASTER VIPs are answered
 
+    // ICMP errors from routers on a tunnel's path come to the director's own address.
+    let tunnel_icmp = Arc::new(crate::control::tunnel_icmp::Counts::default());
+    if let Err(e) = crate::control::tunnel_icmp::spawn(
+        Arc::clone(&shared),
+        Arc::clone(&tunnel_icmp),
+        signals::stop_requested,
+    ) {
+        log::warn!("tunnel path ICMP errors will not be translated: {e}");
+    }
+
     let handles: Vec<_> = workers
         .into_iter()
         .map(|w| {
@@ -411,6 +421,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         ha,
         trace,
         trace_sessions: Vec::new(),
+        tunnel_icmp,
     };
     control.run();
 

@@ -23,6 +23,10 @@ pub struct Figures {
     pub drops: Vec<(&'static str, u64)>,
     pub arp_ignored: Vec<(&'static str, u64)>,
     pub arp_answered: u64,
+    /// Fragmentation-needed from routers on a tunnel's path, translated to the client, and
+    /// those the rate limit held back.
+    pub tunnel_path_translated: u64,
+    pub tunnel_path_rate_limited: u64,
     pub arp_requests_sent: u64,
     pub arp_gratuitous_sent: u64,
     pub arp_replies_learned: u64,
@@ -120,6 +124,8 @@ pub fn render(f: &Figures) -> String {
             counter!("uvs_arp_ignored_total", "reason" => *reason).absolute(*v);
         }
         counter!("uvs_arp_requests_answered_total").absolute(f.arp_answered);
+        counter!("uvs_tunnel_path_icmp_translated_total").absolute(f.tunnel_path_translated);
+        counter!("uvs_tunnel_path_icmp_rate_limited_total").absolute(f.tunnel_path_rate_limited);
         counter!("uvs_arp_requests_sent_total").absolute(f.arp_requests_sent);
         counter!("uvs_arp_gratuitous_sent_total").absolute(f.arp_gratuitous_sent);
         counter!("uvs_arp_replies_learned_total").absolute(f.arp_replies_learned);

@@ -171,3 +171,44 @@ fn attach_sink_filter(fd: RawFd) -> std::io::Result<()> {
     let prog: Vec<Insn> = drop_all();
     attach_filter(fd, &prog, "sink").map_err(|e| std::io::Error::other(e.to_string()))
 }
+
+/// A raw ICMP socket: reads every ICMP message addressed to this host (with its IP header),
+/// and sends ICMP messages the kernel routes and gives a header and source address.
+pub fn open_icmp_raw() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall with constant arguments.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_ICMP,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket() and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends one ICMP message (header and body, checksum set) to `dst` on a raw ICMP socket.
+pub fn send_icmp(fd: RawFd, message: &[u8], dst: Ipv4Addr) -> std::io::Result<()> {
+    // SAFETY: sockaddr_in is plain data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_addr.s_addr = u32::from(dst).to_be();
+    // SAFETY: `message` and `sa` are live for the call; the length matches `sa`.
+    let rc = unsafe {
+        libc::sendto(
+            fd,
+            message.as_ptr().cast(),
+            message.len(),
+            libc::MSG_DONTWAIT,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
