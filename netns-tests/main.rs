@@ -26,5 +26,6 @@ mod reuse;
 mod schedulers;
 mod soak;
 mod trace;
+mod tun;
 mod two_arm;
 mod uvsadm;

@@ -361,6 +361,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let health = start_health(&cfg, &mut book, &ifaces, &mut placer, &neigh, plan)?;
     ha.start(&mut arp, vips.clone(), now); // only MASTER VIPs are answered
 
+    // ICMP errors from routers on a tunnel's path come to the director's own address.
+    let tunnel_icmp = Arc::new(crate::control::tunnel_icmp::Counts::default());
+    if let Err(e) = crate::control::tunnel_icmp::spawn(
+        Arc::clone(&shared),
+        Arc::clone(&tunnel_icmp),
+        signals::stop_requested,
+    ) {
+        log::warn!("tunnel path ICMP errors will not be translated: {e}");
+    }
+
     let handles: Vec<_> = workers
         .into_iter()
         .map(|w| {
@@ -411,6 +421,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         ha,
         trace,
         trace_sessions: Vec::new(),
+        tunnel_icmp,
     };
     control.run();
 
@@ -479,19 +490,50 @@ fn start_health(
                     .context("HTTP check regex")?,
                 _ => None,
             };
-            // The through-the-VIP probe is a direct-routing frame to the real's MAC.
-            let hop = placer.next_hop(r.addr, ForwardMethod::Route).ok();
-            let vip_path = hop.and_then(|hop| {
-                let ifc = ifaces.get(usize::from(hop.egress))?;
-                Some(VipPath {
-                    interface: ifc.name.clone(),
-                    ifindex: ifc.index,
-                    src_mac: ifc.mac,
-                    src_ip: ifc.source_for(r.addr)?,
-                    slot: hop.neigh,
-                    neigh: Arc::clone(neigh),
-                })
-            });
+            // The through-the-VIP probe is a direct-routing frame to the real's MAC; for a
+            // tunnelling real, a tunnelled one to its next hop.
+            let forward = cfg
+                .services
+                .service(&svc.key)
+                .and_then(|s| s.reals.iter().find(|x| x.addr == r.addr))
+                .map(|x| x.forward);
+            let vip_path = match forward {
+                Some(ForwardMethod::Tunnel(encap)) => {
+                    let hop = placer.next_hop(r.addr, ForwardMethod::Tunnel(encap)).ok();
+                    hop.and_then(|hop| {
+                        let ifc = ifaces.get(usize::from(hop.egress))?;
+                        let end = placer.tunnel_end(r.addr, hop).ok()?;
+                        Some(VipPath {
+                            interface: ifc.name.clone(),
+                            ifindex: ifc.index,
+                            src_mac: ifc.mac,
+                            src_ip: std::net::Ipv4Addr::from(end.source),
+                            slot: hop.neigh,
+                            neigh: Arc::clone(neigh),
+                            tunnel: Some(crate::health::vip::TunnelTo {
+                                real: r.addr,
+                                encap,
+                                end,
+                            }),
+                        })
+                    })
+                }
+                _ => {
+                    let hop = placer.next_hop(r.addr, ForwardMethod::Route).ok();
+                    hop.and_then(|hop| {
+                        let ifc = ifaces.get(usize::from(hop.egress))?;
+                        Some(VipPath {
+                            interface: ifc.name.clone(),
+                            ifindex: ifc.index,
+                            src_mac: ifc.mac,
+                            src_ip: ifc.source_for(r.addr)?,
+                            slot: hop.neigh,
+                            neigh: Arc::clone(neigh),
+                            tunnel: None,
+                        })
+                    })
+                }
+            };
             // The real's port as configured (a fwmark service's real may have none: the
             // service's then, and the check names its own).
             let port = cfg

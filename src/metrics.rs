@@ -23,6 +23,10 @@ pub struct Figures {
     pub drops: Vec<(&'static str, u64)>,
     pub arp_ignored: Vec<(&'static str, u64)>,
     pub arp_answered: u64,
+    /// Fragmentation-needed from routers on a tunnel's path, translated to the client, and
+    /// those the rate limit held back.
+    pub tunnel_path_translated: u64,
+    pub tunnel_path_rate_limited: u64,
     pub arp_requests_sent: u64,
     pub arp_gratuitous_sent: u64,
     pub arp_replies_learned: u64,
@@ -72,6 +76,11 @@ pub struct WorkerFigures {
     pub flow_reuse: Vec<(&'static str, u64)>,
     pub tx_syscalls: u64,
     pub coalesce_waits: u64,
+    /// Tunnels: ICMP fragmentation-needed sent, held back by the rate limit, and GSO
+    /// super-frames cut into segments.
+    pub tunnel_frag_needed: u64,
+    pub tunnel_icmp_rate_limited: u64,
+    pub tunnel_segmented: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -115,6 +124,8 @@ pub fn render(f: &Figures) -> String {
             counter!("uvs_arp_ignored_total", "reason" => *reason).absolute(*v);
         }
         counter!("uvs_arp_requests_answered_total").absolute(f.arp_answered);
+        counter!("uvs_tunnel_path_icmp_translated_total").absolute(f.tunnel_path_translated);
+        counter!("uvs_tunnel_path_icmp_rate_limited_total").absolute(f.tunnel_path_rate_limited);
         counter!("uvs_arp_requests_sent_total").absolute(f.arp_requests_sent);
         counter!("uvs_arp_gratuitous_sent_total").absolute(f.arp_gratuitous_sent);
         counter!("uvs_arp_replies_learned_total").absolute(f.arp_replies_learned);
@@ -131,6 +142,12 @@ pub fn render(f: &Figures) -> String {
                 .absolute(w.tx_syscalls);
             counter!("uvs_worker_coalesce_waits_total", "worker" => worker.clone())
                 .absolute(w.coalesce_waits);
+            counter!("uvs_tunnel_frag_needed_total", "worker" => worker.clone())
+                .absolute(w.tunnel_frag_needed);
+            counter!("uvs_tunnel_icmp_rate_limited_total", "worker" => worker.clone())
+                .absolute(w.tunnel_icmp_rate_limited);
+            counter!("uvs_tunnel_segmented_total", "worker" => worker.clone())
+                .absolute(w.tunnel_segmented);
             gauge!("uvs_worker_busy_seconds_total", "worker" => worker.clone()).set(w.busy_seconds);
             gauge!("uvs_worker_flows", "worker" => worker.clone()).set(w.flows as f64);
             counter!("uvs_flow_evictions_total", "worker" => worker.clone()).absolute(w.evictions);

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::conns::Thresholds;
 use crate::flow::tcp_state::Timeouts;
-use crate::model::{ForwardMethod, Protocol, RealId, ServiceKey, ServiceTable};
+use crate::model::{ForwardMethod, Protocol, RealId, ServiceKey, ServiceTable, Tunnel};
 use crate::sched::{Dest, Scheduler};
 
 /// IPVS's `FTPPORT`: persistent FTP services share one template per client across ports.
@@ -41,6 +41,9 @@ pub enum Xmit {
     /// Masquerading (`-m`): the destination becomes the real's address and `port`; replies
     /// come back through the director and are rewritten to come from the VIP.
     Masq { port: u16 },
+    /// Tunnelling (`-i`): the packet, unchanged but for its TTL, inside an outer IP header
+    /// from the director's `end.source` to the real, encapsulated as `encap` says.
+    Tunnel { encap: Tunnel, end: TunnelEnd },
 }
 
 impl Xmit {
@@ -49,6 +52,15 @@ impl Xmit {
     pub fn sees_replies(self) -> bool {
         matches!(self, Xmit::Masq { .. })
     }
+}
+
+/// The director's end of a tunnel to a real: the outer source address (the address the
+/// director's kernel would send from towards the real: the route's preferred source, else the
+/// egress interface's address) and the MTU of the link the outer packets leave by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelEnd {
+    pub source: u32,
+    pub mtu: u16,
 }
 
 /// How a destination is reached from the director: the egress interface, and the neighbour
@@ -161,6 +173,17 @@ pub trait Placement {
     fn local_addrs(&self) -> Vec<u32> {
         Vec::new()
     }
+    /// The director's end of a tunnel to `addr`, reached through `hop`.
+    fn tunnel_end(&mut self, addr: Ipv4Addr, hop: NextHop) -> Result<TunnelEnd, PlaceError> {
+        let _ = hop;
+        Err(PlaceError::NoTunnelSource(addr))
+    }
+    /// The director's address on served interface `egress` (the source of the ICMP errors
+    /// uvs sends out of it): 0 for an interface without one, `None` past the last.
+    fn interface_addr(&self, egress: u16) -> Option<u32> {
+        let _ = egress;
+        None
+    }
 }
 
 /// Why a real server has no next hop.
@@ -176,6 +199,10 @@ pub enum PlaceError {
         "real server {0} is not reachable through a served interface (no route to it leaves by one)"
     )]
     NotRoutable(Ipv4Addr),
+    #[error(
+        "no source address for a tunnel to real server {0}: the interface its route leaves by has no IPv4 address"
+    )]
+    NoTunnelSource(Ipv4Addr),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +227,8 @@ pub struct Snapshot {
     pub routes: Routes,
     /// The director's own addresses.
     local_addrs: Vec<u32>,
+    /// The director's address on each served interface, by egress index (0 = none).
+    interface_addrs: Vec<u32>,
     /// (address, port) of every masquerading real: where the replies uvs rewrites come from.
     nat_sources: Vec<(u32, u16)>,
     /// The same as (protocol, address, port) keys, for the kernel filter.
@@ -232,6 +261,7 @@ impl Snapshot {
             real_by_id: Vec::new(),
             routes: Routes::default(),
             local_addrs: Vec::new(),
+            interface_addrs: Vec::new(),
             nat_sources: Vec::new(),
             nat_replies: Vec::new(),
         }
@@ -262,13 +292,15 @@ impl Snapshot {
                         lower: r.lower_threshold,
                     },
                 });
-                paths.push(RealPath {
-                    xmit: match r.forward {
-                        ForwardMethod::Route => Xmit::Route,
-                        ForwardMethod::Masq => Xmit::Masq { port: r.port },
+                let xmit = match r.forward {
+                    ForwardMethod::Route => Xmit::Route,
+                    ForwardMethod::Masq => Xmit::Masq { port: r.port },
+                    ForwardMethod::Tunnel(encap) => Xmit::Tunnel {
+                        encap,
+                        end: placement.tunnel_end(r.addr, hop)?,
                     },
-                    hop,
-                });
+                };
+                paths.push(RealPath { xmit, hop });
             }
             let scheduler = Scheduler::build(svc.scheduler, &reals, svc.sched_flags, svc.key.port);
             let persistence = svc.persistence_timeout.map(|t| Persistence {
@@ -362,6 +394,9 @@ impl Snapshot {
         nat_sources.dedup();
         let mut local_addrs = placement.local_addrs();
         local_addrs.sort_unstable();
+        let interface_addrs = (0..=u16::MAX)
+            .map_while(|e| placement.interface_addr(e))
+            .collect();
         Ok(Snapshot {
             generation,
             timeouts: Timeouts::default(),
@@ -371,6 +406,7 @@ impl Snapshot {
             real_by_id,
             routes: Routes::new(placement.routes()?),
             local_addrs,
+            interface_addrs,
             nat_sources,
             nat_replies,
         })
@@ -457,6 +493,15 @@ impl Snapshot {
     /// The director's own addresses, sorted.
     pub fn local_addrs(&self) -> &[u32] {
         &self.local_addrs
+    }
+
+    /// The director's address on served interface `egress`, if it has one.
+    #[inline]
+    pub fn interface_addr(&self, egress: u16) -> Option<u32> {
+        self.interface_addrs
+            .get(usize::from(egress))
+            .copied()
+            .filter(|&a| a != 0)
     }
 
     pub fn has_protocol(&self, p: Protocol) -> bool {

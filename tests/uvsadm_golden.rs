@@ -107,12 +107,16 @@ fn seed_tutorial_sequence_is_byte_exact() {
     assert_eq!(ok(&mut b, "-Z"), "");
     assert_eq!(ok(&mut b, "-Z -t 10.0.0.200:80"), "");
 
-    // Masquerading: refused clearly, exit 2 (ipvsadm's status for an option it cannot honour).
-    let o = uvsadm_in(&mut b, "-a -t 10.0.0.200:80 -r 10.0.0.9:80 -m", "");
+    // A tunnel without its mandatory option: refused as ipvsadm refuses it, exit 2.
+    let o = uvsadm_in(
+        &mut b,
+        "-a -t 10.0.0.200:80 -r 10.0.0.9:80 -i --tun-type gue",
+        "",
+    );
     assert_eq!(o.code, 2);
     assert_eq!(
         o.stderr,
-        "forwarding method tunnel/masquerading is not supported yet (only -g, direct routing)\n"
+        "You need to supply the 'tun-port' option for the 'gue' tunnel type\n"
     );
     assert_eq!(ok(&mut b, "-Ln"), ln, "a refused command changes nothing");
 
@@ -751,5 +755,49 @@ fn mark_rule_refusals() {
     assert_eq!(
         (o.code, o.stderr.as_str()),
         (2, "invalid fwmark value `0' specified\n")
+    );
+}
+
+/// The seeds' TUN lab (its public VIP moved to a documentation range), with a GUE and a GRE
+/// real beside the IPIP one.
+const TUN: [&str; 4] = [
+    "-A -t 203.0.113.2:80 -s rr",
+    "-a -t 203.0.113.2:80 -r 10.0.0.2 -i",
+    "-a -t 203.0.113.2:80 -r 10.0.0.6 -i --tun-type gue --tun-port 6080 --tun-csum",
+    "-a -t 203.0.113.2:80 -r 10.0.0.10:8080 --ipip --tun-type gre --tun-csum",
+];
+
+#[test]
+fn tunnelling_reals_list_save_and_restore_like_ipvsadm() {
+    let mut b = MemoryBackend::default();
+    for cmd in TUN {
+        assert_eq!(ok(&mut b, cmd), "", "{cmd}");
+    }
+    assert_eq!(ok(&mut b, "-Ln"), golden("tun_Ln.txt"));
+    assert_eq!(ok(&mut b, "-Ln --tun-info"), golden("tun_Ln_tun_info.txt"));
+    let saved = ok(&mut b, "-S -n");
+    assert_eq!(
+        saved,
+        golden("tun_S_n.txt"),
+        "the real's port is the service's"
+    );
+    let mut c = MemoryBackend::default();
+    let o = uvsadm_in(&mut c, "-R", &saved);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(ok(&mut c, "-S -n"), saved);
+    // -e changes the encapsulation; a DR or NAT real shows n/a as its tunnel info.
+    ok(
+        &mut b,
+        "-e -t 203.0.113.2:80 -r 10.0.0.6 -i --tun-type gue --tun-port 7000",
+    );
+    ok(&mut b, "-a -t 203.0.113.2:80 -r 10.0.0.20 -g");
+    let info = ok(&mut b, "-Ln --tun-info");
+    assert!(
+        info.contains("  -> 10.0.0.6:80                  Tunnel  gue:7000:-c   1"),
+        "{info}"
+    );
+    assert!(
+        info.contains("  -> 10.0.0.20:80                 Route   n/a           1"),
+        "{info}"
     );
 }

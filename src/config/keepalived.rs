@@ -51,6 +51,7 @@ use crate::health::{
 };
 use crate::model::{
     ForwardMethod, Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec, ServiceTable,
+    Tunnel, TunnelCsum, TunnelKind,
 };
 
 #[derive(Clone, Debug)]
@@ -633,21 +634,15 @@ impl Parser {
             .join(" "))
     }
 
-    /// `lb_kind`/`lvs_method DR|NAT|TUN`.
+    /// `lb_kind`/`lvs_method DR|NAT|TUN`; keepalived 2.x's `TUN` takes its encapsulation on
+    /// the same line: `type ipip`, `type gue port N`, `type gre`, then `nocsum`, `csum` or
+    /// `remcsum`.
     fn lvs_method(&mut self, t: &Tok) -> Result<ForwardMethod, ConfigError> {
         let v = self.arg(t)?;
         let m = match v.text.to_ascii_uppercase().as_str() {
             "DR" => ForwardMethod::Route,
             "NAT" => ForwardMethod::Masq,
-            "TUN" => {
-                return Err(self.err(
-                    &v,
-                    format!(
-                        "{} TUN: tunnelling is not supported yet (DR and NAT are)",
-                        t.text
-                    ),
-                ));
-            }
+            "TUN" => return self.tunnel(t),
             _ => {
                 return Err(self.err(
                     &v,
@@ -657,6 +652,49 @@ impl Parser {
         };
         self.rest_of_line();
         Ok(m)
+    }
+
+    /// The rest of an `lvs_method TUN` line (see [`Parser::lvs_method`]).
+    fn tunnel(&mut self, kw: &Tok) -> Result<ForwardMethod, ConfigError> {
+        let mut t = Tunnel::IPIP;
+        let words = self.rest_of_line();
+        let mut it = words.iter();
+        while let Some(w) = it.next() {
+            match w.text.as_str() {
+                "type" => {
+                    let k = it
+                        .next()
+                        .ok_or_else(|| self.err(w, "type needs ipip, gue or gre"))?;
+                    t.kind = TunnelKind::parse(&k.text).ok_or_else(|| {
+                        self.err(
+                            k,
+                            format!("tunnel type {:?} is unknown (ipip, gue or gre)", k.text),
+                        )
+                    })?;
+                }
+                "port" => {
+                    let n = it
+                        .next()
+                        .ok_or_else(|| self.err(w, "port needs a number"))?;
+                    t.port = self.number(n, "tunnel port")?;
+                }
+                "nocsum" => t.csum = TunnelCsum::NoCsum,
+                "csum" => t.csum = TunnelCsum::Csum,
+                "remcsum" => t.csum = TunnelCsum::RemCsum,
+                other => {
+                    return Err(self.err(
+                        w,
+                        format!(
+                            "{} TUN: {other:?} is unknown (type, port, nocsum, csum, remcsum)",
+                            kw.text
+                        ),
+                    ));
+                }
+            }
+        }
+        t.check()
+            .map_err(|e| self.err(kw, format!("{} TUN: {e}", kw.text)))?;
+        Ok(ForwardMethod::Tunnel(t))
     }
 
     fn real_server(&mut self, kw: &Tok) -> Result<RawReal, ConfigError> {
@@ -1450,11 +1488,39 @@ virtual_server 172.30.0.200 80 {
     }
 
     #[test]
+    fn tun_reals_take_lb_kind_and_the_2x_lvs_method_words() {
+        let r = p("virtual_server 203.0.113.2 80 {\n lb_kind TUN\n real_server 10.0.0.2 8080 {\n }\n real_server 10.0.0.6 80 {\n  lvs_method TUN type gue port 6080 csum\n }\n real_server 10.0.0.10 80 {\n  lvs_method TUN type gre csum\n }\n}\n").unwrap();
+        let reals = &r.table.services()[0].reals;
+        assert_eq!((reals[0].forward, reals[0].port), (ForwardMethod::IPIP, 80));
+        assert_eq!(
+            reals[1].forward,
+            ForwardMethod::Tunnel(Tunnel {
+                kind: TunnelKind::Gue,
+                port: 6080,
+                csum: TunnelCsum::Csum
+            })
+        );
+        assert_eq!(
+            reals[2].forward,
+            ForwardMethod::Tunnel(Tunnel {
+                kind: TunnelKind::Gre,
+                port: 0,
+                csum: TunnelCsum::Csum
+            })
+        );
+    }
+
+    #[test]
     fn refusals_name_the_line() {
         refused(
-            "virtual_server 10.0.0.100 80 {\n lb_kind TUN\n}\n",
+            "virtual_server 10.0.0.100 80 {\n lvs_method TUN type gue\n}\n",
             2,
-            "tunnelling is not supported yet",
+            "You need to supply the 'tun-port' option for the 'gue' tunnel type",
+        );
+        refused(
+            "virtual_server 10.0.0.100 80 {\n lvs_method TUN type vxlan\n}\n",
+            2,
+            "tunnel type \"vxlan\" is unknown",
         );
         refused(
             "virtual_server 10.0.0.100 80 {\n lb_kind XYZ\n}\n",
@@ -1522,7 +1588,7 @@ virtual_server 172.30.0.200 80 {
         assert_eq!(t.services().len(), 1);
         std::fs::write(
             dir.join("conf.d/web.conf"),
-            "virtual_server 10.0.0.100 80 {\n lb_kind TUN\n}\n",
+            "virtual_server 10.0.0.100 80 {\n lb_kind XYZ\n}\n",
         )
         .unwrap();
         match load(&main) {

@@ -12,15 +12,15 @@
 //! from the port, 80 → http), `request` (the URI; a bare `index.html` means `/index.html`),
 //! `receive` (a regex the body must match), `httpmethod`, `virtualhost`, `checkport`,
 //! `checkcommand` (run as `CMD VIP VPORT RIP RPORT`), `checkinterval` (10), `checktimeout` (5),
-//! `negotiatetimeout` (30), `failurecount` (1), `quiescent` (yes), `fallback=IP[:PORT] gate|masq`,
+//! `negotiatetimeout` (30), `failurecount` (1), `quiescent` (yes), `fallback=IP[:PORT] gate|masq|ipip`,
 //! `fallbackcommand` (run with `start` when all reals are down and `stop` when one returns),
 //! `scheduler` (wrr), `persistent`, `netmask`, `protocol` (tcp; udp for port 53; fwm for a
 //! mark), `autoreload` (as ldirectord: the file is re-read when it changes, checked every
 //! global `checkinterval`; see [`spawn_autoreload`]).
 //! Accepted and ignored (they concern the ldirectord process): `logfile`,
 //! `callback`, `supervised`, `fork`, `cleanstop`, `monitorfile`, `emailalert*`, `smtp`,
-//! `execute`, `maintenancedir`, `readdquiescent`. Refused clearly: `ipip` reals,
-//! IPv6 virtuals, host names. Unknown keys are warnings with the line.
+//! `execute`, `maintenancedir`, `readdquiescent`. Refused clearly: IPv6 virtuals, host
+//! names. Unknown keys are warnings with the line.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -227,11 +227,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
             let method = match words.next().unwrap_or("gate").to_ascii_lowercase().as_str() {
                 "gate" => ForwardMethod::Route,
                 "masq" => ForwardMethod::Masq,
+                "ipip" => ForwardMethod::IPIP,
                 other => {
                     return Err(at(
                         line,
                         format!(
-                            "real={value}: forwarding method {other:?} is not supported (gate and masq are; ipip is not yet)"
+                            "real={value}: forwarding method {other:?} is unknown (gate, masq or ipip)"
                         ),
                     ));
                 }
@@ -350,7 +351,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
                 let method = match method.to_ascii_lowercase().as_str() {
                     "gate" => ForwardMethod::Route,
                     "masq" => ForwardMethod::Masq,
-                    _ => return Err(bad("the fallback method is gate or masq")),
+                    "ipip" => ForwardMethod::IPIP,
+                    _ => return Err(bad("the fallback method is gate, masq or ipip")),
                 };
                 let target = crate::health::parse_sorry(target, 0).map_err(|e| bad(&e))?;
                 s.fallback = Some((target, method));
@@ -759,24 +761,32 @@ virtual=10.0.0.100:80
         assert_eq!(h.sorry, Some("192.168.80.20:8080".parse().unwrap()));
         assert_eq!(h.sorry_forward, ForwardMethod::Masq);
         let e = parse(
-            "virtual=192.168.80.10:80\n    real=192.168.80.11:8080 masq\n    fallback=192.168.80.20 ipip\n",
+            "virtual=192.168.80.10:80\n    real=192.168.80.11:8080 masq\n    fallback=192.168.80.20 tunnel\n",
             Path::new("l.cf"),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("gate or masq"), "{e}");
+        assert!(e.to_string().contains("gate, masq or ipip"), "{e}");
     }
 
     #[test]
     fn refusals_and_warnings_name_the_line() {
         let e = parse(
-            "virtual=10.0.0.100:80\n    real=10.0.0.11:80 ipip\n",
+            "virtual=10.0.0.100:80\n    real=10.0.0.11:80 vxlan\n",
             Path::new("l.cf"),
         )
         .unwrap_err();
         assert!(
-            matches!(e, ConfigError::At { line: 2, ref message, .. } if message.contains("\"ipip\" is not supported")),
+            matches!(e, ConfigError::At { line: 2, ref message, .. } if message.contains("\"vxlan\" is unknown")),
             "{e}"
         );
+        // ipip: an IPIP tunnel to the real, on the virtual's port.
+        let p = parse(
+            "virtual=203.0.113.2:80\n    real=10.0.0.2:8080 ipip 2\n",
+            Path::new("l.cf"),
+        )
+        .unwrap();
+        let r = &p.table.services()[0].reals[0];
+        assert_eq!((r.forward, r.port, r.weight), (ForwardMethod::IPIP, 80, 2));
         // masq maps the real's port.
         let p = parse(
             "virtual=192.168.80.10:80\n    real=192.168.80.11:8080 masq 3\n    real=192.168.80.12 masq\n",

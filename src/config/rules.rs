@@ -285,16 +285,10 @@ mod tests {
 
     #[test]
     fn unsupported_features_are_refused_clearly() {
-        let fwd = "forwarding method tunnel is not supported yet";
         refused(
-            &format!("{RR80}-a -t 10.0.0.100:80 -r 10.0.0.11:80 -i -w 1\n"),
+            &format!("{RR80}-a -t 10.0.0.100:80 -r 10.0.0.11:80 -i --tun-type gue\n"),
             2,
-            &[fwd],
-        );
-        refused(
-            &format!("{RR80}-a -t 10.0.0.100:80 -r 10.0.0.11:80 --ipip\n"),
-            2,
-            &[fwd],
+            &["You need to supply the 'tun-port' option for the 'gue' tunnel type"],
         );
         refused(
             &format!("{RR80}-a -t 10.0.0.100:80 -r 10.0.0.11:80 -gm\n"),

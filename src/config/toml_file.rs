@@ -45,7 +45,7 @@ use super::{
 };
 use crate::model::{
     ForwardMethod, MAX_WEIGHT, Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec,
-    ServiceTable,
+    ServiceTable, Tunnel, TunnelCsum, TunnelKind,
 };
 use crate::wire::MacAddr;
 
@@ -213,12 +213,64 @@ struct RawReal {
     upper_threshold: Option<Spanned<i64>>,
     lower_threshold: Option<Spanned<i64>>,
     forward: Option<Spanned<String>>,
+    /// tunnelling: the encapsulation (`--tun-type`), GUE's port, the checksum option.
+    tunnel_type: Option<Spanned<String>>,
+    tunnel_port: Option<Spanned<i64>>,
+    tunnel_csum: Option<Spanned<String>>,
     /// overrides the service's `check` keys for this real.
     check: Option<RawCheck>,
 }
 
 // ---------------------------------------------------------------------------------------------
 // Validation.
+
+/// A tunnelling real's encapsulation: `tunnel_type` (default "ipip"), `tunnel_port` (GUE's,
+/// required there), `tunnel_csum` ("nocsum", the default, "csum", "remcsum"), checked by
+/// ipvsadm's rules.
+fn tunnel_of(real: &RawReal, real_label: &str) -> Result<Tunnel, Located> {
+    let kind = match &real.tunnel_type {
+        None => TunnelKind::Ipip,
+        Some(t) => TunnelKind::parse(&t.get_ref().to_ascii_lowercase()).ok_or_else(|| Located {
+            span: t.span(),
+            message: format!(
+                "{real_label}: tunnel_type = \"{}\" is unknown (expected \"ipip\", \"gue\" or \"gre\")",
+                t.get_ref()
+            ),
+        })?,
+    };
+    let port = opt_ranged(real.tunnel_port.as_ref(), 0, 1, 65_535, "tunnel_port")?;
+    let csum = match &real.tunnel_csum {
+        None => TunnelCsum::NoCsum,
+        Some(c) => match c.get_ref().to_ascii_lowercase().as_str() {
+            "nocsum" | "none" => TunnelCsum::NoCsum,
+            "csum" => TunnelCsum::Csum,
+            "remcsum" => TunnelCsum::RemCsum,
+            other => {
+                return err(
+                    c.span(),
+                    format!(
+                        "{real_label}: tunnel_csum = \"{other}\" is unknown (expected \"nocsum\", \"csum\" or \"remcsum\")"
+                    ),
+                );
+            }
+        },
+    };
+    let t = Tunnel {
+        kind,
+        port: u16::try_from(port).unwrap_or(0),
+        csum,
+    };
+    t.check().map_err(|e| Located {
+        span: real
+            .tunnel_type
+            .as_ref()
+            .map(|v| v.span())
+            .or(real.forward.as_ref().map(|v| v.span()))
+            .unwrap_or(0..0),
+        message: format!("{real_label}: {e}"),
+    })?;
+    Ok(t)
+}
 
 /// `value` as a `u32` within `lo..=hi`, or an error naming `what` and the range.
 fn ranged(value: &Spanned<i64>, lo: u32, hi: u32, what: &str) -> Result<u32, Located> {
@@ -671,8 +723,24 @@ fn add_real(
     )?;
     let forward = match &real.forward {
         None => ForwardMethod::Route,
-        Some(f) => forward_method(f, &real_label)?,
+        Some(f) => match forward_method(f, &real_label)? {
+            ForwardMethod::Tunnel(_) => ForwardMethod::Tunnel(tunnel_of(real, &real_label)?),
+            m => m,
+        },
     };
+    if !matches!(forward, ForwardMethod::Tunnel(_)) {
+        let stray = [
+            real.tunnel_type.as_ref().map(|v| v.span()),
+            real.tunnel_port.as_ref().map(|v| v.span()),
+            real.tunnel_csum.as_ref().map(|v| v.span()),
+        ];
+        if let Some(span) = stray.into_iter().flatten().next() {
+            return err(
+                span,
+                format!("{real_label}: tunnel_* keys need forward = \"tunnel\""),
+            );
+        }
+    }
     let spec = RealSpec {
         addr,
         port,
@@ -687,21 +755,17 @@ fn add_real(
         .or_else(|e| err(header, format!("{real_label}: {e}")))
 }
 
-/// `forward = "..."`: the method a real (or a sorry server) is reached by.
+/// `forward = "..."`: the method a real (or a sorry server) is reached by; tunnelling with
+/// IPVS's default encapsulation (IPIP), which a real's `tunnel_*` keys refine.
 fn forward_method(f: &Spanned<String>, label: &str) -> Result<ForwardMethod, Located> {
     match f.get_ref().to_ascii_lowercase().as_str() {
         "route" | "dr" | "gate" | "droute" => Ok(ForwardMethod::Route),
         "masq" | "nat" | "masquerading" => Ok(ForwardMethod::Masq),
-        m @ ("tunnel" | "ipip" | "tun") => err(
-            f.span(),
-            format!(
-                "{label}: forwarding method \"{m}\" is not supported yet (\"route\" and \"nat\" are)"
-            ),
-        ),
+        "tunnel" | "ipip" | "tun" => Ok(ForwardMethod::IPIP),
         m => err(
             f.span(),
             format!(
-                "{label}: forward = \"{m}\" is unknown (expected \"route\" (\"dr\", \"gate\") or \"nat\" (\"masq\"))"
+                "{label}: forward = \"{m}\" is unknown (expected \"route\" (\"dr\", \"gate\"), \"nat\" (\"masq\") or \"tunnel\" (\"ipip\"))"
             ),
         ),
     }
@@ -1407,13 +1471,21 @@ forward = "gate"
             &["weight 65536 is out of range"],
         );
         refused(&format!("{SVC}{real}weight = -1\n"), 7, &["weight -1"]);
-        for m in ["tunnel", "ipip"] {
-            refused(
-                &format!("{SVC}{real}forward = \"{m}\"\n"),
-                7,
-                &[m, "not supported yet"],
-            );
-        }
+        refused(
+            &format!("{SVC}{real}forward = \"tunnel\"\ntunnel_type = \"gue\"\n"),
+            8,
+            &["You need to supply the 'tun-port' option for the 'gue' tunnel type"],
+        );
+        refused(
+            &format!("{SVC}{real}forward = \"ipip\"\ntunnel_type = \"vxlan\"\n"),
+            8,
+            &["tunnel_type", "vxlan"],
+        );
+        refused(
+            &format!("{SVC}{real}tunnel_port = 6080\n"),
+            7,
+            &["need forward = \"tunnel\""],
+        );
         refused(
             &format!("{SVC}{real}forward = \"magic\"\n"),
             7,
@@ -1429,6 +1501,38 @@ forward = "gate"
             &format!("{SVC}[[service.real]]\naddress = \"10.0.0\"\n"),
             6,
             &["address", "10.0.0"],
+        );
+    }
+
+    #[test]
+    fn tunnelling_reals_take_their_encapsulation() {
+        let real = "[[service.real]]\naddress = \"10.0.9.2\"\nport = 8080\n";
+        let forward = |extra: &str| {
+            let c = p(&format!("{SVC}{real}{extra}")).unwrap();
+            let r = &c.services.services()[0].reals[0];
+            (r.forward, r.port)
+        };
+        assert_eq!(forward("forward = \"tunnel\"\n"), (ForwardMethod::IPIP, 80));
+        assert_eq!(
+            forward(
+                "forward = \"ipip\"\ntunnel_type = \"gue\"\ntunnel_port = 6080\ntunnel_csum = \"remcsum\"\n"
+            ),
+            (
+                ForwardMethod::Tunnel(Tunnel {
+                    kind: TunnelKind::Gue,
+                    port: 6080,
+                    csum: TunnelCsum::RemCsum
+                }),
+                80
+            )
+        );
+        assert_eq!(
+            forward("forward = \"tun\"\ntunnel_type = \"gre\"\ntunnel_csum = \"csum\"\n").0,
+            ForwardMethod::Tunnel(Tunnel {
+                kind: TunnelKind::Gre,
+                port: 0,
+                csum: TunnelCsum::Csum
+            })
         );
     }
 

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod health;
 pub mod placement;
 pub mod stats;
+pub mod tunnel_icmp;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -85,6 +86,8 @@ pub struct Control {
     pub ha: HaRuntime,
     /// Readable when the kernel's routes, addresses or links change.
     pub route_watch: Option<crate::io::rtnetlink::RouteWatch>,
+    /// What the translator of tunnel-path ICMP errors counted.
+    pub tunnel_icmp: Arc<tunnel_icmp::Counts>,
 }
 
 /// Longest wait for real-server MACs before declaring readiness anyway.
@@ -366,6 +369,8 @@ impl Control {
             .map(|r| (r.name(), self.arp.counters.ignored[*r as usize]))
             .collect();
         f.arp_answered = self.arp.counters.requests_answered;
+        f.tunnel_path_translated = self.tunnel_icmp.translated.load(Relaxed);
+        f.tunnel_path_rate_limited = self.tunnel_icmp.rate_limited.load(Relaxed);
         f.arp_requests_sent = self.arp.counters.requests_sent;
         f.arp_gratuitous_sent = self.arp.counters.gratuitous_sent;
         f.arp_replies_learned = self.arp.counters.replies_learned;
@@ -392,6 +397,9 @@ impl Control {
                     .collect(),
                 tx_syscalls: w.totals.tx_syscalls.load(Relaxed),
                 coalesce_waits: w.totals.coalesce_waits.load(Relaxed),
+                tunnel_frag_needed: w.totals.icmp_frag_needed.load(Relaxed),
+                tunnel_icmp_rate_limited: w.totals.icmp_rate_limited.load(Relaxed),
+                tunnel_segmented: w.totals.segmented.load(Relaxed),
             })
             .collect();
         f.rings = self

@@ -369,6 +369,17 @@ mod pinned {
             Request::Apply(vec![
                 Change::AddService(ServiceSpec::new(key, SchedulerKind::Wrr)),
                 Change::AddReal(key, RealSpec::route(Ipv4Addr::new(10, 0, 0, 11), 80)),
+                Change::AddReal(
+                    key,
+                    RealSpec {
+                        forward: ForwardMethod::Tunnel(crate::model::Tunnel {
+                            kind: crate::model::TunnelKind::Gue,
+                            port: 6080,
+                            csum: crate::model::TunnelCsum::Csum,
+                        }),
+                        ..RealSpec::route(Ipv4Addr::new(10, 0, 9, 2), 80)
+                    },
+                ),
                 Change::DeleteReal(key, Ipv4Addr::new(10, 0, 0, 11), 80),
                 Change::AddMarkRule(MarkRule {
                     proto: Protocol::Udp,

@@ -15,7 +15,8 @@ use crate::datapath::counters::{DropReason, ReuseReason, WorkerCounters, bump};
 use crate::datapath::flow_table::{Flow, FlowTable, Overwritten, Return, SlotRef};
 use crate::datapath::tap::{self, Outcome, Tap, Via};
 use crate::datapath::templates::{TemplateKey, TemplateTable};
-use crate::datapath::xmit::{self, Link};
+use crate::datapath::tunnel::Composer;
+use crate::datapath::xmit::{self, Link, TunnelCtx};
 use crate::flow::FlowKey;
 use crate::flow::{Direction, TcpState, next_state};
 use crate::io::VNET_HDR_LEN;
@@ -36,6 +37,13 @@ pub enum Verdict {
     /// Rewritten in place; send it (virtio header + frame) on egress interface `egress`.
     Forward {
         egress: u16,
+    },
+    /// Send the `packets` the forwarder composed ([`Forwarder::compose`]: a tunnel's
+    /// encapsulated packet or segments, or the ICMP error answering a dropped frame) on
+    /// `egress`.
+    Compose {
+        egress: u16,
+        packets: u16,
     },
     Drop(DropReason),
 }
@@ -59,6 +67,10 @@ pub struct Forwarder {
     pub ha: Arc<HaHooks>,
     /// `uvs trace` / `uvs capture` producer side (see `tap`); `None` in tests.
     pub tap: Option<Tap>,
+    /// What a tunnel composed for the last frame (see `tunnel`).
+    pub compose: Composer,
+    /// A composed packet, whole, as a trace shows it.
+    trace_buf: Vec<u8>,
 }
 
 /// The real server a new flow goes to, and how it was found.
@@ -270,6 +282,8 @@ impl Forwarder {
             expire_quiescent_template: false,
             ha: HaHooks::inert(),
             tap: None,
+            compose: Composer::new(),
+            trace_buf: Vec::new(),
         })
     }
 
@@ -326,14 +340,42 @@ impl Forwarder {
         frame: RxFrame<'_>,
         now: u32,
     ) -> Verdict {
+        self.compose.clear();
         if self.tap.as_ref().is_some_and(|t| t.armed) {
             return self.process_traced(snap, neigh, counters, frame, now);
         }
-        match self.decide(snap, neigh, counters, frame, now) {
-            Ok(egress) => Verdict::Forward { egress },
+        let result = self.decide(snap, neigh, counters, frame, now);
+        self.verdict(result, counters)
+    }
+
+    /// The verdict on a decision; counts a drop (and an ICMP error answering it).
+    #[inline]
+    fn verdict(&self, result: Result<u16, DropReason>, counters: &WorkerCounters) -> Verdict {
+        match result {
+            Ok(egress) => match self.compose.packets() {
+                0 => Verdict::Forward { egress },
+                packets => {
+                    if packets > 1 {
+                        bump(&counters.totals.segmented, 1);
+                    }
+                    Verdict::Compose { egress, packets }
+                }
+            },
             Err(reason) => {
                 counters.count_drop(reason);
-                Verdict::Drop(reason)
+                if self.compose.rate_limited() {
+                    bump(&counters.totals.icmp_rate_limited, 1);
+                }
+                match self.compose.egress {
+                    Some(egress) if self.compose.packets() > 0 => {
+                        bump(&counters.totals.icmp_frag_needed, 1);
+                        Verdict::Compose {
+                            egress,
+                            packets: self.compose.packets(),
+                        }
+                    }
+                    _ => Verdict::Drop(reason),
+                }
             }
         }
     }
@@ -365,23 +407,35 @@ impl Forwarder {
             scratch,
         };
         let result = self.decide(snap, neigh, counters, again, now);
-        if let Err(reason) = result {
-            counters.count_drop(reason);
-        }
-        if let (Some(p), Some(t)) = (pending, self.tap.as_mut()) {
-            let (outcome, sent) = match result {
-                Ok(egress) => (
+        let verdict = self.verdict(result, counters);
+        if let Some(p) = pending {
+            // A composed packet is shown as it leaves (the first, of a segmented frame): its
+            // head, then its part of the frame. Traces are rare; the buffer is reused.
+            if let (Ok(_), Verdict::Compose { .. }) = (result, verdict) {
+                let mut slot = [0u8; crate::io::tx::HEAD_CAP];
+                let part = self.compose.fill(0, &mut slot);
+                self.trace_buf.clear();
+                self.trace_buf
+                    .extend_from_slice(slot.get(VNET_HDR_LEN..part.head_len).unwrap_or(&[]));
+                let end = part.payload_from + part.payload_len;
+                self.trace_buf
+                    .extend_from_slice(buf.get(part.payload_from..end).unwrap_or(&[]));
+            }
+            let (outcome, sent) = match (result, verdict) {
+                (Ok(egress), Verdict::Compose { .. }) => {
+                    (Outcome::Forwarded { egress }, &self.trace_buf[..])
+                }
+                (Ok(egress), _) => (
                     Outcome::Forwarded { egress },
                     buf.get(VNET_HDR_LEN..).unwrap_or(&[]),
                 ),
-                Err(reason) => (Outcome::Dropped(reason), &[][..]),
+                (Err(reason), _) => (Outcome::Dropped(reason), &[][..]),
             };
-            t.record(p, outcome, sent, wire_len);
+            if let Some(t) = self.tap.as_mut() {
+                t.record(p, outcome, sent, wire_len);
+            }
         }
-        match result {
-            Ok(egress) => Verdict::Forward { egress },
-            Err(reason) => Verdict::Drop(reason),
-        }
+        verdict
     }
 
     /// The pipeline (see the module documentation). Returns the egress interface.
@@ -436,7 +490,12 @@ impl Forwarder {
             neigh,
             interface_macs: &self.interface_macs,
         };
-        let egress = xmit::transmit(real, buf, &link)?;
+        let mut tun = TunnelCtx {
+            out: &mut self.compose,
+            snap,
+            now_ms: now,
+        };
+        let egress = xmit::transmit(real, buf, &link, &mut tun)?;
         if let Some(c) = counters.real(real.dest.id) {
             bump(&c.in_packets, 1);
             bump(&c.in_bytes, p.ip_len as u64);
@@ -541,7 +600,12 @@ impl Forwarder {
                 neigh,
                 interface_macs: &self.interface_macs,
             };
-            let egress = xmit::icmp_to_real(real, ic, buf, &link)?;
+            let mut tun = TunnelCtx {
+                out: &mut self.compose,
+                snap,
+                now_ms: now,
+            };
+            let egress = xmit::icmp_to_real(real, ic, buf, &link, &mut tun)?;
             if let Some(c) = counters.real(real.dest.id) {
                 bump(&c.in_packets, 1);
                 bump(&c.in_bytes, p.ip_len as u64);
@@ -922,6 +986,7 @@ impl Forwarder {
         let (forward, real_port) = match real.path.xmit {
             Xmit::Route => (ForwardMethod::Route, key.dport),
             Xmit::Masq { port } => (ForwardMethod::Masq, masq_port(port, key.dport)),
+            Xmit::Tunnel { encap, .. } => (ForwardMethod::Tunnel(encap), key.dport),
         };
         self.ha.emit(SyncRecord {
             key: *key,
@@ -985,6 +1050,7 @@ fn synced_real<'s>(svc: &'s ServiceEntry, key: &FlowKey, f: &SyncedFlow) -> Opti
                 Xmit::Masq { port } => {
                     f.forward == ForwardMethod::Masq && masq_port(port, key.dport) == f.real_port
                 }
+                Xmit::Tunnel { .. } => matches!(f.forward, ForwardMethod::Tunnel(_)),
             }
     })
 }

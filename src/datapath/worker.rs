@@ -148,10 +148,23 @@ impl Worker {
                         frames += 1;
                         bytes += frame.wire_len as u64;
                         let verdict = self.forwarder.process(&snap, &self.neigh, &c, frame, now);
-                        if let Verdict::Forward { egress } = verdict {
-                            if !batch.send(egress) {
-                                c.count_drop(DropReason::TxFailed);
+                        match verdict {
+                            Verdict::Forward { egress } => {
+                                if !batch.send(egress) {
+                                    c.count_drop(DropReason::TxFailed);
+                                }
                             }
+                            Verdict::Compose { egress, packets } => {
+                                let out = &self.forwarder.compose;
+                                let failed = batch.send_composed(egress, packets, |k, slot| {
+                                    let p = out.fill(k, slot);
+                                    (p.head_len, p.payload_from..p.payload_from + p.payload_len)
+                                });
+                                for _ in 0..failed {
+                                    c.count_drop(DropReason::TxFailed);
+                                }
+                            }
+                            Verdict::Drop(_) => {}
                         }
                     }
                     account(&c, batch.finish());

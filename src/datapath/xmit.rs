@@ -30,9 +30,11 @@
 
 use crate::datapath::counters::DropReason;
 use crate::datapath::process::IcmpError;
+use crate::datapath::tunnel::{self, Composer};
 use crate::io::{VNET_F_DATA_VALID, VNET_F_NEEDS_CSUM, VNET_HDR_LEN};
+use crate::model::Tunnel;
 use crate::neigh::cache::NeighTable;
-use crate::snapshot::{NextHop, Real, Xmit};
+use crate::snapshot::{NextHop, Real, Snapshot, TunnelEnd, Xmit};
 use crate::wire::{ETH_HDR_LEN, IPPROTO_UDP, MacAddr, csum, ethernet, ipv4, l4};
 
 /// What every transmit function reads besides the frame: the neighbour slots (MACs of next
@@ -42,15 +44,85 @@ pub struct Link<'a> {
     pub interface_macs: &'a [MacAddr],
 }
 
+/// What the tunnel transmit needs besides the frame: where composed packets go, and how
+/// to answer a client whose packet does not fit the tunnel.
+pub struct TunnelCtx<'a> {
+    pub out: &'a mut Composer,
+    pub snap: &'a Snapshot,
+    pub now_ms: u32,
+}
+
 /// Sends `buf` (virtio header + frame) to `real` the way its forwarding method says; returns
-/// the egress interface.
+/// the egress interface. A tunnel composes its packets in `tun.out` instead of rewriting the
+/// frame.
 #[inline]
-pub fn transmit(real: Real<'_>, buf: &mut [u8], link: &Link<'_>) -> Result<u16, DropReason> {
+pub fn transmit(
+    real: Real<'_>,
+    buf: &mut [u8],
+    link: &Link<'_>,
+    tun: &mut TunnelCtx<'_>,
+) -> Result<u16, DropReason> {
     let hop = real.path.hop;
     match real.path.xmit {
         Xmit::Route => route(hop, buf, link),
         Xmit::Masq { port } => masq(hop, real.dest.addr, port, buf, link),
+        Xmit::Tunnel { encap, end } => tunnel(real, encap, end, buf, link, tun),
     }
+}
+
+/// Tunnelling: see `datapath::tunnel`. A packet too big for the tunnel is dropped; the ICMP
+/// error answering it, if any, is composed in `tun.out` (to leave by `tun.out.egress`).
+#[inline]
+pub fn tunnel(
+    real: Real<'_>,
+    encap: Tunnel,
+    end: TunnelEnd,
+    buf: &mut [u8],
+    link: &Link<'_>,
+    tun: &mut TunnelCtx<'_>,
+) -> Result<u16, DropReason> {
+    let hop = real.path.hop;
+    let (dst, src) = macs(hop, link)?;
+    let snap = tun.snap;
+    let client = |frame: &[u8]| client_route(snap, frame, link);
+    let sent = tunnel::encapsulate(
+        tun.out,
+        encap,
+        end,
+        real.dest.addr,
+        dst,
+        src,
+        hop.egress,
+        buf,
+        client,
+        tun.now_ms,
+    )?;
+    match sent {
+        tunnel::Sent::Encapsulated { egress } => Ok(egress),
+        tunnel::Sent::TooBig { egress } => {
+            tun.out.egress = egress;
+            Err(DropReason::TunnelTooBig)
+        }
+    }
+}
+
+/// How to reach the sender of `frame` (an Ethernet frame to a VIP): the director's route to
+/// its source address, the frame's own source MAC when the client is on-link.
+fn client_route(snap: &Snapshot, frame: &[u8], link: &Link<'_>) -> Option<tunnel::ClientRoute> {
+    let client = ipv4::src(&frame[ETH_HDR_LEN..]);
+    let route = snap.routes.lookup(client)?.hop?;
+    let next_hop = match route.gateway {
+        Some(slot) => link.neigh.get(slot)?,
+        None => ethernet::src(frame),
+    };
+    Some(tunnel::ClientRoute {
+        egress: route.egress,
+        next_hop,
+        src_mac: *link.interface_macs.get(usize::from(route.egress))?,
+        source: snap
+            .interface_addr(route.egress)
+            .unwrap_or_else(|| ipv4::dst(&frame[ETH_HDR_LEN..])),
+    })
 }
 
 /// Direct routing: see the module documentation.
@@ -107,7 +179,8 @@ pub fn masq_reply(to: &ClientSide, buf: &mut [u8], link: &Link<'_>) -> Result<u1
 }
 
 /// An ICMP error about a packet the VIP sent a client, to the flow's real: unchanged but for
-/// the MACs and TTL with direct routing (as IPVS sends it); with masquerading, addressed to
+/// the MACs and TTL with direct routing, encapsulated with tunnelling (as IPVS sends it with
+/// the connection's own transmit); with masquerading, addressed to
 /// the real and quoting the packet as the real sent it (source := the real's address and
 /// port).
 pub fn icmp_to_real(
@@ -115,10 +188,12 @@ pub fn icmp_to_real(
     ic: IcmpError,
     buf: &mut [u8],
     link: &Link<'_>,
+    tun: &mut TunnelCtx<'_>,
 ) -> Result<u16, DropReason> {
     let hop = real.path.hop;
     match real.path.xmit {
         Xmit::Route => route(hop, buf, link),
+        Xmit::Tunnel { encap, end } => tunnel(real, encap, end, buf, link, tun),
         Xmit::Masq { port } => {
             let (dst, src) = macs(hop, link)?;
             rewrite_icmp(buf, ic, Side::Destination, real.dest.addr, port, dst, src);

@@ -32,6 +32,7 @@ const BPF_MSH: u16 = 0xa0;
 const BPF_JA: u16 = 0x00;
 const BPF_JEQ: u16 = 0x10;
 const BPF_JGE: u16 = 0x30;
+const BPF_JSET: u16 = 0x40;
 const BPF_MUL: u16 = 0x20;
 const BPF_RSH: u16 = 0x70;
 const BPF_XOR: u16 = 0xa0;
@@ -41,6 +42,8 @@ const BPF_A: u16 = 0x10;
 const BPF_TAX: u16 = 0x00;
 
 /// Frame offsets: IPv4 protocol, source and destination address (Ethernet + IPv4 header).
+/// `sll_pkttype` of a frame addressed to this host.
+const PACKET_HOST: u32 = 0;
 const IP_PROTO: u32 = 14 + 9;
 const IP_SRC: u32 = 14 + 12;
 const IP_DST: u32 = 14 + 16;
@@ -321,6 +324,30 @@ pub fn drop_all() -> Vec<Insn> {
     vec![stmt(BPF_RET | BPF_K, DROP)]
 }
 
+/// A filter for the tunnel endpoint (the `tunl0` stand-in): IPv4 frames to this host that
+/// carry IPIP (protocol 4), GRE (47), or UDP to `gue_port` (0: none). The IPv4 header's
+/// length is honoured for the UDP port (`ldx 4*([14]&0xf)`); fragments are not matched.
+pub fn tunnel_endpoint_filter(gue_port: u16) -> Vec<Insn> {
+    vec![
+        stmt(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_PKTTYPE),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, PACKET_HOST, 0, 12),
+        stmt(BPF_LD | BPF_H | BPF_ABS, 12),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 0x0800, 0, 10),
+        stmt(BPF_LD | BPF_B | BPF_ABS, IP_PROTO),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 4, 7, 0),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 47, 6, 0),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 17, 0, 6),
+        // UDP, not a fragment: its destination port.
+        stmt(BPF_LD | BPF_H | BPF_ABS, 14 + 6),
+        jump(BPF_JMP | BPF_JSET | BPF_K, 0x3fff, 4, 0),
+        stmt(BPF_LDX | BPF_B | BPF_MSH, 14),
+        stmt(BPF_LD | BPF_H | BPF_IND, 14 + 2),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, u32::from(gue_port), 0, 1),
+        stmt(BPF_RET | BPF_K, ACCEPT),
+        stmt(BPF_RET | BPF_K, DROP),
+    ]
+}
+
 /// A filter for `uvs doctor`'s probe socket: ARP and IPv4, not for other hosts.
 pub fn probe_filter() -> Vec<Insn> {
     vec![
@@ -404,6 +431,9 @@ pub fn interpret(p: &[Insn], frame: &[u8], pkttype: u32, vlan: bool) -> u32 {
             }
             c if c == BPF_JMP | BPF_JGE | BPF_K => {
                 pc += usize::from(if acc >= i.k { i.jt } else { i.jf });
+            }
+            c if c == BPF_JMP | BPF_JSET | BPF_K => {
+                pc += usize::from(if acc & i.k != 0 { i.jt } else { i.jf });
             }
             c if c == BPF_RET | BPF_K => return i.k,
             c if c == BPF_RET | BPF_A => return acc,
@@ -606,6 +636,43 @@ mod tests {
         let stranger = addressed_to(arp.clone(), [0x02, 0, 0, 0, 0, 9]);
         assert_eq!(interpret(&a, &stranger, PACKET_OTHERHOST, false), DROP);
         assert_eq!(interpret(&a, &to_vmac, PACKET_OTHERHOST, false), DROP);
+    }
+
+    #[test]
+    fn tunnel_endpoint_filter_takes_ipip_gre_and_the_gue_port_only() {
+        let p = tunnel_endpoint_filter(6080);
+        let with = |proto: u8, ihl: u8, dport: u16, frag: u16| {
+            let mut f = vec![0u8; 14 + 60 + 8];
+            f[12..14].copy_from_slice(&[0x08, 0x00]);
+            f[14] = 0x40 | ihl;
+            f[14 + 6..14 + 8].copy_from_slice(&frag.to_be_bytes());
+            f[14 + 9] = proto;
+            let l4 = 14 + usize::from(ihl) * 4;
+            f[l4 + 2..l4 + 4].copy_from_slice(&dport.to_be_bytes());
+            f
+        };
+        assert_eq!(interpret(&p, &with(4, 5, 0, 0), HOST, false), ACCEPT);
+        assert_eq!(interpret(&p, &with(47, 5, 0, 0), HOST, false), ACCEPT);
+        assert_eq!(interpret(&p, &with(17, 5, 6080, 0), HOST, false), ACCEPT);
+        assert_eq!(
+            interpret(&p, &with(17, 7, 6080, 0), HOST, false),
+            ACCEPT,
+            "IP options"
+        );
+        assert_eq!(interpret(&p, &with(17, 5, 6081, 0), HOST, false), DROP);
+        assert_eq!(
+            interpret(&p, &with(17, 5, 6080, 0x2000), HOST, false),
+            DROP,
+            "fragment"
+        );
+        assert_eq!(interpret(&p, &with(6, 5, 6080, 0), HOST, false), DROP);
+        assert_eq!(
+            interpret(&p, &with(4, 5, 0, 0), PACKET_OTHERHOST, false),
+            DROP
+        );
+        let mut v6 = with(4, 5, 0, 0);
+        v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        assert_eq!(interpret(&p, &v6, HOST, false), DROP);
     }
 
     #[test]

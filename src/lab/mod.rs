@@ -14,8 +14,9 @@ pub mod inject;
 pub mod responder;
 pub mod spec;
 mod topology;
+pub mod tunl0;
 
-pub use topology::{build_dr_lab, build_two_arm_lab};
+pub use topology::{build_dr_lab, build_tun_lab, build_two_arm_lab};
 
 use std::collections::HashMap;
 use std::fs;

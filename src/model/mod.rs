@@ -232,12 +232,112 @@ pub enum ForwardMethod {
     /// real's, and the replies, routed back through the director, rewritten to come from the
     /// VIP.
     Masq,
+    /// Tunnelling, LVS-TUN (`-i`, "Tunnel"): the client's packet, unchanged but for its TTL,
+    /// inside a new IP header to the real (IPIP, GUE or GRE); the real decapsulates it and
+    /// answers the client directly, so it may be on any network the director can route to.
+    Tunnel(Tunnel),
 }
 
 impl ForwardMethod {
     /// Whether the real's port may differ from the service's (IPVS: only NAT rewrites ports).
     pub fn maps_ports(self) -> bool {
         matches!(self, ForwardMethod::Masq)
+    }
+
+    /// Tunnelling with IPVS's defaults: IPIP (`-i` alone).
+    pub const IPIP: ForwardMethod = ForwardMethod::Tunnel(Tunnel::IPIP);
+}
+
+/// The encapsulation of a tunnelling real (ipvsadm `--tun-type`, `--tun-port`,
+/// `--tun-nocsum|--tun-csum|--tun-remcsum`; the kernel's `tun_type`, `tun_port`,
+/// `tun_flags`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Tunnel {
+    pub kind: TunnelKind,
+    /// GUE's UDP destination port (mandatory for GUE, 0 for the others).
+    pub port: u16,
+    pub csum: TunnelCsum,
+}
+
+/// `--tun-type`: the kernel's `IP_VS_CONN_F_TUNNEL_TYPE_*`, in its order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum TunnelKind {
+    /// IP in IP (protocol 4), the default: the real's `tunl0` decapsulates it.
+    Ipip,
+    /// Generic UDP Encapsulation to `port` (the real's `ip fou add port N gue`).
+    Gue,
+    /// GRE (protocol 47), no key or sequence number (the real's `gre0`).
+    Gre,
+}
+
+/// The tunnel checksum (`IP_VS_TUNNEL_ENCAP_FLAG_*`, which ipvsadm prints by index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum TunnelCsum {
+    /// `--tun-nocsum`, the default: GUE's UDP checksum 0, GRE without its checksum field.
+    NoCsum,
+    /// `--tun-csum`: GUE's UDP checksum, or GRE's checksum field (C bit).
+    Csum,
+    /// `--tun-remcsum` (GUE only): UDP checksum, and the inner transport checksum left for the
+    /// real to complete (remote checksum offload) when it is still partial.
+    RemCsum,
+}
+
+impl Tunnel {
+    pub const IPIP: Tunnel = Tunnel {
+        kind: TunnelKind::Ipip,
+        port: 0,
+        csum: TunnelCsum::NoCsum,
+    };
+
+    /// ipvsadm's `tunnel_types_v_options` table: GUE needs a port; IPIP takes neither port
+    /// nor checksum option; GRE takes no port and no remote checksum.
+    pub fn check(self) -> Result<(), ModelError> {
+        let bad = |what| Err(ModelError::TunnelOption(what, self.kind.name()));
+        match self.kind {
+            TunnelKind::Ipip if self.port != 0 => bad("tun-port"),
+            TunnelKind::Ipip if self.csum != TunnelCsum::NoCsum => bad(self.csum.option()),
+            TunnelKind::Gue if self.port == 0 => Err(ModelError::TunnelPortMissing),
+            TunnelKind::Gre if self.port != 0 => bad("tun-port"),
+            TunnelKind::Gre if self.csum == TunnelCsum::RemCsum => bad("tun-remcsum"),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl TunnelKind {
+    /// ipvsadm's `tunnames`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TunnelKind::Ipip => "ipip",
+            TunnelKind::Gue => "gue",
+            TunnelKind::Gre => "gre",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<TunnelKind> {
+        [TunnelKind::Ipip, TunnelKind::Gue, TunnelKind::Gre]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+}
+
+impl TunnelCsum {
+    /// The option that sets it, without its dashes (ipvsadm's `tun_flags_opts`).
+    pub fn option(self) -> &'static str {
+        match self {
+            TunnelCsum::NoCsum => "tun-nocsum",
+            TunnelCsum::Csum => "tun-csum",
+            TunnelCsum::RemCsum => "tun-remcsum",
+        }
+    }
+
+    /// ipvsadm's `tunflags`, as `--tun-info` shows them.
+    pub fn short(self) -> &'static str {
+        match self {
+            TunnelCsum::NoCsum => "-c",
+            TunnelCsum::Csum => "+c",
+            TunnelCsum::RemCsum => "r+c",
+        }
     }
 }
 
@@ -335,6 +435,14 @@ impl RealSpec {
         }
     }
 
+    /// A tunnelling real with ipvsadm's defaults (`-i -w 1`, IPIP).
+    pub fn tunnel(addr: Ipv4Addr, port: u16) -> RealSpec {
+        RealSpec {
+            forward: ForwardMethod::IPIP,
+            ..RealSpec::route(addr, port)
+        }
+    }
+
     /// A masquerading (NAT) real with ipvsadm's defaults (`-m -w 1`); `port` 0 = the
     /// service's.
     pub fn masq(addr: Ipv4Addr, port: u16) -> RealSpec {
@@ -409,6 +517,10 @@ pub enum ModelError {
     MarkPortTaken(&'static str, u16, Ipv4Addr, u32),
     #[error("No such mark rule")]
     NoMarkRule,
+    #[error("Illegal '{0}' option with the '{1}' tunnel type")]
+    TunnelOption(&'static str, &'static str),
+    #[error("You need to supply the 'tun-port' option for the 'gue' tunnel type")]
+    TunnelPortMissing,
 }
 
 /// The port a real gets. Direct routing: the service port, as ipvsadm forces it ("The
@@ -507,6 +619,9 @@ impl ServiceTable {
         if spec.weight > MAX_WEIGHT {
             return Err(ModelError::WeightOutOfRange(u64::from(spec.weight)));
         }
+        if let ForwardMethod::Tunnel(t) = spec.forward {
+            t.check()?;
+        }
         let live = self.reals().count();
         if live >= MAX_REALS - 1 {
             return Err(ModelError::TooManyReals(MAX_REALS - 1));
@@ -542,6 +657,9 @@ impl ServiceTable {
     pub fn edit_real(&mut self, key: &ServiceKey, spec: RealSpec) -> Result<(), ModelError> {
         if spec.weight > MAX_WEIGHT {
             return Err(ModelError::WeightOutOfRange(u64::from(spec.weight)));
+        }
+        if let ForwardMethod::Tunnel(t) = spec.forward {
+            t.check()?;
         }
         let svc = self.service_mut(key)?;
         let port = real_port(&svc.key, spec.port, spec.forward);

@@ -217,8 +217,15 @@ pub fn format_record(r: &Record, ifname: &dyn Fn(u16) -> String) -> String {
         " | mac {rx_src} > {rx_dst} => {tx_src} > {tx_dst} ttl {}->{}",
         f.ttl, out.ttl
     ));
-    // What a method rewrote above the MACs (addresses, ports), as tcpdump would show it.
-    if (out.saddr, out.sport, out.daddr, out.dport) != (f.saddr, f.sport, f.daddr, f.dport) {
+    // A tunnel's outer header, as tcpdump would show it.
+    if let Some((kind, src, dst)) = outer_header(sent) {
+        s.push_str(&format!(
+            " {kind} {} > {}",
+            ipv4_from_u32(src),
+            ipv4_from_u32(dst)
+        ));
+    } else if (out.saddr, out.sport, out.daddr, out.dport) != (f.saddr, f.sport, f.daddr, f.dport) {
+        // What a method rewrote above the MACs (addresses, ports).
         s.push_str(&format!(
             " ip {}:{} > {}:{}",
             ipv4_from_u32(out.saddr),
@@ -229,6 +236,35 @@ pub fn format_record(r: &Record, ifname: &dyn Fn(u16) -> String) -> String {
     }
     s.push_str(&format!(" out {}", ifname(egress)));
     s
+}
+
+/// The encapsulation, outer source and destination of a frame a tunnel sent: IPIP, GRE, or
+/// UDP carrying a GUE header with an IPv4 payload.
+fn outer_header(frame: &[u8]) -> Option<(&'static str, u32, u32)> {
+    let ip = frame.get(crate::wire::ETH_HDR_LEN..)?;
+    if ip.len() < 20 || crate::wire::ipv4::version(ip) != 4 {
+        return None;
+    }
+    let ihl = crate::wire::ipv4::header_len(ip);
+    let kind = match crate::wire::ipv4::protocol(ip) {
+        crate::datapath::tunnel::IPPROTO_IPIP => "ipip",
+        crate::datapath::tunnel::IPPROTO_GRE => "gre",
+        crate::wire::IPPROTO_UDP => {
+            let gue = ip.get(ihl + 8..ihl + 12)?;
+            let hlen = usize::from(gue[0] & 0x1f) * 4;
+            let inner = ip.get(ihl + 12 + hlen)?;
+            // GUE version 0, IPv4 payload, and an IPv4 header right behind it.
+            if gue[0] >> 6 != 0
+                || gue[1] != crate::datapath::tunnel::IPPROTO_IPIP
+                || inner >> 4 != 4
+            {
+                return None;
+            }
+            "gue"
+        }
+        _ => return None,
+    };
+    Some((kind, crate::wire::ipv4::src(ip), crate::wire::ipv4::dst(ip)))
 }
 
 /// Why an old flow's five-tuple started a new connection, in words.
@@ -262,6 +298,13 @@ pub fn drop_explanation(reason: DropReason) -> &'static str {
         DropReason::BadIpChecksum => "bad IPv4 header checksum",
         DropReason::BadSource => "broadcast/multicast/zero source",
         DropReason::TxFailed => "the kernel refused to send it",
+        DropReason::TunnelTooBig => {
+            "DF set and too big for the tunnel: ICMP fragmentation-needed sent to the client"
+        }
+        DropReason::TunnelNeedsFragments => {
+            "too big for the tunnel without DF (uvs does not fragment the outer packet)"
+        }
+        DropReason::UnsupportedGso => "a GSO super-frame uvs cannot segment for a tunnel",
         DropReason::RingTruncated
         | DropReason::Truncated
         | DropReason::VlanTagged

@@ -8,8 +8,8 @@
 //!   "invalid option". Values are checked as they are met, then the command/option table
 //!   (`commands_v_options` in ipvsadm.c) is checked, then the command-specific rules. Messages
 //!   and exit codes are ipvsadm's: `fail()` exits 2, popt errors and `tryhelp` exit 255.
-//! - What uvs cannot do yet (IPv6, SCTP, tunnelling, masquerading, persistence engines, sync
-//!   daemon group/port/ttl/maxlen) is recognised and refused after ipvsadm's own checks, with
+//! - What uvs cannot do yet (IPv6, SCTP, persistence engines, sync daemon
+//!   group/port/ttl/maxlen) is recognised and refused after ipvsadm's own checks, with
 //!   a message that says so (exit 2).
 //! - Host names are resolved as ipvsadm's `gethostbyname` does (`/etc/hosts`, then the system
 //!   resolver; see [`Names::host_addr`]); port names are looked up in `/etc/services`, as its
@@ -19,7 +19,10 @@ use std::net::Ipv4Addr;
 
 use super::names::Names;
 use crate::ctl::proto::Change;
-use crate::model::{ForwardMethod, Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec};
+use crate::model::{
+    ForwardMethod, Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec, Tunnel, TunnelCsum,
+    TunnelKind,
+};
 
 /// `-p` without a timeout: libipvs's `IPVS_SVC_PERSISTENT_TIMEOUT`, `(6*60)` (ipvsadm's man
 /// page still says 300, which the code stopped using long ago).
@@ -86,9 +89,6 @@ impl ArgError {
         }
     }
 }
-
-pub const FORWARD_UNSUPPORTED: &str =
-    "forwarding method tunnel is not supported yet (-g direct routing and -m masquerading are)";
 
 // ---------------------------------------------------------------------------------------------
 // Commands and options, in ipvsadm's order (the order decides which error is reported first).
@@ -726,6 +726,10 @@ struct Entry<'a> {
     ops: bool,
     pe: bool,
     tunnel_options: bool,
+    /// `--tun-type` (ipvsadm's default is ipip), `--tun-port`, the checksum option.
+    tun_kind: Option<TunnelKind>,
+    tun_port: u16,
+    tun_csum: Option<TunnelCsum>,
     /// `--mcast-interface`, `--syncid` (sync daemon).
     mcast_ifn: Option<&'a str>,
     syncid: u8,
@@ -746,6 +750,54 @@ impl Entry<'_> {
     fn has(&self, optc: usize) -> bool {
         self.options & (1u64 << optc) != 0
     }
+}
+
+/// ipvsadm's `tunnel_types_v_options`: per tunnel type, for `--tun-port`, `--tun-nocsum`,
+/// `--tun-csum`, `--tun-remcsum`: `+` compulsory, `x` illegal, `1` at most one of them.
+const TUN_OPTS: [usize; 4] = [O_TUN_PORT, O_TUN_NOCSUM, O_TUN_CSUM, O_TUN_REMCSUM];
+fn tunnel_types_v_options(kind: TunnelKind) -> &'static [u8; 4] {
+    match kind {
+        TunnelKind::Ipip => b"xxxx",
+        TunnelKind::Gue => b"+111",
+        TunnelKind::Gre => b"x11x",
+    }
+}
+
+/// ipvsadm's `tunnel_opt_check`, with its messages.
+fn tunnel_opt_check(kind: TunnelKind, options: u64) -> Result<(), ArgError> {
+    let row = tunnel_types_v_options(kind);
+    let mut last: Option<usize> = None;
+    for (j, &k) in TUN_OPTS.iter().enumerate() {
+        if options & (1u64 << k) == 0 {
+            if row[j] == b'+' {
+                return Err(ArgError::fail(format!(
+                    "You need to supply the '{}' option for the '{}' tunnel type",
+                    OPT_NAMES[k],
+                    kind.name()
+                )));
+            }
+            continue;
+        }
+        if row[j] == b'x' {
+            return Err(ArgError::fail(format!(
+                "Illegal '{}' option with the '{}' tunnel type",
+                OPT_NAMES[k],
+                kind.name()
+            )));
+        }
+        if row[j] == b'1' {
+            if let Some(l) = last {
+                return Err(ArgError::fail(format!(
+                    "The option '{}' conflicts with the '{}' option in the '{}' tunnel type",
+                    OPT_NAMES[k],
+                    OPT_NAMES[l],
+                    kind.name()
+                )));
+            }
+            last = Some(k);
+        }
+    }
+    Ok(())
 }
 
 fn generic_opt_check(cmd: Cmd, options: u64) -> Result<(), ArgError> {
@@ -1003,24 +1055,27 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
             }
             Tag::TunType => {
                 ce.set_option(O_TUN_TYPE)?;
-                if v != "ipip" && v != "gue" {
-                    return Err(ArgError::fail("illegal tunnel type specified"));
-                }
+                ce.tun_kind = Some(
+                    TunnelKind::parse(v)
+                        .ok_or_else(|| ArgError::fail("illegal tunnel type specified"))?,
+                );
                 ce.tunnel_options = true;
             }
             Tag::TunPort => {
                 ce.set_option(O_TUN_PORT)?;
-                if string_to_number(v, 1, 65535).is_none() {
-                    return Err(ArgError::fail("illegal tunnel port specified"));
-                }
+                ce.tun_port = string_to_number(v, 1, 65535)
+                    .and_then(|n| u16::try_from(n).ok())
+                    .ok_or_else(|| ArgError::fail("illegal tunnel port specified"))?;
                 ce.tunnel_options = true;
             }
             Tag::TunNocsum | Tag::TunCsum | Tag::TunRemcsum => {
-                ce.set_option(match tag {
-                    Tag::TunNocsum => O_TUN_NOCSUM,
-                    Tag::TunCsum => O_TUN_CSUM,
-                    _ => O_TUN_REMCSUM,
-                })?;
+                let (optc, c) = match tag {
+                    Tag::TunNocsum => (O_TUN_NOCSUM, TunnelCsum::NoCsum),
+                    Tag::TunCsum => (O_TUN_CSUM, TunnelCsum::Csum),
+                    _ => (O_TUN_REMCSUM, TunnelCsum::RemCsum),
+                };
+                ce.set_option(optc)?;
+                ce.tun_csum = Some(c);
                 ce.tunnel_options = true;
             }
             Tag::Cmd(_) | Tag::Help | Tag::Version => {
@@ -1075,6 +1130,9 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
             "Tunnel options conflict with forward method",
         ));
     }
+    if matches!(cmd, Cmd::AddDest | Cmd::EditDest) {
+        tunnel_opt_check(ce.tun_kind.unwrap_or(TunnelKind::Ipip), ce.options)?;
+    }
     if matches!(cmd, Cmd::List) {
         let o = |b| ce.has(b);
         if ((o(O_CONNECTION) || o(O_TIMEOUT) || o(O_DAEMON))
@@ -1102,9 +1160,6 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
     if ce.ipv6 {
         return Err(ArgError::unsupported("IPv6 is not supported yet"));
     }
-    if ce.forward == Some(Tag::Ipip) || ce.tunnel_options {
-        return Err(ArgError::unsupported(FORWARD_UNSUPPORTED));
-    }
     if ce.pe {
         return Err(ArgError::unsupported(
             "persistence engines (--pe) are not supported yet",
@@ -1128,6 +1183,11 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
             // ipvsadm's default is -g, for -a and -e alike.
             forward: match ce.forward {
                 Some(Tag::Masq) => ForwardMethod::Masq,
+                Some(Tag::Ipip) => ForwardMethod::Tunnel(Tunnel {
+                    kind: ce.tun_kind.unwrap_or(TunnelKind::Ipip),
+                    port: ce.tun_port,
+                    csum: ce.tun_csum.unwrap_or(TunnelCsum::NoCsum),
+                }),
                 _ => ForwardMethod::Route,
             },
             weight: ce.weight.unwrap_or(1),
@@ -1378,14 +1438,71 @@ mod tests {
     }
 
     #[test]
+    fn tunnel_options_are_checked_as_ipvsadm_checks_them() {
+        let tunnel = |args: &str| match p(args) {
+            Ok(Command::AddServer(_, r)) | Ok(Command::EditServer(_, r)) => r.forward,
+            other => panic!("{args}: {other:?}"),
+        };
+        assert_eq!(
+            tunnel("-a -t 10.0.0.1:80 -r 10.0.0.2 -i"),
+            ForwardMethod::IPIP
+        );
+        assert_eq!(
+            tunnel("-a -t 10.0.0.1:80 -r 10.0.0.2 --ipip --tun-type gue --tun-port 6080"),
+            ForwardMethod::Tunnel(Tunnel {
+                kind: TunnelKind::Gue,
+                port: 6080,
+                csum: TunnelCsum::NoCsum
+            })
+        );
+        assert_eq!(
+            tunnel("-e -t 10.0.0.1:80 -r 10.0.0.2 -i --tun-type gre --tun-csum"),
+            ForwardMethod::Tunnel(Tunnel {
+                kind: TunnelKind::Gre,
+                port: 0,
+                csum: TunnelCsum::Csum
+            })
+        );
+        let cases = [
+            (
+                "-a -t 10.0.0.1:80 -r 10.0.0.2 -g --tun-type gue",
+                "Tunnel options conflict with forward method",
+            ),
+            (
+                "-a -t 10.0.0.1:80 -r 10.0.0.2 -i --tun-type gue",
+                "You need to supply the 'tun-port' option for the 'gue' tunnel type",
+            ),
+            (
+                "-a -t 10.0.0.1:80 -r 10.0.0.2 -i --tun-port 6080",
+                "Illegal 'tun-port' option with the 'ipip' tunnel type",
+            ),
+            (
+                "-a -t 10.0.0.1:80 -r 10.0.0.2 -i --tun-type gre --tun-remcsum",
+                "Illegal 'tun-remcsum' option with the 'gre' tunnel type",
+            ),
+            (
+                "-a -t 10.0.0.1:80 -r 10.0.0.2 -i --tun-type gue --tun-port 1 --tun-nocsum --tun-csum",
+                "The option 'tun-csum' conflicts with the 'tun-nocsum' option in the 'gue' tunnel type",
+            ),
+            (
+                "-a -t 10.0.0.1:80 -r 10.0.0.2 -i --tun-type vxlan",
+                "illegal tunnel type specified",
+            ),
+            (
+                "-a -t 10.0.0.1:80 -r 10.0.0.2 -i --tun-type gue --tun-port 0",
+                "illegal tunnel port specified",
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(err(args), (want.to_string(), 2), "{args}");
+        }
+    }
+
+    #[test]
     fn unsupported_features_are_refused_after_ipvsadm_checks() {
         assert_eq!(
             p("-A -f 1 -s rr").unwrap(),
             p("-A --fwmark-service=1 -s rr").unwrap()
-        );
-        assert_eq!(
-            err("-a -t 10.0.0.1:80 -r 10.0.0.2 -i").0,
-            FORWARD_UNSUPPORTED
         );
         // -m is supported: masquerading, with the real's port mapped (or the service's).
         match p("-a -t 10.0.0.1:80 -r 10.0.0.2:8080 -m -w 3") {

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use super::args::Format;
 use super::names::Names;
 use crate::ctl::proto::{ConnEntry, RealStatus, ServiceStatus, Status, TimeoutsSecs};
-use crate::model::ForwardMethod;
+use crate::model::{ForwardMethod, TunnelKind};
 
 /// The kernel IPVS version ipvsadm prints (`IP_VS_VERSION_CODE` 1.2.1).
 pub const IPVS_VERSION: &str = "1.2.1";
@@ -102,6 +102,7 @@ fn fwd_name(f: ForwardMethod) -> &'static str {
     match f {
         ForwardMethod::Route => "Route",
         ForwardMethod::Masq => "Masq",
+        ForwardMethod::Tunnel(_) => "Tunnel",
     }
 }
 
@@ -109,6 +110,37 @@ fn fwd_switch(f: ForwardMethod) -> &'static str {
     match f {
         ForwardMethod::Route => "-g",
         ForwardMethod::Masq => "-m",
+        ForwardMethod::Tunnel(_) => "-i",
+    }
+}
+
+/// ipvsadm's `fwd_tun_info`: `ipip`, `gue:PORT:FLAGS`, `gre:FLAGS`; `n/a` for other methods.
+fn fwd_tun_info(f: ForwardMethod) -> String {
+    match f {
+        ForwardMethod::Tunnel(t) => match t.kind {
+            TunnelKind::Ipip => t.kind.name().to_string(),
+            TunnelKind::Gue => format!("{}:{}:{}", t.kind.name(), t.port, t.csum.short()),
+            TunnelKind::Gre => format!("{}:{}", t.kind.name(), t.csum.short()),
+        },
+        _ => "n/a".to_string(),
+    }
+}
+
+/// ipvsadm's `print_tunnel_rule` (`-S` of a tunnelling real): the tunnel type, and GUE's port
+/// and GUE's and GRE's checksum option, after the weight.
+fn tunnel_rule_options(f: ForwardMethod) -> String {
+    match f {
+        ForwardMethod::Tunnel(t) => match t.kind {
+            TunnelKind::Ipip => format!(" --tun-type {}", t.kind.name()),
+            TunnelKind::Gue => format!(
+                " --tun-type {} --tun-port {} --{}",
+                t.kind.name(),
+                t.port,
+                t.csum.option()
+            ),
+            TunnelKind::Gre => format!(" --tun-type {} --{}", t.kind.name(), t.csum.option()),
+        },
+        _ => String::new(),
     }
 }
 
@@ -229,9 +261,10 @@ fn service_entry(out: &mut String, se: &ServiceStatus, f: &Format, names: &Names
         if f.rule {
             let _ = writeln!(
                 out,
-                "-a {svc_name} -r {dname} {} -w {}",
+                "-a {svc_name} -r {dname} {} -w {}{}",
                 fwd_switch(e.forward),
-                e.weight
+                e.weight,
+                tunnel_rule_options(e.forward)
             );
         } else if f.stats {
             let s = &e.stats;
@@ -267,7 +300,7 @@ fn service_entry(out: &mut String, se: &ServiceStatus, f: &Format, names: &Names
                 out,
                 "  -> {dname:<28} {:<7} {:<13} {:<6} {:<10} {:<10}",
                 fwd_name(e.forward),
-                "n/a",
+                fwd_tun_info(e.forward),
                 e.weight,
                 e.active,
                 e.inactive
