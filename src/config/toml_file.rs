@@ -671,6 +671,7 @@ fn add_service(table: &mut ServiceTable, spanned: &Spanned<RawService>) -> Resul
         persistence_netmask,
         sched_flags,
         ops: svc.ops.unwrap_or(false),
+        proxy_protocol: crate::model::ProxyVersion::Off,
     };
     table
         .add_service(spec)

@@ -323,7 +323,7 @@ impl HaHooks {
     /// Queues a connection for the sync master (never blocks; a full queue drops and counts).
     #[inline]
     pub fn emit(&self, r: SyncRecord) {
-        if !self.sending.load(Ordering::Relaxed) {
+        if !self.sending.load(Ordering::Relaxed) || !wire::syncable(r.forward) {
             return;
         }
         if self.out.try_send(r).is_err() {

@@ -41,7 +41,8 @@ pub enum WireError {
     BadSize,
 }
 
-/// One message of up to [`MAX_PER_MESSAGE`] records.
+/// One message of up to [`MAX_PER_MESSAGE`] records. FullNAT connections are not in IPVS's
+/// format (it has no local address or port): leave them out (see [`syncable`]).
 pub fn encode(syncid: u8, records: &[SyncRecord]) -> Vec<u8> {
     let n = records.len().min(MAX_PER_MESSAGE);
     let size = HEADER_LEN + n * RECORD_LEN;
@@ -74,9 +75,16 @@ pub fn encode(syncid: u8, records: &[SyncRecord]) -> Vec<u8> {
 fn forward_flag(m: ForwardMethod) -> u32 {
     match m {
         ForwardMethod::Route => F_DROUTE,
-        ForwardMethod::Masq => F_MASQ,
+        // Never encoded (see `syncable`); masquerading is the nearest IPVS knows.
+        ForwardMethod::Masq | ForwardMethod::FullNat => F_MASQ,
         ForwardMethod::Tunnel(_) => F_TUNNEL,
     }
+}
+
+/// Whether IPVS's sync format can carry a connection forwarded by `m`: not FullNAT, whose
+/// local address and port it has no room for (and an IPVS peer could not use).
+pub fn syncable(m: ForwardMethod) -> bool {
+    m != ForwardMethod::FullNat
 }
 
 /// The forwarding method of a record's flags, if uvs forwards that way. The flags do not say
