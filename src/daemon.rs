@@ -17,11 +17,13 @@ use arc_swap::ArcSwap;
 use crate::config::{DaemonConfig, RingVersion};
 use crate::conns::ConnCounts;
 use crate::control::Control;
+use crate::control::fullnat::LocalPortPlan;
 use crate::control::health::{HealthCtl, run_commands};
 use crate::control::placement::Placer;
 use crate::control::stats::StatsKeeper;
 use crate::ctl::serve::AdminServer;
 use crate::datapath::counters::WorkerCounters;
+use crate::datapath::fullnat::LocalPorts;
 use crate::datapath::process::Forwarder;
 use crate::datapath::templates::TemplateTable;
 use crate::datapath::worker::{RxPort, Worker};
@@ -247,10 +249,18 @@ pub fn run(args: &RunArgs) -> Result<()> {
         cfg.flow_table.capacity as usize,
     )?;
 
-    let shared = Arc::new(ArcSwap::from_pointee(snapshot));
-    let stop = Arc::new(AtomicBool::new(false));
+    // FullNAT ports: each worker's pools of the first snapshot's local addresses, handed to
+    // it before it starts; later ones come through its requests.
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let n_workers = cfg.workers.unwrap_or(cores.len().max(1));
+    let mut local_ports = LocalPortPlan::new(cfg.fullnat_ports, n_workers);
+    let mut first_pools: Vec<(u32, Vec<Option<_>>)> = local_ports
+        .pools_for(snapshot.laddrs())
+        .into_iter()
+        .map(|(a, pools)| (a, pools.into_iter().map(Some).collect()))
+        .collect();
+    let shared = Arc::new(ArcSwap::from_pointee(snapshot));
+    let stop = Arc::new(AtomicBool::new(false));
     let filter = receive_filter(&vips, &nat_sources, cfg.arp.vip_mac);
     let fanout_program = crate::io::filter::fanout_program(&nat_sources);
     let tx_capacity = match cfg.ring.version {
@@ -310,7 +320,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
             cfg.flow_table.expire_quiescent_template,
         );
         forwarder.ha = Arc::clone(&ha.hooks);
-        let (requests_tx, requests) = crossbeam_channel::bounded(4);
+        forwarder.local_ports = LocalPorts::new(cfg.fullnat_ports);
+        for (addr, pool, counters) in first_pools.iter_mut().filter_map(|(a, pools)| {
+            let (pool, counters) = pools.get_mut(w)?.take()?;
+            Some((*a, pool, counters))
+        }) {
+            forwarder.local_ports.add(addr, *pool, counters);
+        }
+        // Room for a pool per worker per local address of a change, and a flow dump.
+        let (requests_tx, requests) = crossbeam_channel::bounded(64);
         worker_requests.push(requests_tx);
         forwarder.tap = trace.tap(w);
         workers.push(Worker {
@@ -401,6 +419,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         templates: Arc::clone(&templates),
         ring_fds,
         ring_totals: vec![RingStats::default(); ifaces.len()],
+        local_ports,
         state: AdminState {
             table,
             timeouts: TimeoutsSecs::default(),

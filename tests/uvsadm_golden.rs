@@ -367,6 +367,8 @@ impl Backend for Fixed {
                         real(103, 760, 99_999_999, 123_000_000_000),
                         real(102, 760, 100_000_000, 1_234_000_000),
                     ],
+                    proxy_protocol: Default::default(),
+                    local_addrs: Vec::new(),
                 }],
             }),
             _ => Reply::Done,

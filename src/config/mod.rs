@@ -127,6 +127,8 @@ pub struct DaemonConfig {
     /// VRRP instances and the IPVS sync daemon.
     pub vrrp: Vec<crate::vrrp::InstanceConfig>,
     pub sync: Option<crate::sync::SyncConfig>,
+    /// FullNAT: the local ports handed out on every local address (inclusive).
+    pub fullnat_ports: (u16, u16),
 }
 
 /// Default Prometheus address: loopback only, port from the Prometheus default-port registry range.
@@ -146,6 +148,7 @@ impl Default for DaemonConfig {
             health: crate::health::HealthConfig::default(),
             vrrp: Vec::new(),
             sync: None,
+            fullnat_ports: crate::datapath::fullnat::DEFAULT_PORTS,
         }
     }
 }

@@ -400,6 +400,7 @@ fn build(raw: RawConfig) -> Result<DaemonConfig, Located> {
         arp,
         services,
         health,
+        fullnat_ports: defaults.fullnat_ports,
     })
 }
 

@@ -72,7 +72,7 @@ pub struct ConnRow {
 /// client asked for.
 fn dest_port(real: Real<'_>, asked: u16) -> u16 {
     match real.path.xmit {
-        Xmit::Masq { port } if port != 0 => port,
+        Xmit::Masq { port } | Xmit::FullNat { port, .. } if port != 0 => port,
         _ => asked,
     }
 }
@@ -130,6 +130,10 @@ impl Control {
                 }
             }
         }
+        // Before the snapshot: a worker must hold the ports of a local address before a flow
+        // may need one.
+        self.local_ports
+            .provision(snap.laddrs(), &self.worker_requests);
         self.snapshot.store(Arc::new(snap));
         let now = crate::io::clock::now_ms();
         // ARP keeps answering for local services' VIPs too (the kernel filter no longer

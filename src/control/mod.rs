@@ -7,6 +7,7 @@
 //! wire protocol.
 
 pub mod admin;
+pub mod fullnat;
 pub mod health;
 pub mod placement;
 pub mod stats;
@@ -64,6 +65,8 @@ pub struct Control {
     /// (interface index, receive socket) of every worker ring.
     pub ring_fds: Vec<(usize, RawFd)>,
     pub ring_totals: Vec<RingStats>,
+    /// FullNAT local addresses: the workers' port pools and their figures.
+    pub local_ports: fullnat::LocalPortPlan,
     /// The configured state the admin interface changes.
     pub state: AdminState,
     pub snapshot: SharedSnapshot,
