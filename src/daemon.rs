@@ -206,6 +206,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let nat_sources = snapshot.nat_sources().to_vec();
     let nat_replies = snapshot.nat_replies().to_vec();
     let locals = snapshot.local_addrs().to_vec();
+    let laddrs = snapshot.laddrs().to_vec();
     // The expanded (protocol, VIP, port) keys, mark rules included.
     let service_keys = snapshot.forwarded_keys();
 
@@ -234,6 +235,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
             services: &service_keys,
             nat_replies: &nat_replies,
             locals: &locals,
+            laddrs: &laddrs,
+            fullnat_ports: cfg.fullnat_ports,
         };
         Some(KernelFilter::install(&if_names, &filtered, hook)?)
     } else {
@@ -261,8 +264,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         .collect();
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
     let stop = Arc::new(AtomicBool::new(false));
-    let filter = receive_filter(&vips, &nat_sources, cfg.arp.vip_mac);
-    let fanout_program = crate::io::filter::fanout_program(&nat_sources);
+    let filter = receive_filter(&vips, &nat_sources, &laddrs, cfg.arp.vip_mac);
+    let fanout_program = crate::io::filter::fanout_program(&nat_sources, &laddrs);
     let tx_capacity = match cfg.ring.version {
         RingVersion::V3 => (cfg.ring.block_size as usize / 64).max(256),
         RingVersion::V2 => MAX_V2_BATCH,
@@ -375,6 +378,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut arp_vips = table.vips();
     arp_vips.sort();
     arp.set_vips(arp_vips, now);
+    arp.set_local_addrs(
+        table
+            .local_addrs()
+            .into_iter()
+            .filter(|a| !placer.is_local(*a))
+            .collect(),
+        now,
+    );
     arp.set_neighbors(neighbors, &neigh);
     let health = start_health(&cfg, &mut book, &ifaces, &mut placer, &neigh, plan)?;
     ha.start(&mut arp, vips.clone(), now); // only MASTER VIPs are answered

@@ -54,10 +54,7 @@ impl LocalPortPlan {
 
     /// The local addresses of `laddrs` no worker has ports of yet, each with one pool per
     /// worker (in worker order), recorded as provisioned.
-    pub fn pools_for(
-        &mut self,
-        laddrs: &[u32],
-    ) -> Vec<(u32, Vec<WorkerPool>)> {
+    pub fn pools_for(&mut self, laddrs: &[u32]) -> Vec<(u32, Vec<WorkerPool>)> {
         let new: Vec<u32> = laddrs
             .iter()
             .copied()

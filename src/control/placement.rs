@@ -127,6 +127,15 @@ impl Placer {
     }
 }
 
+impl Placer {
+    /// Whether `addr` is one of the served interfaces' own addresses.
+    pub fn is_local(&self, addr: Ipv4Addr) -> bool {
+        self.interfaces
+            .iter()
+            .any(|i| i.ipv4.iter().any(|(a, _)| *a == addr))
+    }
+}
+
 impl Placement for Placer {
     fn next_hop(&mut self, addr: Ipv4Addr, method: ForwardMethod) -> Result<NextHop, PlaceError> {
         let direct = self.on_link(addr);

@@ -171,14 +171,26 @@ impl Asm {
 }
 
 /// The tail of the receive filter for an IPv4 frame: accept it if it goes to a VIP, or comes
-/// from a masquerading real's service port (its replies), or is ICMP from such a real (errors
-/// about those replies); drop the rest.
-fn ipv4_tail(vips: &[Ipv4Addr], nat_sources: &[(u32, u16)]) -> Option<Vec<Insn>> {
+/// from a masquerading or FullNAT real's service port (its replies), or is ICMP from such a
+/// real (errors about those replies) or to a FullNAT local address (a router's, about what
+/// the director sent a real from it); drop the rest.
+fn ipv4_tail(vips: &[Ipv4Addr], nat_sources: &[(u32, u16)], laddrs: &[u32]) -> Option<Vec<Insn>> {
     let mut a = Asm::new();
-    let (accept, drop, from_real) = (a.label(), a.label(), a.label());
+    let (accept, drop, from_real, to_laddr) = (a.label(), a.label(), a.label(), a.label());
     a.op(stmt(BPF_LD | BPF_W | BPF_ABS, IP_DST));
     for vip in vips {
         a.jeq(u32::from(*vip), accept, None);
+    }
+    if !laddrs.is_empty() {
+        let not_laddr = a.label();
+        for l in laddrs {
+            a.jeq(*l, to_laddr, None);
+        }
+        a.ja(not_laddr);
+        a.here(to_laddr);
+        a.op(stmt(BPF_LD | BPF_B | BPF_ABS, IP_PROTO));
+        a.jeq(IPPROTO_ICMP, accept, None);
+        a.here(not_laddr);
     }
     if !nat_sources.is_empty() {
         let mut addrs: Vec<u32> = nat_sources.iter().map(|(a, _)| *a).collect();
@@ -207,10 +219,12 @@ fn ipv4_tail(vips: &[Ipv4Addr], nat_sources: &[(u32, u16)]) -> Option<Vec<Insn>>
     a.finish()
 }
 
-/// Builds the receive filter for the given VIPs and masquerading reals (address, port).
+/// Builds the receive filter for the given VIPs, masquerading and FullNAT reals (address,
+/// port), and FullNAT local addresses.
 pub fn receive_filter(
     vips: &[Ipv4Addr],
     nat_sources: &[(u32, u16)],
+    laddrs: &[u32],
     vip_mac: Option<MacAddr>,
 ) -> Vec<Insn> {
     let mut p = drop_other_hosts_except(vip_mac);
@@ -239,7 +253,7 @@ pub fn receive_filter(
         stmt(BPF_RET | BPF_K, ACCEPT),
     ]);
     let tail = (vips.len() <= MAX_FILTER_VIPS)
-        .then(|| ipv4_tail(vips, nat_sources))
+        .then(|| ipv4_tail(vips, nat_sources, laddrs))
         .flatten();
     match tail {
         Some(t) => p.extend(t),
@@ -258,16 +272,38 @@ pub fn receive_filter(
 /// destination (a router or the client quotes what the VIP sent). The quoted IP header is
 /// taken to be 20 bytes: options there only cost that error a flow lookup on the wrong
 /// worker. A frame from a masquerading real's address is a reply; anything else a request.
-pub fn fanout_program(nat_sources: &[(u32, u16)]) -> Vec<Insn> {
-    let build = |reals: &[u32]| {
+///
+/// A frame to a FullNAT local address is a FullNAT reply, which the worker that owns its
+/// local port must get: the program returns that port (`lport % workers` owns it, see
+/// `datapath::fullnat`); an ICMP error to a local address quotes the packet the director sent
+/// from it, so its quoted source port.
+pub fn fanout_program(nat_sources: &[(u32, u16)], laddrs: &[u32]) -> Vec<Insn> {
+    let build = |reals: &[u32], laddrs: &[u32]| {
         let mut a = Asm::new();
         let (request, reply, icmp, mix, zero) =
             (a.label(), a.label(), a.label(), a.label(), a.label());
         let (icmp_from_real, quoted) = (a.label(), a.label());
+        let (fullnat, fullnat_icmp, not_fullnat) = (a.label(), a.label(), a.label());
         a.op(stmt(BPF_LD | BPF_H | BPF_ABS, 12));
         a.jeq(0x0800, request, Some(zero));
         a.here(request);
         a.op(stmt(BPF_LDX | BPF_B | BPF_MSH, 14));
+        if !laddrs.is_empty() {
+            a.op(stmt(BPF_LD | BPF_W | BPF_ABS, IP_DST));
+            for l in laddrs {
+                a.jeq(*l, fullnat, None);
+            }
+            a.ja(not_fullnat);
+            a.here(fullnat);
+            a.op(stmt(BPF_LD | BPF_B | BPF_ABS, IP_PROTO));
+            a.jeq(IPPROTO_ICMP, fullnat_icmp, None);
+            a.op(stmt(BPF_LD | BPF_H | BPF_IND, 16));
+            a.op(stmt(BPF_RET | BPF_A, 0));
+            a.here(fullnat_icmp);
+            a.op(stmt(BPF_LD | BPF_H | BPF_IND, 14 + 8 + 20));
+            a.op(stmt(BPF_RET | BPF_A, 0));
+            a.here(not_fullnat);
+        }
         a.op(stmt(BPF_LD | BPF_B | BPF_ABS, IP_PROTO));
         a.jeq(IPPROTO_ICMP, icmp, None);
         a.op(stmt(BPF_LD | BPF_W | BPF_ABS, IP_SRC));
@@ -315,7 +351,10 @@ pub fn fanout_program(nat_sources: &[(u32, u16)]) -> Vec<Insn> {
     reals.dedup();
     // Too many reals to compare within a jump's reach: their replies are hashed as requests
     // (by source), which keeps DR exact and spreads the rest.
-    build(&reals).or_else(|| build(&[])).unwrap_or_default()
+    build(&reals, laddrs)
+        .or_else(|| build(&[], laddrs))
+        .or_else(|| build(&[], &[]))
+        .unwrap_or_default()
 }
 
 /// A filter that accepts nothing: attached before a socket is bound so no frame slips in
@@ -461,7 +500,7 @@ mod tests {
     #[test]
     fn accepts_ipv4_to_a_vip_and_drops_other_ipv4() {
         let vips = [Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 101)];
-        let p = receive_filter(&vips, &[], None);
+        let p = receive_filter(&vips, &[], &[], None);
         for vip in vips {
             assert_eq!(interpret(&p, &ipv4_to(vip), HOST, false), ACCEPT);
         }
@@ -473,7 +512,7 @@ mod tests {
 
     #[test]
     fn keeps_what_the_worker_must_count_and_drops_host_traffic() {
-        let p = receive_filter(&[Ipv4Addr::new(10, 0, 0, 100)], &[], None);
+        let p = receive_filter(&[Ipv4Addr::new(10, 0, 0, 100)], &[], &[], None);
         let vip = ipv4_to(Ipv4Addr::new(10, 0, 0, 100));
         assert_eq!(interpret(&p, &vip, PACKET_OTHERHOST, false), DROP);
         assert_eq!(interpret(&p, &vip[..20], HOST, false), ACCEPT, "truncated");
@@ -507,12 +546,12 @@ mod tests {
         let vips: Vec<Ipv4Addr> = (0..300u32)
             .map(|i| Ipv4Addr::from(0x0a00_0000 + i))
             .collect();
-        let p = receive_filter(&vips, &[], None);
+        let p = receive_filter(&vips, &[], &[], None);
         assert_eq!(
             interpret(&p, &ipv4_to(Ipv4Addr::new(192, 168, 1, 1)), HOST, false),
             ACCEPT
         );
-        let few = receive_filter(&vips[..MAX_FILTER_VIPS], &[], None);
+        let few = receive_filter(&vips[..MAX_FILTER_VIPS], &[], &[], None);
         assert_eq!(
             interpret(&few, &ipv4_to(vips[MAX_FILTER_VIPS - 1]), HOST, false),
             ACCEPT
@@ -543,7 +582,7 @@ mod tests {
 
     #[test]
     fn masquerading_reals_replies_and_icmp_pass_their_other_traffic_does_not() {
-        let p = receive_filter(&[Ipv4Addr::from(VIP)], &nat(), None);
+        let p = receive_filter(&[Ipv4Addr::from(VIP)], &nat(), &[], None);
         let reply = packet(6, RS1, 8080, CLIENT, 40000);
         assert_eq!(interpret(&p, &reply, HOST, false), ACCEPT);
         let icmp = packet(1, RS1, 0, CLIENT, 0);
@@ -559,7 +598,7 @@ mod tests {
 
     #[test]
     fn fanout_sends_both_directions_of_a_flow_to_one_worker() {
-        let p = fanout_program(&nat());
+        let p = fanout_program(&nat(), &[]);
         let workers = 2;
         let mut seen = [0usize; 2];
         for cport in 30000..30200u16 {
@@ -587,6 +626,43 @@ mod tests {
     }
 
     #[test]
+    fn fullnat_replies_go_to_the_worker_that_owns_their_local_port() {
+        let lip = [10, 1, 0, 2];
+        let laddrs = [u32::from(Ipv4Addr::from(lip))];
+        let p = fanout_program(&nat(), &laddrs);
+        for workers in [2u32, 3] {
+            for lport in 1024..1100u16 {
+                let reply = packet(6, RS1, 8080, lip, lport);
+                assert_eq!(
+                    interpret(&p, &reply, HOST, false) % workers,
+                    u32::from(lport) % workers
+                );
+                // A router's ICMP error about what the director sent from the local port.
+                let sent = packet(6, lip, lport, RS1, 8080);
+                let mut icmp = packet(1, [10, 9, 0, 1], 0, lip, 0);
+                icmp[34] = 3;
+                icmp.truncate(42);
+                icmp.extend_from_slice(&sent[14..14 + 28]);
+                assert_eq!(
+                    interpret(&p, &icmp, HOST, false) % workers,
+                    u32::from(lport) % workers
+                );
+            }
+        }
+        // Requests still spread by client.
+        let a = interpret(&p, &packet(6, CLIENT, 30000, VIP, 80), HOST, false);
+        let b = interpret(&p, &packet(6, CLIENT, 30001, VIP, 80), HOST, false);
+        assert_ne!(a, b);
+        // The receive filter takes a router's ICMP to the local address, not other traffic.
+        let rf = receive_filter(&[Ipv4Addr::from(VIP)], &nat(), &laddrs, None);
+        let mut icmp = packet(1, [10, 9, 0, 1], 0, lip, 0);
+        icmp[34] = 3;
+        assert_eq!(interpret(&rf, &icmp, HOST, false), ACCEPT);
+        let ssh = packet(6, [10, 9, 0, 1], 50000, lip, 22);
+        assert_eq!(interpret(&rf, &ssh, HOST, false), DROP);
+    }
+
+    #[test]
     fn arp_filter_accepts_only_arp() {
         let p = arp_filter(None);
         let mut arp = vec![0u8; 42];
@@ -609,7 +685,7 @@ mod tests {
     #[test]
     fn with_a_vip_mac_frames_for_it_are_ours_and_other_hosts_still_not() {
         let vip = Ipv4Addr::new(10, 0, 0, 100);
-        let p = receive_filter(&[vip], &[], Some(VMAC));
+        let p = receive_filter(&[vip], &[], &[], Some(VMAC));
         let to_vmac = addressed_to(ipv4_to(vip), VMAC.0);
         assert_eq!(interpret(&p, &to_vmac, PACKET_OTHERHOST, false), ACCEPT);
         assert_eq!(interpret(&p, &to_vmac, HOST, false), ACCEPT);
