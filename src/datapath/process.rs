@@ -1156,3 +1156,6 @@ mod tests;
 
 #[cfg(test)]
 mod nat_tests;
+
+#[cfg(test)]
+mod fullnat_tests;
