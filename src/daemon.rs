@@ -257,6 +257,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let n_workers = cfg.workers.unwrap_or(cores.len().max(1));
     let mut local_ports = LocalPortPlan::new(cfg.fullnat_ports, n_workers);
+    crate::control::fullnat::reserve_ports(cfg.fullnat_ports);
     let mut first_pools: Vec<(u32, Vec<Option<_>>)> = local_ports
         .pools_for(snapshot.laddrs())
         .into_iter()

@@ -38,6 +38,8 @@ pub struct Figures {
     pub health: crate::health::book::HealthListing,
     /// `uvs trace` / `uvs capture` records lost, by reason (never packets).
     pub trace_dropped: Vec<(&'static str, u64)>,
+    /// FullNAT local addresses: (address, ports in use, connections refused for want of one).
+    pub fullnat_laddrs: Vec<(String, u64, u64)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -164,6 +166,11 @@ pub fn render(f: &Figures) -> String {
         }
         for (reason, v) in &f.trace_dropped {
             counter!("uvs_trace_records_dropped_total", "reason" => *reason).absolute(*v);
+        }
+        for (laddr, in_use, exhausted) in &f.fullnat_laddrs {
+            gauge!("uvs_fullnat_local_ports_in_use", "laddr" => laddr.clone()).set(*in_use as f64);
+            counter!("uvs_fullnat_port_exhausted_total", "laddr" => laddr.clone())
+                .absolute(*exhausted);
         }
         render_health(&f.health);
     });
@@ -325,6 +332,7 @@ mod tests {
                 interface: "eth0".into(),
                 ..RingFigures::default()
             }],
+            fullnat_laddrs: vec![("10.0.0.2".into(), 1, 1)],
             health: HealthListing {
                 services: vec![ServiceHealthRow {
                     key: ServiceKey::addr(Protocol::Tcp, "10.0.0.100".parse().unwrap(), 80),

@@ -121,9 +121,90 @@ impl LocalPortPlan {
     }
 }
 
+/// The part of uvs's local ports (`ours`) that the kernel may hand its own sockets as
+/// ephemeral ports (`ephemeral`, `ip_local_port_range`), if any.
+pub fn overlap(ours: (u16, u16), ephemeral: (u16, u16)) -> Option<(u16, u16)> {
+    let lo = ours.0.max(ephemeral.0);
+    let hi = ours.1.min(ephemeral.1);
+    (lo <= hi).then_some((lo, hi))
+}
+
+/// `ip_local_reserved_ports` with `range` added (unless a listed range already covers it).
+pub fn with_reserved(current: &str, range: (u16, u16)) -> String {
+    let covered = current.split(',').map(str::trim).any(|r| {
+        let (a, b) = r.split_once('-').unwrap_or((r, r));
+        matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= range.0 && range.1 <= b)
+    });
+    let item = if range.0 == range.1 {
+        range.0.to_string()
+    } else {
+        format!("{}-{}", range.0, range.1)
+    };
+    match (covered, current.trim()) {
+        (true, _) => current.trim().to_string(),
+        (false, "") => item,
+        (false, c) => format!("{c},{item}"),
+    }
+}
+
+/// Keeps the director's kernel from picking uvs's local ports for its own connections: the
+/// part of `ours` inside `ip_local_port_range` goes into `ip_local_reserved_ports` (kept
+/// after uvs exits: a reserved port only means the kernel does not pick it by itself).
+pub fn reserve_ports(ours: (u16, u16)) {
+    let range = crate::io::sysctl::read("net/ipv4/ip_local_port_range").ok();
+    let ephemeral = range.as_deref().and_then(|r| {
+        let mut it = r.split_whitespace().map(str::parse::<u16>);
+        match (it.next(), it.next()) {
+            (Some(Ok(a)), Some(Ok(b))) => Some((a, b)),
+            _ => None,
+        }
+    });
+    let Some(clash) = ephemeral.and_then(|e| overlap(ours, e)) else {
+        return;
+    };
+    const KEY: &str = "net/ipv4/ip_local_reserved_ports";
+    let current = crate::io::sysctl::read(KEY).unwrap_or_default();
+    let wanted = with_reserved(&current, clash);
+    if wanted == current.trim() {
+        return;
+    }
+    match crate::io::sysctl::write(KEY, &wanted) {
+        Ok(()) => log::info!(
+            "fullnat: ports {}-{} are also the kernel's ephemeral ports: reserved ({KEY} = {wanted})",
+            clash.0,
+            clash.1
+        ),
+        Err(e) => log::warn!(
+            "fullnat: ports {}-{} are also the kernel's ephemeral ports and could not be reserved ({e}): the director's own connections may collide with FullNAT ones",
+            clash.0,
+            clash.1
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_part_of_our_ports_the_kernel_could_pick_is_reserved() {
+        assert_eq!(overlap((1024, 32767), (32768, 60999)), None);
+        assert_eq!(
+            overlap((20000, 40000), (32768, 60999)),
+            Some((32768, 40000))
+        );
+        assert_eq!(with_reserved("", (32768, 40000)), "32768-40000");
+        assert_eq!(
+            with_reserved("8080,9000-9100", (32768, 40000)),
+            "8080,9000-9100,32768-40000"
+        );
+        assert_eq!(
+            with_reserved("30000-50000", (32768, 40000)),
+            "30000-50000",
+            "covered"
+        );
+        assert_eq!(with_reserved("", (5, 5)), "5");
+    }
 
     #[test]
     fn each_worker_gets_its_own_ports_once_and_the_figures_add_up() {

@@ -418,6 +418,12 @@ impl Control {
             .collect();
         f.health = self.health_listing();
         f.trace_dropped = dropped_by_reason(&self.trace).to_vec();
+        f.fullnat_laddrs = self
+            .local_ports
+            .all()
+            .into_iter()
+            .map(|(a, fig)| (a.to_string(), fig.conns, fig.exhausted))
+            .collect();
         f
     }
 }

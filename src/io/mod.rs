@@ -32,6 +32,7 @@ pub mod rtnetlink;
 pub mod sd_notify;
 pub mod signals;
 pub mod socket;
+pub mod sysctl;
 pub mod thread;
 pub mod tun;
 pub mod tx;
