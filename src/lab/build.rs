@@ -259,8 +259,13 @@ pub fn start_http_servers(lab: &mut Lab, spec: &LabSpec, uvs_exe: &Path) -> Resu
         let Some(kind) = h.http else { continue };
         let body = h.http_body.clone().unwrap_or_else(|| h.name.clone());
         let port = h.http_port.unwrap_or(80);
-        lab.start_http_on(&h.name, &body, port, kind == HttpKind::Nginx, uvs_exe)
-            .with_context(|| format!("HTTP server on {}", h.name))?;
+        let nginx = kind == HttpKind::Nginx;
+        if h.http_proxy_protocol {
+            lab.start_http_proxied(&h.name, &body, port, nginx, uvs_exe)
+        } else {
+            lab.start_http_on(&h.name, &body, port, nginx, uvs_exe)
+        }
+        .with_context(|| format!("HTTP server on {}", h.name))?;
     }
     Ok(())
 }

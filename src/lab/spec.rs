@@ -98,6 +98,10 @@ pub struct HostSpec {
     pub http: Option<HttpKind>,
     pub http_body: Option<String>,
     pub http_port: Option<u16>,
+    /// The HTTP server reads the PROXY protocol header a FullNAT director sends (nginx:
+    /// `listen … proxy_protocol`, which then requires it; see `Lab::start_http_proxied`).
+    #[serde(default)]
+    pub http_proxy_protocol: bool,
     /// An LVS-TUN real server: decapsulates IPIP and GRE (and GUE on `tunnel_gue_port`) into
     /// `tunl0`, `rp_filter` 0. The kernel's `tunl0` where it has `ipip`, else
     /// `uvs tun-endpoint` on the host's first interface (see `lab::tunl0`).
