@@ -501,6 +501,10 @@ ipvsadm-save and ipvsadm-restore it runs -S and -R with its arguments, as ipvsad
 of those names do. -R parses every line first and applies all of them or none. Host names \
 are resolved on input; without -n, listings print names from /etc/hosts and /etc/services.
 
+FullNAT takes DPVS's commands and options (--fullnat, -P/-Q/-G with -z and -F, \
+--proxy-protocol), listed and worded as DPVS's ipvsadm does; -S saves them and -R reads them \
+back. DPVS's -b means --fullnat with -a and -e, where ipvsadm never accepts --sched-flags.
+
 Exit status: 0 on success; 2 for a command line ipvsadm's own checks refuse, a feature uvs \
 does not support, or no director in the namespace; 255 for a usage error or a change the \
 director refuses (where ipvsadm's kernel call would fail); 1 when the director cannot be \

@@ -552,7 +552,7 @@ FullNAT (DPVS's commands and options):
   --add-laddr  -P virtual-service -z local-address [-F ifname]   add a local address
   --del-laddr  -Q virtual-service -z local-address               delete a local address
   --get-laddr  -G [virtual-service]                              list local addresses
-  --fullnat                           fullnat (FullNAT) real server (-a|-e; also -b there)
+  --fullnat                           FullNAT forwarding (-a|-e; DPVS's -b there too)
   --laddr        -z local-address     local address the reals see the requests come from
   --ifname       -F ifname            interface of the local address
   --proxy-protocol disable|v1|v2      PROXY protocol header for FullNAT reals (-A|-E)
