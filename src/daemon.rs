@@ -111,6 +111,14 @@ pub fn load_config(args: &RunArgs) -> Result<DaemonConfig> {
     if let Some(m) = args.metrics {
         cfg.metrics = m;
     }
+    // FullNAT: each worker owns ports of its own on every local address, so the range must
+    // hold one per worker; only here is the worker count known (as `run` counts it).
+    let workers = cfg
+        .workers
+        .unwrap_or_else(|| core_affinity::get_core_ids().map_or(0, |c| c.len()).max(1));
+    let (lo, hi) = cfg.fullnat_ports;
+    crate::config::check_fullnat_ports(cfg.fullnat_ports, workers)
+        .map_err(|why| anyhow::anyhow!("[fullnat] ports = {lo}-{hi}: {why}"))?;
     Ok(cfg)
 }
 

@@ -432,6 +432,45 @@ pub struct LocalAddr {
     pub interface: Option<String>,
 }
 
+impl LocalAddr {
+    /// A local address is the source of the director's packets to the reals, and their
+    /// replies come back to it: it must be an address one host may own.
+    pub fn check_addr(addr: Ipv4Addr) -> Result<(), ModelError> {
+        if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() || addr.is_loopback()
+        {
+            return Err(ModelError::BadLocalAddr(addr));
+        }
+        Ok(())
+    }
+
+    /// `-F IFNAME`: what Linux accepts as an interface name (1..=15 bytes, `IFNAMSIZ`; no
+    /// `/`, blank, or the names `.` and `..`), so a saved `-S` line reads back as it was.
+    pub fn check_interface(name: &str) -> Result<(), ModelError> {
+        let bad = name.is_empty()
+            || name.len() > MAX_IFNAME_LEN
+            || name == "."
+            || name == ".."
+            || name
+                .chars()
+                .any(|c| c == '/' || c.is_whitespace() || c.is_control());
+        if bad {
+            return Err(ModelError::BadInterface(name.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn check(&self) -> Result<(), ModelError> {
+        Self::check_addr(self.addr)?;
+        match &self.interface {
+            Some(name) => Self::check_interface(name),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Linux `IFNAMSIZ` − 1.
+pub const MAX_IFNAME_LEN: usize = 15;
+
 pub use crate::proxy_protocol::Version as ProxyVersion;
 
 /// Distinct FullNAT local addresses a table may have, all services together (each costs every
@@ -558,14 +597,21 @@ pub enum ModelError {
     TunnelPortMissing,
     #[error("the PROXY protocol v1 has no UDP: use v2 for a UDP service")]
     ProxyV1Udp,
-    #[error("local address {0} already exists")]
+    // DPVS's words (its libipvs `ipvs_strerror`), capital L included.
+    #[error("Local address already exists")]
     LocalAddrExists(Ipv4Addr),
-    #[error("No such local address")]
+    #[error("No such Local address")]
     NoLocalAddr(Ipv4Addr),
     #[error("too many local addresses (limit {0})")]
     TooManyLocalAddrs(usize),
     #[error("local address {0} is a VIP: replies to it would be taken for requests")]
     LocalAddrIsVip(Ipv4Addr),
+    #[error(
+        "illegal local address {0}: a local address is a unicast address (not 0.0.0.0, 255.255.255.255, multicast or loopback)"
+    )]
+    BadLocalAddr(Ipv4Addr),
+    #[error("illegal interface name {0:?}: 1 to 15 characters, no '/' or blank")]
+    BadInterface(String),
 }
 
 /// The port a real gets. Direct routing: the service port, as ipvsadm forces it ("The
@@ -654,6 +700,7 @@ impl ServiceTable {
 
     /// `--add-laddr -z LIP -t VIP:PORT [-F IF]`.
     pub fn add_local_addr(&mut self, key: &ServiceKey, la: LocalAddr) -> Result<(), ModelError> {
+        la.check()?;
         if self.vips().contains(&la.addr) {
             return Err(ModelError::LocalAddrIsVip(la.addr));
         }
