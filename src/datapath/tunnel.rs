@@ -368,7 +368,6 @@ pub fn encapsulate(
     let inner = &buf[ip_at..ip_at + ihl];
     let tos = ecn_encapsulate(inner[1]);
     let ttl = ipv4::ttl(inner);
-    let flow_hash = flow_hash(inner, &buf[ip_at + ihl..]);
     let packets = match segmenting {
         Some((mss, doff)) => (ip_len - ihl - doff).div_ceil(mss).max(1),
         None => 1,
@@ -400,8 +399,9 @@ pub fn encapsulate(
     match tunnel.kind {
         TunnelKind::Ipip => {}
         TunnelKind::Gue => {
+            let hash = flow_hash(&buf[ip_at..ip_at + ihl], &buf[ip_at + ihl..]);
             let sport = GUE_SPORT_MIN
-                + ((u64::from(flow_hash) * u64::from(GUE_SPORT_MAX - GUE_SPORT_MIN)) >> 32) as u32;
+                + ((u64::from(hash) * u64::from(GUE_SPORT_MAX - GUE_SPORT_MIN)) >> 32) as u32;
             e[0..2].copy_from_slice(&(sport as u16).to_be_bytes());
             e[2..4].copy_from_slice(&tunnel.port.to_be_bytes());
             let gue = &mut e[8..];
