@@ -188,7 +188,7 @@ fn main() {
         let id = RealId(std::num::NonZeroU32::MIN);
         let s = Instant::now();
         for k in &keys {
-            black_box(t.insert(k, id, TcpState::Established, 1_000_000, 0, None));
+            black_box(t.insert(k, id, TcpState::Established, 1_000_000, 0, None, None));
         }
         let ins = s.elapsed().as_nanos() as f64 / flows as f64;
         let s = Instant::now();

@@ -142,6 +142,7 @@ pub struct Launch {
     /// (flag, file name in the lab directory, contents)
     files: Vec<(&'static str, FileName, String)>,
     interfaces: Vec<String>,
+    extra: Vec<String>,
     admin_socket: bool,
     metrics: bool,
 }
@@ -186,6 +187,12 @@ impl Launch {
         self
     }
 
+    /// More `uvs run` arguments (`--workers 2`, say).
+    pub fn args(mut self, extra: &[&str]) -> Self {
+        self.extra.extend(extra.iter().map(|a| a.to_string()));
+        self
+    }
+
     pub fn metrics_off(mut self) -> Self {
         self.metrics = false;
         self
@@ -217,6 +224,7 @@ impl Launch {
         for i in &self.interfaces {
             args.extend(["--interface".to_string(), i.clone()]);
         }
+        args.extend(self.extra.iter().cloned());
         let socket = self
             .admin_socket
             .then(|| lab.dir().join(format!("{}.sock", self.host)));
@@ -263,6 +271,7 @@ impl Director {
             host: "dir".to_string(),
             files: Vec::new(),
             interfaces: Vec::new(),
+            extra: Vec::new(),
             admin_socket: false,
             metrics: true,
         }
@@ -354,8 +363,16 @@ impl Director {
         self.uvsadm_as(As::Root, args)
     }
 
+    /// `uvsadm ARGS` as `who`, on the director's own admin socket.
     pub fn uvsadm_as(&self, who: As, args: &[&str]) -> Out {
-        uvsadm_in(&self.ns, who, args)
+        match &self.socket {
+            Some(s) => {
+                let mut all = vec!["--admin-socket", path_str(s)];
+                all.extend_from_slice(args);
+                uvsadm_in(&self.ns, who, &all)
+            }
+            None => uvsadm_in(&self.ns, who, args),
+        }
     }
 
     /// What `uvs status` prints about it.

@@ -876,3 +876,106 @@ fn keepalived_to_uvs_takeover_and_one_advertiser() {
         thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// LVS-NAT behind a VRRP pair, as the keepalived NAT tutorials set it up: the reals' default
+/// gateway is a second virtual address (10.0.0.254) that moves with the VIP, and the sync
+/// carries the NAT connections (masq flag, the reals' own port 8080). After the MASTER dies
+/// the new one must translate both directions of the connections it took over, whichever
+/// side speaks first: uploads (the client's segments first) and a download (the real's).
+#[test]
+fn uvs_uvs_failover_with_sync_keeps_nat_connections() {
+    let Some(ctx) = common::setup(87) else { return };
+    let (_dir2, mut lab) = ha_lab(&ctx);
+    for rs in ["rs1", "rs2"] {
+        lab.start_builtin_http(rs, rs, 8080, &common::uvs_exe())
+            .unwrap_or_else(|e| panic!("web server on {rs}: {e:#}"));
+        lab.exec_ok(
+            rs,
+            &["ip", "route", "replace", "default", "via", "10.0.0.254"],
+        )
+        .unwrap_or_else(|e| panic!("{rs}'s gateway: {e:#}"));
+    }
+    let rules = format!(
+        "-A -t {vip}:80 -s rr\n-a -t {vip}:80 -r {}:8080 -m\n-a -t {vip}:80 -r {}:8080 -m\n",
+        addr::RS1,
+        addr::RS2,
+        vip = addr::VIP
+    );
+    let toml = |prio| {
+        vrrp_toml(prio, 3, "0.1", "", true).replace(
+            &format!("[\"{}\"]", addr::VIP),
+            &format!("[\"{}\", \"10.0.0.254\"]", addr::VIP),
+        )
+    };
+    let m = start_uvs(&mut lab, "dir", &toml(150), &rules);
+    wait_state(&m, "MASTER", Duration::from_secs(3));
+    let b = start_uvs(&mut lab, "dir2", &toml(100), &rules);
+    wait_state(&b, "BACKUP", Duration::from_secs(3));
+    let answers = common::curl_vip(&lab, 2);
+    assert_eq!(
+        common::count(&answers).len(),
+        2,
+        "both NAT reals answer: {answers:?}"
+    );
+
+    let uploads: Vec<_> = (0..2)
+        .map(|i| start_slow_upload(&mut lab, &format!("nat{i}"), 200_000, "50K"))
+        .collect();
+    // Larger than the client's and the real's socket buffers together, so the download must
+    // still cross the director after the failover.
+    let size = 12 << 20;
+    let download = lab.dir().join("nat-download.bin");
+    let url = format!("http://{}/bytes/{size}", addr::VIP);
+    let dl = lab
+        .spawn(
+            "client",
+            &[
+                "curl",
+                "-sS",
+                "--noproxy",
+                "*",
+                "--max-time",
+                "60",
+                "--limit-rate",
+                "2M",
+                "-o",
+                path_str(&download),
+                &url,
+            ],
+            &lab.dir().join("nat-download.log"),
+        )
+        .unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    m.kill(&mut lab);
+    wait_state(&b, "MASTER", Duration::from_secs(3));
+    let broken = broken_uploads(&mut lab, &uploads);
+    assert!(
+        common::wait_exit(&mut lab, dl, Duration::from_secs(30)),
+        "download still running"
+    );
+    let got = std::fs::read(&download).unwrap_or_default();
+    let metrics = b.try_scrape().unwrap_or_default();
+    let adopted = common::metric(&metrics, "uvs_sync_adopted_total", &[]);
+    eprintln!(
+        "HA NAT: broken uploads {broken}/2, download {} of {size} bytes, adopted {adopted}",
+        got.len()
+    );
+    assert_eq!(
+        broken,
+        0,
+        "NAT uploads broken by the failover\n{}",
+        b.tail()
+    );
+    assert!(
+        got == uvs::lab::responder::pattern(size),
+        "the NAT download broke: {} of {size} bytes\n{}",
+        got.len(),
+        b.tail()
+    );
+    assert!(
+        adopted >= 3.0,
+        "synced NAT flows adopted: {adopted}\n{metrics}"
+    );
+    // And new connections work through the new MASTER, the reals' gateway moved with it.
+    assert_eq!(common::curl_vip(&lab, 2).len(), 2);
+}

@@ -12,8 +12,9 @@
 //!
 //! Module map, bottom up. A module uses only modules listed before it (checked by
 //! `tests/layers.rs`), so dependencies point one way:
-//! 1. Leaf types: [`wire`] (bytes ↔ fields), [`model`] (validated configuration, and
-//!    [`model::change`], the changes to it), [`flow`] (flow keys, TCP states, timeouts).
+//! 1. Leaf types: [`wire`] (bytes ↔ fields), [`proxy_protocol`] (the PROXY header),
+//!    [`model`] (validated configuration, and [`model::change`], the changes to it),
+//!    [`flow`] (flow keys, TCP states, timeouts).
 //! 2. [`io`]: every syscall and every `unsafe` of the crate (rings, sockets, transmit, mmap,
 //!    signals, clocks); knows nothing about load balancing.
 //! 3. Building blocks: [`conns`] (live connection counts), [`interfaces`],
@@ -37,6 +38,8 @@
 #![deny(unsafe_code)]
 
 pub mod wire;
+
+pub mod proxy_protocol;
 
 pub mod model;
 

@@ -10,7 +10,8 @@
 //!   (`DR` or `NAT`, keepalived's default; also per `real_server` as keepalived 2.x allows;
 //!   `TUN` is refused), `persistence_timeout [N]` (no value = 360 s), `persistence_granularity`,
 //!   `protocol TCP|UDP`, `quorum`, `hysteresis`, `quorum_up`, `quorum_down`, `sorry_server IP
-//!   PORT`, `inhibit_on_failure` (for every real), `alpha`, checker defaults (`retry`,
+//!   PORT` (reached as `sorry_server_lvs_method` says, by default as `lb_kind`),
+//!   `inhibit_on_failure` (for every real), `alpha`, checker defaults (`retry`,
 //!   `delay_before_retry`, `connect_timeout`, `warmup`), `real_server IP PORT { … }`.
 //! - `real_server`: `weight` (1), `inhibit_on_failure`, `uthreshold`, `lthreshold`, `notify_up`,
 //!   `notify_down`, one checker: `TCP_CHECK`, `HTTP_GET`, `MISC_CHECK`.
@@ -497,6 +498,7 @@ impl Parser {
         let mut sched = SchedulerKind::Wlc;
         // keepalived's default method is NAT.
         let mut method = ForwardMethod::Masq;
+        let mut sorry_method = None;
         let mut persistence = None;
         let mut netmask = Ipv4Addr::BROADCAST;
         let mut delay_loop = Duration::from_secs(60);
@@ -555,6 +557,7 @@ impl Parser {
                     };
                     sh.sorry = Some(SocketAddrV4::new(ip, p));
                 }
+                "sorry_server_lvs_method" => sorry_method = Some(self.lvs_method(&t)?),
                 "inhibit_on_failure" => sh.quiescent = true,
                 "alpha" => defaults.alpha = true,
                 "retry" | "delay_before_retry" | "connect_timeout" | "warmup" => {
@@ -587,6 +590,7 @@ impl Parser {
         }
         let key = ServiceKey::addr(proto, vip, port);
         sh.key = key;
+        sh.sorry_forward = sorry_method.unwrap_or(method);
         let mut spec = ServiceSpec::new(key, sched);
         spec.persistence_timeout = persistence;
         spec.persistence_netmask = netmask;
@@ -1345,6 +1349,20 @@ virtual_server 10.0.0.100 80 {
     }
 }
 "#;
+
+    #[test]
+    fn the_sorry_server_is_reached_as_lb_kind_says_unless_told_otherwise() {
+        let vs = |extra: &str| {
+            format!(
+                "virtual_server 192.168.80.10 80 {{\n lb_kind NAT\n sorry_server 192.168.80.20 8080\n {extra}\n \
+                 real_server 192.168.80.11 8080 {{\n TCP_CHECK {{ connect_timeout 1 }}\n }}\n}}\n"
+            )
+        };
+        let r = p(&vs("")).unwrap();
+        assert_eq!(r.health.services[0].sorry_forward, ForwardMethod::Masq);
+        let r = p(&vs("sorry_server_lvs_method DR")).unwrap();
+        assert_eq!(r.health.services[0].sorry_forward, ForwardMethod::Route);
+    }
 
     #[test]
     fn the_tutorial_file_loads() {

@@ -12,7 +12,7 @@
 //! from the port, 80 → http), `request` (the URI; a bare `index.html` means `/index.html`),
 //! `receive` (a regex the body must match), `httpmethod`, `virtualhost`, `checkport`,
 //! `checkcommand` (run as `CMD VIP VPORT RIP RPORT`), `checkinterval` (10), `checktimeout` (5),
-//! `negotiatetimeout` (30), `failurecount` (1), `quiescent` (yes), `fallback=IP[:PORT] gate`,
+//! `negotiatetimeout` (30), `failurecount` (1), `quiescent` (yes), `fallback=IP[:PORT] gate|masq|ipip`,
 //! `fallbackcommand` (run with `start` when all reals are down and `stop` when one returns),
 //! `scheduler` (wrr), `persistent`, `netmask`, `protocol` (tcp; udp for port 53; fwm for a
 //! mark), `autoreload` (as ldirectord: the file is re-read when it changes, checked every
@@ -77,7 +77,7 @@ struct Settings {
     netmask: Option<Ipv4Addr>,
     /// With the line it was set on (its check against the virtual's kind names it).
     protocol: Option<(VirtualProtocol, usize)>,
-    fallback: Option<SocketAddrV4>,
+    fallback: Option<(SocketAddrV4, ForwardMethod)>,
     fallbackcommand: Option<String>,
 }
 
@@ -348,10 +348,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
             "fallback" => {
                 let target = value.split_whitespace().next().unwrap_or("");
                 let method = value.split_whitespace().nth(1).unwrap_or("gate");
-                if !method.eq_ignore_ascii_case("gate") {
-                    return Err(bad("only gate (direct routing) is supported"));
-                }
-                s.fallback = Some(crate::health::parse_sorry(target, 0).map_err(|e| bad(&e))?);
+                let method = match method.to_ascii_lowercase().as_str() {
+                    "gate" => ForwardMethod::Route,
+                    "masq" => ForwardMethod::Masq,
+                    "ipip" => ForwardMethod::IPIP,
+                    _ => return Err(bad("the fallback method is gate, masq or ipip")),
+                };
+                let target = crate::health::parse_sorry(target, 0).map_err(|e| bad(&e))?;
+                s.fallback = Some((target, method));
             }
             "fallbackcommand" => s.fallbackcommand = Some(unquote(value)),
             "logfile" | "callback" | "supervised" | "fork" | "cleanstop" | "monitorfile"
@@ -413,13 +417,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
             .map_err(|e| at(v.line, format!("virtual={name}: {e}")))?;
         let mut sh = ServiceHealth::new(key);
         sh.quiescent = s.quiescent.unwrap_or(true);
-        sh.sorry = s.fallback.map(|a| {
-            if a.port() == 0 {
-                SocketAddrV4::new(*a.ip(), v.port)
-            } else {
-                a
-            }
-        });
+        if let Some((a, method)) = s.fallback {
+            let port = if a.port() == 0 { v.port } else { a.port() };
+            sh.sorry = Some(SocketAddrV4::new(*a.ip(), port));
+            sh.sorry_forward = method;
+        }
         if let Some(cmd) = &s.fallbackcommand {
             sh.quorum_down = Some(format!("{cmd} start"));
             sh.quorum_up = Some(format!("{cmd} stop"));
@@ -748,6 +750,22 @@ virtual=10.0.0.100:80
             }
             k => panic!("{k:?}"),
         }
+    }
+
+    #[test]
+    fn a_masq_fallback_is_a_nat_sorry_server_on_its_own_port() {
+        let cf = "virtual=192.168.80.10:80\n    real=192.168.80.11:8080 masq\n    \
+                  fallback=192.168.80.20:8080 masq\n";
+        let p = parse(cf, Path::new("ldirectord.cf")).unwrap();
+        let h = &p.health.services[0];
+        assert_eq!(h.sorry, Some("192.168.80.20:8080".parse().unwrap()));
+        assert_eq!(h.sorry_forward, ForwardMethod::Masq);
+        let e = parse(
+            "virtual=192.168.80.10:80\n    real=192.168.80.11:8080 masq\n    fallback=192.168.80.20 tunnel\n",
+            Path::new("l.cf"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("gate, masq or ipip"), "{e}");
     }
 
     #[test]

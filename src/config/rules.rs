@@ -109,6 +109,8 @@ fn refused_message(c: &LineChange, message: &str) -> String {
                 ports.join(",")
             )
         }
+        Change::AddLocalAddr(k, l) => format!("service {k}: local address {}: {text}", l.addr),
+        Change::DeleteLocalAddr(k, addr) => format!("service {k}: local address {addr}: {text}"),
         Change::Clear | Change::SetTimeouts { .. } => text,
     }
 }

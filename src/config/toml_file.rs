@@ -671,6 +671,7 @@ fn add_service(table: &mut ServiceTable, spanned: &Spanned<RawService>) -> Resul
         persistence_netmask,
         sched_flags,
         ops: svc.ops.unwrap_or(false),
+        proxy_protocol: crate::model::ProxyVersion::Off,
     };
     table
         .add_service(spec)
@@ -723,18 +724,9 @@ fn add_real(
     )?;
     let forward = match &real.forward {
         None => ForwardMethod::Route,
-        Some(f) => match f.get_ref().to_ascii_lowercase().as_str() {
-            "route" | "dr" | "gate" | "droute" => ForwardMethod::Route,
-            "masq" | "nat" | "masquerading" => ForwardMethod::Masq,
-            "tunnel" | "ipip" | "tun" => ForwardMethod::Tunnel(tunnel_of(real, &real_label)?),
-            m => {
-                return err(
-                    f.span(),
-                    format!(
-                        "{real_label}: forward = \"{m}\" is unknown (expected \"route\" (\"dr\", \"gate\"), \"nat\" (\"masq\") or \"tunnel\" (\"ipip\"))"
-                    ),
-                );
-            }
+        Some(f) => match forward_method(f, &real_label)? {
+            ForwardMethod::Tunnel(_) => ForwardMethod::Tunnel(tunnel_of(real, &real_label)?),
+            m => m,
         },
     };
     if !matches!(forward, ForwardMethod::Tunnel(_)) {
@@ -764,6 +756,22 @@ fn add_real(
         .or_else(|e| err(header, format!("{real_label}: {e}")))
 }
 
+/// `forward = "..."`: the method a real (or a sorry server) is reached by; tunnelling with
+/// IPVS's default encapsulation (IPIP), which a real's `tunnel_*` keys refine.
+fn forward_method(f: &Spanned<String>, label: &str) -> Result<ForwardMethod, Located> {
+    match f.get_ref().to_ascii_lowercase().as_str() {
+        "route" | "dr" | "gate" | "droute" => Ok(ForwardMethod::Route),
+        "masq" | "nat" | "masquerading" => Ok(ForwardMethod::Masq),
+        "tunnel" | "ipip" | "tun" => Ok(ForwardMethod::IPIP),
+        m => err(
+            f.span(),
+            format!(
+                "{label}: forward = \"{m}\" is unknown (expected \"route\" (\"dr\", \"gate\"), \"nat\" (\"masq\") or \"tunnel\" (\"ipip\"))"
+            ),
+        ),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Health checks: `[service.health]`, `[service.check]`, `[service.real.check]`.
 
@@ -774,6 +782,9 @@ struct RawSvcHealth {
     quorum: Option<Spanned<i64>>,
     hysteresis: Option<Spanned<i64>>,
     sorry_server: Option<Spanned<String>>,
+    /// How the sorry server is reached; by default as the service's reals are, when they
+    /// agree (a NAT service's sorry server is a NAT real), else by direct routing.
+    sorry_forward: Option<Spanned<String>>,
     quorum_up: Option<String>,
     quorum_down: Option<String>,
 }
@@ -967,6 +978,19 @@ fn build_check(c: &RawCheck) -> Result<crate::health::CheckSpec, Located> {
     })
 }
 
+/// The forwarding method every real of service `key` has, or direct routing.
+fn shared_forward(table: &ServiceTable, key: &crate::model::ServiceKey) -> ForwardMethod {
+    let methods = table.service(key).map(|s| {
+        let mut m = s.reals.iter().map(|r| r.forward);
+        let first = m.next();
+        (first, m.all(|x| Some(x) == first))
+    });
+    match methods {
+        Some((Some(m), true)) => m,
+        _ => ForwardMethod::Route,
+    }
+}
+
 fn health_of(
     table: &ServiceTable,
     spanned: &Spanned<RawService>,
@@ -989,6 +1013,10 @@ fn health_of(
         h.hysteresis = opt_ranged(sh.hysteresis.as_ref(), 0, 0, u32::MAX, "health.hysteresis")?;
         h.quorum_up = sh.quorum_up.clone();
         h.quorum_down = sh.quorum_down.clone();
+        h.sorry_forward = match &sh.sorry_forward {
+            Some(f) => forward_method(f, "health.sorry_forward")?,
+            None => shared_forward(table, &key),
+        };
         if let Some(s) = &sh.sorry_server {
             h.sorry = Some(
                 crate::health::parse_sorry(s.get_ref(), key.port)
@@ -1051,6 +1079,28 @@ mod tests {
 
     const MINIMAL: &str = include_str!("../../configs/minimal.toml");
     const FULL: &str = include_str!("../../configs/full.toml");
+
+    #[test]
+    fn the_sorry_server_follows_the_reals_method_unless_given() {
+        let svc = |extra: &str| {
+            format!(
+                "[[service]]\nvip = \"10.0.0.100\"\nport = 80\n\
+                 [service.health]\nsorry_server = \"10.0.0.50:8080\"\n{extra}\
+                 [[service.real]]\naddress = \"10.0.0.11\"\nport = 8080\nforward = \"nat\"\n"
+            )
+        };
+        let sorry_forward = |text: &str| p(text).unwrap().health.services[0].sorry_forward;
+        assert_eq!(sorry_forward(&svc("")), ForwardMethod::Masq);
+        assert_eq!(
+            sorry_forward(&svc("sorry_forward = \"dr\"\n")),
+            ForwardMethod::Route
+        );
+        refused(
+            &svc("sorry_forward = \"carrier-pigeon\"\n"),
+            6,
+            &["health.sorry_forward"],
+        );
+    }
 
     #[test]
     fn sched_flags_ops_and_template_options() {

@@ -153,7 +153,7 @@ impl Placement for Placer {
         let direct = self.on_link(addr);
         match method {
             ForwardMethod::Route => direct.unwrap_or(Err(PlaceError::NotOnLink(addr))),
-            ForwardMethod::Masq | ForwardMethod::Tunnel(_) => {
+            ForwardMethod::Masq | ForwardMethod::Tunnel(_) | ForwardMethod::FullNat => {
                 direct.unwrap_or_else(|| self.routed(addr))
             }
         }

@@ -70,10 +70,13 @@ pub enum DropReason {
     TunnelNeedsFragments,
     /// A GSO super-frame of a kind uvs cannot cut into segments for a tunnel (not TCP/IPv4).
     UnsupportedGso,
+    /// A new FullNAT connection found every local port of its service's local addresses in
+    /// use (counted per address too: `uvs_fullnat_port_exhausted_total`).
+    NoLocalPort,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 27;
+    pub const COUNT: usize = 28;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::RingTruncated,
         DropReason::Truncated,
@@ -102,6 +105,7 @@ impl DropReason {
         DropReason::TunnelTooBig,
         DropReason::TunnelNeedsFragments,
         DropReason::UnsupportedGso,
+        DropReason::NoLocalPort,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -133,6 +137,7 @@ impl DropReason {
             DropReason::TunnelTooBig => "tunnel_too_big",
             DropReason::TunnelNeedsFragments => "tunnel_needs_fragments",
             DropReason::UnsupportedGso => "unsupported_gso",
+            DropReason::NoLocalPort => "no_local_port",
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Per-core workers: parse → look up → (schedule) → rewrite → transmit.
 //!
-//! Invariant: a flow is always delivered to the same worker (PACKET_FANOUT_HASH on every
-//! receive socket of an interface), so the flow table is per worker and lock-free. If the
-//! fanout mode changes, this module must change.
+//! Invariant: both directions of a flow are always delivered to the same worker (the fanout
+//! program on every receive socket of an interface hashes the client's endpoint: a request's
+//! source, a NAT reply's destination, an ICMP error's quoted packet), so the flow table is
+//! per worker and lock-free. If the fanout program changes, this module must change.
 //!
 //! [`process::Forwarder`] is the pure per-frame decision (no I/O, unit-tested on byte arrays);
 //! [`worker`] drives it over the rings.
@@ -10,6 +11,7 @@
 pub mod coalesce;
 pub mod counters;
 pub mod flow_table;
+pub mod fullnat;
 pub mod process;
 pub mod tap;
 pub mod templates;

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use crate::conns::ConnCounts;
 use crate::datapath::counters::{DropReason, ReuseReason, WorkerCounters, bump};
-use crate::datapath::flow_table::{Flow, FlowTable, Overwritten, Return, SlotRef};
+use crate::datapath::flow_table::{Flow, FlowTable, LocalPort, Overwritten, Return, SlotRef};
+use crate::datapath::fullnat::LocalPorts;
 use crate::datapath::tap::{self, Outcome, Tap, Via};
 use crate::datapath::templates::{TemplateKey, TemplateTable};
 use crate::datapath::tunnel::Composer;
@@ -22,9 +23,10 @@ use crate::flow::{Direction, TcpState, next_state};
 use crate::io::VNET_HDR_LEN;
 use crate::io::huge_array::MapError;
 use crate::io::ring::RxFrame;
+use crate::model::ForwardMethod;
 use crate::neigh::cache::NeighTable;
 use crate::snapshot::{Real, ServiceEntry, Snapshot, Xmit};
-use crate::sync::{HaHooks, SyncRecord};
+use crate::sync::{HaHooks, SyncRecord, SyncedFlow};
 use crate::wire::{
     self, ETH_HDR_LEN, ETHERTYPE_IPV4, ETHERTYPES_VLAN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
     IPV4_MIN_HDR_LEN, MacAddr, ethernet, ipv4, tcp,
@@ -68,6 +70,8 @@ pub struct Forwarder {
     pub tap: Option<Tap>,
     /// What a tunnel composed for the last frame (see `tunnel`).
     pub compose: Composer,
+    /// FullNAT: the local ports this worker owns, and their connections.
+    pub local_ports: LocalPorts,
     /// A composed packet, whole, as a trace shows it.
     trace_buf: Vec<u8>,
 }
@@ -90,6 +94,9 @@ struct Parsed {
     /// flow or return entry it is about).
     key: FlowKey,
     tcp_flags: u8,
+    /// TCP: sequence and acknowledgement numbers (0 otherwise).
+    seq: u32,
+    ack: u32,
     ip_len: usize,
     /// Where the frame came from on the link (a client's next hop, for its replies).
     src_mac: MacAddr,
@@ -155,7 +162,7 @@ fn parse(frame: &[u8], status: u32) -> Result<Parsed, DropReason> {
     if proto == IPPROTO_ICMP {
         return parse_icmp(l4, ihl, total, src_mac);
     }
-    let tcp_flags = match proto {
+    let (tcp_flags, seq, ack) = match proto {
         IPPROTO_TCP => {
             if l4.len() < wire::TCP_MIN_HDR_LEN {
                 return Err(DropReason::BadL4Header);
@@ -164,13 +171,13 @@ fn parse(frame: &[u8], status: u32) -> Result<Parsed, DropReason> {
             if doff < wire::TCP_MIN_HDR_LEN || doff > l4.len() {
                 return Err(DropReason::BadL4Header);
             }
-            tcp::flags(l4)
+            (tcp::flags(l4), wire::be32(l4, 4), wire::be32(l4, 8))
         }
         IPPROTO_UDP => {
             if l4.len() < wire::UDP_HDR_LEN {
                 return Err(DropReason::BadL4Header);
             }
-            0
+            (0, 0, 0)
         }
         _ => return Err(DropReason::NotAService),
     };
@@ -188,6 +195,8 @@ fn parse(frame: &[u8], status: u32) -> Result<Parsed, DropReason> {
             proto,
         },
         tcp_flags,
+        seq,
+        ack,
         ip_len: total,
         src_mac,
         icmp: None,
@@ -235,6 +244,8 @@ fn parse_icmp(
             proto,
         },
         tcp_flags: 0,
+        seq: 0,
+        ack: 0,
         ip_len: total,
         src_mac,
         icmp: Some(IcmpError {
@@ -282,6 +293,7 @@ impl Forwarder {
             ha: HaHooks::inert(),
             tap: None,
             compose: Composer::new(),
+            local_ports: LocalPorts::new(crate::datapath::fullnat::DEFAULT_PORTS),
             trace_buf: Vec::new(),
         })
     }
@@ -314,14 +326,17 @@ impl Forwarder {
     pub fn expire_some(&mut self, snap: &Snapshot, now: u32, budget: usize) -> usize {
         let conns = &self.conns;
         let templates = &self.templates;
-        let removed = self
-            .flows
-            .expire_some(now, budget, |real, state, template| {
-                conns.unbind(real, state.is_active(), thresholds(snap, real));
-                if let Some(slot) = template {
-                    templates.release(slot, now);
-                }
-            });
+        let ports = &mut self.local_ports;
+        let removed = self.flows.expire_some(now, budget, |gone| {
+            let real = gone.real;
+            conns.unbind(real, gone.state.is_active(), thresholds(snap, real));
+            if let Some(slot) = gone.template {
+                templates.release(slot, now);
+            }
+            if let Some(lp) = gone.local {
+                ports.release(lp);
+            }
+        });
         templates.expire_some(now, budget / 4 + 1, |real| {
             conns.unbind_template(real, thresholds(snap, real));
         });
@@ -470,9 +485,9 @@ impl Forwarder {
             return Err(DropReason::Standby);
         }
         check_ttl(buf)?;
-        let real = match self.flows.lookup(&p.key, now) {
+        let (real, local) = match self.flows.lookup(&p.key, now) {
             Some((at, flow)) => match self.reuse(snap, &p, &flow) {
-                None => self.continue_flow(snap, &p, at, flow, now)?,
+                None => (self.continue_flow(snap, &p, at, flow, now)?, flow.local),
                 Some(why) => {
                     bump(&counters.totals.flow_reuse[why as usize], 1);
                     if let Some(t) = self.tap.as_mut().filter(|t| t.armed) {
@@ -489,12 +504,19 @@ impl Forwarder {
             neigh,
             interface_macs: &self.interface_macs,
         };
+        let leg = local.map(|from| xmit::FnatLeg {
+            from,
+            delta: self.local_ports.conn(from).map_or(0, |c| c.delta),
+        });
         let mut tun = TunnelCtx {
             out: &mut self.compose,
             snap,
             now_ms: now,
         };
-        let egress = xmit::transmit(real, buf, &link, &mut tun)?;
+        let egress = xmit::transmit(real, buf, &link, &mut tun, leg)?;
+        if let Some(from) = local {
+            self.send_proxy_header(from, &p, buf);
+        }
         if let Some(c) = counters.real(real.dest.id) {
             bump(&c.in_packets, 1);
             bump(&c.in_bytes, p.ip_len as u64);
@@ -521,13 +543,16 @@ impl Forwarder {
         if !from_nat_real {
             return Err(DropReason::NotAService);
         }
+        if snap.is_laddr(p.key.daddr) && self.local_ports.in_range(p.key.dport) {
+            return self.fullnat_reply(snap, neigh, counters, buf, p, now);
+        }
         if snap.is_local(p.key.daddr) {
             return Err(DropReason::ToDirector);
         }
-        let ret = self
-            .flows
-            .lookup_return(&p.key)
-            .ok_or(DropReason::ReplyNoFlow)?;
+        let ret = match self.flows.lookup_return(&p.key) {
+            Some(ret) => ret,
+            None => self.adopt_synced_reply(snap, counters, p, now)?,
+        };
         let (at, flow) = self
             .flows
             .flow_of(&p.key, &ret, now)
@@ -595,6 +620,10 @@ impl Forwarder {
             check_ttl(buf)?;
             let real = snap.real(flow.real).ok_or(DropReason::RealRemoved)?;
             self.trace_real(real);
+            let leg = flow.local.map(|from| xmit::FnatLeg {
+                from,
+                delta: self.local_ports.conn(from).map_or(0, |c| c.delta),
+            });
             let link = Link {
                 neigh,
                 interface_macs: &self.interface_macs,
@@ -604,12 +633,15 @@ impl Forwarder {
                 snap,
                 now_ms: now,
             };
-            let egress = xmit::icmp_to_real(real, ic, buf, &link, &mut tun)?;
+            let egress = xmit::icmp_to_real(real, ic, buf, &link, &mut tun, leg)?;
             if let Some(c) = counters.real(real.dest.id) {
                 bump(&c.in_packets, 1);
                 bump(&c.in_bytes, p.ip_len as u64);
             }
             return Ok(egress);
+        }
+        if snap.is_laddr(p.key.daddr) && self.local_ports.in_range(p.key.dport) {
+            return self.fullnat_icmp_to_client(snap, neigh, counters, buf, p, ic, now);
         }
         let ret = self
             .flows
@@ -712,7 +744,8 @@ impl Forwarder {
 
     /// The first packet of a flow: adopt it from the connection sync or schedule it, bind it
     /// to its real, and remember it (unless one-packet scheduling forgets it at once); a
-    /// masquerading real's flow also gets the return entry its replies are found by.
+    /// masquerading real's flow also gets the return entry its replies are found by, a
+    /// FullNAT real's flow its local port. Returns the real, and the local port.
     #[inline]
     fn start_flow<'s>(
         &mut self,
@@ -721,7 +754,7 @@ impl Forwarder {
         p: &Parsed,
         counters: &WorkerCounters,
         now: u32,
-    ) -> Result<Real<'s>, DropReason> {
+    ) -> Result<(Real<'s>, Option<LocalPort>), DropReason> {
         let is_tcp = p.key.proto == IPPROTO_TCP;
         let adopted = self.adopt_synced(svc, &p.key, now);
         let syn_only = p.tcp_flags & (tcp::SYN | tcp::RST) == tcp::SYN;
@@ -739,16 +772,29 @@ impl Forwarder {
         self.trace_new_flow(svc, &chosen);
         let real = chosen.real;
         let (state, timeout) = after_packet(snap, p, prior, client_direction(real));
-        if ops {
+        // A FullNAT flow keeps its entry even under OPS: its replies are found through it.
+        let local = match real.path.xmit {
+            Xmit::FullNat { port, source } => {
+                Some(self.local_port(svc, real, (port, source), p, counters)?)
+            }
+            _ => None,
+        };
+        if ops && local.is_none() {
             // `ip_vs_bind_dest` then `ip_vs_unbind_dest`: no count remains, but the
             // thresholds see the connection pass, as in the kernel.
             self.conns.bind(real.dest.id, false, real.dest.thresholds);
             self.conns.unbind(real.dest.id, false, real.dest.thresholds);
         } else {
             let expires = now.wrapping_add(timeout);
-            let old = self
-                .flows
-                .insert(&p.key, real.dest.id, state, expires, now, chosen.template);
+            let old = self.flows.insert(
+                &p.key,
+                real.dest.id,
+                state,
+                expires,
+                now,
+                chosen.template,
+                local,
+            );
             self.forget(snap, old, counters, now);
             self.conns
                 .bind(real.dest.id, state.is_active(), real.dest.thresholds);
@@ -756,7 +802,7 @@ impl Forwarder {
                 let back = FlowKey {
                     saddr: real.dest.addr,
                     daddr: p.key.saddr,
-                    sport: if port == 0 { p.key.dport } else { port },
+                    sport: masq_port(port, p.key.dport),
                     dport: p.key.sport,
                     proto: p.key.proto,
                 };
@@ -774,13 +820,13 @@ impl Forwarder {
             bump(&c.conns, 1);
         }
         self.sync_emit(&p.key, real, state, timeout);
-        Ok(real)
+        Ok((real, local))
     }
 
-    /// Undoes the counts of a flow entry an insert replaced.
+    /// Undoes the counts of a flow entry an insert replaced, and gives its local port back.
     #[inline]
     fn forget(
-        &self,
+        &mut self,
         snap: &Snapshot,
         old: Option<Overwritten>,
         counters: &WorkerCounters,
@@ -797,10 +843,13 @@ impl Forwarder {
         if old.evicted {
             bump(&counters.totals.flow_evictions, 1);
         }
+        if let Some(lp) = old.local {
+            self.local_ports.release(lp);
+        }
     }
 
     /// A flow synced from the former MASTER is adopted on its first packet here, whichever
-    /// worker the fanout hash picked, with the real and state it had there. It is not
+    /// worker the fanout program picked, with the real and state it had there. It is not
     /// scheduled again and takes no persistence template of its own.
     #[inline]
     fn adopt_synced<'s>(
@@ -810,8 +859,7 @@ impl Forwarder {
         now: u32,
     ) -> Option<(Scheduled<'s>, TcpState)> {
         let f = self.ha.synced.take(key, now)?;
-        let i = svc.reals.iter().position(|r| r.addr == f.real_addr)?;
-        let real = svc.real(i)?;
+        let real = synced_real(svc, key, &f)?;
         Some((
             Scheduled {
                 real,
@@ -820,6 +868,68 @@ impl Forwarder {
             },
             f.state,
         ))
+    }
+
+    /// A NAT flow synced from the former MASTER whose real's reply arrives before the client's
+    /// next packet: adopted here, with its return entry. A client on a directly connected
+    /// network is reached by its MAC, which only its own frames tell, so such a flow waits for
+    /// the client's next packet instead.
+    #[cold]
+    #[inline(never)]
+    fn adopt_synced_reply(
+        &mut self,
+        snap: &Snapshot,
+        counters: &WorkerCounters,
+        p: &Parsed,
+        now: u32,
+    ) -> Result<Return, DropReason> {
+        let key = self
+            .ha
+            .synced
+            .owner_of_reply(&p.key)
+            .ok_or(DropReason::ReplyNoFlow)?;
+        if self.ha.gate.is_standby(key.daddr) {
+            return Err(DropReason::Standby);
+        }
+        let on_link = snap
+            .routes
+            .lookup(key.saddr)
+            .and_then(|r| r.hop)
+            .is_some_and(|hop| hop.gateway.is_none());
+        if on_link {
+            return Err(DropReason::ReplyNoFlow);
+        }
+        let svc = snap
+            .service(key.proto, key.daddr, key.dport)
+            .ok_or(DropReason::ReplyNoFlow)?;
+        let f = self
+            .ha
+            .synced
+            .take(&key, now)
+            .ok_or(DropReason::ReplyNoFlow)?;
+        let real = synced_real(svc, &key, &f).ok_or(DropReason::ReplyNoFlow)?;
+        let old = self
+            .flows
+            .insert(&key, real.dest.id, f.state, f.expires, now, None, None);
+        self.forget(snap, old, counters, now);
+        self.conns
+            .bind(real.dest.id, f.state.is_active(), real.dest.thresholds);
+        let ret = Return {
+            real: real.dest.id,
+            vip: key.daddr,
+            vport: key.dport,
+            client_mac: MacAddr::ZERO,
+        };
+        let old = self.flows.insert_return(&p.key, &ret, now);
+        self.forget(snap, old, counters, now);
+        if let Some(c) = counters.real(real.dest.id) {
+            bump(&c.conns, 1);
+        }
+        if let Some(t) = self.tap.as_mut().filter(|t| t.armed) {
+            t.note.new_flow = true;
+            t.note.why.via = Via::Synced;
+        }
+        Ok(ret)
     }
 
     /// Picks the real for a new connection of `svc`: through its persistence template if
@@ -921,16 +1031,20 @@ impl Forwarder {
     /// Connection sync: new flows and state changes go to the backup director.
     #[inline]
     fn sync_emit(&self, key: &FlowKey, real: Real<'_>, state: TcpState, timeout_ms: u32) {
+        let (forward, real_port) = match real.path.xmit {
+            Xmit::Route => (ForwardMethod::Route, key.dport),
+            Xmit::Masq { port } => (ForwardMethod::Masq, masq_port(port, key.dport)),
+            Xmit::Tunnel { encap, .. } => (ForwardMethod::Tunnel(encap), key.dport),
+            // Not sent (IPVS's format has no local address): see `sync::wire::syncable`.
+            Xmit::FullNat { port, .. } => (ForwardMethod::FullNat, masq_port(port, key.dport)),
+        };
         self.ha.emit(SyncRecord {
             key: *key,
             real_addr: real.dest.addr,
+            real_port,
+            forward,
             state,
             timeout_secs: timeout_ms / 1000,
-            fwd: match real.path.xmit {
-                Xmit::Route => crate::sync::wire::F_DROUTE,
-                Xmit::Masq { .. } => crate::sync::wire::F_MASQ,
-                Xmit::Tunnel { .. } => crate::sync::wire::F_TUNNEL,
-            },
         });
     }
 
@@ -963,6 +1077,33 @@ impl Forwarder {
             t.note.reply = true;
         }
     }
+}
+
+/// The port a NAT real receives a flow on: its own, or (a fwmark service's real without
+/// one) the port the client used.
+#[inline]
+fn masq_port(real_port: u16, client_dport: u16) -> u16 {
+    if real_port == 0 {
+        client_dport
+    } else {
+        real_port
+    }
+}
+
+/// The real of `svc` a synced flow was on: same address, method and port (a service may
+/// reach one address on several ports by NAT).
+fn synced_real<'s>(svc: &'s ServiceEntry, key: &FlowKey, f: &SyncedFlow) -> Option<Real<'s>> {
+    (0..svc.reals.len()).filter_map(|i| svc.real(i)).find(|r| {
+        r.dest.addr == f.real_addr
+            && match r.path.xmit {
+                Xmit::Route => f.forward == ForwardMethod::Route,
+                Xmit::Masq { port } => {
+                    f.forward == ForwardMethod::Masq && masq_port(port, key.dport) == f.real_port
+                }
+                Xmit::Tunnel { .. } => matches!(f.forward, ForwardMethod::Tunnel(_)),
+                Xmit::FullNat { .. } => false,
+            }
+    })
 }
 
 /// A real's connection thresholds, or none if it is gone from `snap`.
@@ -1007,6 +1148,8 @@ fn after_packet(
         (TcpState::None, snap.timeouts.udp_ms)
     }
 }
+
+mod fullnat;
 
 #[cfg(test)]
 mod tests;

@@ -95,6 +95,9 @@ pub struct Composer {
     /// Where an ICMP error composed for a dropped frame leaves (`None`: none composed).
     pub egress: Option<u16>,
     limited: bool,
+    /// The head is a whole packet to send before the frame itself, which follows unchanged
+    /// (this many bytes, virtio header included): a FullNAT connection's PROXY header.
+    then_frame: Option<usize>,
 }
 
 /// How a super-frame's segments differ from the prototype.
@@ -165,6 +168,7 @@ impl Composer {
             },
             egress: None,
             limited: false,
+            then_frame: None,
         }
     }
 
@@ -174,6 +178,40 @@ impl Composer {
         self.packets = 0;
         self.egress = None;
         self.limited = false;
+        self.then_frame = None;
+    }
+
+    /// Composes a packet, written whole by `write` (virtio header first; returns its length),
+    /// to go out before the frame, which follows unchanged (`frame_len` bytes, virtio header
+    /// included).
+    pub fn before_frame(
+        &mut self,
+        frame_len: usize,
+        write: impl FnOnce(&mut [u8; HEAD_CAP]) -> usize,
+    ) {
+        self.head_len = write(&mut self.head).min(HEAD_CAP);
+        self.payload_from = 0;
+        self.payload_len = 0;
+        self.seg = None;
+        self.then_frame = Some(frame_len);
+        self.packets = 2;
+    }
+
+    /// Composes the frame anew: a head written by `write` (virtio header first; returns its
+    /// length), then `payload_len` bytes of the frame from `payload_from` (virtio header
+    /// included in the count): a datagram with bytes inserted after its headers.
+    pub fn with_head(
+        &mut self,
+        payload_from: usize,
+        payload_len: usize,
+        write: impl FnOnce(&mut [u8; HEAD_CAP]) -> usize,
+    ) {
+        self.head_len = write(&mut self.head).min(HEAD_CAP);
+        self.payload_from = payload_from;
+        self.payload_len = payload_len;
+        self.seg = None;
+        self.then_frame = None;
+        self.packets = 1;
     }
 
     /// Whether the last ICMP error was held back by the rate limit.
@@ -190,6 +228,13 @@ impl Composer {
     /// Writes packet `k` (< [`Composer::packets`]) into `slot`.
     #[inline]
     pub fn fill(&self, k: u16, slot: &mut [u8; HEAD_CAP]) -> Part {
+        if let (Some(frame_len), 1..) = (self.then_frame, k) {
+            return Part {
+                head_len: 0,
+                payload_from: 0,
+                payload_len: frame_len,
+            };
+        }
         slot[..self.head_len].copy_from_slice(&self.head[..self.head_len]);
         let Some(s) = self.seg else {
             return Part {

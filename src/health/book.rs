@@ -33,7 +33,7 @@ use std::time::Duration;
 use super::fsm::Transition;
 use super::{HealthConfig, Report};
 use crate::model::change::Change;
-use crate::model::{RealSpec, ServiceKey, ServiceTable};
+use crate::model::{ForwardMethod, RealSpec, ServiceKey, ServiceTable};
 
 /// One real as the book sees it.
 #[derive(Clone, Debug)]
@@ -66,6 +66,7 @@ struct ServiceState {
     quorum: u32,
     hysteresis: u32,
     sorry: Option<std::net::SocketAddrV4>,
+    sorry_forward: ForwardMethod,
     sorry_local: bool,
     quorum_up_cmd: Option<String>,
     quorum_down_cmd: Option<String>,
@@ -171,6 +172,7 @@ impl Book {
                 quorum: sh.quorum,
                 hysteresis: sh.hysteresis,
                 sorry: sh.sorry,
+                sorry_forward: sh.sorry_forward,
                 sorry_local: sh.sorry.is_some_and(|a| is_local(*a.ip(), own)),
                 quorum_up_cmd: sh.quorum_up.clone(),
                 quorum_down_cmd: sh.quorum_down.clone(),
@@ -314,7 +316,7 @@ impl Book {
                     &mut plan.changes,
                     s.key,
                     r.configured,
-                    current.map(|c| c.weight),
+                    current.map(|c| (c.weight, c.port)),
                     want,
                 );
             }
@@ -325,11 +327,15 @@ impl Book {
                     }
                 } else if !s.reals.iter().any(|r| r.addr == *sorry.ip()) {
                     let current = svc.reals.iter().find(|x| x.addr == *sorry.ip());
+                    let spec = RealSpec {
+                        forward: s.sorry_forward,
+                        ..RealSpec::route(*sorry.ip(), sorry.port())
+                    };
                     push_diff(
                         &mut plan.changes,
                         s.key,
-                        RealSpec::route(*sorry.ip(), s.key.port),
-                        current.map(|c| c.weight),
+                        spec,
+                        current.map(|c| (c.weight, c.port)),
                         s.sorry_active().then_some(1),
                     );
                 }
@@ -396,17 +402,20 @@ impl Book {
     }
 }
 
+/// The change that takes a real from `current` (its weight and port in the table, if there)
+/// to `want` (its weight, or absent). A delete names the port the table holds, which for a
+/// NAT real is its own and for a DR real the service's, whatever the configuration said.
 fn push_diff(
     out: &mut Vec<Change>,
     key: ServiceKey,
     spec: RealSpec,
-    current: Option<u32>,
+    current: Option<(u32, u16)>,
     want: Option<u32>,
 ) {
     match (current, want) {
-        (Some(_), None) => out.push(Change::DeleteReal(key, spec.addr, key.port)),
+        (Some((_, port)), None) => out.push(Change::DeleteReal(key, spec.addr, port)),
         (None, Some(w)) => out.push(Change::AddReal(key, RealSpec { weight: w, ..spec })),
-        (Some(c), Some(w)) if c != w => {
+        (Some((c, _)), Some(w)) if c != w => {
             out.push(Change::EditReal(key, RealSpec { weight: w, ..spec }))
         }
         _ => {}
@@ -568,6 +577,27 @@ mod tests {
     }
 
     #[test]
+    fn a_nat_real_on_its_own_port_is_removed_and_restored_on_that_port() {
+        let mut t = ServiceTable::new();
+        t.add_service(ServiceSpec::new(key(), SchedulerKind::Rr))
+            .unwrap();
+        for a in [RS1, RS2] {
+            t.add_real(&key(), RealSpec::masq(a, 8080)).unwrap();
+        }
+        let mut b = Book::new(&cfg(|s| s.quiescent = false), &t, &[]);
+        b.on_report(&report(RS2, false));
+        t = run(&t, &b.reconcile(&t));
+        assert_eq!(weights(&t), vec![(RS1, 1)]);
+        b.on_report(&report(RS2, true));
+        t = run(&t, &b.reconcile(&t));
+        let back = &t.service(&key()).unwrap().reals[1];
+        assert_eq!(
+            (back.addr, back.port, back.forward),
+            (RS2, 8080, crate::model::ForwardMethod::Masq)
+        );
+    }
+
+    #[test]
     fn operator_weight_edit_on_a_down_real_waits_for_recovery() {
         let mut t = table(&[(RS1, 1), (RS2, 1)]);
         let mut b = Book::new(&cfg(|_| {}), &t, &[]);
@@ -622,6 +652,33 @@ mod tests {
         assert!(p.local.is_empty());
         t = run(&t, &p);
         assert_eq!(weights(&t), vec![(RS1, 1), (RS2, 0)]);
+    }
+
+    #[test]
+    fn a_sorry_server_comes_and_goes_with_its_method_and_the_port_the_table_holds() {
+        // NAT: the sorry server is a Masq real on its own port.
+        let sorry: std::net::SocketAddrV4 = "10.0.0.50:8080".parse().unwrap();
+        let t0 = table(&[(RS1, 1), (RS2, 1)]);
+        for (forward, port) in [(ForwardMethod::Masq, 8080), (ForwardMethod::Route, 80)] {
+            let c = cfg(|s| {
+                s.sorry = Some(sorry);
+                s.sorry_forward = forward;
+            });
+            let mut b = Book::new(&c, &t0, &[]);
+            b.on_report(&report(RS1, false));
+            b.on_report(&report(RS2, false));
+            let t = run(&t0, &b.reconcile(&t0));
+            let added = t.service(&key()).unwrap().reals[2].clone();
+            assert_eq!(
+                (added.addr, added.port, added.forward),
+                (*sorry.ip(), port, forward)
+            );
+            // Back: the sorry server leaves (a DR one was stored on the service port, not the
+            // configured 8080, and must still be found).
+            b.on_report(&report(RS1, true));
+            let t = run(&t, &b.reconcile(&t));
+            assert_eq!(weights(&t), vec![(RS1, 1), (RS2, 0)], "{forward:?}");
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use crate::model::ServiceKey;
+use crate::model::{ForwardMethod, ServiceKey};
 use fsm::{Fsm, Outcome, Timing, Transition};
 
 /// HTTP check settings (keepalived HTTP_GET `url { … }`, ldirectord `request`/`receive`).
@@ -139,6 +139,9 @@ pub struct ServiceHealth {
     pub hysteresis: u32,
     /// Used while quorum is lost (all reals down with the default quorum of 1).
     pub sorry: Option<SocketAddrV4>,
+    /// How the sorry server is reached: keepalived's default is the virtual server's
+    /// `lb_kind`, so a NAT service's sorry server is a NAT real on its own port.
+    pub sorry_forward: ForwardMethod,
     pub quorum_up: Option<String>,
     pub quorum_down: Option<String>,
     pub reals: Vec<RealHealth>,
@@ -152,6 +155,7 @@ impl ServiceHealth {
             quorum: 1,
             hysteresis: 0,
             sorry: None,
+            sorry_forward: ForwardMethod::Route,
             quorum_up: None,
             quorum_down: None,
             reals: Vec::new(),

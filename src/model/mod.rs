@@ -236,12 +236,19 @@ pub enum ForwardMethod {
     /// inside a new IP header to the real (IPIP, GUE or GRE); the real decapsulates it and
     /// answers the client directly, so it may be on any network the director can route to.
     Tunnel(Tunnel),
+    /// FullNAT (`--fullnat`, "FullNat", DPVS's method): source and destination rewritten,
+    /// `CIP:cport → VIP:vport` becoming `LIP:lport → RIP:rport` with a local address of the
+    /// service's; the real answers the local address, so it needs no change at all and may be
+    /// anywhere the director can route to. The client's address reaches it by the PROXY
+    /// protocol when the service asks for it.
+    FullNat,
 }
 
 impl ForwardMethod {
-    /// Whether the real's port may differ from the service's (IPVS: only NAT rewrites ports).
+    /// Whether the real's port may differ from the service's (IPVS: only NAT rewrites ports;
+    /// FullNAT too).
     pub fn maps_ports(self) -> bool {
-        matches!(self, ForwardMethod::Masq)
+        matches!(self, ForwardMethod::Masq | ForwardMethod::FullNat)
     }
 
     /// Tunnelling with IPVS's defaults: IPIP (`-i` alone).
@@ -408,8 +415,28 @@ pub struct VirtualService {
     pub sched_flags: SchedFlags,
     /// `-o`: one-packet scheduling (UDP only): every datagram is scheduled, no entry is kept.
     pub ops: bool,
+    /// `--proxy-protocol`: the header FullNAT reals get before the client's first byte.
+    pub proxy_protocol: ProxyVersion,
+    /// FullNAT local addresses (`--add-laddr -z LIP [-F IF]`), in the order added. None: the
+    /// director's own address towards each real.
+    pub local_addrs: Vec<LocalAddr>,
     pub reals: Vec<RealServer>,
 }
+
+/// A FullNAT local address of a service: the source its requests to the reals leave from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct LocalAddr {
+    pub addr: Ipv4Addr,
+    /// `-F IFNAME`: the interface it is on (DPVS's `ifname`); informative, as uvs answers ARP
+    /// for it on every served interface.
+    pub interface: Option<String>,
+}
+
+pub use crate::proxy_protocol::Version as ProxyVersion;
+
+/// Distinct FullNAT local addresses a table may have, all services together (each costs every
+/// worker a port pool).
+pub const MAX_LOCAL_ADDRS: usize = 256;
 
 /// What an operator asks for when adding or editing a real server (no id yet).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -462,10 +489,14 @@ pub struct ServiceSpec {
     pub persistence_netmask: Ipv4Addr,
     pub sched_flags: SchedFlags,
     pub ops: bool,
+    /// `--proxy-protocol v1|v2|disable` (FullNAT reals only). Absent from older clients.
+    #[serde(default)]
+    pub proxy_protocol: ProxyVersion,
 }
 
 impl ServiceSpec {
-    /// A service with ipvsadm's defaults: not persistent, netmask /32, no flags, no OPS.
+    /// A service with ipvsadm's defaults: not persistent, netmask /32, no flags, no OPS, no
+    /// PROXY protocol.
     pub fn new(key: ServiceKey, scheduler: SchedulerKind) -> ServiceSpec {
         ServiceSpec {
             key,
@@ -474,6 +505,7 @@ impl ServiceSpec {
             persistence_netmask: Ipv4Addr::BROADCAST,
             sched_flags: SchedFlags::default(),
             ops: false,
+            proxy_protocol: ProxyVersion::Off,
         }
     }
 
@@ -482,6 +514,9 @@ impl ServiceSpec {
         // A fwmark service may carry UDP: OPS then applies to its UDP packets (as in IPVS).
         if self.ops && self.key.proto != Protocol::Udp && !self.key.is_fwmark() {
             return Err(ModelError::OpsNotUdp(self.key));
+        }
+        if self.proxy_protocol == ProxyVersion::V1 && self.key.proto == Protocol::Udp {
+            return Err(ModelError::ProxyV1Udp);
         }
         Ok(())
     }
@@ -521,6 +556,16 @@ pub enum ModelError {
     TunnelOption(&'static str, &'static str),
     #[error("You need to supply the 'tun-port' option for the 'gue' tunnel type")]
     TunnelPortMissing,
+    #[error("the PROXY protocol v1 has no UDP: use v2 for a UDP service")]
+    ProxyV1Udp,
+    #[error("local address {0} already exists")]
+    LocalAddrExists(Ipv4Addr),
+    #[error("No such local address")]
+    NoLocalAddr(Ipv4Addr),
+    #[error("too many local addresses (limit {0})")]
+    TooManyLocalAddrs(usize),
+    #[error("local address {0} is a VIP: replies to it would be taken for requests")]
+    LocalAddrIsVip(Ipv4Addr),
 }
 
 /// The port a real gets. Direct routing: the service port, as ipvsadm forces it ("The
@@ -588,6 +633,8 @@ impl ServiceTable {
             persistence_netmask: spec.persistence_netmask,
             sched_flags: spec.sched_flags,
             ops: spec.ops,
+            proxy_protocol: spec.proxy_protocol,
+            local_addrs: Vec::new(),
             reals: Vec::new(),
         });
         Ok(())
@@ -601,7 +648,51 @@ impl ServiceTable {
         svc.persistence_netmask = spec.persistence_netmask;
         svc.sched_flags = spec.sched_flags;
         svc.ops = spec.ops;
+        svc.proxy_protocol = spec.proxy_protocol;
         Ok(())
+    }
+
+    /// `--add-laddr -z LIP -t VIP:PORT [-F IF]`.
+    pub fn add_local_addr(&mut self, key: &ServiceKey, la: LocalAddr) -> Result<(), ModelError> {
+        if self.vips().contains(&la.addr) {
+            return Err(ModelError::LocalAddrIsVip(la.addr));
+        }
+        let known = self.local_addrs().contains(&la.addr);
+        if !known && self.local_addrs().len() >= MAX_LOCAL_ADDRS {
+            return Err(ModelError::TooManyLocalAddrs(MAX_LOCAL_ADDRS));
+        }
+        let svc = self.service_mut(key)?;
+        if svc.local_addrs.iter().any(|l| l.addr == la.addr) {
+            return Err(ModelError::LocalAddrExists(la.addr));
+        }
+        svc.local_addrs.push(la);
+        Ok(())
+    }
+
+    /// `--del-laddr -z LIP -t VIP:PORT`.
+    pub fn delete_local_addr(
+        &mut self,
+        key: &ServiceKey,
+        addr: Ipv4Addr,
+    ) -> Result<(), ModelError> {
+        let svc = self.service_mut(key)?;
+        let before = svc.local_addrs.len();
+        svc.local_addrs.retain(|l| l.addr != addr);
+        if svc.local_addrs.len() == before {
+            return Err(ModelError::NoLocalAddr(addr));
+        }
+        Ok(())
+    }
+
+    /// Distinct configured local addresses, in first-seen order.
+    pub fn local_addrs(&self) -> Vec<Ipv4Addr> {
+        let mut out: Vec<Ipv4Addr> = Vec::new();
+        for l in self.services.iter().flat_map(|s| &s.local_addrs) {
+            if !out.contains(&l.addr) {
+                out.push(l.addr);
+            }
+        }
+        out
     }
 
     pub fn delete_service(&mut self, key: &ServiceKey) -> Result<(), ModelError> {

@@ -6,13 +6,14 @@
 //! - [`SyncedTable`]: connections learned from the master, shared by all workers.
 //! - [`daemon`]: the UDP multicast sender/receiver on the control thread.
 //!
-//! Which worker finds a synced flow: the kernel's PACKET_FANOUT_HASH is randomly seeded, so
-//! the backup cannot know which worker will receive a flow's packets after takeover. Rather
-//! than steering frames with a fanout program of our own (which would change the receive
-//! path and its load balancing), a worker whose own table misses consults the shared
+//! Which worker finds a synced flow: the master may be a kernel IPVS or a uvs with another
+//! worker count, so the backup cannot place a record in the worker that will receive the
+//! flow's packets after takeover. A worker whose own table misses consults the shared
 //! [`SyncedTable`] and *moves* the entry into its own table. Misses are rare on the packet
 //! path (new connections, and the first packet of each synced connection after takeover), so
-//! the sharded lock is not on the hot path of established traffic. See docs/ha.md.
+//! the sharded lock is not on the hot path of established traffic. A NAT connection may be
+//! met first by a real's reply, so the table also finds it by the reply's five-tuple. See
+//! docs/ha.md.
 
 pub mod daemon;
 pub mod gate;
@@ -25,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::flow::tcp_state::TcpState;
 use crate::flow::{FlowKey, reached};
+use crate::model::ForwardMethod;
 use gate::HaGate;
 
 /// Who decides the sync role.
@@ -73,17 +75,35 @@ pub struct SyncRecord {
     pub key: FlowKey,
     /// Real server address (host-order integer).
     pub real_addr: u32,
+    /// The real's port: the service's, or a NAT real's own.
+    pub real_port: u16,
+    /// How the connection is forwarded. IPVS's flags do not carry a tunnel's encapsulation,
+    /// so a received tunnelled connection reads as IPIP: adoption matches any tunnel.
+    pub forward: ForwardMethod,
     pub state: TcpState,
     /// Seconds of life left.
     pub timeout_secs: u32,
-    /// The connection's forwarding method as IPVS flags it (`wire::F_DROUTE`, `F_TUNNEL`,
-    /// `F_MASQ`).
-    pub fwd: u32,
+}
+
+impl SyncRecord {
+    /// The five-tuple of the real's replies, for a NAT connection (whose replies come back
+    /// through the director).
+    pub fn reply_key(&self) -> Option<FlowKey> {
+        (self.forward == ForwardMethod::Masq).then_some(FlowKey {
+            saddr: self.real_addr,
+            daddr: self.key.saddr,
+            sport: self.real_port,
+            dport: self.key.sport,
+            proto: self.key.proto,
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
 pub struct SyncedFlow {
     pub real_addr: u32,
+    pub real_port: u16,
+    pub forward: ForwardMethod,
     pub state: TcpState,
     /// On `clock::now_ms`.
     pub expires: u32,
@@ -91,9 +111,27 @@ pub struct SyncedFlow {
 
 const SHARDS: usize = 64;
 
+/// The reply five-tuple of synced connection `key`, if it is a NAT one.
+fn reply_key_of(key: &FlowKey, f: &SyncedFlow) -> Option<FlowKey> {
+    SyncRecord {
+        key: *key,
+        real_addr: f.real_addr,
+        real_port: f.real_port,
+        forward: f.forward,
+        state: f.state,
+        timeout_secs: 0,
+    }
+    .reply_key()
+}
+
 /// Connections learned from the master, until a worker adopts them or they expire.
+///
+/// `replies` maps a NAT connection's reply five-tuple to its key. It is sharded by the reply
+/// key, so it is locked after (never while holding) a `shards` lock; an entry whose
+/// connection is gone only makes a lookup miss, and goes when that connection's entry does.
 pub struct SyncedTable {
     shards: Vec<Mutex<HashMap<FlowKey, SyncedFlow>>>,
+    replies: Vec<Mutex<HashMap<FlowKey, FlowKey>>>,
     len: AtomicUsize,
     capacity: usize,
     pub learned: AtomicU64,
@@ -111,6 +149,7 @@ impl SyncedTable {
     pub fn new(capacity: usize) -> SyncedTable {
         SyncedTable {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            replies: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             len: AtomicUsize::new(0),
             capacity,
             learned: AtomicU64::new(0),
@@ -129,24 +168,62 @@ impl SyncedTable {
 
     /// Learns (or refreshes) a connection.
     pub fn learn(&self, r: &SyncRecord, now: u32) {
-        let mut m = self.shards[shard_of(&r.key)]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
         let f = SyncedFlow {
             real_addr: r.real_addr,
+            real_port: r.real_port,
+            forward: r.forward,
             state: r.state,
             expires: now.wrapping_add(r.timeout_secs.saturating_mul(1000)),
         };
-        if let Some(old) = m.get_mut(&r.key) {
-            *old = f;
-        } else if self.len() < self.capacity {
-            m.insert(r.key, f);
-            self.len.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.refused_full.fetch_add(1, Ordering::Relaxed);
-            return;
+        let replaced = {
+            let mut m = self.lock_flows(&r.key);
+            if let Some(old) = m.get_mut(&r.key) {
+                Some(std::mem::replace(old, f))
+            } else if self.len() < self.capacity {
+                m.insert(r.key, f);
+                self.len.fetch_add(1, Ordering::Relaxed);
+                None
+            } else {
+                self.refused_full.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        if let Some(old) = replaced
+            && let Some(stale) = reply_key_of(&r.key, &old)
+            && Some(stale) != r.reply_key()
+        {
+            self.lock_replies(&stale).remove(&stale);
+        }
+        if let Some(reply) = r.reply_key() {
+            self.lock_replies(&reply).insert(reply, r.key);
         }
         self.learned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn lock_flows(&self, key: &FlowKey) -> std::sync::MutexGuard<'_, HashMap<FlowKey, SyncedFlow>> {
+        self.shards[shard_of(key)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_replies(
+        &self,
+        reply: &FlowKey,
+    ) -> std::sync::MutexGuard<'_, HashMap<FlowKey, FlowKey>> {
+        self.replies[shard_of(reply)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A NAT connection met by its real's reply first: the key of the connection whose reply
+    /// five-tuple is `reply` (then [`SyncedTable::take`] it). One relaxed load when the table
+    /// is empty.
+    #[inline]
+    pub fn owner_of_reply(&self, reply: &FlowKey) -> Option<FlowKey> {
+        if self.is_empty() {
+            return None;
+        }
+        self.lock_replies(reply).get(reply).copied()
     }
 
     /// Removes and returns a live synced flow (a worker adopts it). One relaxed load when the
@@ -156,11 +233,11 @@ impl SyncedTable {
         if self.is_empty() {
             return None;
         }
-        let mut m = self.shards[shard_of(key)]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let f = m.remove(key)?;
+        let f = self.lock_flows(key).remove(key)?;
         self.len.fetch_sub(1, Ordering::Relaxed);
+        if let Some(reply) = reply_key_of(key, &f) {
+            self.lock_replies(&reply).remove(&reply);
+        }
         if reached(now, f.expires) {
             return None;
         }
@@ -170,12 +247,32 @@ impl SyncedTable {
 
     /// Drops expired entries of one shard per call (the control thread walks them in turn).
     pub fn expire_shard(&self, shard: usize, now: u32) {
-        let mut m = self.shards[shard % SHARDS]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let before = m.len();
-        m.retain(|_, f| !reached(now, f.expires));
-        self.len.fetch_sub(before - m.len(), Ordering::Relaxed);
+        let mut gone = Vec::new();
+        {
+            let mut m = self.shards[shard % SHARDS]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let before = m.len();
+            m.retain(|k, f| {
+                let live = !reached(now, f.expires);
+                if !live && let Some(reply) = reply_key_of(k, f) {
+                    gone.push(reply);
+                }
+                live
+            });
+            self.len.fetch_sub(before - m.len(), Ordering::Relaxed);
+        }
+        for reply in gone {
+            self.lock_replies(&reply).remove(&reply);
+        }
+    }
+
+    /// Entries of the reply index (NAT connections learned and not yet adopted or expired).
+    pub fn reply_index_len(&self) -> usize {
+        self.replies
+            .iter()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
     }
 
     pub const SHARDS: usize = SHARDS;
@@ -226,7 +323,7 @@ impl HaHooks {
     /// Queues a connection for the sync master (never blocks; a full queue drops and counts).
     #[inline]
     pub fn emit(&self, r: SyncRecord) {
-        if !self.sending.load(Ordering::Relaxed) {
+        if !self.sending.load(Ordering::Relaxed) || !wire::syncable(r.forward) {
             return;
         }
         if self.out.try_send(r).is_err() {
@@ -256,9 +353,10 @@ mod tests {
         let r = SyncRecord {
             key: key(1),
             real_addr: 0x0a00_000b,
+            real_port: 80,
+            forward: ForwardMethod::Route,
             state: TcpState::Established,
             timeout_secs: 900,
-            fwd: wire::F_DROUTE,
         };
         t.learn(&r, 0);
         t.learn(&r, 0);
@@ -280,5 +378,66 @@ mod tests {
             t.expire_shard(s, 5000);
         }
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_nat_connection_is_found_by_its_reply_once_and_its_index_entry_goes_with_it() {
+        let t = SyncedTable::new(16);
+        let nat = SyncRecord {
+            key: key(7),
+            real_addr: 0x0a00_000b,
+            real_port: 8080,
+            forward: ForwardMethod::Masq,
+            state: TcpState::Established,
+            timeout_secs: 900,
+        };
+        t.learn(&nat, 0);
+        let reply = nat.reply_key().unwrap();
+        assert_eq!((reply.sport, reply.dport), (8080, 7));
+        let k = t.owner_of_reply(&reply).unwrap();
+        let f = t.take(&k, 1).unwrap();
+        assert_eq!(
+            (k, f.real_port, f.forward),
+            (key(7), 8080, ForwardMethod::Masq)
+        );
+        assert!(t.take(&key(7), 1).is_none(), "adopted once");
+        assert!(t.owner_of_reply(&reply).is_none());
+        assert_eq!(t.reply_index_len(), 0);
+
+        // Adopted by its request instead: the reply finds nothing afterwards.
+        t.learn(&nat, 0);
+        assert!(t.take(&key(7), 1).is_some());
+        assert!(t.owner_of_reply(&reply).is_none());
+        // Expired: both entries go.
+        t.learn(
+            &SyncRecord {
+                timeout_secs: 1,
+                ..nat
+            },
+            0,
+        );
+        for s in 0..SHARDS {
+            t.expire_shard(s, 5000);
+        }
+        assert!(t.is_empty());
+        assert_eq!(t.reply_index_len(), 0);
+        // Relearned on another real port: the old reply tuple no longer leads to it.
+        t.learn(&nat, 0);
+        t.learn(
+            &SyncRecord {
+                real_port: 8081,
+                ..nat
+            },
+            0,
+        );
+        assert!(t.owner_of_reply(&reply).is_none());
+        assert_eq!(t.reply_index_len(), 1);
+        // A DR connection has no reply tuple.
+        let dr = SyncRecord {
+            key: key(8),
+            forward: ForwardMethod::Route,
+            ..nat
+        };
+        assert_eq!(dr.reply_key(), None);
     }
 }

@@ -6,10 +6,13 @@
 //!            | be16 state | be16 cport | be16 vport | be16 dport | be32 fwmark
 //!            | be32 timeout (s) | be32 caddr | be32 vaddr | be32 daddr  [options, padded to 4]
 //! ```
-//! Version 0 messages (the old format, first byte = nr_conns ≠ 0) are refused.
+//! Version 0 messages (the old format, first byte = nr_conns ≠ 0) are refused. The forwarding
+//! method is the low bits of `flags` (MASQ 0, DROUTE 3); `dport` is the real's port, which
+//! differs from `vport` only for a NAT real.
 
 use crate::flow::FlowKey;
 use crate::flow::tcp_state::TcpState;
+use crate::model::ForwardMethod;
 use crate::wire::{IPPROTO_TCP, IPPROTO_UDP};
 
 use super::SyncRecord;
@@ -20,12 +23,12 @@ pub const HEADER_LEN: usize = 8;
 pub const RECORD_LEN: usize = 36;
 /// Records per message: keeps a message within a 1500-byte MTU (8 + 40 × 36 = 1448).
 pub const MAX_PER_MESSAGE: usize = 40;
-/// IP_VS_CONN_F_MASQ, IP_VS_CONN_F_TUNNEL, IP_VS_CONN_F_DROUTE: the forwarding method,
-/// `flags & F_FWD_MASK`.
+/// IP_VS_CONN_F_FWD_MASK: the forwarding method's bits.
+pub const F_FWD_MASK: u32 = 0x0007;
+/// IP_VS_CONN_F_MASQ, IP_VS_CONN_F_TUNNEL, IP_VS_CONN_F_DROUTE: the forwarding method.
 pub const F_MASQ: u32 = 0x0000;
 pub const F_TUNNEL: u32 = 0x0002;
 pub const F_DROUTE: u32 = 0x0003;
-pub const F_FWD_MASK: u32 = 0x0007;
 /// IP_VS_CONN_F_INACTIVE.
 pub const F_INACTIVE: u32 = 0x0100;
 /// IP_VS_CONN_F_TEMPLATE: persistence templates are not adopted (uvs keeps none here).
@@ -38,7 +41,8 @@ pub enum WireError {
     BadSize,
 }
 
-/// One message of up to [`MAX_PER_MESSAGE`] records.
+/// One message of up to [`MAX_PER_MESSAGE`] records. FullNAT connections are not in IPVS's
+/// format (it has no local address or port): leave them out (see [`syncable`]).
 pub fn encode(syncid: u8, records: &[SyncRecord]) -> Vec<u8> {
     let n = records.len().min(MAX_PER_MESSAGE);
     let size = HEADER_LEN + n * RECORD_LEN;
@@ -50,7 +54,7 @@ pub fn encode(syncid: u8, records: &[SyncRecord]) -> Vec<u8> {
         b.push(0);
         b.push(r.key.proto);
         b.extend_from_slice(&(RECORD_LEN as u16).to_be_bytes());
-        let mut flags = r.fwd & F_FWD_MASK;
+        let mut flags = forward_flag(r.forward);
         if !r.state.is_active() {
             flags |= F_INACTIVE;
         }
@@ -58,7 +62,7 @@ pub fn encode(syncid: u8, records: &[SyncRecord]) -> Vec<u8> {
         b.extend_from_slice(&(r.state as u16).to_be_bytes());
         b.extend_from_slice(&r.key.sport.to_be_bytes());
         b.extend_from_slice(&r.key.dport.to_be_bytes());
-        b.extend_from_slice(&r.key.dport.to_be_bytes());
+        b.extend_from_slice(&r.real_port.to_be_bytes());
         b.extend_from_slice(&0u32.to_be_bytes());
         b.extend_from_slice(&r.timeout_secs.to_be_bytes());
         b.extend_from_slice(&r.key.saddr.to_be_bytes());
@@ -68,6 +72,33 @@ pub fn encode(syncid: u8, records: &[SyncRecord]) -> Vec<u8> {
     b
 }
 
+fn forward_flag(m: ForwardMethod) -> u32 {
+    match m {
+        ForwardMethod::Route => F_DROUTE,
+        // Never encoded (see `syncable`); masquerading is the nearest IPVS knows.
+        ForwardMethod::Masq | ForwardMethod::FullNat => F_MASQ,
+        ForwardMethod::Tunnel(_) => F_TUNNEL,
+    }
+}
+
+/// Whether IPVS's sync format can carry a connection forwarded by `m`: not FullNAT, whose
+/// local address and port it has no room for (and an IPVS peer could not use).
+pub fn syncable(m: ForwardMethod) -> bool {
+    m != ForwardMethod::FullNat
+}
+
+/// The forwarding method of a record's flags, if uvs forwards that way. The flags do not say
+/// which encapsulation a tunnel used: the adopting director's real says (see
+/// `SyncRecord::forward`).
+fn forward_of(flags: u32) -> Option<ForwardMethod> {
+    match flags & F_FWD_MASK {
+        F_DROUTE => Some(ForwardMethod::Route),
+        F_MASQ => Some(ForwardMethod::Masq),
+        F_TUNNEL => Some(ForwardMethod::IPIP),
+        _ => None,
+    }
+}
+
 fn be16(b: &[u8], o: usize) -> u16 {
     u16::from_be_bytes([b[o], b[o + 1]])
 }
@@ -75,8 +106,8 @@ fn be32(b: &[u8], o: usize) -> u32 {
     u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
 
-/// Decodes a message: its syncid and the IPv4 records of masquerading, tunnelling and
-/// direct-routing connections (others are skipped).
+/// Decodes a message: its syncid and the IPv4 TCP/UDP records of connections forwarded by
+/// direct routing, NAT or tunnelling (templates and the rest are skipped).
 pub fn decode(m: &[u8]) -> Result<(u8, Vec<SyncRecord>), WireError> {
     if m.len() < HEADER_LEN {
         return Err(WireError::Truncated);
@@ -101,9 +132,10 @@ pub fn decode(m: &[u8]) -> Result<(u8, Vec<SyncRecord>), WireError> {
         let r = &m[off..off + rsize];
         let flags = be32(r, 4);
         let is_v6 = r[0] & 1 != 0;
-        if !is_v6
+        let forward = forward_of(flags);
+        if let Some(forward) = forward
+            && !is_v6
             && flags & F_TEMPLATE == 0
-            && matches!(flags & F_FWD_MASK, F_MASQ | F_TUNNEL | F_DROUTE)
             && (r[1] == IPPROTO_TCP || r[1] == IPPROTO_UDP)
         {
             out.push(SyncRecord {
@@ -115,13 +147,14 @@ pub fn decode(m: &[u8]) -> Result<(u8, Vec<SyncRecord>), WireError> {
                     proto: r[1],
                 },
                 real_addr: be32(r, 32),
+                real_port: be16(r, 14),
+                forward,
                 state: if r[1] == IPPROTO_TCP {
                     TcpState::from_u8(be16(r, 8) as u8)
                 } else {
                     TcpState::None
                 },
                 timeout_secs: be32(r, 20),
-                fwd: flags & F_FWD_MASK,
             });
         }
         // Records (with options) are padded to 32 bits.
@@ -145,9 +178,10 @@ mod tests {
                 proto: 6,
             },
             real_addr: 0x0a00_000b,
+            real_port: 80,
+            forward: ForwardMethod::Route,
             state: TcpState::Established,
             timeout_secs: 900,
-            fwd: F_DROUTE,
         };
         let m = encode(5, &[r, r]);
         assert_eq!(m.len(), 8 + 72);
@@ -168,6 +202,36 @@ mod tests {
     }
 
     #[test]
+    fn a_nat_record_carries_the_masq_flag_and_the_reals_own_port() {
+        let r = SyncRecord {
+            key: FlowKey {
+                saddr: 0xc633_640a,
+                daddr: 0xc0a8_500a,
+                sport: 40000,
+                dport: 80,
+                proto: 6,
+            },
+            real_addr: 0xc0a8_500b,
+            real_port: 8080,
+            forward: ForwardMethod::Masq,
+            state: TcpState::TimeWait,
+            timeout_secs: 60,
+        };
+        let m = encode(0, &[r]);
+        assert_eq!(&m[12..16], &[0, 0, 1, 0], "MASQ, inactive");
+        assert_eq!(
+            &m[18..24],
+            &[0x9c, 0x40, 0, 80, 0x1f, 0x90],
+            "cport vport dport"
+        );
+        assert_eq!(decode(&m), Ok((0, vec![r])));
+        // A connection to the director itself (IP_VS_CONN_F_LOCALNODE) is not uvs's: skipped.
+        let mut local = m;
+        local[15] = 1;
+        assert_eq!(decode(&local), Ok((0, vec![])));
+    }
+
+    #[test]
     fn a_tunnelled_connection_carries_ipvs_tunnel_flag() {
         let r = SyncRecord {
             key: FlowKey {
@@ -178,9 +242,10 @@ mod tests {
                 proto: 6,
             },
             real_addr: 0x0a00_0002,
+            real_port: 80,
+            forward: ForwardMethod::IPIP,
             state: TcpState::SynRecv,
             timeout_secs: 60,
-            fwd: F_TUNNEL,
         };
         let m = encode(1, &[r]);
         assert_eq!(&m[12..16], &[0, 0, 0, 2], "IP_VS_CONN_F_TUNNEL, active");

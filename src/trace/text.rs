@@ -305,6 +305,9 @@ pub fn drop_explanation(reason: DropReason) -> &'static str {
             "too big for the tunnel without DF (uvs does not fragment the outer packet)"
         }
         DropReason::UnsupportedGso => "a GSO super-frame uvs cannot segment for a tunnel",
+        DropReason::NoLocalPort => {
+            "FullNAT: every local port of the service's local addresses is in use"
+        }
         DropReason::RingTruncated
         | DropReason::Truncated
         | DropReason::VlanTagged

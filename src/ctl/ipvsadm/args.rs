@@ -592,6 +592,7 @@ impl Command {
                 persistence_netmask: a.netmask,
                 sched_flags,
                 ops: a.ops,
+                proxy_protocol: crate::model::ProxyVersion::Off,
             })
         };
         let real = |r: &RealArgs, key: &ServiceKey| RealSpec {

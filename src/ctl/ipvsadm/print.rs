@@ -103,6 +103,7 @@ fn fwd_name(f: ForwardMethod) -> &'static str {
         ForwardMethod::Route => "Route",
         ForwardMethod::Masq => "Masq",
         ForwardMethod::Tunnel(_) => "Tunnel",
+        ForwardMethod::FullNat => "FullNat",
     }
 }
 
@@ -111,6 +112,7 @@ fn fwd_switch(f: ForwardMethod) -> &'static str {
         ForwardMethod::Route => "-g",
         ForwardMethod::Masq => "-m",
         ForwardMethod::Tunnel(_) => "-i",
+        ForwardMethod::FullNat => "--fullnat",
     }
 }
 

@@ -421,3 +421,110 @@ fn a_routers_fragmentation_needed_about_a_reply_reaches_the_real() {
     );
     assert_eq!(r.run(&mut b, 2), Verdict::Drop(DropReason::IcmpNoFlow));
 }
+
+/// HA hooks that learn and send, for the sync tests; the records sent come out of the receiver.
+fn with_sync(r: &mut Rig) -> crossbeam_channel::Receiver<SyncRecord> {
+    let (hooks, rx) = HaHooks::new(crate::sync::gate::HaGate::new(), 64);
+    hooks
+        .sending
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    r.fwd.ha = hooks;
+    rx
+}
+
+fn synced(client: [u8; 4], cport: u16) -> SyncRecord {
+    SyncRecord {
+        key: FlowKey {
+            saddr: u32::from_be_bytes(client),
+            daddr: u32::from_be_bytes(VIP),
+            sport: cport,
+            dport: 80,
+            proto: 6,
+        },
+        real_addr: u32::from_be_bytes(RS1),
+        real_port: 8080,
+        forward: ForwardMethod::Masq,
+        state: TcpState::Established,
+        timeout_secs: 900,
+    }
+}
+
+#[test]
+fn a_nat_flow_is_synced_with_the_masq_flag_and_the_reals_port() {
+    let mut r = rig();
+    let rx = with_sync(&mut r);
+    let mut b = with_vnet(tcp(FROM_ROUTER, FAR, 40000, VIP, 80, tcp::SYN), 0);
+    r.run(&mut b, 0);
+    let sent = rx.try_recv().unwrap();
+    assert_eq!(
+        (sent.forward, sent.real_addr, sent.real_port, sent.state),
+        (
+            ForwardMethod::Masq,
+            u32::from_be_bytes(RS1),
+            8080,
+            TcpState::SynRecv
+        )
+    );
+    // The real's SYN-ACK moves nothing (SYN_RECV stays), the client's ACK establishes: synced.
+    let mut b = with_vnet(tcp(FROM_RS1, RS1, 8080, FAR, 40000, tcp::SYN | tcp::ACK), 0);
+    r.run(&mut b, 1);
+    let mut b = with_vnet(tcp(FROM_ROUTER, FAR, 40000, VIP, 80, tcp::ACK), 0);
+    r.run(&mut b, 2);
+    assert_eq!(rx.try_recv().unwrap().state, TcpState::Established);
+}
+
+#[test]
+fn a_taken_over_nat_flow_is_adopted_by_its_reply_or_by_its_request() {
+    let mut r = rig();
+    let _rx = with_sync(&mut r);
+    let now = 10;
+    // The real speaks first after the takeover (a download): adopted by the reply.
+    r.fwd.ha.synced.learn(&synced(FAR, 40000), 0);
+    let mut b = with_vnet(tcp(FROM_RS1, RS1, 8080, FAR, 40000, tcp::ACK), 0);
+    assert_eq!(r.run(&mut b, now), Verdict::Forward { egress: 0 });
+    let f = &b[VNET_HDR_LEN..];
+    assert_eq!(&f[0..6], &ROUTER_MAC);
+    let ff = fields(f);
+    assert_eq!((ff.saddr, ff.sport), (u32::from_be_bytes(VIP), 80));
+    let key = synced(FAR, 40000).key;
+    assert_eq!(
+        r.fwd.flows.lookup(&key, now).unwrap().1.state,
+        TcpState::Established
+    );
+    // ... and the client's next segment (no SYN, no sloppy_tcp) continues it.
+    let mut b = with_vnet(tcp(FROM_ROUTER, FAR, 40000, VIP, 80, tcp::ACK), 0);
+    assert_eq!(r.run(&mut b, now), Verdict::Forward { egress: 0 });
+    assert_eq!(fields(&b[VNET_HDR_LEN..]).dport, 8080);
+    assert!(r.fwd.ha.synced.is_empty());
+
+    // The client speaks first (an upload): adopted by the request, replies follow it.
+    r.fwd.ha.synced.learn(&synced(FAR, 40001), 0);
+    let mut b = with_vnet(tcp(FROM_ROUTER, FAR, 40001, VIP, 80, tcp::ACK), 0);
+    assert_eq!(r.run(&mut b, now), Verdict::Forward { egress: 0 });
+    let mut b = with_vnet(tcp(FROM_RS1, RS1, 8080, FAR, 40001, tcp::ACK), 0);
+    assert_eq!(r.run(&mut b, now), Verdict::Forward { egress: 0 });
+
+    // A client on the LAN: its MAC is known only from its own frames, so the reply waits
+    // (dropped, the synced entry kept) and the client's next segment adopts the flow.
+    const NEAR_MAC: [u8; 6] = [2, 0, 0, 0, 0x50, 1];
+    r.fwd.ha.synced.learn(&synced(NEAR, 41000), 0);
+    let mut b = with_vnet(tcp(FROM_RS1, RS1, 8080, NEAR, 41000, tcp::ACK), 0);
+    assert_eq!(r.run(&mut b, now), Verdict::Drop(DropReason::ReplyNoFlow));
+    assert_eq!(r.fwd.ha.synced.len(), 1);
+    let mut b = with_vnet(tcp((NEAR_MAC, DIR_MAC), NEAR, 41000, VIP, 80, tcp::ACK), 0);
+    assert_eq!(r.run(&mut b, now), Verdict::Forward { egress: 0 });
+    let mut b = with_vnet(tcp(FROM_RS1, RS1, 8080, NEAR, 41000, tcp::ACK), 0);
+    assert_eq!(r.run(&mut b, now), Verdict::Forward { egress: 0 });
+    assert_eq!(&b[VNET_HDR_LEN..VNET_HDR_LEN + 6], &NEAR_MAC);
+
+    // Synced for another port of the real than the service now uses: not adopted.
+    r.fwd.ha.synced.learn(
+        &SyncRecord {
+            real_port: 9090,
+            ..synced(FAR, 40002)
+        },
+        0,
+    );
+    let mut b = with_vnet(tcp(FROM_ROUTER, FAR, 40002, VIP, 80, tcp::ACK), 0);
+    assert_eq!(r.run(&mut b, now), Verdict::Drop(DropReason::TcpNoFlow));
+}
