@@ -244,8 +244,10 @@ impl Control {
     /// The kernel's routes changed: re-read them and republish, so routed next hops and the
     /// replies' way back follow. A table that cannot be read keeps the previous one.
     fn reroute(&mut self) {
+        // A link's MTU (a tunnel's) changes without its routes changing.
+        let mtu_changed = self.placer.refresh_mtus();
         match crate::io::rtnetlink::dump_ipv4_routes() {
-            Ok(routes) if routes == self.placer.routes => {}
+            Ok(routes) if routes == self.placer.routes && !mtu_changed => {}
             Ok(routes) => {
                 self.placer.routes = routes;
                 let local = self.health.local.clone();

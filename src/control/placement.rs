@@ -105,6 +105,27 @@ impl Placer {
         )
     }
 
+    /// Reads the MTU of every interface a tunnel leaves by again; whether one changed (the
+    /// snapshot must then be rebuilt: tunnel MTUs are compiled into it).
+    pub fn refresh_mtus(&mut self) -> bool {
+        let mut changed = false;
+        for (egress, mtu) in self.mtus.iter_mut() {
+            let Some(ifc) = self.interfaces.get(usize::from(*egress)) else {
+                continue;
+            };
+            let now = crate::io::socket::interface_mtu(&ifc.name)
+                .ok()
+                .and_then(|m| u16::try_from(m).ok())
+                .unwrap_or(DEFAULT_MTU);
+            if now != *mtu {
+                log::info!("MTU of {} is now {now} (was {mtu})", ifc.name);
+                *mtu = now;
+                changed = true;
+            }
+        }
+        changed
+    }
+
     /// The kernel's most specific route to `addr`.
     fn best_route(&self, addr: Ipv4Addr) -> Option<Route> {
         self.routes

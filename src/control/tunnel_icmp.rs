@@ -42,6 +42,9 @@ pub struct Counts {
 /// The translation of `packet` (an IPv4 packet with its header, as a raw ICMP socket reads
 /// it), if it is fragmentation-needed about one of `snap`'s tunnels.
 pub fn translate(snap: &Snapshot, packet: &[u8]) -> Option<Translated> {
+    if packet.len() < 20 || ipv4::version(packet) != 4 {
+        return None;
+    }
     let ihl = ipv4::header_len(packet);
     let total = ipv4::total_len(packet).min(packet.len());
     let msg = packet.get(ihl..total)?;

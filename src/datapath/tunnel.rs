@@ -22,12 +22,16 @@
 //! incremented per segment); each segment's inner TCP checksum is left partial for the kernel
 //! (`VNET_F_NEEDS_CSUM` at the inner TCP header), and an outer UDP/GRE checksum is computed
 //! from headers only, the way the kernel's local checksum offload (`lco_csum`) does. A frame
-//! whose inner checksum is complete leaves the outer one to the kernel instead.
+//! whose inner checksum is complete leaves the outer one to the kernel instead. With
+//! `--tun-remcsum` a partial inner checksum stays partial: GUE's remote checksum offload
+//! option tells the real where to finish it, and the UDP checksum covers the packet as sent.
 //!
 //! PMTU (`ensure_mtu_is_adequate`): the tunnel MTU is the egress MTU less the outer headers; a
 //! packet with DF that does not fit is dropped and answered with ICMP fragmentation-needed
 //! carrying that MTU, at most [`ICMP_PER_SECOND`] per worker (a token bucket, as the kernel
 //! rate-limits `icmp_send`). Without DF IPVS fragments the outer packet; uvs counts a drop.
+//! Errors from routers on the tunnel's path reach the director's kernel, not this path:
+//! `control::tunnel_icmp` translates them.
 
 use crate::datapath::counters::DropReason;
 use crate::io::tx::HEAD_CAP;
@@ -413,7 +417,6 @@ pub fn encapsulate(
     let inner = &buf[ip_at..ip_at + ihl];
     let tos = ecn_encapsulate(inner[1]);
     let ttl = ipv4::ttl(inner);
-    let flow_hash = flow_hash(inner, &buf[ip_at + ihl..]);
     let packets = match segmenting {
         Some((mss, doff)) => (ip_len - ihl - doff).div_ceil(mss).max(1),
         None => 1,
@@ -445,8 +448,9 @@ pub fn encapsulate(
     match tunnel.kind {
         TunnelKind::Ipip => {}
         TunnelKind::Gue => {
+            let hash = flow_hash(&buf[ip_at..ip_at + ihl], &buf[ip_at + ihl..]);
             let sport = GUE_SPORT_MIN
-                + ((u64::from(flow_hash) * u64::from(GUE_SPORT_MAX - GUE_SPORT_MIN)) >> 32) as u32;
+                + ((u64::from(hash) * u64::from(GUE_SPORT_MAX - GUE_SPORT_MIN)) >> 32) as u32;
             e[0..2].copy_from_slice(&(sport as u16).to_be_bytes());
             e[2..4].copy_from_slice(&tunnel.port.to_be_bytes());
             let gue = &mut e[8..];

@@ -349,6 +349,16 @@ mod cost {
                 neigh: u32::from(addr) & 0xff,
             })
         }
+        fn tunnel_end(
+            &mut self,
+            _: Ipv4Addr,
+            _: NextHop,
+        ) -> Result<crate::snapshot::TunnelEnd, PlaceError> {
+            Ok(crate::snapshot::TunnelEnd {
+                source: u32::from(Ipv4Addr::new(10, 0, 0, 2)),
+                mtu: 1500,
+            })
+        }
     }
 
     fn frame(sport: u16, syn: bool) -> Vec<u8> {
@@ -493,6 +503,41 @@ mod cost {
                 "{l}"
             );
         }
+    }
+
+    #[test]
+    fn a_tunnelled_frame_shows_its_outer_header() {
+        let mut t = ServiceTable::new();
+        let key = ServiceKey::addr(Protocol::Tcp, Ipv4Addr::new(10, 0, 0, 100), 80);
+        t.add_service(ServiceSpec::new(key, SchedulerKind::Rr))
+            .unwrap();
+        let gue = crate::model::Tunnel {
+            kind: crate::model::TunnelKind::Gue,
+            port: 6080,
+            csum: crate::model::TunnelCsum::NoCsum,
+        };
+        for (i, forward) in [ForwardMethod::IPIP, ForwardMethod::Tunnel(gue)]
+            .into_iter()
+            .enumerate()
+        {
+            let real = RealSpec {
+                forward,
+                ..RealSpec::route(Ipv4Addr::new(10, 0, 0, 11 + i as u8), 80)
+            };
+            t.add_real(&key, real).unwrap();
+        }
+        let lines = traced_lines(&t, vec![frame(10000, true), frame(10001, true)]);
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(
+            lines[0].contains("ttl 64->63 ipip 10.0.0.2 > 10.0.0.11 out eth0"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].contains("ttl 64->63 gue 10.0.0.2 > 10.0.0.12 out eth0"),
+            "{}",
+            lines[1]
+        );
     }
 
     #[test]

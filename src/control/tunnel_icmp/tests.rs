@@ -144,6 +144,9 @@ fn only_errors_about_our_tunnels_with_df_are_translated() {
     assert_eq!(translate(&snap, &m), None);
     // An MTU that leaves nothing usable.
     assert_eq!(translate(&snap, &router_message(4, &[], 80, true)), None);
+    // Nothing, or less than an IP header.
+    assert_eq!(translate(&snap, &[]), None);
+    assert_eq!(translate(&snap, &[0x45, 0, 0]), None);
     // Too little quoted to name the flow.
     let mut short = router_message(4, &[], 1400, true);
     short.truncate(20 + 8 + 20 + 20 + 4);

@@ -594,3 +594,50 @@ fn every_encapsulation_round_trips_through_the_tunnel_endpoint() {
         }
     }
 }
+
+/// An ICMP error from the client about a packet the VIP sent it goes to the flow's real with
+/// the flow's own transmit, as IPVS's `ip_vs_icmp_xmit` sends it for TUN: encapsulated,
+/// unchanged inside but for the TTL.
+#[test]
+fn an_icmp_error_about_a_flow_goes_to_its_real_through_the_tunnel() {
+    let mut r = rig(Tunnel::IPIP);
+    let mut syn = tcp_frame(b"", true, 0);
+    assert!(matches!(r.run(&mut syn, 0), Verdict::Compose { .. }));
+    // The client's port unreachable about the real's SYN-ACK (VIP:80 > client:40000).
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv4(VIP, CLIENT, 63)
+        .tcp(80, 40000, 7, 65535)
+        .syn()
+        .ack(1001)
+        .write(&mut quoted, &[])
+        .unwrap();
+    let mut msg = vec![3u8, 3, 0, 0, 0, 0, 0, 0];
+    msg.extend_from_slice(&quoted[..28]);
+    let c = csum::checksum(&msg);
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, DIR_MAC)
+        .ipv4(CLIENT, VIP, 64)
+        .write(&mut out, etherparse::IpNumber::ICMP, &msg)
+        .unwrap();
+    let input = vnet(out);
+    let mut buf = input.clone();
+    assert_eq!(
+        r.run(&mut buf, 1),
+        Verdict::Compose {
+            egress: 0,
+            packets: 1
+        }
+    );
+    let pkt = r.assemble(&buf, 0);
+    let o = outer(&pkt);
+    assert_eq!((ipv4::protocol(o), ipv4::dst(o)), (4, u32::from(REAL)));
+    let inner = &o[20..];
+    let orig = &input[VNET_HDR_LEN + 14..];
+    assert_eq!(ipv4::ttl(inner), 63);
+    assert_eq!(
+        &inner[20..],
+        &orig[20..],
+        "the ICMP message itself unchanged"
+    );
+}
