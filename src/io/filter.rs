@@ -50,6 +50,9 @@ const IP_DST: u32 = 14 + 16;
 const IPPROTO_ICMP: u32 = 1;
 
 const SKF_AD_OFF: u32 = 0xFFFF_F000; // -0x1000 as u32
+/// `SKF_LL_OFF` (-0x200000 as u32): a load at `SKF_LL_OFF + k` reads byte `k` of the link-layer
+/// header wherever the packet's data starts.
+const SKF_LL_OFF: u32 = 0xFFE0_0000;
 const SKF_AD_PKTTYPE: u32 = 4;
 const SKF_AD_VLAN_TAG_PRESENT: u32 = 48;
 const PACKET_OTHERHOST: u32 = 3;
@@ -277,6 +280,10 @@ pub fn receive_filter(
 /// local port must get: the program returns that port (`lport % workers` owns it, see
 /// `datapath::fullnat`); an ICMP error to a local address quotes the packet the director sent
 /// from it, so its quoted source port.
+/// The kernel runs it before the packet socket's own filter, with the packet's data starting
+/// at the network header (the MAC header already pulled), so every load is `SKF_LL_OFF`-based:
+/// with plain offsets the ethertype test read the source address and every frame went to
+/// worker 0.
 pub fn fanout_program(nat_sources: &[(u32, u16)], laddrs: &[u32]) -> Vec<Insn> {
     let build = |reals: &[u32], laddrs: &[u32]| {
         let mut a = Asm::new();
@@ -284,63 +291,71 @@ pub fn fanout_program(nat_sources: &[(u32, u16)], laddrs: &[u32]) -> Vec<Insn> {
             (a.label(), a.label(), a.label(), a.label(), a.label());
         let (icmp_from_real, quoted) = (a.label(), a.label());
         let (fullnat, fullnat_icmp, not_fullnat) = (a.label(), a.label(), a.label());
-        a.op(stmt(BPF_LD | BPF_H | BPF_ABS, 12));
+        a.op(stmt(BPF_LD | BPF_H | BPF_ABS, SKF_LL_OFF + 12));
         a.jeq(0x0800, request, Some(zero));
         a.here(request);
-        a.op(stmt(BPF_LDX | BPF_B | BPF_MSH, 14));
+        a.op(stmt(BPF_LDX | BPF_B | BPF_MSH, SKF_LL_OFF + 14));
         if !laddrs.is_empty() {
-            a.op(stmt(BPF_LD | BPF_W | BPF_ABS, IP_DST));
+            a.op(stmt(BPF_LD | BPF_W | BPF_ABS, SKF_LL_OFF + IP_DST));
             for l in laddrs {
                 a.jeq(*l, fullnat, None);
             }
             a.ja(not_fullnat);
             a.here(fullnat);
-            a.op(stmt(BPF_LD | BPF_B | BPF_ABS, IP_PROTO));
+            a.op(stmt(BPF_LD | BPF_B | BPF_ABS, SKF_LL_OFF + IP_PROTO));
             a.jeq(IPPROTO_ICMP, fullnat_icmp, None);
-            a.op(stmt(BPF_LD | BPF_H | BPF_IND, 16));
+            a.op(stmt(BPF_LD | BPF_H | BPF_IND, SKF_LL_OFF + 16));
             a.op(stmt(BPF_RET | BPF_A, 0));
             a.here(fullnat_icmp);
-            a.op(stmt(BPF_LD | BPF_H | BPF_IND, 14 + 8 + 20));
+            a.op(stmt(BPF_LD | BPF_H | BPF_IND, SKF_LL_OFF + 14 + 8 + 20));
             a.op(stmt(BPF_RET | BPF_A, 0));
             a.here(not_fullnat);
         }
-        a.op(stmt(BPF_LD | BPF_B | BPF_ABS, IP_PROTO));
+        a.op(stmt(BPF_LD | BPF_B | BPF_ABS, SKF_LL_OFF + IP_PROTO));
         a.jeq(IPPROTO_ICMP, icmp, None);
-        a.op(stmt(BPF_LD | BPF_W | BPF_ABS, IP_SRC));
+        a.op(stmt(BPF_LD | BPF_W | BPF_ABS, SKF_LL_OFF + IP_SRC));
         for r in reals {
             a.jeq(*r, reply, None);
         }
         // A request: the client is the source.
-        a.op(stmt(BPF_LD | BPF_H | BPF_IND, 14));
+        a.op(stmt(BPF_LD | BPF_H | BPF_IND, SKF_LL_OFF + 14));
         a.op(stmt(BPF_MISC | BPF_TAX, 0));
-        a.op(stmt(BPF_LD | BPF_W | BPF_ABS, IP_SRC));
+        a.op(stmt(BPF_LD | BPF_W | BPF_ABS, SKF_LL_OFF + IP_SRC));
         a.ja(mix);
         a.here(reply);
-        a.op(stmt(BPF_LD | BPF_H | BPF_IND, 16));
+        a.op(stmt(BPF_LD | BPF_H | BPF_IND, SKF_LL_OFF + 16));
         a.op(stmt(BPF_MISC | BPF_TAX, 0));
-        a.op(stmt(BPF_LD | BPF_W | BPF_ABS, IP_DST));
+        a.op(stmt(BPF_LD | BPF_W | BPF_ABS, SKF_LL_OFF + IP_DST));
         a.ja(mix);
         a.here(icmp);
-        a.op(stmt(BPF_LD | BPF_W | BPF_ABS, IP_SRC));
+        a.op(stmt(BPF_LD | BPF_W | BPF_ABS, SKF_LL_OFF + IP_SRC));
         for r in reals {
             a.jeq(*r, icmp_from_real, None);
         }
         // The quoted packet's destination.
-        a.op(stmt(BPF_LD | BPF_W | BPF_IND, 14 + 8 + 16));
+        a.op(stmt(BPF_LD | BPF_W | BPF_IND, SKF_LL_OFF + 14 + 8 + 16));
         a.op(stmt(BPF_ST, 0));
-        a.op(stmt(BPF_LD | BPF_H | BPF_IND, 14 + 8 + 20 + 2));
+        a.op(stmt(BPF_LD | BPF_H | BPF_IND, SKF_LL_OFF + 14 + 8 + 20 + 2));
         a.ja(quoted);
         a.here(icmp_from_real);
         // The quoted packet's source.
-        a.op(stmt(BPF_LD | BPF_W | BPF_IND, 14 + 8 + 12));
+        a.op(stmt(BPF_LD | BPF_W | BPF_IND, SKF_LL_OFF + 14 + 8 + 12));
         a.op(stmt(BPF_ST, 0));
-        a.op(stmt(BPF_LD | BPF_H | BPF_IND, 14 + 8 + 20));
+        a.op(stmt(BPF_LD | BPF_H | BPF_IND, SKF_LL_OFF + 14 + 8 + 20));
         a.here(quoted);
         a.op(stmt(BPF_MISC | BPF_TAX, 0));
         a.op(stmt(BPF_LD | BPF_MEM, 0));
         a.here(mix);
         a.op(stmt(BPF_ALU | BPF_XOR | BPF_X, 0));
+        // Two multiply rounds with a fold between: the kernel keeps the result modulo the
+        // number of workers, i.e. its low bits, and after one multiply those depend only on
+        // the low bits of address ^ port. One client's consecutive ports (Linux steps them
+        // by 2 or 4) then all landed on one worker, halving its FullNAT ports.
         a.op(stmt(BPF_ALU | BPF_MUL | BPF_K, 0x9E37_79B1));
+        a.op(stmt(BPF_MISC | BPF_TAX, 0));
+        a.op(stmt(BPF_ALU | BPF_RSH | BPF_K, 15));
+        a.op(stmt(BPF_ALU | BPF_XOR | BPF_X, 0));
+        a.op(stmt(BPF_ALU | BPF_MUL | BPF_K, 0x85EB_CA6B));
         a.op(stmt(BPF_ALU | BPF_RSH | BPF_K, 16));
         a.op(stmt(BPF_RET | BPF_A, 0));
         a.here(zero);
@@ -418,11 +433,29 @@ pub fn arp_filter(vip_mac: Option<MacAddr>) -> Vec<Insn> {
 /// with 0, as in the kernel.
 #[cfg(test)]
 pub fn interpret(p: &[Insn], frame: &[u8], pkttype: u32, vlan: bool) -> u32 {
+    run(p, frame, 0, pkttype, vlan)
+}
+
+/// Runs a fanout program as `packet_rcv_fanout` does: the packet's data starts at the network
+/// header, the link-layer header is reachable only through `SKF_LL_OFF`.
+#[cfg(test)]
+pub fn interpret_fanout(p: &[Insn], frame: &[u8]) -> u32 {
+    run(p, frame, 14, 0, false)
+}
+
+/// `data_start`: where the kernel's `skb->data` points in `frame` when the program runs.
+#[cfg(test)]
+fn run(p: &[Insn], frame: &[u8], data_start: usize, pkttype: u32, vlan: bool) -> u32 {
     let (mut acc, mut x): (u32, u32) = (0, 0);
     let mut mem = [0u32; 16];
     let mut pc = 0usize;
-    let load = |k: usize, n: usize| -> Option<u32> {
-        let b = frame.get(k..k + n)?;
+    let load = |k: u32, n: usize| -> Option<u32> {
+        let at = if k >= SKF_LL_OFF {
+            (k - SKF_LL_OFF) as usize
+        } else {
+            data_start + k as usize
+        };
+        let b = frame.get(at..at + n)?;
         Some(b.iter().fold(0u32, |v, byte| v << 8 | u32::from(*byte)))
     };
     while pc < p.len() {
@@ -443,20 +476,20 @@ pub fn interpret(p: &[Insn], frame: &[u8], pkttype: u32, vlan: bool) -> u32 {
                     u32::from(vlan)
                 };
             }
-            c if c & 0x07 == BPF_LD && c & 0xe0 == BPF_ABS => match load(i.k as usize, size) {
+            c if c & 0x07 == BPF_LD && c & 0xe0 == BPF_ABS => match load(i.k, size) {
                 Some(v) => acc = v,
                 None => return 0,
             },
             c if c & 0x07 == BPF_LD && c & 0xe0 == BPF_IND => {
-                match load((x + i.k) as usize, size) {
+                match load(x.wrapping_add(i.k), size) {
                     Some(v) => acc = v,
                     None => return 0,
                 }
             }
-            c if c == BPF_LD | BPF_W | BPF_LEN => acc = frame.len() as u32,
+            c if c == BPF_LD | BPF_W | BPF_LEN => acc = (frame.len() - data_start) as u32,
             c if c == BPF_LD | BPF_MEM => acc = mem[i.k as usize],
             c if c == BPF_ST => mem[i.k as usize] = acc,
-            c if c == BPF_LDX | BPF_B | BPF_MSH => match load(i.k as usize, 1) {
+            c if c == BPF_LDX | BPF_B | BPF_MSH => match load(i.k, 1) {
                 Some(v) => x = (v & 0xf) * 4,
                 None => return 0,
             },
@@ -604,25 +637,45 @@ mod tests {
         for cport in 30000..30200u16 {
             let request = packet(6, CLIENT, cport, VIP, 80);
             let reply = packet(6, RS1, 8080, CLIENT, cport);
-            let w = interpret(&p, &request, HOST, false) % workers;
-            assert_eq!(interpret(&p, &reply, HOST, false) % workers, w, "{cport}");
+            let w = interpret_fanout(&p, &request) % workers;
+            assert_eq!(interpret_fanout(&p, &reply) % workers, w, "{cport}");
             // An ICMP error quoting the reply (port unreachable at the client, say) goes
             // there too.
             let mut icmp = packet(1, CLIENT, 0, VIP, 0);
             icmp[34] = 3;
             icmp.truncate(42);
             icmp.extend_from_slice(&reply[14..14 + 28]);
-            assert_eq!(
-                interpret(&p, &icmp, HOST, false) % workers,
-                w,
-                "icmp {cport}"
-            );
+            assert_eq!(interpret_fanout(&p, &icmp) % workers, w, "icmp {cport}");
             seen[w as usize] += 1;
         }
         assert!(seen[0] > 60 && seen[1] > 60, "spread: {seen:?}");
+        // One client's consecutive connections (Linux steps its ports by 2 or 4) spread as
+        // if at random: over 64 connections a run of 12 or more on one of two workers is as
+        // rare as for coin flips (about 3% of clients), not a pattern (one multiply round: 20%).
+        let (mut windows, mut long_runs) = (0, 0);
+        for last in 1..=254u8 {
+            for step in [2u16, 4] {
+                for start in [32768u16, 40000, 54128, 60000] {
+                    let (mut run, mut longest, mut previous) = (0, 0, u32::MAX);
+                    for k in 0..64 {
+                        let request = packet(6, [198, 51, 100, last], start + step * k, VIP, 80);
+                        let w = interpret_fanout(&p, &request) % 2;
+                        run = if w == previous { run + 1 } else { 1 };
+                        longest = longest.max(run);
+                        previous = w;
+                    }
+                    windows += 1;
+                    long_runs += usize::from(longest >= 12);
+                }
+            }
+        }
+        assert!(
+            long_runs * 20 < windows,
+            "{long_runs} of {windows} clients had a run of 12"
+        );
         let mut arp = vec![0u8; 42];
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
-        assert_eq!(interpret(&p, &arp, HOST, false), 0);
+        assert_eq!(interpret_fanout(&p, &arp), 0);
     }
 
     #[test]
@@ -634,7 +687,7 @@ mod tests {
             for lport in 1024..1100u16 {
                 let reply = packet(6, RS1, 8080, lip, lport);
                 assert_eq!(
-                    interpret(&p, &reply, HOST, false) % workers,
+                    interpret_fanout(&p, &reply) % workers,
                     u32::from(lport) % workers
                 );
                 // A router's ICMP error about what the director sent from the local port.
@@ -644,14 +697,14 @@ mod tests {
                 icmp.truncate(42);
                 icmp.extend_from_slice(&sent[14..14 + 28]);
                 assert_eq!(
-                    interpret(&p, &icmp, HOST, false) % workers,
+                    interpret_fanout(&p, &icmp) % workers,
                     u32::from(lport) % workers
                 );
             }
         }
         // Requests still spread by client.
-        let a = interpret(&p, &packet(6, CLIENT, 30000, VIP, 80), HOST, false);
-        let b = interpret(&p, &packet(6, CLIENT, 30001, VIP, 80), HOST, false);
+        let a = interpret_fanout(&p, &packet(6, CLIENT, 30000, VIP, 80));
+        let b = interpret_fanout(&p, &packet(6, CLIENT, 30001, VIP, 80));
         assert_ne!(a, b);
         // The receive filter takes a router's ICMP to the local address, not other traffic.
         let rf = receive_filter(&[Ipv4Addr::from(VIP)], &nat(), &laddrs, None);

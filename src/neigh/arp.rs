@@ -216,6 +216,11 @@ impl ArpEngine {
     }
 
     /// Replaces the FullNAT local addresses uvs answers for; new ones are announced once.
+    /// Whether uvs answers ARP for `addr` as a FullNAT local address (not as a VIP).
+    pub fn is_local_addr(&self, addr: Ipv4Addr) -> bool {
+        self.local_addrs.contains(&addr)
+    }
+
     pub fn set_local_addrs(&mut self, addrs: Vec<Ipv4Addr>, now: u32) {
         for a in &addrs {
             if !self.local_addrs.contains(a) {

@@ -52,10 +52,15 @@ pub fn arp_events(
     let t = clock(realtime_ns());
     let mut out = Vec::new();
     if engine.counters.requests_answered > before.answered {
+        let why = if engine.is_local_addr(tip) {
+            "a FullNAT local address of uvs's"
+        } else {
+            "the VIP is uvs's"
+        };
         out.push((
             vec![tip],
             format!(
-                "{t} ARP who-has {tip} tell {sip} ({smac}) in {ifname}: answered {tip} is-at {ours} (the VIP is uvs's)"
+                "{t} ARP who-has {tip} tell {sip} ({smac}) in {ifname}: answered {tip} is-at {ours} ({why})"
             ),
         ));
     }
