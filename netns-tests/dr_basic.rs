@@ -563,3 +563,29 @@ fn coalescing_waits_under_a_stream_but_never_holds_a_lone_request() {
         "a worker kept busy by a stream waits between small rounds"
     );
 }
+
+/// Regression: the fanout program once read the frame from the wrong offset (the kernel runs
+/// it from the network header) and sent every frame to worker 0, so `--workers 2` forwarded as
+/// one. Twenty connections from one client must reach both workers, and every answer arrive.
+#[test]
+fn two_workers_share_one_clients_connections() {
+    let Some(ctx) = common::setup(12) else { return };
+    let mut lab = ctx.web_lab();
+    let d = Director::rr_http()
+        .args(&["--workers", "2"])
+        .start(&mut lab);
+    let answers = common::curl_vip(&lab, 20);
+    assert_eq!(
+        answers.iter().filter(|a| a.starts_with("rs")).count(),
+        20,
+        "{answers:?}"
+    );
+    let forwarded: Vec<f64> = ["0", "1"]
+        .iter()
+        .map(|w| d.metric("uvs_worker_forwarded_total", &[("worker", w)]))
+        .collect();
+    assert!(
+        forwarded.iter().all(|&n| n >= 10.0),
+        "frames forwarded per worker: {forwarded:?}"
+    );
+}
