@@ -12,6 +12,7 @@ mod demo;
 mod doctor;
 mod dr_basic;
 mod frames;
+mod fullnat;
 mod fwmark;
 mod ha;
 mod health;
