@@ -23,14 +23,22 @@
 //!   its interface (DPVS writes `192.168.100.200 dpdk0`; Alibaba's LVS writes none); the
 //!   interface is recorded as `uvsadm -F` records it (uvs answers ARP for a local address on
 //!   every interface it serves). A group may serve several virtual servers.
+//! - `virtual_server_group NAME { VIP PORT … }` at the root (one entry per line; the address
+//!   may be a range of its last byte, `10.0.0.100-101 80`, the end above the start) and
+//!   `virtual_server group NAME { … }`: the same virtual server for each address and port of
+//!   the group, which may be written before or after it (an unknown name is an error naming
+//!   it; a group no virtual server uses is a warning). `fwmark` entries and entries without a
+//!   port are refused. Unlike keepalived, whose checkers of a group's real server serve every
+//!   address of the group, each address:port is its own service with its own health checks.
 //! - `real_server`: `weight` (1), `inhibit_on_failure`, `uthreshold`, `lthreshold`, `notify_up`,
 //!   `notify_down`, one checker: `TCP_CHECK`, `HTTP_GET`, `MISC_CHECK`.
 //! - Checkers: `connect_ip`, `connect_port`, `connect_timeout` (5), `retry` (1; MISC 0;
-//!   `nb_get_retry` is the deprecated alias), `delay_before_retry` (1; HTTP 3), `delay_loop`
-//!   (the virtual server's, default 60), `warmup`, `alpha`; HTTP_GET: `url { path; digest;
-//!   status_code; virtualhost; regex }`, `virtualhost`; MISC_CHECK: `misc_path`,
-//!   `misc_timeout` (default `delay_loop`), `misc_dynamic`. uvs extension: `through_vip` in a
-//!   TCP_CHECK makes it the DR through-the-VIP probe (see `health::vip`).
+//!   `nb_get_retry` is the deprecated alias, DPVS's `nb_sock_retry` another),
+//!   `delay_before_retry` (1; HTTP 3), `delay_loop` (the virtual server's, default 60),
+//!   `warmup`, `alpha`; HTTP_GET: `url { path; digest; status_code; virtualhost; regex }`,
+//!   `virtualhost`; MISC_CHECK: `misc_path`, `misc_timeout` (default `delay_loop`),
+//!   `misc_dynamic`. uvs extension: `through_vip` in a TCP_CHECK makes it the DR
+//!   through-the-VIP probe (see `health::vip`).
 //!
 //! - `vrrp_instance NAME { … }` (see [`Parser::vrrp_instance`]): `state`,
 //!   `interface`, `virtual_router_id`, `priority`, `advert_int`, `version`, `nopreempt`,
@@ -46,8 +54,8 @@
 //! '{'s"), and an unknown `state` (`SLAVE`) is BACKUP.
 //!
 //! `vrrp_sync_group`, `vrrp_script`, … are read and reported as not supported, without
-//! failing. Other unknown keywords are warnings naming file and line. Errors name file and line; nothing is returned (so nothing starts) unless the whole
-//! file is accepted.
+//! failing. Other unknown keywords are warnings naming file and line. Errors name file and
+//! line; nothing is returned (so nothing starts) unless the whole file is accepted.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -239,8 +247,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
         ha: HaRaw::default(),
         laddr_groups: Vec::new(),
         laddr_uses: Vec::new(),
+        vs_groups: Vec::new(),
+        vs_group_uses: Vec::new(),
     };
     p.top()?;
+    p.finish_groups()?;
     p.finish_laddrs()?;
     let (vrrp, sync) = p.finish_ha()?;
     Ok(Parsed {
@@ -296,6 +307,27 @@ struct Parser {
     laddr_groups: Vec<LaddrGroup>,
     /// `laddr_group_name` of each virtual server, resolved once the whole file is read.
     laddr_uses: Vec<(ServiceKey, Tok)>,
+    /// `virtual_server_group` blocks: name, and each address and port.
+    vs_groups: Vec<(Tok, Vec<(Ipv4Addr, u16)>)>,
+    /// `virtual_server group NAME` blocks, added once the whole file is read.
+    vs_group_uses: Vec<(Tok, Tok, VsBody)>,
+}
+
+/// A `virtual_server` block as read, before it is added for its address(es).
+#[derive(Clone)]
+struct VsBody {
+    proto: Protocol,
+    sched: SchedulerKind,
+    method: ForwardMethod,
+    sorry_method: Option<ForwardMethod>,
+    persistence: Option<u32>,
+    netmask: Ipv4Addr,
+    delay_loop: Duration,
+    health: ServiceHealth,
+    defaults: RawChecker,
+    reals: Vec<RawReal>,
+    proxy_protocol: Option<(ProxyVersion, Tok)>,
+    laddr_group: Option<Tok>,
 }
 
 /// A `local_address_group NAME { … }` as read: its name token and each address with the
@@ -337,6 +369,7 @@ struct RawChecker {
     through_vip: bool,
 }
 
+#[derive(Clone)]
 struct RawReal {
     tok: Tok,
     addr: Ipv4Addr,
@@ -504,9 +537,7 @@ impl Parser {
                     );
                     self.skip_block()?;
                 }
-                "virtual_server_group" => {
-                    return Err(self.err(&t, "virtual_server_group is not supported; write one virtual_server per VIP:port"));
-                }
+                "virtual_server_group" => self.virtual_server_group(&t)?,
                 "}" => return Err(self.err(&t, "unexpected }")),
                 other => {
                     self.warn(&t, format!("unknown keyword {other:?}, ignored"));
@@ -520,19 +551,36 @@ impl Parser {
 
     fn virtual_server(&mut self, kw: &Tok) -> Result<(), ConfigError> {
         let a = self.arg(kw)?;
-        if a.text == "fwmark" || a.text == "group" {
+        if a.text == "fwmark" {
             return Err(self.err(
                 &a,
-                format!(
-                    "virtual_server {} is not supported; use virtual_server IP PORT",
-                    a.text
-                ),
+                "virtual_server fwmark is not supported; use virtual_server IP PORT",
             ));
+        }
+        if a.text == "group" {
+            // keepalived's `virtual_server group NAME`: the same virtual server for every
+            // address and port of a `virtual_server_group`, which may come later in the file.
+            let Some(name) = self.arg_opt() else {
+                return Err(self.err(
+                    &a,
+                    "virtual_server group needs the name of a virtual_server_group",
+                ));
+            };
+            self.open(kw)?;
+            let body = self.virtual_server_body(kw)?;
+            self.vs_group_uses.push((kw.clone(), name, body));
+            return Ok(());
         }
         let vip = self.ipv4(&a, "virtual_server")?;
         let pt = self.arg(kw)?;
         let port: u16 = self.number(&pt, "virtual_server port")?;
         self.open(kw)?;
+        let body = self.virtual_server_body(kw)?;
+        self.add_virtual_server(kw, vip, port, body)
+    }
+
+    /// The block of a `virtual_server`, up to its `}`, as written.
+    fn virtual_server_body(&mut self, kw: &Tok) -> Result<VsBody, ConfigError> {
         let mut proto = Protocol::Tcp;
         let mut sched = SchedulerKind::Wlc;
         // keepalived's default method is NAT.
@@ -541,7 +589,8 @@ impl Parser {
         let mut persistence = None;
         let mut netmask = Ipv4Addr::BROADCAST;
         let mut delay_loop = Duration::from_secs(60);
-        let mut sh = ServiceHealth::new(ServiceKey::addr(proto, vip, port));
+        // The key is set when the service is added.
+        let mut sh = ServiceHealth::new(ServiceKey::fwmark(1));
         sh.quiescent = false; // keepalived removes a failed real unless inhibit_on_failure
         let mut defaults = RawChecker::default();
         let mut reals: Vec<RawReal> = Vec::new();
@@ -592,9 +641,10 @@ impl Parser {
                 "sorry_server" => {
                     let ip = self.arg(&t)?;
                     let ip = self.ipv4(&ip, "sorry_server")?;
+                    // No port: the service's (filled in when the service is added).
                     let p = match self.arg_opt() {
                         Some(p) => self.number(&p, "sorry_server port")?,
-                        None => port,
+                        None => 0,
                     };
                     sh.sorry = Some(SocketAddrV4::new(ip, p));
                 }
@@ -658,9 +708,54 @@ impl Parser {
                 }
             }
         }
+        Ok(VsBody {
+            proto,
+            sched,
+            method,
+            sorry_method,
+            persistence,
+            netmask,
+            delay_loop,
+            health: sh,
+            defaults,
+            reals,
+            proxy_protocol,
+            laddr_group,
+        })
+    }
+
+    /// Adds the service `vip`:`port` of `body` (of the `virtual_server` at `kw`) with its reals
+    /// and health checks.
+    fn add_virtual_server(
+        &mut self,
+        kw: &Tok,
+        vip: Ipv4Addr,
+        port: u16,
+        body: VsBody,
+    ) -> Result<(), ConfigError> {
+        let VsBody {
+            proto,
+            sched,
+            method,
+            sorry_method,
+            persistence,
+            netmask,
+            delay_loop,
+            health: mut sh,
+            defaults,
+            reals,
+            proxy_protocol,
+            laddr_group,
+        } = body;
         let key = ServiceKey::addr(proto, vip, port);
         sh.key = key;
         sh.sorry_forward = sorry_method.unwrap_or(method);
+        if let Some(sorry) = sh.sorry {
+            // `sorry_server IP` without a port: the service's, as in keepalived.
+            if sorry.port() == 0 {
+                sh.sorry = Some(SocketAddrV4::new(*sorry.ip(), port));
+            }
+        }
         let mut spec = ServiceSpec::new(key, sched);
         spec.persistence_timeout = persistence;
         spec.persistence_netmask = netmask;
@@ -704,6 +799,138 @@ impl Parser {
             });
         }
         self.health.services.push(sh);
+        Ok(())
+    }
+
+    /// keepalived's `virtual_server_group NAME { VIP PORT … }`: one address and port per
+    /// line, the address possibly a range of its last byte (`192.168.100.254-255 80`).
+    fn virtual_server_group(&mut self, kw: &Tok) -> Result<(), ConfigError> {
+        let name = self.arg(kw)?;
+        self.rest_of_line();
+        let mut members = Vec::new();
+        for (first, rest) in self.line_list(kw)? {
+            if first.text == "fwmark" {
+                return Err(self.err(
+                    &first,
+                    format!(
+                        "virtual_server_group {}: fwmark entries are not supported; use VIP PORT",
+                        name.text
+                    ),
+                ));
+            }
+            let addrs = self.vip_range(&first, &name)?;
+            let Some(pt) = rest.first() else {
+                return Err(self.err(
+                    &first,
+                    format!(
+                        "virtual_server_group {}: {} needs a port (VIP PORT)",
+                        name.text, first.text
+                    ),
+                ));
+            };
+            let port: u16 = self.number(pt, "virtual_server_group port")?;
+            if let Some(extra) = rest.get(1) {
+                self.warn(
+                    extra,
+                    format!(
+                        "virtual_server_group {}: {:?} after {} {} ignored",
+                        name.text, extra.text, first.text, pt.text
+                    ),
+                );
+            }
+            members.extend(addrs.into_iter().map(|a| (a, port)));
+        }
+        if let Some(other) = self.vs_groups.iter().find(|(n, ..)| n.text == name.text) {
+            return Err(self.err(
+                &name,
+                format!(
+                    "virtual_server_group {} is already defined at line {}",
+                    name.text, other.0.line
+                ),
+            ));
+        }
+        self.vs_groups.push((name, members));
+        Ok(())
+    }
+
+    /// `10.0.0.100` or `10.0.0.100-110` in a `virtual_server_group`.
+    fn vip_range(&self, t: &Tok, group: &Tok) -> Result<Vec<Ipv4Addr>, ConfigError> {
+        let (first, last) = match t.text.split_once('-') {
+            Some((a, b)) => (a, Some(b)),
+            None => (t.text.as_str(), None),
+        };
+        let first = self.ipv4(
+            &Tok {
+                text: first.to_string(),
+                ..t.clone()
+            },
+            &format!("virtual_server_group {}", group.text),
+        )?;
+        let Some(last) = last else {
+            return Ok(vec![first]);
+        };
+        let [a, b, c, lo] = first.octets();
+        // keepalived skips a range whose end is not above its start; refused here, so that
+        // no address the file names is silently left out.
+        match last.parse::<u8>() {
+            Ok(hi) if hi > lo => Ok((lo..=hi).map(|d| Ipv4Addr::new(a, b, c, d)).collect()),
+            _ => Err(self.err(
+                t,
+                format!(
+                    "virtual_server_group {}: range {:?}: the end must be a last byte above {lo} and at most 255",
+                    group.text, t.text
+                ),
+            )),
+        }
+    }
+
+    /// Adds the services of every `virtual_server group NAME`.
+    fn finish_groups(&mut self) -> Result<(), ConfigError> {
+        let mut used: Vec<String> = Vec::new();
+        for (kw, name, body) in std::mem::take(&mut self.vs_group_uses) {
+            let Some((_, members)) = self.vs_groups.iter().find(|(n, _)| n.text == name.text)
+            else {
+                return Err(self.err(
+                    &name,
+                    format!(
+                        "virtual_server group {}: no virtual_server_group named {:?}",
+                        name.text, name.text
+                    ),
+                ));
+            };
+            let members = members.clone();
+            if members.is_empty() {
+                // keepalived starts nothing for it either; a file that says nothing is served
+                // is worth a word.
+                self.warn(
+                    &kw,
+                    format!(
+                        "virtual_server group {}: the group has no entries, no service",
+                        name.text
+                    ),
+                );
+            }
+            for (vip, port) in members {
+                self.add_virtual_server(&kw, vip, port, body.clone())?;
+            }
+            used.push(name.text);
+        }
+        // keepalived ignores a group no virtual server uses; say so, it is likely a typo.
+        let unused: Vec<Tok> = self
+            .vs_groups
+            .iter()
+            .filter(|(n, _)| !used.contains(&n.text))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in unused {
+            self.warn(
+                &n,
+                format!(
+                    "virtual_server_group {} is not used by any virtual_server",
+                    n.text
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -1037,6 +1264,8 @@ impl Parser {
                 self.warn(t, "nb_get_retry is deprecated - please use 'retry'");
                 c.retry = Some(self.num_arg(t, "nb_get_retry")?);
             }
+            // DPVS's keepalived (its tutorial's TCP_CHECK): the same count.
+            "nb_sock_retry" => c.retry = Some(self.num_arg(t, "nb_sock_retry")?),
             "delay_before_retry" => {
                 c.delay_before_retry = Some(self.secs_arg(t, "delay_before_retry")?)
             }
@@ -2101,6 +2330,281 @@ local_address_group laddr_g2 {
                 .any(|w| w.starts_with("keepalived.conf:4: syn_proxy: uvs has no SYN proxy")),
             "{:?}",
             r.warnings
+        );
+    }
+
+    /// The shape of DPVS's tutorial (doc/tutorial.md, "keepalived"): a FullNAT virtual server
+    /// through a virtual_server_group, DPDK interface names, `nb_sock_retry`.
+    #[test]
+    fn a_dpvs_tutorial_style_file_loads() {
+        let r = p("! Configuration File for keepalived
+global_defs {
+    notification_email {
+        foo@example.com
+    }
+    notification_email_from bar@example.com
+    smtp_server 1.2.3.4
+    smtp_connect_timeout 60
+    router_id DPVS_DEVEL
+}
+
+local_address_group laddr_g1 {
+    192.168.100.200 dpdk0    # use DPDK interface
+    192.168.100.201 dpdk0    # use DPDK interface
+}
+
+vrrp_instance VI_1 {
+    state MASTER
+    interface dpdk0.kni
+    dpdk_interface dpdk0
+    virtual_router_id 123
+    priority 100
+    advert_int 1
+    authentication {
+        auth_type PASS
+        auth_pass 12345
+    }
+    virtual_ipaddress {
+        192.168.100.254
+    }
+}
+
+virtual_server_group 192.168.100.254-80 {
+    192.168.100.254 80
+}
+
+virtual_server group 192.168.100.254-80 {
+    delay_loop 3
+    lb_algo rr
+    lb_kind FNAT
+    protocol TCP
+
+    laddr_group_name laddr_g1
+
+    real_server 192.168.100.2 80 {
+        weight 100
+        inhibit_on_failure
+        TCP_CHECK {
+            nb_sock_retry 2
+            connect_timeout 3
+            connect_port 80
+        }
+    }
+    real_server 192.168.100.3 80 {
+        weight 100
+        inhibit_on_failure
+        TCP_CHECK {
+            nb_sock_retry 2
+            connect_timeout 3
+            connect_port 80
+        }
+    }
+}
+")
+        .unwrap();
+        let key = ServiceKey::addr(Protocol::Tcp, Ipv4Addr::new(192, 168, 100, 254), 80);
+        let svc = r.table.service(&key).unwrap();
+        let reals: Vec<_> = svc
+            .reals
+            .iter()
+            .map(|r| (r.addr, r.port, r.weight, r.forward))
+            .collect();
+        assert_eq!(
+            reals,
+            vec![
+                (
+                    Ipv4Addr::new(192, 168, 100, 2),
+                    80,
+                    100,
+                    ForwardMethod::FullNat
+                ),
+                (
+                    Ipv4Addr::new(192, 168, 100, 3),
+                    80,
+                    100,
+                    ForwardMethod::FullNat
+                )
+            ]
+        );
+        let laddrs: Vec<_> = svc
+            .local_addrs
+            .iter()
+            .map(|l| (l.addr, l.interface.as_deref()))
+            .collect();
+        assert_eq!(
+            laddrs,
+            vec![
+                (Ipv4Addr::new(192, 168, 100, 200), Some("dpdk0")),
+                (Ipv4Addr::new(192, 168, 100, 201), Some("dpdk0"))
+            ]
+        );
+        assert_eq!(r.health.services[0].reals[0].check.timing.retry, 2);
+        assert_eq!(r.vrrp[0].interface, "dpdk0.kni");
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains("\"dpdk_interface\" in vrrp_instance")),
+            "{:?}",
+            r.warnings
+        );
+    }
+
+    /// `virtual_server group NAME` used before its `virtual_server_group` is written: one
+    /// service per address and port, each with the same reals and the same checks.
+    #[test]
+    fn a_virtual_server_group_gives_one_service_per_address_and_port() {
+        let r = p("virtual_server group web {
+    lb_algo rr
+    lb_kind NAT
+    sorry_server 10.0.0.50
+    real_server 10.0.0.11 80 {
+        weight 3
+        TCP_CHECK {
+            connect_timeout 2
+        }
+    }
+    real_server 10.0.0.12 80 {
+        HTTP_GET {
+            url {
+                path /health
+                status_code 200
+            }
+        }
+    }
+}
+virtual_server_group web {
+    10.0.0.100 80
+    10.0.0.120 80
+    10.0.0.101-102 8080
+}
+virtual_server_group spare {
+    10.0.0.200 80
+}
+")
+        .unwrap();
+        let keys: Vec<(Ipv4Addr, u16)> = r
+            .table
+            .services()
+            .iter()
+            .map(|s| (s.key.vip, s.key.port))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (Ipv4Addr::new(10, 0, 0, 100), 80),
+                (Ipv4Addr::new(10, 0, 0, 120), 80),
+                (Ipv4Addr::new(10, 0, 0, 101), 8080),
+                (Ipv4Addr::new(10, 0, 0, 102), 8080)
+            ]
+        );
+        let reals = |s: &crate::model::VirtualService| {
+            s.reals
+                .iter()
+                .map(|r| (r.addr, r.port, r.weight, r.forward))
+                .collect::<Vec<_>>()
+        };
+        let first = reals(&r.table.services()[0]);
+        assert_eq!(
+            first,
+            vec![
+                (Ipv4Addr::new(10, 0, 0, 11), 80, 3, ForwardMethod::Masq),
+                (Ipv4Addr::new(10, 0, 0, 12), 80, 1, ForwardMethod::Masq)
+            ]
+        );
+        for s in r.table.services() {
+            assert_eq!(reals(s), first, "{:?}", s.key);
+            assert_eq!(s.scheduler, SchedulerKind::Rr, "{:?}", s.key);
+        }
+        // Each service is checked on its own, with the same checks; its sorry server takes
+        // the service's port.
+        assert_eq!(r.health.services.len(), 4);
+        for (h, s) in r.health.services.iter().zip(r.table.services()) {
+            assert_eq!(h.key, s.key);
+            assert_eq!(h.reals, r.health.services[0].reals);
+            assert_eq!(
+                h.sorry,
+                Some(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 50), s.key.port))
+            );
+        }
+        assert_eq!(
+            r.health.services[3].reals[0].check.timing.timeout,
+            Duration::from_secs(2)
+        );
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w
+                    .contains(":25: virtual_server_group spare is not used by any virtual_server")),
+            "{:?}",
+            r.warnings
+        );
+    }
+
+    #[test]
+    fn virtual_server_group_refusals_name_the_line() {
+        refused(
+            "virtual_server group nope {\n lb_kind DR\n}\n",
+            1,
+            "virtual_server group nope: no virtual_server_group named \"nope\"",
+        );
+        refused(
+            "virtual_server_group g {\n 10.0.0.100 80\n fwmark 1\n}\n",
+            3,
+            "virtual_server_group g: fwmark entries are not supported; use VIP PORT",
+        );
+        refused(
+            "virtual_server_group g {\n 10.0.0.100\n}\n",
+            2,
+            "virtual_server_group g: 10.0.0.100 needs a port",
+        );
+        refused(
+            "virtual_server_group g {\n 10.0.0.1000 80\n}\n",
+            2,
+            "10.0.0.1000",
+        );
+        refused(
+            "virtual_server_group g {\n 10.0.0.100 http\n}\n",
+            2,
+            "virtual_server_group port",
+        );
+        for range in [
+            "10.0.0.100-99",
+            "10.0.0.100-100",
+            "10.0.0.100-256",
+            "10.0.0.100-",
+        ] {
+            refused(
+                &format!("virtual_server_group g {{\n {range} 80\n}}\n"),
+                2,
+                &format!("range {range:?}: the end must be a last byte above 100 and at most 255"),
+            );
+        }
+        refused(
+            "virtual_server_group g {\n 10.0.0.100 80\n}\nvirtual_server_group g {\n}\n",
+            4,
+            "virtual_server_group g is already defined at line 1",
+        );
+        // The same address and port twice, through the group or beside it.
+        refused(
+            "virtual_server_group g {\n 10.0.0.100 80\n 10.0.0.99-100 80\n}\nvirtual_server group g {\n}\n",
+            5,
+            "virtual_server 10.0.0.100 80: Service already exists",
+        );
+        refused(
+            "virtual_server 10.0.0.100 80 {\n}\nvirtual_server_group g {\n 10.0.0.100 80\n}\nvirtual_server group g {\n}\n",
+            6,
+            "virtual_server 10.0.0.100 80: Service already exists",
+        );
+        let r = p("virtual_server_group g {\n}\nvirtual_server group g {\n}\n").unwrap();
+        assert!(r.table.services().is_empty());
+        assert_eq!(
+            r.warnings,
+            vec!["keepalived.conf:3: virtual_server group g: the group has no entries, no service"]
+        );
+        refused(
+            "virtual_server group {\n}\n",
+            1,
+            "virtual_server group needs the name of a virtual_server_group",
         );
     }
 
