@@ -129,6 +129,32 @@ fn unmodified_reals_behind_a_router_serve_the_vip_and_learn_the_client_by_proxy_
     );
     let laddrs = d.uvsadm(&["--get-laddr"]).checked();
     assert!(laddrs.contains(LIP), "{laddrs}");
+
+    // Switched live to PROXY v1 (`-E … --proxy-protocol v1`): nginx reads that too.
+    d.uvsadm(&[
+        "-E",
+        "-t",
+        &format!("{VIP}:80"),
+        "-s",
+        "rr",
+        "--proxy-protocol",
+        "v1",
+    ])
+    .checked();
+    assert!(d.uvsadm(&["-Ln"]).checked().contains("ppv1"));
+    for _ in 0..2 {
+        curl(&lab, &format!("http://{VIP}/v1"), &d);
+    }
+    let log =
+        std::fs::read_to_string(lab.dir().join("rs1-nginx8080/access.log")).unwrap_or_default();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("GET /v1"))
+        .unwrap_or_default();
+    assert!(
+        line.starts_with(&format!("{CLIENT}:")),
+        "nginx log (v1): {log}"
+    );
 }
 
 #[test]

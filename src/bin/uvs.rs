@@ -10,12 +10,15 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "uvs",
     version,
-    about = "Userspace Virtual Server: an LVS-DR director on AF_PACKET rings",
-    long_about = "uvs is an LVS-DR (direct routing) load-balancing director that runs in \
-userspace: a client sends to the virtual IP, uvs picks a real server and rewrites only the \
-destination MAC address, and the real server answers the client directly. It reads \
-ipvsadm-save rules, its TOML configuration, keepalived.conf or ldirectord.cf; uvsadm(8) \
-changes it live with ipvsadm's command line.\n\n\
+    about = "Userspace Virtual Server: an LVS director (DR, NAT, TUN, FullNAT) on AF_PACKET rings",
+    long_about = "uvs is an LVS load-balancing director that runs in userspace: a client sends \
+to the virtual IP, uvs picks a real server and forwards the packet by the real's method — direct \
+routing (-g: only the destination MAC is rewritten, the real answers the client directly), \
+masquerading (-m: addresses and port rewritten both ways), tunnelling (-i: IPIP, GUE or GRE) \
+or FullNAT (--fullnat: source and destination rewritten, the real needs no change, the \
+client's address by the PROXY protocol). It reads ipvsadm-save rules, its TOML \
+configuration, keepalived.conf or ldirectord.cf; uvsadm(8) changes it live with ipvsadm's \
+command line.\n\n\
 uvs run needs CAP_NET_RAW and CAP_NET_ADMIN (or root). SIGHUP re-reads the configuration \
 and applies the difference, all or nothing; SIGINT and SIGTERM stop it cleanly (a VRRP \
 MASTER resigns with priority 0). Started by systemd as a Type=notify service it reports \
