@@ -167,6 +167,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
     // First, so a refusal leaves nothing set up. Held until `run` returns; the kernel also
     // withdraws it if the process dies.
     let _cpu_latency = hold_cpu_latency(cfg.ring.cpu_latency_us)?;
+    // The announcement device, empty until uvs is ready; it goes when uvs goes, however.
+    let announce = cfg
+        .announce
+        .clone()
+        .map(crate::control::announce::Announcer::open)
+        .transpose()?;
 
     let ifaces = interfaces::resolve(&cfg.interfaces)?;
     let if_names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
@@ -411,6 +417,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         ha,
         trace,
         trace_sessions: Vec::new(),
+        announce,
     };
     control.run();
 

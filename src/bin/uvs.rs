@@ -74,6 +74,17 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         admin_socket: Option<PathBuf>,
     },
+    /// Show which VIPs the director of this network namespace announces to its routing
+    /// daemon (BGP, ECMP: `[announce]`) and why the others are withheld; or withdraw them all
+    /// without stopping (`drain`) and announce them again (`resume`).
+    Announce {
+        /// `show` (default), `drain` or `resume`.
+        #[arg(value_enum, default_value_t = AnnounceAction::Show)]
+        action: AnnounceAction,
+        /// Admin socket path (default: the abstract socket of this network namespace).
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<PathBuf>,
+    },
     /// Build a namespace DR lab, run the director in it, send requests, show the packet flow.
     Demo,
     /// Build, inspect and remove namespace labs described by lab files (configs/labs/).
@@ -163,6 +174,16 @@ enum Command {
         #[arg(long)]
         file: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AnnounceAction {
+    /// Show each VIP and why it is or is not announced.
+    Show,
+    /// Withdraw every VIP; uvs keeps forwarding what still arrives.
+    Drain,
+    /// Announce again every VIP that can be served.
+    Resume,
 }
 
 #[derive(Subcommand)]
@@ -413,6 +434,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Health { admin_socket, json } => health(admin_socket, json),
         Command::Status { admin_socket } => {
             print!("{}", uvs::ctl::report::ha_status(admin_socket)?);
+            Ok(())
+        }
+        Command::Announce {
+            action,
+            admin_socket,
+        } => {
+            use uvs::ctl::proto::AnnounceCommand;
+            let command = match action {
+                AnnounceAction::Show => AnnounceCommand::Show,
+                AnnounceAction::Drain => AnnounceCommand::Drain,
+                AnnounceAction::Resume => AnnounceCommand::Resume,
+            };
+            print!(
+                "{}",
+                uvs::ctl::report::announce(admin_socket, command)?.render()
+            );
             Ok(())
         }
         Command::Demo => uvs::lab::demo::run(&std::env::current_exe()?),

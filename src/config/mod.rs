@@ -127,6 +127,9 @@ pub struct DaemonConfig {
     /// VRRP instances and the IPVS sync daemon.
     pub vrrp: Vec<crate::vrrp::InstanceConfig>,
     pub sync: Option<crate::sync::SyncConfig>,
+    /// `[announce]`: announce the VIPs this director can serve to the routing daemon (BGP
+    /// and ECMP, docs/scale-out.md). `None`: nothing is announced.
+    pub announce: Option<crate::announce::AnnounceConfig>,
 }
 
 /// Default Prometheus address: loopback only, port from the Prometheus default-port registry range.
@@ -146,6 +149,7 @@ impl Default for DaemonConfig {
             health: crate::health::HealthConfig::default(),
             vrrp: Vec::new(),
             sync: None,
+            announce: None,
         }
     }
 }
