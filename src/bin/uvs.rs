@@ -205,6 +205,10 @@ enum LabAction {
         /// SIGKILL at once (a crash) instead of SIGTERM (a clean stop).
         #[arg(long)]
         kill: bool,
+        /// Only the host's processes running this program (uvs, bird, zebra, bgpd, nginx):
+        /// e.g. uvs alone, its routing daemon still running.
+        #[arg(long, value_name = "PROGRAM")]
+        only: Option<String>,
     },
     /// Start again what `uvs lab stop` stopped on a host.
     Start {
@@ -468,9 +472,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 LabAction::Check(a) => build::check(&a.file, a.prefix.as_deref()),
-                LabAction::Stop { lab, host, kill } => {
-                    build::stop(&lab.file, lab.prefix.as_deref(), &host, kill)
-                }
+                LabAction::Stop {
+                    lab,
+                    host,
+                    kill,
+                    only,
+                } => build::stop(
+                    &lab.file,
+                    lab.prefix.as_deref(),
+                    &host,
+                    kill,
+                    only.as_deref(),
+                ),
                 LabAction::Start { lab, host } => {
                     build::start(&lab.file, lab.prefix.as_deref(), &host)
                 }
