@@ -419,6 +419,7 @@ fn a_director_whose_reals_all_fail_withdraws_its_vip() {
     let t = Instant::now();
     let drained = e.announce("dir2", "drain");
     assert!(drained.contains("DRAINED by the operator"), "{drained}");
+    assert!(drained.contains("withheld: draining"), "{drained}");
     let drain = e.wait_nexthops(2, t, Duration::from_secs(10));
     assert_eq!(e.metric("dir2", "uvs_announce_draining", &[]), 1.0);
     let nobody = common::uvs_in(&e.lab.ns("dir2"), As::Nobody, &["announce", "resume"]);

@@ -419,6 +419,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         trace_sessions: Vec::new(),
         announce,
     };
+    // Every socket is open now: the announcement device goes first if uvs is killed.
+    if let Some(a) = &mut control.announce {
+        a.release_first_on_exit();
+    }
     control.run();
 
     log::info!("stopping");

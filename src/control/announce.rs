@@ -60,6 +60,8 @@ pub struct Announcer {
     /// The drain of a graceful stop, once one started.
     stop_drain: Option<Drain>,
     retry_at: Option<Instant>,
+    /// uvs forwards (the control loop's readiness, as of the last turn).
+    ready: bool,
 }
 
 impl Announcer {
@@ -79,7 +81,18 @@ impl Announcer {
             operator_drain: false,
             stop_drain: None,
             retry_at: None,
+            ready: false,
         })
+    }
+
+    /// See [`AnnounceDevice::release_first_on_exit`]: once every socket is open.
+    pub fn release_first_on_exit(&mut self) {
+        if let Err(e) = self.device.release_first_on_exit() {
+            log::warn!(
+                "{}: cannot move to the top descriptor ({e}); a killed uvs may withdraw later",
+                self.cfg.device
+            );
+        }
     }
 
     fn draining(&self) -> bool {
@@ -264,6 +277,7 @@ impl Control {
         let answered = self.ha.arp_vips(vips.clone());
         let standby: Vec<Ipv4Addr> = vips.into_iter().filter(|v| !answered.contains(v)).collect();
         let Some(a) = &mut self.announce else { return };
+        a.ready = ready;
         let verdicts = decide(&Inputs {
             services: &views,
             standby: &standby,
@@ -329,7 +343,8 @@ impl Control {
         self.announce.as_ref().map(Announcer::report)
     }
 
-    /// `uvs announce drain` (`true`) / `resume` (`false`); `Err` when uvs announces nothing.
+    /// `uvs announce drain` (`true`) / `resume` (`false`), applied at once (the reply shows
+    /// the result); `Err` when uvs announces nothing.
     pub fn announce_drain(&mut self, drain: bool) -> Result<(), String> {
         let Some(a) = &mut self.announce else {
             return Err(
@@ -344,6 +359,8 @@ impl Control {
                 log::info!("resume: VIPs announced again as they can be served");
             }
         }
+        let ready = a.ready;
+        self.announce_turn(ready);
         Ok(())
     }
 }

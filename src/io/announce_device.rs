@@ -135,6 +135,28 @@ impl AnnounceDevice {
         &self.name
     }
 
+    /// Moves the device to the process's highest descriptor number, so that a dying uvs
+    /// releases it first. Why: the files of an exiting process are released in reverse
+    /// order of their numbers (the deferred `fput`s are a last-in first-out task list), and
+    /// releasing a packet socket or the nftables socket waits for RCU grace periods. With the
+    /// device on descriptor 4, behind them, a SIGKILLed uvs kept its VIPs on the device for
+    /// 0.5 to 2.5 s on a busy machine. Call it once every socket is open.
+    pub fn release_first_on_exit(&mut self) -> io::Result<()> {
+        let top = std::fs::read_dir("/proc/self/fd")?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::c_int>().ok())
+            .max()
+            .unwrap_or(0);
+        // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own; the result is checked and owned.
+        let fd = unsafe { libc::fcntl(self._tun.as_raw_fd(), libc::F_DUPFD_CLOEXEC, top + 1) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh duplicate nobody else owns. The old descriptor is closed
+        // when replaced; the device lives on through the new one.
+        self._tun = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(())
+    }
+
     /// Adds `vip/32` (scope global) to the device. Adding one it holds already is no error.
     pub fn add(&mut self, vip: Ipv4Addr) -> io::Result<()> {
         let flags = libc::NLM_F_CREATE | libc::NLM_F_REPLACE;
@@ -407,6 +429,9 @@ mod tests {
             assert_eq!(got, vec![vip, vip2]);
             d.remove(vip).unwrap();
             d.remove(vip).unwrap(); // again: no error
+            assert_eq!(d.addresses().unwrap(), vec![vip2]);
+            // Moved to the top descriptor: still the same device, addresses and all.
+            d.release_first_on_exit().unwrap();
             assert_eq!(d.addresses().unwrap(), vec![vip2]);
             // A second one of the same name is refused while the first exists.
             let e = AnnounceDevice::create("uvs-test0").unwrap_err();
