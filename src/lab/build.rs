@@ -8,6 +8,7 @@
 //! only recorded namespaces.
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
@@ -594,7 +595,8 @@ pub fn up(file: &Path, prefix: Option<&str>, uvs_exe: &Path) -> Result<()> {
         start_routing(&mut lab, &spec)?;
         if !spec.directors.is_empty() {
             for (pid, shown) in start_directors(&mut lab, &spec, uvs_exe)? {
-                println!("director {shown} (pid {pid})");
+                // Not `println!`: a closed stdout would panic and tear the lab down.
+                let _ = writeln!(std::io::stdout(), "director {shown} (pid {pid})");
             }
         }
         wait_for_routes(&lab, &spec, ROUTES_TIMEOUT)?;
@@ -602,32 +604,34 @@ pub fn up(file: &Path, prefix: Option<&str>, uvs_exe: &Path) -> Result<()> {
     })();
     // `populate` consumed the lab: on error it was dropped (torn down) already.
     let lab = result?;
-    println!(
-        "lab {} is up: namespaces {}",
+    let mut msg = format!(
+        "lab {} is up: namespaces {}\n",
         spec.name,
         lab.namespaces().join(" ")
     );
     let d = spec.directors.first().map_or("dir", |d| d.host.as_str());
-    println!(
-        "  state {}; logs in {}\n  try: ip netns exec {prefix}{d} uvsadm -Ln\n       ip netns exec {prefix}{d} uvs trace",
+    msg.push_str(&format!(
+        "  state {}; logs in {}\n  try: ip netns exec {prefix}{d} uvsadm -Ln\n       ip netns exec {prefix}{d} uvs trace\n",
         state.display(),
         dir.display(),
-    );
+    ));
     for r in &spec.routing {
-        match r.daemon {
-            RoutingDaemon::Bird => println!(
-                "       birdc -s {} show route",
+        msg.push_str(&match r.daemon {
+            RoutingDaemon::Bird => format!(
+                "       birdc -s {} show route\n",
                 bird_socket(&lab, &r.host).display()
             ),
-            RoutingDaemon::Frr => println!(
-                "       ip netns exec {prefix}{} vtysh --vty_socket {} -c 'show ip bgp'",
+            RoutingDaemon::Frr => format!(
+                "       ip netns exec {prefix}{} vtysh --vty_socket {} -c 'show ip bgp'\n",
                 r.host,
                 frr_dir(&lab, &r.host).display()
             ),
-        }
+        });
     }
-    println!("  remove: uvs lab down {}", file.display());
+    msg.push_str(&format!("  remove: uvs lab down {}\n", file.display()));
+    // Detached before printing: a closed stdout (`| head`) must not tear the lab down.
     lab.detach();
+    let _ = std::io::stdout().write_all(msg.as_bytes());
     Ok(())
 }
 
