@@ -17,11 +17,13 @@ use arc_swap::ArcSwap;
 use crate::config::{DaemonConfig, RingVersion};
 use crate::conns::ConnCounts;
 use crate::control::Control;
+use crate::control::fullnat::LocalPortPlan;
 use crate::control::health::{HealthCtl, run_commands};
 use crate::control::placement::Placer;
 use crate::control::stats::StatsKeeper;
 use crate::ctl::serve::AdminServer;
 use crate::datapath::counters::WorkerCounters;
+use crate::datapath::fullnat::LocalPorts;
 use crate::datapath::process::Forwarder;
 use crate::datapath::templates::TemplateTable;
 use crate::datapath::worker::{RxPort, Worker};
@@ -109,6 +111,14 @@ pub fn load_config(args: &RunArgs) -> Result<DaemonConfig> {
     if let Some(m) = args.metrics {
         cfg.metrics = m;
     }
+    // FullNAT: each worker owns ports of its own on every local address, so the range must
+    // hold one per worker; only here is the worker count known (as `run` counts it).
+    let workers = cfg
+        .workers
+        .unwrap_or_else(|| core_affinity::get_core_ids().map_or(0, |c| c.len()).max(1));
+    let (lo, hi) = cfg.fullnat_ports;
+    crate::config::check_fullnat_ports(cfg.fullnat_ports, workers)
+        .map_err(|why| anyhow::anyhow!("[fullnat] ports = {lo}-{hi}: {why}"))?;
     Ok(cfg)
 }
 
@@ -210,6 +220,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let nat_sources = snapshot.nat_sources().to_vec();
     let nat_replies = snapshot.nat_replies().to_vec();
     let locals = snapshot.local_addrs().to_vec();
+    let laddrs = snapshot.laddrs().to_vec();
     // The expanded (protocol, VIP, port) keys, mark rules included.
     let service_keys = snapshot.forwarded_keys();
 
@@ -238,6 +249,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
             services: &service_keys,
             nat_replies: &nat_replies,
             locals: &locals,
+            laddrs: &laddrs,
+            fullnat_ports: cfg.fullnat_ports,
         };
         Some(KernelFilter::install(&if_names, &filtered, hook)?)
     } else {
@@ -253,12 +266,21 @@ pub fn run(args: &RunArgs) -> Result<()> {
         cfg.flow_table.capacity as usize,
     )?;
 
-    let shared = Arc::new(ArcSwap::from_pointee(snapshot));
-    let stop = Arc::new(AtomicBool::new(false));
+    // FullNAT ports: each worker's pools of the first snapshot's local addresses, handed to
+    // it before it starts; later ones come through its requests.
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let n_workers = cfg.workers.unwrap_or(cores.len().max(1));
-    let filter = receive_filter(&vips, &nat_sources, cfg.arp.vip_mac);
-    let fanout_program = crate::io::filter::fanout_program(&nat_sources);
+    let mut local_ports = LocalPortPlan::new(cfg.fullnat_ports, n_workers);
+    crate::control::fullnat::reserve_ports(cfg.fullnat_ports);
+    let mut first_pools: Vec<(u32, Vec<Option<_>>)> = local_ports
+        .pools_for(snapshot.laddrs())
+        .into_iter()
+        .map(|(a, pools)| (a, pools.into_iter().map(Some).collect()))
+        .collect();
+    let shared = Arc::new(ArcSwap::from_pointee(snapshot));
+    let stop = Arc::new(AtomicBool::new(false));
+    let filter = receive_filter(&vips, &nat_sources, &laddrs, cfg.arp.vip_mac);
+    let fanout_program = crate::io::filter::fanout_program(&nat_sources, &laddrs);
     let tx_capacity = match cfg.ring.version {
         RingVersion::V3 => (cfg.ring.block_size as usize / 64).max(256),
         RingVersion::V2 => MAX_V2_BATCH,
@@ -316,7 +338,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
             cfg.flow_table.expire_quiescent_template,
         );
         forwarder.ha = Arc::clone(&ha.hooks);
-        let (requests_tx, requests) = crossbeam_channel::bounded(4);
+        forwarder.local_ports = LocalPorts::new(cfg.fullnat_ports);
+        for (addr, pool, counters) in first_pools.iter_mut().filter_map(|(a, pools)| {
+            let (pool, counters) = pools.get_mut(w)?.take()?;
+            Some((*a, pool, counters))
+        }) {
+            forwarder.local_ports.add(addr, *pool, counters);
+        }
+        // Room for a pool per worker per local address of a change, and a flow dump.
+        let (requests_tx, requests) = crossbeam_channel::bounded(64);
         worker_requests.push(requests_tx);
         forwarder.tap = trace.tap(w);
         workers.push(Worker {
@@ -363,9 +393,27 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut arp_vips = table.vips();
     arp_vips.sort();
     arp.set_vips(arp_vips, now);
+    arp.set_local_addrs(
+        table
+            .local_addrs()
+            .into_iter()
+            .filter(|a| !placer.is_local(*a))
+            .collect(),
+        now,
+    );
     arp.set_neighbors(neighbors, &neigh);
     let health = start_health(&cfg, &mut book, &ifaces, &mut placer, &neigh, plan)?;
     ha.start(&mut arp, vips.clone(), now); // only MASTER VIPs are answered
+
+    // ICMP errors from routers on a tunnel's path come to the director's own address.
+    let tunnel_icmp = Arc::new(crate::control::tunnel_icmp::Counts::default());
+    if let Err(e) = crate::control::tunnel_icmp::spawn(
+        Arc::clone(&shared),
+        Arc::clone(&tunnel_icmp),
+        signals::stop_requested,
+    ) {
+        log::warn!("tunnel path ICMP errors will not be translated: {e}");
+    }
 
     let handles: Vec<_> = workers
         .into_iter()
@@ -397,6 +445,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         templates: Arc::clone(&templates),
         ring_fds,
         ring_totals: vec![RingStats::default(); ifaces.len()],
+        local_ports,
         state: AdminState {
             table,
             timeouts: TimeoutsSecs::default(),
@@ -418,6 +467,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         trace,
         trace_sessions: Vec::new(),
         announce,
+        tunnel_icmp,
     };
     // Every socket is open now: the announcement device goes first if uvs is killed.
     if let Some(a) = &mut control.announce {
@@ -490,19 +540,50 @@ fn start_health(
                     .context("HTTP check regex")?,
                 _ => None,
             };
-            // The through-the-VIP probe is a direct-routing frame to the real's MAC.
-            let hop = placer.next_hop(r.addr, ForwardMethod::Route).ok();
-            let vip_path = hop.and_then(|hop| {
-                let ifc = ifaces.get(usize::from(hop.egress))?;
-                Some(VipPath {
-                    interface: ifc.name.clone(),
-                    ifindex: ifc.index,
-                    src_mac: ifc.mac,
-                    src_ip: ifc.source_for(r.addr)?,
-                    slot: hop.neigh,
-                    neigh: Arc::clone(neigh),
-                })
-            });
+            // The through-the-VIP probe is a direct-routing frame to the real's MAC; for a
+            // tunnelling real, a tunnelled one to its next hop.
+            let forward = cfg
+                .services
+                .service(&svc.key)
+                .and_then(|s| s.reals.iter().find(|x| x.addr == r.addr))
+                .map(|x| x.forward);
+            let vip_path = match forward {
+                Some(ForwardMethod::Tunnel(encap)) => {
+                    let hop = placer.next_hop(r.addr, ForwardMethod::Tunnel(encap)).ok();
+                    hop.and_then(|hop| {
+                        let ifc = ifaces.get(usize::from(hop.egress))?;
+                        let end = placer.tunnel_end(r.addr, hop).ok()?;
+                        Some(VipPath {
+                            interface: ifc.name.clone(),
+                            ifindex: ifc.index,
+                            src_mac: ifc.mac,
+                            src_ip: std::net::Ipv4Addr::from(end.source),
+                            slot: hop.neigh,
+                            neigh: Arc::clone(neigh),
+                            tunnel: Some(crate::health::vip::TunnelTo {
+                                real: r.addr,
+                                encap,
+                                end,
+                            }),
+                        })
+                    })
+                }
+                _ => {
+                    let hop = placer.next_hop(r.addr, ForwardMethod::Route).ok();
+                    hop.and_then(|hop| {
+                        let ifc = ifaces.get(usize::from(hop.egress))?;
+                        Some(VipPath {
+                            interface: ifc.name.clone(),
+                            ifindex: ifc.index,
+                            src_mac: ifc.mac,
+                            src_ip: ifc.source_for(r.addr)?,
+                            slot: hop.neigh,
+                            neigh: Arc::clone(neigh),
+                            tunnel: None,
+                        })
+                    })
+                }
+            };
             // The real's port as configured (a fwmark service's real may have none: the
             // service's then, and the check names its own).
             let port = cfg

@@ -16,7 +16,9 @@ use arc_swap::ArcSwap;
 
 use crate::conns::Thresholds;
 use crate::flow::tcp_state::Timeouts;
-use crate::model::{ForwardMethod, Protocol, RealId, ServiceKey, ServiceTable};
+use crate::model::{
+    ForwardMethod, Protocol, ProxyVersion, RealId, ServiceKey, ServiceTable, Tunnel,
+};
 use crate::sched::{Dest, Scheduler};
 
 /// IPVS's `FTPPORT`: persistent FTP services share one template per client across ports.
@@ -41,14 +43,31 @@ pub enum Xmit {
     /// Masquerading (`-m`): the destination becomes the real's address and `port`; replies
     /// come back through the director and are rewritten to come from the VIP.
     Masq { port: u16 },
+    /// Tunnelling (`-i`): the packet, unchanged but for its TTL, inside an outer IP header
+    /// from the director's `end.source` to the real, encapsulated as `encap` says.
+    Tunnel { encap: Tunnel, end: TunnelEnd },
+    /// FullNAT: source and destination rewritten, `CIP:cport → VIP:vport` becoming
+    /// `LIP:lport → RIP:port`; the reply to `LIP:lport` is rewritten back. `source` is the
+    /// local address used when the service has none of its own: the director's address
+    /// towards the real.
+    FullNat { port: u16, source: u32 },
 }
 
 impl Xmit {
     /// Replies pass the director (they are rewritten back): the TCP state follows IPVS's
     /// INPUT/OUTPUT rows, not INPUT_ONLY.
     pub fn sees_replies(self) -> bool {
-        matches!(self, Xmit::Masq { .. })
+        matches!(self, Xmit::Masq { .. } | Xmit::FullNat { .. })
     }
+}
+
+/// The director's end of a tunnel to a real: the outer source address (the address the
+/// director's kernel would send from towards the real: the route's preferred source, else the
+/// egress interface's address) and the MTU of the link the outer packets leave by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelEnd {
+    pub source: u32,
+    pub mtu: u16,
 }
 
 /// How a destination is reached from the director: the egress interface, and the neighbour
@@ -136,6 +155,11 @@ pub struct ServiceEntry {
     pub reals: Vec<Dest>,
     /// How each real is reached, at the same position as in `reals`.
     pub paths: Vec<RealPath>,
+    /// FullNAT local addresses of the service, in configuration order (empty: each real's
+    /// `Xmit::FullNat::source`).
+    pub laddrs: Vec<u32>,
+    /// The PROXY protocol header FullNAT reals get.
+    pub proxy: ProxyVersion,
 }
 
 impl ServiceEntry {
@@ -161,6 +185,17 @@ pub trait Placement {
     fn local_addrs(&self) -> Vec<u32> {
         Vec::new()
     }
+    /// The director's end of a tunnel to `addr`, reached through `hop`.
+    fn tunnel_end(&mut self, addr: Ipv4Addr, hop: NextHop) -> Result<TunnelEnd, PlaceError> {
+        let _ = hop;
+        Err(PlaceError::NoTunnelSource(addr))
+    }
+    /// The director's address on served interface `egress` (the source of the ICMP errors
+    /// uvs sends out of it): 0 for an interface without one, `None` past the last.
+    fn interface_addr(&self, egress: u16) -> Option<u32> {
+        let _ = egress;
+        None
+    }
 }
 
 /// Why a real server has no next hop.
@@ -176,12 +211,20 @@ pub enum PlaceError {
         "real server {0} is not reachable through a served interface (no route to it leaves by one)"
     )]
     NotRoutable(Ipv4Addr),
+    #[error(
+        "no source address for a tunnel to real server {0}: the interface its route leaves by has no IPv4 address"
+    )]
+    NoTunnelSource(Ipv4Addr),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error(transparent)]
     Place(#[from] PlaceError),
+    #[error(
+        "FullNAT real server {0} of service {1}: the director's address towards it, {2}, is a VIP, so replies to it would be taken for requests; give the service a local address of its own (uvsadm --add-laddr -z LIP -t|-u VIP:PORT)"
+    )]
+    SourceIsVip(Ipv4Addr, ServiceKey, Ipv4Addr),
 }
 
 #[derive(Debug)]
@@ -200,10 +243,15 @@ pub struct Snapshot {
     pub routes: Routes,
     /// The director's own addresses.
     local_addrs: Vec<u32>,
+    /// The director's address on each served interface, by egress index (0 = none).
+    interface_addrs: Vec<u32>,
     /// (address, port) of every masquerading real: where the replies uvs rewrites come from.
     nat_sources: Vec<(u32, u16)>,
     /// The same as (protocol, address, port) keys, for the kernel filter.
     nat_replies: Vec<ServiceKey>,
+    /// Every FullNAT local address in use (sorted): the services' own and the reals' default
+    /// sources.
+    laddrs: Vec<u32>,
 }
 
 /// One slot of the service index; `svc` = service index + 1 (0 = empty).
@@ -232,8 +280,10 @@ impl Snapshot {
             real_by_id: Vec::new(),
             routes: Routes::default(),
             local_addrs: Vec::new(),
+            interface_addrs: Vec::new(),
             nat_sources: Vec::new(),
             nat_replies: Vec::new(),
+            laddrs: Vec::new(),
         }
     }
 
@@ -246,6 +296,7 @@ impl Snapshot {
     ) -> Result<Snapshot, SnapshotError> {
         let mut services = Vec::with_capacity(table.services().len());
         let mut max_id = 0usize;
+        let vips = table.vips();
         for svc in table.services() {
             let mut reals = Vec::with_capacity(svc.reals.len());
             let mut paths = Vec::with_capacity(svc.reals.len());
@@ -263,13 +314,29 @@ impl Snapshot {
                         lower: r.lower_threshold,
                     },
                 });
-                paths.push(RealPath {
-                    xmit: match r.forward {
-                        ForwardMethod::Route => Xmit::Route,
-                        ForwardMethod::Masq => Xmit::Masq { port: r.port },
+                let xmit = match r.forward {
+                    ForwardMethod::Route => Xmit::Route,
+                    ForwardMethod::Masq => Xmit::Masq { port: r.port },
+                    ForwardMethod::Tunnel(encap) => Xmit::Tunnel {
+                        encap,
+                        end: placement.tunnel_end(r.addr, hop)?,
                     },
-                    hop,
-                });
+                    ForwardMethod::FullNat => {
+                        let source = placement.tunnel_end(r.addr, hop)?.source;
+                        if svc.local_addrs.is_empty() && vips.contains(&Ipv4Addr::from(source)) {
+                            return Err(SnapshotError::SourceIsVip(
+                                r.addr,
+                                svc.key,
+                                Ipv4Addr::from(source),
+                            ));
+                        }
+                        Xmit::FullNat {
+                            port: r.port,
+                            source,
+                        }
+                    }
+                };
+                paths.push(RealPath { xmit, hop });
             }
             let scheduler = Scheduler::build(svc.scheduler, &reals, svc.sched_flags, svc.key.port);
             let persistence = svc.persistence_timeout.map(|t| Persistence {
@@ -290,6 +357,8 @@ impl Snapshot {
                 ops: svc.ops && (svc.key.proto == Protocol::Udp || svc.key.is_fwmark()),
                 reals,
                 paths,
+                laddrs: svc.local_addrs.iter().map(|l| u32::from(l.addr)).collect(),
+                proxy: svc.proxy_protocol,
             });
         }
         // Index entries: mark rules first (IPVS finds fwmark services before address ones),
@@ -333,7 +402,7 @@ impl Snapshot {
         let mut nat_replies: Vec<ServiceKey> = Vec::new();
         for (i, svc) in services.iter().enumerate() {
             for (d, p) in svc.reals.iter().zip(&svc.paths) {
-                let Xmit::Masq { port } = p.xmit else {
+                let (Xmit::Masq { port } | Xmit::FullNat { port, .. }) = p.xmit else {
                     continue;
                 };
                 let addr = Ipv4Addr::from(d.addr);
@@ -363,6 +432,22 @@ impl Snapshot {
         nat_sources.dedup();
         let mut local_addrs = placement.local_addrs();
         local_addrs.sort_unstable();
+        let mut laddrs: Vec<u32> = services
+            .iter()
+            .flat_map(|s| {
+                let own = s.laddrs.iter().copied();
+                let sources = s.paths.iter().filter_map(|p| match p.xmit {
+                    Xmit::FullNat { source, .. } if s.laddrs.is_empty() => Some(source),
+                    _ => None,
+                });
+                own.chain(sources)
+            })
+            .collect();
+        laddrs.sort_unstable();
+        laddrs.dedup();
+        let interface_addrs = (0..=u16::MAX)
+            .map_while(|e| placement.interface_addr(e))
+            .collect();
         Ok(Snapshot {
             generation,
             timeouts: Timeouts::default(),
@@ -372,8 +457,10 @@ impl Snapshot {
             real_by_id,
             routes: Routes::new(placement.routes()?),
             local_addrs,
+            interface_addrs,
             nat_sources,
             nat_replies,
+            laddrs,
         })
     }
 
@@ -458,6 +545,27 @@ impl Snapshot {
     /// The director's own addresses, sorted.
     pub fn local_addrs(&self) -> &[u32] {
         &self.local_addrs
+    }
+
+    /// FullNAT local addresses (sorted): what frames to them carry are replies of FullNAT
+    /// connections, found by their local port.
+    pub fn laddrs(&self) -> &[u32] {
+        &self.laddrs
+    }
+
+    /// Whether `addr` is a FullNAT local address.
+    #[inline]
+    pub fn is_laddr(&self, addr: u32) -> bool {
+        !self.laddrs.is_empty() && self.laddrs.binary_search(&addr).is_ok()
+    }
+
+    /// The director's address on served interface `egress`, if it has one.
+    #[inline]
+    pub fn interface_addr(&self, egress: u16) -> Option<u32> {
+        self.interface_addrs
+            .get(usize::from(egress))
+            .copied()
+            .filter(|&a| a != 0)
     }
 
     pub fn has_protocol(&self, p: Protocol) -> bool {

@@ -72,7 +72,7 @@ pub struct ConnRow {
 /// client asked for.
 fn dest_port(real: Real<'_>, asked: u16) -> u16 {
     match real.path.xmit {
-        Xmit::Masq { port } if port != 0 => port,
+        Xmit::Masq { port } | Xmit::FullNat { port, .. } if port != 0 => port,
         _ => asked,
     }
 }
@@ -102,12 +102,14 @@ impl Control {
                 services: &keys,
                 nat_replies: snap.nat_replies(),
                 locals: snap.local_addrs(),
+                laddrs: snap.laddrs(),
+                fullnat_ports: self.local_ports.range,
             };
             kf.update(&filtered)
                 .map_err(|e| Refused::whole(format!("cannot update the kernel filter: {e}")))?;
         }
         let vips = snap.vips();
-        let program = receive_filter(&vips, snap.nat_sources(), self.arp.vip_mac());
+        let program = receive_filter(&vips, snap.nat_sources(), snap.laddrs(), self.arp.vip_mac());
         for &(iface, fd) in &self.ring_fds {
             let name = self.interfaces.get(iface).map_or("?", |i| i.name.as_str());
             if let Err(e) = attach_filter(fd, &program, name) {
@@ -116,8 +118,12 @@ impl Control {
         }
         // Before the snapshot: a new masquerading real's replies must already reach the worker
         // of their flow when its first flow is scheduled.
-        if snap.nat_sources() != self.snapshot.load().nat_sources() && self.workers.len() > 1 {
-            let program = fanout_program(snap.nat_sources());
+        let old = self.snapshot.load();
+        let steering_changed =
+            snap.nat_sources() != old.nat_sources() || snap.laddrs() != old.laddrs();
+        drop(old);
+        if steering_changed && self.workers.len() > 1 {
+            let program = fanout_program(snap.nat_sources(), snap.laddrs());
             let mut done = Vec::new();
             for &(iface, fd) in &self.ring_fds {
                 if done.contains(&iface) {
@@ -130,6 +136,10 @@ impl Control {
                 }
             }
         }
+        // Before the snapshot: a worker must hold the ports of a local address before a flow
+        // may need one.
+        self.local_ports
+            .provision(snap.laddrs(), &self.worker_requests);
         self.snapshot.store(Arc::new(snap));
         let now = crate::io::clock::now_ms();
         // ARP keeps answering for local services' VIPs too (the kernel filter no longer
@@ -138,6 +148,14 @@ impl Control {
         let mut arp_vips = next.table.vips();
         arp_vips.sort();
         self.arp.set_vips(self.ha.arp_vips(arp_vips), now);
+        // Configured local addresses the kernel does not own are uvs's to answer for.
+        let local_addrs = next
+            .table
+            .local_addrs()
+            .into_iter()
+            .filter(|a| !self.placer.is_local(*a))
+            .collect();
+        self.arp.set_local_addrs(local_addrs, now);
         let resolve = super::health::with_managed_reals(&self.health.book, &next.table);
         self.arp
             .set_neighbors(placer.neighbors(&resolve), &self.neigh);

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{MarkRule, ModelError, RealSpec, ServiceKey, ServiceSpec, ServiceTable};
+use super::{LocalAddr, MarkRule, ModelError, RealSpec, ServiceKey, ServiceSpec, ServiceTable};
 
 /// One change to the configuration, as one ipvsadm command expresses it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +24,10 @@ pub enum Change {
     AddMarkRule(MarkRule),
     /// `uvsadm --del-mark`: the rule with the same mark, protocol, VIP and ports.
     DeleteMarkRule(MarkRule),
+    /// `--add-laddr`: a FullNAT local address for the service.
+    AddLocalAddr(ServiceKey, LocalAddr),
+    /// `--del-laddr`.
+    DeleteLocalAddr(ServiceKey, Ipv4Addr),
     /// `-C`: every service. Mark rules stay (as `ipvsadm -C` leaves iptables alone).
     Clear,
     /// `--set tcp tcpfin udp` in seconds; 0 leaves that value unchanged.
@@ -99,6 +103,8 @@ fn apply_one(s: &mut AdminState, change: &Change) -> Result<(), ModelError> {
         Change::DeleteReal(key, addr, port) => s.table.delete_real(key, *addr, *port),
         Change::AddMarkRule(rule) => s.table.add_mark_rule(rule.clone()),
         Change::DeleteMarkRule(rule) => s.table.delete_mark_rule(rule),
+        Change::AddLocalAddr(key, la) => s.table.add_local_addr(key, la.clone()),
+        Change::DeleteLocalAddr(key, addr) => s.table.delete_local_addr(key, *addr),
         Change::Clear => {
             s.table.clear();
             Ok(())
@@ -212,6 +218,7 @@ pub fn diff(current: &ServiceTable, desired: &ServiceTable) -> Vec<Change> {
             persistence_netmask: d.persistence_netmask,
             sched_flags: d.sched_flags,
             ops: d.ops,
+            proxy_protocol: d.proxy_protocol,
         };
         let real_spec = |r: &super::RealServer| RealSpec {
             addr: r.addr,
@@ -225,6 +232,11 @@ pub fn diff(current: &ServiceTable, desired: &ServiceTable) -> Vec<Change> {
             None => {
                 out.push(Change::AddService(spec));
                 out.extend(d.reals.iter().map(|r| Change::AddReal(d.key, real_spec(r))));
+                out.extend(
+                    d.local_addrs
+                        .iter()
+                        .map(|l| Change::AddLocalAddr(d.key, l.clone())),
+                );
             }
             Some(c) => {
                 if c.scheduler != d.scheduler
@@ -232,8 +244,19 @@ pub fn diff(current: &ServiceTable, desired: &ServiceTable) -> Vec<Change> {
                     || c.persistence_netmask != d.persistence_netmask
                     || c.sched_flags != d.sched_flags
                     || c.ops != d.ops
+                    || c.proxy_protocol != d.proxy_protocol
                 {
                     out.push(Change::EditService(spec));
+                }
+                for l in &c.local_addrs {
+                    if !d.local_addrs.contains(l) {
+                        out.push(Change::DeleteLocalAddr(d.key, l.addr));
+                    }
+                }
+                for l in &d.local_addrs {
+                    if !c.local_addrs.contains(l) {
+                        out.push(Change::AddLocalAddr(d.key, l.clone()));
+                    }
                 }
                 for r in &c.reals {
                     if !d.reals.iter().any(|x| x.addr == r.addr && x.port == r.port) {
