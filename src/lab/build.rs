@@ -772,9 +772,12 @@ pub fn teardown_recorded(st: &LabState) {
 
 /// Signals a recorded PID whose start time was just checked, and its group (it is a group
 /// leader: setsid).
+/// Signals a recorded process's group (its forks too: nginx workers), or the process alone
+/// when it leads no group; never both, as a second SIGTERM tells uvs to skip its drain.
 fn signal(pid: u32, sig: libc::c_int) {
-    crate::io::process::signal_group(pid, sig);
-    crate::io::process::signal(pid, sig);
+    if !crate::io::process::signal_group(pid, sig) {
+        crate::io::process::signal(pid, sig);
+    }
 }
 
 fn load_up(file: &Path, prefix: Option<&str>) -> Result<(LabSpec, PathBuf, LabState)> {
@@ -788,10 +791,14 @@ fn load_up(file: &Path, prefix: Option<&str>) -> Result<(LabSpec, PathBuf, LabSt
     Ok((spec, state_path, st))
 }
 
+/// How long `uvs lab stop` waits for a SIGTERMed process before SIGKILL: longer than the
+/// drain of a director with [announce] (`drain_timeout_secs`, 10 s by default).
+const STOP_GRACE: Duration = Duration::from_secs(12);
+
 /// `uvs lab stop FILE HOST [--kill] [--only PROGRAM]`: stops the recorded processes of `host`
 /// (its HTTP server, its director, its routing daemon; with `only`, those running that
-/// program) — SIGTERM to the group with 2 s grace, or SIGKILL at once with `kill` (a crash) —
-/// and remembers them for `uvs lab start`.
+/// program) — SIGTERM to the group with [`STOP_GRACE`], or SIGKILL at once with `kill` (a
+/// crash) — and remembers them for `uvs lab start`.
 pub fn stop(
     file: &Path,
     prefix: Option<&str>,
@@ -815,7 +822,7 @@ pub fn stop(
     for p in &live {
         signal(p.pid, if kill { libc::SIGKILL } else { libc::SIGTERM });
     }
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + STOP_GRACE;
     while Instant::now() < deadline && live.iter().any(|p| running(p)) {
         thread::sleep(Duration::from_millis(20));
     }
