@@ -373,7 +373,8 @@ fn long_uploads_survive_a_director_killed_one_drained_and_one_added_back() {
 /// Health checks on dir1 fail for every real (its kernel drops them): dir1 withdraws the VIP
 /// and the router stops sending it anything, while the clients are served by dir2 and dir3.
 /// The checks pass again: dir1 announces again. `uvs announce drain` / `resume` do the same
-/// by hand.
+/// by hand. Last, a director that falls silent (a whole machine gone) is withdrawn by the
+/// router's BGP hold timer.
 #[test]
 fn a_director_whose_reals_all_fail_withdraws_its_vip() {
     let Some(ctx) = common::setup(152) else {
@@ -432,10 +433,26 @@ fn a_director_whose_reals_all_fail_withdraws_its_vip() {
     let t = Instant::now();
     e.announce("dir2", "resume");
     let resumed = e.wait_nexthops(3, t, Duration::from_secs(10));
+
+    // dir3 falls silent as a frozen or unplugged machine does (its link down: no FIN, no
+    // RST, BIRD and uvs still running): only the BGP hold timer (3 s) withdraws it.
+    let t = Instant::now();
+    common::run_in(
+        &e.lab.ns("dir3"),
+        As::Root,
+        &["ip", "link", "set", "eth0", "down"],
+    )
+    .checked();
+    let silent = e.wait_nexthops(2, t, Duration::from_secs(10));
     eprintln!(
         "ECMP: every check on dir1 failing: withdrawn from the router after {withdrawn:?} \
          (TCP checks every 1 s, 1 s timeout); checks passing again: back after {back:?}; \
-         `uvs announce drain`: {drain:?}, `resume`: {resumed:?}"
+         `uvs announce drain`: {drain:?}, `resume`: {resumed:?}; dir3 silent (link down): \
+         withdrawn by the hold timer after {silent:?}"
+    );
+    assert!(
+        silent >= Duration::from_millis(1500) && silent < Duration::from_secs(6),
+        "hold time 3 s, withdrawn after {silent:?}"
     );
 }
 
