@@ -97,6 +97,21 @@ impl Ecmp {
         common::sigkill(&mut self.lab, pid);
     }
 
+    /// SIGKILL to uvs on `host`, then how long until the router routes the VIP over
+    /// `nexthops`; the process is reaped only then. Reaping first would count the whole
+    /// exit of the process (its packet sockets' release waits for RCU: 0.1 s or more),
+    /// while the announcement device, and with it the route, goes at its start.
+    fn kill_uvs_timed(&mut self, host: &str, nexthops: usize) -> Duration {
+        let pid = self.uvs.remove(host).expect("a running uvs");
+        assert!(self.lab.pids().contains(&pid), "pid {pid} is not the lab's");
+        let t = Instant::now();
+        // The lab holds this child unreaped until `kill` below: the PID is still ours.
+        uvs::io::process::signal(pid, libc::SIGKILL);
+        let took = self.wait_nexthops(nexthops, t, Duration::from_secs(10));
+        self.lab.kill(pid);
+        took
+    }
+
     fn start_uvs(&mut self, host: &str) {
         let (pid, _) = build::start_director(&mut self.lab, &self.spec, host, &common::uvs_exe())
             .unwrap_or_else(|e| panic!("{e:#}"));
@@ -310,8 +325,7 @@ fn long_uploads_survive_a_director_killed_one_drained_and_one_added_back() {
     let before = e.conns();
 
     let t = Instant::now();
-    e.kill_uvs("dir1");
-    let kill_reroute = e.wait_nexthops(2, t, Duration::from_secs(10));
+    let kill_reroute = e.kill_uvs_timed("dir1", 2);
     thread::sleep(Duration::from_millis(2000).saturating_sub(t.elapsed()));
 
     let t = Instant::now();
@@ -501,9 +515,7 @@ fn frr_in_place_of_bird_on_the_router_and_a_director() {
             "{d} got nothing: {before:?} -> {after:?}"
         );
     }
-    let t = Instant::now();
-    e.kill_uvs("dir3");
-    let gone = e.wait_nexthops(2, t, Duration::from_secs(10));
+    let gone = e.kill_uvs_timed("dir3", 2);
     for i in 0..30 {
         e.get(&client_addr(i))
             .unwrap_or_else(|err| panic!("request {i} after the kill: {err}\n{}", e.logs()));
@@ -726,9 +738,7 @@ fn which_combinations_keep_connections_when_ecmp_moves_them() {
             survivors.iter().map(|d| e.metric(d, name, labels)).sum()
         };
         let conns_before = count(&e, "node_ipvs_connections_total", &[]);
-        let t = Instant::now();
-        e.kill_uvs("dir1");
-        let reroute = e.wait_nexthops(2, t, Duration::from_secs(10));
+        let reroute = e.kill_uvs_timed("dir1", 2);
         let (broken, _) = finish_uploads(&mut e.lab, &uploads);
         // Connections dir2 and dir3 took over: scheduled in mid-stream (sloppy_tcp) or
         // adopted from sync (no upload started after the kill).
