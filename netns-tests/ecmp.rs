@@ -9,8 +9,8 @@
 //!
 //! What a user checks: connections spread over every director and every real; long uploads
 //! survive a director whose uvs is SIGKILLed, one drained, one added back, and the router
-//! stops using a dead director within a second; a director whose reals all fail withdraws;
-//! FRR works in BIRD's place; and which scheduler / sloppy_tcp / sync combinations keep
+//! stops using a dead director within a second; a director whose reals all fail withdraws,
+//! and so does a VRRP BACKUP until it becomes MASTER; FRR works in BIRD's place; and which scheduler / sloppy_tcp / sync combinations keep
 //! connections (measured, printed, and the expected outcome asserted).
 
 use std::collections::BTreeMap;
@@ -468,6 +468,87 @@ fn a_director_whose_reals_all_fail_withdraws_its_vip() {
         silent >= Duration::from_millis(1500) && silent < Duration::from_secs(6),
         "hold time 3 s, withdrawn after {silent:?}"
     );
+}
+
+/// dir1 and dir2 share the VIP with VRRP (dir1 MASTER, priority 150), dir3 stays alone: the
+/// BACKUP dir2 withholds the VIP (`vrrp_backup`), so the router spreads over dir1 and dir3.
+/// uvs on dir1 SIGKILLed: dir2 becomes MASTER and announces in its place.
+#[test]
+fn a_vrrp_backup_withholds_the_vip_until_it_becomes_master() {
+    let Some(ctx) = common::setup(156) else {
+        return;
+    };
+    let mut e = Ecmp::up(&ctx, |s| {
+        for d in s.directors.iter_mut() {
+            let prio = match d.host.as_str() {
+                "dir1" => 150,
+                "dir2" => 100,
+                _ => continue,
+            };
+            let conf = d
+                .config
+                .as_mut()
+                .expect("the lab's directors have a config");
+            conf.push_str(&format!(
+                "\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\n\
+                 priority = {prio}\nversion = 3\nadvert_int = 0.1\nvirtual_ipaddress = [\"{VIP}\"]\n"
+            ));
+        }
+        for r in s.routing.iter_mut() {
+            if let Some(w) = &mut r.wait_route {
+                w.nexthops = 2;
+            }
+        }
+    });
+    let route = |e: &Ecmp| {
+        common::run_in(
+            &e.lab.ns("router"),
+            As::Root,
+            &["ip", "route", "show", VIP_PREFIX],
+        )
+        .checked()
+    };
+    // The MASTER is elected within a few adverts: wait for the route to settle on it.
+    let settled = common::poll(Duration::from_secs(10), || {
+        let r = route(&e);
+        (r.contains("via 10.24.0.2 ") && r.contains("via 10.24.0.4 ")).then_some(r)
+    });
+    let r = settled.unwrap_or_else(|| panic!("{}\n{}", route(&e), e.logs()));
+    assert!(
+        !r.contains("via 10.24.0.3 "),
+        "the BACKUP is routed to: {r}"
+    );
+    assert_eq!(e.nexthops(), 2, "{r}");
+    let a = e.announce("dir2", "show");
+    assert!(
+        a.contains(&format!("{VIP}      withheld: vrrp_backup")),
+        "{a}"
+    );
+    for i in 0..12 {
+        e.get(&client_addr(i))
+            .unwrap_or_else(|err| panic!("request {i}: {err}\n{}", e.logs()));
+    }
+
+    let pid = e.uvs.remove("dir1").expect("uvs on dir1");
+    let t = Instant::now();
+    uvs::io::process::signal(pid, libc::SIGKILL);
+    let took = common::poll(Duration::from_secs(10), || {
+        let r = route(&e);
+        (r.contains("via 10.24.0.3 ") && !r.contains("via 10.24.0.2 ")).then(|| t.elapsed())
+    });
+    e.lab.kill(pid);
+    let took = took.unwrap_or_else(|| panic!("{}\n{}", route(&e), e.logs()));
+    let a = e.announce("dir2", "show");
+    assert!(a.contains(&format!("{VIP}      announced")), "{a}");
+    for i in 0..12 {
+        e.get(&client_addr(i))
+            .unwrap_or_else(|err| panic!("request {i} after the takeover: {err}\n{}", e.logs()));
+    }
+    eprintln!(
+        "ECMP with VRRP (dir1 MASTER, dir2 BACKUP, v3 adverts every 100 ms): uvs on dir1 \
+         SIGKILLed, dir2 routed to in its place after {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
 /// FRR's bgpd and zebra as the router's routing daemon, and as dir3's: the same ECMP route,
