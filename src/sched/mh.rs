@@ -95,6 +95,11 @@ impl Maglev {
         }
     }
 
+    /// `mh-port`: the client's port is hashed with its address.
+    pub fn hashes_port(&self) -> bool {
+        self.port
+    }
+
     fn slot(&self, addr: u32, port: u16, offset: u32) -> u16 {
         self.lookup[hashkey(addr, port, KEY1, offset) as usize % TAB_SIZE]
     }

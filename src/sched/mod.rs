@@ -193,6 +193,15 @@ impl Scheduler {
         }
     }
 
+    /// `sh` and `mh` with their `-port` flag: the client's port is hashed too (a trace says so).
+    pub fn hashes_port(&self) -> bool {
+        match self {
+            Scheduler::Sh(s) => s.hashes_port(),
+            Scheduler::Mh(m) => m.hashes_port(),
+            _ => false,
+        }
+    }
+
     /// The `ipvsadm -s` kind this scheduler implements.
     pub fn kind(&self) -> SchedulerKind {
         match self {
