@@ -36,6 +36,7 @@ fn picks() {
         .map(|i| Dest {
             id: RealId(NonZeroU32::new(i + 1).unwrap_or(NonZeroU32::MIN)),
             addr: 0x0a00_000b + i,
+            port: 80,
             weight: i % 3 + 1,
             last_weight: i % 3 + 1,
             thresholds: Thresholds::default(),

@@ -11,6 +11,7 @@ mod crash;
 mod demo;
 mod doctor;
 mod dr_basic;
+mod ecmp;
 mod frames;
 mod fullnat;
 mod fwmark;

@@ -4,7 +4,7 @@
 set -euo pipefail
 # The package checks (scripts/test-package.sh, netns-tests/packaging.rs) add binutils (strip,
 # readelf), systemd (systemd-analyze, systemctl --root), man-db and strace.
-need=(iproute2 nftables nginx-light curl tcpdump ethtool python3 procps socat util-linux keepalived netsniff-ng linux-perf python3-matplotlib binutils systemd man-db strace "$@")
+need=(iproute2 nftables nginx-light curl tcpdump ethtool python3 procps socat util-linux keepalived netsniff-ng linux-perf python3-matplotlib binutils systemd man-db strace bird2 frr "$@")
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

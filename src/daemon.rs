@@ -177,6 +177,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
     // First, so a refusal leaves nothing set up. Held until `run` returns; the kernel also
     // withdraws it if the process dies.
     let _cpu_latency = hold_cpu_latency(cfg.ring.cpu_latency_us)?;
+    // The announcement device, empty until uvs is ready; it goes when uvs goes, however.
+    let announce = cfg
+        .announce
+        .clone()
+        .map(crate::control::announce::Announcer::open)
+        .transpose()?;
 
     let ifaces = interfaces::resolve(&cfg.interfaces)?;
     let if_names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
@@ -460,8 +466,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
         ha,
         trace,
         trace_sessions: Vec::new(),
+        announce,
         tunnel_icmp,
     };
+    // Every socket is open now: the announcement device goes first if uvs is killed.
+    if let Some(a) = &mut control.announce {
+        a.release_first_on_exit();
+    }
     control.run();
 
     log::info!("stopping");

@@ -23,8 +23,9 @@
 //! 4. The forwarding path: [`snapshot`] (the immutable compiled view workers read), [`sync`]
 //!    (IPVS connection sync and the hooks workers read for HA), [`datapath`] (per-core
 //!    workers: decide, transmit per forwarding method, trace taps).
-//! 5. Control-thread services: [`health`] (checks), [`vrrp`], [`metrics`] (the exporter),
-//!    [`trace`] (trace and capture sessions over the workers' taps).
+//! 5. Control-thread services: [`health`] (checks), [`vrrp`], [`announce`] (which VIPs to
+//!    announce to the routing daemon), [`metrics`] (the exporter), [`trace`] (trace and
+//!    capture sessions over the workers' taps).
 //! 6. [`control`]: the control thread; owns all mutable shared state, publishes snapshots.
 //! 7. Front ends: [`ctl`] (the admin protocol, uvsadm, the daemon's request handling),
 //!    [`config`] (TOML, ipvsadm rules, keepalived.conf, ldirectord.cf), [`daemon`] (`uvs run`
@@ -67,6 +68,8 @@ pub mod datapath;
 pub mod health;
 
 pub mod vrrp;
+
+pub mod announce;
 
 pub mod metrics;
 

@@ -306,6 +306,7 @@ impl Snapshot {
                 reals.push(Dest {
                     id: r.id,
                     addr: u32::from(r.addr),
+                    port: r.port,
                     weight: r.weight,
                     last_weight: r.last_weight,
                     thresholds: Thresholds {

@@ -77,6 +77,17 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         admin_socket: Option<PathBuf>,
     },
+    /// Show which VIPs the director of this network namespace announces to its routing
+    /// daemon (BGP, ECMP: `[announce]`) and why the others are withheld; or withdraw them all
+    /// without stopping (`drain`) and announce them again (`resume`).
+    Announce {
+        /// `show` (default), `drain` or `resume`.
+        #[arg(value_enum, default_value_t = AnnounceAction::Show)]
+        action: AnnounceAction,
+        /// Admin socket path (default: the abstract socket of this network namespace).
+        #[arg(long, value_name = "PATH")]
+        admin_socket: Option<PathBuf>,
+    },
     /// Build a namespace DR lab, run the director in it, send requests, show the packet flow.
     Demo,
     /// Build, inspect and remove namespace labs described by lab files (configs/labs/).
@@ -183,6 +194,16 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AnnounceAction {
+    /// Show each VIP and why it is or is not announced.
+    Show,
+    /// Withdraw every VIP; uvs keeps forwarding what still arrives.
+    Drain,
+    /// Announce again every VIP that can be served.
+    Resume,
+}
+
 #[derive(Subcommand)]
 enum LabAction {
     /// Build the lab, start its servers and director, and leave it running.
@@ -202,6 +223,10 @@ enum LabAction {
         /// SIGKILL at once (a crash) instead of SIGTERM (a clean stop).
         #[arg(long)]
         kill: bool,
+        /// Only the host's processes running this program (uvs, bird, zebra, bgpd, nginx):
+        /// e.g. uvs alone, its routing daemon still running.
+        #[arg(long, value_name = "PROGRAM")]
+        only: Option<String>,
     },
     /// Start again what `uvs lab stop` stopped on a host.
     Start {
@@ -433,6 +458,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", uvs::ctl::report::ha_status(admin_socket)?);
             Ok(())
         }
+        Command::Announce {
+            action,
+            admin_socket,
+        } => {
+            use uvs::ctl::proto::AnnounceCommand;
+            let command = match action {
+                AnnounceAction::Show => AnnounceCommand::Show,
+                AnnounceAction::Drain => AnnounceCommand::Drain,
+                AnnounceAction::Resume => AnnounceCommand::Resume,
+            };
+            print!(
+                "{}",
+                uvs::ctl::report::announce(admin_socket, command)?.render()
+            );
+            Ok(())
+        }
         Command::Demo => uvs::lab::demo::run(&std::env::current_exe()?),
         Command::Lab { action } => {
             use uvs::lab::build;
@@ -449,9 +490,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 LabAction::Check(a) => build::check(&a.file, a.prefix.as_deref()),
-                LabAction::Stop { lab, host, kill } => {
-                    build::stop(&lab.file, lab.prefix.as_deref(), &host, kill)
-                }
+                LabAction::Stop {
+                    lab,
+                    host,
+                    kill,
+                    only,
+                } => build::stop(
+                    &lab.file,
+                    lab.prefix.as_deref(),
+                    &host,
+                    kill,
+                    only.as_deref(),
+                ),
                 LabAction::Start { lab, host } => {
                     build::start(&lab.file, lab.prefix.as_deref(), &host)
                 }

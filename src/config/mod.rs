@@ -127,6 +127,9 @@ pub struct DaemonConfig {
     /// VRRP instances and the IPVS sync daemon.
     pub vrrp: Vec<crate::vrrp::InstanceConfig>,
     pub sync: Option<crate::sync::SyncConfig>,
+    /// `[announce]`: announce the VIPs this director can serve to the routing daemon (BGP
+    /// and ECMP, docs/scale-out.md). `None`: nothing is announced.
+    pub announce: Option<crate::announce::AnnounceConfig>,
     /// FullNAT: the local ports handed out on every local address (inclusive).
     pub fullnat_ports: (u16, u16),
 }
@@ -168,6 +171,7 @@ impl Default for DaemonConfig {
             health: crate::health::HealthConfig::default(),
             vrrp: Vec::new(),
             sync: None,
+            announce: None,
             fullnat_ports: crate::datapath::fullnat::DEFAULT_PORTS,
         }
     }

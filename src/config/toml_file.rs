@@ -35,6 +35,8 @@
 //!                  #         | "tunnel" ("ipip", "tun") | "fullnat" ("fnat", "full-nat")
 //! [[mark_rule]]    # vip, protocol ("tcp"), ports = [80, 443], mark: the stand-in for
 //!                  # `iptables -t mangle … -j MARK --set-mark N` (see model::MarkRule)
+//! [announce]   # device ("uvs-announce"), require ("any" | "all"), drain_quiet_ms (1000),
+//!              # drain_timeout_secs (10): see crate::announce
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -143,7 +145,17 @@ struct RawConfig {
     #[serde(default)]
     vrrp: Vec<Spanned<crate::vrrp::config_toml::RawVrrp>>,
     sync: Option<crate::vrrp::config_toml::RawSync>,
+    announce: Option<Spanned<RawAnnounce>>,
     fullnat: Option<RawFullNat>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAnnounce {
+    device: Option<Spanned<String>>,
+    require: Option<Spanned<String>>,
+    drain_quiet_ms: Option<Spanned<i64>>,
+    drain_timeout_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -382,7 +394,10 @@ fn build(raw: RawConfig) -> Result<DaemonConfig, Located> {
 
     let ring = build_ring(raw.ring.unwrap_or_default())?;
     let flow_table = build_flow_table(raw.flow_table.unwrap_or_default())?;
-    let arp = build_arp(raw.arp.unwrap_or_default())?;
+    let mut arp = build_arp(raw.arp.unwrap_or_default())?;
+    let announce = raw.announce.as_ref().map(build_announce).transpose()?;
+    // Announced VIPs are routed to the director: nobody ARPs for them (crate::announce).
+    arp.answer_vips = announce.is_none();
 
     let mut services = ServiceTable::new();
     let mut health = crate::health::HealthConfig::default();
@@ -416,6 +431,7 @@ fn build(raw: RawConfig) -> Result<DaemonConfig, Located> {
     Ok(DaemonConfig {
         vrrp,
         sync,
+        announce,
         interfaces,
         workers,
         metrics,
@@ -651,6 +667,51 @@ fn build_flow_table(raw: RawFlowTable) -> Result<FlowTableOptions, Located> {
     })
 }
 
+fn build_announce(raw: &Spanned<RawAnnounce>) -> Result<crate::announce::AnnounceConfig, Located> {
+    use crate::announce::{AnnounceConfig, Require};
+    let d = AnnounceConfig::default();
+    let r = raw.get_ref();
+    let device = match &r.device {
+        None => d.device,
+        Some(n) => {
+            crate::io::announce_device::check_name(n.get_ref())
+                .or_else(|e| err(n.span(), format!("announce.device: {e}")))?;
+            n.get_ref().clone()
+        }
+    };
+    let require = match r.require.as_ref().map(|x| (x.get_ref().as_str(), x.span())) {
+        None => d.require,
+        Some(("any", _)) => Require::Any,
+        Some(("all", _)) => Require::All,
+        Some((other, span)) => {
+            return err(
+                span,
+                format!(
+                    "announce.require = \"{other}\": \"any\" (a VIP is announced while any of its services can be served) or \"all\""
+                ),
+            );
+        }
+    };
+    Ok(AnnounceConfig {
+        device,
+        require,
+        drain_quiet_ms: opt_ranged(
+            r.drain_quiet_ms.as_ref(),
+            d.drain_quiet_ms,
+            100,
+            60_000,
+            "announce.drain_quiet_ms",
+        )?,
+        drain_timeout_secs: opt_ranged(
+            r.drain_timeout_secs.as_ref(),
+            d.drain_timeout_secs,
+            1,
+            3600,
+            "announce.drain_timeout_secs",
+        )?,
+    })
+}
+
 fn build_arp(raw: RawArp) -> Result<ArpOptions, Located> {
     let d = ArpOptions::default();
     Ok(ArpOptions {
@@ -686,6 +747,7 @@ fn build_arp(raw: RawArp) -> Result<ArpOptions, Located> {
             None => None,
             Some(m) => Some(parse_vip_mac(m)?),
         },
+        answer_vips: d.answer_vips,
     })
 }
 
@@ -1342,6 +1404,60 @@ mod tests {
         assert_eq!(cfg, DaemonConfig::default());
     }
 
+    /// configs/full.toml documents every `[announce]` key, commented out: uncommented, the
+    /// block gives the defaults.
+    #[test]
+    fn full_toml_documents_the_announce_keys_with_their_defaults() {
+        let from = FULL.find("# ---- Scale-out").unwrap();
+        let to = FULL.find("# ---- High availability").unwrap();
+        let toml: String = FULL[from..to]
+            .lines()
+            .filter(|l| l.starts_with("# ") && !l.starts_with("# ----"))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        let cfg = p(&toml).unwrap();
+        assert_eq!(
+            cfg.announce,
+            Some(crate::announce::AnnounceConfig::default())
+        );
+        assert!(!cfg.arp.answer_vips, "announced VIPs are not ARPed for");
+        for key in ["device", "require", "drain_quiet_ms", "drain_timeout_secs"] {
+            assert!(toml.contains(&format!("{key} = ")), "{key} undocumented");
+        }
+    }
+
+    #[test]
+    fn announce_values_are_checked() {
+        let cfg = p("[announce]\ndevice = \"vips0\"\nrequire = \"all\"\ndrain_quiet_ms = 250\ndrain_timeout_secs = 30\n").unwrap();
+        assert_eq!(
+            cfg.announce,
+            Some(crate::announce::AnnounceConfig {
+                device: "vips0".into(),
+                require: crate::announce::Require::All,
+                drain_quiet_ms: 250,
+                drain_timeout_secs: 30,
+            })
+        );
+        for (bad, needle) in [
+            ("device = \"a/b\"", "announce.device"),
+            ("device = \"much-too-long-name\"", "1..=15 bytes"),
+            ("require = \"most\"", "announce.require"),
+            ("drain_quiet_ms = 5", "out of range"),
+            ("drain_timeout_secs = 0", "out of range"),
+            ("drain = 3", "unknown field"),
+        ] {
+            let e = p(&format!("\n[announce]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+            assert!(e.contains(":3:"), "{bad}: the line is named: {e}");
+        }
+        assert!(
+            p("").unwrap().arp.answer_vips,
+            "without [announce] VIPs are answered"
+        );
+    }
+
     #[test]
     fn full_toml_service_is_complete() {
         let cfg = p(FULL).unwrap();
@@ -1597,6 +1713,7 @@ forward = "gate"
                 garp_repeat: 2,
                 garp_delay_secs: 0,
                 vip_mac: Some(MacAddr([0x02, 0x00, 0x5e, 0x00, 0x01, 0x07])),
+                answer_vips: true,
             }
         );
         let svc = cfg.services.service(&key(Protocol::Udp, 53)).unwrap();

@@ -7,6 +7,7 @@
 //! wire protocol.
 
 pub mod admin;
+pub mod announce;
 pub mod fullnat;
 pub mod health;
 pub mod placement;
@@ -89,6 +90,9 @@ pub struct Control {
     pub ha: HaRuntime,
     /// Readable when the kernel's routes, addresses or links change.
     pub route_watch: Option<crate::io::rtnetlink::RouteWatch>,
+    /// `[announce]`: the VIPs this director can serve, held on the announcement device for
+    /// the routing daemon to export.
+    pub announce: Option<announce::Announcer>,
     /// What the translator of tunnel-path ICMP errors counted.
     pub tunnel_icmp: Arc<tunnel_icmp::Counts>,
 }
@@ -121,7 +125,11 @@ impl Control {
         let started = Instant::now();
         let mut ready = false;
         let mut trace_buf = Vec::new();
-        while !signals::stop_requested() {
+        loop {
+            // With an announcement, a stop first withdraws the VIPs and drains.
+            if signals::stop_requested() && self.may_stop(ready) {
+                break;
+            }
             wait_readable(&mut pollfds, TICK_MS);
             let now = clock::now_ms();
             for i in 0..self.arp_sockets.len() {
@@ -192,6 +200,7 @@ impl Control {
                 }
             }
             self.drain_health();
+            self.announce_turn(ready);
             if last_ring_read.elapsed() >= RING_STATS_EVERY {
                 self.read_ring_stats();
                 last_ring_read = Instant::now();
@@ -201,6 +210,9 @@ impl Control {
                     self.read_ring_stats();
                     let mut text = crate::metrics::render(&self.figures());
                     text.push_str(&self.ha.render_metrics());
+                    if let Some(a) = &self.announce {
+                        text.push_str(&a.render_metrics());
+                    }
                     text
                 });
                 self.metrics = Some(m);

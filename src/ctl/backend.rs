@@ -142,6 +142,11 @@ impl Backend for MemoryBackend {
                 change: None,
                 exit_code: EXIT_REFUSED,
             }),
+            Request::Announce(_) => Reply::Refused(Refusal {
+                message: "the in-memory director announces nothing".into(),
+                change: None,
+                exit_code: EXIT_REFUSED,
+            }),
         })
     }
 }

@@ -59,6 +59,45 @@ pub enum Request {
     /// writing chunks (u32 big-endian length + bytes: text lines or pcapng blocks) until the
     /// count is reached or the client disconnects. Needs root or CAP_NET_ADMIN.
     Trace(TraceRequest),
+    /// `uvs announce [drain|resume]`: the VIPs announced to the routing daemon. Drain and
+    /// resume need root or CAP_NET_ADMIN. Added without a version change: an older daemon
+    /// refuses it as a malformed message.
+    Announce(AnnounceCommand),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AnnounceCommand {
+    /// Report only.
+    Show,
+    /// Withdraw every VIP (uvs keeps forwarding what still arrives) until `Resume`.
+    Drain,
+    /// Announce again what can be served.
+    Resume,
+}
+
+/// The answer to [`Request::Announce`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceStatus {
+    /// The announcement device; empty when the director announces nothing (no `[announce]`).
+    pub device: String,
+    /// "any" or "all" of a VIP's services.
+    pub require: String,
+    pub operator_drain: bool,
+    /// A graceful stop is draining.
+    pub stopping: bool,
+    pub vips: Vec<AnnounceVip>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceVip {
+    pub vip: Ipv4Addr,
+    /// "announced", or why not: draining, starting, vrrp_backup, unresolved, sorry_server,
+    /// no_live_real.
+    pub state: String,
+    /// On the announcement device (what the routing daemon sees).
+    pub held: bool,
+    pub since_secs: u64,
+    pub transitions: u64,
 }
 
 /// What `uvs trace` / `uvs capture` asks for.
@@ -274,6 +313,8 @@ pub enum Reply {
     Ha(HaStatus),
     /// A `Trace` request was accepted: chunks follow on the same connection.
     Streaming,
+    /// Answer to [`Request::Announce`].
+    Announce(AnnounceStatus),
 }
 
 /// Writes one frame.
@@ -448,6 +489,7 @@ mod pinned {
                     rate: 0,
                 },
             }),
+            Request::Announce(AnnounceCommand::Drain),
         ];
         let replies = vec![
             Reply::Done,
@@ -541,6 +583,19 @@ mod pinned {
                 synced_flows: 0,
             }),
             Reply::Streaming,
+            Reply::Announce(AnnounceStatus {
+                device: "uvs-announce".into(),
+                require: "any".into(),
+                operator_drain: false,
+                stopping: false,
+                vips: vec![AnnounceVip {
+                    vip: Ipv4Addr::new(10, 0, 0, 100),
+                    state: "announced".into(),
+                    held: true,
+                    since_secs: 12,
+                    transitions: 1,
+                }],
+            }),
         ];
         let mut out: Vec<(&'static str, String)> = Vec::new();
         for r in requests {

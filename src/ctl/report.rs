@@ -1,7 +1,9 @@
 //! The text `uvs health` and `uvs status` print from the director's replies.
 
 use super::backend::{Backend, SocketBackend, SocketLocation};
-use super::proto::{HaStatus, HealthListing, Reply, Request, VrrpState};
+use super::proto::{
+    AnnounceCommand, AnnounceStatus, HaStatus, HealthListing, Reply, Request, VrrpState,
+};
 
 impl HealthListing {
     /// The text `uvs health` prints.
@@ -117,5 +119,105 @@ impl HaStatus {
             ));
         }
         s
+    }
+}
+
+impl AnnounceStatus {
+    /// The text `uvs announce` prints.
+    pub fn render(&self) -> String {
+        if self.device.is_empty() {
+            return "announcement: not configured (no [announce] section)\n".to_string();
+        }
+        let mut s = format!(
+            "announcement device {} (a VIP is announced while {} of its services can be served){}\n",
+            self.device,
+            self.require,
+            match (self.stopping, self.operator_drain) {
+                (true, _) => "; STOPPING: draining",
+                (false, true) => "; DRAINED by the operator (`uvs announce resume` to undo)",
+                _ => "",
+            }
+        );
+        if self.vips.is_empty() {
+            s.push_str("no VIP configured\n");
+        }
+        for v in &self.vips {
+            let state = if v.held && v.state == "announced" {
+                "announced".to_string()
+            } else if v.held {
+                format!("announced, withdrawing ({})", v.state)
+            } else {
+                format!("withheld: {}", v.state)
+            };
+            s.push_str(&format!(
+                "  {:<16} {:<34} for {}s, {} transitions\n",
+                v.vip.to_string(),
+                state,
+                v.since_secs,
+                v.transitions
+            ));
+        }
+        s
+    }
+}
+
+/// `uvs announce [drain|resume]`: asks the director of this namespace.
+pub fn announce(
+    admin_socket: Option<std::path::PathBuf>,
+    command: AnnounceCommand,
+) -> anyhow::Result<AnnounceStatus> {
+    let mut b = SocketBackend {
+        location: match admin_socket {
+            Some(p) => SocketLocation::Path(p),
+            None => SocketLocation::Abstract,
+        },
+    };
+    match b.call(&Request::Announce(command))? {
+        Reply::Announce(a) => Ok(a),
+        Reply::Refused(r) => anyhow::bail!("{}", r.message),
+        other => anyhow::bail!("unexpected reply {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ctl::proto::AnnounceVip;
+
+    #[test]
+    fn announce_report_says_what_is_announced_and_why_not() {
+        let mut a = AnnounceStatus {
+            device: "uvs-announce".into(),
+            require: "any".into(),
+            operator_drain: false,
+            stopping: false,
+            vips: vec![
+                AnnounceVip {
+                    vip: "10.24.1.100".parse().unwrap(),
+                    state: "announced".into(),
+                    held: true,
+                    since_secs: 3,
+                    transitions: 1,
+                },
+                AnnounceVip {
+                    vip: "10.24.1.101".parse().unwrap(),
+                    state: "no_live_real".into(),
+                    held: false,
+                    since_secs: 9,
+                    transitions: 2,
+                },
+            ],
+        };
+        let text = a.render();
+        assert!(text.starts_with("announcement device uvs-announce (a VIP is announced while any"));
+        assert!(text.contains("10.24.1.100      announced"), "{text}");
+        assert!(
+            text.contains("10.24.1.101      withheld: no_live_real"),
+            "{text}"
+        );
+        a.operator_drain = true;
+        assert!(a.render().contains("DRAINED by the operator"));
+        a.device.clear();
+        assert!(a.render().contains("not configured"));
     }
 }

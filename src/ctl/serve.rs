@@ -8,6 +8,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use super::proto::{self, EXIT_REFUSED, Refusal, Reply, Request};
 use super::server::AdminConns;
 use crate::control::admin::{ConnRow, ConnState, RealFigures};
+use crate::control::announce::AnnounceReport;
 use crate::control::stats::Stats;
 use crate::control::{AdminPort, Control};
 use crate::datapath::tap::TraceFilter;
@@ -89,6 +90,48 @@ pub fn handle(control: &mut Control, req: Request) -> Reply {
         }
         // Streams are started by `start_stream`, never answered here.
         Request::Trace(_) => refused("trace requests are streamed"),
+        Request::Announce(cmd) => {
+            let drain = match cmd {
+                proto::AnnounceCommand::Show => None,
+                proto::AnnounceCommand::Drain => Some(true),
+                proto::AnnounceCommand::Resume => Some(false),
+            };
+            if let Some(d) = drain
+                && let Err(m) = control.announce_drain(d)
+            {
+                return refused(m);
+            }
+            Reply::Announce(announce_status(control.announce_report()))
+        }
+    }
+}
+
+fn announce_status(r: Option<AnnounceReport>) -> proto::AnnounceStatus {
+    let Some(r) = r else {
+        return proto::AnnounceStatus {
+            device: String::new(),
+            require: String::new(),
+            operator_drain: false,
+            stopping: false,
+            vips: Vec::new(),
+        };
+    };
+    proto::AnnounceStatus {
+        device: r.device,
+        require: r.require.to_string(),
+        operator_drain: r.operator_drain,
+        stopping: r.stopping,
+        vips: r
+            .vips
+            .into_iter()
+            .map(|v| proto::AnnounceVip {
+                vip: v.vip,
+                state: v.verdict.name().to_string(),
+                held: v.held,
+                since_secs: v.since_secs,
+                transitions: v.transitions,
+            })
+            .collect(),
     }
 }
 

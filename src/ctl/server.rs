@@ -11,10 +11,10 @@ use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::proto::EXIT_REFUSED;
 use super::proto::{
     ADMIN_SOCKET_NAME, FrameError, MAX_REQUEST, Refusal, Reply, Request, read_frame, write_frame,
 };
+use super::proto::{AnnounceCommand, EXIT_REFUSED};
 
 /// Who is asking.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,7 +141,11 @@ fn respond(
             // Changes and streams (trace/capture show every client's traffic) need privilege.
             let changes = matches!(
                 req,
-                Request::Apply(_) | Request::Zero(_) | Request::Trace(_) | Request::SyncDaemon(_)
+                Request::Apply(_)
+                    | Request::Zero(_)
+                    | Request::Trace(_)
+                    | Request::SyncDaemon(_)
+                    | Request::Announce(AnnounceCommand::Drain | AnnounceCommand::Resume)
             );
             if changes && !peer.may_change {
                 log::warn!(

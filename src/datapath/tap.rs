@@ -91,6 +91,8 @@ pub struct Why {
     pub via: Via,
     /// One-packet scheduling (UDP `-o`): no flow entry is kept.
     pub ops: bool,
+    /// sh/mh: the client's port was hashed with its address (`sh-port`, `mh-port`).
+    pub hash_port: bool,
     /// Persistence netmask of the service (the template's client network).
     pub pmask: u32,
     pub reals: [WhyReal; WHY_REALS],
@@ -420,6 +422,7 @@ pub fn explain(svc: &ServiceEntry, conns: &ConnCounts, chosen: usize) -> Why {
         cw: 0,
         via: Via::Scheduler,
         ops: svc.ops,
+        hash_port: svc.scheduler.hashes_port(),
         pmask: svc.persistence.map_or(u32::MAX, |p| p.netmask),
         reals: [WhyReal::default(); WHY_REALS],
     };

@@ -193,6 +193,14 @@ impl Book {
         self.services.is_empty()
     }
 
+    /// Whether the sorry server of service `key` stands in for its reals (quorum lost).
+    /// `false` for a service without checks or without a sorry server.
+    pub fn sorry_active(&self, key: &ServiceKey) -> bool {
+        self.services
+            .iter()
+            .any(|s| s.key == *key && s.sorry_active())
+    }
+
     fn real_mut(&mut self, key: &ServiceKey, addr: Ipv4Addr) -> Option<&mut RealState> {
         self.services
             .iter_mut()
@@ -634,9 +642,11 @@ mod tests {
         b.on_report(&report(RS2, false));
         t = run(&t, &b.reconcile(&t));
         assert_eq!(weights(&t), vec![(RS1, 0), (RS2, 0), (*sorry.ip(), 1)]);
+        assert!(b.sorry_active(&key()), "the sorry server stands in");
         b.on_report(&report(RS2, true));
         t = run(&t, &b.reconcile(&t));
         assert_eq!(weights(&t), vec![(RS1, 0), (RS2, 1)]);
+        assert!(!b.sorry_active(&key()));
 
         let local: std::net::SocketAddrV4 = "127.0.0.1:80".parse().unwrap();
         let mut t = table(&[(RS1, 1), (RS2, 1)]);

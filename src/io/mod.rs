@@ -20,6 +20,7 @@
 //! segments the frame on the way out. Without it a userspace forwarder sends broken checksums
 //! and oversize frames on veth with default offloads.
 
+pub mod announce_device;
 pub mod clock;
 pub mod cpu_latency;
 pub mod filter;

@@ -4,11 +4,13 @@
 //! checked.
 
 /// Sends `sig` to the process group `pgid` (`kill(-pgid, sig)`). PIDs 0 and 1 and values
-/// beyond `pid_t` are ignored: they would name every process or init.
-pub fn signal_group(pgid: u32, sig: libc::c_int) {
-    if let Some(p) = ordinary(pgid) {
+/// beyond `pid_t` are ignored: they would name every process or init. Returns whether the
+/// group existed (the signal was delivered).
+pub fn signal_group(pgid: u32, sig: libc::c_int) -> bool {
+    match ordinary(pgid) {
         // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe { libc::kill(-p, sig) };
+        Some(p) => unsafe { libc::kill(-p, sig) == 0 },
+        None => false,
     }
 }
 

@@ -28,7 +28,7 @@ pub struct Route {
     pub prefsrc: Option<Ipv4Addr>,
 }
 
-fn nl_socket(groups: u32) -> io::Result<OwnedFd> {
+pub(crate) fn nl_socket(groups: u32) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the result is checked and owned right away.
     let raw = unsafe {
         libc::socket(
@@ -60,7 +60,7 @@ fn nl_socket(groups: u32) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+pub(crate) fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
     loop {
         // SAFETY: `buf` is a live, writable slice of the given length.
         let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };

@@ -2,13 +2,16 @@
 //! SIGHUP a configuration reload. SIGPIPE is ignored (a scraper that hangs up must not kill
 //! the director).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 static STOP: AtomicBool = AtomicBool::new(false);
+/// Stop signals received: a second one cuts a graceful stop's drain short.
+static STOPS: AtomicU32 = AtomicU32::new(0);
 static RELOAD: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_stop(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
+    STOPS.fetch_add(1, Ordering::SeqCst);
 }
 
 extern "C" fn on_reload(_: libc::c_int) {
@@ -53,6 +56,11 @@ pub fn install_stop() -> std::io::Result<()> {
 
 pub fn stop_requested() -> bool {
     STOP.load(Ordering::SeqCst)
+}
+
+/// How many SIGINT/SIGTERM arrived so far.
+pub fn stop_requests() -> u32 {
+    STOPS.load(Ordering::SeqCst)
 }
 
 /// True once per SIGHUP received.

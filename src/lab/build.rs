@@ -8,6 +8,7 @@
 //! only recorded namespaces.
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
@@ -17,11 +18,14 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::addr::mac;
-use super::spec::{HttpKind, LabSpec};
+use super::spec::{HttpKind, LabSpec, RoutingDaemon, RoutingSpec};
 use super::{Iface, Lab, LabOptions, Topology, fmt_mac};
 
 /// Where `uvs lab up` keeps its state and scratch files.
 pub const STATE_ROOT: &str = "/run/uvs-lab";
+
+/// How long `uvs lab up` waits for the routes of `[[routing]] wait_route`.
+const ROUTES_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcState {
@@ -220,10 +224,10 @@ pub(crate) fn populate(mut lab: Lab, spec: &LabSpec, opts: &LabOptions) -> Resul
     }
     for h in &spec.hosts {
         for i in &h.interfaces {
-            match &i.addr {
-                Some(a) => lab.addr_up(&h.name, &i.name, a)?,
-                None => lab.ip(&h.name, &["link", "set", &i.name, "up"])?,
+            for a in i.addrs()? {
+                lab.ip(&h.name, &["addr", "add", &a, "dev", &i.name])?;
             }
+            lab.ip(&h.name, &["link", "set", &i.name, "up"])?;
         }
     }
     for h in &spec.hosts {
@@ -232,6 +236,15 @@ pub(crate) fn populate(mut lab: Lab, spec: &LabSpec, opts: &LabOptions) -> Resul
         } else if spec.directors.iter().any(|d| d.host == h.name) {
             // Explicit, so a distro default cannot turn the director into a kernel router.
             lab.sysctl(&h.name, &[("net.ipv4.ip_forward", "0")], false)?;
+        }
+        if !h.sysctls.is_empty() {
+            let kv: Vec<(&str, &str)> = h
+                .sysctls
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            lab.sysctl(&h.name, &kv, false)
+                .with_context(|| format!("{}: sysctls", h.name))?;
         }
     }
     for h in &spec.hosts {
@@ -362,33 +375,257 @@ pub fn start_directors(
     if spec.directors.is_empty() {
         bail!("the lab file has no [director]");
     }
-    let several = spec.directors.len() > 1;
     let mut started = Vec::new();
     for d in &spec.directors {
-        let name = |f: &str| {
-            if several {
-                format!("{}-{f}", d.host)
-            } else {
-                f.to_string()
-            }
-        };
-        let mut args: Vec<String> = Vec::new();
-        for (opt, file, text) in d.files() {
-            let path = lab.dir().join(name(file));
-            fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            args.push(opt.to_string());
-            args.push(super::path_str(&path)?.to_string());
-        }
-        args.extend(d.args.iter().cloned());
-        let shown = format!("uvs run {}", args.join(" "));
-        let log = lab.dir().join(name("director.log"));
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let pid = lab
-            .start_director_in(&d.host, uvs_exe, &a, &log)
-            .with_context(|| format!("director on {}", d.host))?;
-        started.push((pid, format!("{}: {shown}", d.host)));
+        started.push(start_director(lab, spec, &d.host, uvs_exe)?);
     }
     Ok(started)
+}
+
+/// Starts (or starts again) the director of `host` as [`start_directors`] does: its files
+/// written afresh, waited for until ready. Returns its PID and command line.
+pub fn start_director(
+    lab: &mut Lab,
+    spec: &LabSpec,
+    host: &str,
+    uvs_exe: &Path,
+) -> Result<(u32, String)> {
+    let Some(d) = spec.directors.iter().find(|d| d.host == host) else {
+        bail!("the lab file has no director on {host}");
+    };
+    let several = spec.directors.len() > 1;
+    let name = |f: &str| {
+        if several {
+            format!("{}-{f}", d.host)
+        } else {
+            f.to_string()
+        }
+    };
+    let mut args: Vec<String> = Vec::new();
+    for (opt, file, text) in d.files() {
+        let path = lab.dir().join(name(file));
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        args.push(opt.to_string());
+        args.push(super::path_str(&path)?.to_string());
+    }
+    args.extend(d.args.iter().cloned());
+    let shown = format!("uvs run {}", args.join(" "));
+    let log = lab.dir().join(name("director.log"));
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let pid = lab
+        .start_director_in(&d.host, uvs_exe, &a, &log)
+        .with_context(|| format!("director on {}", d.host))?;
+    Ok((pid, format!("{}: {shown}", d.host)))
+}
+
+/// A program on `PATH` or in the sbin directories (`ip netns exec` keeps our `PATH`, which
+/// for a user shell may lack them).
+fn find_program(name: &str, also: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(
+            ["/usr/sbin", "/usr/local/sbin", "/sbin"]
+                .iter()
+                .chain(also)
+                .map(PathBuf::from),
+        )
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Waits up to `secs` for `path` to exist (a daemon's control socket); fails with the log's
+/// tail if `pid` exits first or the time runs out.
+fn wait_for_file(lab: &mut Lab, path: &Path, pid: u32, log: &Path, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        if !lab.is_running(pid) {
+            bail!(
+                "{what} exited at start; log tail:\n{}",
+                super::tail(log, 20)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what}: no {} after 10 s; log tail:\n{}",
+                path.display(),
+                super::tail(log, 20)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The control socket of the BIRD daemon of `host` (`birdc -s` it).
+pub fn bird_socket(lab: &Lab, host: &str) -> PathBuf {
+    lab.dir().join(format!("{host}-bird.ctl"))
+}
+
+/// The vty directory of the FRR daemons of `host` (`vtysh --vty_socket` it).
+pub fn frr_dir(lab: &Lab, host: &str) -> PathBuf {
+    lab.dir().join(format!("{host}-frr"))
+}
+
+/// Starts the lab file's routing daemons (`[[routing]]`), each checked first (`bird -p`,
+/// `bgpd -C`) so a configuration error is reported before anything runs, and waited for
+/// until its control socket exists.
+pub fn start_routing(lab: &mut Lab, spec: &LabSpec) -> Result<()> {
+    for r in &spec.routing {
+        match r.daemon {
+            RoutingDaemon::Bird => start_bird(lab, r),
+            RoutingDaemon::Frr => start_frr(lab, r),
+        }
+        .with_context(|| format!("{} on {}", r.daemon.name(), r.host))?;
+    }
+    Ok(())
+}
+
+fn start_bird(lab: &mut Lab, r: &RoutingSpec) -> Result<()> {
+    let bird = find_program("bird", &[])
+        .context("BIRD is not installed (Debian package bird2; scripts/deps.sh installs it)")?;
+    let bird = super::path_str(&bird)?.to_string();
+    let conf = lab.dir().join(format!("{}-bird.conf", r.host));
+    fs::write(&conf, &r.config).with_context(|| format!("writing {}", conf.display()))?;
+    let conf = super::path_str(&conf)?.to_string();
+    let check = Command::new(&bird)
+        .args(["-p", "-c", &conf])
+        .stdin(Stdio::null())
+        .output()
+        .context("running bird -p")?;
+    if !check.status.success() {
+        bail!(
+            "bird refuses {conf}: {}",
+            String::from_utf8_lossy(&check.stderr).trim()
+        );
+    }
+    let sock = bird_socket(lab, &r.host);
+    let _ = fs::remove_file(&sock);
+    let sock_s = super::path_str(&sock)?.to_string();
+    let log = lab.dir().join(format!("{}-bird.log", r.host));
+    let pid = lab.spawn(&r.host, &[&bird, "-f", "-c", &conf, "-s", &sock_s], &log)?;
+    wait_for_file(lab, &sock, pid, &log, "bird")
+}
+
+fn start_frr(lab: &mut Lab, r: &RoutingSpec) -> Result<()> {
+    const FRR: &str = "/usr/lib/frr";
+    let zebra = Path::new(FRR).join("zebra");
+    let bgpd = Path::new(FRR).join("bgpd");
+    if !zebra.is_file() || !bgpd.is_file() {
+        bail!("FRR is not installed (Debian package frr; scripts/deps.sh installs it)");
+    }
+    let dir = frr_dir(lab, &r.host);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The daemons drop to user frr and write their sockets and PID files here.
+    let chown = Command::new("chown")
+        .args(["frr:frr", super::path_str(&dir)?])
+        .status()
+        .context("running chown")?;
+    if !chown.success() {
+        bail!("chown frr:frr {}: no user frr?", dir.display());
+    }
+    let zconf = dir.join("zebra.conf");
+    let bconf = dir.join("bgpd.conf");
+    let zebra_text = r
+        .zebra
+        .clone()
+        .unwrap_or_else(|| format!("hostname {}\n", r.host));
+    fs::write(&zconf, zebra_text)?;
+    fs::write(&bconf, &r.config)?;
+    let d = super::path_str(&dir)?.to_string();
+    let zserv = format!("{d}/zserv.api");
+    let common = |conf: &Path, pid: &str| -> Result<Vec<String>> {
+        Ok([
+            "-u",
+            "frr",
+            "-g",
+            "frr",
+            "-f",
+            super::path_str(conf)?,
+            "-i",
+            &format!("{d}/{pid}"),
+            "-z",
+            &zserv,
+            "--vty_socket",
+            &d,
+            "-A",
+            "127.0.0.1",
+            "--log",
+            "stdout",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect())
+    };
+    let check = Command::new(&bgpd)
+        .arg("-C")
+        .args(common(&bconf, "check.pid")?)
+        .stdin(Stdio::null())
+        .output()
+        .context("running bgpd -C")?;
+    if !check.status.success() {
+        bail!(
+            "bgpd refuses {}: {}{}",
+            bconf.display(),
+            String::from_utf8_lossy(&check.stdout).trim(),
+            String::from_utf8_lossy(&check.stderr).trim()
+        );
+    }
+    for (exe, conf, pid, ready) in [
+        (&zebra, &zconf, "zebra.pid", zserv.clone()),
+        (&bgpd, &bconf, "bgpd.pid", format!("{d}/bgpd.vty")),
+    ] {
+        let mut argv = vec![super::path_str(exe)?.to_string()];
+        argv.extend(common(conf, pid)?);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or("frr");
+        let log = lab.dir().join(format!("{}-{name}.log", r.host));
+        let pid = lab.spawn(&r.host, &argv, &log)?;
+        wait_for_file(lab, Path::new(&ready), pid, &log, name)?;
+    }
+    Ok(())
+}
+
+/// Number of next hops `host`'s kernel routes `prefix` over (0: no route).
+pub fn route_nexthops(lab: &Lab, host: &str, prefix: &str) -> Result<usize> {
+    let out = lab.exec_ok(host, &["ip", "-4", "route", "show", "exact", prefix])?;
+    let multipath = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("nexthop"))
+        .count();
+    Ok(if multipath > 0 {
+        multipath
+    } else {
+        usize::from(!out.trim().is_empty())
+    })
+}
+
+/// Waits (up to `timeout`) until every `[[routing]]` table's `wait_route` holds: the BGP
+/// sessions are up and the directors announce.
+pub fn wait_for_routes(lab: &Lab, spec: &LabSpec, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    for r in &spec.routing {
+        let Some(w) = &r.wait_route else { continue };
+        loop {
+            let n = route_nexthops(lab, &r.host, &w.prefix)?;
+            if n >= w.nexthops as usize {
+                break;
+            }
+            if Instant::now() > deadline {
+                let routes = lab
+                    .exec_ok(&r.host, &["ip", "-4", "route"])
+                    .unwrap_or_default();
+                bail!(
+                    "{}: {} is routed over {n} next hops, not {}, after {} s; its routes:\n{routes}",
+                    r.host,
+                    w.prefix,
+                    w.nexthops,
+                    timeout.as_secs()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
 }
 
 /// Runs the lab file's smoke check: `requests` sequential GETs, every body among `expect`,
@@ -440,28 +677,46 @@ pub fn up(file: &Path, prefix: Option<&str>, uvs_exe: &Path) -> Result<()> {
         let mut lab = populate(lab, &spec, &LabOptions::default())?;
         start_tunnel_ends(&mut lab, &spec, uvs_exe)?;
         start_http_servers(&mut lab, &spec, uvs_exe)?;
+        start_routing(&mut lab, &spec)?;
         if !spec.directors.is_empty() {
             for (pid, shown) in start_directors(&mut lab, &spec, uvs_exe)? {
-                println!("director {shown} (pid {pid})");
+                // Not `println!`: a closed stdout would panic and tear the lab down.
+                let _ = writeln!(std::io::stdout(), "director {shown} (pid {pid})");
             }
         }
+        wait_for_routes(&lab, &spec, ROUTES_TIMEOUT)?;
         Ok(lab)
     })();
     // `populate` consumed the lab: on error it was dropped (torn down) already.
     let lab = result?;
-    println!(
-        "lab {} is up: namespaces {}",
+    let mut msg = format!(
+        "lab {} is up: namespaces {}\n",
         spec.name,
         lab.namespaces().join(" ")
     );
     let d = spec.directors.first().map_or("dir", |d| d.host.as_str());
-    println!(
-        "  state {}; logs in {}\n  try: ip netns exec {prefix}{d} uvsadm -Ln\n       ip netns exec {prefix}{d} uvs trace\n  remove: uvs lab down {}",
+    msg.push_str(&format!(
+        "  state {}; logs in {}\n  try: ip netns exec {prefix}{d} uvsadm -Ln\n       ip netns exec {prefix}{d} uvs trace\n",
         state.display(),
         dir.display(),
-        file.display()
-    );
+    ));
+    for r in &spec.routing {
+        msg.push_str(&match r.daemon {
+            RoutingDaemon::Bird => format!(
+                "       birdc -s {} show route\n",
+                bird_socket(&lab, &r.host).display()
+            ),
+            RoutingDaemon::Frr => format!(
+                "       ip netns exec {prefix}{} vtysh --vty_socket {} -c 'show ip bgp'\n",
+                r.host,
+                frr_dir(&lab, &r.host).display()
+            ),
+        });
+    }
+    msg.push_str(&format!("  remove: uvs lab down {}\n", file.display()));
+    // Detached before printing: a closed stdout (`| head`) must not tear the lab down.
     lab.detach();
+    let _ = std::io::stdout().write_all(msg.as_bytes());
     Ok(())
 }
 
@@ -517,9 +772,12 @@ pub fn teardown_recorded(st: &LabState) {
 
 /// Signals a recorded PID whose start time was just checked, and its group (it is a group
 /// leader: setsid).
+/// Signals a recorded process's group (its forks too: nginx workers), or the process alone
+/// when it leads no group; never both, as a second SIGTERM tells uvs to skip its drain.
 fn signal(pid: u32, sig: libc::c_int) {
-    crate::io::process::signal_group(pid, sig);
-    crate::io::process::signal(pid, sig);
+    if !crate::io::process::signal_group(pid, sig) {
+        crate::io::process::signal(pid, sig);
+    }
 }
 
 fn load_up(file: &Path, prefix: Option<&str>) -> Result<(LabSpec, PathBuf, LabState)> {
@@ -533,18 +791,29 @@ fn load_up(file: &Path, prefix: Option<&str>) -> Result<(LabSpec, PathBuf, LabSt
     Ok((spec, state_path, st))
 }
 
-/// `uvs lab stop FILE HOST [--kill]`: stops the recorded processes of `host` (its HTTP server,
-/// its director) — SIGTERM to the group with 2 s grace, or SIGKILL at once with `kill` (a
+/// How long `uvs lab stop` waits for a SIGTERMed process before SIGKILL: longer than the
+/// drain of a director with [announce] (`drain_timeout_secs`, 10 s by default).
+const STOP_GRACE: Duration = Duration::from_secs(12);
+
+/// `uvs lab stop FILE HOST [--kill] [--only PROGRAM]`: stops the recorded processes of `host`
+/// (its HTTP server, its director, its routing daemon; with `only`, those running that
+/// program) — SIGTERM to the group with [`STOP_GRACE`], or SIGKILL at once with `kill` (a
 /// crash) — and remembers them for `uvs lab start`.
-pub fn stop(file: &Path, prefix: Option<&str>, host: &str, kill: bool) -> Result<()> {
+pub fn stop(
+    file: &Path,
+    prefix: Option<&str>,
+    host: &str,
+    kill: bool,
+    only: Option<&str>,
+) -> Result<()> {
     let (spec, state_path, mut st) = load_up(file, prefix)?;
     if spec.host(host).is_none() {
         bail!("lab {} has no host {host}", spec.name);
     }
-    let (mine, rest): (Vec<ProcState>, Vec<ProcState>) = st
-        .processes
-        .drain(..)
-        .partition(|p| p.host == host || p.what.starts_with(&format!("{host}: ")));
+    let (mine, rest): (Vec<ProcState>, Vec<ProcState>) = st.processes.drain(..).partition(|p| {
+        (p.host == host || p.what.starts_with(&format!("{host}: ")))
+            && only.is_none_or(|o| program(p) == o)
+    });
     st.processes = rest;
     if mine.is_empty() {
         println!("nothing of {host} is running");
@@ -553,7 +822,7 @@ pub fn stop(file: &Path, prefix: Option<&str>, host: &str, kill: bool) -> Result
     for p in &live {
         signal(p.pid, if kill { libc::SIGKILL } else { libc::SIGTERM });
     }
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + STOP_GRACE;
     while Instant::now() < deadline && live.iter().any(|p| running(p)) {
         thread::sleep(Duration::from_millis(20));
     }
@@ -573,6 +842,12 @@ pub fn stop(file: &Path, prefix: Option<&str>, host: &str, kill: bool) -> Result
     st.stopped
         .extend(mine.into_iter().filter(|p| !p.argv.is_empty()));
     st.save(&state_path)
+}
+
+/// The program a recorded process runs, as `--only` names it: `uvs`, `bird`, `nginx`, ...
+fn program(p: &ProcState) -> &str {
+    let shown = p.what.split_once(": ").map_or(p.what.as_str(), |(_, w)| w);
+    shown.split_whitespace().next().unwrap_or("")
 }
 
 /// `uvs lab start FILE HOST`: starts again what `uvs lab stop` stopped on `host`, recorded as
@@ -723,6 +998,21 @@ pub fn check(file: &Path, prefix: Option<&str>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_names_the_program_of_a_recorded_process() {
+        let p = |what: &str| ProcState {
+            pid: 1,
+            start_time: 0,
+            what: what.into(),
+            host: "dir1".into(),
+            argv: Vec::new(),
+            log: None,
+        };
+        assert_eq!(program(&p("dir1: uvs run")), "uvs");
+        assert_eq!(program(&p("dir1: bird")), "bird");
+        assert_eq!(program(&p("rs1: nginx")), "nginx");
+    }
 
     #[test]
     fn start_time_of_self_and_of_nobody() {

@@ -59,7 +59,58 @@ pub struct LabSpec {
     /// `[director]` (one) or `[[director]]` (several, e.g. a VRRP pair), started in order.
     #[serde(default, rename = "director", deserialize_with = "one_or_many")]
     pub directors: Vec<DirectorSpec>,
+    /// `[[routing]]`: routing daemons (BIRD, FRR), started before the directors.
+    #[serde(default, rename = "routing")]
+    pub routing: Vec<RoutingSpec>,
     pub smoke: Option<SmokeSpec>,
+}
+
+/// Which routing daemon a `[[routing]]` table runs. The lab installs nothing: `bird` needs the
+/// `bird2` package, `frr` the `frr` package (scripts/deps.sh installs both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoutingDaemon {
+    /// BIRD 2: `bird -f -c <host>-bird.conf -s <host>-bird.ctl`; `birdc -s` that socket.
+    Bird,
+    /// FRR: zebra and bgpd with `<host>-frr/{zebra,bgpd}.conf`; `vtysh --vty_socket` that
+    /// directory.
+    Frr,
+}
+
+impl RoutingDaemon {
+    pub fn name(self) -> &'static str {
+        match self {
+            RoutingDaemon::Bird => "bird",
+            RoutingDaemon::Frr => "frr",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSpec {
+    pub host: String,
+    pub daemon: RoutingDaemon,
+    /// bird.conf, or FRR's bgpd configuration.
+    pub config: String,
+    /// FRR only: zebra's configuration (default: a hostname line).
+    pub zebra: Option<String>,
+    /// `uvs lab up` returns once this host's kernel routes this prefix over at least this
+    /// many next hops (the BGP sessions are up and the directors announce).
+    pub wait_route: Option<WaitRoute>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitRoute {
+    /// `a.b.c.d/len`.
+    pub prefix: String,
+    #[serde(default = "one")]
+    pub nexthops: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,6 +161,11 @@ pub struct HostSpec {
     pub tunnel_gue_port: Option<u16>,
     #[serde(default)]
     pub interfaces: Vec<IfaceSpec>,
+    /// More sysctls of the host's namespace, set after `forward` (only `net.*` keys, which
+    /// are per namespace: a lab never changes the machine's own settings), e.g.
+    /// `{ "net.ipv4.fib_multipath_hash_policy" = "1" }` on an ECMP router.
+    #[serde(default)]
+    pub sysctls: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,6 +178,35 @@ pub struct IfaceSpec {
     pub bridge: Option<String>,
     /// Other end of a veth pair, `host:ifname` (declare it on either side, or both).
     pub peer: Option<String>,
+    /// Addresses on the interface: `addr` and the ones after it, this many in all (default
+    /// 1), all in `addr`'s network: many client addresses for one host.
+    pub addr_count: Option<u16>,
+}
+
+impl IfaceSpec {
+    /// Every address of the interface as `a.b.c.d/len`: `addr`, then `addr_count - 1` more.
+    pub fn addrs(&self) -> Result<Vec<String>> {
+        let Some(a) = &self.addr else {
+            if self.addr_count.is_some() {
+                bail!("addr_count without addr");
+            }
+            return Ok(Vec::new());
+        };
+        let (ip, len) = parse_cidr(a)?;
+        let n = u32::from(self.addr_count.unwrap_or(1));
+        if n == 0 {
+            bail!("addr_count must be at least 1");
+        }
+        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+        let first = u32::from(ip);
+        let last = first
+            .checked_add(n - 1)
+            .filter(|l| l & mask == first & mask)
+            .with_context(|| format!("{a} + {} addresses leave its network", n - 1))?;
+        Ok((first..=last)
+            .map(|x| format!("{}/{len}", Ipv4Addr::from(x)))
+            .collect())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -277,9 +362,11 @@ impl LabSpec {
                 {
                     bail!("{}: interface {} declared twice", h.name, i.name);
                 }
-                if let Some(a) = &i.addr {
-                    let (ip, _) =
-                        parse_cidr(a).with_context(|| format!("{}:{}", h.name, i.name))?;
+                for a in i
+                    .addrs()
+                    .with_context(|| format!("{}:{}", h.name, i.name))?
+                {
+                    let (ip, _) = parse_cidr(&a)?;
                     if !is_private(ip) {
                         bail!(
                             "{}:{}: {ip} is not a private address (labs use 10/8, 172.16/12, 192.168/16, 198.18/15, 198.51.100/24 and 203.0.113/24 only)",
@@ -341,6 +428,20 @@ impl LabSpec {
             if h.http.is_none() && (h.http_body.is_some() || h.http_port.is_some()) {
                 bail!("{}: http_body or http_port without http", h.name);
             }
+            for (k, v) in &h.sysctls {
+                let key_ok = k.starts_with("net.")
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
+                if !key_ok {
+                    bail!(
+                        "{}: sysctl {k:?}: only net.* keys (per namespace) may be set in a lab",
+                        h.name
+                    );
+                }
+                if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c == '=') {
+                    bail!("{}: sysctl {k} = {v:?} is not a single value", h.name);
+                }
+            }
             if h.tunnel_gue_port.is_some() && !h.tunnel {
                 bail!("{}: tunnel_gue_port without tunnel = true", h.name);
             }
@@ -369,6 +470,38 @@ impl LabSpec {
                 .find(|a| *a == "--ready-file" || added.contains(&a.as_str()))
             {
                 bail!("director {} args: {a} is added by the lab", d.host);
+            }
+        }
+        let mut routing_hosts = HashSet::new();
+        for r in &self.routing {
+            if self.host(&r.host).is_none() {
+                bail!("routing host {} is not declared", r.host);
+            }
+            if !routing_hosts.insert(r.host.as_str()) {
+                bail!(
+                    "two routing daemons on host {} (both would listen on BGP's port)",
+                    r.host
+                );
+            }
+            if r.zebra.is_some() && r.daemon != RoutingDaemon::Frr {
+                bail!(
+                    "routing on {}: zebra is FRR's, not {}'s",
+                    r.host,
+                    r.daemon.name()
+                );
+            }
+            if let Some(w) = &r.wait_route {
+                let (ip, _) = parse_cidr(&w.prefix)
+                    .with_context(|| format!("routing on {}: wait_route", r.host))?;
+                if !is_private(ip) {
+                    bail!("routing on {}: {ip} is not a private address", r.host);
+                }
+                if w.nexthops == 0 {
+                    bail!(
+                        "routing on {}: wait_route.nexthops must be at least 1",
+                        r.host
+                    );
+                }
             }
         }
         if let Some(s) = &self.smoke {
@@ -451,6 +584,53 @@ mod tests {
         assert_eq!(a("rs2"), addr::RS2);
         assert_eq!(s.host("rs1").unwrap().vips, [addr::VIP]);
         assert_eq!(s.host_id("rs2"), addr::HOST_RS2);
+    }
+
+    #[test]
+    fn many_addresses_sysctls_and_routing_daemons() {
+        let base = "name='x'\nprefix='x-'\n[[host]]\nname='a'\ninterfaces=[{name='eth0',peer='b:eth0',addr='172.24.0.10/24',addr_count=3}]\n\
+                    [[host]]\nname='b'\ninterfaces=[{name='eth0',addr='172.24.0.1/24'}]\nsysctls={'net.ipv4.fib_multipath_hash_policy'='1'}\n";
+        let s = LabSpec::parse(&format!(
+            "{base}[[routing]]\nhost='b'\ndaemon='bird'\nconfig='router id 1.1.1.1;'\nwait_route={{prefix='10.24.1.100/32',nexthops=3}}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            s.host("a").unwrap().interfaces[0].addrs().unwrap(),
+            ["172.24.0.10/24", "172.24.0.11/24", "172.24.0.12/24"]
+        );
+        assert_eq!(s.routing[0].daemon, RoutingDaemon::Bird);
+        assert_eq!(s.routing[0].wait_route.as_ref().unwrap().nexthops, 3);
+        for (extra, needle) in [
+            (
+                "[[routing]]\nhost='c'\ndaemon='bird'\nconfig=''\n",
+                "not declared",
+            ),
+            (
+                "[[routing]]\nhost='b'\ndaemon='bird'\nconfig=''\n[[routing]]\nhost='b'\ndaemon='frr'\nconfig=''\n",
+                "two routing daemons",
+            ),
+            (
+                "[[routing]]\nhost='b'\ndaemon='bird'\nconfig=''\nzebra=''\n",
+                "zebra is FRR's",
+            ),
+            (
+                "[[routing]]\nhost='b'\ndaemon='quagga'\nconfig=''\n",
+                "unknown variant",
+            ),
+            (
+                "[[routing]]\nhost='b'\ndaemon='bird'\nconfig=''\nwait_route={prefix='8.8.8.8/32'}\n",
+                "not a private address",
+            ),
+        ] {
+            let e = LabSpec::parse(&format!("{base}{extra}")).unwrap_err();
+            assert!(format!("{e:#}").contains(needle), "{extra}: {e:#}");
+        }
+        // Addresses leaving the network, and sysctls outside the namespace's own.
+        let e = LabSpec::parse(&base.replace("addr_count=3", "addr_count=300")).unwrap_err();
+        assert!(format!("{e:#}").contains("leave its network"), "{e:#}");
+        let e = LabSpec::parse(&base.replace("net.ipv4.fib_multipath_hash_policy", "kernel.panic"))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("only net.* keys"), "{e:#}");
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub struct ArpOptions {
     /// while uvs forwards it, and no per-frame ingress rule is needed. `None`: the interface
     /// MAC, as the kernel's IPVS director answers. Fixed at start.
     pub vip_mac: Option<MacAddr>,
+    /// Answer ARP for the VIPs and announce them with gratuitous ARP. `false` when the VIPs
+    /// are routed to the director (`[announce]`: the router reaches them through BGP routes,
+    /// and several directors answering for one VIP on a LAN would steal it from each other).
+    pub answer_vips: bool,
 }
 
 impl Default for ArpOptions {
@@ -57,6 +61,7 @@ impl Default for ArpOptions {
             garp_repeat: 5,
             garp_delay_secs: 5,
             vip_mac: None,
+            answer_vips: true,
         }
     }
 }
@@ -203,6 +208,9 @@ impl ArpEngine {
     /// Replaces the VIP set; newly added VIPs are announced (now, and again after
     /// `garp_delay_secs`, like keepalived's `vrrp_garp_master_repeat`/`_delay`).
     pub fn set_vips(&mut self, vips: Vec<Ipv4Addr>, now: u32) {
+        if !self.opts.answer_vips {
+            return;
+        }
         for v in &vips {
             if !self.vips.contains(v) {
                 self.garp_due.push((now, *v));
@@ -599,6 +607,45 @@ mod tests {
         assert_eq!(t.get(1), Some(RS1));
         // A later unsolicited reply cannot move it.
         e.on_frame(0, &arp(ArpOperation::REPLY, DIR, EVIL, RIP1, DIP), 30, &t);
+        assert_eq!(t.get(1), Some(RS1));
+    }
+
+    #[test]
+    fn routed_vips_are_neither_answered_nor_announced_and_reals_still_resolve() {
+        let mut e = ArpEngine::new(
+            vec![ArpInterface {
+                name: "eth0".into(),
+                mac: DIR,
+                source: Some(DIP),
+            }],
+            ArpOptions {
+                answer_vips: false,
+                ..ArpOptions::default()
+            },
+        );
+        e.set_vips(vec![VIP], 0);
+        let t = NeighTable::new(16);
+        e.set_neighbors(vec![Neighbor::new(1, 0, RIP1)], &t);
+        let r = Ipv4Addr::new(10, 0, 0, 1);
+        let req = arp(ArpOperation::REQUEST, MacAddr::BROADCAST, ROUTER, r, VIP);
+        assert!(
+            e.on_frame(0, &req, 5, &t).is_none(),
+            "a routed VIP is not answered"
+        );
+        let mut out = Vec::new();
+        e.on_tick(0, &t, &mut out);
+        e.on_tick(6000, &t, &mut out);
+        assert!(!out.is_empty(), "the real server is still asked for");
+        for o in &out {
+            let (_, rest) = Ethernet2Header::from_slice(&o.frame).unwrap();
+            let a = parse_eth_ipv4(rest).unwrap();
+            assert_eq!(
+                a.target_ipv4,
+                RIP1.octets(),
+                "no gratuitous ARP for the VIP"
+            );
+        }
+        e.on_frame(0, &arp(ArpOperation::REPLY, DIR, RS1, RIP1, DIP), 20, &t);
         assert_eq!(t.get(1), Some(RS1));
     }
 

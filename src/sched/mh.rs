@@ -6,6 +6,16 @@
 //! mh-fallback) instead of moving, and removing a real moves only that real's flows.
 //! A flow hashes `hsiphash(k1, sport_if_mh-port + saddr) % M`.
 //!
+//! **Canonical fill order.** The kernel fills the table in the service's destination-list
+//! order, and when two reals' permutations want the same slot the one filled first takes it:
+//! two directors given the same reals in a different order build different tables, and a
+//! flow that ECMP moves from one to the other lands on another real. uvs fills in ascending
+//! (address, port) order instead, whatever order the reals were configured in, so every
+//! director with the same reals and weights builds the same table (docs/scale-out.md). The
+//! slots still hold positions in the service's own list. The result equals the kernel's
+//! table when the reals were added in ascending address order (ipvsadm-save lists them in
+//! the order they were added).
+//!
 //! hsiphash here is the kernel's 64-bit flavour (SipHash-1-3 with `unsigned long` keys, as
 //! on x86_64/arm64): 32-bit kernels use HalfSipHash and build a different table.
 
@@ -85,6 +95,11 @@ impl Maglev {
         }
     }
 
+    /// `mh-port`: the client's port is hashed with its address.
+    pub fn hashes_port(&self) -> bool {
+        self.port
+    }
+
     fn slot(&self, addr: u32, port: u16, offset: u32) -> u16 {
         self.lookup[hashkey(addr, port, KEY1, offset) as usize % TAB_SIZE]
     }
@@ -104,13 +119,19 @@ fn populate(reals: &[Dest], dest_port: u16) -> Box<[u16]> {
     // the top TAB_BITS bits of weight/gcd.
     let rshift = fls(max / g).saturating_sub(TAB_BITS);
     struct Setup {
+        /// The real's position in the service's list: what a slot holds.
+        position: u16,
         perm: usize,
         skip: usize,
         turns: u32,
     }
-    let mut setup: Vec<Setup> = reals
+    // The fill order: positions in `reals` sorted by (address, port), see the module docs.
+    let mut order: Vec<usize> = (0..reals.len()).collect();
+    order.sort_by_key(|&i| (reals[i].addr, reals[i].port));
+    let mut setup: Vec<Setup> = order
         .iter()
-        .map(|r| {
+        .map(|&i| {
+            let r = &reals[i];
             let offset = hashkey(r.addr, dest_port, KEY1, 0) as usize % TAB_SIZE;
             let skip = hashkey(r.addr, dest_port, KEY2, 0) as usize % (TAB_SIZE - 1) + 1;
             let lw = r.last_weight;
@@ -119,6 +140,7 @@ fn populate(reals: &[Dest], dest_port: u16) -> Box<[u16]> {
                 t => t,
             };
             Setup {
+                position: i as u16,
                 perm: offset,
                 skip,
                 turns,
@@ -143,7 +165,7 @@ fn populate(reals: &[Dest], dest_port: u16) -> Box<[u16]> {
                 }
             }
             taken[ds.perm] = true;
-            lookup[ds.perm] = d as u16;
+            lookup[ds.perm] = ds.position;
             n += 1;
             if n == TAB_SIZE {
                 break 'fill;
@@ -313,6 +335,53 @@ mod tests {
         let m4 = Maglev::new(&none, SchedFlags::default(), PORT);
         assert!(m4.lookup.iter().all(|&i| i == NONE));
         assert_eq!(m4.pick(&none, &flow(1, 1, 1), &c, 0), None);
+    }
+
+    #[test]
+    fn every_director_builds_the_same_table_whatever_the_configuration_order() {
+        // Four reals with unequal weights, configured in two different orders (the same ids
+        // and addresses): every flow must reach the same real on both. A kernel-style fill in
+        // list order gives contested slots to whichever real comes first, so this fails
+        // without the canonical order.
+        let a = reals_with_weights(&[3, 1, 2, 1]);
+        let b: Vec<Dest> = [2, 0, 3, 1].iter().map(|&i| a[i].clone()).collect();
+        let c = ConnCounts::new();
+        for flags in [
+            SchedFlags::default(),
+            SchedFlags {
+                mh_port: true,
+                ..SchedFlags::default()
+            },
+        ] {
+            let ma = Maglev::new(&a, flags, PORT);
+            let mb = Maglev::new(&b, flags, PORT);
+            for (n, src) in sources().enumerate() {
+                let f = flow(src, 1, 1000 + n as u16);
+                let ra = ma.pick(&a, &f, &c, 0).map(|i| a[i].id);
+                let rb = mb.pick(&b, &f, &c, 0).map(|i| b[i].id);
+                assert_eq!(ra, rb, "flow from {src:#x}: different reals");
+            }
+        }
+    }
+
+    #[test]
+    fn reals_on_one_address_are_ordered_by_port() {
+        // NAT reals may share an address: the port breaks the tie, so the order still does
+        // not depend on the configuration.
+        let mut a = reals_with_weights(&[1, 1]);
+        a[1].addr = a[0].addr;
+        a[1].port = 8080;
+        let b = vec![a[1].clone(), a[0].clone()];
+        let c = ConnCounts::new();
+        let (ma, mb) = (
+            Maglev::new(&a, SchedFlags::default(), PORT),
+            Maglev::new(&b, SchedFlags::default(), PORT),
+        );
+        for src in sources().take(2000) {
+            let f = flow(src, 1, 1);
+            let ra = ma.pick(&a, &f, &c, 0).map(|i| a[i].id);
+            assert_eq!(ra, mb.pick(&b, &f, &c, 0).map(|i| b[i].id));
+        }
     }
 
     #[test]

@@ -39,6 +39,9 @@ use crate::model::{RealId, SchedulerKind};
 pub struct Dest {
     pub id: RealId,
     pub addr: u32,
+    /// The real's port (the service's under direct routing; a NAT real's own). Only `mh`
+    /// reads it, to order the reals canonically.
+    pub port: u16,
     pub weight: u32,
     /// The last non-zero weight (`mh`'s table uses it; see `model::RealServer`).
     pub last_weight: u32,
@@ -190,6 +193,15 @@ impl Scheduler {
         }
     }
 
+    /// `sh` and `mh` with their `-port` flag: the client's port is hashed too (a trace says so).
+    pub fn hashes_port(&self) -> bool {
+        match self {
+            Scheduler::Sh(s) => s.hashes_port(),
+            Scheduler::Mh(m) => m.hashes_port(),
+            _ => false,
+        }
+    }
+
     /// The `ipvsadm -s` kind this scheduler implements.
     pub fn kind(&self) -> SchedulerKind {
         match self {
@@ -276,6 +288,7 @@ pub(crate) mod test_util {
             .map(|(i, &weight)| Dest {
                 id: RealId(NonZeroU32::new(i as u32 + 1).expect("ids start at 1")),
                 addr: 0x0a00_000b + i as u32,
+                port: 80,
                 weight,
                 last_weight: weight,
                 thresholds: Thresholds::default(),

@@ -22,6 +22,11 @@ pub struct SourceHash {
 }
 
 impl SourceHash {
+    /// `sh-port`: the client's port is hashed with its address.
+    pub fn hashes_port(&self) -> bool {
+        self.port
+    }
+
     pub fn new(reals: &[Dest], flags: SchedFlags) -> SourceHash {
         let mut buckets = [NONE; TAB_SIZE];
         if !reals.is_empty() {

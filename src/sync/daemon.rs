@@ -84,6 +84,7 @@ impl SyncDaemon {
         match fixed {
             SyncRole::Master => d.set_roles(true, false),
             SyncRole::Backup => d.set_roles(false, true),
+            SyncRole::Both => d.set_roles(true, true),
             SyncRole::FollowVrrp(_) => d.set_roles(false, true),
         }
         Ok(d)

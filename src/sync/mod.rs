@@ -37,6 +37,10 @@ pub enum SyncRole {
     FollowVrrp(String),
     Master,
     Backup,
+    /// Master and backup at once (as `--start-daemon master` and `--start-daemon backup`
+    /// together): every director of an ECMP group sends its connections and learns the
+    /// others', so the one ECMP moves a flow to already knows it (docs/scale-out.md).
+    Both,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -138,11 +138,13 @@ fn sched_text(w: &Why) -> String {
             format!("{name}: {rule}: {figs}")
         }
         "dh" | "sh" | "mh" => format!(
-            "{name}: hash of the {} address -> position {}/{}",
+            "{name}: hash of the {} -> position {}/{}",
             if name == "dh" {
-                "destination"
+                "destination address"
+            } else if w.hash_port {
+                "source address and port"
             } else {
-                "source"
+                "source address"
             },
             usize::from(w.chosen) + 1,
             w.n
@@ -502,6 +504,22 @@ mod cost {
                 ),
                 "{l}"
             );
+        }
+    }
+
+    #[test]
+    fn mh_names_the_port_when_it_hashes_it() {
+        for (port_flag, words) in [
+            (false, "mh: hash of the source address -> position"),
+            (true, "mh: hash of the source address and port -> position"),
+        ] {
+            let t = two_reals(Protocol::Tcp, 80, |s| {
+                s.scheduler = SchedulerKind::Mh;
+                s.sched_flags.mh_port = port_flag;
+            });
+            let lines = traced_lines(&t, vec![frame(10000, true)]);
+            assert_eq!(lines.len(), 1, "{lines:#?}");
+            assert!(lines[0].contains(words), "{}", lines[0]);
         }
     }
 

@@ -187,10 +187,11 @@ pub fn build_sync(raw: &RawSync, instances: &[InstanceConfig]) -> Result<SyncCon
         (None, Some(r)) => match r.get_ref().as_str() {
             "master" => SyncRole::Master,
             "backup" => SyncRole::Backup,
+            "both" => SyncRole::Both,
             other => {
                 return Err((
                     r.span(),
-                    format!("sync.role = \"{other}\": master or backup"),
+                    format!("sync.role = \"{other}\": master, backup or both"),
                 ));
             }
         },
@@ -235,6 +236,20 @@ vrrp_instance = "VI_1"
             vec!["10.0.0.100".parse::<std::net::Ipv4Addr>().unwrap()]
         );
         assert_eq!(cfg.sync.as_ref().unwrap().syncid, 7);
+        // Both roles at once: the directors of an ECMP group each send and receive.
+        let both = parse(
+            "[sync]\ninterface = \"eth0\"\nrole = \"both\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(both.sync.unwrap().role, crate::sync::SyncRole::Both);
+        let e = parse(
+            "[sync]\ninterface = \"eth0\"\nrole = \"all\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("master, backup or both"), "{e}");
         for (bad, needle) in [
             ("advert_int = 0.5\nversion = 2", "whole seconds"),
             (
