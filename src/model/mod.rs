@@ -10,9 +10,11 @@
 
 pub mod change;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 /// Transport protocol of a virtual service (`-t` / `-u` in ipvsadm).
 #[derive(
@@ -420,18 +422,45 @@ fn real_port(key: &ServiceKey, given: u16, method: ForwardMethod) -> u16 {
     if keeps_given { given } else { key.port }
 }
 
-/// Upper bound on real servers alive at once; sizes the neighbour (MAC) slot array that workers
-/// read without locks.
-pub const MAX_REALS: usize = 4096;
+/// Upper bound on real servers alive at once (a real that serves N services counts N times,
+/// as in IPVS, where each is a destination of its own). Real ids are never reused and the
+/// per-real counters cover 2^16 ids over the daemon's life (`conns`, `datapath::counters`), so
+/// this leaves room for changes after loading a table this large.
+pub const MAX_REALS: usize = 1 << 15;
 
 /// The whole configured state: services in the order they were added.
+///
+/// Services are shared (`Arc`) so that copying the table, and a change to one service, cost
+/// what that one service costs: an edit copies the service it edits (copy-on-write) and leaves
+/// the others shared with every earlier copy of the table; a lookup by key is a hash lookup.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceTable {
-    services: Vec<VirtualService>,
+    services: Vec<Arc<VirtualService>>,
+    /// Position of each service in `services`.
+    by_key: HashMap<ServiceKey, usize>,
     next_real_id: u32,
+    /// Reals of every service, counted as they are added and removed.
+    live_reals: usize,
     /// Mark rules, in the order they were added. `-C` leaves them alone, as `ipvsadm -C`
     /// leaves iptables' mangle rules alone.
     mark_rules: Vec<MarkRule>,
+}
+
+/// What one accepted change overwrote, so that a list of changes applied in place can be
+/// taken back (`change::AdminState::apply_in_place`). Undone in reverse order, each entry
+/// finds the table exactly as the change left it.
+#[derive(Debug)]
+pub(crate) enum Undo {
+    /// The service at this position was edited: the previous version.
+    Replaced(usize, Arc<VirtualService>),
+    /// A service was appended.
+    Appended,
+    /// The service at this position was deleted.
+    Removed(usize, Arc<VirtualService>),
+    /// Every service (`-C`), with the key index.
+    Cleared(Vec<Arc<VirtualService>>, HashMap<ServiceKey, usize>),
+    /// The mark rules before a mark-rule change.
+    MarkRules(Vec<MarkRule>),
 }
 
 impl ServiceTable {
@@ -439,37 +468,98 @@ impl ServiceTable {
         ServiceTable::default()
     }
 
-    pub fn services(&self) -> &[VirtualService] {
+    pub fn services(&self) -> &[Arc<VirtualService>] {
         &self.services
     }
 
     pub fn service(&self, key: &ServiceKey) -> Option<&VirtualService> {
-        self.services.iter().find(|s| s.key == *key)
+        self.by_key
+            .get(key)
+            .and_then(|&i| self.services.get(i))
+            .map(|s| &**s)
     }
 
+    /// The service by key, shared (what a snapshot keeps to tell whether it changed).
+    pub fn shared_service(&self, key: &ServiceKey) -> Option<&Arc<VirtualService>> {
+        self.by_key.get(key).and_then(|&i| self.services.get(i))
+    }
+
+    /// Copy-on-write: the service is copied only if an earlier copy of the table shares it.
     fn service_mut(&mut self, key: &ServiceKey) -> Result<&mut VirtualService, ModelError> {
-        self.services
-            .iter_mut()
-            .find(|s| s.key == *key)
-            .ok_or(ModelError::NoService(*key))
+        let i = *self.by_key.get(key).ok_or(ModelError::NoService(*key))?;
+        let svc = self
+            .services
+            .get_mut(i)
+            .ok_or(ModelError::NoService(*key))?;
+        Ok(Arc::make_mut(svc))
+    }
+
+    /// Position and current version of a service, for the undo journal.
+    pub(crate) fn saved(&self, key: &ServiceKey) -> Option<(usize, Arc<VirtualService>)> {
+        let i = *self.by_key.get(key)?;
+        Some((i, Arc::clone(self.services.get(i)?)))
+    }
+
+    /// Counters the undo journal restores as they were before a list of changes.
+    pub(crate) fn counters(&self) -> (u32, usize) {
+        (self.next_real_id, self.live_reals)
+    }
+
+    pub(crate) fn set_counters(&mut self, (next_real_id, live_reals): (u32, usize)) {
+        self.next_real_id = next_real_id;
+        self.live_reals = live_reals;
+    }
+
+    /// Takes back one change (see [`Undo`]).
+    pub(crate) fn undo(&mut self, undo: Undo) {
+        match undo {
+            Undo::Replaced(i, svc) => {
+                if let Some(slot) = self.services.get_mut(i) {
+                    *slot = svc;
+                }
+            }
+            Undo::Appended => {
+                if let Some(svc) = self.services.pop() {
+                    self.by_key.remove(&svc.key);
+                }
+            }
+            Undo::Removed(i, svc) => {
+                let i = i.min(self.services.len());
+                self.services.insert(i, svc);
+                self.reindex_from(i);
+            }
+            Undo::Cleared(services, by_key) => {
+                self.services = services;
+                self.by_key = by_key;
+            }
+            Undo::MarkRules(rules) => self.mark_rules = rules,
+        }
+    }
+
+    /// Positions of the services from `from` on, after an insertion or removal there.
+    fn reindex_from(&mut self, from: usize) {
+        for (i, s) in self.services.iter().enumerate().skip(from) {
+            self.by_key.insert(s.key, i);
+        }
     }
 
     /// Every real server of every service, with its service.
     pub fn reals(&self) -> impl Iterator<Item = (&VirtualService, &RealServer)> {
         self.services
             .iter()
-            .flat_map(|s| s.reals.iter().map(move |r| (s, r)))
+            .flat_map(|s| s.reals.iter().map(move |r| (&**s, r)))
     }
 
     pub fn add_service(&mut self, spec: ServiceSpec) -> Result<(), ModelError> {
-        if self.service(&spec.key).is_some() {
+        if self.by_key.contains_key(&spec.key) {
             return Err(ModelError::ServiceExists(spec.key));
         }
         if spec.key.port == 0 && !spec.key.is_fwmark() {
             return Err(ModelError::ZeroPort(spec.key));
         }
         spec.check()?;
-        self.services.push(VirtualService {
+        self.by_key.insert(spec.key, self.services.len());
+        self.services.push(Arc::new(VirtualService {
             key: spec.key,
             scheduler: spec.scheduler,
             persistence_timeout: spec.persistence_timeout,
@@ -477,7 +567,7 @@ impl ServiceTable {
             sched_flags: spec.sched_flags,
             ops: spec.ops,
             reals: Vec::new(),
-        });
+        }));
         Ok(())
     }
 
@@ -493,10 +583,11 @@ impl ServiceTable {
     }
 
     pub fn delete_service(&mut self, key: &ServiceKey) -> Result<(), ModelError> {
-        let before = self.services.len();
-        self.services.retain(|s| s.key != *key);
-        if self.services.len() == before {
-            return Err(ModelError::NoService(*key));
+        let i = self.by_key.remove(key).ok_or(ModelError::NoService(*key))?;
+        if i < self.services.len() {
+            let gone = self.services.remove(i);
+            self.live_reals = self.live_reals.saturating_sub(gone.reals.len());
+            self.reindex_from(i);
         }
         Ok(())
     }
@@ -507,12 +598,11 @@ impl ServiceTable {
         if spec.weight > MAX_WEIGHT {
             return Err(ModelError::WeightOutOfRange(u64::from(spec.weight)));
         }
-        let live = self.reals().count();
-        if live >= MAX_REALS - 1 {
+        if self.live_reals >= MAX_REALS - 1 {
             return Err(ModelError::TooManyReals(MAX_REALS - 1));
         }
         let next = self.next_real_id.checked_add(1);
-        let svc = self.service_mut(key)?;
+        let svc = self.service(key).ok_or(ModelError::NoService(*key))?;
         let port = real_port(&svc.key, spec.port, spec.forward);
         if svc
             .reals
@@ -525,7 +615,7 @@ impl ServiceTable {
             .and_then(NonZeroU32::new)
             .map(RealId)
             .ok_or(ModelError::TooManyReals(MAX_REALS - 1))?;
-        svc.reals.push(RealServer {
+        self.service_mut(key)?.reals.push(RealServer {
             id,
             addr: spec.addr,
             port,
@@ -536,6 +626,7 @@ impl ServiceTable {
             lower_threshold: spec.lower_threshold,
         });
         self.next_real_id = id.0.get();
+        self.live_reals += 1;
         Ok(id)
     }
 
@@ -543,13 +634,17 @@ impl ServiceTable {
         if spec.weight > MAX_WEIGHT {
             return Err(ModelError::WeightOutOfRange(u64::from(spec.weight)));
         }
-        let svc = self.service_mut(key)?;
+        let svc = self.service(key).ok_or(ModelError::NoService(*key))?;
         let port = real_port(&svc.key, spec.port, spec.forward);
-        let real = svc
+        let i = svc
             .reals
-            .iter_mut()
-            .find(|r| r.addr == spec.addr && r.port == port)
+            .iter()
+            .position(|r| r.addr == spec.addr && r.port == port)
             .ok_or(ModelError::NoReal(*key, spec.addr, port))?;
+        let svc = self.service_mut(key)?;
+        let Some(real) = svc.reals.get_mut(i) else {
+            return Err(ModelError::NoReal(*key, spec.addr, port));
+        };
         real.weight = spec.weight;
         if spec.weight > 0 {
             real.last_weight = spec.weight;
@@ -568,36 +663,42 @@ impl ServiceTable {
         addr: Ipv4Addr,
         port: u16,
     ) -> Result<(), ModelError> {
-        let svc = self.service_mut(key)?;
+        let svc = self.service(key).ok_or(ModelError::NoService(*key))?;
         let port = if port == 0 { svc.key.port } else { port };
-        let before = svc.reals.len();
-        svc.reals.retain(|r| !(r.addr == addr && r.port == port));
-        if svc.reals.len() == before {
-            return Err(ModelError::NoReal(*key, addr, port));
-        }
+        let i = svc
+            .reals
+            .iter()
+            .position(|r| r.addr == addr && r.port == port)
+            .ok_or(ModelError::NoReal(*key, addr, port))?;
+        self.service_mut(key)?.reals.remove(i);
+        self.live_reals = self.live_reals.saturating_sub(1);
         Ok(())
     }
 
     /// Removes every service (`ipvsadm -C`). Real ids keep counting up, never reused.
     pub fn clear(&mut self) {
-        self.services.clear();
+        self.take_all();
+    }
+
+    /// Removes every service and hands them over (for the undo journal).
+    pub(crate) fn take_all(&mut self) -> Undo {
+        self.live_reals = 0;
+        Undo::Cleared(
+            std::mem::take(&mut self.services),
+            std::mem::take(&mut self.by_key),
+        )
     }
 
     /// Distinct VIPs, in first-seen order: those of address services, then those of mark
     /// rules whose mark has a fwmark service.
     pub fn vips(&self) -> Vec<Ipv4Addr> {
-        let mut vips: Vec<Ipv4Addr> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let marked = self.marked_keys();
         let addr = self.services.iter().filter(|s| !s.key.is_fwmark());
-        for vip in addr
-            .map(|s| s.key.vip)
+        addr.map(|s| s.key.vip)
             .chain(marked.iter().map(|(k, _)| k.vip))
-        {
-            if !vips.contains(&vip) {
-                vips.push(vip);
-            }
-        }
-        vips
+            .filter(|vip| seen.insert(*vip))
+            .collect()
     }
 
     pub fn mark_rules(&self) -> &[MarkRule] {
@@ -670,11 +771,12 @@ impl ServiceTable {
     /// rule takes over, then the marked keys. What the kernel filter must drop.
     pub fn forwarded_keys(&self) -> Vec<ServiceKey> {
         let marked: Vec<ServiceKey> = self.marked_keys().into_iter().map(|(k, _)| k).collect();
+        let taken: std::collections::HashSet<ServiceKey> = marked.iter().copied().collect();
         let mut out: Vec<ServiceKey> = self
             .services
             .iter()
             .map(|s| s.key)
-            .filter(|k| !k.is_fwmark() && !marked.contains(k))
+            .filter(|k| !k.is_fwmark() && !taken.contains(k))
             .collect();
         out.extend(marked);
         out
