@@ -28,9 +28,10 @@ use crate::io::socket::{RingStats, recv_frame, send_frame, take_ring_stats, wait
 use crate::kernel_filter::KernelFilter;
 use crate::metrics::{Backend, Endpoint, Figures, RingFigures, WorkerFigures};
 use crate::model::change::{AdminState, diff};
+use crate::model::change::{Structure, Touched};
 use crate::neigh::arp::{ArpEngine, ArpIgnore, Outgoing};
 use crate::neigh::cache::NeighTable;
-use crate::snapshot::SharedSnapshot;
+use crate::snapshot::{Compiler, SharedSnapshot, Snapshot};
 use crate::trace::events::{ArpSnapshot, arp_event, arp_events, vrrp_events};
 use crate::trace::session::{Session, dropped_by_reason, pump};
 use crate::vrrp::control::HaRuntime;
@@ -66,6 +67,11 @@ pub struct Control {
     /// The configured state the admin interface changes.
     pub state: AdminState,
     pub snapshot: SharedSnapshot,
+    /// What the next snapshot is compiled from besides the published one (see
+    /// `snapshot::Compiler`); always the books of the snapshot published last.
+    pub compiler: Compiler,
+    /// Replaced snapshots a worker may still hold: freed here once none does.
+    pub retired: Vec<Arc<Snapshot>>,
     pub placer: Placer,
     pub kernel_filter: Option<KernelFilter>,
     pub stats: StatsKeeper,
@@ -150,7 +156,7 @@ impl Control {
             // VRRP adverts and timers, sync messages; VRRP state changes go to `uvs trace`.
             let before = (!self.trace_sessions.is_empty()).then(|| self.ha.status().instances);
             self.ha
-                .poll(&mut self.arp, self.snapshot.load().vips(), now);
+                .poll(&mut self.arp, self.snapshot.load().vips().to_vec(), now);
             if let Some(b) = before {
                 for (ips, line) in vrrp_events(&b, &self.ha.status().instances) {
                     arp_event(&self.trace_sessions, &ips, &line);
@@ -186,6 +192,7 @@ impl Control {
                 }
             }
             self.drain_health();
+            self.free_retired();
             if last_ring_read.elapsed() >= RING_STATS_EVERY {
                 self.read_ring_stats();
                 last_ring_read = Instant::now();
@@ -243,7 +250,7 @@ impl Control {
             Ok(routes) => {
                 self.placer.routes = routes;
                 let local = self.health.local.clone();
-                match self.publish(&[], &local) {
+                match self.publish_state(Touched::all(), Structure::all(), &local) {
                     Ok(()) => log::info!("routes changed: next hops recomputed"),
                     Err(r) => log::error!(
                         "routes changed, but the configuration no longer places: {} (keeping the previous next hops)",
