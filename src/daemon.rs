@@ -498,6 +498,9 @@ fn start_health(
                 .map(|x| x.port)
                 .filter(|p| *p != 0)
                 .unwrap_or(svc.key.port);
+            // What the probe reaches: the check's own port when it names one (every service
+            // of a real then shares one probe whatever its port).
+            let port = r.check.connect_port.unwrap_or(port);
             let through =
                 (r.check.kind == CheckKind::ThroughVip).then_some((svc.key.vip, svc.key.port));
             let key: CheckKey = (r.addr, port, r.check.clone(), through);

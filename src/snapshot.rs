@@ -1,13 +1,16 @@
 //! The immutable, compiled view of the configuration that workers forward with.
 //!
 //! Invariants: workers load one snapshot per batch and hold it for the whole batch. Control
-//! never mutates a published snapshot (scheduler cursors are atomics inside it, advanced by
-//! workers, and belong to that snapshot alone). Everything a worker reads to forward one packet
-//! is reachable from one `Arc<Snapshot>` plus the neighbour slots, which are per real address
-//! and updated in place by control (one atomic word each).
+//! never mutates a published snapshot (scheduler cursors are atomics inside a service's entry,
+//! advanced by workers; an entry no change touched is shared, cursor included, by consecutive
+//! snapshots, as IPVS keeps a service's scheduler state across changes to other services).
+//! Everything a worker reads to forward one packet is reachable from one `Arc<Snapshot>` plus
+//! the neighbour slots, which are per real address and updated in place by control (one
+//! atomic word each).
 //!
-//! Publication is build aside → `ArcSwap::store` → the old snapshot is freed when the last
-//! worker drops its guard (IPVS: "No more failures, attach state", then `call_rcu`).
+//! Publication is build aside → `ArcSwap::store` → the old snapshot is freed once no worker
+//! holds it, on the control thread (IPVS: "No more failures, attach state", then `call_rcu`).
+//! Building aside costs what changed, not what the table holds: see [`Compiler`].
 
 mod compile;
 mod paged;
