@@ -99,20 +99,21 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(3);
 impl Control {
     /// Runs until SIGINT or SIGTERM.
     pub fn run(&mut self) {
-        let mut pollfds: Vec<libc::pollfd> = self
+        let pollfd = |fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let fixed: Vec<libc::pollfd> = self
             .arp_sockets
             .iter()
             .map(|fd| fd.as_raw_fd())
             .chain(self.metrics.as_ref().map(|m| m.raw_fd()))
-            .chain(self.admin.as_ref().map(|a| a.fds()).unwrap_or_default())
             .chain(self.ha.fds())
             .chain(self.route_watch.as_ref().map(|w| w.raw_fd()))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
+            .map(pollfd)
             .collect();
+        let mut pollfds = fixed.clone();
         let mut last_ring_read = Instant::now();
         let mut last_estimate = Instant::now();
         let mut out = Vec::new();
@@ -122,6 +123,11 @@ impl Control {
         let mut ready = false;
         let mut trace_buf = Vec::new();
         while !signals::stop_requested() {
+            // The admin socket's descriptors change as connections come and go.
+            pollfds.clone_from(&fixed);
+            if let Some(a) = &self.admin {
+                pollfds.extend(a.fds().into_iter().map(pollfd));
+            }
             wait_readable(&mut pollfds, TICK_MS);
             let now = clock::now_ms();
             for i in 0..self.arp_sockets.len() {
