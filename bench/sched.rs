@@ -71,7 +71,7 @@ fn flow_tables() {
         for i in 0..flows as u32 {
             // Half expire at 1 s, half at 1000 s.
             let exp = if i % 2 == 0 { 1_000 } else { 1_000_000 };
-            black_box(t.insert(&key(i), id, TcpState::Established, exp, 0, None));
+            black_box(t.insert(&key(i), id, TcpState::Established, exp, 0, None, None));
         }
         let ins = s.elapsed().as_nanos() as f64 / flows as f64;
         let s = Instant::now();
@@ -86,13 +86,13 @@ fn flow_tables() {
         let mut removed = 0;
         while removed < flows / 2 && calls.len() < 4 * t.capacity() / EXPIRE_PER_BATCH + 16 {
             let s = Instant::now();
-            removed += t.expire_some(2_000, EXPIRE_PER_BATCH, |_, _, _| {});
+            removed += t.expire_some(2_000, EXPIRE_PER_BATCH, |_| {});
             calls.push(s.elapsed().as_nanos());
         }
         calls.sort_unstable();
         let pct = |p: f64| calls[((calls.len() - 1) as f64 * p) as usize] as f64 / 1e3;
         let s = Instant::now();
-        t.expire_some(2_000, EXPIRE_PER_IDLE, |_, _, _| {});
+        t.expire_some(2_000, EXPIRE_PER_IDLE, |_| {});
         let idle = s.elapsed().as_nanos() as f64 / 1e3;
         println!(
             "  {flows:>9} flows: lookup {look:6.1}  insert {ins:6.1}  (hits {hits}, evictions {}); \

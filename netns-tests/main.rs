@@ -27,5 +27,6 @@ mod scale;
 mod schedulers;
 mod soak;
 mod trace;
+mod tun;
 mod two_arm;
 mod uvsadm;

@@ -37,7 +37,7 @@ expect -rwxr-xr-x root/root usr/sbin/uvsadm
 for unit in uvs.service uvs@.service uvs-ipvsadm.service; do
     expect -rw-r--r-- root/root "lib/systemd/system/$unit"
 done
-for page in uvs uvs-run uvs-health uvs-status uvs-trace uvs-capture uvs-doctor uvs-lab uvsadm; do
+for page in uvs uvs-run uvs-health uvs-status uvs-trace uvs-capture uvs-doctor uvs-lab uvs-tun-endpoint uvsadm; do
     expect -rw-r--r-- root/root "usr/share/man/man8/$page.8.gz"
 done
 expect -rw-r--r-- root/root usr/share/bash-completion/completions/uvs

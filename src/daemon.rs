@@ -17,11 +17,13 @@ use arc_swap::ArcSwap;
 use crate::config::{DaemonConfig, RingVersion};
 use crate::conns::ConnCounts;
 use crate::control::Control;
+use crate::control::fullnat::LocalPortPlan;
 use crate::control::health::{HealthCtl, run_commands};
 use crate::control::placement::Placer;
 use crate::control::stats::StatsKeeper;
 use crate::ctl::serve::AdminServer;
 use crate::datapath::counters::WorkerCounters;
+use crate::datapath::fullnat::LocalPorts;
 use crate::datapath::process::Forwarder;
 use crate::datapath::templates::TemplateTable;
 use crate::datapath::worker::{RxPort, Worker};
@@ -109,6 +111,14 @@ pub fn load_config(args: &RunArgs) -> Result<DaemonConfig> {
     if let Some(m) = args.metrics {
         cfg.metrics = m;
     }
+    // FullNAT: each worker owns ports of its own on every local address, so the range must
+    // hold one per worker; only here is the worker count known (as `run` counts it).
+    let workers = cfg
+        .workers
+        .unwrap_or_else(|| core_affinity::get_core_ids().map_or(0, |c| c.len()).max(1));
+    let (lo, hi) = cfg.fullnat_ports;
+    crate::config::check_fullnat_ports(cfg.fullnat_ports, workers)
+        .map_err(|why| anyhow::anyhow!("[fullnat] ports = {lo}-{hi}: {why}"))?;
     Ok(cfg)
 }
 
@@ -211,6 +221,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let nat_sources = snapshot.nat_sources().to_vec();
     let nat_replies = snapshot.nat_replies().to_vec();
     let locals = snapshot.local_addrs().to_vec();
+    let laddrs = snapshot.laddrs().to_vec();
     // The expanded (protocol, VIP, port) keys, mark rules included.
     let service_keys = snapshot.forwarded_keys();
 
@@ -239,6 +250,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
             services: &service_keys,
             nat_replies: &nat_replies,
             locals: &locals,
+            laddrs: &laddrs,
+            fullnat_ports: cfg.fullnat_ports,
         };
         Some(KernelFilter::install(&if_names, &filtered, hook)?)
     } else {
@@ -254,12 +267,21 @@ pub fn run(args: &RunArgs) -> Result<()> {
         cfg.flow_table.capacity as usize,
     )?;
 
-    let shared = Arc::new(ArcSwap::from_pointee(snapshot));
-    let stop = Arc::new(AtomicBool::new(false));
+    // FullNAT ports: each worker's pools of the first snapshot's local addresses, handed to
+    // it before it starts; later ones come through its requests.
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let n_workers = cfg.workers.unwrap_or(cores.len().max(1));
-    let filter = receive_filter(&vips, &nat_sources, cfg.arp.vip_mac);
-    let fanout_program = crate::io::filter::fanout_program(&nat_sources);
+    let mut local_ports = LocalPortPlan::new(cfg.fullnat_ports, n_workers);
+    crate::control::fullnat::reserve_ports(cfg.fullnat_ports);
+    let mut first_pools: Vec<(u32, Vec<Option<_>>)> = local_ports
+        .pools_for(snapshot.laddrs())
+        .into_iter()
+        .map(|(a, pools)| (a, pools.into_iter().map(Some).collect()))
+        .collect();
+    let shared = Arc::new(ArcSwap::from_pointee(snapshot));
+    let stop = Arc::new(AtomicBool::new(false));
+    let filter = receive_filter(&vips, &nat_sources, &laddrs, cfg.arp.vip_mac);
+    let fanout_program = crate::io::filter::fanout_program(&nat_sources, &laddrs);
     let tx_capacity = match cfg.ring.version {
         RingVersion::V3 => (cfg.ring.block_size as usize / 64).max(256),
         RingVersion::V2 => MAX_V2_BATCH,
@@ -317,7 +339,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
             cfg.flow_table.expire_quiescent_template,
         );
         forwarder.ha = Arc::clone(&ha.hooks);
-        let (requests_tx, requests) = crossbeam_channel::bounded(4);
+        forwarder.local_ports = LocalPorts::new(cfg.fullnat_ports);
+        for (addr, pool, counters) in first_pools.iter_mut().filter_map(|(a, pools)| {
+            let (pool, counters) = pools.get_mut(w)?.take()?;
+            Some((*a, pool, counters))
+        }) {
+            forwarder.local_ports.add(addr, *pool, counters);
+        }
+        // Room for a pool per worker per local address of a change, and a flow dump.
+        let (requests_tx, requests) = crossbeam_channel::bounded(64);
         worker_requests.push(requests_tx);
         forwarder.tap = trace.tap(w);
         workers.push(Worker {
@@ -364,9 +394,27 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut arp_vips = table.vips();
     arp_vips.sort();
     arp.set_vips(arp_vips, now);
+    arp.set_local_addrs(
+        table
+            .local_addrs()
+            .into_iter()
+            .filter(|a| !placer.is_local(*a))
+            .collect(),
+        now,
+    );
     arp.set_neighbors(neighbors, &neigh);
     let health = start_health(&cfg, &mut book, &ifaces, &mut placer, &neigh, plan)?;
     ha.start(&mut arp, vips.clone(), now); // only MASTER VIPs are answered
+
+    // ICMP errors from routers on a tunnel's path come to the director's own address.
+    let tunnel_icmp = Arc::new(crate::control::tunnel_icmp::Counts::default());
+    if let Err(e) = crate::control::tunnel_icmp::spawn(
+        Arc::clone(&shared),
+        Arc::clone(&tunnel_icmp),
+        signals::stop_requested,
+    ) {
+        log::warn!("tunnel path ICMP errors will not be translated: {e}");
+    }
 
     let handles: Vec<_> = workers
         .into_iter()
@@ -398,6 +446,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         templates: Arc::clone(&templates),
         ring_fds,
         ring_totals: vec![RingStats::default(); ifaces.len()],
+        local_ports,
         state: AdminState {
             table,
             timeouts: TimeoutsSecs::default(),
@@ -420,6 +469,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         ha,
         trace,
         trace_sessions: Vec::new(),
+        tunnel_icmp,
     };
     control.run();
 
@@ -482,7 +532,14 @@ fn start_health(
         CheckSpec,
         Option<(std::net::Ipv4Addr, u16)>,
     );
-    let mut checks: Vec<(CheckKey, Vec<crate::model::ServiceKey>)> = Vec::new();
+    // With each, the method of the real (a through-the-VIP probe is sent as the real's
+    // traffic is: its key names one service, so one real and one method).
+    type Check = (
+        CheckKey,
+        Option<ForwardMethod>,
+        Vec<crate::model::ServiceKey>,
+    );
+    let mut checks: Vec<Check> = Vec::new();
     let mut found: std::collections::HashMap<CheckKey, usize> = std::collections::HashMap::new();
     for svc in &cfg.health.services {
         for r in &svc.reals {
@@ -505,17 +562,26 @@ fn start_health(
                 (r.check.kind == CheckKind::ThroughVip).then_some((svc.key.vip, svc.key.port));
             let key: CheckKey = (r.addr, port, r.check.clone(), through);
             match found.get(&key) {
-                Some(&i) => checks[i].1.push(svc.key),
+                Some(&i) => {
+                    if let Some(c) = checks.get_mut(i) {
+                        c.2.push(svc.key);
+                    }
+                }
                 None => {
+                    let forward = cfg
+                        .services
+                        .service(&svc.key)
+                        .and_then(|s| s.reals.iter().find(|x| x.addr == r.addr))
+                        .map(|x| x.forward);
                     found.insert(key.clone(), checks.len());
-                    checks.push((key, vec![svc.key]));
+                    checks.push((key, forward, vec![svc.key]));
                 }
             }
         }
     }
     let (tx, rx) = crossbeam_channel::unbounded();
     let n = checks.len();
-    for ((addr, port, spec, _), services) in checks {
+    for ((addr, port, spec, _), forward, services) in checks {
         let regex = match &spec.kind {
             CheckKind::Http(h) => h
                 .regex
@@ -525,19 +591,45 @@ fn start_health(
                 .context("HTTP check regex")?,
             _ => None,
         };
-        // The through-the-VIP probe is a direct-routing frame to the real's MAC.
-        let hop = placer.next_hop(addr, ForwardMethod::Route).ok();
-        let vip_path = hop.and_then(|hop| {
-            let ifc = ifaces.get(usize::from(hop.egress))?;
-            Some(VipPath {
-                interface: ifc.name.clone(),
-                ifindex: ifc.index,
-                src_mac: ifc.mac,
-                src_ip: ifc.source_for(addr)?,
-                slot: hop.neigh,
-                neigh: Arc::clone(neigh),
-            })
-        });
+        // The through-the-VIP probe is a direct-routing frame to the real's MAC; for a
+        // tunnelling real, a tunnelled one to its next hop.
+        let vip_path = match forward {
+            Some(ForwardMethod::Tunnel(encap)) => {
+                let hop = placer.next_hop(addr, ForwardMethod::Tunnel(encap)).ok();
+                hop.and_then(|hop| {
+                    let ifc = ifaces.get(usize::from(hop.egress))?;
+                    let end = placer.tunnel_end(addr, hop).ok()?;
+                    Some(VipPath {
+                        interface: ifc.name.clone(),
+                        ifindex: ifc.index,
+                        src_mac: ifc.mac,
+                        src_ip: std::net::Ipv4Addr::from(end.source),
+                        slot: hop.neigh,
+                        neigh: Arc::clone(neigh),
+                        tunnel: Some(crate::health::vip::TunnelTo {
+                            real: addr,
+                            encap,
+                            end,
+                        }),
+                    })
+                })
+            }
+            _ => {
+                let hop = placer.next_hop(addr, ForwardMethod::Route).ok();
+                hop.and_then(|hop| {
+                    let ifc = ifaces.get(usize::from(hop.egress))?;
+                    Some(VipPath {
+                        interface: ifc.name.clone(),
+                        ifindex: ifc.index,
+                        src_mac: ifc.mac,
+                        src_ip: ifc.source_for(addr)?,
+                        slot: hop.neigh,
+                        neigh: Arc::clone(neigh),
+                        tunnel: None,
+                    })
+                })
+            }
+        };
         let runner = Runner {
             services: services.into(),
             addr,

@@ -9,6 +9,9 @@
 //! - Each real server of each TCP service: a SYN to VIP:port sent straight to the real
 //!   server's MAC must come back as a SYN-ACK (the VIP is on its loopback and something
 //!   listens); the half-open connection is reset afterwards.
+//! - Each tunnelling (LVS-TUN) real: reachable (the director's route to it leaves by a probed
+//!   interface, and its next hop answers ARP), decapsulating and answering for the VIP (a SYN
+//!   to VIP:port inside the real's tunnel, as uvs sends it, comes back as a SYN-ACK).
 //!
 //! Services come from the running daemon (admin Status) when there is one, else from
 //! `--config`/`--rules`.
@@ -27,7 +30,7 @@ use crate::ctl::proto::{Reply, Request};
 use crate::health::vip::{ProbeSource, SynReply, syn_through_vip};
 use crate::interfaces::Interface;
 use crate::io::socket::{open_probe, recv_frame, send_frame, wait_readable};
-use crate::model::Protocol;
+use crate::model::{ForwardMethod, Protocol, Tunnel};
 use crate::wire::{ETH_HDR_LEN, ETHERTYPE_ARP, MacAddr, ethernet};
 
 /// How long to wait for answers to one round of probes.
@@ -49,6 +52,16 @@ struct Target {
     vip: Ipv4Addr,
     port: u16,
     real: Ipv4Addr,
+    forward: ForwardMethod,
+}
+
+impl Target {
+    fn tunnel(&self) -> Option<Tunnel> {
+        match self.forward {
+            ForwardMethod::Tunnel(t) => Some(t),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -74,6 +87,101 @@ impl Report {
     }
 }
 
+/// The tunnelling reals: their next hop by the director's routes (as uvs places them), its
+/// MAC by ARP, then a SYN to VIP:port inside the real's tunnel, as uvs encapsulates it.
+fn check_tunnels(r: &mut Report, ifaces: &[Interface], targets: &[&Target]) -> Result<()> {
+    use crate::control::placement::Placer;
+    use crate::snapshot::Placement;
+    println!("Tunnels (LVS-TUN reals):");
+    let mut placer = Placer::new(ifaces.to_vec(), crate::model::MAX_REALS);
+    placer.routes =
+        crate::io::rtnetlink::dump_ipv4_routes().context("reading the routing table")?;
+    for t in targets {
+        let Some(encap) = t.tunnel() else { continue };
+        let hop = match placer.next_hop(t.real, t.forward) {
+            Ok(h) => h,
+            Err(e) => {
+                r.fail(format!("tunnel to {}: {e}", t.real));
+                continue;
+            }
+        };
+        let Some(ifc) = ifaces.get(usize::from(hop.egress)) else {
+            continue;
+        };
+        let end = match placer.tunnel_end(t.real, hop) {
+            Ok(e) => e,
+            Err(e) => {
+                r.fail(format!("tunnel to {}: {e}", t.real));
+                continue;
+            }
+        };
+        let source = Ipv4Addr::from(end.source);
+        let via = placer
+            .routes
+            .iter()
+            .filter(|x| crate::interfaces::same_network(x.dst, t.real, x.prefix_len))
+            .max_by_key(|x| x.prefix_len)
+            .and_then(|x| x.gateway)
+            .unwrap_or(t.real);
+        let fd = open_probe(&ifc.name, ifc.index)?;
+        let src_for_arp = ifc.source_for(via).unwrap_or(source);
+        let macs = resolve(&fd, ifc, src_for_arp, &[via])?;
+        let Some(mac) = macs.get(&via).and_then(|m| m.first()).copied() else {
+            r.fail(format!(
+                "real server {} is not reachable: its next hop {via} does not answer ARP on {}",
+                t.real, ifc.name
+            ));
+            continue;
+        };
+        let what = if via == t.real {
+            format!("on-link at {mac}")
+        } else {
+            format!("via {via} ({mac})")
+        };
+        r.ok(format!(
+            "real server {} reachable {what} on {}, tunnel source {source}, MTU {}",
+            t.real, ifc.name, end.mtu
+        ));
+        if t.proto != Protocol::Tcp {
+            r.info(format!(
+                "real server {} on UDP {}:{}: not probed (no handshake to test)",
+                t.real, t.vip, t.port
+            ));
+            continue;
+        }
+        let from = ProbeSource {
+            interface: &ifc.name,
+            ifindex: ifc.index,
+            mac: ifc.mac,
+            ip: source,
+        };
+        let to = crate::health::vip::TunnelTo {
+            real: t.real,
+            encap,
+            end,
+        };
+        let kind = encap.kind.name();
+        let reply =
+            crate::health::vip::syn_through(&from, mac, Some(&to), t.vip, t.port, PROBE_WAIT)
+                .with_context(|| format!("probing {} through its tunnel", t.real))?;
+        match reply {
+            SynReply::SynAck => r.ok(format!(
+                "real server {} decapsulates {kind} and answers on VIP {}:{} (SYN-ACK)",
+                t.real, t.vip, t.port
+            )),
+            SynReply::Rst => r.fail(format!(
+                "real server {} decapsulates {kind} and has the VIP, but nothing listens on port {} (RST)",
+                t.real, t.port
+            )),
+            SynReply::Nothing => r.fail(format!(
+                "real server {} does not answer a SYN to {}:{} inside {kind}: is its tunnel end up                  (tunl0, or uvs tun-endpoint where the kernel has no ipip), rp_filter=0, the VIP on                  its loopback, and the service listening?",
+                t.real, t.vip, t.port
+            )),
+        }
+    }
+    Ok(())
+}
+
 /// Services from the running daemon, if one answers.
 fn from_daemon(location: SocketLocation) -> Result<Option<Vec<Target>>> {
     let mut b = SocketBackend { location };
@@ -87,6 +195,7 @@ fn from_daemon(location: SocketLocation) -> Result<Option<Vec<Target>>> {
                         vip: s.key.vip,
                         port: s.key.port,
                         real: r.addr,
+                        forward: r.forward,
                     })
                 })
                 .collect(),
@@ -115,6 +224,7 @@ fn from_files(args: &DoctorArgs) -> Result<(Vec<Target>, Vec<String>)> {
                 vip: s.key.vip,
                 port: s.key.port,
                 real: r.addr,
+                forward: r.forward,
             })
         })
         .collect();
@@ -347,11 +457,11 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
         (_, Err(e)) => r.warn(format!("cannot check the kernel-copy suppression: {e}")),
     }
 
-    // The LAN, interface by interface.
+    // The LAN, interface by interface (tunnelling reals are checked through their tunnels).
     for ifc in &ifaces {
         let here: Vec<&Target> = targets
             .iter()
-            .filter(|t| ifc.source_for(t.real).is_some())
+            .filter(|t| ifc.source_for(t.real).is_some() && t.tunnel().is_none())
             .collect();
         let Some(src_ip) = here.first().and_then(|t| ifc.source_for(t.real)) else {
             continue;
@@ -446,6 +556,10 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
                 )),
             }
         }
+    }
+    let tunnelled: Vec<&Target> = targets.iter().filter(|t| t.tunnel().is_some()).collect();
+    if !tunnelled.is_empty() {
+        check_tunnels(&mut r, &ifaces, &tunnelled)?;
     }
     println!("{} problem(s), {} warning(s)", r.problems, r.warnings);
     if r.problems > 0 {

@@ -42,6 +42,12 @@
 //! checks and an operator's connections to a real are the kernel's. The reals' other traffic
 //! (other source ports) is routed by the kernel as usual.
 //!
+//! FullNAT reals answer a local address (the `laddrs` set), often the director's own: the
+//! kernel would reset every reply to a port it has no socket on. So the chains also drop what
+//! comes from a FullNAT real's service port to a local address on one of uvs's local ports;
+//! the director's own connections from that address use the kernel's ephemeral ports, outside
+//! uvs's range, and stay the kernel's.
+//!
 //! The tables are owned by uvs's netlink socket (`io::nftables`): the kernel deletes them when
 //! the process ends, however it ends. A new start removes the unowned tables a uvs from before
 //! owner tables may have left, in the same transaction that installs its own.
@@ -60,6 +66,7 @@ const SERVICES: &str = "services";
 const VIPS: &str = "vips";
 const NAT_REPLIES: &str = "nat_replies";
 const LOCALS: &str = "locals";
+const LADDRS: &str = "laddrs";
 /// Before conntrack's defragmentation (-400), so fragments are seen as they came.
 const PRIORITY: i32 = -500;
 /// Every family a uvs table has ever been created in.
@@ -266,6 +273,68 @@ fn nat_icmp_rule<'a>(
     e
 }
 
+/// `ip saddr . meta l4proto . th sport @nat_replies ip daddr @laddrs th dport LO-HI counter
+/// drop`: a FullNAT real's reply to one of uvs's local ports (`ports`: LO and HI, big-endian).
+fn fullnat_reply_rule<'a>(
+    interfaces: Option<&'a SetRef>,
+    sets: (&'a SetRef, &'a SetRef),
+    ports: &'a [[u8; 2]; 2],
+) -> Vec<Expr<'a>> {
+    let (replies, laddrs) = sets;
+    let mut e = ipv4_on(interfaces);
+    e.extend([
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: 12,
+            len: 4,
+            dreg: reg::R1,
+        },
+        Expr::Meta {
+            key: MetaKey::L4Proto,
+            dreg: reg::R32_01,
+        },
+        Expr::Payload {
+            base: PayloadBase::Transport,
+            offset: 0,
+            len: 2,
+            dreg: reg::R32_02,
+        },
+        Expr::Lookup {
+            sreg: reg::R1,
+            set: replies,
+        },
+        Expr::Payload {
+            base: PayloadBase::Network,
+            offset: 16,
+            len: 4,
+            dreg: reg::R1,
+        },
+        Expr::Lookup {
+            sreg: reg::R1,
+            set: laddrs,
+        },
+        Expr::Payload {
+            base: PayloadBase::Transport,
+            offset: 2,
+            len: 2,
+            dreg: reg::R1,
+        },
+        Expr::Cmp {
+            sreg: reg::R1,
+            op: CmpOp::Gte,
+            data: &ports[0],
+        },
+        Expr::Cmp {
+            sreg: reg::R1,
+            op: CmpOp::Lte,
+            data: &ports[1],
+        },
+        Expr::Counter,
+        Expr::Drop,
+    ]);
+    e
+}
+
 /// `ip daddr != @locals counter drop`.
 fn not_to_the_director(locals: &SetRef) -> [Expr<'_>; 4] {
     [
@@ -416,6 +485,11 @@ fn install_batch(interfaces: &[String], hook: ServiceHook, w: &Wanted) -> Batch 
     let vip_keys: Vec<Vec<u8>> = w.vips.iter().map(vip_bytes).collect();
     let reply_keys: Vec<Vec<u8>> = w.nat_replies.iter().map(service_bytes).collect();
     let local_keys: Vec<Vec<u8>> = w.locals.iter().map(vip_bytes).collect();
+    let laddr_keys: Vec<Vec<u8>> = w.laddrs.iter().map(vip_bytes).collect();
+    let fullnat_ports = [
+        w.fullnat_ports.0.to_be_bytes(),
+        w.fullnat_ports.1.to_be_bytes(),
+    ];
     let ifnames: Vec<Vec<u8>> = interfaces.iter().map(|i| ifname_bytes(i)).collect();
 
     let fam = hook.family();
@@ -493,6 +567,8 @@ fn install_batch(interfaces: &[String], hook: ServiceHook, w: &Wanted) -> Batch 
     b.add_elements(fam, TABLE, &reply_set, &reply_keys);
     let local_set = b.add_set(fam, TABLE, &addr_set(LOCALS));
     b.add_elements(fam, TABLE, &local_set, &local_keys);
+    let laddr_set = b.add_set(fam, TABLE, &addr_set(LADDRS));
+    b.add_elements(fam, TABLE, &laddr_set, &laddr_keys);
     for (chain, device) in &chains {
         let nat: [(NatRuleFn, &str); 2] = [
             (nat_reply_rule, "a reply uvs rewrites"),
@@ -509,6 +585,15 @@ fn install_batch(interfaces: &[String], hook: ServiceHook, w: &Wanted) -> Batch 
             let sets = (&reply_set, &local_set);
             b.add_rule(fam, TABLE, chain, &rule(on.as_ref(), sets), comment);
         }
+        let on = match device {
+            Some(_) => None,
+            None => match served(&mut b, fam) {
+                Some(on) => Some(on),
+                None => continue,
+            },
+        };
+        let rule = fullnat_reply_rule(on.as_ref(), (&reply_set, &laddr_set), &fullnat_ports);
+        b.add_rule(fam, TABLE, chain, &rule, "a FullNAT reply uvs rewrites");
     }
     b
 }
@@ -552,6 +637,7 @@ fn update_batch(hook: ServiceHook, old: &Wanted, new: &Wanted) -> Batch {
         service_bytes,
     );
     change(&mut b, fam, LOCALS, &old.locals, &new.locals, vip_bytes);
+    change(&mut b, fam, LADDRS, &old.laddrs, &new.laddrs, vip_bytes);
     b
 }
 
@@ -562,6 +648,9 @@ struct Wanted {
     vips: BTreeSet<Ipv4Addr>,
     nat_replies: BTreeSet<Key>,
     locals: BTreeSet<Ipv4Addr>,
+    laddrs: BTreeSet<Ipv4Addr>,
+    /// Fixed while uvs runs (installed with the rules).
+    fullnat_ports: (u16, u16),
 }
 
 /// What the director's kernel must be kept off.
@@ -573,6 +662,9 @@ pub struct Filtered<'a> {
     pub nat_replies: &'a [ServiceKey],
     /// The director's own addresses.
     pub locals: &'a [u32],
+    /// FullNAT local addresses, and the ports uvs hands out on them.
+    pub laddrs: &'a [u32],
+    pub fullnat_ports: (u16, u16),
 }
 
 fn wanted(f: &Filtered<'_>) -> Wanted {
@@ -583,6 +675,8 @@ fn wanted(f: &Filtered<'_>) -> Wanted {
         vips,
         nat_replies: f.nat_replies.iter().map(key_of).collect(),
         locals: f.locals.iter().map(|a| Ipv4Addr::from(*a)).collect(),
+        laddrs: f.laddrs.iter().map(|a| Ipv4Addr::from(*a)).collect(),
+        fullnat_ports: f.fullnat_ports,
     }
 }
 
@@ -645,6 +739,8 @@ pub struct FilterDelta<'a> {
     pub nat_replies_removed: &'a [ServiceKey],
     /// The director's own addresses (a handful; compared whole).
     pub locals: &'a [u32],
+    /// FullNAT local addresses (at most a few hundred; compared whole).
+    pub laddrs: &'a [u32],
 }
 
 /// `set` with `gone` removed and `added` inserted.
@@ -698,18 +794,25 @@ impl KernelFilter {
         let vips_new = vips.difference(&self.sets.vips).copied().collect();
         let locals_gone = self.sets.locals.difference(&locals).copied().collect();
         let locals_new = locals.difference(&self.sets.locals).copied().collect();
+        let laddrs: BTreeSet<Ipv4Addr> = delta.laddrs.iter().map(|a| Ipv4Addr::from(*a)).collect();
+        let laddrs_gone = self.sets.laddrs.difference(&laddrs).copied().collect();
+        let laddrs_new = laddrs.difference(&self.sets.laddrs).copied().collect();
         // `update_batch` sends old − new and new − old: given disjoint sets, exactly these.
         let old = Wanted {
             services: svc_gone,
             vips: vips_gone,
             nat_replies: nat_gone,
             locals: locals_gone,
+            laddrs: laddrs_gone,
+            fullnat_ports: self.sets.fullnat_ports,
         };
         let new = Wanted {
             services: svc_new,
             vips: vips_new,
             nat_replies: nat_new,
             locals: locals_new,
+            laddrs: laddrs_new,
+            fullnat_ports: self.sets.fullnat_ports,
         };
         let batch = update_batch(self.hook, &old, &new);
         if batch.is_empty() {
@@ -726,6 +829,7 @@ impl KernelFilter {
             &new.nat_replies,
         );
         patch(&mut self.sets.locals, &old.locals, &new.locals);
+        patch(&mut self.sets.laddrs, &old.laddrs, &new.laddrs);
         Ok(())
     }
 }

@@ -23,6 +23,10 @@ pub struct Figures {
     pub drops: Vec<(&'static str, u64)>,
     pub arp_ignored: Vec<(&'static str, u64)>,
     pub arp_answered: u64,
+    /// Fragmentation-needed from routers on a tunnel's path, translated to the client, and
+    /// those the rate limit held back.
+    pub tunnel_path_translated: u64,
+    pub tunnel_path_rate_limited: u64,
     pub arp_requests_sent: u64,
     pub arp_gratuitous_sent: u64,
     pub arp_replies_learned: u64,
@@ -34,6 +38,8 @@ pub struct Figures {
     pub health: crate::health::book::HealthListing,
     /// `uvs trace` / `uvs capture` records lost, by reason (never packets).
     pub trace_dropped: Vec<(&'static str, u64)>,
+    /// FullNAT local addresses: (address, ports in use, connections refused for want of one).
+    pub fullnat_laddrs: Vec<(String, u64, u64)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -72,6 +78,11 @@ pub struct WorkerFigures {
     pub flow_reuse: Vec<(&'static str, u64)>,
     pub tx_syscalls: u64,
     pub coalesce_waits: u64,
+    /// Tunnels: ICMP fragmentation-needed sent, held back by the rate limit, and GSO
+    /// super-frames cut into segments.
+    pub tunnel_frag_needed: u64,
+    pub tunnel_icmp_rate_limited: u64,
+    pub tunnel_segmented: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -115,6 +126,8 @@ pub fn render(f: &Figures) -> String {
             counter!("uvs_arp_ignored_total", "reason" => *reason).absolute(*v);
         }
         counter!("uvs_arp_requests_answered_total").absolute(f.arp_answered);
+        counter!("uvs_tunnel_path_icmp_translated_total").absolute(f.tunnel_path_translated);
+        counter!("uvs_tunnel_path_icmp_rate_limited_total").absolute(f.tunnel_path_rate_limited);
         counter!("uvs_arp_requests_sent_total").absolute(f.arp_requests_sent);
         counter!("uvs_arp_gratuitous_sent_total").absolute(f.arp_gratuitous_sent);
         counter!("uvs_arp_replies_learned_total").absolute(f.arp_replies_learned);
@@ -131,6 +144,12 @@ pub fn render(f: &Figures) -> String {
                 .absolute(w.tx_syscalls);
             counter!("uvs_worker_coalesce_waits_total", "worker" => worker.clone())
                 .absolute(w.coalesce_waits);
+            counter!("uvs_tunnel_frag_needed_total", "worker" => worker.clone())
+                .absolute(w.tunnel_frag_needed);
+            counter!("uvs_tunnel_icmp_rate_limited_total", "worker" => worker.clone())
+                .absolute(w.tunnel_icmp_rate_limited);
+            counter!("uvs_tunnel_segmented_total", "worker" => worker.clone())
+                .absolute(w.tunnel_segmented);
             gauge!("uvs_worker_busy_seconds_total", "worker" => worker.clone()).set(w.busy_seconds);
             gauge!("uvs_worker_flows", "worker" => worker.clone()).set(w.flows as f64);
             counter!("uvs_flow_evictions_total", "worker" => worker.clone()).absolute(w.evictions);
@@ -147,6 +166,11 @@ pub fn render(f: &Figures) -> String {
         }
         for (reason, v) in &f.trace_dropped {
             counter!("uvs_trace_records_dropped_total", "reason" => *reason).absolute(*v);
+        }
+        for (laddr, in_use, exhausted) in &f.fullnat_laddrs {
+            gauge!("uvs_fullnat_local_ports_in_use", "laddr" => laddr.clone()).set(*in_use as f64);
+            counter!("uvs_fullnat_port_exhausted_total", "laddr" => laddr.clone())
+                .absolute(*exhausted);
         }
         render_health(&f.health);
     });
@@ -308,6 +332,7 @@ mod tests {
                 interface: "eth0".into(),
                 ..RingFigures::default()
             }],
+            fullnat_laddrs: vec![("10.0.0.2".into(), 1, 1)],
             health: HealthListing {
                 services: vec![ServiceHealthRow {
                     key: ServiceKey::addr(Protocol::Tcp, "10.0.0.100".parse().unwrap(), 80),

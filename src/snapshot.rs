@@ -24,7 +24,9 @@ use arc_swap::ArcSwap;
 use crate::conns::Thresholds;
 use crate::flow::tcp_state::Timeouts;
 use crate::model::change::Touched;
-use crate::model::{ForwardMethod, Protocol, RealId, ServiceKey, ServiceTable, VirtualService};
+use crate::model::{
+    ForwardMethod, Protocol, ProxyVersion, RealId, ServiceKey, ServiceTable, Tunnel, VirtualService,
+};
 use crate::sched::{Dest, Scheduler};
 pub use compile::{Compiler, Delta, Planned};
 use paged::Paged;
@@ -54,14 +56,31 @@ pub enum Xmit {
     /// Masquerading (`-m`): the destination becomes the real's address and `port`; replies
     /// come back through the director and are rewritten to come from the VIP.
     Masq { port: u16 },
+    /// Tunnelling (`-i`): the packet, unchanged but for its TTL, inside an outer IP header
+    /// from the director's `end.source` to the real, encapsulated as `encap` says.
+    Tunnel { encap: Tunnel, end: TunnelEnd },
+    /// FullNAT: source and destination rewritten, `CIP:cport → VIP:vport` becoming
+    /// `LIP:lport → RIP:port`; the reply to `LIP:lport` is rewritten back. `source` is the
+    /// local address used when the service has none of its own: the director's address
+    /// towards the real.
+    FullNat { port: u16, source: u32 },
 }
 
 impl Xmit {
     /// Replies pass the director (they are rewritten back): the TCP state follows IPVS's
     /// INPUT/OUTPUT rows, not INPUT_ONLY.
     pub fn sees_replies(self) -> bool {
-        matches!(self, Xmit::Masq { .. })
+        matches!(self, Xmit::Masq { .. } | Xmit::FullNat { .. })
     }
+}
+
+/// The director's end of a tunnel to a real: the outer source address (the address the
+/// director's kernel would send from towards the real: the route's preferred source, else the
+/// egress interface's address) and the MTU of the link the outer packets leave by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelEnd {
+    pub source: u32,
+    pub mtu: u16,
 }
 
 /// How a destination is reached from the director: the egress interface, and the neighbour
@@ -149,6 +168,11 @@ pub struct ServiceEntry {
     pub reals: Vec<Dest>,
     /// How each real is reached, at the same position as in `reals`.
     pub paths: Vec<RealPath>,
+    /// FullNAT local addresses of the service, in configuration order (empty: each real's
+    /// `Xmit::FullNat::source`).
+    pub laddrs: Vec<u32>,
+    /// The PROXY protocol header FullNAT reals get.
+    pub proxy: ProxyVersion,
 }
 
 impl ServiceEntry {
@@ -174,6 +198,17 @@ pub trait Placement {
     fn local_addrs(&self) -> Vec<u32> {
         Vec::new()
     }
+    /// The director's end of a tunnel to `addr`, reached through `hop`.
+    fn tunnel_end(&mut self, addr: Ipv4Addr, hop: NextHop) -> Result<TunnelEnd, PlaceError> {
+        let _ = hop;
+        Err(PlaceError::NoTunnelSource(addr))
+    }
+    /// The director's address on served interface `egress` (the source of the ICMP errors
+    /// uvs sends out of it): 0 for an interface without one, `None` past the last.
+    fn interface_addr(&self, egress: u16) -> Option<u32> {
+        let _ = egress;
+        None
+    }
 }
 
 /// Why a real server has no next hop.
@@ -189,12 +224,20 @@ pub enum PlaceError {
         "real server {0} is not reachable through a served interface (no route to it leaves by one)"
     )]
     NotRoutable(Ipv4Addr),
+    #[error(
+        "no source address for a tunnel to real server {0}: the interface its route leaves by has no IPv4 address"
+    )]
+    NoTunnelSource(Ipv4Addr),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error(transparent)]
     Place(#[from] PlaceError),
+    #[error(
+        "FullNAT real server {0} of service {1}: the director's address towards it, {2}, is a VIP, so replies to it would be taken for requests; give the service a local address of its own (uvsadm --add-laddr -z LIP -t|-u VIP:PORT)"
+    )]
+    SourceIsVip(Ipv4Addr, ServiceKey, Ipv4Addr),
 }
 
 impl ServiceEntry {
@@ -217,13 +260,21 @@ impl ServiceEntry {
                     lower: r.lower_threshold,
                 },
             });
-            paths.push(RealPath {
-                xmit: match r.forward {
-                    ForwardMethod::Route => Xmit::Route,
-                    ForwardMethod::Masq => Xmit::Masq { port: r.port },
+            let xmit = match r.forward {
+                ForwardMethod::Route => Xmit::Route,
+                ForwardMethod::Masq => Xmit::Masq { port: r.port },
+                ForwardMethod::Tunnel(encap) => Xmit::Tunnel {
+                    encap,
+                    end: placement.tunnel_end(r.addr, hop)?,
                 },
-                hop,
-            });
+                // Whether the source is a VIP depends on every other service: the compiler
+                // checks it (`Compiler::check_sources`).
+                ForwardMethod::FullNat => Xmit::FullNat {
+                    port: r.port,
+                    source: placement.tunnel_end(r.addr, hop)?.source,
+                },
+            };
+            paths.push(RealPath { xmit, hop });
         }
         let scheduler = Scheduler::build(svc.scheduler, &reals, svc.sched_flags, svc.key.port);
         let persistence = svc.persistence_timeout.map(|t| Persistence {
@@ -244,16 +295,49 @@ impl ServiceEntry {
             ops: svc.ops && (svc.key.proto == Protocol::Udp || svc.key.is_fwmark()),
             reals,
             paths,
+            laddrs: svc.local_addrs.iter().map(|l| u32::from(l.addr)).collect(),
+            proxy: svc.proxy_protocol,
         })
     }
 
-    /// The (protocol, real address, port) keys its masquerading reals answer from, given the
+    /// The FullNAT reals that take the director's address towards them as local address
+    /// (the service has none of its own): (real, that address).
+    fn default_sources(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let own = !self.laddrs.is_empty();
+        self.reals
+            .iter()
+            .zip(&self.paths)
+            .filter_map(move |(d, p)| match p.xmit {
+                Xmit::FullNat { source, .. } if !own => Some((d.addr, source)),
+                _ => None,
+            })
+    }
+
+    /// Every FullNAT local address its flows may take, sorted: its own, else its FullNAT
+    /// reals' default sources.
+    fn laddrs_in_use(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.laddrs.clone();
+        v.extend(self.default_sources().map(|(_, source)| source));
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The default sources alone, sorted (those must not be VIPs).
+    fn sources_in_use(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.default_sources().map(|(_, source)| source).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The (protocol, real address, port) keys its masquerading and FullNAT reals answer from, given the
     /// (protocol, VIP, port) keys that reach this service: a real's own port, or (a fwmark
     /// service's real with port 0, which keeps the packet's port) every port that reaches it.
     fn nat_replies(&self, reaching: &[ServiceKey]) -> Vec<ServiceKey> {
         let mut out = Vec::new();
         for (d, p) in self.reals.iter().zip(&self.paths) {
-            let Xmit::Masq { port } = p.xmit else {
+            let (Xmit::Masq { port } | Xmit::FullNat { port, .. }) = p.xmit else {
                 continue;
             };
             let addr = Ipv4Addr::from(d.addr);
@@ -305,12 +389,18 @@ pub struct Snapshot {
     pub routes: Routes,
     /// The director's own addresses.
     local_addrs: Arc<[u32]>,
+    /// The director's address on each served interface, by egress index (0 = none).
+    interface_addrs: Arc<[u32]>,
     /// VIPs with at least one forwarded key, sorted.
     vips: Arc<[Ipv4Addr]>,
-    /// (address, port) of every masquerading real: where the replies uvs rewrites come from.
+    /// (address, port) of every masquerading and FullNAT real: where the replies uvs
+    /// rewrites come from.
     nat_sources: Arc<[(u32, u16)]>,
     /// The same as (protocol, address, port) keys, for the kernel filter.
     nat_replies: Arc<[ServiceKey]>,
+    /// Every FullNAT local address in use (sorted): the services' own and the reals' default
+    /// sources.
+    laddrs: Arc<[u32]>,
 }
 
 /// One slot of the service index; `svc` = service slot + 1 (0 = empty).
@@ -346,9 +436,11 @@ impl Snapshot {
             real_by_id: Paged::new(0),
             routes: Routes::default(),
             local_addrs: Arc::from(Vec::new()),
+            interface_addrs: Arc::from(Vec::new()),
             vips: Arc::from(Vec::new()),
             nat_sources: Arc::from(Vec::new()),
             nat_replies: Arc::from(Vec::new()),
+            laddrs: Arc::from(Vec::new()),
         }
     }
 
@@ -462,6 +554,27 @@ impl Snapshot {
     /// The director's own addresses, sorted.
     pub fn local_addrs(&self) -> &[u32] {
         &self.local_addrs
+    }
+
+    /// FullNAT local addresses (sorted): what frames to them carry are replies of FullNAT
+    /// connections, found by their local port.
+    pub fn laddrs(&self) -> &[u32] {
+        &self.laddrs
+    }
+
+    /// Whether `addr` is a FullNAT local address.
+    #[inline]
+    pub fn is_laddr(&self, addr: u32) -> bool {
+        !self.laddrs.is_empty() && self.laddrs.binary_search(&addr).is_ok()
+    }
+
+    /// The director's address on served interface `egress`, if it has one.
+    #[inline]
+    pub fn interface_addr(&self, egress: u16) -> Option<u32> {
+        self.interface_addrs
+            .get(usize::from(egress))
+            .copied()
+            .filter(|&a| a != 0)
     }
 
     pub fn has_protocol(&self, p: Protocol) -> bool {

@@ -9,7 +9,8 @@ use uvs::ctl::backend::{Backend, BackendError, MemoryBackend};
 use uvs::ctl::ipvsadm::names::Names;
 use uvs::ctl::ipvsadm::run_with_names;
 use uvs::ctl::proto::{
-    ConnEntry, RealStatus, Reply, Request, ServiceStatus, Stats, Status, TimeoutsSecs,
+    ConnEntry, LocalAddrStatus, RealStatus, Reply, Request, ServiceStatus, Stats, Status,
+    TimeoutsSecs,
 };
 use uvs::model::change::AdminState;
 use uvs::model::{ForwardMethod, Protocol, SchedulerKind, ServiceKey};
@@ -107,12 +108,16 @@ fn seed_tutorial_sequence_is_byte_exact() {
     assert_eq!(ok(&mut b, "-Z"), "");
     assert_eq!(ok(&mut b, "-Z -t 10.0.0.200:80"), "");
 
-    // Masquerading: refused clearly, exit 2 (ipvsadm's status for an option it cannot honour).
-    let o = uvsadm_in(&mut b, "-a -t 10.0.0.200:80 -r 10.0.0.9:80 -m", "");
+    // A tunnel without its mandatory option: refused as ipvsadm refuses it, exit 2.
+    let o = uvsadm_in(
+        &mut b,
+        "-a -t 10.0.0.200:80 -r 10.0.0.9:80 -i --tun-type gue",
+        "",
+    );
     assert_eq!(o.code, 2);
     assert_eq!(
         o.stderr,
-        "forwarding method tunnel/masquerading is not supported yet (only -g, direct routing)\n"
+        "You need to supply the 'tun-port' option for the 'gue' tunnel type\n"
     );
     assert_eq!(ok(&mut b, "-Ln"), ln, "a refused command changes nothing");
 
@@ -363,6 +368,21 @@ impl Backend for Fixed {
                         real(103, 760, 99_999_999, 123_000_000_000),
                         real(102, 760, 100_000_000, 1_234_000_000),
                     ],
+                    proxy_protocol: Default::default(),
+                    local_addrs: vec![
+                        LocalAddrStatus {
+                            addr: Ipv4Addr::new(192, 168, 79, 200),
+                            interface: Some("eth0".into()),
+                            conns: 1_234_567,
+                            conflicts: 42,
+                        },
+                        LocalAddrStatus {
+                            addr: Ipv4Addr::new(192, 168, 79, 201),
+                            interface: None,
+                            conns: 28_231,
+                            conflicts: 0,
+                        },
+                    ],
                 }],
             }),
             _ => Reply::Done,
@@ -377,6 +397,7 @@ fn connections_and_large_numbers_are_byte_exact() {
         ok(&mut Fixed, "-Ln --stats"),
         golden("traffic_Ln_stats.txt")
     );
+    assert_eq!(ok(&mut Fixed, "--get-laddr"), golden("traffic_G.txt"));
 }
 
 #[test]
@@ -406,7 +427,18 @@ fn broken_pipe_is_not_an_error() {
 // ---------------------------------------------------------------------------------------------
 // Properties.
 
-type GenService = (bool, [u8; 4], u16, bool, Option<u32>, Vec<([u8; 4], u32)>);
+/// (UDP, VIP, port, wrr, persistence, reals (address, weight, FullNAT), PROXY protocol
+/// version 0..=2, FullNAT local addresses (address, with an interface)).
+type GenService = (
+    bool,
+    [u8; 4],
+    u16,
+    bool,
+    Option<u32>,
+    Vec<([u8; 4], u32, bool)>,
+    u8,
+    Vec<([u8; 4], bool)>,
+);
 
 fn table() -> impl Strategy<Value = Vec<GenService>> {
     proptest::collection::vec(
@@ -416,7 +448,9 @@ fn table() -> impl Strategy<Value = Vec<GenService>> {
             1u16..,
             any::<bool>(),
             proptest::option::of(1u32..=86_400 * 31),
-            proptest::collection::vec((any::<[u8; 4]>(), 0u32..=65535), 0..5),
+            proptest::collection::vec((any::<[u8; 4]>(), 0u32..=65535, any::<bool>()), 0..5),
+            0u8..=2,
+            proptest::collection::vec((any::<[u8; 4]>(), any::<bool>()), 0..3),
         ),
         0..6,
     )
@@ -427,14 +461,21 @@ proptest! {
     fn save_then_restore_is_the_identity(services in table()) {
         let mut b = MemoryBackend::default();
         let mut input = String::new();
-        for (udp, vip, port, wrr, persist, reals) in &services {
+        for (udp, vip, port, wrr, persist, reals, proxy, laddrs) in &services {
             let opt = if *udp { "-u" } else { "-t" };
             let vip = Ipv4Addr::from(*vip);
             let sched = if *wrr { "wrr" } else { "rr" };
             let p = persist.map(|t| format!(" -p {t}")).unwrap_or_default();
-            input.push_str(&format!("-A {opt} {vip}:{port} -s {sched}{p}\n"));
-            for (addr, w) in reals {
-                input.push_str(&format!("-a {opt} {vip}:{port} -r {} -w {w}\n", Ipv4Addr::from(*addr)));
+            let pp = [" --proxy-protocol disable", " --proxy-protocol v1", " --proxy-protocol v2"];
+            let pp = pp[usize::from(*proxy)];
+            input.push_str(&format!("-A {opt} {vip}:{port} -s {sched}{p}{pp}\n"));
+            for (addr, w, fnat) in reals {
+                let method = if *fnat { " --fullnat" } else { "" };
+                input.push_str(&format!("-a {opt} {vip}:{port} -r {} -w {w}{method}\n", Ipv4Addr::from(*addr)));
+            }
+            for (addr, named) in laddrs {
+                let f = if *named { " -F eth1" } else { "" };
+                input.push_str(&format!("-P {opt} {vip}:{port} -z {}{f}\n", Ipv4Addr::from(*addr)));
             }
         }
         // Duplicates are refused as a whole; only a table that loads is saved.
@@ -498,7 +539,10 @@ type Canonical = Vec<(
     String,
     Option<u32>,
     Ipv4Addr,
-    Vec<(Ipv4Addr, u16, u32)>,
+    Vec<(Ipv4Addr, u16, u32, String)>,
+    String,
+    // Local addresses keep their order: the director uses them in it.
+    Vec<(Ipv4Addr, Option<String>)>,
 )>;
 
 fn canonical(s: &AdminState) -> Canonical {
@@ -507,8 +551,11 @@ fn canonical(s: &AdminState) -> Canonical {
         .services()
         .iter()
         .map(|x| {
-            let mut r: Vec<(Ipv4Addr, u16, u32)> =
-                x.reals.iter().map(|r| (r.addr, r.port, r.weight)).collect();
+            let mut r: Vec<(Ipv4Addr, u16, u32, String)> = x
+                .reals
+                .iter()
+                .map(|r| (r.addr, r.port, r.weight, format!("{:?}", r.forward)))
+                .collect();
             r.sort();
             (
                 x.key,
@@ -516,6 +563,11 @@ fn canonical(s: &AdminState) -> Canonical {
                 x.persistence_timeout,
                 x.persistence_netmask,
                 r,
+                x.proxy_protocol.name().to_string(),
+                x.local_addrs
+                    .iter()
+                    .map(|l| (l.addr, l.interface.clone()))
+                    .collect(),
             )
         })
         .collect();
@@ -570,6 +622,17 @@ fn word() -> impl Strategy<Value = String> {
             "--timeout",
             "--daemon",
             "--tun-info",
+            "--fullnat",
+            "--add-laddr",
+            "-P",
+            "-Q",
+            "-G",
+            "-z",
+            "-F",
+            "eth0",
+            "--proxy-protocol",
+            "v2",
+            "v1-insecure",
             "--start-daemon",
             "--mcast-group",
             "-Ln",
@@ -752,4 +815,241 @@ fn mark_rule_refusals() {
         (o.code, o.stderr.as_str()),
         (2, "invalid fwmark value `0' specified\n")
     );
+}
+
+/// The seeds' TUN lab (its public VIP moved to a documentation range), with a GUE and a GRE
+/// real beside the IPIP one.
+const TUN: [&str; 4] = [
+    "-A -t 203.0.113.2:80 -s rr",
+    "-a -t 203.0.113.2:80 -r 10.0.0.2 -i",
+    "-a -t 203.0.113.2:80 -r 10.0.0.6 -i --tun-type gue --tun-port 6080 --tun-csum",
+    "-a -t 203.0.113.2:80 -r 10.0.0.10:8080 --ipip --tun-type gre --tun-csum",
+];
+
+#[test]
+fn tunnelling_reals_list_save_and_restore_like_ipvsadm() {
+    let mut b = MemoryBackend::default();
+    for cmd in TUN {
+        assert_eq!(ok(&mut b, cmd), "", "{cmd}");
+    }
+    assert_eq!(ok(&mut b, "-Ln"), golden("tun_Ln.txt"));
+    assert_eq!(ok(&mut b, "-Ln --tun-info"), golden("tun_Ln_tun_info.txt"));
+    let saved = ok(&mut b, "-S -n");
+    assert_eq!(
+        saved,
+        golden("tun_S_n.txt"),
+        "the real's port is the service's"
+    );
+    let mut c = MemoryBackend::default();
+    let o = uvsadm_in(&mut c, "-R", &saved);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(ok(&mut c, "-S -n"), saved);
+    // -e changes the encapsulation; a DR or NAT real shows n/a as its tunnel info.
+    ok(
+        &mut b,
+        "-e -t 203.0.113.2:80 -r 10.0.0.6 -i --tun-type gue --tun-port 7000",
+    );
+    ok(&mut b, "-a -t 203.0.113.2:80 -r 10.0.0.20 -g");
+    let info = ok(&mut b, "-Ln --tun-info");
+    assert!(
+        info.contains("  -> 10.0.0.6:80                  Tunnel  gue:7000:-c   1"),
+        "{info}"
+    );
+    assert!(
+        info.contains("  -> 10.0.0.20:80                 Route   n/a           1"),
+        "{info}"
+    );
+}
+
+/// The FullNAT lab as a DPVS user configures it: a PROXY v2 web service on two unmodified
+/// reals behind a router, two local addresses (DPVS's tutorial lines, `-b` included), a UDP
+/// service with a local address given without `-F` (Alibaba's LVS syntax), a DR service.
+const FULLNAT: [&str; 10] = [
+    "-A -t 192.168.70.100:80 -s rr --proxy-protocol v2",
+    "-a -t 192.168.70.100:80 -r 10.10.0.11:8080 --fullnat",
+    "-a -t 192.168.70.100:80 -r 10.10.0.12:8080 -b -w 2",
+    "--add-laddr -z 192.168.70.200 -t 192.168.70.100:80 -F eth0",
+    "-P -t 192.168.70.100:80 -z 192.168.70.201 -F eth0",
+    "-A -u 192.168.70.100:53 -s wrr",
+    "-a -u 192.168.70.100:53 -r 10.10.0.11 --fullnat",
+    "-P -u 192.168.70.100:53 -z 192.168.70.202",
+    "-A -t 192.168.70.100:22 -s wlc",
+    "-a -t 192.168.70.100:22 -r 192.168.70.11 -g",
+];
+
+fn fullnat() -> MemoryBackend {
+    let mut b = MemoryBackend::default();
+    for cmd in FULLNAT {
+        assert_eq!(ok(&mut b, cmd), "", "{cmd}");
+    }
+    b
+}
+
+#[test]
+fn fullnat_lists_saves_and_restores_as_dpvs_prints_it() {
+    let mut b = fullnat();
+    let ln = ok(&mut b, "-Ln");
+    assert_eq!(ln, golden("fullnat_Ln.txt"));
+    assert!(
+        ok(&mut b, "-Ln --tun-info")
+            .contains("  -> 10.10.0.11:8080              FullNat n/a           1      0")
+    );
+    assert_eq!(
+        ok(&mut b, "-L -n -t 192.168.70.100:80").lines().nth(2),
+        Some("TCP  192.168.70.100:80 rr ppv2")
+    );
+    let laddrs = ok(&mut b, "--get-laddr");
+    assert_eq!(laddrs, golden("fullnat_G.txt"));
+    assert_eq!(ok(&mut b, "-G"), laddrs);
+    // One service: the title, then its block.
+    let title = laddrs.lines().next().unwrap();
+    assert_eq!(
+        ok(&mut b, "-G -u 192.168.70.100:53"),
+        format!(
+            "{title}\n{:<20} {:<8} \n{:<20} {:<8} {:<20} {:<10} {:<10}\n",
+            "192.168.70.100:53", 1, "", "", "192.168.70.202", 0, 0
+        )
+    );
+
+    // ipvsadm -S -n > f; ipvsadm -C; ipvsadm -R < f: the same table, local addresses and
+    // PROXY protocol included.
+    let saved = ok(&mut b, "-S -n");
+    assert_eq!(saved, golden("fullnat_S_n.txt"));
+    assert_eq!(ok(&mut b, "-C"), "");
+    assert_eq!(ok(&mut b, "-G"), "", "no service, no title (DPVS)");
+    let o = uvsadm_in(&mut b, "-R", &saved);
+    assert_eq!((o.code, o.stderr.as_str()), (0, ""));
+    assert_eq!(ok(&mut b, "-Ln"), ln);
+    assert_eq!(ok(&mut b, "-G"), laddrs);
+    assert_eq!(ok(&mut b, "-S -n"), saved);
+
+    // Without -n the service carries its names, and -R resolves them back.
+    let names = Names::from_text(
+        "http 80/tcp www\ndomain 53/udp\n",
+        "192.168.70.100 vip.lab\n",
+    );
+    let named = uvsadm_as(&mut b, "ipvsadm-save", "", "", &names);
+    assert!(
+        named
+            .stdout
+            .contains("--add-laddr -t vip.lab:http -z 192.168.70.200 -F eth0\n"),
+        "{}",
+        named.stdout
+    );
+    let mut c = MemoryBackend::default();
+    let o = uvsadm_as(&mut c, "ipvsadm-restore", "", &named.stdout, &names);
+    assert_eq!((o.code, o.stderr.as_str()), (0, ""));
+    assert_eq!(ok(&mut c, "-S -n"), saved);
+
+    // DPVS's own `ipvsadm -S` output (`-b` for FullNAT) restores too.
+    let mut d = MemoryBackend::default();
+    let dpvs =
+        "-A -t 192.168.70.100:80 -s rr\n-a -t 192.168.70.100:80 -r 10.10.0.11:8080 -b -w 1\n";
+    let o = uvsadm_in(&mut d, "-R", dpvs);
+    assert_eq!((o.code, o.stderr.as_str()), (0, ""));
+    assert!(ok(&mut d, "-Ln").contains("  -> 10.10.0.11:8080              FullNat 1 "));
+}
+
+#[test]
+fn fullnat_edits_and_refusals() {
+    let mut b = fullnat();
+    let before = ok(&mut b, "-S -n");
+    // Refusals as DPVS's libipvs words them, exit 255 like a refused kernel call; nothing
+    // changes.
+    for (args, code, message) in [
+        (
+            "--add-laddr -t 192.168.70.100:80 -z 192.168.70.200 -F eth0",
+            255,
+            "Local address already exists",
+        ),
+        (
+            "--del-laddr -t 192.168.70.100:80 -z 192.168.70.209",
+            255,
+            "No such Local address",
+        ),
+        (
+            "--add-laddr -t 192.168.70.100:81 -z 192.168.70.209",
+            255,
+            "Service not defined",
+        ),
+        (
+            "-P -t 192.168.70.100:80 -z 192.168.70.100",
+            255,
+            "local address 192.168.70.100 is a VIP: replies to it would be taken for requests",
+        ),
+        (
+            "-P -t 192.168.70.100:80",
+            2,
+            "You need to supply the 'local-address' option for the 'add-laddr' command",
+        ),
+        (
+            "-P -t 192.168.70.100:80 -z 224.0.0.18",
+            2,
+            "illegal local address 224.0.0.18: a local address is a unicast address (not 0.0.0.0, 255.255.255.255, multicast or loopback)",
+        ),
+        (
+            "-E -u 192.168.70.100:53 -s wrr --proxy-protocol v1",
+            2,
+            "the PROXY protocol v1 has no UDP: use v2 for a UDP service",
+        ),
+        (
+            "-E -t 192.168.70.100:80 -s rr --proxy-protocol v1-insecure",
+            2,
+            "proxy protocol `v1-insecure' is not supported: uvs never passes on a PROXY header a client sent; use v1",
+        ),
+        ("-G -t 192.168.70.100:81", 1, "Service not defined"),
+        (
+            "-G -n",
+            2,
+            "Illegal 'numeric' option with the 'get-laddr' command",
+        ),
+    ] {
+        let o = uvsadm_in(&mut b, args, "");
+        assert_eq!(
+            (o.code, o.stderr.as_str()),
+            (code, format!("{message}\n").as_str()),
+            "{args}"
+        );
+        assert_eq!(ok(&mut b, "-S -n"), before, "{args} changed the table");
+    }
+    // -R names the line of a refused local address and applies nothing.
+    let o = uvsadm_in(
+        &mut b,
+        "-R",
+        "-A -t 192.168.70.100:443 -s rr\n-P -t 192.168.70.100:443 -z 192.168.70.200\n-P -t 192.168.70.100:443 -z 192.168.70.200\n",
+    );
+    assert_eq!(
+        (o.code, o.stderr.as_str()),
+        (255, "line 3: Local address already exists\n")
+    );
+    assert_eq!(ok(&mut b, "-S -n"), before);
+
+    // -E replaces the service's settings, as ipvsadm's -E does and DPVS's does for the PROXY
+    // protocol: without --proxy-protocol it is disabled.
+    assert_eq!(ok(&mut b, "-E -t 192.168.70.100:80 -s rr"), "");
+    assert!(ok(&mut b, "-Ln").contains("TCP  192.168.70.100:80 rr\n"));
+    assert_eq!(
+        ok(&mut b, "-E -t 192.168.70.100:80 -s rr --proxy-protocol V1"),
+        ""
+    );
+    assert!(ok(&mut b, "-S -n").contains("-A -t 192.168.70.100:80 -s rr --proxy-protocol v1\n"));
+    // -e changes the method both ways; a deleted local address leaves the listing.
+    assert_eq!(
+        ok(&mut b, "-e -t 192.168.70.100:80 -r 10.10.0.12:8080 -m -w 2"),
+        ""
+    );
+    assert!(ok(&mut b, "-Ln").contains("  -> 10.10.0.12:8080              Masq    2 "));
+    assert_eq!(
+        ok(
+            &mut b,
+            "--del-laddr -t 192.168.70.100:80 -z 192.168.70.200 -F eth0"
+        ),
+        ""
+    );
+    let g = ok(&mut b, "-G -t 192.168.70.100:80");
+    assert!(g.contains("192.168.70.100:80    1        \n"), "{g}");
+    assert!(!g.contains("192.168.70.200"), "{g}");
+    // Deleting the service takes its local addresses with it.
+    assert_eq!(ok(&mut b, "-D -t 192.168.70.100:80"), "");
+    assert!(!ok(&mut b, "-S -n").contains("192.168.70.201"));
 }

@@ -40,6 +40,32 @@ fn main() {
         input.extend_from_slice(f);
         write("arp", name, &input);
     }
+    // tunnel_endpoint: IPIP, GRE and GUE frames around a client's SYN, as a real receives them.
+    let mut syn = Vec::new();
+    etherparse::PacketBuilder::ipv4([198, 51, 100, 10], [203, 0, 113, 2], 62)
+        .tcp(40000, 80, 1, 65535)
+        .syn()
+        .write(&mut syn, &[])
+        .unwrap();
+    let mut gre = vec![0, 0, 8, 0];
+    gre.extend_from_slice(&syn);
+    let mut gue = vec![0, 4, 0, 0];
+    gue.extend_from_slice(&syn);
+    for (name, proto, payload) in [("ipip", 4u8, syn.clone()), ("gre", 47, gre)] {
+        let mut b = vnet.to_vec();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 1, 2], [2, 0, 0, 0, 0x11, 0])
+            .ipv4([203, 0, 113, 10], [10, 0, 0, 2], 61)
+            .write(&mut b, etherparse::IpNumber(proto), &payload)
+            .unwrap();
+        write("tunnel_endpoint", name, &b);
+    }
+    let mut b = vnet.to_vec();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 1, 2], [2, 0, 0, 0, 0x11, 0])
+        .ipv4([203, 0, 113, 10], [10, 0, 0, 2], 61)
+        .udp(40001, 6080)
+        .write(&mut b, &gue)
+        .unwrap();
+    write("tunnel_endpoint", "gue", &b);
     // Configs and rules from the repository.
     for entry in fs::read_dir("../configs").into_iter().flatten().flatten() {
         let p = entry.path();

@@ -7,9 +7,9 @@ use etherparse::PacketBuilder;
 use uvs::conns::ConnCounts;
 use uvs::datapath::counters::WorkerCounters;
 use uvs::datapath::process::Forwarder;
+use uvs::model::ForwardMethod;
 use uvs::model::{Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec, ServiceTable};
 use uvs::neigh::cache::NeighTable;
-use uvs::model::ForwardMethod;
 use uvs::snapshot::{NextHop, PlaceError, Placement, Snapshot};
 use uvs::wire::MacAddr;
 
@@ -60,7 +60,8 @@ pub fn frame_rig(sched: SchedulerKind, sloppy: bool) -> FrameRig {
             sloppy,
             vec![MacAddr(DIR_MAC)],
             Arc::new(ConnCounts::new()),
-        ).expect("flow table"),
+        )
+        .expect("flow table"),
         snap,
         neigh,
         counters: WorkerCounters::new(),

@@ -132,6 +132,21 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         admin_socket: Option<PathBuf>,
     },
+    /// The real server's end of LVS-TUN on a kernel without ipip/fou/ip_gre: a stand-in for
+    /// tunl0 (IPIP), `ip fou add port N gue` (GUE) and gre0 (GRE). Receives the tunnel's
+    /// frames on INTERFACE, decapsulates them and hands the inner packets to the local stack
+    /// through the TUN device DEVICE. Runs until stopped.
+    TunEndpoint {
+        /// The interface the tunnelled frames arrive on.
+        #[arg(long, value_name = "IF")]
+        interface: String,
+        /// The TUN device to create.
+        #[arg(long, value_name = "NAME", default_value = "tunl0")]
+        device: String,
+        /// Also take GUE on this UDP port.
+        #[arg(long, value_name = "PORT")]
+        gue_port: Option<u16>,
+    },
     /// Built-in HTTP responder used by labs when nginx is missing.
     #[command(hide = true)]
     LabHttp {
@@ -509,6 +524,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             rules,
             admin_socket,
+        }),
+        Command::TunEndpoint {
+            interface,
+            device,
+            gue_port,
+        } => uvs::lab::tunl0::run(&uvs::lab::tunl0::EndpointOptions {
+            interface,
+            device,
+            gue_port,
         }),
         Command::LabHttp { name, port } => uvs::lab::responder::serve_http(&name, port),
         Command::LabUdpEcho { name, port } => uvs::lab::responder::serve_udp(&name, port),

@@ -7,12 +7,22 @@
 //! known number of arguments, so one-line blocks (`url { path /  status_code 200 }`) work.
 //!
 //! - `virtual_server IP PORT { … }`: `delay_loop`, `lb_algo`/`lvs_sched`, `lb_kind`/`lvs_method`
-//!   (`DR` or `NAT`, keepalived's default; also per `real_server` as keepalived 2.x allows;
-//!   `TUN` is refused), `persistence_timeout [N]` (no value = 360 s), `persistence_granularity`,
+//!   (`DR`, `NAT` (keepalived's default), `TUN` with keepalived 2.x's `type …` words, DPVS's
+//!   `FNAT`; also per `real_server` as keepalived 2.x allows), `persistence_timeout [N]` (no
+//!   value = 360 s), `persistence_granularity`,
 //!   `protocol TCP|UDP`, `quorum`, `hysteresis`, `quorum_up`, `quorum_down`, `sorry_server IP
 //!   PORT` (reached as `sorry_server_lvs_method` says, by default as `lb_kind`),
 //!   `inhibit_on_failure` (for every real), `alpha`, checker defaults (`retry`,
 //!   `delay_before_retry`, `connect_timeout`, `warmup`), `real_server IP PORT { … }`.
+//! - DPVS's dialect (its keepalived's `check_parser.c`): `lb_kind FNAT`, `laddr_group_name
+//!   NAME` (the service's FullNAT local addresses: a `local_address_group` of the file, which
+//!   may come before or after; an unknown name is an error naming it), `proxy_protocol
+//!   disable|v1|v2` (DPVS's `v1-insecure`/`v2-insecure` are refused), `syn_proxy` (a warning:
+//!   uvs has no SYN proxy). At the root, `local_address_group NAME { LIP [IFNAME] … }`: an
+//!   address, or a range of the last byte (`192.168.100.200-210`), each optionally followed by
+//!   its interface (DPVS writes `192.168.100.200 dpdk0`; Alibaba's LVS writes none); the
+//!   interface is recorded as `uvsadm -F` records it (uvs answers ARP for a local address on
+//!   every interface it serves). A group may serve several virtual servers.
 //! - `real_server`: `weight` (1), `inhibit_on_failure`, `uthreshold`, `lthreshold`, `notify_up`,
 //!   `notify_down`, one checker: `TCP_CHECK`, `HTTP_GET`, `MISC_CHECK`.
 //! - Checkers: `connect_ip`, `connect_port`, `connect_timeout` (5), `retry` (1; MISC 0;
@@ -50,7 +60,8 @@ use crate::health::{
     CheckKind, CheckSpec, HealthConfig, HttpCheck, RealHealth, ServiceHealth, parse_status,
 };
 use crate::model::{
-    ForwardMethod, Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec, ServiceTable,
+    ForwardMethod, LocalAddr, Protocol, ProxyVersion, RealSpec, SchedulerKind, ServiceKey,
+    ServiceSpec, ServiceTable, Tunnel, TunnelCsum, TunnelKind,
 };
 
 #[derive(Clone, Debug)]
@@ -226,8 +237,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
         table: ServiceTable::new(),
         health: HealthConfig::default(),
         ha: HaRaw::default(),
+        laddr_groups: Vec::new(),
+        laddr_uses: Vec::new(),
     };
     p.top()?;
+    p.finish_laddrs()?;
     let (vrrp, sync) = p.finish_ha()?;
     Ok(Parsed {
         table: p.table,
@@ -278,6 +292,17 @@ struct Parser {
     table: ServiceTable,
     health: HealthConfig,
     ha: HaRaw,
+    /// `local_address_group` blocks.
+    laddr_groups: Vec<LaddrGroup>,
+    /// `laddr_group_name` of each virtual server, resolved once the whole file is read.
+    laddr_uses: Vec<(ServiceKey, Tok)>,
+}
+
+/// A `local_address_group NAME { … }` as read: its name token and each address with the
+/// token it came from (a range gives several).
+struct LaddrGroup {
+    name: Tok,
+    entries: Vec<(LocalAddr, Tok)>,
 }
 
 /// VRRP and sync as read, finished (defaults from `global_defs`, cross-checks) at the end.
@@ -464,6 +489,21 @@ impl Parser {
                     self.skip_block()?;
                 }
                 "global_defs" => self.global_defs(&t)?,
+                "local_address_group" => self.local_address_group(&t)?,
+                // DPVS's other root blocks.
+                "deny_address_group" | "whitelist_address_group" | "tunnel_group" => {
+                    let name: Vec<String> =
+                        self.rest_of_line().into_iter().map(|t| t.text).collect();
+                    self.warn(
+                        &t,
+                        format!(
+                            "{} {}: DPVS's, not supported by uvs, ignored",
+                            t.text,
+                            name.join(" ")
+                        ),
+                    );
+                    self.skip_block()?;
+                }
                 "virtual_server_group" => {
                     return Err(self.err(&t, "virtual_server_group is not supported; write one virtual_server per VIP:port"));
                 }
@@ -505,6 +545,8 @@ impl Parser {
         sh.quiescent = false; // keepalived removes a failed real unless inhibit_on_failure
         let mut defaults = RawChecker::default();
         let mut reals: Vec<RawReal> = Vec::new();
+        let mut proxy_protocol: Option<(ProxyVersion, Tok)> = None;
+        let mut laddr_group: Option<Tok> = None;
         loop {
             let Some(t) = self.next() else {
                 return Err(self.err(kw, "virtual_server block not closed (missing })"));
@@ -563,6 +605,35 @@ impl Parser {
                     self.checker_key(&t, &mut defaults)?;
                 }
                 "real_server" => reals.push(self.real_server(&t)?),
+                "laddr_group_name" => laddr_group = Some(self.arg(&t)?),
+                "proxy_protocol" => {
+                    let v = self.arg(&t)?;
+                    proxy_protocol = Some((self.proxy_protocol(&v)?, v));
+                }
+                "syn_proxy" => {
+                    self.warn(
+                        &t,
+                        "syn_proxy: uvs has no SYN proxy (DPVS's); ignored, the real servers see the client's SYN",
+                    );
+                    self.rest_of_line();
+                }
+                "daddr_group_name"
+                | "whitelist_group_name"
+                | "vip_bind_dev"
+                | "establish_timeout"
+                | "bps"
+                | "limit_proportion"
+                | "hash_target"
+                | "src-range"
+                | "dst-range"
+                | "iif"
+                | "oif" => {
+                    self.warn(
+                        &t,
+                        format!("{}: DPVS's, not supported by uvs, ignored", t.text),
+                    );
+                    self.rest_of_line();
+                }
                 "omega"
                 | "ha_suspend"
                 | "hashed"
@@ -593,6 +664,21 @@ impl Parser {
         let mut spec = ServiceSpec::new(key, sched);
         spec.persistence_timeout = persistence;
         spec.persistence_netmask = netmask;
+        if let Some((version, v)) = proxy_protocol {
+            if version == ProxyVersion::V1 && proto == Protocol::Udp {
+                return Err(self.err(
+                    &v,
+                    format!(
+                        "virtual_server {vip} {port}: {}",
+                        crate::model::ModelError::ProxyV1Udp
+                    ),
+                ));
+            }
+            spec.proxy_protocol = version;
+        }
+        if let Some(g) = laddr_group {
+            self.laddr_uses.push((key, g));
+        }
         self.table
             .add_service(spec)
             .map_err(|e| self.err(kw, format!("virtual_server {vip} {port}: {e}")))?;
@@ -633,17 +719,21 @@ impl Parser {
             .join(" "))
     }
 
-    /// `lb_kind`/`lvs_method DR|NAT|TUN`.
+    /// `lb_kind`/`lvs_method DR|NAT|TUN|FNAT`; keepalived 2.x's `TUN` takes its encapsulation
+    /// on the same line: `type ipip`, `type gue port N`, `type gre`, then `nocsum`, `csum` or
+    /// `remcsum`. `FNAT` is DPVS's FullNAT.
     fn lvs_method(&mut self, t: &Tok) -> Result<ForwardMethod, ConfigError> {
         let v = self.arg(t)?;
         let m = match v.text.to_ascii_uppercase().as_str() {
             "DR" => ForwardMethod::Route,
             "NAT" => ForwardMethod::Masq,
-            "TUN" => {
+            "TUN" => return self.tunnel(t),
+            "FNAT" => ForwardMethod::FullNat,
+            "SNAT" => {
                 return Err(self.err(
                     &v,
                     format!(
-                        "{} TUN: tunnelling is not supported yet (DR and NAT are)",
+                        "{} SNAT (DPVS's source NAT of outgoing traffic) is not supported by uvs",
                         t.text
                     ),
                 ));
@@ -651,12 +741,200 @@ impl Parser {
             _ => {
                 return Err(self.err(
                     &v,
-                    format!("{} {:?} is unknown (DR, NAT or TUN)", t.text, v.text),
+                    format!("{} {:?} is unknown (DR, NAT, TUN or FNAT)", t.text, v.text),
                 ));
             }
         };
         self.rest_of_line();
         Ok(m)
+    }
+
+    /// DPVS's `proxy_protocol disable|v1|v2` (its words, without case).
+    fn proxy_protocol(&self, v: &Tok) -> Result<ProxyVersion, ConfigError> {
+        if let Some(version) = ProxyVersion::parse(&v.text) {
+            return Ok(version);
+        }
+        let why = if v.text.to_ascii_lowercase().ends_with("-insecure") {
+            "DPVS's insecure modes (passing on a PROXY header the client sent) are not supported by uvs; use v1 or v2"
+        } else {
+            "expected disable, v1 or v2"
+        };
+        Err(self.err(v, format!("proxy_protocol {:?}: {why}", v.text)))
+    }
+
+    /// DPVS's `local_address_group NAME { LIP [IFNAME] … }` (see the module doc).
+    fn local_address_group(&mut self, kw: &Tok) -> Result<(), ConfigError> {
+        let name = self.arg(kw)?;
+        self.rest_of_line();
+        self.open(kw)?;
+        let mut entries: Vec<(LocalAddr, Tok)> = Vec::new();
+        // Addresses of the latest entry (a range gives several), until its interface comes.
+        let mut latest: std::ops::Range<usize> = 0..0;
+        loop {
+            let Some(t) = self.next() else {
+                return Err(self.err(kw, "local_address_group block not closed (missing })"));
+            };
+            if t.text == "}" {
+                break;
+            }
+            if t.text == "{" {
+                return Err(self.err(&t, "unexpected { in local_address_group"));
+            }
+            if let Some(addrs) = self.laddr_range(&t)? {
+                let start = entries.len();
+                for addr in addrs {
+                    LocalAddr::check_addr(addr).map_err(|e| {
+                        self.err(&t, format!("local_address_group {}: {e}", name.text))
+                    })?;
+                    entries.push((
+                        LocalAddr {
+                            addr,
+                            interface: None,
+                        },
+                        t.clone(),
+                    ));
+                }
+                latest = start..entries.len();
+                continue;
+            }
+            // Not an address: the interface of the entry just before it.
+            let takes_it = !latest.is_empty()
+                && entries[latest.start].1.line == t.line
+                && entries[latest.start].0.interface.is_none();
+            if !takes_it {
+                return Err(self.err(
+                    &t,
+                    format!(
+                        "local_address_group {}: {:?} is not an IPv4 address (expected LIP [IFNAME], e.g. 192.168.100.200 eth0)",
+                        name.text, t.text
+                    ),
+                ));
+            }
+            LocalAddr::check_interface(&t.text)
+                .map_err(|e| self.err(&t, format!("local_address_group {}: {e}", name.text)))?;
+            for (la, _) in &mut entries[latest.clone()] {
+                la.interface = Some(t.text.clone());
+            }
+        }
+        if let Some(other) = self.laddr_groups.iter().find(|g| g.name.text == name.text) {
+            return Err(self.err(
+                &name,
+                format!(
+                    "local_address_group {} is already defined at line {}",
+                    name.text, other.name.line
+                ),
+            ));
+        }
+        if entries.is_empty() {
+            self.warn(
+                &name,
+                format!(
+                    "local_address_group {} is empty: its virtual servers use the director's own address",
+                    name.text
+                ),
+            );
+        }
+        self.laddr_groups.push(LaddrGroup { name, entries });
+        Ok(())
+    }
+
+    /// `192.168.100.200`, or keepalived's range of the last byte `192.168.100.200-210`; `None`
+    /// when `t` is not an address at all (an interface name).
+    fn laddr_range(&self, t: &Tok) -> Result<Option<Vec<Ipv4Addr>>, ConfigError> {
+        let (first, last) = match t.text.split_once('-') {
+            Some((a, b)) => (a, Some(b)),
+            None => (t.text.as_str(), None),
+        };
+        let Ok(first) = first.parse::<Ipv4Addr>() else {
+            return Ok(None);
+        };
+        let Some(last) = last else {
+            return Ok(Some(vec![first]));
+        };
+        let [a, b, c, lo] = first.octets();
+        match last.parse::<u8>() {
+            Ok(hi) if hi >= lo => Ok(Some(
+                (lo..=hi).map(|d| Ipv4Addr::new(a, b, c, d)).collect(),
+            )),
+            _ => Err(self.err(
+                t,
+                format!(
+                    "local_address_group: range {:?}: the end is a last byte {lo}..=255 (e.g. 192.168.100.200-210)",
+                    t.text
+                ),
+            )),
+        }
+    }
+
+    /// Gives each virtual server the addresses of its `laddr_group_name`.
+    fn finish_laddrs(&mut self) -> Result<(), ConfigError> {
+        for (key, name) in std::mem::take(&mut self.laddr_uses) {
+            let Some(group) = self.laddr_groups.iter().find(|g| g.name.text == name.text) else {
+                return Err(self.err(
+                    &name,
+                    format!(
+                        "laddr_group_name {}: no local_address_group named {:?}",
+                        name.text, name.text
+                    ),
+                ));
+            };
+            for (la, tok) in group.entries.clone() {
+                let addr = la.addr;
+                self.table.add_local_addr(&key, la).map_err(|e| {
+                    self.err(
+                        &tok,
+                        format!(
+                            "local_address_group {} (laddr_group_name of virtual_server {} {} at line {}): local address {addr}: {e}",
+                            name.text, key.vip, key.port, name.line
+                        ),
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The rest of an `lvs_method TUN` line (see [`Parser::lvs_method`]).
+    fn tunnel(&mut self, kw: &Tok) -> Result<ForwardMethod, ConfigError> {
+        let mut t = Tunnel::IPIP;
+        let words = self.rest_of_line();
+        let mut it = words.iter();
+        while let Some(w) = it.next() {
+            match w.text.as_str() {
+                "type" => {
+                    let k = it
+                        .next()
+                        .ok_or_else(|| self.err(w, "type needs ipip, gue or gre"))?;
+                    t.kind = TunnelKind::parse(&k.text).ok_or_else(|| {
+                        self.err(
+                            k,
+                            format!("tunnel type {:?} is unknown (ipip, gue or gre)", k.text),
+                        )
+                    })?;
+                }
+                "port" => {
+                    let n = it
+                        .next()
+                        .ok_or_else(|| self.err(w, "port needs a number"))?;
+                    t.port = self.number(n, "tunnel port")?;
+                }
+                "nocsum" => t.csum = TunnelCsum::NoCsum,
+                "csum" => t.csum = TunnelCsum::Csum,
+                "remcsum" => t.csum = TunnelCsum::RemCsum,
+                other => {
+                    return Err(self.err(
+                        w,
+                        format!(
+                            "{} TUN: {other:?} is unknown (type, port, nocsum, csum, remcsum)",
+                            kw.text
+                        ),
+                    ));
+                }
+            }
+        }
+        t.check()
+            .map_err(|e| self.err(kw, format!("{} TUN: {e}", kw.text)))?;
+        Ok(ForwardMethod::Tunnel(t))
     }
 
     fn real_server(&mut self, kw: &Tok) -> Result<RawReal, ConfigError> {
@@ -1450,16 +1728,44 @@ virtual_server 172.30.0.200 80 {
     }
 
     #[test]
+    fn tun_reals_take_lb_kind_and_the_2x_lvs_method_words() {
+        let r = p("virtual_server 203.0.113.2 80 {\n lb_kind TUN\n real_server 10.0.0.2 8080 {\n }\n real_server 10.0.0.6 80 {\n  lvs_method TUN type gue port 6080 csum\n }\n real_server 10.0.0.10 80 {\n  lvs_method TUN type gre csum\n }\n}\n").unwrap();
+        let reals = &r.table.services()[0].reals;
+        assert_eq!((reals[0].forward, reals[0].port), (ForwardMethod::IPIP, 80));
+        assert_eq!(
+            reals[1].forward,
+            ForwardMethod::Tunnel(Tunnel {
+                kind: TunnelKind::Gue,
+                port: 6080,
+                csum: TunnelCsum::Csum
+            })
+        );
+        assert_eq!(
+            reals[2].forward,
+            ForwardMethod::Tunnel(Tunnel {
+                kind: TunnelKind::Gre,
+                port: 0,
+                csum: TunnelCsum::Csum
+            })
+        );
+    }
+
+    #[test]
     fn refusals_name_the_line() {
         refused(
-            "virtual_server 10.0.0.100 80 {\n lb_kind TUN\n}\n",
+            "virtual_server 10.0.0.100 80 {\n lvs_method TUN type gue\n}\n",
             2,
-            "tunnelling is not supported yet",
+            "You need to supply the 'tun-port' option for the 'gue' tunnel type",
+        );
+        refused(
+            "virtual_server 10.0.0.100 80 {\n lvs_method TUN type vxlan\n}\n",
+            2,
+            "tunnel type \"vxlan\" is unknown",
         );
         refused(
             "virtual_server 10.0.0.100 80 {\n lb_kind XYZ\n}\n",
             2,
-            "is unknown (DR, NAT or TUN)",
+            "is unknown (DR, NAT, TUN or FNAT)",
         );
         refused(
             "virtual_server 10.0.0.100 80 {\n lb_kind DR\n lb_algo fastest\n}\n",
@@ -1522,7 +1828,7 @@ virtual_server 172.30.0.200 80 {
         assert_eq!(t.services().len(), 1);
         std::fs::write(
             dir.join("conf.d/web.conf"),
-            "virtual_server 10.0.0.100 80 {\n lb_kind TUN\n}\n",
+            "virtual_server 10.0.0.100 80 {\n lb_kind XYZ\n}\n",
         )
         .unwrap();
         match load(&main) {
@@ -1680,6 +1986,200 @@ vrrp_instance VI_2 {
             r.warnings
                 .iter()
                 .any(|w| w.contains("not supported with VRRPv3"))
+        );
+    }
+
+    /// configs/keepalived/keepalived-fullnat.conf, the DPVS-style file of the FullNAT lab.
+    #[test]
+    fn the_fullnat_example_loads_into_the_lab_s_table() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("configs/keepalived/keepalived-fullnat.conf");
+        let r = load_all(&path).unwrap();
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        let vip = Ipv4Addr::new(192, 168, 70, 100);
+        let mut want = ServiceTable::new();
+        let key = ServiceKey::addr(Protocol::Tcp, vip, 80);
+        let mut spec = ServiceSpec::new(key, SchedulerKind::Rr);
+        spec.proxy_protocol = ProxyVersion::V2;
+        want.add_service(spec).unwrap();
+        for last in [11, 12] {
+            let mut real = RealSpec::route(Ipv4Addr::new(10, 10, 0, last), 8080);
+            real.forward = ForwardMethod::FullNat;
+            real.weight = 100;
+            want.add_real(&key, real).unwrap();
+        }
+        for last in [200, 201] {
+            let la = LocalAddr {
+                addr: Ipv4Addr::new(192, 168, 70, last),
+                interface: Some("eth0".into()),
+            };
+            want.add_local_addr(&key, la).unwrap();
+        }
+        assert_eq!(r.table, want);
+        let h = &r.health.services[0];
+        assert_eq!(h.reals[0].quiescent, Some(true), "inhibit_on_failure");
+        assert_eq!(h.sorry_forward, ForwardMethod::FullNat);
+        assert_eq!(h.reals[0].check.kind, CheckKind::Tcp);
+        assert_eq!(h.reals[0].check.connect_port, Some(8080));
+        assert_eq!(r.vrrp[0].vips, vec![vip]);
+    }
+
+    /// DPVS's keepalived syntax as its users write it: one-line groups, Alibaba's groups
+    /// without interfaces, ranges, a group used before it is defined and by two services,
+    /// FNAT per real, and the sorry server reached as lb_kind says.
+    #[test]
+    fn dpvs_keepalived_dialect() {
+        let r = p("virtual_server 10.0.0.100 80 {
+    lb_kind FNAT
+    laddr_group_name laddr_g1
+    syn_proxy
+    proxy_protocol V1
+    sorry_server 10.0.0.50 8080
+    real_server 10.1.0.11 8080 {
+    }
+}
+virtual_server 10.0.0.100 53 {
+    protocol UDP
+    laddr_group_name laddr_g2
+    proxy_protocol v2
+    real_server 10.1.0.11 53 {
+        lvs_method FNAT
+    }
+    real_server 10.1.0.12 53 {
+    }
+}
+virtual_server 10.0.0.100 443 {
+    lb_kind DR
+    laddr_group_name laddr_g1
+    proxy_protocol disable
+    sorry_server_lvs_method FNAT
+    sorry_server 10.0.0.50 8443
+    real_server 10.0.0.11 443 {
+    }
+}
+local_address_group laddr_g1 { 192.168.100.200 dpdk0  192.168.100.201 dpdk0 }
+local_address_group laddr_g2 {
+    192.168.100.202
+    192.168.100.210-212 dpdk1
+}
+")
+        .unwrap();
+        let svcs = r.table.services();
+        let la = |last, ifname: Option<&str>| LocalAddr {
+            addr: Ipv4Addr::new(192, 168, 100, last),
+            interface: ifname.map(str::to_string),
+        };
+        assert_eq!(svcs[0].proxy_protocol, ProxyVersion::V1);
+        assert_eq!(
+            svcs[0].local_addrs,
+            vec![la(200, Some("dpdk0")), la(201, Some("dpdk0"))]
+        );
+        assert_eq!(
+            (svcs[0].reals[0].forward, svcs[0].reals[0].port),
+            (ForwardMethod::FullNat, 8080)
+        );
+        assert_eq!(r.health.services[0].sorry_forward, ForwardMethod::FullNat);
+        assert_eq!(svcs[1].proxy_protocol, ProxyVersion::V2);
+        assert_eq!(
+            svcs[1].local_addrs,
+            vec![
+                la(202, None),
+                la(210, Some("dpdk1")),
+                la(211, Some("dpdk1")),
+                la(212, Some("dpdk1"))
+            ]
+        );
+        // keepalived's default method is NAT; a real's own lvs_method FNAT.
+        let methods: Vec<_> = svcs[1].reals.iter().map(|r| r.forward).collect();
+        assert_eq!(methods, vec![ForwardMethod::FullNat, ForwardMethod::Masq]);
+        assert_eq!(svcs[2].proxy_protocol, ProxyVersion::Off);
+        assert_eq!(svcs[2].local_addrs, svcs[0].local_addrs, "a shared group");
+        assert_eq!(r.health.services[2].sorry_forward, ForwardMethod::FullNat);
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.starts_with("keepalived.conf:4: syn_proxy: uvs has no SYN proxy")),
+            "{:?}",
+            r.warnings
+        );
+    }
+
+    #[test]
+    fn dpvs_dialect_refusals_name_the_line() {
+        let vs = |body: &str| {
+            format!(
+                "virtual_server 10.0.0.100 80 {{\n lb_kind FNAT\n{body}\n real_server 10.1.0.11 8080 {{\n }}\n}}\n"
+            )
+        };
+        refused(
+            &vs(" laddr_group_name laddr_g9"),
+            3,
+            "laddr_group_name laddr_g9: no local_address_group named \"laddr_g9\"",
+        );
+        refused(
+            &vs(" proxy_protocol v2-insecure"),
+            3,
+            "insecure modes (passing on a PROXY header the client sent) are not supported",
+        );
+        refused(
+            &vs(" proxy_protocol v3"),
+            3,
+            "proxy_protocol \"v3\": expected disable, v1 or v2",
+        );
+        refused(
+            &vs(" protocol UDP\n proxy_protocol v1"),
+            4,
+            "virtual_server 10.0.0.100 80: the PROXY protocol v1 has no UDP",
+        );
+        refused(
+            &vs(" lvs_method SNAT"),
+            3,
+            "SNAT (DPVS's source NAT of outgoing traffic) is not supported",
+        );
+        let group = |entries: &str| {
+            format!(
+                "{}local_address_group g {{\n{entries}\n}}\n",
+                vs(" laddr_group_name g")
+            )
+        };
+        refused(
+            &group(" dpdk0 192.168.100.200"),
+            8,
+            "local_address_group g: \"dpdk0\" is not an IPv4 address (expected LIP [IFNAME]",
+        );
+        refused(
+            &group(" 192.168.100.200\n dpdk0"),
+            9,
+            "\"dpdk0\" is not an IPv4 address",
+        );
+        refused(
+            &group(" 192.168.100.200-100"),
+            8,
+            "range \"192.168.100.200-100\": the end is a last byte 200..=255",
+        );
+        refused(
+            &group(" 192.168.100.200 an-interface-name-too-long"),
+            8,
+            "illegal interface name \"an-interface-name-too-long\"",
+        );
+        refused(&group(" 0.0.0.0"), 8, "illegal local address 0.0.0.0");
+        refused(
+            &group(" 192.168.100.200\n 192.168.100.200"),
+            9,
+            "local_address_group g (laddr_group_name of virtual_server 10.0.0.100 80 at line 3): local address 192.168.100.200: Local address already exists",
+        );
+        refused(
+            &group(" 10.0.0.100"),
+            8,
+            "local address 10.0.0.100 is a VIP",
+        );
+        refused(
+            &format!(
+                "{}local_address_group g {{\n}}\n",
+                group(" 192.168.100.200")
+            ),
+            10,
+            "local_address_group g is already defined at line 7",
         );
     }
 

@@ -6,21 +6,24 @@
 //!
 //! Understood: `virtual=IP:PORT`, `virtual=MARK` (a firewall-mark service, `-f MARK`; uvs sees
 //! no iptables marks, so its packets are chosen with uvs's mark rules, `uvsadm --add-mark`),
-//! `real=IP[->IP2][:PORT] gate|masq [WEIGHT] ["request", "receive"]`,
+//! `real=IP[->IP2][:PORT] gate|masq|ipip|fullnat [WEIGHT] ["request", "receive"]` (`fullnat`
+//! is uvs's: ldirectord knows no FullNAT; with it the real is reached by FullNAT from the
+//! director's own address, as no ldirectord key gives local addresses or a PROXY protocol;
+//! add those with `uvsadm --add-laddr` / `-E … --proxy-protocol`),
 //! `checktype` (`negotiate` default, `connect`, `external`, `on`; `off`, `ping` and `N` are
 //! approximated with a warning), `service` (`http` for a negotiate check; the default comes
 //! from the port, 80 → http), `request` (the URI; a bare `index.html` means `/index.html`),
 //! `receive` (a regex the body must match), `httpmethod`, `virtualhost`, `checkport`,
 //! `checkcommand` (run as `CMD VIP VPORT RIP RPORT`), `checkinterval` (10), `checktimeout` (5),
-//! `negotiatetimeout` (30), `failurecount` (1), `quiescent` (yes), `fallback=IP[:PORT] gate|masq`,
+//! `negotiatetimeout` (30), `failurecount` (1), `quiescent` (yes), `fallback=IP[:PORT] gate|masq|ipip|fullnat`,
 //! `fallbackcommand` (run with `start` when all reals are down and `stop` when one returns),
 //! `scheduler` (wrr), `persistent`, `netmask`, `protocol` (tcp; udp for port 53; fwm for a
 //! mark), `autoreload` (as ldirectord: the file is re-read when it changes, checked every
 //! global `checkinterval`; see [`spawn_autoreload`]).
 //! Accepted and ignored (they concern the ldirectord process): `logfile`,
 //! `callback`, `supervised`, `fork`, `cleanstop`, `monitorfile`, `emailalert*`, `smtp`,
-//! `execute`, `maintenancedir`, `readdquiescent`. Refused clearly: `ipip` reals,
-//! IPv6 virtuals, host names. Unknown keys are warnings with the line.
+//! `execute`, `maintenancedir`, `readdquiescent`. Refused clearly: IPv6 virtuals, host
+//! names. Unknown keys are warnings with the line.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -227,11 +230,13 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
             let method = match words.next().unwrap_or("gate").to_ascii_lowercase().as_str() {
                 "gate" => ForwardMethod::Route,
                 "masq" => ForwardMethod::Masq,
+                "ipip" => ForwardMethod::IPIP,
+                "fullnat" => ForwardMethod::FullNat,
                 other => {
                     return Err(at(
                         line,
                         format!(
-                            "real={value}: forwarding method {other:?} is not supported (gate and masq are; ipip is not yet)"
+                            "real={value}: forwarding method {other:?} is unknown (gate, masq, ipip or fullnat)"
                         ),
                     ));
                 }
@@ -350,7 +355,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
                 let method = match method.to_ascii_lowercase().as_str() {
                     "gate" => ForwardMethod::Route,
                     "masq" => ForwardMethod::Masq,
-                    _ => return Err(bad("the fallback method is gate or masq")),
+                    "ipip" => ForwardMethod::IPIP,
+                    "fullnat" => ForwardMethod::FullNat,
+                    _ => return Err(bad("the fallback method is gate, masq, ipip or fullnat")),
                 };
                 let target = crate::health::parse_sorry(target, 0).map_err(|e| bad(&e))?;
                 s.fallback = Some((target, method));
@@ -441,7 +448,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Parsed, ConfigError> {
             };
             let port = match (v.fwmark, r.method) {
                 (Some(_), _) => given.unwrap_or(0),
-                (None, ForwardMethod::Masq) => given.unwrap_or(v.port),
+                (None, m) if m.maps_ports() => given.unwrap_or(v.port),
                 (None, _) => v.port,
             };
             let mut rs = RealSpec::route(r.addr, port);
@@ -759,24 +766,47 @@ virtual=10.0.0.100:80
         assert_eq!(h.sorry, Some("192.168.80.20:8080".parse().unwrap()));
         assert_eq!(h.sorry_forward, ForwardMethod::Masq);
         let e = parse(
-            "virtual=192.168.80.10:80\n    real=192.168.80.11:8080 masq\n    fallback=192.168.80.20 ipip\n",
+            "virtual=192.168.80.10:80\n    real=192.168.80.11:8080 masq\n    fallback=192.168.80.20 tunnel\n",
             Path::new("l.cf"),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("gate or masq"), "{e}");
+        assert!(e.to_string().contains("gate, masq, ipip or fullnat"), "{e}");
+    }
+
+    /// uvs's `fullnat` token (ldirectord has none): the real keeps its port, as with masq,
+    /// and a `fullnat` fallback is a FullNAT sorry server.
+    #[test]
+    fn fullnat_reals_and_fallback() {
+        let cf = "virtual=192.168.70.100:80\n    real=10.10.0.11:8080 fullnat 2\n    \
+                  fallback=10.10.0.50:8080 fullnat\n";
+        let p = parse(cf, Path::new("ldirectord.cf")).unwrap();
+        let r = &p.table.services()[0].reals[0];
+        assert_eq!(
+            (r.forward, r.port, r.weight),
+            (ForwardMethod::FullNat, 8080, 2)
+        );
+        assert_eq!(p.health.services[0].sorry_forward, ForwardMethod::FullNat);
     }
 
     #[test]
     fn refusals_and_warnings_name_the_line() {
         let e = parse(
-            "virtual=10.0.0.100:80\n    real=10.0.0.11:80 ipip\n",
+            "virtual=10.0.0.100:80\n    real=10.0.0.11:80 vxlan\n",
             Path::new("l.cf"),
         )
         .unwrap_err();
         assert!(
-            matches!(e, ConfigError::At { line: 2, ref message, .. } if message.contains("\"ipip\" is not supported")),
+            matches!(e, ConfigError::At { line: 2, ref message, .. } if message.contains("\"vxlan\" is unknown")),
             "{e}"
         );
+        // ipip: an IPIP tunnel to the real, on the virtual's port.
+        let p = parse(
+            "virtual=203.0.113.2:80\n    real=10.0.0.2:8080 ipip 2\n",
+            Path::new("l.cf"),
+        )
+        .unwrap();
+        let r = &p.table.services()[0].reals[0];
+        assert_eq!((r.forward, r.port, r.weight), (ForwardMethod::IPIP, 80, 2));
         // masq maps the real's port.
         let p = parse(
             "virtual=192.168.80.10:80\n    real=192.168.80.11:8080 masq 3\n    real=192.168.80.12 masq\n",

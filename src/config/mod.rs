@@ -127,6 +127,28 @@ pub struct DaemonConfig {
     /// VRRP instances and the IPVS sync daemon.
     pub vrrp: Vec<crate::vrrp::InstanceConfig>,
     pub sync: Option<crate::sync::SyncConfig>,
+    /// FullNAT: the local ports handed out on every local address (inclusive).
+    pub fullnat_ports: (u16, u16),
+}
+
+/// FullNAT's local port range `(lo, hi)` for `workers` workers: every worker owns the ports of
+/// the range congruent to its index modulo the worker count (`datapath::fullnat::PortPool`),
+/// so each needs at least one; port 0 is no port.
+pub fn check_fullnat_ports(range: (u16, u16), workers: usize) -> Result<(), String> {
+    let (lo, hi) = range;
+    if lo == 0 {
+        return Err("port 0 is not a port: the range starts at 1 or above".into());
+    }
+    if lo > hi {
+        return Err(format!("the low end {lo} is above the high end {hi}"));
+    }
+    let count = usize::from(hi - lo) + 1;
+    if count < workers {
+        return Err(format!(
+            "{count} port(s) for {workers} workers: each worker needs ports of its own on every local address"
+        ));
+    }
+    Ok(())
 }
 
 /// Default Prometheus address: loopback only, port from the Prometheus default-port registry range.
@@ -146,6 +168,7 @@ impl Default for DaemonConfig {
             health: crate::health::HealthConfig::default(),
             vrrp: Vec::new(),
             sync: None,
+            fullnat_ports: crate::datapath::fullnat::DEFAULT_PORTS,
         }
     }
 }

@@ -3,8 +3,10 @@
 //! One ipvsadm invocation per line, optionally starting with the word `ipvsadm`; blank lines and
 //! `#` comments are ignored (a word starting with `#` ends the line). Each line goes through
 //! `uvsadm`'s parser ([`crate::ctl::ipvsadm::args`]: popt syntax, ipvsadm's checks and messages)
-//! and must be a change: `-A -E -D` (services), `-a -e -d` (real servers) or `-C`. Listing
-//! commands, `-R`, `-Z` and `--set` are refused with the line named.
+//! and must be a change: `-A -E -D` (services), `-a -e -d` (real servers), `-C`, DPVS's
+//! `--add-laddr`/`--del-laddr` (FullNAT local addresses, as `uvsadm -S` writes them) or uvs's
+//! `--add-mark`/`--del-mark`. Listing commands, `-R`, `-Z` and `--set` are refused with the
+//! line named.
 //!
 //! Semantics follow ipvsadm: `-E` and `-e` replace the service's (server's) settings, so an
 //! option left out gets its default (`-e` without `-w` sets weight 1, `-E` without `-p` makes the
@@ -23,6 +25,10 @@ use crate::ctl::ipvsadm::{LineChange, LineError, LineErrorKind, changes_from_tex
 use crate::model::change::Change;
 use crate::model::change::{AdminState, apply};
 use crate::model::{ModelError, ServiceTable};
+
+/// What a rules file may say, for refusals.
+const EXPECTED: &str =
+    "expected -A, -E, -D, -a, -e, -d, -C, --add-laddr, --del-laddr, --add-mark or --del-mark";
 
 /// `-p` without a timeout, as ipvsadm (`IPVS_SVC_PERSISTENT_TIMEOUT`).
 pub use crate::ctl::ipvsadm::args::DEFAULT_PERSISTENCE_TIMEOUT;
@@ -52,7 +58,7 @@ pub fn parse(text: &str, path: &Path, base: &ServiceTable) -> Result<ServiceTabl
     {
         return Err(at(
             c.line,
-            "'--set' cannot be used in a rules file (expected -A, -E, -D, -a, -e, -d or -C)".into(),
+            format!("'--set' cannot be used in a rules file ({EXPECTED})"),
         ));
     }
     let state = AdminState {
@@ -75,15 +81,15 @@ pub fn parse(text: &str, path: &Path, base: &ServiceTable) -> Result<ServiceTabl
 fn parse_message(e: &LineError) -> String {
     match &e.error {
         LineErrorKind::Parse(a) => match &a.kind {
-            ErrorKind::NoCommand => "no command: expected -A, -E, -D, -a, -e, -d or -C".into(),
+            ErrorKind::NoCommand => format!("no command: {EXPECTED}"),
             ErrorKind::UnknownScheduler(name) => {
                 ModelError::UnknownScheduler(name.clone()).to_string()
             }
             _ => a.message.trim_end().to_string(),
         },
-        LineErrorKind::NotAChange(word) => format!(
-            "'{word}' cannot be used in a rules file (expected -A, -E, -D, -a, -e, -d or -C)"
-        ),
+        LineErrorKind::NotAChange(word) => {
+            format!("'{word}' cannot be used in a rules file ({EXPECTED})")
+        }
     }
 }
 
@@ -109,6 +115,8 @@ fn refused_message(c: &LineChange, message: &str) -> String {
                 ports.join(",")
             )
         }
+        Change::AddLocalAddr(k, l) => format!("service {k}: local address {}: {text}", l.addr),
+        Change::DeleteLocalAddr(k, addr) => format!("service {k}: local address {addr}: {text}"),
         Change::Clear | Change::SetTimeouts { .. } => text,
     }
 }
@@ -176,6 +184,58 @@ mod tests {
             }
         }
         assert_eq!(t, want);
+    }
+
+    /// `uvs run --rules` reads what `uvsadm -S -n` prints for FullNAT (the golden file of
+    /// tests/uvsadm_golden.rs): methods, PROXY protocol and local addresses.
+    #[test]
+    fn fullnat_rules_load() {
+        let text = include_str!("../../tests/golden/fullnat_S_n.txt");
+        let t = p(text).unwrap();
+        let web = ServiceKey::addr(Protocol::Tcp, Ipv4Addr::new(192, 168, 70, 100), 80);
+        let svc = t.service(&web).unwrap();
+        assert_eq!(svc.proxy_protocol, crate::model::ProxyVersion::V2);
+        let reals: Vec<_> = svc
+            .reals
+            .iter()
+            .map(|r| (r.forward, r.port, r.weight))
+            .collect();
+        assert_eq!(
+            reals,
+            vec![
+                (crate::model::ForwardMethod::FullNat, 8080, 1),
+                (crate::model::ForwardMethod::FullNat, 8080, 2)
+            ]
+        );
+        let eth0 = |last| crate::model::LocalAddr {
+            addr: Ipv4Addr::new(192, 168, 70, last),
+            interface: Some("eth0".into()),
+        };
+        assert_eq!(svc.local_addrs, vec![eth0(200), eth0(201)]);
+        let dns = ServiceKey::addr(Protocol::Udp, Ipv4Addr::new(192, 168, 70, 100), 53);
+        assert_eq!(
+            t.service(&dns).unwrap().local_addrs,
+            vec![crate::model::LocalAddr {
+                addr: Ipv4Addr::new(192, 168, 70, 202),
+                interface: None
+            }]
+        );
+        // A refused local address names its line and service.
+        refused(
+            &format!("{text}--add-laddr -t 192.168.70.100:80 -z 192.168.70.201\n"),
+            11,
+            &[
+                "service TCP 192.168.70.100:80: local address 192.168.70.201: Local address already exists",
+            ],
+        );
+        refused(
+            "-A -t 10.0.0.100:80 -s rr\n--get-laddr\n",
+            2,
+            &[
+                "'--get-laddr' cannot be used in a rules file",
+                "--add-laddr",
+            ],
+        );
     }
 
     #[test]
@@ -285,16 +345,10 @@ mod tests {
 
     #[test]
     fn unsupported_features_are_refused_clearly() {
-        let fwd = "forwarding method tunnel is not supported yet";
         refused(
-            &format!("{RR80}-a -t 10.0.0.100:80 -r 10.0.0.11:80 -i -w 1\n"),
+            &format!("{RR80}-a -t 10.0.0.100:80 -r 10.0.0.11:80 -i --tun-type gue\n"),
             2,
-            &[fwd],
-        );
-        refused(
-            &format!("{RR80}-a -t 10.0.0.100:80 -r 10.0.0.11:80 --ipip\n"),
-            2,
-            &[fwd],
+            &["You need to supply the 'tun-port' option for the 'gue' tunnel type"],
         );
         refused(
             &format!("{RR80}-a -t 10.0.0.100:80 -r 10.0.0.11:80 -gm\n"),
@@ -310,7 +364,7 @@ mod tests {
         refused("--list-marks\n", 1, &["'--list-marks' cannot be used"]);
         refused("-A -6 -t 10.0.0.1:80 -s rr\n", 1, &["-6 used before -f"]);
         refused("-A -t [::1]:80 -s rr\n", 1, &["IPv6 is not supported yet"]);
-        refused("-A -t 10.0.0.1:80 -s rr -z\n", 1, &["-z: unknown option"]);
+        refused("-A -t 10.0.0.1:80 -s rr -k\n", 1, &["-k: unknown option"]);
         refused(
             "-A -t 10.0.0.1:80 -s rr --zap\n",
             1,

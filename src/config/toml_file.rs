@@ -22,12 +22,17 @@
 //! [flow_table] # capacity, sloppy_tcp, template_capacity, expire_quiescent_template
 //! [arp]        # reachable_secs, retry_ms, garp_repeat, garp_delay_secs,
 //!              # vip_mac ("02:…", absent = each interface's own MAC)
+//! [fullnat]    # ports = [1024, 32767] (or "1024-32767"): the local ports of every local address
 //! [[service]]  # protocol = "tcp" | "udp", vip, port, scheduler (default "wlc", as ipvsadm),
 //!              # persistence_timeout, persistence_netmask, sched_flags ([]), ops (false)
 //!              # or fwmark = N instead of protocol/vip/port (a fwmark service, `-f N`)
-//! [[service.real]] # address, port (= service port; only "nat" maps it), weight (1),
+//!              # proxy_protocol = "disable" | "v1" | "v2" (FullNAT reals; `--proxy-protocol`)
+//!              # local_addresses = ["10.1.0.2", { address = "10.1.0.3", interface = "eth1" }]
+//!              # (FullNAT; `--add-laddr`; [] = the director's own address towards each real)
+//! [[service.real]] # address, port (= service port; "nat" and "fullnat" map it), weight (1),
 //!                  # upper_threshold (0), lower_threshold (0),
 //!                  # forward = "route" ("dr", "gate") | "nat" ("masq", "masquerading")
+//!                  #         | "tunnel" ("ipip", "tun") | "fullnat" ("fnat", "full-nat")
 //! [[mark_rule]]    # vip, protocol ("tcp"), ports = [80, 443], mark: the stand-in for
 //!                  # `iptables -t mangle … -j MARK --set-mark N` (see model::MarkRule)
 //! ```
@@ -45,7 +50,7 @@ use super::{
 };
 use crate::model::{
     ForwardMethod, MAX_WEIGHT, Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec,
-    ServiceTable,
+    ServiceTable, Tunnel, TunnelCsum, TunnelKind,
 };
 use crate::wire::MacAddr;
 
@@ -138,6 +143,14 @@ struct RawConfig {
     #[serde(default)]
     vrrp: Vec<Spanned<crate::vrrp::config_toml::RawVrrp>>,
     sync: Option<crate::vrrp::config_toml::RawSync>,
+    fullnat: Option<RawFullNat>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFullNat {
+    /// `[LO, HI]` or `"LO-HI"` (read by [`fullnat_ports`]).
+    ports: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -187,6 +200,9 @@ struct RawService {
     persistence_netmask: Option<Spanned<String>>,
     sched_flags: Option<Spanned<Vec<String>>>,
     ops: Option<bool>,
+    proxy_protocol: Option<Spanned<String>>,
+    /// Each `"ADDRESS"` or `{ address = "…", interface = "…" }` (read by [`local_addr_of`]).
+    local_addresses: Option<Vec<Spanned<toml::Value>>>,
     #[serde(default)]
     real: Vec<Spanned<RawReal>>,
     /// quorum, sorry server, quiescent.
@@ -213,12 +229,64 @@ struct RawReal {
     upper_threshold: Option<Spanned<i64>>,
     lower_threshold: Option<Spanned<i64>>,
     forward: Option<Spanned<String>>,
+    /// tunnelling: the encapsulation (`--tun-type`), GUE's port, the checksum option.
+    tunnel_type: Option<Spanned<String>>,
+    tunnel_port: Option<Spanned<i64>>,
+    tunnel_csum: Option<Spanned<String>>,
     /// overrides the service's `check` keys for this real.
     check: Option<RawCheck>,
 }
 
 // ---------------------------------------------------------------------------------------------
 // Validation.
+
+/// A tunnelling real's encapsulation: `tunnel_type` (default "ipip"), `tunnel_port` (GUE's,
+/// required there), `tunnel_csum` ("nocsum", the default, "csum", "remcsum"), checked by
+/// ipvsadm's rules.
+fn tunnel_of(real: &RawReal, real_label: &str) -> Result<Tunnel, Located> {
+    let kind = match &real.tunnel_type {
+        None => TunnelKind::Ipip,
+        Some(t) => TunnelKind::parse(&t.get_ref().to_ascii_lowercase()).ok_or_else(|| Located {
+            span: t.span(),
+            message: format!(
+                "{real_label}: tunnel_type = \"{}\" is unknown (expected \"ipip\", \"gue\" or \"gre\")",
+                t.get_ref()
+            ),
+        })?,
+    };
+    let port = opt_ranged(real.tunnel_port.as_ref(), 0, 1, 65_535, "tunnel_port")?;
+    let csum = match &real.tunnel_csum {
+        None => TunnelCsum::NoCsum,
+        Some(c) => match c.get_ref().to_ascii_lowercase().as_str() {
+            "nocsum" | "none" => TunnelCsum::NoCsum,
+            "csum" => TunnelCsum::Csum,
+            "remcsum" => TunnelCsum::RemCsum,
+            other => {
+                return err(
+                    c.span(),
+                    format!(
+                        "{real_label}: tunnel_csum = \"{other}\" is unknown (expected \"nocsum\", \"csum\" or \"remcsum\")"
+                    ),
+                );
+            }
+        },
+    };
+    let t = Tunnel {
+        kind,
+        port: u16::try_from(port).unwrap_or(0),
+        csum,
+    };
+    t.check().map_err(|e| Located {
+        span: real
+            .tunnel_type
+            .as_ref()
+            .map(|v| v.span())
+            .or(real.forward.as_ref().map(|v| v.span()))
+            .unwrap_or(0..0),
+        message: format!("{real_label}: {e}"),
+    })?;
+    Ok(t)
+}
 
 /// `value` as a `u32` within `lo..=hi`, or an error naming `what` and the range.
 fn ranged(value: &Spanned<i64>, lo: u32, hi: u32, what: &str) -> Result<u32, Located> {
@@ -327,6 +395,15 @@ fn build(raw: RawConfig) -> Result<DaemonConfig, Located> {
     for rule in &raw.mark_rule {
         add_mark_rule(&mut services, rule)?;
     }
+    // After every service: a local address must not be any service's VIP, whichever comes
+    // first in the file.
+    for svc in &raw.service {
+        add_local_addrs(&mut services, svc)?;
+    }
+    let fullnat_ports = match raw.fullnat.as_ref().and_then(|f| f.ports.as_ref()) {
+        None => defaults.fullnat_ports,
+        Some(p) => fullnat_ports(p, workers)?,
+    };
 
     // High availability: VRRP and connection sync.
     let located = |(span, message): (Range<usize>, String)| Located { span, message };
@@ -348,7 +425,121 @@ fn build(raw: RawConfig) -> Result<DaemonConfig, Located> {
         arp,
         services,
         health,
+        fullnat_ports,
     })
+}
+
+/// `[fullnat] ports`: `[LO, HI]` or `"LO-HI"`, 1 ≤ LO ≤ HI ≤ 65535, and when the file sets
+/// `workers`, at least one port per worker (see [`super::check_fullnat_ports`]).
+fn fullnat_ports(v: &Spanned<toml::Value>, workers: Option<usize>) -> Result<(u16, u16), Located> {
+    let bad = |why: &str| err(v.span(), format!("fullnat.ports = {}: {why}", v.get_ref()));
+    let ends: Option<(i64, i64)> = match v.get_ref() {
+        toml::Value::Array(a) => match a.as_slice() {
+            [toml::Value::Integer(lo), toml::Value::Integer(hi)] => Some((*lo, *hi)),
+            _ => None,
+        },
+        toml::Value::String(t) => t
+            .split_once('-')
+            .and_then(|(lo, hi)| Some((lo.trim().parse().ok()?, hi.trim().parse().ok()?))),
+        _ => None,
+    };
+    let Some((lo, hi)) = ends else {
+        return bad("expected [LOW, HIGH] or \"LOW-HIGH\", e.g. [1024, 32767]");
+    };
+    let (Ok(lo), Ok(hi)) = (u16::try_from(lo), u16::try_from(hi)) else {
+        return bad("ports are 1..=65535");
+    };
+    if let Err(why) = super::check_fullnat_ports((lo, hi), workers.unwrap_or(1)) {
+        return bad(&why);
+    }
+    Ok((lo, hi))
+}
+
+/// `proxy_protocol = "…"`: `--proxy-protocol`'s words.
+fn proxy_protocol_of(
+    v: &Spanned<String>,
+    label: &str,
+) -> Result<crate::model::ProxyVersion, Located> {
+    let text = v.get_ref().trim();
+    if let Some(version) = crate::model::ProxyVersion::parse(text) {
+        return Ok(version);
+    }
+    let why = if text.to_ascii_lowercase().ends_with("-insecure") {
+        "DPVS's insecure modes (passing on a PROXY header the client sent) are not supported; use \"v1\" or \"v2\""
+    } else {
+        "expected \"disable\", \"v1\" or \"v2\""
+    };
+    err(
+        v.span(),
+        format!("{label}: proxy_protocol = \"{text}\" is unknown: {why}"),
+    )
+}
+
+/// One entry of `local_addresses`: `"10.1.0.2"` or `{ address = "10.1.0.2", interface = "eth1" }`.
+fn local_addr_of(
+    v: &Spanned<toml::Value>,
+    label: &str,
+) -> Result<crate::model::LocalAddr, Located> {
+    let bad = |why: String| err(v.span(), format!("{label}: local_addresses: {why}"));
+    let (address, interface) = match v.get_ref() {
+        toml::Value::String(a) => (a.as_str(), None),
+        toml::Value::Table(t) => {
+            if let Some(k) = t.keys().find(|k| *k != "address" && *k != "interface") {
+                return bad(format!(
+                    "unknown key `{k}` (expected `address` and optionally `interface`)"
+                ));
+            }
+            let address = match t.get("address") {
+                Some(toml::Value::String(a)) => a.as_str(),
+                Some(other) => return bad(format!("address = {other} is not a string")),
+                None => return bad("missing key `address`".into()),
+            };
+            let interface = match t.get("interface") {
+                None => None,
+                Some(toml::Value::String(i)) => Some(i.clone()),
+                Some(other) => return bad(format!("interface = {other} is not a string")),
+            };
+            (address, interface)
+        }
+        other => {
+            return bad(format!(
+                "{other} is neither an address (\"10.1.0.2\") nor a table ({{ address = \"10.1.0.2\", interface = \"eth1\" }})"
+            ));
+        }
+    };
+    let Ok(addr) = address.trim().parse::<Ipv4Addr>() else {
+        let hint = if address.contains(':') {
+            " (IPv6 is not supported yet)"
+        } else {
+            ""
+        };
+        return bad(format!("\"{address}\" is not an IPv4 address{hint}"));
+    };
+    let la = crate::model::LocalAddr { addr, interface };
+    if let Err(e) = la.check() {
+        return bad(e.to_string());
+    }
+    Ok(la)
+}
+
+fn add_local_addrs(table: &mut ServiceTable, spanned: &Spanned<RawService>) -> Result<(), Located> {
+    let svc = spanned.get_ref();
+    let Some(list) = &svc.local_addresses else {
+        return Ok(());
+    };
+    // The service was added by `add_service`, which refuses a file whose key it cannot build.
+    let Some(key) = service_key(svc).ok() else {
+        return Ok(());
+    };
+    let label = format!("service {key}");
+    for entry in list {
+        let la = local_addr_of(entry, &label)?;
+        let addr = la.addr;
+        table
+            .add_local_addr(&key, la)
+            .or_else(|e| err(entry.span(), format!("{label}: local address {addr}: {e}")))?;
+    }
+    Ok(())
 }
 
 fn build_ring(raw: RawRing) -> Result<RingOptions, Located> {
@@ -561,11 +752,9 @@ fn add_mark_rule(table: &mut ServiceTable, spanned: &Spanned<RawMarkRule>) -> Re
         .or_else(|e| err(spanned.span(), format!("mark_rule: {e}")))
 }
 
-fn add_service(table: &mut ServiceTable, spanned: &Spanned<RawService>) -> Result<(), Located> {
-    let header = spanned.span();
-    let svc = spanned.get_ref();
-
-    let key = match (&svc.fwmark, &svc.vip, &svc.port) {
+/// The service's key: `fwmark`, or `protocol`, `vip` and `port`.
+fn service_key(svc: &RawService) -> Result<ServiceKey, Located> {
+    Ok(match (&svc.fwmark, &svc.vip, &svc.port) {
         (Some(m), None, None) if svc.protocol.is_none() => {
             ServiceKey::fwmark(ranged(m, 1, u32::MAX, "fwmark")?)
         }
@@ -581,9 +770,24 @@ fn add_service(table: &mut ServiceTable, spanned: &Spanned<RawService>) -> Resul
             let port = ranged(port, 1, 65_535, "port")?;
             ServiceKey::addr(proto, vip, u16::try_from(port).unwrap_or(0))
         }
-        (None, None, _) => return err(header, "missing field `vip` (or set fwmark)"),
-        (None, _, None) => return err(header, "missing field `port` (or set fwmark)"),
-    };
+        (None, None, _) => return err(0..0, "missing field `vip` (or set fwmark)"),
+        (None, _, None) => return err(0..0, "missing field `port` (or set fwmark)"),
+    })
+}
+
+fn add_service(table: &mut ServiceTable, spanned: &Spanned<RawService>) -> Result<(), Located> {
+    let header = spanned.span();
+    let svc = spanned.get_ref();
+
+    // A missing key is reported at the service's header.
+    let key = service_key(svc).map_err(|e| Located {
+        span: if e.span == (0..0) {
+            header.clone()
+        } else {
+            e.span
+        },
+        message: e.message,
+    })?;
     let checked = svc.real.iter().any(|r| r.get_ref().check.is_some());
     if key.is_fwmark() && (svc.check.is_some() || svc.health.is_some() || checked) {
         return err(
@@ -612,6 +816,19 @@ fn add_service(table: &mut ServiceTable, spanned: &Spanned<RawService>) -> Resul
         Some(f) => crate::sched::SchedFlags::parse(&f.get_ref().join(","), scheduler)
             .or_else(|e| err(f.span(), format!("{label}: sched_flags: {e}")))?,
     };
+    let proxy_protocol = match &svc.proxy_protocol {
+        None => crate::model::ProxyVersion::Off,
+        Some(v) => {
+            let version = proxy_protocol_of(v, &label)?;
+            if version == crate::model::ProxyVersion::V1 && key.proto == Protocol::Udp {
+                return err(
+                    v.span(),
+                    format!("{label}: {}", crate::model::ModelError::ProxyV1Udp),
+                );
+            }
+            version
+        }
+    };
     let spec = ServiceSpec {
         key,
         scheduler,
@@ -619,6 +836,7 @@ fn add_service(table: &mut ServiceTable, spanned: &Spanned<RawService>) -> Resul
         persistence_netmask,
         sched_flags,
         ops: svc.ops.unwrap_or(false),
+        proxy_protocol,
     };
     table
         .add_service(spec)
@@ -671,8 +889,24 @@ fn add_real(
     )?;
     let forward = match &real.forward {
         None => ForwardMethod::Route,
-        Some(f) => forward_method(f, &real_label)?,
+        Some(f) => match forward_method(f, &real_label)? {
+            ForwardMethod::Tunnel(_) => ForwardMethod::Tunnel(tunnel_of(real, &real_label)?),
+            m => m,
+        },
     };
+    if !matches!(forward, ForwardMethod::Tunnel(_)) {
+        let stray = [
+            real.tunnel_type.as_ref().map(|v| v.span()),
+            real.tunnel_port.as_ref().map(|v| v.span()),
+            real.tunnel_csum.as_ref().map(|v| v.span()),
+        ];
+        if let Some(span) = stray.into_iter().flatten().next() {
+            return err(
+                span,
+                format!("{real_label}: tunnel_* keys need forward = \"tunnel\""),
+            );
+        }
+    }
     let spec = RealSpec {
         addr,
         port,
@@ -687,21 +921,18 @@ fn add_real(
         .or_else(|e| err(header, format!("{real_label}: {e}")))
 }
 
-/// `forward = "..."`: the method a real (or a sorry server) is reached by.
+/// `forward = "..."`: the method a real (or a sorry server) is reached by; tunnelling with
+/// IPVS's default encapsulation (IPIP), which a real's `tunnel_*` keys refine.
 fn forward_method(f: &Spanned<String>, label: &str) -> Result<ForwardMethod, Located> {
     match f.get_ref().to_ascii_lowercase().as_str() {
         "route" | "dr" | "gate" | "droute" => Ok(ForwardMethod::Route),
         "masq" | "nat" | "masquerading" => Ok(ForwardMethod::Masq),
-        m @ ("tunnel" | "ipip" | "tun") => err(
-            f.span(),
-            format!(
-                "{label}: forwarding method \"{m}\" is not supported yet (\"route\" and \"nat\" are)"
-            ),
-        ),
+        "tunnel" | "ipip" | "tun" => Ok(ForwardMethod::IPIP),
+        "fullnat" | "fnat" | "full-nat" => Ok(ForwardMethod::FullNat),
         m => err(
             f.span(),
             format!(
-                "{label}: forward = \"{m}\" is unknown (expected \"route\" (\"dr\", \"gate\") or \"nat\" (\"masq\"))"
+                "{label}: forward = \"{m}\" is unknown (expected \"route\" (\"dr\", \"gate\"), \"nat\" (\"masq\"), \"tunnel\" (\"ipip\") or \"fullnat\" (\"fnat\"))"
             ),
         ),
     }
@@ -1120,6 +1351,159 @@ mod tests {
         assert_eq!(svc.persistence_netmask, Ipv4Addr::BROADCAST);
         assert_eq!(svc.reals.len(), 1);
         assert_eq!(svc.reals[0].weight, 1);
+        assert_eq!(svc.proxy_protocol, crate::model::ProxyVersion::Off);
+        assert!(svc.local_addrs.is_empty());
+    }
+
+    const FULLNAT: &str = r#"workers = 2
+[fullnat]
+ports = "20000-29999"
+[[service]]
+vip = "192.168.70.100"
+port = 80
+scheduler = "rr"
+proxy_protocol = "v2"
+local_addresses = ["192.168.70.200", { address = "192.168.70.201", interface = "eth0" }]
+[service.health]
+sorry_server = "10.10.0.50:8080"
+[[service.real]]
+address = "10.10.0.11"
+port = 8080
+forward = "fullnat"
+[[service.real]]
+address = "10.10.0.12"
+port = 8080
+forward = "FNAT"
+"#;
+
+    #[test]
+    fn fullnat_services_local_addresses_and_ports() {
+        let cfg = p(FULLNAT).unwrap();
+        assert_eq!(cfg.fullnat_ports, (20000, 29999));
+        let web = ServiceKey::addr(Protocol::Tcp, Ipv4Addr::new(192, 168, 70, 100), 80);
+        let svc = cfg.services.service(&web).unwrap();
+        assert_eq!(svc.proxy_protocol, crate::model::ProxyVersion::V2);
+        assert_eq!(
+            svc.local_addrs,
+            vec![
+                crate::model::LocalAddr {
+                    addr: Ipv4Addr::new(192, 168, 70, 200),
+                    interface: None
+                },
+                crate::model::LocalAddr {
+                    addr: Ipv4Addr::new(192, 168, 70, 201),
+                    interface: Some("eth0".into())
+                },
+            ]
+        );
+        let reals: Vec<_> = svc.reals.iter().map(|r| (r.forward, r.port)).collect();
+        assert_eq!(
+            reals,
+            vec![
+                (ForwardMethod::FullNat, 8080),
+                (ForwardMethod::FullNat, 8080)
+            ]
+        );
+        // The sorry server is reached as the reals are.
+        assert_eq!(cfg.health.services[0].sorry_forward, ForwardMethod::FullNat);
+        let cfg = p(&FULLNAT.replace("\"20000-29999\"", "[1024, 32767]")).unwrap();
+        assert_eq!(cfg.fullnat_ports, (1024, 32767));
+        assert_eq!(p("").unwrap().fullnat_ports, (1024, 32767), "the default");
+        for alias in ["full-nat", "FullNat"] {
+            let text = FULLNAT.replace("\"FNAT\"", &format!("\"{alias}\""));
+            assert_eq!(
+                p(&text).unwrap().services.services()[0].reals[1].forward,
+                ForwardMethod::FullNat
+            );
+        }
+    }
+
+    #[test]
+    fn fullnat_refusals_name_line_and_problem() {
+        let ports = |v: &str| FULLNAT.replace("\"20000-29999\"", v);
+        refused(
+            &ports("[2000, 1000]"),
+            3,
+            &[
+                "fullnat.ports = [2000, 1000]",
+                "low end 2000 is above the high end 1000",
+            ],
+        );
+        refused(&ports("[0, 10]"), 3, &["port 0 is not a port"]);
+        refused(&ports("[1, 70000]"), 3, &["ports are 1..=65535"]);
+        refused(&ports("\"1024:2048\""), 3, &["expected [LOW, HIGH]"]);
+        refused(&ports("[1, 2, 3]"), 3, &["expected [LOW, HIGH]"]);
+        refused(
+            &ports("[1000, 1000]").replace("workers = 2", "workers = 4"),
+            3,
+            &[
+                "1 port(s) for 4 workers",
+                "each worker needs ports of its own",
+            ],
+        );
+        refused("[fullnat]\nport = [1, 2]\n", 2, &["unknown field `port`"]);
+        let svc = |key: &str| FULLNAT.replace("proxy_protocol = \"v2\"", key);
+        refused(
+            &svc("proxy_protocol = \"v3\""),
+            8,
+            &["service TCP 192.168.70.100:80: proxy_protocol = \"v3\" is unknown"],
+        );
+        refused(
+            &svc("proxy_protocol = \"v2-insecure\""),
+            8,
+            &["insecure modes", "not supported"],
+        );
+        refused(
+            "[[service]]\nprotocol = \"udp\"\nvip = \"10.0.0.100\"\nport = 53\nproxy_protocol = \"v1\"\n",
+            5,
+            &["service UDP 10.0.0.100:53: the PROXY protocol v1 has no UDP"],
+        );
+        let laddrs = |list: &str| {
+            FULLNAT.replace(
+                "[\"192.168.70.200\", { address = \"192.168.70.201\", interface = \"eth0\" }]",
+                list,
+            )
+        };
+        refused(
+            &laddrs("[\"192.168.70.300\"]"),
+            9,
+            &["local_addresses: \"192.168.70.300\" is not an IPv4 address"],
+        );
+        refused(&laddrs("[42]"), 9, &["42 is neither an address"]);
+        refused(
+            &laddrs("[{ addr = \"192.168.70.200\" }]"),
+            9,
+            &["unknown key `addr`"],
+        );
+        refused(
+            &laddrs("[{ address = \"192.168.70.200\", interface = \"a/b\" }]"),
+            9,
+            &["illegal interface name \"a/b\""],
+        );
+        refused(
+            &laddrs("[\"192.168.70.200\", \"192.168.70.200\"]"),
+            9,
+            &["local address 192.168.70.200: Local address already exists"],
+        );
+        refused(
+            &laddrs("[\"127.0.0.1\"]"),
+            9,
+            &["illegal local address 127.0.0.1"],
+        );
+        // A local address that is the VIP of a service further down the file.
+        refused(
+            &format!(
+                "{}[[service]]\nvip = \"192.168.70.200\"\nport = 443\n",
+                FULLNAT
+            ),
+            9,
+            &["local address 192.168.70.200 is a VIP"],
+        );
+        refused(
+            &FULLNAT.replace("\"FNAT\"", "\"snat\""),
+            19,
+            &["\"fullnat\" (\"fnat\")"],
+        );
     }
 
     #[test]
@@ -1407,13 +1791,21 @@ forward = "gate"
             &["weight 65536 is out of range"],
         );
         refused(&format!("{SVC}{real}weight = -1\n"), 7, &["weight -1"]);
-        for m in ["tunnel", "ipip"] {
-            refused(
-                &format!("{SVC}{real}forward = \"{m}\"\n"),
-                7,
-                &[m, "not supported yet"],
-            );
-        }
+        refused(
+            &format!("{SVC}{real}forward = \"tunnel\"\ntunnel_type = \"gue\"\n"),
+            8,
+            &["You need to supply the 'tun-port' option for the 'gue' tunnel type"],
+        );
+        refused(
+            &format!("{SVC}{real}forward = \"ipip\"\ntunnel_type = \"vxlan\"\n"),
+            8,
+            &["tunnel_type", "vxlan"],
+        );
+        refused(
+            &format!("{SVC}{real}tunnel_port = 6080\n"),
+            7,
+            &["need forward = \"tunnel\""],
+        );
         refused(
             &format!("{SVC}{real}forward = \"magic\"\n"),
             7,
@@ -1429,6 +1821,38 @@ forward = "gate"
             &format!("{SVC}[[service.real]]\naddress = \"10.0.0\"\n"),
             6,
             &["address", "10.0.0"],
+        );
+    }
+
+    #[test]
+    fn tunnelling_reals_take_their_encapsulation() {
+        let real = "[[service.real]]\naddress = \"10.0.9.2\"\nport = 8080\n";
+        let forward = |extra: &str| {
+            let c = p(&format!("{SVC}{real}{extra}")).unwrap();
+            let r = &c.services.services()[0].reals[0];
+            (r.forward, r.port)
+        };
+        assert_eq!(forward("forward = \"tunnel\"\n"), (ForwardMethod::IPIP, 80));
+        assert_eq!(
+            forward(
+                "forward = \"ipip\"\ntunnel_type = \"gue\"\ntunnel_port = 6080\ntunnel_csum = \"remcsum\"\n"
+            ),
+            (
+                ForwardMethod::Tunnel(Tunnel {
+                    kind: TunnelKind::Gue,
+                    port: 6080,
+                    csum: TunnelCsum::RemCsum
+                }),
+                80
+            )
+        );
+        assert_eq!(
+            forward("forward = \"tun\"\ntunnel_type = \"gre\"\ntunnel_csum = \"csum\"\n").0,
+            ForwardMethod::Tunnel(Tunnel {
+                kind: TunnelKind::Gre,
+                port: 0,
+                csum: TunnelCsum::Csum
+            })
         );
     }
 

@@ -78,7 +78,7 @@ pub struct ConnRow {
 /// client asked for.
 fn dest_port(real: Real<'_>, asked: u16) -> u16 {
     match real.path.xmit {
-        Xmit::Masq { port } if port != 0 => port,
+        Xmit::Masq { port } | Xmit::FullNat { port, .. } if port != 0 => port,
         _ => asked,
     }
 }
@@ -145,14 +145,20 @@ impl Control {
                 nat_replies_added: &d.nat_added,
                 nat_replies_removed: &d.nat_removed,
                 locals: snap.local_addrs(),
+                laddrs: snap.laddrs(),
             };
             kf.apply(&delta)
                 .map_err(|e| Refused::whole(format!("cannot update the kernel filter: {e}")))?;
         }
-        // The receive filter depends on the VIPs and the NAT reply sources only: a weight or
-        // health change leaves the workers' sockets alone.
-        if d.vips_changed || d.nat_sources_changed || d.full {
-            let program = receive_filter(snap.vips(), snap.nat_sources(), self.arp.vip_mac());
+        // The receive filter depends on the VIPs, the NAT reply sources and the local
+        // addresses only: a weight or health change leaves the workers' sockets alone.
+        if d.vips_changed || d.nat_sources_changed || d.laddrs_changed || d.full {
+            let program = receive_filter(
+                snap.vips(),
+                snap.nat_sources(),
+                snap.laddrs(),
+                self.arp.vip_mac(),
+            );
             for &(iface, fd) in &self.ring_fds {
                 let name = self.interfaces.get(iface).map_or("?", |i| i.name.as_str());
                 if let Err(e) = attach_filter(fd, &program, name) {
@@ -162,8 +168,8 @@ impl Control {
         }
         // Before the snapshot: a new masquerading real's replies must already reach the worker
         // of their flow when its first flow is scheduled.
-        if d.nat_sources_changed && self.workers.len() > 1 {
-            let program = fanout_program(snap.nat_sources());
+        if (d.nat_sources_changed || d.laddrs_changed) && self.workers.len() > 1 {
+            let program = fanout_program(snap.nat_sources(), snap.laddrs());
             let mut done = Vec::new();
             for &(iface, fd) in &self.ring_fds {
                 if done.contains(&iface) {
@@ -176,6 +182,10 @@ impl Control {
                 }
             }
         }
+        // Before the snapshot: a worker must hold the ports of a local address before a flow
+        // may need one (only the addresses it lacks are sent).
+        self.local_ports
+            .provision(snap.laddrs(), &self.worker_requests);
         let t = self.state.timeouts;
         let full = d.full;
         let snap = self
@@ -192,6 +202,17 @@ impl Control {
             let mut arp_vips = self.state.table.vips();
             arp_vips.sort();
             self.arp.set_vips(self.ha.arp_vips(arp_vips), now);
+        }
+        if structure.laddrs || full {
+            // Configured local addresses the kernel does not own are uvs's to answer for.
+            let local_addrs = self
+                .state
+                .table
+                .local_addrs()
+                .into_iter()
+                .filter(|a| !placer.is_local(*a))
+                .collect();
+            self.arp.set_local_addrs(local_addrs, now);
         }
         if structure.reals || full || placer.hops() != hops_before {
             let mut addrs: HashSet<Ipv4Addr> =

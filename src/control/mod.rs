@@ -7,9 +7,11 @@
 //! wire protocol.
 
 pub mod admin;
+pub mod fullnat;
 pub mod health;
 pub mod placement;
 pub mod stats;
+pub mod tunnel_icmp;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -64,6 +66,8 @@ pub struct Control {
     /// (interface index, receive socket) of every worker ring.
     pub ring_fds: Vec<(usize, RawFd)>,
     pub ring_totals: Vec<RingStats>,
+    /// FullNAT local addresses: the workers' port pools and their figures.
+    pub local_ports: fullnat::LocalPortPlan,
     /// The configured state the admin interface changes.
     pub state: AdminState,
     pub snapshot: SharedSnapshot,
@@ -91,6 +95,8 @@ pub struct Control {
     pub ha: HaRuntime,
     /// Readable when the kernel's routes, addresses or links change.
     pub route_watch: Option<crate::io::rtnetlink::RouteWatch>,
+    /// What the translator of tunnel-path ICMP errors counted.
+    pub tunnel_icmp: Arc<tunnel_icmp::Counts>,
 }
 
 /// Longest wait for real-server MACs before declaring readiness anyway.
@@ -251,8 +257,10 @@ impl Control {
     /// The kernel's routes changed: re-read them and republish, so routed next hops and the
     /// replies' way back follow. A table that cannot be read keeps the previous one.
     fn reroute(&mut self) {
+        // A link's MTU (a tunnel's) changes without its routes changing.
+        let mtu_changed = self.placer.refresh_mtus();
         match crate::io::rtnetlink::dump_ipv4_routes() {
-            Ok(routes) if routes == self.placer.routes => {}
+            Ok(routes) if routes == self.placer.routes && !mtu_changed => {}
             Ok(routes) => {
                 self.placer.routes = routes;
                 let local = self.health.local.clone();
@@ -379,6 +387,8 @@ impl Control {
             .map(|r| (r.name(), self.arp.counters.ignored[*r as usize]))
             .collect();
         f.arp_answered = self.arp.counters.requests_answered;
+        f.tunnel_path_translated = self.tunnel_icmp.translated.load(Relaxed);
+        f.tunnel_path_rate_limited = self.tunnel_icmp.rate_limited.load(Relaxed);
         f.arp_requests_sent = self.arp.counters.requests_sent;
         f.arp_gratuitous_sent = self.arp.counters.gratuitous_sent;
         f.arp_replies_learned = self.arp.counters.replies_learned;
@@ -405,6 +415,9 @@ impl Control {
                     .collect(),
                 tx_syscalls: w.totals.tx_syscalls.load(Relaxed),
                 coalesce_waits: w.totals.coalesce_waits.load(Relaxed),
+                tunnel_frag_needed: w.totals.icmp_frag_needed.load(Relaxed),
+                tunnel_icmp_rate_limited: w.totals.icmp_rate_limited.load(Relaxed),
+                tunnel_segmented: w.totals.segmented.load(Relaxed),
             })
             .collect();
         f.rings = self
@@ -420,6 +433,12 @@ impl Control {
             .collect();
         f.health = self.health_listing();
         f.trace_dropped = dropped_by_reason(&self.trace).to_vec();
+        f.fullnat_laddrs = self
+            .local_ports
+            .all()
+            .into_iter()
+            .map(|(a, fig)| (a.to_string(), fig.conns, fig.exhausted))
+            .collect();
         f
     }
 }

@@ -3,9 +3,12 @@
 //! daemon's life so a next hop that stays across a configuration change keeps its learned MAC.
 //!
 //! Direct routing's next hop is the real itself, on a served interface's network (IPVS's
-//! `IP_VS_RT_MODE_KNOWN_NH`). The routed methods (NAT) reach a real on such a network
-//! directly too, and any other real through the route the director's kernel would use
-//! (`io::rtnetlink`): its gateway, if the route leaves by a served interface.
+//! `IP_VS_RT_MODE_KNOWN_NH`). The routed methods (NAT, tunnelling) reach a real on such a
+//! network directly too, and any other real through the route the director's kernel would use
+//! (`io::rtnetlink`): its gateway, if the route leaves by a served interface. A tunnel's outer
+//! source is the address that kernel would send from (IPVS routes with
+//! `IP_VS_RT_MODE_CONNECT`, caching the route's preferred source): the route's `src`, else the
+//! egress interface's address on the next hop's network, else its first.
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -14,7 +17,7 @@ use crate::interfaces::{Interface, same_network};
 use crate::io::rtnetlink::Route;
 use crate::model::{ForwardMethod, ServiceTable};
 use crate::neigh::arp::Neighbor;
-use crate::snapshot::{NextHop, PlaceError, Placement, RouteEntry, RouteHop};
+use crate::snapshot::{NextHop, PlaceError, Placement, RouteEntry, RouteHop, TunnelEnd};
 
 #[derive(Clone, Debug)]
 pub struct Placer {
@@ -23,7 +26,12 @@ pub struct Placer {
     pub routes: Vec<Route>,
     slots: HashMap<(u16, Ipv4Addr), u32>,
     capacity: usize,
+    /// Interface MTUs as read once (by egress index).
+    mtus: HashMap<u16, u16>,
 }
+
+/// The MTU assumed when an interface's cannot be read (a test's made-up interface).
+const DEFAULT_MTU: u16 = 1500;
 
 impl Placer {
     pub fn new(interfaces: Vec<Interface>, capacity: usize) -> Placer {
@@ -32,6 +40,7 @@ impl Placer {
             routes: Vec::new(),
             slots: HashMap::new(),
             capacity,
+            mtus: HashMap::new(),
         }
     }
 
@@ -106,16 +115,40 @@ impl Placer {
         )
     }
 
-    /// The kernel's most specific route to `addr`, if it leaves by a served interface: the
-    /// gateway's slot, or `addr`'s own when the route has no gateway.
-    fn routed(&mut self, addr: Ipv4Addr) -> Result<NextHop, PlaceError> {
-        let best = self
-            .routes
+    /// Reads the MTU of every interface a tunnel leaves by again; whether one changed (the
+    /// snapshot must then be rebuilt: tunnel MTUs are compiled into it).
+    pub fn refresh_mtus(&mut self) -> bool {
+        let mut changed = false;
+        for (egress, mtu) in self.mtus.iter_mut() {
+            let Some(ifc) = self.interfaces.get(usize::from(*egress)) else {
+                continue;
+            };
+            let now = crate::io::socket::interface_mtu(&ifc.name)
+                .ok()
+                .and_then(|m| u16::try_from(m).ok())
+                .unwrap_or(DEFAULT_MTU);
+            if now != *mtu {
+                log::info!("MTU of {} is now {now} (was {mtu})", ifc.name);
+                *mtu = now;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The kernel's most specific route to `addr`.
+    fn best_route(&self, addr: Ipv4Addr) -> Option<Route> {
+        self.routes
             .iter()
             .filter(|r| same_network(r.dst, addr, r.prefix_len))
             .min_by_key(|r| (std::cmp::Reverse(r.prefix_len), r.metric))
             .copied()
-            .ok_or(PlaceError::NotRoutable(addr))?;
+    }
+
+    /// The kernel's most specific route to `addr`, if it leaves by a served interface: the
+    /// gateway's slot, or `addr`'s own when the route has no gateway.
+    fn routed(&mut self, addr: Ipv4Addr) -> Result<NextHop, PlaceError> {
+        let best = self.best_route(addr).ok_or(PlaceError::NotRoutable(addr))?;
         let egress = self
             .egress_of(best.oif)
             .ok_or(PlaceError::NotRoutable(addr))?;
@@ -125,13 +158,54 @@ impl Placer {
     }
 }
 
+impl Placer {
+    /// Whether `addr` is one of the served interfaces' own addresses.
+    pub fn is_local(&self, addr: Ipv4Addr) -> bool {
+        self.interfaces
+            .iter()
+            .any(|i| i.ipv4.iter().any(|(a, _)| *a == addr))
+    }
+}
+
 impl Placement for Placer {
     fn next_hop(&mut self, addr: Ipv4Addr, method: ForwardMethod) -> Result<NextHop, PlaceError> {
         let direct = self.on_link(addr);
         match method {
             ForwardMethod::Route => direct.unwrap_or(Err(PlaceError::NotOnLink(addr))),
-            ForwardMethod::Masq => direct.unwrap_or_else(|| self.routed(addr)),
+            ForwardMethod::Masq | ForwardMethod::Tunnel(_) | ForwardMethod::FullNat => {
+                direct.unwrap_or_else(|| self.routed(addr))
+            }
         }
+    }
+
+    fn tunnel_end(&mut self, addr: Ipv4Addr, hop: NextHop) -> Result<TunnelEnd, PlaceError> {
+        let ifc = self
+            .interfaces
+            .get(usize::from(hop.egress))
+            .ok_or(PlaceError::NotRoutable(addr))?;
+        let route = self.best_route(addr).filter(|r| r.oif == ifc.index);
+        let via = route.and_then(|r| r.gateway).unwrap_or(addr);
+        let source = route
+            .and_then(|r| r.prefsrc)
+            .or_else(|| ifc.source_for(via))
+            .or_else(|| ifc.ipv4.first().map(|(a, _)| *a))
+            .ok_or(PlaceError::NoTunnelSource(addr))?;
+        let name = ifc.name.clone();
+        let mtu = *self.mtus.entry(hop.egress).or_insert_with(|| {
+            crate::io::socket::interface_mtu(&name)
+                .ok()
+                .and_then(|m| u16::try_from(m).ok())
+                .unwrap_or(DEFAULT_MTU)
+        });
+        Ok(TunnelEnd {
+            source: u32::from(source),
+            mtu,
+        })
+    }
+
+    fn interface_addr(&self, egress: u16) -> Option<u32> {
+        let ifc = self.interfaces.get(usize::from(egress))?;
+        Some(ifc.ipv4.first().map_or(0, |(a, _)| u32::from(*a)))
     }
 
     fn routes(&mut self) -> Result<Vec<RouteEntry>, PlaceError> {

@@ -112,7 +112,11 @@ impl Backend for MemoryBackend {
                     exit_code: EXIT_REFUSED,
                 }),
             },
-            Request::Status => Reply::Status(status_of(&self.state, &|_, _| Default::default())),
+            Request::Status => {
+                Reply::Status(status_of(&self.state, &|_, _| Default::default(), &|_| {
+                    (0, 0)
+                }))
+            }
             Request::Connections => Reply::Connections(Vec::new()),
             Request::Health => Reply::Health(Default::default()),
             Request::Ha => Reply::Ha(Default::default()),
@@ -157,10 +161,15 @@ pub struct RealFigures {
 /// header keeps ipvsadm's value so scripts that parse it keep working.
 pub const CONN_TAB_SIZE: u32 = 4096;
 
-/// Builds a status reply from the configured state and per-real figures
-/// (`figures(service index, real index)`); service figures are the sums of their reals'.
-pub fn status_of(state: &AdminState, figures: &dyn Fn(usize, usize) -> RealFigures) -> Status {
-    use super::proto::{RealStatus, ServiceStatus};
+/// Builds a status reply from the configured state, per-real figures (`figures(service
+/// index, real index)`; service figures are the sums of their reals') and per-local-address
+/// figures (`laddr(addr)`: connections, refusals).
+pub fn status_of(
+    state: &AdminState,
+    figures: &dyn Fn(usize, usize) -> RealFigures,
+    laddr: &dyn Fn(std::net::Ipv4Addr) -> (u64, u64),
+) -> Status {
+    use super::proto::{LocalAddrStatus, RealStatus, ServiceStatus};
     let services = state
         .table
         .services()
@@ -207,6 +216,20 @@ pub fn status_of(state: &AdminState, figures: &dyn Fn(usize, usize) -> RealFigur
                 stats: sum(|r| r.stats),
                 rates: sum(|r| r.rates),
                 reals,
+                proxy_protocol: s.proxy_protocol,
+                local_addrs: s
+                    .local_addrs
+                    .iter()
+                    .map(|l| {
+                        let (conns, conflicts) = laddr(l.addr);
+                        LocalAddrStatus {
+                            addr: l.addr,
+                            interface: l.interface.clone(),
+                            conns,
+                            conflicts,
+                        }
+                    })
+                    .collect(),
             }
         })
         .collect();

@@ -18,7 +18,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 pub use crate::model::change::{Change, TimeoutsSecs};
-use crate::model::{ForwardMethod, MarkRule, Protocol, SchedulerKind, ServiceKey};
+use crate::model::{ForwardMethod, MarkRule, Protocol, ProxyVersion, SchedulerKind, ServiceKey};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -139,6 +139,24 @@ pub struct ServiceStatus {
     pub stats: Stats,
     pub rates: Stats,
     pub reals: Vec<RealStatus>,
+    /// `--proxy-protocol` (FullNAT reals).
+    #[serde(default)]
+    pub proxy_protocol: ProxyVersion,
+    /// FullNAT local addresses (`--add-laddr`), as `--get-laddr` lists them.
+    #[serde(default)]
+    pub local_addrs: Vec<LocalAddrStatus>,
+}
+
+/// A FullNAT local address of a service, with DPVS's `--get-laddr` figures.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalAddrStatus {
+    pub addr: Ipv4Addr,
+    /// `-F IFNAME`, as given.
+    pub interface: Option<String>,
+    /// Connections using a port of the address (all services sharing it together).
+    pub conns: u64,
+    /// New connections refused because every port was in use (DPVS's CONFLICTS column).
+    pub conflicts: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -369,6 +387,17 @@ mod pinned {
             Request::Apply(vec![
                 Change::AddService(ServiceSpec::new(key, SchedulerKind::Wrr)),
                 Change::AddReal(key, RealSpec::route(Ipv4Addr::new(10, 0, 0, 11), 80)),
+                Change::AddReal(
+                    key,
+                    RealSpec {
+                        forward: ForwardMethod::Tunnel(crate::model::Tunnel {
+                            kind: crate::model::TunnelKind::Gue,
+                            port: 6080,
+                            csum: crate::model::TunnelCsum::Csum,
+                        }),
+                        ..RealSpec::route(Ipv4Addr::new(10, 0, 9, 2), 80)
+                    },
+                ),
                 Change::DeleteReal(key, Ipv4Addr::new(10, 0, 0, 11), 80),
                 Change::AddMarkRule(MarkRule {
                     proto: Protocol::Udp,
@@ -381,6 +410,21 @@ mod pinned {
                     tcpfin: 120,
                     udp: 300,
                 },
+                Change::AddReal(
+                    key,
+                    RealSpec {
+                        forward: ForwardMethod::FullNat,
+                        ..RealSpec::route(Ipv4Addr::new(10, 0, 9, 3), 8080)
+                    },
+                ),
+                Change::AddLocalAddr(
+                    key,
+                    crate::model::LocalAddr {
+                        addr: Ipv4Addr::new(10, 0, 0, 2),
+                        interface: Some("eth0".into()),
+                    },
+                ),
+                Change::DeleteLocalAddr(key, Ipv4Addr::new(10, 0, 0, 2)),
                 Change::Clear,
             ]),
             Request::Status,
@@ -430,6 +474,13 @@ mod pinned {
                         lower_threshold: 0,
                         stats,
                         rates: Stats::default(),
+                    }],
+                    proxy_protocol: ProxyVersion::V2,
+                    local_addrs: vec![LocalAddrStatus {
+                        addr: Ipv4Addr::new(10, 0, 0, 2),
+                        interface: Some("eth0".into()),
+                        conns: 5,
+                        conflicts: 0,
                     }],
                 }],
                 timeouts: TimeoutsSecs::default(),

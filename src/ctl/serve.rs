@@ -146,13 +146,20 @@ fn figures(f: RealFigures) -> super::backend::RealFigures {
 
 fn status(control: &Control) -> proto::Status {
     let services = control.state.table.services();
-    super::backend::status_of(&control.state, &|si, ri| {
-        services
-            .get(si)
-            .and_then(|s| s.reals.get(ri))
-            .map(|r| figures(control.real_figures(r.id)))
-            .unwrap_or_default()
-    })
+    super::backend::status_of(
+        &control.state,
+        &|si, ri| {
+            services
+                .get(si)
+                .and_then(|s| s.reals.get(ri))
+                .map(|r| figures(control.real_figures(r.id)))
+                .unwrap_or_default()
+        },
+        &|addr| {
+            let f = control.local_ports.figures(addr);
+            (f.conns, f.exhausted)
+        },
+    )
 }
 
 fn conn_entry(c: ConnRow) -> proto::ConnEntry {

@@ -62,10 +62,21 @@ pub enum DropReason {
     NoEgress,
     /// The kernel refused to send the frame.
     TxFailed,
+    /// DF set and too big for the tunnel to its real once encapsulated: answered with ICMP
+    /// fragmentation-needed carrying the tunnel MTU (unless rate-limited), as IPVS answers.
+    TunnelTooBig,
+    /// Too big for the tunnel once encapsulated, without DF: IPVS fragments the outer
+    /// packet; uvs does not.
+    TunnelNeedsFragments,
+    /// A GSO super-frame of a kind uvs cannot cut into segments for a tunnel (not TCP/IPv4).
+    UnsupportedGso,
+    /// A new FullNAT connection found every local port of its service's local addresses in
+    /// use (counted per address too: `uvs_fullnat_port_exhausted_total`).
+    NoLocalPort,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 24;
+    pub const COUNT: usize = 28;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::RingTruncated,
         DropReason::Truncated,
@@ -91,6 +102,10 @@ impl DropReason {
         DropReason::NoNeighbor,
         DropReason::NoEgress,
         DropReason::TxFailed,
+        DropReason::TunnelTooBig,
+        DropReason::TunnelNeedsFragments,
+        DropReason::UnsupportedGso,
+        DropReason::NoLocalPort,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -119,6 +134,10 @@ impl DropReason {
             DropReason::NoNeighbor => "no_neighbor",
             DropReason::NoEgress => "no_egress",
             DropReason::TxFailed => "tx_failed",
+            DropReason::TunnelTooBig => "tunnel_too_big",
+            DropReason::TunnelNeedsFragments => "tunnel_needs_fragments",
+            DropReason::UnsupportedGso => "unsupported_gso",
+            DropReason::NoLocalPort => "no_local_port",
         }
     }
 }
@@ -198,6 +217,12 @@ pub struct WorkerTotals {
     pub flow_reuse: [AtomicU64; ReuseReason::COUNT],
     /// Busy time in microseconds (processing batches), for the per-worker load metric.
     pub busy_us: AtomicU64,
+    /// ICMP fragmentation-needed sent to clients whose packets did not fit a tunnel, and
+    /// those the rate limit held back.
+    pub icmp_frag_needed: AtomicU64,
+    pub icmp_rate_limited: AtomicU64,
+    /// GSO super-frames cut into segments for a tunnel.
+    pub segmented: AtomicU64,
 }
 
 /// Everything one worker counts. Written only by that worker; read by the control thread.

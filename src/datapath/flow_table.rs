@@ -18,7 +18,8 @@
 //! so late reaping never extends a flow's life.
 //!
 //! Entry: 32 bytes, all included (IPVS estimates 128 bytes per connection): the five-tuple,
-//! TCP state, real id, expiry, and the persistence template the flow is a child of.
+//! TCP state, real id, expiry, the persistence template the flow is a child of, and for a
+//! FullNAT flow its local address and port (where `fullnat` keeps the rest of it).
 //!
 //! Return entries: a flow whose replies pass the director (NAT) also has an entry keyed by
 //! its reply's five-tuple (real → client), in the same table, holding what the reply is
@@ -46,7 +47,7 @@ struct Slot {
     proto: u8,
     /// TCP: [`TcpState`] as u8; UDP: 0. [`RETURN`] marks a return entry.
     state: u8,
-    /// Return entry: the virtual port replies are rewritten to.
+    /// Return entry: the virtual port replies are rewritten to. FullNAT flow: the local port.
     vport: u16,
     /// Real id; 0 = empty slot.
     real: u32,
@@ -55,7 +56,8 @@ struct Slot {
     expires: u32,
     /// Persistence template slot + 1 this flow is a child of; 0 = none. Return entry: the VIP.
     template: u32,
-    /// Return entry: the first four bytes of the client-side MAC.
+    /// Return entry: the first four bytes of the client-side MAC. FullNAT flow: the local
+    /// address (never 0).
     mac_head: u32,
 }
 
@@ -117,6 +119,24 @@ pub struct Flow {
     pub real: RealId,
     pub state: TcpState,
     pub expires: u32,
+    /// A FullNAT flow's local address and port.
+    pub local: Option<LocalPort>,
+}
+
+/// The local address and port a FullNAT flow leaves from (host order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalPort {
+    pub addr: u32,
+    pub port: u16,
+}
+
+impl Slot {
+    fn local(&self) -> Option<LocalPort> {
+        (!self.is_return() && self.mac_head != 0).then_some(LocalPort {
+            addr: self.mac_head,
+            port: self.vport,
+        })
+    }
 }
 
 /// What a return entry holds: how a reply of the flow is rewritten and where it goes.
@@ -216,6 +236,7 @@ impl FlowTable {
                         real,
                         state: TcpState::from_u8(s.state),
                         expires: s.expires,
+                        local: s.local(),
                     },
                 ));
             }
@@ -279,7 +300,9 @@ impl FlowTable {
     /// Inserts (or replaces) the flow for `key`. Returns the entry it overwrote, if any, so
     /// the caller can undo that entry's connection counts; `Overwritten::evicted` is true when
     /// a live, unrelated flow had to make room (table full within the probe window).
-    /// `template`: the persistence template slot the flow is a child of, if any.
+    /// `template`: the persistence template slot the flow is a child of, if any; `local`: a
+    /// FullNAT flow's local address and port.
+    #[allow(clippy::too_many_arguments)]
     pub fn insert(
         &mut self,
         key: &FlowKey,
@@ -288,14 +311,15 @@ impl FlowTable {
         expires: u32,
         now: u32,
         template: Option<u32>,
+        local: Option<LocalPort>,
     ) -> Option<Overwritten> {
         let tmpl = template.map_or(0, |t| t + 1);
-        self.put(
-            key,
-            slot(key, real, state, expires, tmpl),
-            now,
-            Slot::matches,
-        )
+        let mut entry = slot(key, real, state, expires, tmpl);
+        if let Some(l) = local {
+            entry.mac_head = l.addr;
+            entry.vport = l.port;
+        }
+        self.put(key, entry, now, Slot::matches)
     }
 
     /// Writes `entry` where an entry `same` as it is, or in the first free slot of its probe
@@ -337,13 +361,13 @@ impl FlowTable {
         overwritten(&old, evicted)
     }
 
-    /// Reaps expired entries among the next `budget` slots, reporting each to `on_remove`
-    /// (real, state, template slot). Returns how many were removed.
+    /// Reaps expired entries among the next `budget` slots, reporting each flow entry to
+    /// `on_remove`. Returns how many were removed.
     pub fn expire_some(
         &mut self,
         now: u32,
         budget: usize,
-        mut on_remove: impl FnMut(RealId, TcpState, Option<u32>),
+        mut on_remove: impl FnMut(Overwritten),
     ) -> usize {
         let mut removed = 0;
         let mut examined = 0;
@@ -357,7 +381,7 @@ impl FlowTable {
             };
             if !s.is_empty() && stale {
                 if let Some(o) = overwritten(&s, false) {
-                    on_remove(o.real, o.state, o.template);
+                    on_remove(o);
                 }
                 self.remove_at(idx);
                 removed += 1;
@@ -410,6 +434,7 @@ impl FlowTable {
                         real: RealId(id),
                         state: TcpState::from_u8(s.state),
                         expires: s.expires,
+                        local: s.local(),
                     },
                 );
             }
@@ -450,6 +475,8 @@ pub struct Overwritten {
     pub evicted: bool,
     /// The persistence template slot it was a child of.
     pub template: Option<u32>,
+    /// A FullNAT flow's local port, to give back.
+    pub local: Option<LocalPort>,
 }
 
 /// The flow entry `s` was, if it was one (a return entry holds no connection counts).
@@ -462,6 +489,7 @@ fn overwritten(s: &Slot, evicted: bool) -> Option<Overwritten> {
         state: TcpState::from_u8(s.state),
         evicted,
         template: s.template.checked_sub(1),
+        local: s.local(),
     })
 }
 
@@ -514,7 +542,7 @@ mod tests {
     #[test]
     fn insert_lookup_update_expire() {
         let mut t = FlowTable::new(1024).unwrap();
-        t.insert(&key(1), rid(7), TcpState::SynRecv, 60_000, 0, None);
+        t.insert(&key(1), rid(7), TcpState::SynRecv, 60_000, 0, None, None);
         let (at, f) = t.lookup(&key(1), 10).unwrap();
         assert_eq!(f.real, rid(7));
         assert_eq!(f.state, TcpState::SynRecv);
@@ -542,6 +570,7 @@ mod tests {
                 if i % 2 == 0 { 100 } else { 10_000 },
                 0,
                 None,
+                None,
             );
         }
         assert_eq!(t.len(), 2000);
@@ -549,7 +578,7 @@ mod tests {
         let mut removed = 0;
         // One sweep examines every slot once plus once more per removal.
         for _ in 0..((4096 + 1000) / 64 + 1) {
-            let r = t.expire_some(200, 64, |_, _, _| {});
+            let r = t.expire_some(200, 64, |_| {});
             assert!(r <= 64);
             removed += r;
         }
@@ -567,12 +596,20 @@ mod tests {
     fn a_full_table_evicts_within_its_bounds_and_counts_it() {
         let mut t = FlowTable::new(64).unwrap();
         for i in 0..1000 {
-            t.insert(&key(i), rid(1), TcpState::Established, 1000 + i, 0, None);
+            t.insert(
+                &key(i),
+                rid(1),
+                TcpState::Established,
+                1000 + i,
+                0,
+                None,
+                None,
+            );
         }
         assert_eq!(t.len(), 64, "never grows");
         assert!(t.evictions > 0);
         // The newest flow is always findable right after its insert.
-        t.insert(&key(5000), rid(2), TcpState::SynRecv, 5000, 0, None);
+        t.insert(&key(5000), rid(2), TcpState::SynRecv, 5000, 0, None, None);
         assert_eq!(t.lookup(&key(5000), 1).unwrap().1.real, rid(2));
     }
 
@@ -581,7 +618,15 @@ mod tests {
         let mut t = FlowTable::new(64).unwrap();
         // Established flows with a short timeout (`--set 10 …`), shorter than SYN_RECV's.
         for i in 0..16 {
-            t.insert(&key(i), rid(1), TcpState::Established, 10_000, 0, None);
+            t.insert(
+                &key(i),
+                rid(1),
+                TcpState::Established,
+                10_000,
+                0,
+                None,
+                None,
+            );
         }
         // A flood of SYNs from random sources, each SYN_RECV for 60 s, far beyond capacity.
         for i in 0..5000u32 {
@@ -592,7 +637,15 @@ mod tests {
                 dport: 80,
                 proto: 6,
             };
-            t.insert(&k, rid(2), TcpState::SynRecv, 1000 + 60_000, 1000, None);
+            t.insert(
+                &k,
+                rid(2),
+                TcpState::SynRecv,
+                1000 + 60_000,
+                1000,
+                None,
+                None,
+            );
         }
         assert!(t.evictions > 4000, "{}", t.evictions);
         for i in 0..16 {
@@ -627,7 +680,7 @@ mod tests {
     #[test]
     fn a_return_entry_leads_back_to_its_flow_and_lives_as_long_as_it() {
         let mut t = FlowTable::new(1024).unwrap();
-        t.insert(&key(1), rid(7), TcpState::SynRecv, 60_000, 0, None);
+        t.insert(&key(1), rid(7), TcpState::SynRecv, 60_000, 0, None, None);
         assert_eq!(t.insert_return(&reply_key(1), &ret(7), 0), None);
         let r = t.lookup_return(&reply_key(1)).unwrap();
         assert_eq!(r, ret(7));
@@ -641,12 +694,12 @@ mod tests {
         t.for_each_live(10, |_, _| n += 1);
         assert_eq!(n, 1);
         // The flow is rescheduled to another real: the return entry is stale at once.
-        t.insert(&key(1), rid(8), TcpState::SynRecv, 60_000, 0, None);
+        t.insert(&key(1), rid(8), TcpState::SynRecv, 60_000, 0, None, None);
         assert!(t.flow_of(&reply_key(1), &r, 10).is_none());
         // The flow expires: expiry reaps both, the return entry with it.
         assert_eq!(t.len(), 2);
         let mut removed = Vec::new();
-        t.expire_some(60_000, 2048, |real, _, _| removed.push(real));
+        t.expire_some(60_000, 2048, |gone| removed.push(gone.real));
         assert_eq!(removed, vec![rid(8)], "only the flow held counts");
         assert_eq!(t.len(), 0);
         assert!(t.lookup_return(&reply_key(1)).is_none());
@@ -664,6 +717,7 @@ mod tests {
             TcpState::Established,
             now.wrapping_add(100),
             now,
+            None,
             None,
         );
         assert!(t.lookup(&key(1), now.wrapping_add(50)).is_some());

@@ -20,11 +20,134 @@
 //! clocks differ, so the timestamp option is overwritten with NOPs in the client's SYN (no
 //! connection negotiates it), as DPVS does; the real's PAWS then never rejects a new client.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+pub use crate::datapath::flow_table::LocalPort;
 use crate::model::RealId;
 use crate::wire::{MacAddr, be32, csum};
 
-/// Local addresses a director may have, all services together.
-pub const MAX_LOCAL_ADDRS: usize = 256;
+/// Local addresses a worker may hold ports of: the services' own (`model::MAX_LOCAL_ADDRS`)
+/// and the director's addresses towards FullNAT reals.
+pub const MAX_POOLS: usize = crate::model::MAX_LOCAL_ADDRS + 64;
+
+/// The ports uvs hands out on every local address by default: below Linux's default
+/// ephemeral range (32768–60999), so the director's own connections from the same address
+/// never pick one (see `daemon` for a range that overlaps).
+pub const DEFAULT_PORTS: (u16, u16) = (1024, 32767);
+
+/// What the control thread reads about one local address on one worker.
+#[derive(Debug, Default)]
+pub struct LaddrCounters {
+    /// Ports carrying a connection.
+    pub in_use: AtomicU64,
+    /// Connections refused because every port was in use (DPVS's "conflicts").
+    pub exhausted: AtomicU64,
+}
+
+/// A worker's local ports: one pool per local address, sorted by address.
+pub struct LocalPorts {
+    pools: Vec<(u32, PortPool, Arc<LaddrCounters>)>,
+    /// The ports uvs uses on every local address (inclusive).
+    pub range: (u16, u16),
+    /// Round-robin position over a service's local addresses.
+    cursor: usize,
+}
+
+/// Why a FullNAT connection got no local port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoPort {
+    /// Every port of every candidate address is in use.
+    Exhausted,
+    /// No pool for the address yet (the control thread sends one before the snapshot that
+    /// needs it; seen only if that failed).
+    NoPool,
+}
+
+impl LocalPorts {
+    pub fn new(range: (u16, u16)) -> LocalPorts {
+        LocalPorts {
+            pools: Vec::with_capacity(MAX_POOLS),
+            range,
+            cursor: 0,
+        }
+    }
+
+    /// Takes the pool of `addr` (from the control thread), unless one is there already.
+    /// Within [`MAX_POOLS`] this never allocates.
+    pub fn add(&mut self, addr: u32, pool: PortPool, counters: Arc<LaddrCounters>) {
+        match self.pools.binary_search_by_key(&addr, |p| p.0) {
+            Ok(_) => {}
+            Err(at) if self.pools.len() < MAX_POOLS => {
+                self.pools.insert(at, (addr, pool, counters))
+            }
+            Err(_) => {
+                log::warn!("fullnat: more than {MAX_POOLS} local addresses: {addr:#x} ignored")
+            }
+        }
+    }
+
+    pub fn has(&self, addr: u32) -> bool {
+        self.pools.binary_search_by_key(&addr, |p| p.0).is_ok()
+    }
+
+    #[inline]
+    fn find(&self, addr: u32) -> Option<usize> {
+        self.pools.binary_search_by_key(&addr, |p| p.0).ok()
+    }
+
+    /// Whether `port` is one uvs hands out (else a reply to it is the kernel's).
+    #[inline]
+    pub fn in_range(&self, port: u16) -> bool {
+        (self.range.0..=self.range.1).contains(&port)
+    }
+
+    /// A port on one of `candidates` (a service's local addresses, tried round-robin from the
+    /// worker's cursor) for `conn`.
+    pub fn allocate(&mut self, candidates: &[u32], conn: FnatConn) -> Result<LocalPort, NoPort> {
+        let n = candidates.len();
+        let mut why = NoPort::NoPool;
+        for i in 0..n {
+            let addr = candidates[(self.cursor + i) % n];
+            let Some(at) = self.find(addr) else {
+                continue;
+            };
+            let (_, pool, counters) = &mut self.pools[at];
+            match pool.allocate(conn) {
+                Some(port) => {
+                    self.cursor = self.cursor.wrapping_add(1);
+                    counters.in_use.store(pool.in_use() as u64, Relaxed);
+                    return Ok(LocalPort { addr, port });
+                }
+                None => {
+                    counters.exhausted.fetch_add(1, Relaxed);
+                    why = NoPort::Exhausted;
+                }
+            }
+        }
+        Err(why)
+    }
+
+    /// Gives a port back (its flow ended).
+    pub fn release(&mut self, lp: LocalPort) {
+        if let Some(at) = self.find(lp.addr) {
+            let (_, pool, counters) = &mut self.pools[at];
+            pool.release(lp.port);
+            counters.in_use.store(pool.in_use() as u64, Relaxed);
+        }
+    }
+
+    #[inline]
+    pub fn conn(&self, lp: LocalPort) -> Option<&FnatConn> {
+        self.pools[self.find(lp.addr)?].1.conn(lp.port)
+    }
+
+    #[inline]
+    pub fn conn_mut(&mut self, lp: LocalPort) -> Option<&mut FnatConn> {
+        let at = self.find(lp.addr)?;
+        self.pools[at].1.conn_mut(lp.port)
+    }
+}
 
 /// TCP option kinds.
 const OPT_END: u8 = 0;
@@ -55,6 +178,10 @@ pub struct FnatConn {
     pub delta: u32,
     /// The PROXY header is still to be sent or not yet acknowledged by the real.
     pub header_unacked: bool,
+    /// The header went out (again: cleared when the real shows it never got it).
+    pub header_sent: bool,
+    /// Which PROXY header (the service's when the connection began).
+    pub proxy: crate::proxy_protocol::Version,
 }
 
 impl FnatConn {

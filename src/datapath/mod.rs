@@ -15,5 +15,6 @@ pub mod fullnat;
 pub mod process;
 pub mod tap;
 pub mod templates;
+pub mod tunnel;
 pub mod worker;
 pub mod xmit;

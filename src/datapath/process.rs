@@ -12,10 +12,12 @@ use std::sync::Arc;
 
 use crate::conns::ConnCounts;
 use crate::datapath::counters::{DropReason, ReuseReason, WorkerCounters, bump};
-use crate::datapath::flow_table::{Flow, FlowTable, Overwritten, Return, SlotRef};
+use crate::datapath::flow_table::{Flow, FlowTable, LocalPort, Overwritten, Return, SlotRef};
+use crate::datapath::fullnat::LocalPorts;
 use crate::datapath::tap::{self, Outcome, Tap, Via};
 use crate::datapath::templates::{TemplateKey, TemplateTable};
-use crate::datapath::xmit::{self, Link};
+use crate::datapath::tunnel::Composer;
+use crate::datapath::xmit::{self, Link, TunnelCtx};
 use crate::flow::FlowKey;
 use crate::flow::{Direction, TcpState, next_state};
 use crate::io::VNET_HDR_LEN;
@@ -36,6 +38,13 @@ pub enum Verdict {
     /// Rewritten in place; send it (virtio header + frame) on egress interface `egress`.
     Forward {
         egress: u16,
+    },
+    /// Send the `packets` the forwarder composed ([`Forwarder::compose`]: a tunnel's
+    /// encapsulated packet or segments, or the ICMP error answering a dropped frame) on
+    /// `egress`.
+    Compose {
+        egress: u16,
+        packets: u16,
     },
     Drop(DropReason),
 }
@@ -59,6 +68,12 @@ pub struct Forwarder {
     pub ha: Arc<HaHooks>,
     /// `uvs trace` / `uvs capture` producer side (see `tap`); `None` in tests.
     pub tap: Option<Tap>,
+    /// What a tunnel composed for the last frame (see `tunnel`).
+    pub compose: Composer,
+    /// FullNAT: the local ports this worker owns, and their connections.
+    pub local_ports: LocalPorts,
+    /// A composed packet, whole, as a trace shows it.
+    trace_buf: Vec<u8>,
 }
 
 /// The real server a new flow goes to, and how it was found.
@@ -79,6 +94,9 @@ struct Parsed {
     /// flow or return entry it is about).
     key: FlowKey,
     tcp_flags: u8,
+    /// TCP: sequence and acknowledgement numbers (0 otherwise).
+    seq: u32,
+    ack: u32,
     ip_len: usize,
     /// Where the frame came from on the link (a client's next hop, for its replies).
     src_mac: MacAddr,
@@ -144,7 +162,7 @@ fn parse(frame: &[u8], status: u32) -> Result<Parsed, DropReason> {
     if proto == IPPROTO_ICMP {
         return parse_icmp(l4, ihl, total, src_mac);
     }
-    let tcp_flags = match proto {
+    let (tcp_flags, seq, ack) = match proto {
         IPPROTO_TCP => {
             if l4.len() < wire::TCP_MIN_HDR_LEN {
                 return Err(DropReason::BadL4Header);
@@ -153,13 +171,13 @@ fn parse(frame: &[u8], status: u32) -> Result<Parsed, DropReason> {
             if doff < wire::TCP_MIN_HDR_LEN || doff > l4.len() {
                 return Err(DropReason::BadL4Header);
             }
-            tcp::flags(l4)
+            (tcp::flags(l4), wire::be32(l4, 4), wire::be32(l4, 8))
         }
         IPPROTO_UDP => {
             if l4.len() < wire::UDP_HDR_LEN {
                 return Err(DropReason::BadL4Header);
             }
-            0
+            (0, 0, 0)
         }
         _ => return Err(DropReason::NotAService),
     };
@@ -177,6 +195,8 @@ fn parse(frame: &[u8], status: u32) -> Result<Parsed, DropReason> {
             proto,
         },
         tcp_flags,
+        seq,
+        ack,
         ip_len: total,
         src_mac,
         icmp: None,
@@ -224,6 +244,8 @@ fn parse_icmp(
             proto,
         },
         tcp_flags: 0,
+        seq: 0,
+        ack: 0,
         ip_len: total,
         src_mac,
         icmp: Some(IcmpError {
@@ -270,6 +292,9 @@ impl Forwarder {
             expire_quiescent_template: false,
             ha: HaHooks::inert(),
             tap: None,
+            compose: Composer::new(),
+            local_ports: LocalPorts::new(crate::datapath::fullnat::DEFAULT_PORTS),
+            trace_buf: Vec::new(),
         })
     }
 
@@ -301,14 +326,17 @@ impl Forwarder {
     pub fn expire_some(&mut self, snap: &Snapshot, now: u32, budget: usize) -> usize {
         let conns = &self.conns;
         let templates = &self.templates;
-        let removed = self
-            .flows
-            .expire_some(now, budget, |real, state, template| {
-                conns.unbind(real, state.is_active(), thresholds(snap, real));
-                if let Some(slot) = template {
-                    templates.release(slot, now);
-                }
-            });
+        let ports = &mut self.local_ports;
+        let removed = self.flows.expire_some(now, budget, |gone| {
+            let real = gone.real;
+            conns.unbind(real, gone.state.is_active(), thresholds(snap, real));
+            if let Some(slot) = gone.template {
+                templates.release(slot, now);
+            }
+            if let Some(lp) = gone.local {
+                ports.release(lp);
+            }
+        });
         templates.expire_some(now, budget / 4 + 1, |real| {
             conns.unbind_template(real, thresholds(snap, real));
         });
@@ -326,14 +354,42 @@ impl Forwarder {
         frame: RxFrame<'_>,
         now: u32,
     ) -> Verdict {
+        self.compose.clear();
         if self.tap.as_ref().is_some_and(|t| t.armed) {
             return self.process_traced(snap, neigh, counters, frame, now);
         }
-        match self.decide(snap, neigh, counters, frame, now) {
-            Ok(egress) => Verdict::Forward { egress },
+        let result = self.decide(snap, neigh, counters, frame, now);
+        self.verdict(result, counters)
+    }
+
+    /// The verdict on a decision; counts a drop (and an ICMP error answering it).
+    #[inline]
+    fn verdict(&self, result: Result<u16, DropReason>, counters: &WorkerCounters) -> Verdict {
+        match result {
+            Ok(egress) => match self.compose.packets() {
+                0 => Verdict::Forward { egress },
+                packets => {
+                    if packets > 1 {
+                        bump(&counters.totals.segmented, 1);
+                    }
+                    Verdict::Compose { egress, packets }
+                }
+            },
             Err(reason) => {
                 counters.count_drop(reason);
-                Verdict::Drop(reason)
+                if self.compose.rate_limited() {
+                    bump(&counters.totals.icmp_rate_limited, 1);
+                }
+                match self.compose.egress {
+                    Some(egress) if self.compose.packets() > 0 => {
+                        bump(&counters.totals.icmp_frag_needed, 1);
+                        Verdict::Compose {
+                            egress,
+                            packets: self.compose.packets(),
+                        }
+                    }
+                    _ => Verdict::Drop(reason),
+                }
             }
         }
     }
@@ -365,23 +421,35 @@ impl Forwarder {
             scratch,
         };
         let result = self.decide(snap, neigh, counters, again, now);
-        if let Err(reason) = result {
-            counters.count_drop(reason);
-        }
-        if let (Some(p), Some(t)) = (pending, self.tap.as_mut()) {
-            let (outcome, sent) = match result {
-                Ok(egress) => (
+        let verdict = self.verdict(result, counters);
+        if let Some(p) = pending {
+            // A composed packet is shown as it leaves (the first, of a segmented frame): its
+            // head, then its part of the frame. Traces are rare; the buffer is reused.
+            if let (Ok(_), Verdict::Compose { .. }) = (result, verdict) {
+                let mut slot = [0u8; crate::io::tx::HEAD_CAP];
+                let part = self.compose.fill(0, &mut slot);
+                self.trace_buf.clear();
+                self.trace_buf
+                    .extend_from_slice(slot.get(VNET_HDR_LEN..part.head_len).unwrap_or(&[]));
+                let end = part.payload_from + part.payload_len;
+                self.trace_buf
+                    .extend_from_slice(buf.get(part.payload_from..end).unwrap_or(&[]));
+            }
+            let (outcome, sent) = match (result, verdict) {
+                (Ok(egress), Verdict::Compose { .. }) => {
+                    (Outcome::Forwarded { egress }, &self.trace_buf[..])
+                }
+                (Ok(egress), _) => (
                     Outcome::Forwarded { egress },
                     buf.get(VNET_HDR_LEN..).unwrap_or(&[]),
                 ),
-                Err(reason) => (Outcome::Dropped(reason), &[][..]),
+                (Err(reason), _) => (Outcome::Dropped(reason), &[][..]),
             };
-            t.record(p, outcome, sent, wire_len);
+            if let Some(t) = self.tap.as_mut() {
+                t.record(p, outcome, sent, wire_len);
+            }
         }
-        match result {
-            Ok(egress) => Verdict::Forward { egress },
-            Err(reason) => Verdict::Drop(reason),
-        }
+        verdict
     }
 
     /// The pipeline (see the module documentation). Returns the egress interface.
@@ -417,9 +485,9 @@ impl Forwarder {
             return Err(DropReason::Standby);
         }
         check_ttl(buf)?;
-        let real = match self.flows.lookup(&p.key, now) {
+        let (real, local) = match self.flows.lookup(&p.key, now) {
             Some((at, flow)) => match self.reuse(snap, &p, &flow) {
-                None => self.continue_flow(snap, &p, at, flow, now)?,
+                None => (self.continue_flow(snap, &p, at, flow, now)?, flow.local),
                 Some(why) => {
                     bump(&counters.totals.flow_reuse[why as usize], 1);
                     if let Some(t) = self.tap.as_mut().filter(|t| t.armed) {
@@ -436,7 +504,19 @@ impl Forwarder {
             neigh,
             interface_macs: &self.interface_macs,
         };
-        let egress = xmit::transmit(real, buf, &link)?;
+        let leg = local.map(|from| xmit::FnatLeg {
+            from,
+            delta: self.local_ports.conn(from).map_or(0, |c| c.delta),
+        });
+        let mut tun = TunnelCtx {
+            out: &mut self.compose,
+            snap,
+            now_ms: now,
+        };
+        let egress = xmit::transmit(real, buf, &link, &mut tun, leg)?;
+        if let Some(from) = local {
+            self.send_proxy_header(from, &p, buf);
+        }
         if let Some(c) = counters.real(real.dest.id) {
             bump(&c.in_packets, 1);
             bump(&c.in_bytes, p.ip_len as u64);
@@ -462,6 +542,9 @@ impl Forwarder {
             .is_ok();
         if !from_nat_real {
             return Err(DropReason::NotAService);
+        }
+        if snap.is_laddr(p.key.daddr) && self.local_ports.in_range(p.key.dport) {
+            return self.fullnat_reply(snap, neigh, counters, buf, p, now);
         }
         if snap.is_local(p.key.daddr) {
             return Err(DropReason::ToDirector);
@@ -537,16 +620,28 @@ impl Forwarder {
             check_ttl(buf)?;
             let real = snap.real(flow.real).ok_or(DropReason::RealRemoved)?;
             self.trace_real(real);
+            let leg = flow.local.map(|from| xmit::FnatLeg {
+                from,
+                delta: self.local_ports.conn(from).map_or(0, |c| c.delta),
+            });
             let link = Link {
                 neigh,
                 interface_macs: &self.interface_macs,
             };
-            let egress = xmit::icmp_to_real(real, ic, buf, &link)?;
+            let mut tun = TunnelCtx {
+                out: &mut self.compose,
+                snap,
+                now_ms: now,
+            };
+            let egress = xmit::icmp_to_real(real, ic, buf, &link, &mut tun, leg)?;
             if let Some(c) = counters.real(real.dest.id) {
                 bump(&c.in_packets, 1);
                 bump(&c.in_bytes, p.ip_len as u64);
             }
             return Ok(egress);
+        }
+        if snap.is_laddr(p.key.daddr) && self.local_ports.in_range(p.key.dport) {
+            return self.fullnat_icmp_to_client(snap, neigh, counters, buf, p, ic, now);
         }
         let ret = self
             .flows
@@ -649,7 +744,8 @@ impl Forwarder {
 
     /// The first packet of a flow: adopt it from the connection sync or schedule it, bind it
     /// to its real, and remember it (unless one-packet scheduling forgets it at once); a
-    /// masquerading real's flow also gets the return entry its replies are found by.
+    /// masquerading real's flow also gets the return entry its replies are found by, a
+    /// FullNAT real's flow its local port. Returns the real, and the local port.
     #[inline]
     fn start_flow<'s>(
         &mut self,
@@ -658,7 +754,7 @@ impl Forwarder {
         p: &Parsed,
         counters: &WorkerCounters,
         now: u32,
-    ) -> Result<Real<'s>, DropReason> {
+    ) -> Result<(Real<'s>, Option<LocalPort>), DropReason> {
         let is_tcp = p.key.proto == IPPROTO_TCP;
         let adopted = self.adopt_synced(svc, &p.key, now);
         let syn_only = p.tcp_flags & (tcp::SYN | tcp::RST) == tcp::SYN;
@@ -676,16 +772,29 @@ impl Forwarder {
         self.trace_new_flow(svc, &chosen);
         let real = chosen.real;
         let (state, timeout) = after_packet(snap, p, prior, client_direction(real));
-        if ops {
+        // A FullNAT flow keeps its entry even under OPS: its replies are found through it.
+        let local = match real.path.xmit {
+            Xmit::FullNat { port, source } => {
+                Some(self.local_port(svc, real, (port, source), p, counters)?)
+            }
+            _ => None,
+        };
+        if ops && local.is_none() {
             // `ip_vs_bind_dest` then `ip_vs_unbind_dest`: no count remains, but the
             // thresholds see the connection pass, as in the kernel.
             self.conns.bind(real.dest.id, false, real.dest.thresholds);
             self.conns.unbind(real.dest.id, false, real.dest.thresholds);
         } else {
             let expires = now.wrapping_add(timeout);
-            let old = self
-                .flows
-                .insert(&p.key, real.dest.id, state, expires, now, chosen.template);
+            let old = self.flows.insert(
+                &p.key,
+                real.dest.id,
+                state,
+                expires,
+                now,
+                chosen.template,
+                local,
+            );
             self.forget(snap, old, counters, now);
             self.conns
                 .bind(real.dest.id, state.is_active(), real.dest.thresholds);
@@ -711,13 +820,13 @@ impl Forwarder {
             bump(&c.conns, 1);
         }
         self.sync_emit(&p.key, real, state, timeout);
-        Ok(real)
+        Ok((real, local))
     }
 
-    /// Undoes the counts of a flow entry an insert replaced.
+    /// Undoes the counts of a flow entry an insert replaced, and gives its local port back.
     #[inline]
     fn forget(
-        &self,
+        &mut self,
         snap: &Snapshot,
         old: Option<Overwritten>,
         counters: &WorkerCounters,
@@ -733,6 +842,9 @@ impl Forwarder {
         }
         if old.evicted {
             bump(&counters.totals.flow_evictions, 1);
+        }
+        if let Some(lp) = old.local {
+            self.local_ports.release(lp);
         }
     }
 
@@ -798,7 +910,7 @@ impl Forwarder {
         let real = synced_real(svc, &key, &f).ok_or(DropReason::ReplyNoFlow)?;
         let old = self
             .flows
-            .insert(&key, real.dest.id, f.state, f.expires, now, None);
+            .insert(&key, real.dest.id, f.state, f.expires, now, None, None);
         self.forget(snap, old, counters, now);
         self.conns
             .bind(real.dest.id, f.state.is_active(), real.dest.thresholds);
@@ -922,6 +1034,9 @@ impl Forwarder {
         let (forward, real_port) = match real.path.xmit {
             Xmit::Route => (ForwardMethod::Route, key.dport),
             Xmit::Masq { port } => (ForwardMethod::Masq, masq_port(port, key.dport)),
+            Xmit::Tunnel { encap, .. } => (ForwardMethod::Tunnel(encap), key.dport),
+            // Not sent (IPVS's format has no local address): see `sync::wire::syncable`.
+            Xmit::FullNat { port, .. } => (ForwardMethod::FullNat, masq_port(port, key.dport)),
         };
         self.ha.emit(SyncRecord {
             key: *key,
@@ -985,6 +1100,8 @@ fn synced_real<'s>(svc: &'s ServiceEntry, key: &FlowKey, f: &SyncedFlow) -> Opti
                 Xmit::Masq { port } => {
                     f.forward == ForwardMethod::Masq && masq_port(port, key.dport) == f.real_port
                 }
+                Xmit::Tunnel { .. } => matches!(f.forward, ForwardMethod::Tunnel(_)),
+                Xmit::FullNat { .. } => false,
             }
     })
 }
@@ -1032,8 +1149,13 @@ fn after_packet(
     }
 }
 
+mod fullnat;
+
 #[cfg(test)]
 mod tests;
 
 #[cfg(test)]
 mod nat_tests;
+
+#[cfg(test)]
+mod fullnat_tests;

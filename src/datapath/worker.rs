@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::datapath::coalesce::Coalescer;
 use crate::datapath::counters::{DropReason, WorkerCounters, bump};
+use crate::datapath::fullnat::{LaddrCounters, PortPool};
 use crate::datapath::process::{Forwarder, Verdict};
 use crate::flow::FlowKey;
 use crate::flow::tcp_state::TcpState;
@@ -54,6 +55,13 @@ pub enum WorkerRequest {
     /// Every live flow of this worker's table. The reply allocates, but on request, never on
     /// the packet path.
     DumpFlows(crossbeam_channel::Sender<Vec<FlowRecord>>),
+    /// The ports of a FullNAT local address this worker owns, built by the control thread
+    /// (so the worker never allocates them) and sent before the snapshot that uses it.
+    LocalPorts {
+        addr: u32,
+        pool: Box<PortPool>,
+        counters: Arc<LaddrCounters>,
+    },
 }
 
 /// One receive ring of a worker (one per served interface).
@@ -110,10 +118,22 @@ impl Worker {
             crate::io::thread::set_timer_slack_ns(1000);
         }
         let mut last_traffic = Instant::now();
+        let mut seen_generation = u64::MAX;
         while !self.stop.load(Ordering::Relaxed) {
             let started = Instant::now();
             let now = clock::now_ms();
             let snap = self.snapshot.load();
+            // A new snapshot may use a FullNAT local address whose ports the control thread
+            // sent just before publishing it: take them before the first frame needs them.
+            if snap.generation != seen_generation {
+                seen_generation = snap.generation;
+                let ports = &self.forwarder.local_ports;
+                if snap.laddrs().iter().any(|a| !ports.has(*a)) {
+                    while let Ok(req) = self.requests.try_recv() {
+                        serve(&mut self.forwarder, req, now);
+                    }
+                }
+            }
             let mut batches = 0u64;
             // Totals of this round, published once (single-writer counters, but one store per
             // round instead of two per frame).
@@ -148,10 +168,23 @@ impl Worker {
                         frames += 1;
                         bytes += frame.wire_len as u64;
                         let verdict = self.forwarder.process(&snap, &self.neigh, &c, frame, now);
-                        if let Verdict::Forward { egress } = verdict {
-                            if !batch.send(egress) {
-                                c.count_drop(DropReason::TxFailed);
+                        match verdict {
+                            Verdict::Forward { egress } => {
+                                if !batch.send(egress) {
+                                    c.count_drop(DropReason::TxFailed);
+                                }
                             }
+                            Verdict::Compose { egress, packets } => {
+                                let out = &self.forwarder.compose;
+                                let failed = batch.send_composed(egress, packets, |k, slot| {
+                                    let p = out.fill(k, slot);
+                                    (p.head_len, p.payload_from..p.payload_from + p.payload_len)
+                                });
+                                for _ in 0..failed {
+                                    c.count_drop(DropReason::TxFailed);
+                                }
+                            }
+                            Verdict::Drop(_) => {}
                         }
                     }
                     account(&c, batch.finish());
@@ -166,7 +199,7 @@ impl Worker {
             }
             drop(snap);
             while let Ok(req) = self.requests.try_recv() {
-                self.serve(req, now);
+                serve(&mut self.forwarder, req, now);
             }
             c.totals
                 .flows
@@ -197,22 +230,26 @@ impl Worker {
     }
 }
 
-impl Worker {
-    fn serve(&self, req: WorkerRequest, now: u32) {
-        match req {
-            WorkerRequest::DumpFlows(reply) => {
-                let mut out = Vec::with_capacity(self.forwarder.flows.len());
-                self.forwarder.flows.for_each_live(now, |key, flow| {
-                    out.push(FlowRecord {
-                        key: *key,
-                        real: flow.real,
-                        state: flow.state,
-                        expires_in: flow.expires.wrapping_sub(now),
-                    });
+/// Serves one request from the control thread, between rounds.
+fn serve(forwarder: &mut Forwarder, req: WorkerRequest, now: u32) {
+    match req {
+        WorkerRequest::LocalPorts {
+            addr,
+            pool,
+            counters,
+        } => forwarder.local_ports.add(addr, *pool, counters),
+        WorkerRequest::DumpFlows(reply) => {
+            let mut out = Vec::with_capacity(forwarder.flows.len());
+            forwarder.flows.for_each_live(now, |key, flow| {
+                out.push(FlowRecord {
+                    key: *key,
+                    real: flow.real,
+                    state: flow.state,
+                    expires_in: flow.expires.wrapping_sub(now),
                 });
-                // The requester may have given up waiting; that is fine.
-                let _ = reply.send(out);
-            }
+            });
+            // The requester may have given up waiting; that is fine.
+            let _ = reply.send(out);
         }
     }
 }

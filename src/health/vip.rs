@@ -13,6 +13,11 @@
 //! that is harmless (nobody on the LAN answers ARP for the VIP but uvs, which ignores its own
 //! kernel's requests, so it is dropped).
 //!
+//! For a tunnelling real the SYN goes through the tunnel, encapsulated exactly as the datapath
+//! encapsulates the real's traffic (`datapath::tunnel`), to the next hop towards the real: a
+//! real whose tunnel end is down (no `tunl0`, no decapsulation) or that lacks the VIP never
+//! answers. Its SYN-ACK comes back unencapsulated, routed to the director's tunnel source.
+//!
 //! Frames are built and parsed here (pure, unit tested); the socket is an AF_PACKET socket
 //! bound to the interface with `ETH_P_IP`.
 
@@ -33,9 +38,65 @@ pub struct VipPath {
     pub ifindex: u32,
     pub src_mac: MacAddr,
     pub src_ip: Ipv4Addr,
-    /// The real's neighbour slot (written by the control thread's ARP engine).
+    /// The real's neighbour slot (written by the control thread's ARP engine); for a
+    /// tunnelling real, its next hop's.
     pub slot: u32,
     pub neigh: Arc<NeighTable>,
+    /// A tunnelling real: its encapsulation and address (the probe's SYN is tunnelled).
+    pub tunnel: Option<TunnelTo>,
+}
+
+/// Where a tunnelled probe goes: the real's address, the encapsulation, the director's end.
+#[derive(Clone, Copy, Debug)]
+pub struct TunnelTo {
+    pub real: Ipv4Addr,
+    pub encap: crate::model::Tunnel,
+    pub end: crate::snapshot::TunnelEnd,
+}
+
+/// `frame` (an Ethernet frame holding an IPv4 packet) encapsulated for `to` as the datapath
+/// does it, addressed to `next_hop`; `None` if it does not fit the tunnel.
+pub fn encapsulated(
+    frame: &[u8],
+    to: &TunnelTo,
+    next_hop: MacAddr,
+    src_mac: MacAddr,
+) -> Option<Vec<u8>> {
+    use crate::datapath::tunnel::{Composer, Sent, encapsulate};
+    let mut buf = vec![0u8; crate::io::VNET_HDR_LEN];
+    buf.extend_from_slice(frame);
+    let mut out = Composer::new();
+    let sent = encapsulate(
+        &mut out,
+        to.encap,
+        to.end,
+        u32::from(to.real),
+        next_hop,
+        src_mac,
+        0,
+        &mut buf,
+        |_| None,
+        0,
+    )
+    .ok()?;
+    if !matches!(sent, Sent::Encapsulated { .. }) || out.packets() != 1 {
+        return None;
+    }
+    let mut slot = [0u8; crate::io::tx::HEAD_CAP];
+    let part = out.fill(0, &mut slot);
+    let mut f = slot.get(crate::io::VNET_HDR_LEN..part.head_len)?.to_vec();
+    f.extend_from_slice(buf.get(part.payload_from..part.payload_from + part.payload_len)?);
+    // The head's virtio header may ask the kernel for a checksum the probe socket (without
+    // an offload header) cannot; complete it here.
+    if slot[0] & crate::io::VNET_F_NEEDS_CSUM != 0 {
+        let start = usize::from(u16::from_le_bytes([slot[6], slot[7]]));
+        let offset = usize::from(u16::from_le_bytes([slot[8], slot[9]]));
+        let c = !wire::csum::fold(wire::csum::sum(f.get(start..)?, 0));
+        let c = if c == 0 { 0xffff } else { c };
+        f.get_mut(start + offset..start + offset + 2)?
+            .copy_from_slice(&c.to_be_bytes());
+    }
+    Some(f)
 }
 
 impl std::fmt::Debug for VipPath {
@@ -182,13 +243,43 @@ pub fn syn_through_vip(
     port: u16,
     timeout: Duration,
 ) -> std::io::Result<SynReply> {
+    syn_through(from, rs_mac, None, vip, port, timeout)
+}
+
+/// [`syn_through_vip`], the SYN (and the RST that tears it down) tunnelled when `tunnel` says
+/// so, to `hop_mac`, the next hop towards the real.
+pub fn syn_through(
+    from: &ProbeSource<'_>,
+    hop_mac: MacAddr,
+    tunnel: Option<&TunnelTo>,
+    vip: Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+) -> std::io::Result<SynReply> {
     let (src_mac, src_ip) = (from.mac, from.ip);
+    let rs_mac = hop_mac;
     let fd = open_probe(from.interface, from.ifindex).map_err(std::io::Error::other)?;
     let r = pseudo_random();
     let sport = 40_000 + (r % 20_000) as u16;
     let seq = r.rotate_left(13);
     let us = (src_ip, sport);
-    let syn = tcp_frame(rs_mac, src_mac, us, (vip, port), seq, 0, wire::tcp::SYN);
+    let wrap = |f: Vec<u8>| -> std::io::Result<Vec<u8>> {
+        match tunnel {
+            None => Ok(f),
+            Some(t) => encapsulated(&f, t, hop_mac, src_mac).ok_or_else(|| {
+                std::io::Error::other("the probe does not fit the tunnel to the real")
+            }),
+        }
+    };
+    let syn = wrap(tcp_frame(
+        rs_mac,
+        src_mac,
+        us,
+        (vip, port),
+        seq,
+        0,
+        wire::tcp::SYN,
+    ))?;
     send_frame(fd.as_raw_fd(), &syn)?;
     let deadline = Instant::now() + timeout;
     let mut buf = vec![0u8; 2048];
@@ -202,7 +293,7 @@ pub fn syn_through_vip(
             match match_answer(&buf[..n], us, (vip, port)) {
                 Some(Answer::SynAck(their_seq)) => {
                     // Tear the half-open connection down on the real server.
-                    let rst = tcp_frame(
+                    let rst = wrap(tcp_frame(
                         rs_mac,
                         src_mac,
                         us,
@@ -210,8 +301,10 @@ pub fn syn_through_vip(
                         seq.wrapping_add(1),
                         their_seq.wrapping_add(1),
                         wire::tcp::RST | wire::tcp::ACK,
-                    );
-                    let _ = send_frame(fd.as_raw_fd(), &rst);
+                    ));
+                    if let Ok(rst) = rst {
+                        let _ = send_frame(fd.as_raw_fd(), &rst);
+                    }
                     return Ok(SynReply::SynAck);
                 }
                 Some(Answer::Rst) => return Ok(SynReply::Rst),
@@ -237,14 +330,21 @@ pub fn probe(path: &VipPath, vip: Ipv4Addr, port: u16, timeout: Duration) -> Out
         mac: path.src_mac,
         ip: path.src_ip,
     };
-    match syn_through_vip(&from, rs_mac, vip, port, timeout) {
+    match syn_through(&from, rs_mac, path.tunnel.as_ref(), vip, port, timeout) {
         Ok(SynReply::SynAck) => Outcome::Pass { weight: None },
         Ok(SynReply::Rst) => Outcome::Fail(format!(
             "through-the-VIP: {vip}:{port} answered RST (service not listening)"
         )),
-        Ok(SynReply::Nothing) => Outcome::Fail(format!(
-            "through-the-VIP: no answer from {vip}:{port} at {rs_mac} within {timeout:?} (VIP not on the real server's lo?)"
-        )),
+        Ok(SynReply::Nothing) => Outcome::Fail(match &path.tunnel {
+            None => format!(
+                "through-the-VIP: no answer from {vip}:{port} at {rs_mac} within {timeout:?} (VIP not on the real server's lo?)"
+            ),
+            Some(t) => format!(
+                "through-the-tunnel: no answer from {vip}:{port} through the {} tunnel to {} within {timeout:?} (tunnel end down, or VIP not on the real server's lo?)",
+                t.encap.kind.name(),
+                t.real
+            ),
+        }),
         Err(e) => Outcome::Fail(format!(
             "through-the-VIP: packet socket on {}: {e}",
             path.interface
@@ -280,5 +380,43 @@ mod tests {
         assert_eq!(match_answer(&f, us, vip), None);
         let other = tcp_frame(b, a, vip, (us.0, 1), 0, 0, wire::tcp::SYN | wire::tcp::ACK);
         assert_eq!(match_answer(&other, us, vip), None);
+    }
+
+    #[test]
+    fn a_tunnelled_probe_is_what_the_real_decapsulates_into_the_syn() {
+        let hop = MacAddr([2, 0, 0, 0, 1, 2]);
+        let dir = MacAddr([2, 0, 0, 0, 2, 0]);
+        let us = (Ipv4Addr::new(203, 0, 113, 10), 45_000);
+        let vip = (Ipv4Addr::new(203, 0, 113, 2), 80);
+        let syn = tcp_frame(hop, dir, us, vip, 7, 0, wire::tcp::SYN);
+        for encap in [
+            crate::model::Tunnel::IPIP,
+            crate::model::Tunnel {
+                kind: crate::model::TunnelKind::Gue,
+                port: 6080,
+                csum: crate::model::TunnelCsum::Csum,
+            },
+        ] {
+            let to = TunnelTo {
+                real: Ipv4Addr::new(10, 0, 0, 2),
+                encap,
+                end: crate::snapshot::TunnelEnd {
+                    source: u32::from(us.0),
+                    mtu: 1500,
+                },
+            };
+            let f = encapsulated(&syn, &to, hop, dir).unwrap();
+            assert_eq!(&f[..6], &hop.0);
+            let mut with_vnet = vec![0u8; crate::io::VNET_HDR_LEN];
+            with_vnet.extend_from_slice(&f);
+            let gue = (encap.kind == crate::model::TunnelKind::Gue).then_some(6080);
+            let inner = crate::lab::tunl0::decapsulate(&mut with_vnet, gue).unwrap();
+            // The SYN, TTL − 1 (as the datapath sends it).
+            let got = &with_vnet[inner];
+            let want = &syn[14..];
+            assert_eq!(got.len(), want.len());
+            assert_eq!(got[8], want[8] - 1);
+            assert_eq!(got[20..], want[20..], "{encap:?}");
+        }
     }
 }

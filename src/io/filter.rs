@@ -32,6 +32,7 @@ const BPF_MSH: u16 = 0xa0;
 const BPF_JA: u16 = 0x00;
 const BPF_JEQ: u16 = 0x10;
 const BPF_JGE: u16 = 0x30;
+const BPF_JSET: u16 = 0x40;
 const BPF_MUL: u16 = 0x20;
 const BPF_RSH: u16 = 0x70;
 const BPF_XOR: u16 = 0xa0;
@@ -41,6 +42,8 @@ const BPF_A: u16 = 0x10;
 const BPF_TAX: u16 = 0x00;
 
 /// Frame offsets: IPv4 protocol, source and destination address (Ethernet + IPv4 header).
+/// `sll_pkttype` of a frame addressed to this host.
+const PACKET_HOST: u32 = 0;
 const IP_PROTO: u32 = 14 + 9;
 const IP_SRC: u32 = 14 + 12;
 const IP_DST: u32 = 14 + 16;
@@ -168,14 +171,26 @@ impl Asm {
 }
 
 /// The tail of the receive filter for an IPv4 frame: accept it if it goes to a VIP, or comes
-/// from a masquerading real's service port (its replies), or is ICMP from such a real (errors
-/// about those replies); drop the rest.
-fn ipv4_tail(vips: &[Ipv4Addr], nat_sources: &[(u32, u16)]) -> Option<Vec<Insn>> {
+/// from a masquerading or FullNAT real's service port (its replies), or is ICMP from such a
+/// real (errors about those replies) or to a FullNAT local address (a router's, about what
+/// the director sent a real from it); drop the rest.
+fn ipv4_tail(vips: &[Ipv4Addr], nat_sources: &[(u32, u16)], laddrs: &[u32]) -> Option<Vec<Insn>> {
     let mut a = Asm::new();
-    let (accept, drop, from_real) = (a.label(), a.label(), a.label());
+    let (accept, drop, from_real, to_laddr) = (a.label(), a.label(), a.label(), a.label());
     a.op(stmt(BPF_LD | BPF_W | BPF_ABS, IP_DST));
     for vip in vips {
         a.jeq(u32::from(*vip), accept, None);
+    }
+    if !laddrs.is_empty() {
+        let not_laddr = a.label();
+        for l in laddrs {
+            a.jeq(*l, to_laddr, None);
+        }
+        a.ja(not_laddr);
+        a.here(to_laddr);
+        a.op(stmt(BPF_LD | BPF_B | BPF_ABS, IP_PROTO));
+        a.jeq(IPPROTO_ICMP, accept, None);
+        a.here(not_laddr);
     }
     if !nat_sources.is_empty() {
         let mut addrs: Vec<u32> = nat_sources.iter().map(|(a, _)| *a).collect();
@@ -204,10 +219,12 @@ fn ipv4_tail(vips: &[Ipv4Addr], nat_sources: &[(u32, u16)]) -> Option<Vec<Insn>>
     a.finish()
 }
 
-/// Builds the receive filter for the given VIPs and masquerading reals (address, port).
+/// Builds the receive filter for the given VIPs, masquerading and FullNAT reals (address,
+/// port), and FullNAT local addresses.
 pub fn receive_filter(
     vips: &[Ipv4Addr],
     nat_sources: &[(u32, u16)],
+    laddrs: &[u32],
     vip_mac: Option<MacAddr>,
 ) -> Vec<Insn> {
     let mut p = drop_other_hosts_except(vip_mac);
@@ -236,7 +253,7 @@ pub fn receive_filter(
         stmt(BPF_RET | BPF_K, ACCEPT),
     ]);
     let tail = (vips.len() <= MAX_FILTER_VIPS)
-        .then(|| ipv4_tail(vips, nat_sources))
+        .then(|| ipv4_tail(vips, nat_sources, laddrs))
         .flatten();
     match tail {
         Some(t) => p.extend(t),
@@ -255,16 +272,38 @@ pub fn receive_filter(
 /// destination (a router or the client quotes what the VIP sent). The quoted IP header is
 /// taken to be 20 bytes: options there only cost that error a flow lookup on the wrong
 /// worker. A frame from a masquerading real's address is a reply; anything else a request.
-pub fn fanout_program(nat_sources: &[(u32, u16)]) -> Vec<Insn> {
-    let build = |reals: &[u32]| {
+///
+/// A frame to a FullNAT local address is a FullNAT reply, which the worker that owns its
+/// local port must get: the program returns that port (`lport % workers` owns it, see
+/// `datapath::fullnat`); an ICMP error to a local address quotes the packet the director sent
+/// from it, so its quoted source port.
+pub fn fanout_program(nat_sources: &[(u32, u16)], laddrs: &[u32]) -> Vec<Insn> {
+    let build = |reals: &[u32], laddrs: &[u32]| {
         let mut a = Asm::new();
         let (request, reply, icmp, mix, zero) =
             (a.label(), a.label(), a.label(), a.label(), a.label());
         let (icmp_from_real, quoted) = (a.label(), a.label());
+        let (fullnat, fullnat_icmp, not_fullnat) = (a.label(), a.label(), a.label());
         a.op(stmt(BPF_LD | BPF_H | BPF_ABS, 12));
         a.jeq(0x0800, request, Some(zero));
         a.here(request);
         a.op(stmt(BPF_LDX | BPF_B | BPF_MSH, 14));
+        if !laddrs.is_empty() {
+            a.op(stmt(BPF_LD | BPF_W | BPF_ABS, IP_DST));
+            for l in laddrs {
+                a.jeq(*l, fullnat, None);
+            }
+            a.ja(not_fullnat);
+            a.here(fullnat);
+            a.op(stmt(BPF_LD | BPF_B | BPF_ABS, IP_PROTO));
+            a.jeq(IPPROTO_ICMP, fullnat_icmp, None);
+            a.op(stmt(BPF_LD | BPF_H | BPF_IND, 16));
+            a.op(stmt(BPF_RET | BPF_A, 0));
+            a.here(fullnat_icmp);
+            a.op(stmt(BPF_LD | BPF_H | BPF_IND, 14 + 8 + 20));
+            a.op(stmt(BPF_RET | BPF_A, 0));
+            a.here(not_fullnat);
+        }
         a.op(stmt(BPF_LD | BPF_B | BPF_ABS, IP_PROTO));
         a.jeq(IPPROTO_ICMP, icmp, None);
         a.op(stmt(BPF_LD | BPF_W | BPF_ABS, IP_SRC));
@@ -312,13 +351,40 @@ pub fn fanout_program(nat_sources: &[(u32, u16)]) -> Vec<Insn> {
     reals.dedup();
     // Too many reals to compare within a jump's reach: their replies are hashed as requests
     // (by source), which keeps DR exact and spreads the rest.
-    build(&reals).or_else(|| build(&[])).unwrap_or_default()
+    build(&reals, laddrs)
+        .or_else(|| build(&[], laddrs))
+        .or_else(|| build(&[], &[]))
+        .unwrap_or_default()
 }
 
 /// A filter that accepts nothing: attached before a socket is bound so no frame slips in
 /// between `bind` and the real filter.
 pub fn drop_all() -> Vec<Insn> {
     vec![stmt(BPF_RET | BPF_K, DROP)]
+}
+
+/// A filter for the tunnel endpoint (the `tunl0` stand-in): IPv4 frames to this host that
+/// carry IPIP (protocol 4), GRE (47), or UDP to `gue_port` (0: none). The IPv4 header's
+/// length is honoured for the UDP port (`ldx 4*([14]&0xf)`); fragments are not matched.
+pub fn tunnel_endpoint_filter(gue_port: u16) -> Vec<Insn> {
+    vec![
+        stmt(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_PKTTYPE),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, PACKET_HOST, 0, 12),
+        stmt(BPF_LD | BPF_H | BPF_ABS, 12),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 0x0800, 0, 10),
+        stmt(BPF_LD | BPF_B | BPF_ABS, IP_PROTO),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 4, 7, 0),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 47, 6, 0),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 17, 0, 6),
+        // UDP, not a fragment: its destination port.
+        stmt(BPF_LD | BPF_H | BPF_ABS, 14 + 6),
+        jump(BPF_JMP | BPF_JSET | BPF_K, 0x3fff, 4, 0),
+        stmt(BPF_LDX | BPF_B | BPF_MSH, 14),
+        stmt(BPF_LD | BPF_H | BPF_IND, 14 + 2),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, u32::from(gue_port), 0, 1),
+        stmt(BPF_RET | BPF_K, ACCEPT),
+        stmt(BPF_RET | BPF_K, DROP),
+    ]
 }
 
 /// A filter for `uvs doctor`'s probe socket: ARP and IPv4, not for other hosts.
@@ -405,6 +471,9 @@ pub fn interpret(p: &[Insn], frame: &[u8], pkttype: u32, vlan: bool) -> u32 {
             c if c == BPF_JMP | BPF_JGE | BPF_K => {
                 pc += usize::from(if acc >= i.k { i.jt } else { i.jf });
             }
+            c if c == BPF_JMP | BPF_JSET | BPF_K => {
+                pc += usize::from(if acc & i.k != 0 { i.jt } else { i.jf });
+            }
             c if c == BPF_RET | BPF_K => return i.k,
             c if c == BPF_RET | BPF_A => return acc,
             _ => panic!("unknown insn {i:?}"),
@@ -431,7 +500,7 @@ mod tests {
     #[test]
     fn accepts_ipv4_to_a_vip_and_drops_other_ipv4() {
         let vips = [Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 101)];
-        let p = receive_filter(&vips, &[], None);
+        let p = receive_filter(&vips, &[], &[], None);
         for vip in vips {
             assert_eq!(interpret(&p, &ipv4_to(vip), HOST, false), ACCEPT);
         }
@@ -443,7 +512,7 @@ mod tests {
 
     #[test]
     fn keeps_what_the_worker_must_count_and_drops_host_traffic() {
-        let p = receive_filter(&[Ipv4Addr::new(10, 0, 0, 100)], &[], None);
+        let p = receive_filter(&[Ipv4Addr::new(10, 0, 0, 100)], &[], &[], None);
         let vip = ipv4_to(Ipv4Addr::new(10, 0, 0, 100));
         assert_eq!(interpret(&p, &vip, PACKET_OTHERHOST, false), DROP);
         assert_eq!(interpret(&p, &vip[..20], HOST, false), ACCEPT, "truncated");
@@ -477,12 +546,12 @@ mod tests {
         let vips: Vec<Ipv4Addr> = (0..300u32)
             .map(|i| Ipv4Addr::from(0x0a00_0000 + i))
             .collect();
-        let p = receive_filter(&vips, &[], None);
+        let p = receive_filter(&vips, &[], &[], None);
         assert_eq!(
             interpret(&p, &ipv4_to(Ipv4Addr::new(192, 168, 1, 1)), HOST, false),
             ACCEPT
         );
-        let few = receive_filter(&vips[..MAX_FILTER_VIPS], &[], None);
+        let few = receive_filter(&vips[..MAX_FILTER_VIPS], &[], &[], None);
         assert_eq!(
             interpret(&few, &ipv4_to(vips[MAX_FILTER_VIPS - 1]), HOST, false),
             ACCEPT
@@ -513,7 +582,7 @@ mod tests {
 
     #[test]
     fn masquerading_reals_replies_and_icmp_pass_their_other_traffic_does_not() {
-        let p = receive_filter(&[Ipv4Addr::from(VIP)], &nat(), None);
+        let p = receive_filter(&[Ipv4Addr::from(VIP)], &nat(), &[], None);
         let reply = packet(6, RS1, 8080, CLIENT, 40000);
         assert_eq!(interpret(&p, &reply, HOST, false), ACCEPT);
         let icmp = packet(1, RS1, 0, CLIENT, 0);
@@ -529,7 +598,7 @@ mod tests {
 
     #[test]
     fn fanout_sends_both_directions_of_a_flow_to_one_worker() {
-        let p = fanout_program(&nat());
+        let p = fanout_program(&nat(), &[]);
         let workers = 2;
         let mut seen = [0usize; 2];
         for cport in 30000..30200u16 {
@@ -557,6 +626,43 @@ mod tests {
     }
 
     #[test]
+    fn fullnat_replies_go_to_the_worker_that_owns_their_local_port() {
+        let lip = [10, 1, 0, 2];
+        let laddrs = [u32::from(Ipv4Addr::from(lip))];
+        let p = fanout_program(&nat(), &laddrs);
+        for workers in [2u32, 3] {
+            for lport in 1024..1100u16 {
+                let reply = packet(6, RS1, 8080, lip, lport);
+                assert_eq!(
+                    interpret(&p, &reply, HOST, false) % workers,
+                    u32::from(lport) % workers
+                );
+                // A router's ICMP error about what the director sent from the local port.
+                let sent = packet(6, lip, lport, RS1, 8080);
+                let mut icmp = packet(1, [10, 9, 0, 1], 0, lip, 0);
+                icmp[34] = 3;
+                icmp.truncate(42);
+                icmp.extend_from_slice(&sent[14..14 + 28]);
+                assert_eq!(
+                    interpret(&p, &icmp, HOST, false) % workers,
+                    u32::from(lport) % workers
+                );
+            }
+        }
+        // Requests still spread by client.
+        let a = interpret(&p, &packet(6, CLIENT, 30000, VIP, 80), HOST, false);
+        let b = interpret(&p, &packet(6, CLIENT, 30001, VIP, 80), HOST, false);
+        assert_ne!(a, b);
+        // The receive filter takes a router's ICMP to the local address, not other traffic.
+        let rf = receive_filter(&[Ipv4Addr::from(VIP)], &nat(), &laddrs, None);
+        let mut icmp = packet(1, [10, 9, 0, 1], 0, lip, 0);
+        icmp[34] = 3;
+        assert_eq!(interpret(&rf, &icmp, HOST, false), ACCEPT);
+        let ssh = packet(6, [10, 9, 0, 1], 50000, lip, 22);
+        assert_eq!(interpret(&rf, &ssh, HOST, false), DROP);
+    }
+
+    #[test]
     fn arp_filter_accepts_only_arp() {
         let p = arp_filter(None);
         let mut arp = vec![0u8; 42];
@@ -579,7 +685,7 @@ mod tests {
     #[test]
     fn with_a_vip_mac_frames_for_it_are_ours_and_other_hosts_still_not() {
         let vip = Ipv4Addr::new(10, 0, 0, 100);
-        let p = receive_filter(&[vip], &[], Some(VMAC));
+        let p = receive_filter(&[vip], &[], &[], Some(VMAC));
         let to_vmac = addressed_to(ipv4_to(vip), VMAC.0);
         assert_eq!(interpret(&p, &to_vmac, PACKET_OTHERHOST, false), ACCEPT);
         assert_eq!(interpret(&p, &to_vmac, HOST, false), ACCEPT);
@@ -606,6 +712,43 @@ mod tests {
         let stranger = addressed_to(arp.clone(), [0x02, 0, 0, 0, 0, 9]);
         assert_eq!(interpret(&a, &stranger, PACKET_OTHERHOST, false), DROP);
         assert_eq!(interpret(&a, &to_vmac, PACKET_OTHERHOST, false), DROP);
+    }
+
+    #[test]
+    fn tunnel_endpoint_filter_takes_ipip_gre_and_the_gue_port_only() {
+        let p = tunnel_endpoint_filter(6080);
+        let with = |proto: u8, ihl: u8, dport: u16, frag: u16| {
+            let mut f = vec![0u8; 14 + 60 + 8];
+            f[12..14].copy_from_slice(&[0x08, 0x00]);
+            f[14] = 0x40 | ihl;
+            f[14 + 6..14 + 8].copy_from_slice(&frag.to_be_bytes());
+            f[14 + 9] = proto;
+            let l4 = 14 + usize::from(ihl) * 4;
+            f[l4 + 2..l4 + 4].copy_from_slice(&dport.to_be_bytes());
+            f
+        };
+        assert_eq!(interpret(&p, &with(4, 5, 0, 0), HOST, false), ACCEPT);
+        assert_eq!(interpret(&p, &with(47, 5, 0, 0), HOST, false), ACCEPT);
+        assert_eq!(interpret(&p, &with(17, 5, 6080, 0), HOST, false), ACCEPT);
+        assert_eq!(
+            interpret(&p, &with(17, 7, 6080, 0), HOST, false),
+            ACCEPT,
+            "IP options"
+        );
+        assert_eq!(interpret(&p, &with(17, 5, 6081, 0), HOST, false), DROP);
+        assert_eq!(
+            interpret(&p, &with(17, 5, 6080, 0x2000), HOST, false),
+            DROP,
+            "fragment"
+        );
+        assert_eq!(interpret(&p, &with(6, 5, 6080, 0), HOST, false), DROP);
+        assert_eq!(
+            interpret(&p, &with(4, 5, 0, 0), PACKET_OTHERHOST, false),
+            DROP
+        );
+        let mut v6 = with(4, 5, 0, 0);
+        v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        assert_eq!(interpret(&p, &v6, HOST, false), DROP);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! everywhere else): AF_PACKET sockets, PACKET_MMAP receive rings, the socket filter, batched
 //! transmit, huge-page tables, netlink (the nf_tables socket that owns uvs's tables, the
 //! routing table), raw IP and UDP socket options (VRRP, sync, the lab's responder), peer
-//! credentials, signals, clocks, process signals, per-thread knobs, and the CPU latency
-//! request. Each function here is safe to call; each `unsafe` block says why it is sound. It
+//! credentials, signals, clocks, process signals, per-thread knobs, the CPU latency
+//! request, and the TUN device of the lab's tunnel endpoint. Each function here is safe to call; each `unsafe` block says why it is sound. It
 //! knows nothing about load balancing.
 //!
 //! Receive and transmit are built around one measured fact (a C forwarder measured both
@@ -32,7 +32,9 @@ pub mod rtnetlink;
 pub mod sd_notify;
 pub mod signals;
 pub mod socket;
+pub mod sysctl;
 pub mod thread;
+pub mod tun;
 pub mod tx;
 pub mod udp;
 pub mod unix;

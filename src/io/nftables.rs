@@ -191,6 +191,9 @@ pub enum PayloadBase {
 pub enum CmpOp {
     Eq = 0,
     Neq = 1,
+    /// Ordered comparisons are `memcmp`s of the register: big-endian data compares as numbers.
+    Lte = 3,
+    Gte = 5,
 }
 
 /// A set, as a rule or an element message refers to it.

@@ -624,7 +624,7 @@ mod tests {
             block_timeout_ms: 1,
             frame_size: 1 << 11,
         };
-        let filter = crate::io::filter::receive_filter(&[Ipv4Addr::LOCALHOST], &[], None);
+        let filter = crate::io::filter::receive_filter(&[Ipv4Addr::LOCALHOST], &[], &[], None);
         let plan = RxSocketPlan {
             interface: "lo",
             ifindex,
@@ -683,7 +683,7 @@ mod tests {
         }
         set_lo_up();
         let ifindex = if_index("lo").unwrap();
-        let filter = crate::io::filter::receive_filter(&[Ipv4Addr::LOCALHOST], &[], None);
+        let filter = crate::io::filter::receive_filter(&[Ipv4Addr::LOCALHOST], &[], &[], None);
         let open = |fanout| {
             let plan = RxSocketPlan {
                 interface: "lo",
@@ -693,7 +693,7 @@ mod tests {
             };
             open_rx(&plan, |_| Ok(())).unwrap()
         };
-        let program = crate::io::filter::fanout_program(&[]);
+        let program = crate::io::filter::fanout_program(&[], &[]);
         let (a, _, ga) = open(Fanout::NewGroup(&program));
         let (b, _, gb) = open(Fanout::NewGroup(&program));
         let (c, _, gc) = open(Fanout::Join(ga.unwrap()));

@@ -26,6 +26,34 @@ pub fn if_index(name: &str) -> Result<u32, IoError> {
     Ok(idx)
 }
 
+/// The MTU of an interface (SIOCGIFMTU).
+pub fn interface_mtu(name: &str) -> std::io::Result<u32> {
+    if name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: plain syscall with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned here alone.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU reads the NUL-terminated name (checked shorter than IFNAMSIZ, the
+    // rest zero) and writes the MTU into the request, which lives across the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled the `ifru_mtu` member of the union.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    u32::try_from(mtu).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))
+}
+
 fn new_packet_socket(interface: &str) -> Result<OwnedFd, IoError> {
     // Protocol 0: the socket receives nothing until it is bound with a protocol, so options,
     // ring and filter are all in place before the first frame arrives.

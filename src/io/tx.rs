@@ -16,12 +16,27 @@ pub struct Flushed {
     pub syscalls: u64,
 }
 
+/// Room for the headers a packet composed by the datapath starts with (virtio header,
+/// Ethernet, outer IPv4 and UDP/GUE or GRE headers, and a segment's inner IPv4 and TCP
+/// headers, options included).
+pub const HEAD_CAP: usize = 192;
+
+/// Composed packets one queue holds before it is flushed (their heads live in the queue).
+const HEAD_SLOTS: usize = 512;
+
 /// Frames queued for one egress socket. All storage is allocated once, at start.
+///
+/// A queued frame is one `iovec` into the ring, or two: a head the datapath composed into one
+/// of the queue's own slots (a tunnel's outer headers), then the rest from the ring.
 pub struct TxQueue {
     fd: RawFd,
-    iovecs: Vec<libc::iovec>,
+    /// Two per message; the second is used by composed packets only.
+    iovecs: Vec<[libc::iovec; 2]>,
+    iov_used: Vec<usize>,
     msgs: Vec<libc::mmsghdr>,
     len: usize,
+    heads: Vec<[u8; HEAD_CAP]>,
+    heads_used: usize,
 }
 
 // SAFETY: the raw pointers in `iovecs`/`msgs` only ever point into memory that the owning
@@ -34,25 +49,30 @@ const MAX_RETRIES: u32 = 64;
 
 impl TxQueue {
     pub fn new(fd: RawFd, capacity: usize) -> TxQueue {
-        let iovecs = vec![
-            libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0
-            };
-            capacity
-        ];
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        let iovecs = vec![[empty; 2]; capacity];
         // SAFETY: mmsghdr is plain old data; all-zero is a valid (empty) value.
         let msgs = vec![unsafe { std::mem::zeroed::<libc::mmsghdr>() }; capacity];
         TxQueue {
             fd,
             iovecs,
+            iov_used: vec![1; capacity],
             msgs,
             len: 0,
+            heads: vec![[0; HEAD_CAP]; HEAD_SLOTS.min(capacity)],
+            heads_used: 0,
         }
     }
 
     pub fn is_full(&self) -> bool {
         self.len == self.iovecs.len()
+    }
+
+    fn heads_full(&self) -> bool {
+        self.is_full() || self.heads_used == self.heads.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -67,10 +87,47 @@ impl TxQueue {
         if self.is_full() {
             return false;
         }
-        self.iovecs[self.len] = libc::iovec {
+        self.iovecs[self.len][0] = libc::iovec {
             iov_base: data as *mut libc::c_void,
             iov_len: len,
         };
+        self.iov_used[self.len] = 1;
+        self.len += 1;
+        true
+    }
+
+    /// Queues a packet whose head `fill` writes into the next head slot (returning the
+    /// head's length and the part of `data..data+len` that follows it).
+    ///
+    /// # Safety
+    /// As [`TxQueue::push`] for `data..data+len`.
+    unsafe fn push_composed(
+        &mut self,
+        data: *const u8,
+        len: usize,
+        fill: impl FnOnce(&mut [u8; HEAD_CAP]) -> (usize, std::ops::Range<usize>),
+    ) -> bool {
+        if self.heads_full() {
+            return false;
+        }
+        let slot = &mut self.heads[self.heads_used];
+        let (head_len, rest) = fill(slot);
+        if head_len > HEAD_CAP || rest.start > rest.end || rest.end > len {
+            return false;
+        }
+        self.heads_used += 1;
+        let v = &mut self.iovecs[self.len];
+        v[0] = libc::iovec {
+            iov_base: slot.as_mut_ptr().cast(),
+            iov_len: head_len,
+        };
+        // SAFETY: `rest` lies within `data..data+len` (checked above), one allocation.
+        let rest_ptr = unsafe { data.add(rest.start) };
+        v[1] = libc::iovec {
+            iov_base: rest_ptr as *mut libc::c_void,
+            iov_len: rest.end - rest.start,
+        };
+        self.iov_used[self.len] = if rest.is_empty() { 1 } else { 2 };
         self.len += 1;
         true
     }
@@ -82,8 +139,8 @@ impl TxQueue {
         let mut retries = 0;
         for i in 0..self.len {
             let m = &mut self.msgs[i].msg_hdr;
-            m.msg_iov = &mut self.iovecs[i];
-            m.msg_iovlen = 1;
+            m.msg_iov = self.iovecs[i].as_mut_ptr();
+            m.msg_iovlen = self.iov_used[i];
         }
         while off < self.len {
             // SAFETY: msgs[off..len] point at iovecs whose buffers the caller keeps valid
@@ -118,6 +175,7 @@ impl TxQueue {
             }
         }
         self.len = 0;
+        self.heads_used = 0;
         out
     }
 }
@@ -194,6 +252,40 @@ impl<'q, 'r> Forwarding<'q, 'r> {
             self.flushed += q.flush();
         }
         true
+    }
+
+    /// Queues `count` packets composed from the frame last handed out on egress `egress`:
+    /// `fill(k, slot)` writes packet `k`'s head into `slot` and returns its length and the
+    /// part of the frame that follows it. The frame is released as by [`Forwarding::send`].
+    /// Returns how many packets could not be queued.
+    #[inline]
+    pub fn send_composed(
+        &mut self,
+        egress: u16,
+        count: u16,
+        mut fill: impl FnMut(u16, &mut [u8; HEAD_CAP]) -> (usize, std::ops::Range<usize>),
+    ) -> u16 {
+        let Some((ptr, len, scratch)) = self.last.take() else {
+            return count;
+        };
+        let Some(q) = self.queues.get_mut(usize::from(egress)) else {
+            return count;
+        };
+        let mut failed = 0;
+        for k in 0..count {
+            if q.heads_full() {
+                self.flushed += q.flush();
+            }
+            // SAFETY: as in `send`: the frame stays valid until the queue is flushed, which
+            // happens before the batch is released or, for a copy-buffer frame, right below.
+            if !unsafe { q.push_composed(ptr, len, |slot| fill(k, slot)) } {
+                failed += 1;
+            }
+        }
+        if scratch {
+            self.flushed += q.flush();
+        }
+        failed
     }
 
     fn flush_all(&mut self) {

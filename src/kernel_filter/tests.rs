@@ -20,6 +20,8 @@ fn only(services: &[ServiceKey]) -> Filtered<'_> {
         services,
         nat_replies: &[],
         locals: &[],
+        laddrs: &[],
+        fullnat_ports: crate::datapath::fullnat::DEFAULT_PORTS,
     }
 }
 
@@ -257,6 +259,8 @@ fn an_update_sends_only_the_elements_that_change() {
         services: &more,
         nat_replies: &nat,
         locals: &[0x0a00_0002],
+        laddrs: &[],
+        fullnat_ports: crate::datapath::fullnat::DEFAULT_PORTS,
     });
     assert_eq!(update_batch(ServiceHook::Ingress, &w2, &w4).len(), 2);
 }
@@ -470,6 +474,8 @@ fn raw_replies_of_masquerading_reals_are_dropped_unless_they_go_to_the_director(
             services: &two_services(),
             nat_replies: &nat,
             locals: &[0x0a00_0002],
+            laddrs: &[],
+            fullnat_ports: crate::datapath::fullnat::DEFAULT_PORTS,
         };
         let kf = KernelFilter::install(&["lo".into()], &filtered, ServiceHook::Ingress).unwrap();
         if let Some(r) = nft_ruleset() {
@@ -481,6 +487,34 @@ fn raw_replies_of_masquerading_reals_are_dropped_unless_they_go_to_the_director(
             ] {
                 assert!(r.contains(line), "missing {line:?} in\n{r}");
             }
+        }
+        drop(kf);
+    });
+}
+
+#[test]
+fn fullnat_replies_to_uvs_ports_on_a_local_address_are_dropped() {
+    in_private_netns(|| {
+        let fnat = [svc(Protocol::Tcp, Ipv4Addr::new(10, 10, 0, 11), 8080)];
+        let mut filtered = Filtered {
+            services: &two_services(),
+            nat_replies: &fnat,
+            locals: &[0x0a00_0002],
+            laddrs: &[0x0a00_0002],
+            fullnat_ports: (1024, 32767),
+        };
+        let mut kf =
+            KernelFilter::install(&["lo".into()], &filtered, ServiceHook::Ingress).unwrap();
+        if let Some(r) = nft_ruleset() {
+            let rule = "ip saddr . meta l4proto . th sport @nat_replies ip daddr @laddrs th dport 1024-32767 counter";
+            assert!(r.contains(rule), "missing {rule:?} in\n{r}");
+        }
+        // A second local address is one element more.
+        let two = [0x0a00_0002, 0x0a00_0003];
+        filtered.laddrs = &two;
+        kf.update(&filtered).unwrap();
+        if let Some(r) = nft_ruleset() {
+            assert!(r.contains("elements = { 10.0.0.2, 10.0.0.3 }"), "{r}");
         }
         drop(kf);
     });

@@ -259,8 +259,92 @@ pub fn start_http_servers(lab: &mut Lab, spec: &LabSpec, uvs_exe: &Path) -> Resu
         let Some(kind) = h.http else { continue };
         let body = h.http_body.clone().unwrap_or_else(|| h.name.clone());
         let port = h.http_port.unwrap_or(80);
-        lab.start_http_on(&h.name, &body, port, kind == HttpKind::Nginx, uvs_exe)
-            .with_context(|| format!("HTTP server on {}", h.name))?;
+        let nginx = kind == HttpKind::Nginx;
+        if h.http_proxy_protocol {
+            lab.start_http_proxied(&h.name, &body, port, nginx, uvs_exe)
+        } else {
+            lab.start_http_on(&h.name, &body, port, nginx, uvs_exe)
+        }
+        .with_context(|| format!("HTTP server on {}", h.name))?;
+    }
+    Ok(())
+}
+
+/// Sets up the tunnel ends of the lab's LVS-TUN real servers (`tunnel = true`): with the
+/// kernel's `ipip` (its `tunl0` exists in every namespace) `tunl0` up, as the seeds do, and
+/// `ip fou add port N gue` for GUE; without it, `uvs tun-endpoint` on the host's first
+/// interface, which creates the `tunl0` stand-in. `rp_filter` 0 everywhere either way: the
+/// client is not routed via tunl0.
+pub fn start_tunnel_ends(lab: &mut Lab, spec: &LabSpec, uvs_exe: &Path) -> Result<()> {
+    for h in spec.hosts.iter().filter(|h| h.tunnel) {
+        let mut kv: Vec<String> = vec![
+            "net.ipv4.conf.all.rp_filter".into(),
+            "net.ipv4.conf.default.rp_filter".into(),
+        ];
+        kv.extend(
+            h.interfaces
+                .iter()
+                .map(|i| format!("net.ipv4.conf.{}.rp_filter", i.name)),
+        );
+        let kv: Vec<(&str, &str)> = kv.iter().map(|k| (k.as_str(), "0")).collect();
+        lab.sysctl(&h.name, &kv, false)?;
+        let kernel_tunl0 = lab
+            .exec(&h.name, &["ip", "link", "show", "tunl0"])?
+            .status
+            .success();
+        if kernel_tunl0 {
+            lab.ip(&h.name, &["link", "set", "tunl0", "up"])?;
+            if let Some(port) = h.tunnel_gue_port {
+                lab.ip(&h.name, &["fou", "add", "port", &port.to_string(), "gue"])
+                    .context("GUE needs the fou module")?;
+            }
+            if lab
+                .exec(&h.name, &["ip", "link", "show", "gre0"])?
+                .status
+                .success()
+            {
+                lab.ip(&h.name, &["link", "set", "gre0", "up"])?;
+                lab.sysctl(&h.name, &[("net.ipv4.conf.gre0.rp_filter", "0")], false)?;
+            }
+        } else {
+            let ifname = h
+                .interfaces
+                .first()
+                .map(|i| i.name.as_str())
+                .unwrap_or("eth0");
+            let exe = super::path_str(uvs_exe)?.to_string();
+            let log = lab.dir().join(format!("{}-tun-endpoint.log", h.name));
+            let mut args = vec![
+                exe,
+                "tun-endpoint".into(),
+                "--interface".into(),
+                ifname.into(),
+            ];
+            if let Some(port) = h.tunnel_gue_port {
+                args.extend(["--gue-port".into(), port.to_string()]);
+            }
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            let pid = lab.spawn(&h.name, &a, &log)?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                if lab
+                    .exec(&h.name, &["ip", "link", "show", "tunl0"])?
+                    .status
+                    .success()
+                {
+                    break;
+                }
+                if !lab.is_running(pid) || Instant::now() > deadline {
+                    bail!(
+                        "uvs tun-endpoint on {} did not create tunl0:\n{}",
+                        h.name,
+                        fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        lab.sysctl(&h.name, &[("net.ipv4.conf.tunl0.rp_filter", "0")], false)?;
     }
     Ok(())
 }
@@ -354,6 +438,7 @@ pub fn up(file: &Path, prefix: Option<&str>, uvs_exe: &Path) -> Result<()> {
     lab.save_state();
     let result = (|| -> Result<Lab> {
         let mut lab = populate(lab, &spec, &LabOptions::default())?;
+        start_tunnel_ends(&mut lab, &spec, uvs_exe)?;
         start_http_servers(&mut lab, &spec, uvs_exe)?;
         if !spec.directors.is_empty() {
             for (pid, shown) in start_directors(&mut lab, &spec, uvs_exe)? {

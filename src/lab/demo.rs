@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::build::{start_directors, start_http_servers};
+use super::build::{start_directors, start_http_servers, start_tunnel_ends};
 use super::spec::{DR_ROUTER, LabSpec};
 use super::{Lab, LabOptions, addr, build_dr_lab};
 
@@ -46,6 +46,7 @@ fn run_in(lab: &mut Lab, spec: &LabSpec, uvs_exe: &Path) -> Result<()> {
     println!("{}", diagram(lab)?);
     check_interrupted()?;
 
+    start_tunnel_ends(lab, spec, uvs_exe)?;
     start_http_servers(lab, spec, uvs_exe)?;
     check_interrupted()?;
     println!("web servers answering on rs1 and rs2");

@@ -14,8 +14,9 @@ pub mod inject;
 pub mod responder;
 pub mod spec;
 mod topology;
+pub mod tunl0;
 
-pub use topology::{build_dr_lab, build_two_arm_lab};
+pub use topology::{build_dr_lab, build_tun_lab, build_two_arm_lab};
 
 use std::collections::HashMap;
 use std::fs;
@@ -449,8 +450,31 @@ impl Lab {
     ) -> Result<u32> {
         match nginx_path() {
             Some(nginx) if prefer_nginx => {
-                let pid = self.start_nginx(host, name, port, &nginx)?;
-                self.wait_http(host, name, port, pid)?;
+                let pid = self.start_nginx(host, name, port, &nginx, false)?;
+                self.wait_http(host, name, port, pid, false)?;
+                Ok(pid)
+            }
+            _ => self.start_builtin_http(host, name, port, uvs_exe),
+        }
+    }
+
+    /// [`Lab::start_http_on`] behind a FullNAT director that sends the PROXY protocol: nginx
+    /// listens with `proxy_protocol` (it then requires the header), logs the client it names
+    /// (`$proxy_protocol_addr:$proxy_protocol_port` first on each access-log line) and answers
+    /// `GET /peer` with `<name> client=<IP:PORT> via=proxy`; the built-in responder reads the
+    /// header when there is one (see [`responder`]).
+    pub fn start_http_proxied(
+        &mut self,
+        host: &str,
+        name: &str,
+        port: u16,
+        prefer_nginx: bool,
+        uvs_exe: &Path,
+    ) -> Result<u32> {
+        match nginx_path() {
+            Some(nginx) if prefer_nginx => {
+                let pid = self.start_nginx(host, name, port, &nginx, true)?;
+                self.wait_http(host, name, port, pid, true)?;
                 Ok(pid)
             }
             _ => self.start_builtin_http(host, name, port, uvs_exe),
@@ -484,13 +508,25 @@ impl Lab {
             &[exe, "lab-http", "--name", name, "--port", &port_s],
             &log,
         )?;
-        self.wait_http(host, name, port, pid)?;
+        self.wait_http(host, name, port, pid, false)?;
         Ok(pid)
     }
 
-    fn wait_http(&mut self, host: &str, name: &str, port: u16, pid: u32) -> Result<()> {
+    fn wait_http(
+        &mut self,
+        host: &str,
+        name: &str,
+        port: u16,
+        pid: u32,
+        proxied: bool,
+    ) -> Result<()> {
         let url = format!("http://127.0.0.1:{port}/");
         let want = format!("{name}\n");
+        let mut curl = vec!["curl", "-s", "--max-time", "1", "--noproxy", "*"];
+        if proxied {
+            curl.push("--haproxy-protocol");
+        }
+        curl.push(&url);
         for _ in 0..100 {
             if !self.is_running(pid) {
                 bail!(
@@ -498,10 +534,7 @@ impl Lab {
                     self.logs_tail(host)
                 );
             }
-            let out = self.exec(
-                host,
-                &["curl", "-s", "--max-time", "1", "--noproxy", "*", &url],
-            )?;
+            let out = self.exec(host, &curl)?;
             if out.status.success() && out.stdout == want.as_bytes() {
                 return Ok(());
             }
@@ -528,7 +561,14 @@ impl Lab {
         s
     }
 
-    fn start_nginx(&mut self, host: &str, name: &str, port: u16, nginx: &Path) -> Result<u32> {
+    fn start_nginx(
+        &mut self,
+        host: &str,
+        name: &str,
+        port: u16,
+        nginx: &Path,
+        proxy_protocol: bool,
+    ) -> Result<u32> {
         let d = self.dir.join(if port == 80 {
             format!("{host}-nginx")
         } else {
@@ -536,6 +576,21 @@ impl Lab {
         });
         fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         let ds = path_str(&d)?;
+        let (log_format, access_log, listen, peer) = if proxy_protocol {
+            (
+                r#"log_format proxied '$proxy_protocol_addr:$proxy_protocol_port $remote_addr:$remote_port "$request" $status';"#,
+                format!("{ds}/access.log proxied"),
+                "reuseport proxy_protocol",
+                format!(
+                    r#"location = /peer {{
+            default_type text/plain;
+            return 200 "{name} client=$proxy_protocol_addr:$proxy_protocol_port via=proxy\n";
+        }}"#
+                ),
+            )
+        } else {
+            ("", format!("{ds}/access.log"), "reuseport", String::new())
+        };
         // Every path nginx would otherwise take from its compiled-in defaults (/var/log/nginx,
         // /var/lib/nginx, /run/nginx.pid) is pointed into our directory so parallel labs and
         // the host's own nginx never collide.
@@ -548,7 +603,8 @@ pid {ds}/nginx.pid;
 error_log {ds}/error.log info;
 events {{ worker_connections 1024; }}
 http {{
-    access_log {ds}/access.log;
+    {log_format}
+    access_log {access_log};
     client_body_temp_path {ds}/body;
     proxy_temp_path {ds}/proxy;
     fastcgi_temp_path {ds}/fastcgi;
@@ -557,11 +613,12 @@ http {{
     keepalive_timeout 65;
     keepalive_requests 100000;
     server {{
-        listen 0.0.0.0:{port} reuseport;
+        listen 0.0.0.0:{port} {listen};
         location / {{
             default_type text/plain;
             return 200 "{name}\n";
         }}
+        {peer}
     }}
 }}
 "#

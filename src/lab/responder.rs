@@ -6,6 +6,12 @@
 //! length and its FNV-1a 64-bit hash (16 hex digits), so a test can check an upload arrived
 //! intact through the director; a `GET /bytes/N` is answered with N bytes of [`pattern`], so
 //! a test can check a download.
+//!
+//! Both read a PROXY protocol header (v1 or v2, as a FullNAT director sends one) when a
+//! connection or datagram starts with one, as nginx's `listen … proxy_protocol` does: `GET
+//! /peer` is answered with `<name> client=<IP:PORT> via=<proxy-v1|proxy-v2|direct>\n`, the
+//! client the header names (or the TCP peer without one), and each connection is logged so.
+//! A datagram with a v2 header is answered with the same line.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -13,6 +19,8 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+
+use crate::proxy_protocol;
 
 /// Idle keep-alive connections are dropped after this, so abandoned clients do not pin threads.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -121,11 +129,86 @@ fn hash_body(r: &mut impl Read, len: u64) -> io::Result<(u64, u64)> {
     Ok((n, h.finish()))
 }
 
-fn http_conn(stream: TcpStream, name: &str) -> io::Result<()> {
+/// Who a connection or datagram came from, as the PROXY header (if any) says.
+struct Origin {
+    client: SocketAddrV4,
+    via: &'static str,
+}
+
+impl Origin {
+    fn direct(peer: std::net::SocketAddr) -> Origin {
+        let client = match peer {
+            std::net::SocketAddr::V4(a) => a,
+            std::net::SocketAddr::V6(_) => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        };
+        Origin {
+            client,
+            via: "direct",
+        }
+    }
+
+    fn line(&self, name: &str) -> String {
+        format!("{name} client={} via={}\n", self.client, self.via)
+    }
+}
+
+/// The origin a PROXY header at the start of `b` names, and the header's length; `None` when
+/// `b` does not start with a complete header.
+fn proxied(b: &[u8]) -> Option<(Origin, usize)> {
+    match proxy_protocol::decode(b) {
+        proxy_protocol::Decoded::Header { endpoints, len } => Some((
+            Origin {
+                client: SocketAddrV4::new(endpoints.client, endpoints.client_port),
+                via: if b[0] == b'P' { "proxy-v1" } else { "proxy-v2" },
+            },
+            len,
+        )),
+        _ => None,
+    }
+}
+
+/// Reads a PROXY header if the connection starts with one: the origin, and the bytes read
+/// past the header (or all bytes read, without one), which belong to the request stream.
+fn read_proxy_header(stream: &mut TcpStream) -> io::Result<(Origin, Vec<u8>)> {
+    let mut buf = [0u8; 16 + 216];
+    let mut len = 0;
+    let direct = Origin::direct(stream.peer_addr()?);
+    loop {
+        let n = stream.read(&mut buf[len..])?;
+        len += n;
+        match proxy_protocol::decode(&buf[..len]) {
+            proxy_protocol::Decoded::Incomplete if n > 0 && len < buf.len() => continue,
+            proxy_protocol::Decoded::Invalid => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "broken PROXY protocol header",
+                ));
+            }
+            proxy_protocol::Decoded::Unknown { len: h } => {
+                return Ok((direct, buf[h..len].to_vec()));
+            }
+            _ => {
+                return Ok(match proxied(&buf[..len]) {
+                    Some((origin, h)) => (origin, buf[h..len].to_vec()),
+                    None => (direct, buf[..len].to_vec()),
+                });
+            }
+        }
+    }
+}
+
+fn http_conn(mut stream: TcpStream, name: &str) -> io::Result<()> {
     stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
     let _ = stream.set_nodelay(true);
     let mut w = stream.try_clone()?;
-    let mut r = BufReader::new(stream);
+    let (origin, early) = read_proxy_header(&mut stream)?;
+    log::info!(
+        "lab-http {name}: connection from {} via {} (TCP peer {})",
+        origin.client,
+        origin.via,
+        stream.peer_addr()?
+    );
+    let mut r = BufReader::new(io::Cursor::new(early).chain(stream));
     let mut line = String::new();
     loop {
         line.clear();
@@ -191,6 +274,7 @@ fn http_conn(stream: TcpStream, name: &str) -> io::Result<()> {
                 .and_then(|n| n.parse::<usize>().ok())
             {
                 Some(n) if n <= MAX_DOWNLOAD => pattern(n),
+                _ if path == "/peer" => origin.line(name).into_bytes(),
                 _ => format!("{name}\n").into_bytes(),
             }
         };
@@ -225,13 +309,17 @@ pub fn serve_udp(name: &str, port: u16) -> Result<()> {
     let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
         .with_context(|| format!("binding UDP port {port}"))?;
     crate::io::udp::enable_pktinfo(&sock).context("setsockopt(IP_PKTINFO)")?;
-    let reply = format!("{name}\n");
+    let plain = format!("{name}\n");
     let mut buf = [0u8; 65536];
     loop {
-        let (_, peer, local) = match crate::io::udp::recv_with_destination(&sock, &mut buf) {
+        let (n, peer, local) = match crate::io::udp::recv_with_destination(&sock, &mut buf) {
             Ok(x) => x,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("recvmsg"),
+        };
+        let reply = match proxied(&buf[..n.min(buf.len())]) {
+            Some((origin, _)) => origin.line(name),
+            None => plain.clone(),
         };
         if let Err(e) = crate::io::udp::send_from(&sock, reply.as_bytes(), peer, local) {
             log::warn!("lab-udp-echo: reply to {peer}: {e}");
@@ -242,6 +330,52 @@ pub fn serve_udp(name: &str, port: u16) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One request on a fresh loopback connection served by `http_conn`: the response body.
+    fn ask(prefix: &[u8], request: &[u8]) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            http_conn(s, "rs1")
+        });
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(prefix).unwrap();
+        c.write_all(request).unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        server.join().unwrap().unwrap();
+        out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+    }
+
+    #[test]
+    fn a_proxy_header_names_the_client_and_is_not_part_of_the_request() {
+        let e = proxy_protocol::Endpoints {
+            client: Ipv4Addr::new(198, 51, 100, 10),
+            client_port: 40000,
+            server: Ipv4Addr::new(203, 0, 113, 80),
+            server_port: 80,
+            udp: false,
+        };
+        let get = b"GET /peer HTTP/1.0\r\n\r\n";
+        for (version, via) in [
+            (proxy_protocol::Version::V1, "proxy-v1"),
+            (proxy_protocol::Version::V2, "proxy-v2"),
+        ] {
+            let mut h = [0u8; proxy_protocol::MAX_LEN];
+            let n = proxy_protocol::encode(version, &e, &mut h).unwrap();
+            assert_eq!(
+                ask(&h[..n], get),
+                format!("rs1 client=198.51.100.10:40000 via={via}\n")
+            );
+        }
+        let direct = ask(b"", get);
+        assert!(
+            direct.starts_with("rs1 client=127.0.0.1:") && direct.ends_with(" via=direct\n"),
+            "{direct}"
+        );
+        assert_eq!(ask(b"", b"GET / HTTP/1.0\r\n\r\n"), "rs1\n");
+    }
 
     #[test]
     fn fnv1a64_known_vectors() {

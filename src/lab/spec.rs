@@ -17,6 +17,8 @@
 //! name = "rs1"
 //! vips = ["10.0.0.100"]                # a DR real server: arp_ignore/announce, VIP on lo
 //! http = "nginx"                       # or "builtin"; answers "<host>\n"
+//! # tunnel = true                      # an LVS-TUN real: tunl0 (or its stand-in), rp_filter 0
+//! # tunnel_gue_port = 6080             # GUE too (ip fou add port 6080 gue)
 //! gateway = "10.0.0.1"
 //! interfaces = [{ name = "eth0", bridge = "br0", addr = "10.0.0.11/24" }]
 //!
@@ -96,6 +98,16 @@ pub struct HostSpec {
     pub http: Option<HttpKind>,
     pub http_body: Option<String>,
     pub http_port: Option<u16>,
+    /// The HTTP server reads the PROXY protocol header a FullNAT director sends (nginx:
+    /// `listen … proxy_protocol`, which then requires it; see `Lab::start_http_proxied`).
+    #[serde(default)]
+    pub http_proxy_protocol: bool,
+    /// An LVS-TUN real server: decapsulates IPIP and GRE (and GUE on `tunnel_gue_port`) into
+    /// `tunl0`, `rp_filter` 0. The kernel's `tunl0` where it has `ipip`, else
+    /// `uvs tun-endpoint` on the host's first interface (see `lab::tunl0`).
+    #[serde(default)]
+    pub tunnel: bool,
+    pub tunnel_gue_port: Option<u16>,
     #[serde(default)]
     pub interfaces: Vec<IfaceSpec>,
 }
@@ -329,6 +341,12 @@ impl LabSpec {
             if h.http.is_none() && (h.http_body.is_some() || h.http_port.is_some()) {
                 bail!("{}: http_body or http_port without http", h.name);
             }
+            if h.tunnel_gue_port.is_some() && !h.tunnel {
+                bail!("{}: tunnel_gue_port without tunnel = true", h.name);
+            }
+            if h.tunnel && h.interfaces.is_empty() {
+                bail!("{}: a tunnel end needs an interface", h.name);
+            }
         }
         let mut dir_hosts = HashSet::new();
         for d in &self.directors {
@@ -368,6 +386,9 @@ impl LabSpec {
 /// The DR lab (client → router → bridge with director, rs1, rs2), which `uvs demo` and the
 /// tests build: configs/labs/dr-router.toml, compiled in.
 pub const DR_ROUTER: &str = include_str!("../../configs/labs/dr-router.toml");
+
+/// The seeds' LVS-TUN lab (configs/labs/tun.toml), compiled in for the tests.
+pub const TUN: &str = include_str!("../../configs/labs/tun.toml");
 
 #[cfg(test)]
 mod tests {

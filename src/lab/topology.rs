@@ -52,6 +52,16 @@ pub fn build_dr_lab(prefix: &str, opts: &LabOptions) -> Result<Lab> {
     super::build::populate(lab, &spec, opts)
 }
 
+/// Builds the seeds' LVS-TUN lab (configs/labs/tun.toml, compiled in: client → router →
+/// director, and rs1 and rs2 each on a network of their own behind the router) with its
+/// reals' tunnel ends, without servers or director. `prefix` as in [`build_dr_lab`].
+pub fn build_tun_lab(prefix: &str, opts: &LabOptions, uvs_exe: &std::path::Path) -> Result<Lab> {
+    let spec = super::spec::LabSpec::parse(super::spec::TUN)?;
+    let mut lab = super::build::build_topology(&spec, Some(prefix), opts)?;
+    super::build::start_tunnel_ends(&mut lab, &spec, uvs_exe)?;
+    Ok(lab)
+}
+
 /// Builds the two-arm lab, the shape of the kernel's IPVS DR selftest
 /// (`tools/testing/selftests/net/netfilter/ipvs.sh`, `test_dr`): client → director → rs1, with
 /// rs1 also attached to the client's bridge so its replies go straight back, never through the

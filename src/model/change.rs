@@ -8,7 +8,9 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{MarkRule, ModelError, RealSpec, ServiceKey, ServiceSpec, ServiceTable, Undo};
+use super::{
+    LocalAddr, MarkRule, ModelError, RealSpec, ServiceKey, ServiceSpec, ServiceTable, Undo,
+};
 
 /// One change to the configuration, as one ipvsadm command expresses it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,6 +26,10 @@ pub enum Change {
     AddMarkRule(MarkRule),
     /// `uvsadm --del-mark`: the rule with the same mark, protocol, VIP and ports.
     DeleteMarkRule(MarkRule),
+    /// `--add-laddr`: a FullNAT local address for the service.
+    AddLocalAddr(ServiceKey, LocalAddr),
+    /// `--del-laddr`.
+    DeleteLocalAddr(ServiceKey, Ipv4Addr),
     /// `-C`: every service. Mark rules stay (as `ipvsadm -C` leaves iptables alone).
     Clear,
     /// `--set tcp tcpfin udp` in seconds; 0 leaves that value unchanged.
@@ -169,6 +175,16 @@ fn apply_one(s: &mut AdminState, change: &Change, log: &mut Vec<Undo>) -> Result
             let before = t.mark_rules().to_vec();
             t.delete_mark_rule(rule)?;
             log.push(Undo::MarkRules(before));
+        }
+        Change::AddLocalAddr(key, la) => {
+            let before = t.saved(key);
+            t.add_local_addr(key, la.clone())?;
+            log.extend(before.map(|(i, svc)| Undo::Replaced(i, svc)));
+        }
+        Change::DeleteLocalAddr(key, addr) => {
+            let before = t.saved(key);
+            t.delete_local_addr(key, *addr)?;
+            log.extend(before.map(|(i, svc)| Undo::Replaced(i, svc)));
         }
         Change::Clear => log.push(t.take_all()),
         Change::SetTimeouts { tcp, tcpfin, udp } => {
@@ -339,6 +355,7 @@ pub fn diff(current: &ServiceTable, desired: &ServiceTable) -> Vec<Change> {
             persistence_netmask: d.persistence_netmask,
             sched_flags: d.sched_flags,
             ops: d.ops,
+            proxy_protocol: d.proxy_protocol,
         };
         let real_spec = |r: &super::RealServer| RealSpec {
             addr: r.addr,
@@ -352,6 +369,11 @@ pub fn diff(current: &ServiceTable, desired: &ServiceTable) -> Vec<Change> {
             None => {
                 out.push(Change::AddService(spec));
                 out.extend(d.reals.iter().map(|r| Change::AddReal(d.key, real_spec(r))));
+                out.extend(
+                    d.local_addrs
+                        .iter()
+                        .map(|l| Change::AddLocalAddr(d.key, l.clone())),
+                );
             }
             Some(c) => {
                 if c.scheduler != d.scheduler
@@ -359,8 +381,19 @@ pub fn diff(current: &ServiceTable, desired: &ServiceTable) -> Vec<Change> {
                     || c.persistence_netmask != d.persistence_netmask
                     || c.sched_flags != d.sched_flags
                     || c.ops != d.ops
+                    || c.proxy_protocol != d.proxy_protocol
                 {
                     out.push(Change::EditService(spec));
+                }
+                for l in &c.local_addrs {
+                    if !d.local_addrs.contains(l) {
+                        out.push(Change::DeleteLocalAddr(d.key, l.addr));
+                    }
+                }
+                for l in &d.local_addrs {
+                    if !c.local_addrs.contains(l) {
+                        out.push(Change::AddLocalAddr(d.key, l.clone()));
+                    }
                 }
                 for r in &c.reals {
                     if !d.reals.iter().any(|x| x.addr == r.addr && x.port == r.port) {
@@ -551,7 +584,9 @@ impl Touched {
                 Change::DeleteService(key)
                 | Change::AddReal(key, _)
                 | Change::EditReal(key, _)
-                | Change::DeleteReal(key, ..) => t.add(*key),
+                | Change::DeleteReal(key, ..)
+                | Change::AddLocalAddr(key, _)
+                | Change::DeleteLocalAddr(key, _) => t.add(*key),
                 Change::AddMarkRule(_) | Change::DeleteMarkRule(_) | Change::Clear => t.all = true,
                 Change::SetTimeouts { .. } => {}
             }
@@ -571,13 +606,16 @@ impl Touched {
 }
 
 /// What a list of changes may change beyond the services' own entries: the configured VIPs
-/// (ARP answers them) and the set of reals (ARP resolves them). A weight change does neither.
+/// and local addresses (ARP answers them) and the set of reals (ARP resolves them). A weight
+/// change does none of these.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Structure {
     /// Services or mark rules were added or removed.
     pub vips: bool,
     /// Reals were added or removed (a service with its reals, too).
     pub reals: bool,
+    /// FullNAT local addresses were added or removed (a service with its own, too).
+    pub laddrs: bool,
 }
 
 impl Structure {
@@ -585,6 +623,7 @@ impl Structure {
         Structure {
             vips: true,
             reals: true,
+            laddrs: true,
         }
     }
 
@@ -598,6 +637,7 @@ impl Structure {
                 | Change::AddMarkRule(_)
                 | Change::DeleteMarkRule(_) => s = Structure::all(),
                 Change::AddReal(..) | Change::DeleteReal(..) => s.reals = true,
+                Change::AddLocalAddr(..) | Change::DeleteLocalAddr(..) => s.laddrs = true,
                 Change::EditService(_) | Change::EditReal(..) | Change::SetTimeouts { .. } => {}
             }
         }
@@ -608,6 +648,7 @@ impl Structure {
         Structure {
             vips: self.vips || other.vips,
             reals: self.reals || other.reals,
+            laddrs: self.laddrs || other.laddrs,
         }
     }
 }

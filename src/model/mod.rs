@@ -234,12 +234,119 @@ pub enum ForwardMethod {
     /// real's, and the replies, routed back through the director, rewritten to come from the
     /// VIP.
     Masq,
+    /// Tunnelling, LVS-TUN (`-i`, "Tunnel"): the client's packet, unchanged but for its TTL,
+    /// inside a new IP header to the real (IPIP, GUE or GRE); the real decapsulates it and
+    /// answers the client directly, so it may be on any network the director can route to.
+    Tunnel(Tunnel),
+    /// FullNAT (`--fullnat`, "FullNat", DPVS's method): source and destination rewritten,
+    /// `CIP:cport → VIP:vport` becoming `LIP:lport → RIP:rport` with a local address of the
+    /// service's; the real answers the local address, so it needs no change at all and may be
+    /// anywhere the director can route to. The client's address reaches it by the PROXY
+    /// protocol when the service asks for it.
+    FullNat,
 }
 
 impl ForwardMethod {
-    /// Whether the real's port may differ from the service's (IPVS: only NAT rewrites ports).
+    /// Whether the real's port may differ from the service's (IPVS: only NAT rewrites ports;
+    /// FullNAT too).
     pub fn maps_ports(self) -> bool {
-        matches!(self, ForwardMethod::Masq)
+        matches!(self, ForwardMethod::Masq | ForwardMethod::FullNat)
+    }
+
+    /// Tunnelling with IPVS's defaults: IPIP (`-i` alone).
+    pub const IPIP: ForwardMethod = ForwardMethod::Tunnel(Tunnel::IPIP);
+}
+
+/// The encapsulation of a tunnelling real (ipvsadm `--tun-type`, `--tun-port`,
+/// `--tun-nocsum|--tun-csum|--tun-remcsum`; the kernel's `tun_type`, `tun_port`,
+/// `tun_flags`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Tunnel {
+    pub kind: TunnelKind,
+    /// GUE's UDP destination port (mandatory for GUE, 0 for the others).
+    pub port: u16,
+    pub csum: TunnelCsum,
+}
+
+/// `--tun-type`: the kernel's `IP_VS_CONN_F_TUNNEL_TYPE_*`, in its order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum TunnelKind {
+    /// IP in IP (protocol 4), the default: the real's `tunl0` decapsulates it.
+    Ipip,
+    /// Generic UDP Encapsulation to `port` (the real's `ip fou add port N gue`).
+    Gue,
+    /// GRE (protocol 47), no key or sequence number (the real's `gre0`).
+    Gre,
+}
+
+/// The tunnel checksum (`IP_VS_TUNNEL_ENCAP_FLAG_*`, which ipvsadm prints by index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum TunnelCsum {
+    /// `--tun-nocsum`, the default: GUE's UDP checksum 0, GRE without its checksum field.
+    NoCsum,
+    /// `--tun-csum`: GUE's UDP checksum, or GRE's checksum field (C bit).
+    Csum,
+    /// `--tun-remcsum` (GUE only): UDP checksum, and the inner transport checksum left for the
+    /// real to complete (remote checksum offload) when it is still partial.
+    RemCsum,
+}
+
+impl Tunnel {
+    pub const IPIP: Tunnel = Tunnel {
+        kind: TunnelKind::Ipip,
+        port: 0,
+        csum: TunnelCsum::NoCsum,
+    };
+
+    /// ipvsadm's `tunnel_types_v_options` table: GUE needs a port; IPIP takes neither port
+    /// nor checksum option; GRE takes no port and no remote checksum.
+    pub fn check(self) -> Result<(), ModelError> {
+        let bad = |what| Err(ModelError::TunnelOption(what, self.kind.name()));
+        match self.kind {
+            TunnelKind::Ipip if self.port != 0 => bad("tun-port"),
+            TunnelKind::Ipip if self.csum != TunnelCsum::NoCsum => bad(self.csum.option()),
+            TunnelKind::Gue if self.port == 0 => Err(ModelError::TunnelPortMissing),
+            TunnelKind::Gre if self.port != 0 => bad("tun-port"),
+            TunnelKind::Gre if self.csum == TunnelCsum::RemCsum => bad("tun-remcsum"),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl TunnelKind {
+    /// ipvsadm's `tunnames`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TunnelKind::Ipip => "ipip",
+            TunnelKind::Gue => "gue",
+            TunnelKind::Gre => "gre",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<TunnelKind> {
+        [TunnelKind::Ipip, TunnelKind::Gue, TunnelKind::Gre]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+}
+
+impl TunnelCsum {
+    /// The option that sets it, without its dashes (ipvsadm's `tun_flags_opts`).
+    pub fn option(self) -> &'static str {
+        match self {
+            TunnelCsum::NoCsum => "tun-nocsum",
+            TunnelCsum::Csum => "tun-csum",
+            TunnelCsum::RemCsum => "tun-remcsum",
+        }
+    }
+
+    /// ipvsadm's `tunflags`, as `--tun-info` shows them.
+    pub fn short(self) -> &'static str {
+        match self {
+            TunnelCsum::NoCsum => "-c",
+            TunnelCsum::Csum => "+c",
+            TunnelCsum::RemCsum => "r+c",
+        }
     }
 }
 
@@ -310,8 +417,67 @@ pub struct VirtualService {
     pub sched_flags: SchedFlags,
     /// `-o`: one-packet scheduling (UDP only): every datagram is scheduled, no entry is kept.
     pub ops: bool,
+    /// `--proxy-protocol`: the header FullNAT reals get before the client's first byte.
+    pub proxy_protocol: ProxyVersion,
+    /// FullNAT local addresses (`--add-laddr -z LIP [-F IF]`), in the order added. None: the
+    /// director's own address towards each real.
+    pub local_addrs: Vec<LocalAddr>,
     pub reals: Vec<RealServer>,
 }
+
+/// A FullNAT local address of a service: the source its requests to the reals leave from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct LocalAddr {
+    pub addr: Ipv4Addr,
+    /// `-F IFNAME`: the interface it is on (DPVS's `ifname`); informative, as uvs answers ARP
+    /// for it on every served interface.
+    pub interface: Option<String>,
+}
+
+impl LocalAddr {
+    /// A local address is the source of the director's packets to the reals, and their
+    /// replies come back to it: it must be an address one host may own.
+    pub fn check_addr(addr: Ipv4Addr) -> Result<(), ModelError> {
+        if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() || addr.is_loopback()
+        {
+            return Err(ModelError::BadLocalAddr(addr));
+        }
+        Ok(())
+    }
+
+    /// `-F IFNAME`: what Linux accepts as an interface name (1..=15 bytes, `IFNAMSIZ`; no
+    /// `/`, blank, or the names `.` and `..`), so a saved `-S` line reads back as it was.
+    pub fn check_interface(name: &str) -> Result<(), ModelError> {
+        let bad = name.is_empty()
+            || name.len() > MAX_IFNAME_LEN
+            || name == "."
+            || name == ".."
+            || name
+                .chars()
+                .any(|c| c == '/' || c.is_whitespace() || c.is_control());
+        if bad {
+            return Err(ModelError::BadInterface(name.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn check(&self) -> Result<(), ModelError> {
+        Self::check_addr(self.addr)?;
+        match &self.interface {
+            Some(name) => Self::check_interface(name),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Linux `IFNAMSIZ` − 1.
+pub const MAX_IFNAME_LEN: usize = 15;
+
+pub use crate::proxy_protocol::Version as ProxyVersion;
+
+/// Distinct FullNAT local addresses a table may have, all services together (each costs every
+/// worker a port pool).
+pub const MAX_LOCAL_ADDRS: usize = 256;
 
 /// What an operator asks for when adding or editing a real server (no id yet).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -337,6 +503,14 @@ impl RealSpec {
         }
     }
 
+    /// A tunnelling real with ipvsadm's defaults (`-i -w 1`, IPIP).
+    pub fn tunnel(addr: Ipv4Addr, port: u16) -> RealSpec {
+        RealSpec {
+            forward: ForwardMethod::IPIP,
+            ..RealSpec::route(addr, port)
+        }
+    }
+
     /// A masquerading (NAT) real with ipvsadm's defaults (`-m -w 1`); `port` 0 = the
     /// service's.
     pub fn masq(addr: Ipv4Addr, port: u16) -> RealSpec {
@@ -356,10 +530,14 @@ pub struct ServiceSpec {
     pub persistence_netmask: Ipv4Addr,
     pub sched_flags: SchedFlags,
     pub ops: bool,
+    /// `--proxy-protocol v1|v2|disable` (FullNAT reals only). Absent from older clients.
+    #[serde(default)]
+    pub proxy_protocol: ProxyVersion,
 }
 
 impl ServiceSpec {
-    /// A service with ipvsadm's defaults: not persistent, netmask /32, no flags, no OPS.
+    /// A service with ipvsadm's defaults: not persistent, netmask /32, no flags, no OPS, no
+    /// PROXY protocol.
     pub fn new(key: ServiceKey, scheduler: SchedulerKind) -> ServiceSpec {
         ServiceSpec {
             key,
@@ -368,6 +546,7 @@ impl ServiceSpec {
             persistence_netmask: Ipv4Addr::BROADCAST,
             sched_flags: SchedFlags::default(),
             ops: false,
+            proxy_protocol: ProxyVersion::Off,
         }
     }
 
@@ -376,6 +555,9 @@ impl ServiceSpec {
         // A fwmark service may carry UDP: OPS then applies to its UDP packets (as in IPVS).
         if self.ops && self.key.proto != Protocol::Udp && !self.key.is_fwmark() {
             return Err(ModelError::OpsNotUdp(self.key));
+        }
+        if self.proxy_protocol == ProxyVersion::V1 && self.key.proto == Protocol::Udp {
+            return Err(ModelError::ProxyV1Udp);
         }
         Ok(())
     }
@@ -411,6 +593,27 @@ pub enum ModelError {
     MarkPortTaken(&'static str, u16, Ipv4Addr, u32),
     #[error("No such mark rule")]
     NoMarkRule,
+    #[error("Illegal '{0}' option with the '{1}' tunnel type")]
+    TunnelOption(&'static str, &'static str),
+    #[error("You need to supply the 'tun-port' option for the 'gue' tunnel type")]
+    TunnelPortMissing,
+    #[error("the PROXY protocol v1 has no UDP: use v2 for a UDP service")]
+    ProxyV1Udp,
+    // DPVS's words (its libipvs `ipvs_strerror`), capital L included.
+    #[error("Local address already exists")]
+    LocalAddrExists(Ipv4Addr),
+    #[error("No such Local address")]
+    NoLocalAddr(Ipv4Addr),
+    #[error("too many local addresses (limit {0})")]
+    TooManyLocalAddrs(usize),
+    #[error("local address {0} is a VIP: replies to it would be taken for requests")]
+    LocalAddrIsVip(Ipv4Addr),
+    #[error(
+        "illegal local address {0}: a local address is a unicast address (not 0.0.0.0, 255.255.255.255, multicast or loopback)"
+    )]
+    BadLocalAddr(Ipv4Addr),
+    #[error("illegal interface name {0:?}: 1 to 15 characters, no '/' or blank")]
+    BadInterface(String),
 }
 
 /// The port a real gets. Direct routing: the service port, as ipvsadm forces it ("The
@@ -566,6 +769,8 @@ impl ServiceTable {
             persistence_netmask: spec.persistence_netmask,
             sched_flags: spec.sched_flags,
             ops: spec.ops,
+            proxy_protocol: spec.proxy_protocol,
+            local_addrs: Vec::new(),
             reals: Vec::new(),
         }));
         Ok(())
@@ -579,7 +784,52 @@ impl ServiceTable {
         svc.persistence_netmask = spec.persistence_netmask;
         svc.sched_flags = spec.sched_flags;
         svc.ops = spec.ops;
+        svc.proxy_protocol = spec.proxy_protocol;
         Ok(())
+    }
+
+    /// `--add-laddr -z LIP -t VIP:PORT [-F IF]`.
+    pub fn add_local_addr(&mut self, key: &ServiceKey, la: LocalAddr) -> Result<(), ModelError> {
+        la.check()?;
+        if self.vips().contains(&la.addr) {
+            return Err(ModelError::LocalAddrIsVip(la.addr));
+        }
+        let all = self.local_addrs();
+        if !all.contains(&la.addr) && all.len() >= MAX_LOCAL_ADDRS {
+            return Err(ModelError::TooManyLocalAddrs(MAX_LOCAL_ADDRS));
+        }
+        let svc = self.service_mut(key)?;
+        if svc.local_addrs.iter().any(|l| l.addr == la.addr) {
+            return Err(ModelError::LocalAddrExists(la.addr));
+        }
+        svc.local_addrs.push(la);
+        Ok(())
+    }
+
+    /// `--del-laddr -z LIP -t VIP:PORT`.
+    pub fn delete_local_addr(
+        &mut self,
+        key: &ServiceKey,
+        addr: Ipv4Addr,
+    ) -> Result<(), ModelError> {
+        let svc = self.service_mut(key)?;
+        let before = svc.local_addrs.len();
+        svc.local_addrs.retain(|l| l.addr != addr);
+        if svc.local_addrs.len() == before {
+            return Err(ModelError::NoLocalAddr(addr));
+        }
+        Ok(())
+    }
+
+    /// Distinct configured local addresses, in first-seen order.
+    pub fn local_addrs(&self) -> Vec<Ipv4Addr> {
+        let mut out: Vec<Ipv4Addr> = Vec::new();
+        for l in self.services.iter().flat_map(|s| &s.local_addrs) {
+            if !out.contains(&l.addr) {
+                out.push(l.addr);
+            }
+        }
+        out
     }
 
     pub fn delete_service(&mut self, key: &ServiceKey) -> Result<(), ModelError> {
@@ -597,6 +847,9 @@ impl ServiceTable {
     pub fn add_real(&mut self, key: &ServiceKey, spec: RealSpec) -> Result<RealId, ModelError> {
         if spec.weight > MAX_WEIGHT {
             return Err(ModelError::WeightOutOfRange(u64::from(spec.weight)));
+        }
+        if let ForwardMethod::Tunnel(t) = spec.forward {
+            t.check()?;
         }
         if self.live_reals >= MAX_REALS - 1 {
             return Err(ModelError::TooManyReals(MAX_REALS - 1));
@@ -633,6 +886,9 @@ impl ServiceTable {
     pub fn edit_real(&mut self, key: &ServiceKey, spec: RealSpec) -> Result<(), ModelError> {
         if spec.weight > MAX_WEIGHT {
             return Err(ModelError::WeightOutOfRange(u64::from(spec.weight)));
+        }
+        if let ForwardMethod::Tunnel(t) = spec.forward {
+            t.check()?;
         }
         let svc = self.service(key).ok_or(ModelError::NoService(*key))?;
         let port = real_port(&svc.key, spec.port, spec.forward);

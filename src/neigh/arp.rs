@@ -152,6 +152,9 @@ pub struct ArpEngine {
     pub interfaces: Vec<ArpInterface>,
     /// VIPs and, per VIP, whether each interface answers for it.
     vips: Vec<Ipv4Addr>,
+    /// FullNAT local addresses the director's kernel does not own: answered with the
+    /// interface's own MAC (never the VIP MAC: replies to them are ordinary frames).
+    local_addrs: Vec<Ipv4Addr>,
     pub neighbors: Vec<Neighbor>,
     opts: ArpOptions,
     /// Pending gratuitous bursts: (time, vip).
@@ -187,6 +190,7 @@ impl ArpEngine {
         ArpEngine {
             interfaces,
             vips: Vec::new(),
+            local_addrs: Vec::new(),
             neighbors: Vec::new(),
             opts,
             garp_due: Vec::new(),
@@ -209,6 +213,26 @@ impl ArpEngine {
             }
         }
         self.vips = vips;
+    }
+
+    /// Replaces the FullNAT local addresses uvs answers for; new ones are announced once.
+    pub fn set_local_addrs(&mut self, addrs: Vec<Ipv4Addr>, now: u32) {
+        for a in &addrs {
+            if !self.local_addrs.contains(a) {
+                self.garp_due.push((now, *a));
+            }
+        }
+        self.local_addrs = addrs;
+    }
+
+    /// The MAC `addr` is answered and announced with on `ifc`: a FullNAT local address with
+    /// the interface's own, a VIP with the VIP MAC if there is one.
+    fn answer_mac(&self, ifc: &ArpInterface, addr: Ipv4Addr) -> MacAddr {
+        if self.local_addrs.contains(&addr) && !self.vips.contains(&addr) {
+            ifc.mac
+        } else {
+            self.vip_mac_on(ifc)
+        }
     }
 
     /// announces `vips` again (a burst now, and again after `garp_delay_secs`)
@@ -293,10 +317,13 @@ impl ArpEngine {
                     self.ignore(ArpIgnore::VipConflict);
                     return None;
                 }
-                if !self.vips.contains(&target_ip) || sender_ip == target_ip {
+                let answered =
+                    self.vips.contains(&target_ip) || self.local_addrs.contains(&target_ip);
+                if !answered || sender_ip == target_ip {
                     self.ignore(ArpIgnore::NotForUs);
                     return None;
                 }
+                let vip_mac = self.answer_mac(&ifc, target_ip);
                 // Broadcast or unicast to us: both are answered.
                 let dst = MacAddr(eth.destination);
                 if dst != MacAddr::BROADCAST && !ours(dst) {
@@ -413,6 +440,8 @@ impl ArpEngine {
         for vip in due {
             if self.vips.contains(&vip) {
                 self.announce_now(vip, self.opts.garp_repeat, out);
+            } else if self.local_addrs.contains(&vip) {
+                self.announce_now(vip, 1, out);
             }
         }
         if self.opts.vip_mac.is_some() {
@@ -433,7 +462,7 @@ impl ArpEngine {
     /// `count` gratuitous ARPs for `vip` on every interface.
     fn announce_now(&mut self, vip: Ipv4Addr, count: u32, out: &mut Vec<Outgoing>) {
         for (i, ifc) in self.interfaces.iter().enumerate() {
-            let mac = self.vip_mac_on(ifc);
+            let mac = self.answer_mac(ifc, vip);
             // keepalived's gratuitous ARP: a REQUEST, broadcast, sender = target = VIP,
             // target hardware address = broadcast.
             let garp = ArpEthIpv4Packet {
@@ -629,6 +658,47 @@ mod tests {
         e.on_frame(0, &claim(EVIL), 6, &t);
         e.on_frame(0, &claim(VMAC), 6, &t);
         assert_eq!(e.counters.ignored[ArpIgnore::VipConflict as usize], 1);
+    }
+
+    #[test]
+    fn a_fullnat_local_address_is_answered_with_the_interface_mac_even_with_a_vip_mac() {
+        const VMAC: MacAddr = MacAddr([0x02, 0, 0x5e, 0, 1, 7]);
+        let lip = Ipv4Addr::new(10, 0, 0, 200);
+        let mut e = ArpEngine::new(
+            vec![ArpInterface {
+                name: "eth0".into(),
+                mac: DIR,
+                source: Some(DIP),
+            }],
+            ArpOptions {
+                vip_mac: Some(VMAC),
+                ..ArpOptions::default()
+            },
+        );
+        e.set_vips(vec![VIP], 0);
+        e.set_local_addrs(vec![lip], 0);
+        let t = NeighTable::new(16);
+        let out = e
+            .on_frame(
+                0,
+                &arp(ArpOperation::REQUEST, MacAddr::BROADCAST, ROUTER, RIP1, lip),
+                1,
+                &t,
+            )
+            .expect("answered");
+        let (eth, rest) = Ethernet2Header::from_slice(&out.frame).unwrap();
+        assert_eq!(MacAddr(eth.source), DIR);
+        assert_eq!(MacAddr(parse_eth_ipv4(rest).unwrap().sender_mac), DIR);
+        let mut garps = Vec::new();
+        e.on_tick(1, &t, &mut garps);
+        assert!(garps.iter().any(|o| {
+            let a = parse_eth_ipv4(&o.frame[14..]).unwrap();
+            a.sender_ipv4 == lip.octets() && MacAddr(a.sender_mac) == DIR
+        }));
+        // Gone from the configuration: no longer answered.
+        e.set_local_addrs(Vec::new(), 2);
+        let req = arp(ArpOperation::REQUEST, MacAddr::BROADCAST, ROUTER, RIP1, lip);
+        assert!(e.on_frame(0, &req, 3, &t).is_none());
     }
 
     #[test]

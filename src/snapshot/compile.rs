@@ -51,8 +51,14 @@ pub struct Compiler {
     index_len: usize,
     /// Index entries per VIP.
     vip_refs: BTreeMap<Ipv4Addr, u32>,
-    /// Services whose masquerading reals answer from each (protocol, address, port).
+    /// Services whose masquerading or FullNAT reals answer from each (protocol, address,
+    /// port).
     nat_refs: BTreeMap<ServiceKey, u32>,
+    /// Services whose flows may take each FullNAT local address.
+    laddr_refs: BTreeMap<u32, u32>,
+    /// Services whose FullNAT reals take each address as their default local address (the
+    /// director's address towards them), which must not be a VIP.
+    source_refs: BTreeMap<u32, u32>,
 }
 
 /// What changed between two snapshots, for the kernel's side of a publication.
@@ -68,6 +74,9 @@ pub struct Delta {
     pub vips_changed: bool,
     /// The NAT reply sources changed (the receive filter and the fanout program).
     pub nat_sources_changed: bool,
+    /// The FullNAT local addresses changed (the receive filter, the fanout program, the
+    /// workers' port pools, ARP).
+    pub laddrs_changed: bool,
     /// Everything was compiled again.
     pub full: bool,
 }
@@ -91,15 +100,21 @@ impl Planned {
 #[derive(Debug)]
 enum Books {
     Replace(Box<Compiler>),
-    Update {
-        slots: Vec<(ServiceKey, Option<u32>)>,
-        free_taken: usize,
-        freed: Vec<u32>,
-        fresh: u32,
-        index_len: usize,
-        vip_diff: HashMap<Ipv4Addr, i64>,
-        nat_diff: HashMap<ServiceKey, i64>,
-    },
+    Update(Box<Update>),
+}
+
+/// The books' changes after an incremental plan.
+#[derive(Debug)]
+struct Update {
+    slots: Vec<(ServiceKey, Option<u32>)>,
+    free_taken: usize,
+    freed: Vec<u32>,
+    fresh: u32,
+    index_len: usize,
+    vip_diff: HashMap<Ipv4Addr, i64>,
+    nat_diff: HashMap<ServiceKey, i64>,
+    laddr_diff: HashMap<u32, i64>,
+    source_diff: HashMap<u32, i64>,
 }
 
 /// The service index being changed.
@@ -320,6 +335,11 @@ impl Compiler {
         let mut freed = Vec::new();
         let mut vip_diff = HashMap::new();
         let mut nat_diff = HashMap::new();
+        let mut laddr_diff = HashMap::new();
+        let mut source_diff = HashMap::new();
+        // FullNAT reals of the compiled services that take a default local address: checked
+        // against the VIPs once those are known.
+        let mut new_sources: Vec<(u32, ServiceKey, u32)> = Vec::new();
         for (k, entry) in compiled {
             let old_slot = self.slot_of.get(&k).copied();
             let old = old_slot.and_then(|s| services.get(s as usize).cloned().flatten());
@@ -330,6 +350,12 @@ impl Compiler {
                 }
                 for n in old.nat_replies(&reaching) {
                     bump(&mut nat_diff, n, -1);
+                }
+                for a in old.laddrs_in_use() {
+                    bump(&mut laddr_diff, a, -1);
+                }
+                for a in old.sources_in_use() {
+                    bump(&mut source_diff, a, -1);
                 }
             }
             match entry {
@@ -368,6 +394,13 @@ impl Compiler {
                     for n in e.nat_replies(&reaching) {
                         bump(&mut nat_diff, n, 1);
                     }
+                    for a in e.laddrs_in_use() {
+                        bump(&mut laddr_diff, a, 1);
+                    }
+                    for a in e.sources_in_use() {
+                        bump(&mut source_diff, a, 1);
+                    }
+                    new_sources.extend(e.default_sources().map(|(r, src)| (r, e.key, src)));
                     services.set(slot as usize, Some(Arc::new(e)));
                 }
                 None => {
@@ -402,6 +435,38 @@ impl Compiler {
         };
         delta.nat_added = nat_up;
         delta.nat_removed = nat_down;
+        // A default local address must not be a VIP: the compiled services' against every
+        // VIP, and a VIP that appears against every service's.
+        for &(real, key, source) in &new_sources {
+            if vips.binary_search(&Ipv4Addr::from(source)).is_ok() {
+                return Err(source_is_vip(real, key, source));
+            }
+        }
+        for vip in &vips_up {
+            let a = u32::from(*vip);
+            let users = i64::from(self.source_refs.get(&a).copied().unwrap_or(0))
+                + source_diff.get(&a).copied().unwrap_or(0);
+            if users > 0 {
+                // Rare: find who, among every service.
+                let user = (0..services.len())
+                    .filter_map(|i| services.get(i).cloned().flatten())
+                    .find_map(|e| {
+                        e.default_sources()
+                            .find(|&(_, src)| src == a)
+                            .map(|(r, _)| (r, e.key))
+                    });
+                if let Some((real, key)) = user {
+                    return Err(source_is_vip(real, key, a));
+                }
+            }
+        }
+        let (laddrs_up, laddrs_down) = transitions(&self.laddr_refs, &laddr_diff);
+        let laddrs = if laddrs_up.is_empty() && laddrs_down.is_empty() {
+            Arc::clone(&prev.laddrs)
+        } else {
+            delta.laddrs_changed = true;
+            patched(&prev.laddrs, &laddrs_down, &laddrs_up).into()
+        };
         let snapshot = Snapshot {
             generation: prev.generation + 1,
             timeouts: prev.timeouts.clone(),
@@ -411,14 +476,16 @@ impl Compiler {
             real_by_id: real_by_id.finish(),
             routes: prev.routes.clone(),
             local_addrs: Arc::clone(&prev.local_addrs),
+            interface_addrs: Arc::clone(&prev.interface_addrs),
             vips,
             nat_sources,
             nat_replies,
+            laddrs,
         };
         Ok(Planned {
             snapshot,
             delta,
-            books: Books::Update {
+            books: Books::Update(Box::new(Update {
                 slots,
                 free_taken,
                 freed,
@@ -426,7 +493,9 @@ impl Compiler {
                 index_len: index.len,
                 vip_diff,
                 nat_diff,
-            },
+                laddr_diff,
+                source_diff,
+            })),
         })
     }
 
@@ -489,12 +558,27 @@ impl Compiler {
             for n in e.nat_replies(&c.reaching(k)) {
                 *c.nat_refs.entry(n).or_default() += 1;
             }
+            for a in e.laddrs_in_use() {
+                *c.laddr_refs.entry(a).or_default() += 1;
+            }
+            for a in e.sources_in_use() {
+                *c.source_refs.entry(a).or_default() += 1;
+            }
+            for (real, source) in e.default_sources() {
+                if c.vip_refs.contains_key(&Ipv4Addr::from(source)) {
+                    return Err(source_is_vip(real, e.key, source));
+                }
+            }
         }
         let nat_replies: Vec<ServiceKey> = c.nat_refs.keys().copied().collect();
         let nat_sources = nat_sources_of(&nat_replies);
         let vips: Vec<Ipv4Addr> = c.vip_refs.keys().copied().collect();
         let mut local_addrs = placement.local_addrs();
         local_addrs.sort_unstable();
+        let laddrs: Vec<u32> = c.laddr_refs.keys().copied().collect();
+        let interface_addrs: Vec<u32> = (0..=u16::MAX)
+            .map_while(|e| placement.interface_addr(e))
+            .collect();
         let snapshot = Snapshot {
             generation: prev.generation + 1,
             timeouts: prev.timeouts.clone(),
@@ -504,9 +588,11 @@ impl Compiler {
             real_by_id: real_by_id.finish(),
             routes: Routes::new(placement.routes()?),
             local_addrs: local_addrs.into(),
+            interface_addrs: interface_addrs.into(),
             vips: vips.into(),
             nat_sources: nat_sources.into(),
             nat_replies: nat_replies.into(),
+            laddrs: laddrs.into(),
         };
         let (before, after) = (prev.forwarded_keys(), snapshot.forwarded_keys());
         let delta = Delta {
@@ -516,6 +602,7 @@ impl Compiler {
             nat_removed: minus(prev.nat_replies(), snapshot.nat_replies()),
             vips_changed: snapshot.vips() != prev.vips(),
             nat_sources_changed: snapshot.nat_sources() != prev.nat_sources(),
+            laddrs_changed: snapshot.laddrs() != prev.laddrs(),
             full: true,
         };
         Ok(Planned {
@@ -530,15 +617,18 @@ impl Compiler {
     pub fn commit(&mut self, planned: Planned) -> Snapshot {
         match planned.books {
             Books::Replace(c) => *self = *c,
-            Books::Update {
-                slots,
-                free_taken,
-                freed,
-                fresh,
-                index_len,
-                vip_diff,
-                nat_diff,
-            } => {
+            Books::Update(u) => {
+                let Update {
+                    slots,
+                    free_taken,
+                    freed,
+                    fresh,
+                    index_len,
+                    vip_diff,
+                    nat_diff,
+                    laddr_diff,
+                    source_diff,
+                } = *u;
                 for (k, slot) in slots {
                     match slot {
                         Some(s) => self.slot_of.insert(k, s),
@@ -552,10 +642,16 @@ impl Compiler {
                 self.index_len = index_len;
                 apply_diff(&mut self.vip_refs, vip_diff);
                 apply_diff(&mut self.nat_refs, nat_diff);
+                apply_diff(&mut self.laddr_refs, laddr_diff);
+                apply_diff(&mut self.source_refs, source_diff);
             }
         }
         planned.snapshot
     }
+}
+
+fn source_is_vip(real: u32, key: ServiceKey, source: u32) -> SnapshotError {
+    SnapshotError::SourceIsVip(Ipv4Addr::from(real), key, Ipv4Addr::from(source))
 }
 
 fn apply_diff<K: Ord>(counts: &mut BTreeMap<K, u32>, diff: HashMap<K, i64>) {
@@ -575,8 +671,28 @@ mod tests {
 
     use super::*;
     use crate::model::change::{AdminState, Change};
-    use crate::model::{MarkRule, Protocol, RealSpec, SchedulerKind, ServiceSpec};
+    use crate::model::{
+        ForwardMethod, LocalAddr, MarkRule, Protocol, RealSpec, SchedulerKind, ServiceSpec,
+    };
     use crate::snapshot::tests::AllOnLink;
+    use crate::snapshot::{NextHop, PlaceError, TunnelEnd};
+
+    /// Every real on-link; the director's address towards real 10.0.0.x is 10.0.1.(x % 8 + 1),
+    /// some of which are VIPs in the walk below (a FullNAT real without a service local
+    /// address is then refused).
+    struct OnLinkWithSources;
+    impl Placement for OnLinkWithSources {
+        fn next_hop(&mut self, addr: Ipv4Addr, m: ForwardMethod) -> Result<NextHop, PlaceError> {
+            AllOnLink.next_hop(addr, m)
+        }
+        fn tunnel_end(&mut self, addr: Ipv4Addr, _: NextHop) -> Result<TunnelEnd, PlaceError> {
+            let source = Ipv4Addr::new(10, 0, 1, addr.octets()[3] % 8 + 1);
+            Ok(TunnelEnd {
+                source: u32::from(source),
+                mtu: 1500,
+            })
+        }
+    }
 
     /// What a worker can see of a snapshot: every lookup it makes, and the kernel's lists.
     fn seen(s: &Snapshot, keys: &[ServiceKey], ids: u32) -> String {
@@ -596,11 +712,12 @@ mod tests {
             out.push_str(&format!("{id}: {:?}\n", r.map(|r| (r.dest, r.path))));
         }
         out.push_str(&format!(
-            "{:?}\n{:?}\n{:?}\n{:?}\n",
+            "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n",
             s.forwarded_keys(),
             s.vips(),
             s.nat_replies(),
-            s.nat_sources()
+            s.nat_sources(),
+            s.laddrs()
         ));
         out
     }
@@ -647,17 +764,22 @@ mod tests {
         let mut compiler = Compiler::default();
         let mut snap = Snapshot::empty();
         let mut local = BTreeSet::new();
+        let mut refused = 0;
         for step in 0..1500 {
             let i = rng.below(60);
             let k = key(i);
             let real = Ipv4Addr::new(10, 0, 0, 10 + rng.below(6) as u8);
-            let mut spec = if rng.below(3) == 0 {
-                RealSpec::masq(real, if rng.below(2) == 0 { 0 } else { 8080 })
-            } else {
-                RealSpec::route(real, k.port)
+            let mut spec = match rng.below(4) {
+                0 => RealSpec::masq(real, if rng.below(2) == 0 { 0 } else { 8080 }),
+                1 => RealSpec {
+                    forward: ForwardMethod::FullNat,
+                    ..RealSpec::masq(real, 8080)
+                },
+                _ => RealSpec::route(real, k.port),
             };
             spec.weight = rng.below(4) as u32;
-            let change = match rng.below(20) {
+            let laddr = Ipv4Addr::new(10, 0, 2, rng.below(3) as u8 + 1);
+            let change = match rng.below(22) {
                 0..=2 => Change::AddService(ServiceSpec::new(k, SchedulerKind::Wrr)),
                 3 => Change::DeleteService(k),
                 4..=8 => Change::AddReal(k, spec),
@@ -680,6 +802,14 @@ mod tests {
                         udp: 0,
                     }
                 }
+                19 => Change::AddLocalAddr(
+                    k,
+                    LocalAddr {
+                        addr: laddr,
+                        interface: None,
+                    },
+                ),
+                20 => Change::DeleteLocalAddr(k, laddr),
                 _ => match state.table.mark_rules().first() {
                     Some(r) if rng.below(4) == 0 => Change::DeleteMarkRule(r.clone()),
                     _ => Change::EditService(ServiceSpec::new(k, SchedulerKind::Rr)),
@@ -689,21 +819,47 @@ mod tests {
             let Ok(journal) = state.apply_in_place(&changes) else {
                 continue;
             };
-            drop(journal);
             let mut touched = Touched::of(&changes);
             touched.add(k);
-            let planned = compiler
-                .plan(&snap, &state.table, &local, &touched, &mut AllOnLink)
-                .expect("every real is on-link");
-            let prev_keys = snap.forwarded_keys();
-            let d = planned.delta.clone();
-            let next = compiler.commit(planned);
+            let planned = compiler.plan(
+                &snap,
+                &state.table,
+                &local,
+                &touched,
+                &mut OnLinkWithSources,
+            );
             let full = Snapshot::build(
                 &crate::health::book::published(&state.table, &local),
                 0,
-                &mut AllOnLink,
-            )
-            .expect("every real is on-link");
+                &mut OnLinkWithSources,
+            );
+            // Refused (a FullNAT real's default local address is a VIP) exactly when a full
+            // build refuses, and then taken back as the control thread does.
+            let (planned, full) = match (planned, full) {
+                (Ok(p), Ok(f)) => (p, f),
+                (Err(a), Err(b)) => {
+                    let vip = |e: &SnapshotError| matches!(e, SnapshotError::SourceIsVip(..));
+                    assert!(vip(&a) && vip(&b), "step {step}: {a} / {b}");
+                    refused += 1;
+                    state.undo(journal);
+                    if let Change::SetTimeouts { .. } = changes[0] {
+                        // The local set is not part of the state: take it back too.
+                        if !local.remove(&k) {
+                            local.insert(k);
+                        }
+                    }
+                    continue;
+                }
+                (p, f) => panic!(
+                    "step {step}: {changes:?}: incremental {:?}, full {:?}",
+                    p.err(),
+                    f.err()
+                ),
+            };
+            drop(journal);
+            let prev_keys = snap.forwarded_keys();
+            let d = planned.delta.clone();
+            let next = compiler.commit(planned);
             assert_eq!(
                 seen(&next, &all_keys, 400),
                 seen(&full, &all_keys, 400),
@@ -716,6 +872,14 @@ mod tests {
             snap = next;
         }
         assert!(state.table.services().len() > 10, "the walk built a table");
+        assert!(
+            refused > 0,
+            "the walk met a default local address that is a VIP"
+        );
+        assert!(
+            !snap.laddrs().is_empty(),
+            "the walk ended with FullNAT local addresses"
+        );
     }
 
     #[test]

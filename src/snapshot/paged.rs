@@ -87,6 +87,10 @@ impl<T: Clone + Default> PagedEdit<T> {
         pages.get(i >> PAGE_BITS)?.get(i & PAGE_MASK)
     }
 
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
     /// Sets element `i`, growing the vector (with default elements) to reach it.
     pub(super) fn set(&mut self, i: usize, value: T) {
         if i >= self.len {

@@ -77,6 +77,8 @@ pub struct SyncRecord {
     pub real_addr: u32,
     /// The real's port: the service's, or a NAT real's own.
     pub real_port: u16,
+    /// How the connection is forwarded. IPVS's flags do not carry a tunnel's encapsulation,
+    /// so a received tunnelled connection reads as IPIP: adoption matches any tunnel.
     pub forward: ForwardMethod,
     pub state: TcpState,
     /// Seconds of life left.
@@ -321,7 +323,7 @@ impl HaHooks {
     /// Queues a connection for the sync master (never blocks; a full queue drops and counts).
     #[inline]
     pub fn emit(&self, r: SyncRecord) {
-        if !self.sending.load(Ordering::Relaxed) {
+        if !self.sending.load(Ordering::Relaxed) || !wire::syncable(r.forward) {
             return;
         }
         if self.out.try_send(r).is_err() {

@@ -25,9 +25,9 @@ pub const RECORD_LEN: usize = 36;
 pub const MAX_PER_MESSAGE: usize = 40;
 /// IP_VS_CONN_F_FWD_MASK: the forwarding method's bits.
 pub const F_FWD_MASK: u32 = 0x0007;
-/// IP_VS_CONN_F_MASQ.
+/// IP_VS_CONN_F_MASQ, IP_VS_CONN_F_TUNNEL, IP_VS_CONN_F_DROUTE: the forwarding method.
 pub const F_MASQ: u32 = 0x0000;
-/// IP_VS_CONN_F_DROUTE.
+pub const F_TUNNEL: u32 = 0x0002;
 pub const F_DROUTE: u32 = 0x0003;
 /// IP_VS_CONN_F_INACTIVE.
 pub const F_INACTIVE: u32 = 0x0100;
@@ -41,7 +41,8 @@ pub enum WireError {
     BadSize,
 }
 
-/// One message of up to [`MAX_PER_MESSAGE`] records.
+/// One message of up to [`MAX_PER_MESSAGE`] records. FullNAT connections are not in IPVS's
+/// format (it has no local address or port): leave them out (see [`syncable`]).
 pub fn encode(syncid: u8, records: &[SyncRecord]) -> Vec<u8> {
     let n = records.len().min(MAX_PER_MESSAGE);
     let size = HEADER_LEN + n * RECORD_LEN;
@@ -74,15 +75,26 @@ pub fn encode(syncid: u8, records: &[SyncRecord]) -> Vec<u8> {
 fn forward_flag(m: ForwardMethod) -> u32 {
     match m {
         ForwardMethod::Route => F_DROUTE,
-        ForwardMethod::Masq => F_MASQ,
+        // Never encoded (see `syncable`); masquerading is the nearest IPVS knows.
+        ForwardMethod::Masq | ForwardMethod::FullNat => F_MASQ,
+        ForwardMethod::Tunnel(_) => F_TUNNEL,
     }
 }
 
-/// The forwarding method of a record's flags, if uvs forwards that way.
+/// Whether IPVS's sync format can carry a connection forwarded by `m`: not FullNAT, whose
+/// local address and port it has no room for (and an IPVS peer could not use).
+pub fn syncable(m: ForwardMethod) -> bool {
+    m != ForwardMethod::FullNat
+}
+
+/// The forwarding method of a record's flags, if uvs forwards that way. The flags do not say
+/// which encapsulation a tunnel used: the adopting director's real says (see
+/// `SyncRecord::forward`).
 fn forward_of(flags: u32) -> Option<ForwardMethod> {
     match flags & F_FWD_MASK {
         F_DROUTE => Some(ForwardMethod::Route),
         F_MASQ => Some(ForwardMethod::Masq),
+        F_TUNNEL => Some(ForwardMethod::IPIP),
         _ => None,
     }
 }
@@ -95,7 +107,7 @@ fn be32(b: &[u8], o: usize) -> u32 {
 }
 
 /// Decodes a message: its syncid and the IPv4 TCP/UDP records of connections forwarded by
-/// direct routing or NAT (templates and the rest are skipped).
+/// direct routing, NAT or tunnelling (templates and the rest are skipped).
 pub fn decode(m: &[u8]) -> Result<(u8, Vec<SyncRecord>), WireError> {
     if m.len() < HEADER_LEN {
         return Err(WireError::Truncated);
@@ -217,5 +229,32 @@ mod tests {
         let mut local = m;
         local[15] = 1;
         assert_eq!(decode(&local), Ok((0, vec![])));
+    }
+
+    #[test]
+    fn a_tunnelled_connection_carries_ipvs_tunnel_flag() {
+        let r = SyncRecord {
+            key: FlowKey {
+                saddr: 0xc633_640a,
+                daddr: 0xcb00_7102,
+                sport: 40000,
+                dport: 80,
+                proto: 6,
+            },
+            real_addr: 0x0a00_0002,
+            real_port: 80,
+            forward: ForwardMethod::IPIP,
+            state: TcpState::SynRecv,
+            timeout_secs: 60,
+        };
+        let m = encode(1, &[r]);
+        assert_eq!(&m[12..16], &[0, 0, 0, 2], "IP_VS_CONN_F_TUNNEL, active");
+        assert_eq!(decode(&m), Ok((1, vec![r])));
+        // A bypass (4) or local-node (1) connection is not adopted.
+        for other in [1u8, 4] {
+            let mut x = m.clone();
+            x[15] = other;
+            assert_eq!(decode(&x), Ok((1, vec![])));
+        }
     }
 }

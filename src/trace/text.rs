@@ -217,8 +217,15 @@ pub fn format_record(r: &Record, ifname: &dyn Fn(u16) -> String) -> String {
         " | mac {rx_src} > {rx_dst} => {tx_src} > {tx_dst} ttl {}->{}",
         f.ttl, out.ttl
     ));
-    // What a method rewrote above the MACs (addresses, ports), as tcpdump would show it.
-    if (out.saddr, out.sport, out.daddr, out.dport) != (f.saddr, f.sport, f.daddr, f.dport) {
+    // A tunnel's outer header, as tcpdump would show it.
+    if let Some((kind, src, dst)) = outer_header(sent) {
+        s.push_str(&format!(
+            " {kind} {} > {}",
+            ipv4_from_u32(src),
+            ipv4_from_u32(dst)
+        ));
+    } else if (out.saddr, out.sport, out.daddr, out.dport) != (f.saddr, f.sport, f.daddr, f.dport) {
+        // What a method rewrote above the MACs (addresses, ports).
         s.push_str(&format!(
             " ip {}:{} > {}:{}",
             ipv4_from_u32(out.saddr),
@@ -229,6 +236,35 @@ pub fn format_record(r: &Record, ifname: &dyn Fn(u16) -> String) -> String {
     }
     s.push_str(&format!(" out {}", ifname(egress)));
     s
+}
+
+/// The encapsulation, outer source and destination of a frame a tunnel sent: IPIP, GRE, or
+/// UDP carrying a GUE header with an IPv4 payload.
+fn outer_header(frame: &[u8]) -> Option<(&'static str, u32, u32)> {
+    let ip = frame.get(crate::wire::ETH_HDR_LEN..)?;
+    if ip.len() < 20 || crate::wire::ipv4::version(ip) != 4 {
+        return None;
+    }
+    let ihl = crate::wire::ipv4::header_len(ip);
+    let kind = match crate::wire::ipv4::protocol(ip) {
+        crate::datapath::tunnel::IPPROTO_IPIP => "ipip",
+        crate::datapath::tunnel::IPPROTO_GRE => "gre",
+        crate::wire::IPPROTO_UDP => {
+            let gue = ip.get(ihl + 8..ihl + 12)?;
+            let hlen = usize::from(gue[0] & 0x1f) * 4;
+            let inner = ip.get(ihl + 12 + hlen)?;
+            // GUE version 0, IPv4 payload, and an IPv4 header right behind it.
+            if gue[0] >> 6 != 0
+                || gue[1] != crate::datapath::tunnel::IPPROTO_IPIP
+                || inner >> 4 != 4
+            {
+                return None;
+            }
+            "gue"
+        }
+        _ => return None,
+    };
+    Some((kind, crate::wire::ipv4::src(ip), crate::wire::ipv4::dst(ip)))
 }
 
 /// Why an old flow's five-tuple started a new connection, in words.
@@ -262,6 +298,16 @@ pub fn drop_explanation(reason: DropReason) -> &'static str {
         DropReason::BadIpChecksum => "bad IPv4 header checksum",
         DropReason::BadSource => "broadcast/multicast/zero source",
         DropReason::TxFailed => "the kernel refused to send it",
+        DropReason::TunnelTooBig => {
+            "DF set and too big for the tunnel: ICMP fragmentation-needed sent to the client"
+        }
+        DropReason::TunnelNeedsFragments => {
+            "too big for the tunnel without DF (uvs does not fragment the outer packet)"
+        }
+        DropReason::UnsupportedGso => "a GSO super-frame uvs cannot segment for a tunnel",
+        DropReason::NoLocalPort => {
+            "FullNAT: every local port of the service's local addresses is in use"
+        }
         DropReason::RingTruncated
         | DropReason::Truncated
         | DropReason::VlanTagged
@@ -301,6 +347,16 @@ mod cost {
             Ok(NextHop {
                 egress: 0,
                 neigh: u32::from(addr) & 0xff,
+            })
+        }
+        fn tunnel_end(
+            &mut self,
+            _: Ipv4Addr,
+            _: NextHop,
+        ) -> Result<crate::snapshot::TunnelEnd, PlaceError> {
+            Ok(crate::snapshot::TunnelEnd {
+                source: u32::from(Ipv4Addr::new(10, 0, 0, 2)),
+                mtu: 1500,
             })
         }
     }
@@ -447,6 +503,41 @@ mod cost {
                 "{l}"
             );
         }
+    }
+
+    #[test]
+    fn a_tunnelled_frame_shows_its_outer_header() {
+        let mut t = ServiceTable::new();
+        let key = ServiceKey::addr(Protocol::Tcp, Ipv4Addr::new(10, 0, 0, 100), 80);
+        t.add_service(ServiceSpec::new(key, SchedulerKind::Rr))
+            .unwrap();
+        let gue = crate::model::Tunnel {
+            kind: crate::model::TunnelKind::Gue,
+            port: 6080,
+            csum: crate::model::TunnelCsum::NoCsum,
+        };
+        for (i, forward) in [ForwardMethod::IPIP, ForwardMethod::Tunnel(gue)]
+            .into_iter()
+            .enumerate()
+        {
+            let real = RealSpec {
+                forward,
+                ..RealSpec::route(Ipv4Addr::new(10, 0, 0, 11 + i as u8), 80)
+            };
+            t.add_real(&key, real).unwrap();
+        }
+        let lines = traced_lines(&t, vec![frame(10000, true), frame(10001, true)]);
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(
+            lines[0].contains("ttl 64->63 ipip 10.0.0.2 > 10.0.0.11 out eth0"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].contains("ttl 64->63 gue 10.0.0.2 > 10.0.0.12 out eth0"),
+            "{}",
+            lines[1]
+        );
     }
 
     #[test]

@@ -8,9 +8,15 @@
 //!   "invalid option". Values are checked as they are met, then the command/option table
 //!   (`commands_v_options` in ipvsadm.c) is checked, then the command-specific rules. Messages
 //!   and exit codes are ipvsadm's: `fail()` exits 2, popt errors and `tryhelp` exit 255.
-//! - What uvs cannot do yet (IPv6, SCTP, tunnelling, masquerading, persistence engines, sync
-//!   daemon group/port/ttl/maxlen) is recognised and refused after ipvsadm's own checks, with
+//! - What uvs cannot do yet (IPv6, SCTP, persistence engines, sync daemon
+//!   group/port/ttl/maxlen) is recognised and refused after ipvsadm's own checks, with
 //!   a message that says so (exit 2).
+//! - DPVS's FullNAT commands and options, kept compatible with ipvsadm's own: `--fullnat` on
+//!   `-a`/`-e` (and DPVS's `-b` there, where ipvsadm never accepts `--sched-flags`: see
+//!   [`Scanner::b_is_fullnat`]), `--add-laddr`/`-P`, `--del-laddr`/`-Q`, `--get-laddr`/`-G`,
+//!   `--laddr`/`-z`, `--ifname`/`-F`, `--proxy-protocol` on `-A`/`-E`. Their rows of the
+//!   command/option table are DPVS's, except that `-F` is optional (Alibaba's LVS, whose
+//!   syntax DPVS inherited, has no `-F`, and uvs does not need the interface).
 //! - Host names are resolved as ipvsadm's `gethostbyname` does (`/etc/hosts`, then the system
 //!   resolver; see [`Names::host_addr`]); port names are looked up in `/etc/services`, as its
 //!   `getservbyname` does.
@@ -19,7 +25,10 @@ use std::net::Ipv4Addr;
 
 use super::names::Names;
 use crate::ctl::proto::Change;
-use crate::model::{ForwardMethod, Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec};
+use crate::model::{
+    ForwardMethod, LocalAddr, Protocol, ProxyVersion, RealSpec, SchedulerKind, ServiceKey,
+    ServiceSpec, Tunnel, TunnelCsum, TunnelKind,
+};
 
 /// `-p` without a timeout: libipvs's `IPVS_SVC_PERSISTENT_TIMEOUT`, `(6*60)` (ipvsadm's man
 /// page still says 300, which the code stopped using long ago).
@@ -87,9 +96,6 @@ impl ArgError {
     }
 }
 
-pub const FORWARD_UNSUPPORTED: &str =
-    "forwarding method tunnel is not supported yet (-g direct routing and -m masquerading are)";
-
 // ---------------------------------------------------------------------------------------------
 // Commands and options, in ipvsadm's order (the order decides which error is reported first).
 
@@ -109,9 +115,15 @@ enum Cmd {
     Restore,
     Save,
     Zero,
+    /// DPVS's `--add-laddr`/`-P`.
+    AddLaddr,
+    /// DPVS's `--del-laddr`/`-Q`.
+    DelLaddr,
+    /// DPVS's `--get-laddr`/`-G`.
+    GetLaddr,
 }
 
-const CMD_NAMES: [&str; 14] = [
+const CMD_NAMES: [&str; 17] = [
     "add-service",
     "edit-service",
     "delete-service",
@@ -126,6 +138,9 @@ const CMD_NAMES: [&str; 14] = [
     "restore",
     "save",
     "zero",
+    "add-laddr",
+    "del-laddr",
+    "get-laddr",
 ];
 
 // Option bits (ipvsadm's OPTC_*).
@@ -163,7 +178,11 @@ const O_TUN_PORT: usize = 30;
 const O_TUN_NOCSUM: usize = 31;
 const O_TUN_CSUM: usize = 32;
 const O_TUN_REMCSUM: usize = 33;
-const NUMBER_OF_OPT: usize = 34;
+// DPVS's, after ipvsadm's.
+const O_LADDR: usize = 34;
+const O_IFNAME: usize = 35;
+const O_PROXY_PROTOCOL: usize = 36;
+const NUMBER_OF_OPT: usize = 37;
 
 const OPT_NAMES: [&str; NUMBER_OF_OPT] = [
     "numeric",
@@ -200,25 +219,34 @@ const OPT_NAMES: [&str; NUMBER_OF_OPT] = [
     "tun-nocsum",
     "tun-csum",
     "tun-remcsum",
+    "local-address",
+    "ifname",
+    "proxy-protocol",
 ];
 
 /// ipvsadm's `commands_v_options`: '+' compulsory, 'x' illegal, '1' exclusive, ' ' optional.
-/// One row per command (in `Cmd` order), one column per option bit.
-const COMMANDS_V_OPTIONS: [&[u8; NUMBER_OF_OPT]; 14] = [
-    b"xx+   xxxxxxxxxxxxxxx   xxxxxxxxxx", // add-service
-    b"xx+   xxxxxxxxxxxxxxx   xxxxxxxxxx", // edit-service
-    b"xx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // delete-service
-    b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // flush
-    b" 11xxxxxxxxx11       xxxxxxx xxxxx", // list
-    b"xx+xxx+    xxxxxxxxxxxxxxxxxx     ", // add-server
-    b"xx+xxx+xxxxxxxxxxxxxxxxxxxxxxxxxxx", // delete-server
-    b"xx+xxx+    xxxxxxxxxxxxxxxxxx     ", // edit-server
-    b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // set
-    b"xxxxxxxxxxx xxxxxxx xxxx    xxxxxx", // start-daemon
-    b"xxxxxxxxxxxxxxxxxxx xxxxxxxxxxxxxx", // stop-daemon
-    b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // restore
-    b" xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // save
-    b"xx xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // zero
+/// One row per command (in `Cmd` order), one column per option bit. The last three columns
+/// (`-z`, `-F`, `--proxy-protocol`) and rows (`-P`, `-Q`, `-G`) are DPVS's, with `-F` optional
+/// where DPVS makes it compulsory (see the module doc). DPVS checks `--proxy-protocol` against
+/// no command at all; here it belongs to `-A`/`-E`, the only commands that use it.
+const COMMANDS_V_OPTIONS: [&[u8; NUMBER_OF_OPT]; 17] = [
+    b"xx+   xxxxxxxxxxxxxxx   xxxxxxxxxxxx ", // add-service
+    b"xx+   xxxxxxxxxxxxxxx   xxxxxxxxxxxx ", // edit-service
+    b"xx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // delete-service
+    b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // flush
+    b" 11xxxxxxxxx11       xxxxxxx xxxxxxxx", // list
+    b"xx+xxx+    xxxxxxxxxxxxxxxxxx     xxx", // add-server
+    b"xx+xxx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // delete-server
+    b"xx+xxx+    xxxxxxxxxxxxxxxxxx     xxx", // edit-server
+    b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // set
+    b"xxxxxxxxxxx xxxxxxx xxxx    xxxxxxxxx", // start-daemon
+    b"xxxxxxxxxxxxxxxxxxx xxxxxxxxxxxxxxxxx", // stop-daemon
+    b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // restore
+    b" xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // save
+    b"xx xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // zero
+    b"xx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx+ x", // add-laddr
+    b"xx+xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx+ x", // del-laddr
+    b"xx xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", // get-laddr
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -274,6 +302,10 @@ enum Tag {
     TunNocsum,
     TunCsum,
     TunRemcsum,
+    FullNat,
+    Laddr,
+    Ifname,
+    ProxyProtocol,
 }
 
 /// ipvsadm's popt option table: (long name, short name, argument, tag).
@@ -338,6 +370,15 @@ const OPTIONS: &[(&str, Option<char>, ArgKind, Tag)] = {
         ("tun-nocsum", None, N, Tag::TunNocsum),
         ("tun-csum", None, N, Tag::TunCsum),
         ("tun-remcsum", None, N, Tag::TunRemcsum),
+        // DPVS's FullNAT commands and options. Its `-b` short form of `--fullnat` is
+        // ipvsadm's `--sched-flags`; the scanner reads `-b` as `--fullnat` on `-a`/`-e` only.
+        ("add-laddr", Some('P'), N, Tag::Cmd(Cmd::AddLaddr)),
+        ("del-laddr", Some('Q'), N, Tag::Cmd(Cmd::DelLaddr)),
+        ("get-laddr", Some('G'), N, Tag::Cmd(Cmd::GetLaddr)),
+        ("fullnat", None, N, Tag::FullNat),
+        ("laddr", Some('z'), R, Tag::Laddr),
+        ("ifname", Some('F'), R, Tag::Ifname),
+        ("proxy-protocol", None, R, Tag::ProxyProtocol),
     ]
 };
 
@@ -362,6 +403,12 @@ struct Scanner<'a> {
     positional: Vec<&'a str>,
     /// The argument the last option came from (`poptBadOption`).
     last: &'a str,
+    /// `-b` is `--fullnat` (DPVS's meaning) rather than `--sched-flags FLAGS` (ipvsadm's).
+    /// Set for `-a`/`-e` only: ipvsadm refuses `--sched-flags` with them whatever its value
+    /// ("Illegal 'sched-flags' option with the 'add-server' command"), so reading DPVS's
+    /// `-a … -r RIP -b` there takes nothing away from ipvsadm, and DPVS's tutorials and its
+    /// `-S` output (`-b` for a FullNAT real) work as written.
+    b_is_fullnat: bool,
 }
 
 enum Scanned<'a> {
@@ -379,6 +426,7 @@ impl<'a> Scanner<'a> {
             only_positional: false,
             positional: Vec::new(),
             last: "",
+            b_is_fullnat: false,
         }
     }
 
@@ -451,8 +499,10 @@ impl<'a> Scanner<'a> {
             return Scanned::End;
         };
         let after = chars.as_str();
-        let Some(&(_, _, kind, tag)) = OPTIONS.iter().find(|o| o.1 == Some(c)) else {
-            return Scanned::Err(ArgError::popt(whole, "unknown option"));
+        let (kind, tag) = match OPTIONS.iter().find(|o| o.1 == Some(c)) {
+            _ if c == 'b' && self.b_is_fullnat => (ArgKind::None, Tag::FullNat),
+            Some(&(_, _, kind, tag)) => (kind, tag),
+            None => return Scanned::Err(ArgError::popt(whole, "unknown option")),
         };
         if kind == ArgKind::None {
             if !after.is_empty() {
@@ -512,6 +562,8 @@ pub struct ServiceArgs {
     pub ops: bool,
     /// `-b`, validated as ipvsadm does (names, and against the scheduler).
     pub sched_flags: Option<String>,
+    /// `--proxy-protocol` (DPVS); absent = disable, as DPVS's `-E` also resets it.
+    pub proxy_protocol: ProxyVersion,
 }
 
 /// A real server as `-a`/`-e` describe it.
@@ -546,6 +598,13 @@ pub enum Command {
     Zero(Option<ServiceKey>),
     /// `--start-daemon`/`--stop-daemon`.
     Daemon(crate::ctl::proto::DaemonCommand),
+    /// DPVS's `--add-laddr -t|-u|-f SERVICE -z LIP [-F IFNAME]`.
+    AddLaddr(ServiceKey, LocalAddr),
+    /// DPVS's `--del-laddr -t|-u|-f SERVICE -z LIP [-F IFNAME]` (the address alone says
+    /// which; an `-F` is accepted, as DPVS requires it, and not compared).
+    DelLaddr(ServiceKey, Ipv4Addr),
+    /// DPVS's `--get-laddr [-t|-u|-f SERVICE]`.
+    GetLaddr(Option<ServiceKey>),
     Help,
     Version,
 }
@@ -563,6 +622,8 @@ impl Command {
                 | Command::DeleteServer(..)
                 | Command::Clear
                 | Command::SetTimeouts { .. }
+                | Command::AddLaddr(..)
+                | Command::DelLaddr(..)
         )
     }
 
@@ -592,6 +653,7 @@ impl Command {
                 persistence_netmask: a.netmask,
                 sched_flags,
                 ops: a.ops,
+                proxy_protocol: a.proxy_protocol,
             })
         };
         let real = |r: &RealArgs, key: &ServiceKey| RealSpec {
@@ -619,6 +681,8 @@ impl Command {
             Command::EditServer(k, r) => Change::EditReal(*k, real(r, k)),
             Command::DeleteServer(k, r) => Change::DeleteReal(*k, r.addr, r.port.unwrap_or(0)),
             Command::Clear => Change::Clear,
+            Command::AddLaddr(k, l) => Change::AddLocalAddr(*k, l.clone()),
+            Command::DelLaddr(k, addr) => Change::DeleteLocalAddr(*k, *addr),
             Command::SetTimeouts { tcp, tcpfin, udp } => Change::SetTimeouts {
                 tcp: *tcp,
                 tcpfin: *tcpfin,
@@ -702,6 +766,26 @@ fn parse_sched_flags(sched: Option<&str>, arg: &str) -> Result<String, ArgError>
     Ok(out.join(","))
 }
 
+/// `--proxy-protocol`: DPVS's names, compared without case as DPVS does. DPVS takes any
+/// other word for `disable` without a word; uvs refuses it. Its `v1-insecure`/`v2-insecure`
+/// (pass on, or convert, a PROXY header the client itself sent) are refused: uvs never lets a
+/// client speak for the header, so a real server can trust every header it gets.
+fn parse_proxy_protocol(v: &str) -> Result<ProxyVersion, ArgError> {
+    if let Some(version) = ProxyVersion::parse(v) {
+        return Ok(version);
+    }
+    let lower = v.to_ascii_lowercase();
+    if lower == "v1-insecure" || lower == "v2-insecure" {
+        return Err(ArgError::unsupported(format!(
+            "proxy protocol `{v}' is not supported: uvs never passes on a PROXY header a client sent; use {}",
+            &lower[..2]
+        )));
+    }
+    Err(ArgError::fail(format!(
+        "illegal proxy protocol `{v}' specified (disable, v1 or v2)"
+    )))
+}
+
 // ---------------------------------------------------------------------------------------------
 // The parser.
 
@@ -726,9 +810,17 @@ struct Entry<'a> {
     ops: bool,
     pe: bool,
     tunnel_options: bool,
+    /// `--tun-type` (ipvsadm's default is ipip), `--tun-port`, the checksum option.
+    tun_kind: Option<TunnelKind>,
+    tun_port: u16,
+    tun_csum: Option<TunnelCsum>,
     /// `--mcast-interface`, `--syncid` (sync daemon).
     mcast_ifn: Option<&'a str>,
     syncid: u8,
+    /// `-z`, `-F`, `--proxy-protocol` (DPVS).
+    laddr: Option<Ipv4Addr>,
+    ifname: Option<&'a str>,
+    proxy_protocol: ProxyVersion,
 }
 
 impl Entry<'_> {
@@ -746,6 +838,54 @@ impl Entry<'_> {
     fn has(&self, optc: usize) -> bool {
         self.options & (1u64 << optc) != 0
     }
+}
+
+/// ipvsadm's `tunnel_types_v_options`: per tunnel type, for `--tun-port`, `--tun-nocsum`,
+/// `--tun-csum`, `--tun-remcsum`: `+` compulsory, `x` illegal, `1` at most one of them.
+const TUN_OPTS: [usize; 4] = [O_TUN_PORT, O_TUN_NOCSUM, O_TUN_CSUM, O_TUN_REMCSUM];
+fn tunnel_types_v_options(kind: TunnelKind) -> &'static [u8; 4] {
+    match kind {
+        TunnelKind::Ipip => b"xxxx",
+        TunnelKind::Gue => b"+111",
+        TunnelKind::Gre => b"x11x",
+    }
+}
+
+/// ipvsadm's `tunnel_opt_check`, with its messages.
+fn tunnel_opt_check(kind: TunnelKind, options: u64) -> Result<(), ArgError> {
+    let row = tunnel_types_v_options(kind);
+    let mut last: Option<usize> = None;
+    for (j, &k) in TUN_OPTS.iter().enumerate() {
+        if options & (1u64 << k) == 0 {
+            if row[j] == b'+' {
+                return Err(ArgError::fail(format!(
+                    "You need to supply the '{}' option for the '{}' tunnel type",
+                    OPT_NAMES[k],
+                    kind.name()
+                )));
+            }
+            continue;
+        }
+        if row[j] == b'x' {
+            return Err(ArgError::fail(format!(
+                "Illegal '{}' option with the '{}' tunnel type",
+                OPT_NAMES[k],
+                kind.name()
+            )));
+        }
+        if row[j] == b'1' {
+            if let Some(l) = last {
+                return Err(ArgError::fail(format!(
+                    "The option '{}' conflicts with the '{}' option in the '{}' tunnel type",
+                    OPT_NAMES[k],
+                    OPT_NAMES[l],
+                    kind.name()
+                )));
+            }
+            last = Some(k);
+        }
+    }
+    Ok(())
 }
 
 fn generic_opt_check(cmd: Cmd, options: u64) -> Result<(), ArgError> {
@@ -808,6 +948,7 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
         Scanned::Opt(Tag::Version, _) => return Ok(Command::Version),
         _ => return Err(ArgError::try_help(program)),
     };
+    sc.b_is_fullnat = matches!(cmd, Cmd::AddDest | Cmd::EditDest);
 
     let mut ce = Entry::default();
     loop {
@@ -874,7 +1015,7 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
                     Some(Endpoint::V4(a, p)) => ce.real = Some((a, p)),
                 }
             }
-            Tag::Masq | Tag::Ipip | Tag::Gate => {
+            Tag::Masq | Tag::Ipip | Tag::Gate | Tag::FullNat => {
                 ce.set_option(O_FORWARD)?;
                 ce.forward = Some(tag);
             }
@@ -1003,25 +1144,49 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
             }
             Tag::TunType => {
                 ce.set_option(O_TUN_TYPE)?;
-                if v != "ipip" && v != "gue" {
-                    return Err(ArgError::fail("illegal tunnel type specified"));
-                }
+                ce.tun_kind = Some(
+                    TunnelKind::parse(v)
+                        .ok_or_else(|| ArgError::fail("illegal tunnel type specified"))?,
+                );
                 ce.tunnel_options = true;
             }
             Tag::TunPort => {
                 ce.set_option(O_TUN_PORT)?;
-                if string_to_number(v, 1, 65535).is_none() {
-                    return Err(ArgError::fail("illegal tunnel port specified"));
-                }
+                ce.tun_port = string_to_number(v, 1, 65535)
+                    .and_then(|n| u16::try_from(n).ok())
+                    .ok_or_else(|| ArgError::fail("illegal tunnel port specified"))?;
                 ce.tunnel_options = true;
             }
             Tag::TunNocsum | Tag::TunCsum | Tag::TunRemcsum => {
-                ce.set_option(match tag {
-                    Tag::TunNocsum => O_TUN_NOCSUM,
-                    Tag::TunCsum => O_TUN_CSUM,
-                    _ => O_TUN_REMCSUM,
-                })?;
+                let (optc, c) = match tag {
+                    Tag::TunNocsum => (O_TUN_NOCSUM, TunnelCsum::NoCsum),
+                    Tag::TunCsum => (O_TUN_CSUM, TunnelCsum::Csum),
+                    _ => (O_TUN_REMCSUM, TunnelCsum::RemCsum),
+                };
+                ce.set_option(optc)?;
+                ce.tun_csum = Some(c);
                 ce.tunnel_options = true;
+            }
+            Tag::Laddr => {
+                ce.set_option(O_LADDR)?;
+                // DPVS's parse_service: an address or a host name; a port is ignored.
+                match parse_endpoint(v, ce.proto, names) {
+                    None => return Err(ArgError::fail("illegal local address")),
+                    Some(Endpoint::V6) => ce.ipv6 = true,
+                    Some(Endpoint::V4(a, _)) => {
+                        LocalAddr::check_addr(a).map_err(|e| ArgError::fail(e.to_string()))?;
+                        ce.laddr = Some(a);
+                    }
+                }
+            }
+            Tag::Ifname => {
+                ce.set_option(O_IFNAME)?;
+                LocalAddr::check_interface(v).map_err(|e| ArgError::fail(e.to_string()))?;
+                ce.ifname = Some(v);
+            }
+            Tag::ProxyProtocol => {
+                ce.set_option(O_PROXY_PROTOCOL)?;
+                ce.proxy_protocol = parse_proxy_protocol(v)?;
             }
             Tag::Cmd(_) | Tag::Help | Tag::Version => {
                 return Err(ArgError::fail(format!("invalid option `{}'", sc.last)));
@@ -1066,6 +1231,14 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
                 "One-Packet Scheduling is only for UDP virtual services",
             ));
         }
+        if ce.proxy_protocol == ProxyVersion::V1
+            && ce.fwmark == 0
+            && ce.proto == Some(Protocol::Udp)
+        {
+            return Err(ArgError::fail(
+                crate::model::ModelError::ProxyV1Udp.to_string(),
+            ));
+        }
     }
     if matches!(cmd, Cmd::AddDest | Cmd::EditDest)
         && ce.tunnel_options
@@ -1074,6 +1247,9 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
         return Err(ArgError::fail(
             "Tunnel options conflict with forward method",
         ));
+    }
+    if matches!(cmd, Cmd::AddDest | Cmd::EditDest) {
+        tunnel_opt_check(ce.tun_kind.unwrap_or(TunnelKind::Ipip), ce.options)?;
     }
     if matches!(cmd, Cmd::List) {
         let o = |b| ce.has(b);
@@ -1102,9 +1278,6 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
     if ce.ipv6 {
         return Err(ArgError::unsupported("IPv6 is not supported yet"));
     }
-    if ce.forward == Some(Tag::Ipip) || ce.tunnel_options {
-        return Err(ArgError::unsupported(FORWARD_UNSUPPORTED));
-    }
     if ce.pe {
         return Err(ArgError::unsupported(
             "persistence engines (--pe) are not supported yet",
@@ -1128,6 +1301,12 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
             // ipvsadm's default is -g, for -a and -e alike.
             forward: match ce.forward {
                 Some(Tag::Masq) => ForwardMethod::Masq,
+                Some(Tag::Ipip) => ForwardMethod::Tunnel(Tunnel {
+                    kind: ce.tun_kind.unwrap_or(TunnelKind::Ipip),
+                    port: ce.tun_port,
+                    csum: ce.tun_csum.unwrap_or(TunnelCsum::NoCsum),
+                }),
+                Some(Tag::FullNat) => ForwardMethod::FullNat,
                 _ => ForwardMethod::Route,
             },
             weight: ce.weight.unwrap_or(1),
@@ -1143,8 +1322,11 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
             netmask: ce.netmask.unwrap_or(Ipv4Addr::BROADCAST),
             ops: ce.ops,
             sched_flags: sched_flags.clone(),
+            proxy_protocol: ce.proxy_protocol,
         })
     };
+    // -z is compulsory for -P/-Q (the option table said so above).
+    let laddr = || ce.laddr.ok_or_else(|| ArgError::try_help(program));
     Ok(match cmd {
         Cmd::Add => Command::AddService(service_args()?),
         Cmd::Edit => Command::EditService(service_args()?),
@@ -1178,6 +1360,15 @@ pub fn parse(argv: &[String], names: &Names) -> Result<Command, ArgError> {
         }),
         Cmd::Restore => Command::Restore,
         Cmd::Zero => Command::Zero(key),
+        Cmd::AddLaddr => Command::AddLaddr(
+            need_key()?,
+            LocalAddr {
+                addr: laddr()?,
+                interface: ce.ifname.map(str::to_string),
+            },
+        ),
+        Cmd::DelLaddr => Command::DelLaddr(need_key()?, laddr()?),
+        Cmd::GetLaddr => Command::GetLaddr(key),
         Cmd::StartDaemon | Cmd::StopDaemon => {
             Command::Daemon(crate::ctl::proto::DaemonCommand {
                 start: cmd == Cmd::StartDaemon,
@@ -1333,7 +1524,7 @@ mod tests {
         );
         assert_eq!(err("-A -a"), ("invalid option `-a'".into(), 2));
         assert_eq!(err("-A -t"), ("-t: missing argument".into(), 255));
-        assert_eq!(err("-L -z"), ("-z: unknown option".into(), 255));
+        assert_eq!(err("-L -k"), ("-k: unknown option".into(), 255));
         assert_eq!(err("-L --zap"), ("--zap: unknown option".into(), 255));
         assert_eq!(
             err("-a -t 10.0.0.1:80 -r 10.0.0.2 -w 65536"),
@@ -1378,14 +1569,229 @@ mod tests {
     }
 
     #[test]
+    fn tunnel_options_are_checked_as_ipvsadm_checks_them() {
+        let tunnel = |args: &str| match p(args) {
+            Ok(Command::AddServer(_, r)) | Ok(Command::EditServer(_, r)) => r.forward,
+            other => panic!("{args}: {other:?}"),
+        };
+        assert_eq!(
+            tunnel("-a -t 10.0.0.1:80 -r 10.0.0.2 -i"),
+            ForwardMethod::IPIP
+        );
+        assert_eq!(
+            tunnel("-a -t 10.0.0.1:80 -r 10.0.0.2 --ipip --tun-type gue --tun-port 6080"),
+            ForwardMethod::Tunnel(Tunnel {
+                kind: TunnelKind::Gue,
+                port: 6080,
+                csum: TunnelCsum::NoCsum
+            })
+        );
+        assert_eq!(
+            tunnel("-e -t 10.0.0.1:80 -r 10.0.0.2 -i --tun-type gre --tun-csum"),
+            ForwardMethod::Tunnel(Tunnel {
+                kind: TunnelKind::Gre,
+                port: 0,
+                csum: TunnelCsum::Csum
+            })
+        );
+        let cases = [
+            (
+                "-a -t 10.0.0.1:80 -r 10.0.0.2 -g --tun-type gue",
+                "Tunnel options conflict with forward method",
+            ),
+            (
+                "-a -t 10.0.0.1:80 -r 10.0.0.2 -i --tun-type gue",
+                "You need to supply the 'tun-port' option for the 'gue' tunnel type",
+            ),
+            (
+                "-a -t 10.0.0.1:80 -r 10.0.0.2 -i --tun-port 6080",
+                "Illegal 'tun-port' option with the 'ipip' tunnel type",
+            ),
+            (
+                "-a -t 10.0.0.1:80 -r 10.0.0.2 -i --tun-type gre --tun-remcsum",
+                "Illegal 'tun-remcsum' option with the 'gre' tunnel type",
+            ),
+            (
+                "-a -t 10.0.0.1:80 -r 10.0.0.2 -i --tun-type gue --tun-port 1 --tun-nocsum --tun-csum",
+                "The option 'tun-csum' conflicts with the 'tun-nocsum' option in the 'gue' tunnel type",
+            ),
+            (
+                "-a -t 10.0.0.1:80 -r 10.0.0.2 -i --tun-type vxlan",
+                "illegal tunnel type specified",
+            ),
+            (
+                "-a -t 10.0.0.1:80 -r 10.0.0.2 -i --tun-type gue --tun-port 0",
+                "illegal tunnel port specified",
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(err(args), (want.to_string(), 2), "{args}");
+        }
+    }
+
+    /// DPVS's FullNAT syntax, as its tutorials and `ipvsadm -S` write it, next to ipvsadm's.
+    #[test]
+    fn dpvs_fullnat_commands_and_options() {
+        let real = |args: &str| match p(args) {
+            Ok(Command::AddServer(_, r)) | Ok(Command::EditServer(_, r)) => r,
+            other => panic!("{args}: {other:?}"),
+        };
+        let r = real("-a -t 10.0.0.1:80 -r 10.0.0.2:8080 --fullnat");
+        assert_eq!((r.forward, r.port), (ForwardMethod::FullNat, Some(8080)));
+        let Ok(Some(Change::AddReal(_, spec))) = p("-a -t 10.0.0.1:80 -r 10.0.0.2:8080 --fullnat")
+            .unwrap()
+            .to_change()
+        else {
+            panic!()
+        };
+        assert_eq!(spec.port, 8080, "FullNAT maps ports, as NAT does");
+        // DPVS's -b, which ipvsadm never accepts with -a/-e (its --sched-flags).
+        let r = real("-a -t 10.0.0.1:80 -r 10.0.0.2 -b -w 3");
+        assert_eq!((r.forward, r.weight), (ForwardMethod::FullNat, 3));
+        let r = real("-e -t 10.0.0.1:80 -r 10.0.0.2 -bw2");
+        assert_eq!((r.forward, r.weight), (ForwardMethod::FullNat, 2));
+        assert_eq!(
+            err("-A -t 10.0.0.1:80 -s rr -b sh-port"),
+            ("incompatible scheduler flag `sh-port'".into(), 2),
+            "-b stays --sched-flags for -A"
+        );
+
+        let service = |args: &str| match p(args) {
+            Ok(Command::AddService(a)) | Ok(Command::EditService(a)) => a.proxy_protocol,
+            other => panic!("{args}: {other:?}"),
+        };
+        assert_eq!(
+            service("-A -t 10.0.0.1:80 -s rr --proxy-protocol v2"),
+            ProxyVersion::V2
+        );
+        assert_eq!(
+            service("-E -t 10.0.0.1:80 --proxy-protocol=V1"),
+            ProxyVersion::V1
+        );
+        assert_eq!(
+            service("-E -t 10.0.0.1:80 --proxy-protocol disable"),
+            ProxyVersion::Off
+        );
+        assert_eq!(service("-E -t 10.0.0.1:80 -s rr"), ProxyVersion::Off);
+        assert_eq!(
+            service("-A -u 10.0.0.1:53 --proxy-protocol v2"),
+            ProxyVersion::V2
+        );
+
+        let key80 = key(80);
+        let laddr = |addr: [u8; 4], interface: Option<&str>| LocalAddr {
+            addr: Ipv4Addr::from(addr),
+            interface: interface.map(str::to_string),
+        };
+        assert_eq!(
+            p("--add-laddr -t 10.0.0.1:80 -z 10.0.1.1 -F eth0").unwrap(),
+            Command::AddLaddr(key80, laddr([10, 0, 1, 1], Some("eth0")))
+        );
+        // Alibaba's LVS syntax: no -F.
+        assert_eq!(
+            p("-P -t 10.0.0.1:80 -z 10.0.1.1").unwrap(),
+            Command::AddLaddr(key80, laddr([10, 0, 1, 1], None))
+        );
+        assert_eq!(
+            p("-Q -t 10.0.0.1:80 -z 10.0.1.1 -F eth0").unwrap(),
+            Command::DelLaddr(key80, Ipv4Addr::new(10, 0, 1, 1))
+        );
+        assert_eq!(
+            p("--del-laddr --laddr=10.0.1.1 --tcp-service=10.0.0.1:80").unwrap(),
+            Command::DelLaddr(key80, Ipv4Addr::new(10, 0, 1, 1))
+        );
+        assert_eq!(p("-G").unwrap(), Command::GetLaddr(None));
+        assert_eq!(
+            p("--get-laddr -t 10.0.0.1:80").unwrap(),
+            Command::GetLaddr(Some(key80))
+        );
+        assert!(p("-P -t 10.0.0.1:80 -z 10.0.1.1").unwrap().is_change());
+        assert!(!p("-G").unwrap().is_change());
+        assert_eq!(
+            p("-P -f 3 -z 10.0.1.1").unwrap(),
+            Command::AddLaddr(ServiceKey::fwmark(3), laddr([10, 0, 1, 1], None))
+        );
+
+        let cases = [
+            (
+                "-P -t 10.0.0.1:80",
+                "You need to supply the 'local-address' option for the 'add-laddr' command",
+            ),
+            (
+                "-Q -z 10.0.1.1",
+                "You need to supply the 'service-address' option for the 'del-laddr' command",
+            ),
+            (
+                "-G -n",
+                "Illegal 'numeric' option with the 'get-laddr' command",
+            ),
+            (
+                "-G -z 10.0.1.1",
+                "Illegal 'local-address' option with the 'get-laddr' command",
+            ),
+            (
+                "-P -t 10.0.0.1:80 -z 10.0.1.1 -w 2",
+                "Illegal 'weight' option with the 'add-laddr' command",
+            ),
+            (
+                "-A -t 10.0.0.1:80 -z 10.0.1.1",
+                "Illegal 'local-address' option with the 'add-service' command",
+            ),
+            (
+                "-a -t 10.0.0.1:80 -r 10.0.0.2 --proxy-protocol v2",
+                "Illegal 'proxy-protocol' option with the 'add-server' command",
+            ),
+            (
+                "-P -t 10.0.0.1:80 -z no-such-host!",
+                "illegal local address",
+            ),
+            (
+                "-P -t 10.0.0.1:80 -z 0.0.0.0",
+                "illegal local address 0.0.0.0: a local address is a unicast address (not 0.0.0.0, 255.255.255.255, multicast or loopback)",
+            ),
+            (
+                "-P -t 10.0.0.1:80 -z 10.0.1.1 -F eth0.1234567890123",
+                "illegal interface name \"eth0.1234567890123\": 1 to 15 characters, no '/' or blank",
+            ),
+            (
+                "-P -t 10.0.0.1:80 -z 10.0.1.1 -z 10.0.1.2",
+                "multiple 'local-address' options specified",
+            ),
+            (
+                "-a -t 10.0.0.1:80 -r 10.0.0.2 --fullnat -g",
+                "multiple 'forwarding-method' options specified",
+            ),
+            (
+                "-a -t 10.0.0.1:80 -r 10.0.0.2 --fullnat --tun-type gue",
+                "Tunnel options conflict with forward method",
+            ),
+            (
+                "-A -u 10.0.0.1:53 --proxy-protocol v1",
+                "the PROXY protocol v1 has no UDP: use v2 for a UDP service",
+            ),
+            (
+                "-A -t 10.0.0.1:80 --proxy-protocol v3",
+                "illegal proxy protocol `v3' specified (disable, v1 or v2)",
+            ),
+        ];
+        for (args, want) in cases {
+            assert_eq!(err(args), (want.to_string(), 2), "{args}");
+        }
+        let insecure = p("-A -t 10.0.0.1:80 --proxy-protocol v2-insecure").unwrap_err();
+        assert_eq!(
+            (insecure.kind, insecure.exit),
+            (ErrorKind::Unsupported, 2),
+            "{}",
+            insecure.message
+        );
+        assert!(insecure.message.contains("use v2"), "{}", insecure.message);
+    }
+
+    #[test]
     fn unsupported_features_are_refused_after_ipvsadm_checks() {
         assert_eq!(
             p("-A -f 1 -s rr").unwrap(),
             p("-A --fwmark-service=1 -s rr").unwrap()
-        );
-        assert_eq!(
-            err("-a -t 10.0.0.1:80 -r 10.0.0.2 -i").0,
-            FORWARD_UNSUPPORTED
         );
         // -m is supported: masquerading, with the real's port mapped (or the service's).
         match p("-a -t 10.0.0.1:80 -r 10.0.0.2:8080 -m -w 3") {

@@ -12,6 +12,7 @@ const COMMANDS: &str = "Commands";
 const SERVICE: &str = "Virtual service";
 const OPTIONS: &str = "Options";
 const DAEMON: &str = "Sync daemon options";
+const FULLNAT: &str = "FullNAT (DPVS's commands and options)";
 const UVS: &str = "uvs only";
 
 /// (long, short, value name, help, heading).
@@ -206,49 +207,49 @@ const ARGS: &[ArgDoc] = &[
         "ipip",
         Some('i'),
         None,
-        "ipip encapsulation (refused: only direct routing)",
+        "ipip encapsulation (tunneling)",
         OPTIONS,
     ),
     (
         "masquerading",
         Some('m'),
         None,
-        "masquerading (refused: only direct routing)",
+        "masquerading (NAT)",
         OPTIONS,
     ),
     (
         "tun-type",
         None,
         Some("type"),
-        "tunnel type ipip|gue (refused: only direct routing)",
+        "tunnel type ipip|gue|gre, default ipip",
         OPTIONS,
     ),
     (
         "tun-port",
         None,
         Some("port"),
-        "tunnel destination port (refused)",
+        "tunnel destination port (GUE)",
         OPTIONS,
     ),
     (
         "tun-nocsum",
         None,
         None,
-        "tunnel without checksum (refused)",
+        "tunnel encapsulation without checksum",
         OPTIONS,
     ),
     (
         "tun-csum",
         None,
         None,
-        "tunnel with checksum (refused)",
+        "tunnel encapsulation with checksum",
         OPTIONS,
     ),
     (
         "tun-remcsum",
         None,
         None,
-        "tunnel with remote checksum (refused)",
+        "tunnel encapsulation with remote checksum (GUE)",
         OPTIONS,
     ),
     (
@@ -407,6 +408,55 @@ const ARGS: &[ArgDoc] = &[
         DAEMON,
     ),
     (
+        "add-laddr",
+        Some('P'),
+        None,
+        "add a local address to a service: -P virtual-service -z local-address [-F ifname]",
+        FULLNAT,
+    ),
+    (
+        "del-laddr",
+        Some('Q'),
+        None,
+        "delete a local address of a service: -Q virtual-service -z local-address",
+        FULLNAT,
+    ),
+    (
+        "get-laddr",
+        Some('G'),
+        None,
+        "list the local addresses with their connections and conflicts, of one service or all",
+        FULLNAT,
+    ),
+    (
+        "fullnat",
+        None,
+        None,
+        "FullNAT forwarding (-a, -e): source and destination rewritten, the real server needs no change; DPVS's -b is accepted with -a and -e",
+        FULLNAT,
+    ),
+    (
+        "laddr",
+        Some('z'),
+        Some("local-address"),
+        "local address (-P, -Q): the source the real servers see; without any, the director's own address towards each real",
+        FULLNAT,
+    ),
+    (
+        "ifname",
+        Some('F'),
+        Some("ifname"),
+        "interface of the local address (-P; optional, recorded and saved)",
+        FULLNAT,
+    ),
+    (
+        "proxy-protocol",
+        None,
+        Some("disable|v1|v2"),
+        "PROXY protocol header sent to the FullNAT reals of the service (-A, -E; default disable; v1 TCP only)",
+        FULLNAT,
+    ),
+    (
         "add-mark",
         None,
         Some("mark"),
@@ -437,7 +487,7 @@ const ARGS: &[ArgDoc] = &[
     ),
 ];
 
-const ABOUT: &str = "ipvsadm's command line for the uvs userspace LVS-DR director";
+const ABOUT: &str = "ipvsadm's command line for the uvs userspace LVS director";
 
 const LONG_ABOUT: &str = "\
 uvsadm takes ipvsadm 1.31's commands and options and prints exactly what ipvsadm prints \
@@ -450,6 +500,10 @@ Invoked through a link named ipvsadm it behaves identically; through links named
 ipvsadm-save and ipvsadm-restore it runs -S and -R with its arguments, as ipvsadm's scripts \
 of those names do. -R parses every line first and applies all of them or none. Host names \
 are resolved on input; without -n, listings print names from /etc/hosts and /etc/services.
+
+FullNAT takes DPVS's commands and options (--fullnat, -P/-Q/-G with -z and -F, \
+--proxy-protocol), listed and worded as DPVS's ipvsadm does; -S saves them and -R reads them \
+back. DPVS's -b means --fullnat with -a and -e, where ipvsadm never accepts --sched-flags.
 
 Exit status: 0 on success; 2 for a command line ipvsadm's own checks refuse, a feature uvs \
 does not support, or no director in the namespace; 255 for a usage error or a change the \
@@ -465,7 +519,7 @@ pub fn command(name: &'static str) -> Command {
         .disable_help_flag(true)
         .disable_version_flag(true)
         .override_usage(
-            "uvsadm -A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [-b sched-flags]\n       \
+            "uvsadm -A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [-b sched-flags] [--proxy-protocol disable|v1|v2]\n       \
              uvsadm -D virtual-service\n       \
              uvsadm -C\n       \
              uvsadm -R\n       \
@@ -477,6 +531,8 @@ pub fn command(name: &'static str) -> Command {
              uvsadm --set tcp tcpfin udp\n       \
              uvsadm --start-daemon {master|backup} [daemon-options]\n       \
              uvsadm --stop-daemon {master|backup}\n       \
+             uvsadm -P|Q virtual-service -z local-address [-F ifname]\n       \
+             uvsadm -G [virtual-service]\n       \
              uvsadm --add-mark|--del-mark mark -t|-u vip:port[,port...]\n       \
              uvsadm -h",
         );
@@ -496,6 +552,7 @@ pub fn command(name: &'static str) -> Command {
                 arg = arg.value_parser(SchedulerKind::ALL.map(|k| k.name()));
             }
             "start-daemon" | "stop-daemon" => arg = arg.value_parser(["master", "backup"]),
+            "proxy-protocol" => arg = arg.value_parser(["disable", "v1", "v2"]),
             "tcp-service" | "udp-service" | "real-server" | "admin-socket" => {
                 arg = arg.value_hint(if long == "admin-socket" {
                     clap::ValueHint::FilePath

@@ -187,6 +187,26 @@ fn execute(
             }
             0
         }
+        // DPVS's `--get-laddr`: "Service not defined" and exit 1 for a service that is not
+        // there, as DPVS's libipvs words its refusal and `list_laddrs` exits.
+        Command::GetLaddr(key) => {
+            let s = match status(&mut call, err) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let only = match key {
+                None => None,
+                Some(k) => match s.services.iter().find(|x| x.key == k) {
+                    Some(svc) => Some(svc),
+                    None => {
+                        err.push_str("Service not defined\n");
+                        return 1;
+                    }
+                },
+            };
+            out.push_str(&print::list_laddrs(&s, only));
+            0
+        }
         Command::Save(f) => match status(&mut call, err) {
             Ok(s) => {
                 out.push_str(&print::list_all(&s, &f, names));
@@ -357,7 +377,7 @@ impl LineError {
         match &self.error {
             LineErrorKind::Parse(e) => e.message.trim_end().to_string(),
             LineErrorKind::NotAChange(word) => format!(
-                "'{word}' cannot be used here: -R input and rules files take only -A, -E, -D, -a, -e, -d, -C, --set, --add-mark and --del-mark"
+                "'{word}' cannot be used here: -R input and rules files take only -A, -E, -D, -a, -e, -d, -C, --set, --add-laddr, --del-laddr, --add-mark and --del-mark"
             ),
         }
     }
@@ -527,6 +547,15 @@ Daemon Options:
   --mcast-group address               IPv4/IPv6 group (default=224.0.0.81)
   --mcast-port port                   UDP port (default=8848)
   --mcast-ttl ttl                     Multicast TTL (default=1)
+
+FullNAT (DPVS's commands and options):
+  --add-laddr  -P virtual-service -z local-address [-F ifname]   add a local address
+  --del-laddr  -Q virtual-service -z local-address               delete a local address
+  --get-laddr  -G [virtual-service]                              list local addresses
+  --fullnat                           FullNAT forwarding (-a|-e; DPVS's -b there too)
+  --laddr        -z local-address     local address the reals see the requests come from
+  --ifname       -F ifname            interface of the local address
+  --proxy-protocol disable|v1|v2      PROXY protocol header for FullNAT reals (-A|-E)
 
 uvs mark rules (stand-ins for iptables MARK rules, for -f services):
   --add-mark mark -t|-u vip:port[,port...]   add a mark rule

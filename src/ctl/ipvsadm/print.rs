@@ -1,6 +1,15 @@
 //! ipvsadm 1.31's listings, byte for byte: the `printf` formats of `list_all`,
 //! `print_title`, `print_service_entry`, `print_largenum`, `list_conn`/`print_conn` and
-//! `list_timeout`, including the trailing spaces the `%-Nu` columns leave.
+//! `list_timeout`, including the trailing spaces the `%-Nu` columns leave. FullNAT adds DPVS's:
+//! `FullNat` as the method, ` ppv2` after a service's flags, and `--get-laddr`'s table
+//! ([`list_laddrs`]).
+//!
+//! `-S` of FullNAT: a service's `--proxy-protocol vN` (when not `disable`) at the end of its
+//! `-A` line, a real's `--fullnat` in the place of `-g`, then after the service's `-a` lines
+//! one `--add-laddr -t VIP:PORT -z LIP [-F IFNAME]` line per local address, in the order they
+//! were added (the order the director uses them in). DPVS's own `-S` saves neither PROXY
+//! protocol nor local addresses; uvs's lines are ones DPVS's ipvsadm reads too, except that
+//! DPVS insists on `-F`.
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -8,7 +17,7 @@ use std::net::Ipv4Addr;
 use super::args::Format;
 use super::names::Names;
 use crate::ctl::proto::{ConnEntry, RealStatus, ServiceStatus, Status, TimeoutsSecs};
-use crate::model::ForwardMethod;
+use crate::model::{ForwardMethod, ProxyVersion, TunnelKind};
 
 /// The kernel IPVS version ipvsadm prints (`IP_VS_VERSION_CODE` 1.2.1).
 pub const IPVS_VERSION: &str = "1.2.1";
@@ -102,6 +111,8 @@ fn fwd_name(f: ForwardMethod) -> &'static str {
     match f {
         ForwardMethod::Route => "Route",
         ForwardMethod::Masq => "Masq",
+        ForwardMethod::Tunnel(_) => "Tunnel",
+        ForwardMethod::FullNat => "FullNat",
     }
 }
 
@@ -109,6 +120,38 @@ fn fwd_switch(f: ForwardMethod) -> &'static str {
     match f {
         ForwardMethod::Route => "-g",
         ForwardMethod::Masq => "-m",
+        ForwardMethod::Tunnel(_) => "-i",
+        ForwardMethod::FullNat => "--fullnat",
+    }
+}
+
+/// ipvsadm's `fwd_tun_info`: `ipip`, `gue:PORT:FLAGS`, `gre:FLAGS`; `n/a` for other methods.
+fn fwd_tun_info(f: ForwardMethod) -> String {
+    match f {
+        ForwardMethod::Tunnel(t) => match t.kind {
+            TunnelKind::Ipip => t.kind.name().to_string(),
+            TunnelKind::Gue => format!("{}:{}:{}", t.kind.name(), t.port, t.csum.short()),
+            TunnelKind::Gre => format!("{}:{}", t.kind.name(), t.csum.short()),
+        },
+        _ => "n/a".to_string(),
+    }
+}
+
+/// ipvsadm's `print_tunnel_rule` (`-S` of a tunnelling real): the tunnel type, and GUE's port
+/// and GUE's and GRE's checksum option, after the weight.
+fn tunnel_rule_options(f: ForwardMethod) -> String {
+    match f {
+        ForwardMethod::Tunnel(t) => match t.kind {
+            TunnelKind::Ipip => format!(" --tun-type {}", t.kind.name()),
+            TunnelKind::Gue => format!(
+                " --tun-type {} --tun-port {} --{}",
+                t.kind.name(),
+                t.port,
+                t.csum.option()
+            ),
+            TunnelKind::Gre => format!(" --tun-type {} --{}", t.kind.name(), t.csum.option()),
+        },
+        _ => String::new(),
     }
 }
 
@@ -194,6 +237,9 @@ fn service_entry(out: &mut String, se: &ServiceStatus, f: &Format, names: &Names
         if !se.sched_flags.is_empty() {
             let _ = write!(out, " -b {}", se.sched_flags);
         }
+        if se.proxy_protocol != ProxyVersion::Off {
+            let _ = write!(out, " --proxy-protocol {}", se.proxy_protocol.name());
+        }
     } else if f.stats || f.rate {
         let s = if f.stats { &se.stats } else { &se.rates };
         let _ = write!(out, "{svc_name:<33}");
@@ -214,6 +260,10 @@ fn service_entry(out: &mut String, se: &ServiceStatus, f: &Format, names: &Names
         if se.ops {
             out.push_str(" ops");
         }
+        // DPVS's `printf(" pp%s", proxy_protocol_str(...))`.
+        if se.proxy_protocol != ProxyVersion::Off {
+            let _ = write!(out, " pp{}", se.proxy_protocol.name());
+        }
     }
     out.push('\n');
 
@@ -229,9 +279,10 @@ fn service_entry(out: &mut String, se: &ServiceStatus, f: &Format, names: &Names
         if f.rule {
             let _ = writeln!(
                 out,
-                "-a {svc_name} -r {dname} {} -w {}",
+                "-a {svc_name} -r {dname} {} -w {}{}",
                 fwd_switch(e.forward),
-                e.weight
+                e.weight,
+                tunnel_rule_options(e.forward)
             );
         } else if f.stats {
             let s = &e.stats;
@@ -267,7 +318,7 @@ fn service_entry(out: &mut String, se: &ServiceStatus, f: &Format, names: &Names
                 out,
                 "  -> {dname:<28} {:<7} {:<13} {:<6} {:<10} {:<10}",
                 fwd_name(e.forward),
-                "n/a",
+                fwd_tun_info(e.forward),
                 e.weight,
                 e.active,
                 e.inactive
@@ -281,6 +332,15 @@ fn service_entry(out: &mut String, se: &ServiceStatus, f: &Format, names: &Names
                 e.active,
                 e.inactive
             );
+        }
+    }
+    if f.rule {
+        for l in &se.local_addrs {
+            let _ = write!(out, "--add-laddr {svc_name} -z {}", l.addr);
+            if let Some(i) = &l.interface {
+                let _ = write!(out, " -F {i}");
+            }
+            out.push('\n');
         }
     }
 }
@@ -311,6 +371,47 @@ pub fn list_service(service: &ServiceStatus, f: &Format, names: &Names) -> Strin
     let mut out = String::new();
     title(&mut out, f);
     service_entry(&mut out, service, f, names);
+    out
+}
+
+/// DPVS's `--get-laddr` (`list_laddrs`/`list_all_laddrs`): its title once, then per service
+/// a line with the number of local addresses (DPVS's `"%-20s %-8u \n"`, a blank before the
+/// newline) and one line per address (`"%-20s %-8s %-20s %-10lu %-10u\n"`). Always numeric, as
+/// DPVS prints it. `only` = the one service of `-G -t|-u|-f`; otherwise every service, in
+/// `-L`'s order (DPVS lists them unsorted), and nothing at all without a service.
+pub fn list_laddrs(status: &Status, only: Option<&ServiceStatus>) -> String {
+    let mut out = String::new();
+    let mut services: Vec<ServiceStatus> = match only {
+        Some(s) => vec![s.clone()],
+        None => status.services.clone(),
+    };
+    glibc_msort(&mut services, &cmp_services);
+    for (i, s) in services.iter().enumerate() {
+        if i == 0 {
+            let _ = writeln!(
+                out,
+                "{:<20} {:<8} {:<20} {:<10} {:<10}",
+                "VIP:VPORT", "TOTAL", "SNAT_IP", "CONFLICTS", "CONNS"
+            );
+        }
+        let name = if s.key.is_fwmark() {
+            format!("FWM  {}", s.key.fwmark)
+        } else {
+            format!("{}:{}", s.key.vip, s.key.port)
+        };
+        let _ = writeln!(out, "{name:<20} {:<8} ", s.local_addrs.len());
+        for l in &s.local_addrs {
+            let _ = writeln!(
+                out,
+                "{:<20} {:<8} {:<20} {:<10} {:<10}",
+                "",
+                "",
+                l.addr.to_string(),
+                l.conflicts,
+                l.conns
+            );
+        }
+    }
     out
 }
 
