@@ -14,6 +14,9 @@
 //! - **`-e` latency**: a weight change of the traffic service's rs2 (between 1 and 3, never 0),
 //!   p50/p99 of 300 changes sent over the admin socket from this process (in-process: one
 //!   connection, one request, one reply each) and of 100 `uvsadm -e` commands (a process each);
+//! - **`-A`/`-D` latency**: p50 of 100 service deletions and additions over the admin socket,
+//!   each one request (`-D` of a service near the front of the table, then `-A` of it back with
+//!   its real rs1; at 1 service, a service of its own added and deleted);
 //! - **sustained changes/s**: weight changes sent back to back over the admin socket for 2 s;
 //! - **packets lost under changes**: the client sends UDP datagrams at 2,000/s over 16 flows
 //!   (16 sockets, each datagram numbered; the reals echo it) for 5 s while this process applies
@@ -31,12 +34,13 @@ use uvs::ctl::backend::{Backend, SocketBackend, SocketLocation};
 use uvs::ctl::proto::{Reply, Request};
 use uvs::lab::{LabOptions, build_dr_lab};
 use uvs::model::change::Change;
-use uvs::model::{Protocol, RealSpec, ServiceKey};
+use uvs::model::{Protocol, RealSpec, SchedulerKind, ServiceKey, ServiceSpec};
 
 const VIP: &str = "10.0.0.100";
 const RS1: &str = "10.0.0.11";
 const RS2: &str = "10.0.0.12";
 const VIP_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+const RS1_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
 const RS2_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 12);
 const TRAFFIC_PORT: u16 = 53;
 const FIRST_PORT: u16 = 10000;
@@ -160,7 +164,11 @@ fn weight_change(i: usize) -> Change {
 }
 
 fn send(backend: &mut SocketBackend, change: Change) -> Result<()> {
-    match backend.call(&Request::Apply(vec![change]))? {
+    send_all(backend, vec![change])
+}
+
+fn send_all(backend: &mut SocketBackend, changes: Vec<Change>) -> Result<()> {
+    match backend.call(&Request::Apply(changes))? {
         Reply::Done => Ok(()),
         other => bail!("change refused: {other:?}"),
     }
@@ -186,6 +194,8 @@ struct Row {
     rss_mib: f64,
     inproc: Vec<Duration>,
     command: Vec<Duration>,
+    adds: Vec<Duration>,
+    dels: Vec<Duration>,
     sustained: f64,
     paced_rate: f64,
     sent: u64,
@@ -294,6 +304,37 @@ fn measure_running(
     }
     command.sort();
 
+    let (mut adds, mut dels) = (Vec::with_capacity(100), Vec::with_capacity(100));
+    for i in 0..100 {
+        let port = if loaded > 0 {
+            FIRST_PORT + (i % loaded.min(100)) as u16
+        } else {
+            FIRST_PORT
+        };
+        let k = ServiceKey::addr(Protocol::Tcp, VIP_ADDR, port);
+        let add = vec![
+            Change::AddService(ServiceSpec::new(k, SchedulerKind::Wrr)),
+            Change::AddReal(k, RealSpec::route(RS1_ADDR, port)),
+        ];
+        if loaded > 0 {
+            let t = Instant::now();
+            send(&mut backend, Change::DeleteService(k))?;
+            dels.push(t.elapsed());
+            let t = Instant::now();
+            send_all(&mut backend, add)?;
+            adds.push(t.elapsed());
+        } else {
+            let t = Instant::now();
+            send_all(&mut backend, add)?;
+            adds.push(t.elapsed());
+            let t = Instant::now();
+            send(&mut backend, Change::DeleteService(k))?;
+            dels.push(t.elapsed());
+        }
+    }
+    adds.sort();
+    dels.sort();
+
     let t = Instant::now();
     let mut n = 0usize;
     while t.elapsed() < Duration::from_secs(2) {
@@ -344,6 +385,8 @@ fn measure_running(
         rss_mib: rss_after as f64 / 1024.0,
         inproc,
         command,
+        adds,
+        dels,
         sustained,
         paced_rate,
         sent,
@@ -374,20 +417,21 @@ fn main() -> Result<()> {
         args.uvs.display()
     );
     println!(
-        "{:>8} {:>8} {:>9} {:>8} {:>15} {:>15} {:>10} {:>16}",
+        "{:>8} {:>8} {:>9} {:>8} {:>15} {:>15} {:>13} {:>10} {:>16}",
         "services",
         "load s",
         "KiB/svc",
         "RSS MiB",
         "-e in-proc p50/p99",
         "-e cmd p50/p99",
+        "-A/-D p50",
         "changes/s",
         "lost @ changes/s"
     );
     for &n in &args.sizes {
         match measure(&args, &mut lab, n.max(1)) {
             Ok(r) => println!(
-                "{:>8} {:>8.2} {:>9.2} {:>8.1} {:>8.2}/{:<8.2} {:>7.2}/{:<7.2} {:>10.0} {:>6}/{:<6} @ {:.0}",
+                "{:>8} {:>8.2} {:>9.2} {:>8.1} {:>8.2}/{:<8.2} {:>7.2}/{:<7.2} {:>6.2}/{:<6.2} {:>10.0} {:>6}/{:<6} @ {:.0}",
                 r.services,
                 r.load.as_secs_f64(),
                 r.kib_per_service,
@@ -396,6 +440,8 @@ fn main() -> Result<()> {
                 percentile(&r.inproc, 0.99),
                 percentile(&r.command, 0.5),
                 percentile(&r.command, 0.99),
+                percentile(&r.adds, 0.5),
+                percentile(&r.dels, 0.5),
                 r.sustained,
                 r.sent - r.echoed.min(r.sent),
                 r.sent,

@@ -17,6 +17,7 @@
 //! established ones (quiescing); a deleted real's flows are dropped (`real_removed`), as IPVS
 //! does with `expire_nodest_conn = 0`.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use crate::io::filter::{fanout_program, receive_filter};
 use crate::io::socket::{attach_filter, set_fanout_program};
 use crate::kernel_filter::FilterDelta;
 use crate::model::change::{Change, Refused, Structure, Touched};
-use crate::model::{Protocol, RealId, ServiceKey};
+use crate::model::{Protocol, RealId, ServiceKey, ServiceTable};
 use crate::snapshot::{Real, Snapshot, Xmit};
 use crate::trace::session::{StreamMode, start_session};
 use crate::wire::ipv4_from_u32;
@@ -81,6 +82,28 @@ fn dest_port(real: Real<'_>, asked: u16) -> u16 {
         Xmit::Masq { port } | Xmit::FullNat { port, .. } if port != 0 => port,
         _ => asked,
     }
+}
+
+/// Every configured VIP, sorted: the snapshot's, and those of the services handed to the
+/// director's own stack (`local`), which the snapshot leaves out — what `table.vips()` gives
+/// without going through every service.
+fn configured_vips(
+    snap: &Snapshot,
+    table: &ServiceTable,
+    local: &BTreeSet<ServiceKey>,
+) -> Vec<Ipv4Addr> {
+    let mut vips = snap.vips().to_vec();
+    for k in local.iter().filter(|k| table.service(k).is_some()) {
+        if k.is_fwmark() {
+            let rules = table.mark_rules().iter().filter(|r| r.mark == k.fwmark);
+            vips.extend(rules.map(|r| r.vip));
+        } else {
+            vips.push(k.vip);
+        }
+    }
+    vips.sort();
+    vips.dedup();
+    vips
 }
 
 impl Control {
@@ -192,15 +215,15 @@ impl Control {
             .compiler
             .commit(planned)
             .with_timeouts(Timeouts::with_set(t.tcp, t.tcpfin, t.udp));
-        let old = self.snapshot.swap(Arc::new(snap));
+        let snap = Arc::new(snap);
+        let old = self.snapshot.swap(Arc::clone(&snap));
         self.retire(old);
         let now = crate::io::clock::now_ms();
         if structure.vips || full {
             // ARP keeps answering for local services' VIPs too (the kernel filter no longer
             // drops those requests, so the director's kernel may answer as well, with the
             // same MAC) — except VIPs standing by (VRRP BACKUP), which are not answered.
-            let mut arp_vips = self.state.table.vips();
-            arp_vips.sort();
+            let arp_vips = configured_vips(&snap, &self.state.table, local);
             self.arp.set_vips(self.ha.arp_vips(arp_vips), now);
         }
         if structure.laddrs || full {
@@ -215,18 +238,21 @@ impl Control {
             self.arp.set_local_addrs(local_addrs, now);
         }
         if structure.reals || full || placer.hops() != hops_before {
-            let mut addrs: HashSet<Ipv4Addr> =
-                self.state.table.reals().map(|(_, r)| r.addr).collect();
-            // Reals health removed stay resolved: their checks must see them come back.
-            addrs.extend(
-                self.health
-                    .book
-                    .absent_reals(&self.state.table)
-                    .into_iter()
-                    .map(|(_, spec)| spec.addr),
-            );
-            self.arp
-                .set_neighbors(placer.neighbors_of(&addrs), &self.neigh);
+            let (table, book) = (&self.state.table, &self.health.book);
+            // Reals health removed stay resolved: their checks must see them come back. Looked
+            // for only if a next hop is no configured real's.
+            let absent: OnceCell<HashSet<Ipv4Addr>> = OnceCell::new();
+            let wanted = |a: Ipv4Addr| {
+                table.has_real_at(a)
+                    || absent
+                        .get_or_init(|| {
+                            let gone = book.absent_reals(table).into_iter();
+                            gone.map(|(_, spec)| spec.addr).collect()
+                        })
+                        .contains(&a)
+            };
+            let neighbors = placer.neighbors_where(&wanted);
+            self.arp.set_neighbors(neighbors, &self.neigh);
         }
         self.placer = placer;
         self.health.local = local.clone();
@@ -367,5 +393,50 @@ impl Control {
         let session = start_session(&self.trace, mode, filter, stream, names)?;
         self.trace_sessions.push(session);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::model::{MarkRule, SchedulerKind, ServiceSpec};
+    use crate::snapshot::tests::AllOnLink;
+
+    #[test]
+    fn arp_answers_every_configured_vip_local_services_included() {
+        let vip = |last| Ipv4Addr::new(10, 0, 0, last);
+        let mut t = ServiceTable::new();
+        let keys = [
+            ServiceKey::addr(Protocol::Tcp, vip(100), 80),
+            ServiceKey::addr(Protocol::Tcp, vip(101), 80),
+            ServiceKey::addr(Protocol::Udp, vip(101), 53),
+            ServiceKey::fwmark(7),
+        ];
+        for k in keys {
+            t.add_service(ServiceSpec::new(k, SchedulerKind::Rr))
+                .unwrap();
+        }
+        t.add_mark_rule(MarkRule {
+            proto: Protocol::Tcp,
+            vip: vip(102),
+            ports: vec![443],
+            mark: 7,
+        })
+        .unwrap();
+        let mut want = t.vips();
+        want.sort();
+        // Handed to the director's stack: 10.0.0.100:80 (its VIP only it has) and the fwmark
+        // service (whose rule's VIP only it reaches).
+        let local: BTreeSet<ServiceKey> = [keys[0], keys[3]].into_iter().collect();
+        let snap = Snapshot::build(
+            &crate::health::book::published(&t, &local),
+            1,
+            &mut AllOnLink,
+        )
+        .unwrap();
+        assert_eq!(snap.vips(), [vip(101)]);
+        assert_eq!(configured_vips(&snap, &t, &local), want);
     }
 }

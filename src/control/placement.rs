@@ -54,6 +54,12 @@ impl Placer {
 
     /// [`Placer::neighbors`] for reals at `addrs`.
     pub fn neighbors_of(&self, addrs: &HashSet<Ipv4Addr>) -> Vec<Neighbor> {
+        self.neighbors_where(&|a| addrs.contains(&a))
+    }
+
+    /// [`Placer::neighbors`] for the placed addresses `wanted` keeps (asked once per next
+    /// hop placed, not once per real).
+    pub fn neighbors_where(&self, wanted: &dyn Fn(Ipv4Addr) -> bool) -> Vec<Neighbor> {
         let mut out: Vec<Neighbor> = Vec::new();
         let mut seen = HashSet::new();
         let mut add = |egress: u16, addr: Ipv4Addr, slot: u32| {
@@ -62,7 +68,7 @@ impl Placer {
             }
         };
         for (&(egress, addr), &slot) in &self.slots {
-            if addrs.contains(&addr) {
+            if wanted(addr) {
                 add(egress, addr, slot);
             }
         }

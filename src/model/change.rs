@@ -9,7 +9,8 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    LocalAddr, MarkRule, ModelError, RealSpec, ServiceKey, ServiceSpec, ServiceTable, Undo,
+    Counters, LocalAddr, MarkRule, ModelError, RealSpec, ServiceKey, ServiceSpec, ServiceTable,
+    Undo,
 };
 
 /// One change to the configuration, as one ipvsadm command expresses it.
@@ -96,7 +97,7 @@ pub fn apply(state: &AdminState, changes: &[Change]) -> Result<AdminState, Refus
 #[must_use = "a journal not undone commits the changes"]
 pub struct Journal {
     undo: Vec<Undo>,
-    counters: (u32, usize),
+    counters: Counters,
     timeouts: TimeoutsSecs,
 }
 
@@ -146,11 +147,7 @@ fn apply_one(s: &mut AdminState, change: &Change, log: &mut Vec<Undo>) -> Result
             t.edit_service(*spec)?;
             log.extend(before.map(|(i, svc)| Undo::Replaced(i, svc)));
         }
-        Change::DeleteService(key) => {
-            let before = t.saved(key);
-            t.delete_service(key)?;
-            log.extend(before.map(|(i, svc)| Undo::Removed(i, svc)));
-        }
+        Change::DeleteService(key) => log.push(t.remove_service(key)?),
         Change::AddReal(key, spec) => {
             let before = t.saved(key);
             t.add_real(key, *spec)?;
@@ -306,6 +303,40 @@ mod tests {
             Ok(next_id),
             "real ids continue from where they were"
         );
+    }
+
+    #[test]
+    fn deleting_services_anywhere_keeps_every_other_found_by_key_and_in_order() {
+        let k = |port| ServiceKey { port, ..key() };
+        let mut state = AdminState::default();
+        let adds: Vec<Change> = (1000..1100)
+            .map(|p| Change::AddService(ServiceSpec::new(k(p), SchedulerKind::Rr)))
+            .collect();
+        let _ = state.apply_in_place(&adds).unwrap();
+        let gone = [1000, 1050, 1099, 1001];
+        let dels: Vec<Change> = gone.iter().map(|&p| Change::DeleteService(k(p))).collect();
+        let _ = state.apply_in_place(&dels).unwrap();
+        let _ = state
+            .apply_in_place(&[Change::AddService(ServiceSpec::new(
+                k(1000),
+                SchedulerKind::Wlc,
+            ))])
+            .unwrap();
+        let order: Vec<u16> = state.table.services().iter().map(|s| s.key.port).collect();
+        let mut want: Vec<u16> = (1000..1100).filter(|p| !gone.contains(p)).collect();
+        want.push(1000);
+        assert_eq!(
+            order, want,
+            "configuration order, the re-added service last"
+        );
+        for p in want {
+            assert_eq!(state.table.service(&k(p)).map(|s| s.key), Some(k(p)));
+        }
+        assert_eq!(
+            state.table.service(&k(1000)).unwrap().scheduler,
+            SchedulerKind::Wlc
+        );
+        assert!(state.table.service(&k(1050)).is_none());
     }
 
     #[test]

@@ -616,6 +616,18 @@ pub enum ModelError {
     BadInterface(String),
 }
 
+/// One more (`up`) or one fewer real at `addr`.
+fn count(counts: &mut HashMap<Ipv4Addr, u32>, addr: Ipv4Addr, up: bool) {
+    if up {
+        *counts.entry(addr).or_default() += 1;
+    } else if let Some(n) = counts.get_mut(&addr) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(&addr);
+        }
+    }
+}
+
 /// The port a real gets. Direct routing: the service port, as ipvsadm forces it ("The
 /// destination port must be equal to service port … DROUTE"), except in a fwmark service,
 /// where ipvsadm keeps the given port ("Don't worry about this if fwmark is used"; usually 0).
@@ -635,15 +647,24 @@ pub const MAX_REALS: usize = 1 << 15;
 ///
 /// Services are shared (`Arc`) so that copying the table, and a change to one service, cost
 /// what that one service costs: an edit copies the service it edits (copy-on-write) and leaves
-/// the others shared with every earlier copy of the table; a lookup by key is a hash lookup.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// the others shared with every earlier copy of the table. A lookup by key is a hash lookup
+/// and a binary search: each service carries the sequence number it was added with, which
+/// stays valid when services before it go (a position would not, and renumbering 10,000
+/// positions is what deleting the first service would then cost).
+#[derive(Clone, Debug, Default, Eq)]
 pub struct ServiceTable {
     services: Vec<Arc<VirtualService>>,
-    /// Position of each service in `services`.
-    by_key: HashMap<ServiceKey, usize>,
+    /// Sequence number of each service in `services`, at the same position (ascending).
+    seqs: Vec<u64>,
+    /// Sequence number of each service.
+    by_key: HashMap<ServiceKey, u64>,
+    next_seq: u64,
     next_real_id: u32,
     /// Reals of every service, counted as they are added and removed.
     live_reals: usize,
+    /// Reals (of any service) at each address: which addresses ARP must resolve, without
+    /// going through every service.
+    real_addrs: HashMap<Ipv4Addr, u32>,
     /// Mark rules, in the order they were added. `-C` leaves them alone, as `ipvsadm -C`
     /// leaves iptables' mangle rules alone.
     mark_rules: Vec<MarkRule>,
@@ -658,12 +679,38 @@ pub(crate) enum Undo {
     Replaced(usize, Arc<VirtualService>),
     /// A service was appended.
     Appended,
-    /// The service at this position was deleted.
-    Removed(usize, Arc<VirtualService>),
-    /// Every service (`-C`), with the key index.
-    Cleared(Vec<Arc<VirtualService>>, HashMap<ServiceKey, usize>),
+    /// The service at this position, with this sequence number, was deleted.
+    Removed(usize, u64, Arc<VirtualService>),
+    /// Every service (`-C`), with their sequence numbers, the key index and the real
+    /// addresses' counts.
+    Cleared(
+        Vec<Arc<VirtualService>>,
+        Vec<u64>,
+        HashMap<ServiceKey, u64>,
+        HashMap<Ipv4Addr, u32>,
+    ),
     /// The mark rules before a mark-rule change.
     MarkRules(Vec<MarkRule>),
+}
+
+/// Two tables are equal when they hold the same services in the same order, the same mark
+/// rules and counters, however they came to (sequence numbers are bookkeeping).
+impl PartialEq for ServiceTable {
+    fn eq(&self, other: &ServiceTable) -> bool {
+        self.services == other.services
+            && self.mark_rules == other.mark_rules
+            && self.next_real_id == other.next_real_id
+            && self.live_reals == other.live_reals
+    }
+}
+
+/// What the undo journal restores whole after a list of changes: the real-id and service
+/// sequence counters and the count of live reals.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Counters {
+    next_real_id: u32,
+    live_reals: usize,
+    next_seq: u64,
 }
 
 impl ServiceTable {
@@ -671,25 +718,41 @@ impl ServiceTable {
         ServiceTable::default()
     }
 
+    /// Whether some service has a real at `addr`.
+    pub fn has_real_at(&self, addr: Ipv4Addr) -> bool {
+        self.real_addrs.contains_key(&addr)
+    }
+
+    fn count_reals(&mut self, svc: &VirtualService, up: bool) {
+        for r in &svc.reals {
+            count(&mut self.real_addrs, r.addr, up);
+        }
+    }
+
+    /// Position of a service in `services`.
+    fn position(&self, key: &ServiceKey) -> Option<usize> {
+        let seq = self.by_key.get(key)?;
+        self.seqs.binary_search(seq).ok()
+    }
+
     pub fn services(&self) -> &[Arc<VirtualService>] {
         &self.services
     }
 
     pub fn service(&self, key: &ServiceKey) -> Option<&VirtualService> {
-        self.by_key
-            .get(key)
-            .and_then(|&i| self.services.get(i))
+        self.position(key)
+            .and_then(|i| self.services.get(i))
             .map(|s| &**s)
     }
 
     /// The service by key, shared (what a snapshot keeps to tell whether it changed).
     pub fn shared_service(&self, key: &ServiceKey) -> Option<&Arc<VirtualService>> {
-        self.by_key.get(key).and_then(|&i| self.services.get(i))
+        self.position(key).and_then(|i| self.services.get(i))
     }
 
     /// Copy-on-write: the service is copied only if an earlier copy of the table shares it.
     fn service_mut(&mut self, key: &ServiceKey) -> Result<&mut VirtualService, ModelError> {
-        let i = *self.by_key.get(key).ok_or(ModelError::NoService(*key))?;
+        let i = self.position(key).ok_or(ModelError::NoService(*key))?;
         let svc = self
             .services
             .get_mut(i)
@@ -699,50 +762,58 @@ impl ServiceTable {
 
     /// Position and current version of a service, for the undo journal.
     pub(crate) fn saved(&self, key: &ServiceKey) -> Option<(usize, Arc<VirtualService>)> {
-        let i = *self.by_key.get(key)?;
+        let i = self.position(key)?;
         Some((i, Arc::clone(self.services.get(i)?)))
     }
 
     /// Counters the undo journal restores as they were before a list of changes.
-    pub(crate) fn counters(&self) -> (u32, usize) {
-        (self.next_real_id, self.live_reals)
+    pub(crate) fn counters(&self) -> Counters {
+        Counters {
+            next_real_id: self.next_real_id,
+            live_reals: self.live_reals,
+            next_seq: self.next_seq,
+        }
     }
 
-    pub(crate) fn set_counters(&mut self, (next_real_id, live_reals): (u32, usize)) {
-        self.next_real_id = next_real_id;
-        self.live_reals = live_reals;
+    pub(crate) fn set_counters(&mut self, c: Counters) {
+        self.next_real_id = c.next_real_id;
+        self.live_reals = c.live_reals;
+        self.next_seq = c.next_seq;
     }
 
     /// Takes back one change (see [`Undo`]).
     pub(crate) fn undo(&mut self, undo: Undo) {
         match undo {
             Undo::Replaced(i, svc) => {
+                if let Some(now) = self.services.get(i).cloned() {
+                    self.count_reals(&now, false);
+                    self.count_reals(&svc, true);
+                }
                 if let Some(slot) = self.services.get_mut(i) {
                     *slot = svc;
                 }
             }
             Undo::Appended => {
                 if let Some(svc) = self.services.pop() {
+                    self.seqs.pop();
                     self.by_key.remove(&svc.key);
+                    self.count_reals(&svc, false);
                 }
             }
-            Undo::Removed(i, svc) => {
+            Undo::Removed(i, seq, svc) => {
                 let i = i.min(self.services.len());
+                self.by_key.insert(svc.key, seq);
+                self.count_reals(&svc, true);
                 self.services.insert(i, svc);
-                self.reindex_from(i);
+                self.seqs.insert(i, seq);
             }
-            Undo::Cleared(services, by_key) => {
+            Undo::Cleared(services, seqs, by_key, real_addrs) => {
                 self.services = services;
+                self.seqs = seqs;
                 self.by_key = by_key;
+                self.real_addrs = real_addrs;
             }
             Undo::MarkRules(rules) => self.mark_rules = rules,
-        }
-    }
-
-    /// Positions of the services from `from` on, after an insertion or removal there.
-    fn reindex_from(&mut self, from: usize) {
-        for (i, s) in self.services.iter().enumerate().skip(from) {
-            self.by_key.insert(s.key, i);
         }
     }
 
@@ -761,7 +832,9 @@ impl ServiceTable {
             return Err(ModelError::ZeroPort(spec.key));
         }
         spec.check()?;
-        self.by_key.insert(spec.key, self.services.len());
+        self.by_key.insert(spec.key, self.next_seq);
+        self.seqs.push(self.next_seq);
+        self.next_seq += 1;
         self.services.push(Arc::new(VirtualService {
             key: spec.key,
             scheduler: spec.scheduler,
@@ -833,13 +906,18 @@ impl ServiceTable {
     }
 
     pub fn delete_service(&mut self, key: &ServiceKey) -> Result<(), ModelError> {
-        let i = self.by_key.remove(key).ok_or(ModelError::NoService(*key))?;
-        if i < self.services.len() {
-            let gone = self.services.remove(i);
-            self.live_reals = self.live_reals.saturating_sub(gone.reals.len());
-            self.reindex_from(i);
-        }
-        Ok(())
+        self.remove_service(key).map(|_| ())
+    }
+
+    /// Deletes a service and hands it over with where it was (for the undo journal).
+    pub(crate) fn remove_service(&mut self, key: &ServiceKey) -> Result<Undo, ModelError> {
+        let i = self.position(key).ok_or(ModelError::NoService(*key))?;
+        let seq = self.by_key.remove(key).unwrap_or_default();
+        let gone = self.services.remove(i);
+        self.seqs.remove(i);
+        self.live_reals = self.live_reals.saturating_sub(gone.reals.len());
+        self.count_reals(&gone, false);
+        Ok(Undo::Removed(i, seq, gone))
     }
 
     /// Adds a real server. For direct routing the port is forced to the service port, as
@@ -880,6 +958,7 @@ impl ServiceTable {
         });
         self.next_real_id = id.0.get();
         self.live_reals += 1;
+        count(&mut self.real_addrs, spec.addr, true);
         Ok(id)
     }
 
@@ -928,6 +1007,7 @@ impl ServiceTable {
             .ok_or(ModelError::NoReal(*key, addr, port))?;
         self.service_mut(key)?.reals.remove(i);
         self.live_reals = self.live_reals.saturating_sub(1);
+        count(&mut self.real_addrs, addr, false);
         Ok(())
     }
 
@@ -941,7 +1021,9 @@ impl ServiceTable {
         self.live_reals = 0;
         Undo::Cleared(
             std::mem::take(&mut self.services),
+            std::mem::take(&mut self.seqs),
             std::mem::take(&mut self.by_key),
+            std::mem::take(&mut self.real_addrs),
         )
     }
 
