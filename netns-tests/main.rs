@@ -25,6 +25,7 @@ mod offloads;
 mod packaging;
 mod refusals;
 mod reuse;
+mod scale;
 mod schedulers;
 mod soak;
 mod trace;

@@ -34,10 +34,10 @@ use crate::io::ring::{MAX_V2_BATCH, RxRing};
 use crate::io::signals;
 use crate::io::socket::{self, Fanout, RingStats, RxSocketPlan};
 use crate::kernel_filter::{Filtered, KernelFilter, ServiceHook};
-use crate::model::change::{AdminState, TimeoutsSecs, apply};
+use crate::model::change::{AdminState, TimeoutsSecs, Touched, apply};
 use crate::neigh::arp::{ArpEngine, ArpInterface};
 use crate::neigh::cache::NeighTable;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Compiler, Snapshot};
 
 /// The abstract Unix socket name that marks "a uvs serves this network namespace" (abstract
 /// names are per namespace and vanish with the process, so a killed instance leaves no lock).
@@ -210,13 +210,20 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let table = apply(&state0, &plan.changes)
         .map_err(|r| anyhow::anyhow!("initial health state: {}", r.message))?
         .table;
-    let published = crate::health::book::published(&table, &plan.local);
-    let snapshot = Snapshot::build(&published, 1, &mut placer)?;
+    let mut compiler = Compiler::default();
+    let planned = compiler.plan(
+        &Snapshot::empty(),
+        &table,
+        &plan.local,
+        &Touched::all(),
+        &mut placer,
+    )?;
+    let snapshot = compiler.commit(planned);
     let neigh = Arc::new(NeighTable::new(NEIGH_SLOTS));
     let neighbors = placer.neighbors(&cfg.services);
     let admin = crate::ctl::server::bind(args.admin_socket.as_deref())
         .map_err(|e| anyhow::anyhow!("cannot open the admin socket: {e}"))?;
-    let vips = snapshot.vips();
+    let vips = snapshot.vips().to_vec();
     let nat_sources = snapshot.nat_sources().to_vec();
     let nat_replies = snapshot.nat_replies().to_vec();
     let locals = snapshot.local_addrs().to_vec();
@@ -451,6 +458,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
             timeouts: TimeoutsSecs::default(),
         },
         snapshot: Arc::clone(&shared),
+        compiler,
+        retired: Vec::new(),
         placer,
         kernel_filter,
         stats: StatsKeeper::default(),
@@ -509,7 +518,9 @@ fn hold_cpu_latency(microseconds: Option<u32>) -> Result<Option<CpuLatencyReques
     Ok(Some(req))
 }
 
-/// Starts one health thread per checked real; returns the control side.
+/// Starts one health thread per distinct check; returns the control side. Services that ask
+/// for the same check (kind, target, timing) of the same real share one checker (see
+/// `health::Runner`).
 fn start_health(
     cfg: &DaemonConfig,
     book: &mut crate::health::book::Book,
@@ -518,72 +529,34 @@ fn start_health(
     neigh: &Arc<NeighTable>,
     plan: crate::health::book::Plan,
 ) -> Result<HealthCtl> {
-    use crate::health::{CheckKind, Runner, vip::VipPath};
+    use crate::health::{CheckKind, CheckSpec, Runner, vip::VipPath};
     use crate::model::ForwardMethod;
     use crate::snapshot::Placement;
     if cfg.health.is_empty() {
         return Ok(HealthCtl::default());
     }
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let mut n = 0;
+    // (real address, real port, the check, and for a through-the-VIP check its VIP and
+    // port) → the services that ask for it, in configuration order.
+    type CheckKey = (
+        std::net::Ipv4Addr,
+        u16,
+        CheckSpec,
+        Option<(std::net::Ipv4Addr, u16)>,
+    );
+    // With each, the method of the real (a through-the-VIP probe is sent as the real's
+    // traffic is: its key names one service, so one real and one method).
+    type Check = (
+        CheckKey,
+        Option<ForwardMethod>,
+        Vec<crate::model::ServiceKey>,
+    );
+    let mut checks: Vec<Check> = Vec::new();
+    let mut found: std::collections::HashMap<CheckKey, usize> = std::collections::HashMap::new();
     for svc in &cfg.health.services {
         for r in &svc.reals {
             if r.check.kind == CheckKind::None {
                 continue;
             }
-            let regex = match &r.check.kind {
-                CheckKind::Http(h) => h
-                    .regex
-                    .as_deref()
-                    .map(regex::Regex::new)
-                    .transpose()
-                    .context("HTTP check regex")?,
-                _ => None,
-            };
-            // The through-the-VIP probe is a direct-routing frame to the real's MAC; for a
-            // tunnelling real, a tunnelled one to its next hop.
-            let forward = cfg
-                .services
-                .service(&svc.key)
-                .and_then(|s| s.reals.iter().find(|x| x.addr == r.addr))
-                .map(|x| x.forward);
-            let vip_path = match forward {
-                Some(ForwardMethod::Tunnel(encap)) => {
-                    let hop = placer.next_hop(r.addr, ForwardMethod::Tunnel(encap)).ok();
-                    hop.and_then(|hop| {
-                        let ifc = ifaces.get(usize::from(hop.egress))?;
-                        let end = placer.tunnel_end(r.addr, hop).ok()?;
-                        Some(VipPath {
-                            interface: ifc.name.clone(),
-                            ifindex: ifc.index,
-                            src_mac: ifc.mac,
-                            src_ip: std::net::Ipv4Addr::from(end.source),
-                            slot: hop.neigh,
-                            neigh: Arc::clone(neigh),
-                            tunnel: Some(crate::health::vip::TunnelTo {
-                                real: r.addr,
-                                encap,
-                                end,
-                            }),
-                        })
-                    })
-                }
-                _ => {
-                    let hop = placer.next_hop(r.addr, ForwardMethod::Route).ok();
-                    hop.and_then(|hop| {
-                        let ifc = ifaces.get(usize::from(hop.egress))?;
-                        Some(VipPath {
-                            interface: ifc.name.clone(),
-                            ifindex: ifc.index,
-                            src_mac: ifc.mac,
-                            src_ip: ifc.source_for(r.addr)?,
-                            slot: hop.neigh,
-                            neigh: Arc::clone(neigh),
-                            tunnel: None,
-                        })
-                    })
-                }
-            };
             // The real's port as configured (a fwmark service's real may have none: the
             // service's then, and the check names its own).
             let port = cfg
@@ -593,21 +566,94 @@ fn start_health(
                 .map(|x| x.port)
                 .filter(|p| *p != 0)
                 .unwrap_or(svc.key.port);
-            let runner = Runner {
-                service: svc.key,
-                addr: r.addr,
-                port,
-                spec: r.check.clone(),
-                regex,
-                vip_path,
-                reports: tx.clone(),
-            };
-            std::thread::Builder::new()
-                .name(format!("uvs-health-{}", r.addr))
-                .spawn(move || runner.run(&signals::stop_requested))
-                .context("cannot start a health thread")?;
-            n += 1;
+            // What the probe reaches: the check's own port when it names one (every service
+            // of a real then shares one probe whatever its port).
+            let port = r.check.connect_port.unwrap_or(port);
+            let through =
+                (r.check.kind == CheckKind::ThroughVip).then_some((svc.key.vip, svc.key.port));
+            let key: CheckKey = (r.addr, port, r.check.clone(), through);
+            match found.get(&key) {
+                Some(&i) => {
+                    if let Some(c) = checks.get_mut(i) {
+                        c.2.push(svc.key);
+                    }
+                }
+                None => {
+                    let forward = cfg
+                        .services
+                        .service(&svc.key)
+                        .and_then(|s| s.reals.iter().find(|x| x.addr == r.addr))
+                        .map(|x| x.forward);
+                    found.insert(key.clone(), checks.len());
+                    checks.push((key, forward, vec![svc.key]));
+                }
+            }
         }
+    }
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let n = checks.len();
+    for ((addr, port, spec, _), forward, services) in checks {
+        let regex = match &spec.kind {
+            CheckKind::Http(h) => h
+                .regex
+                .as_deref()
+                .map(regex::Regex::new)
+                .transpose()
+                .context("HTTP check regex")?,
+            _ => None,
+        };
+        // The through-the-VIP probe is a direct-routing frame to the real's MAC; for a
+        // tunnelling real, a tunnelled one to its next hop.
+        let vip_path = match forward {
+            Some(ForwardMethod::Tunnel(encap)) => {
+                let hop = placer.next_hop(addr, ForwardMethod::Tunnel(encap)).ok();
+                hop.and_then(|hop| {
+                    let ifc = ifaces.get(usize::from(hop.egress))?;
+                    let end = placer.tunnel_end(addr, hop).ok()?;
+                    Some(VipPath {
+                        interface: ifc.name.clone(),
+                        ifindex: ifc.index,
+                        src_mac: ifc.mac,
+                        src_ip: std::net::Ipv4Addr::from(end.source),
+                        slot: hop.neigh,
+                        neigh: Arc::clone(neigh),
+                        tunnel: Some(crate::health::vip::TunnelTo {
+                            real: addr,
+                            encap,
+                            end,
+                        }),
+                    })
+                })
+            }
+            _ => {
+                let hop = placer.next_hop(addr, ForwardMethod::Route).ok();
+                hop.and_then(|hop| {
+                    let ifc = ifaces.get(usize::from(hop.egress))?;
+                    Some(VipPath {
+                        interface: ifc.name.clone(),
+                        ifindex: ifc.index,
+                        src_mac: ifc.mac,
+                        src_ip: ifc.source_for(addr)?,
+                        slot: hop.neigh,
+                        neigh: Arc::clone(neigh),
+                        tunnel: None,
+                    })
+                })
+            }
+        };
+        let runner = Runner {
+            services: services.into(),
+            addr,
+            port,
+            spec,
+            regex,
+            vip_path,
+            reports: tx.clone(),
+        };
+        std::thread::Builder::new()
+            .name(format!("uvs-health-{addr}"))
+            .spawn(move || runner.run(&signals::stop_requested))
+            .context("cannot start a health thread")?;
     }
     log::info!(
         "health: {n} checker(s) on {} service(s)",

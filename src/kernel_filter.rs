@@ -727,6 +727,113 @@ impl KernelFilter {
     }
 }
 
+/// A change of what the director's kernel must be kept off, element by element: what a
+/// publication that touched a few services sends, whatever the number of services.
+#[derive(Clone, Copy, Debug)]
+pub struct FilterDelta<'a> {
+    pub services_added: &'a [ServiceKey],
+    pub services_removed: &'a [ServiceKey],
+    /// Every VIP (sorted); compared with the installed ones.
+    pub vips: &'a [Ipv4Addr],
+    pub nat_replies_added: &'a [ServiceKey],
+    pub nat_replies_removed: &'a [ServiceKey],
+    /// The director's own addresses (a handful; compared whole).
+    pub locals: &'a [u32],
+    /// FullNAT local addresses (at most a few hundred; compared whole).
+    pub laddrs: &'a [u32],
+}
+
+/// `set` with `gone` removed and `added` inserted.
+fn patch<T: Ord + Copy>(set: &mut BTreeSet<T>, gone: &BTreeSet<T>, added: &BTreeSet<T>) {
+    for k in gone {
+        set.remove(k);
+    }
+    set.extend(added.iter().copied());
+}
+
+impl KernelFilter {
+    /// Applies `delta`: one transaction with only the elements that change (nothing is sent
+    /// when none does), costing what changes rather than what the sets hold. On an error the
+    /// kernel and this filter keep the previous sets.
+    pub fn apply(&mut self, delta: &FilterDelta<'_>) -> Result<(), KernelFilterError> {
+        let keys = |v: &[ServiceKey]| -> BTreeSet<Key> { v.iter().map(key_of).collect() };
+        let (svc_gone, svc_new) = {
+            let (gone, new) = (keys(delta.services_removed), keys(delta.services_added));
+            let gone: BTreeSet<Key> = gone
+                .difference(&new)
+                .filter(|k| self.sets.services.contains(k))
+                .copied()
+                .collect();
+            let new: BTreeSet<Key> = new
+                .iter()
+                .filter(|k| !self.sets.services.contains(k))
+                .copied()
+                .collect();
+            (gone, new)
+        };
+        let (nat_gone, nat_new) = {
+            let (gone, new) = (
+                keys(delta.nat_replies_removed),
+                keys(delta.nat_replies_added),
+            );
+            let gone: BTreeSet<Key> = gone
+                .difference(&new)
+                .filter(|k| self.sets.nat_replies.contains(k))
+                .copied()
+                .collect();
+            let new: BTreeSet<Key> = new
+                .iter()
+                .filter(|k| !self.sets.nat_replies.contains(k))
+                .copied()
+                .collect();
+            (gone, new)
+        };
+        let vips: BTreeSet<Ipv4Addr> = delta.vips.iter().copied().collect();
+        let locals: BTreeSet<Ipv4Addr> = delta.locals.iter().map(|a| Ipv4Addr::from(*a)).collect();
+        let vips_gone = self.sets.vips.difference(&vips).copied().collect();
+        let vips_new = vips.difference(&self.sets.vips).copied().collect();
+        let locals_gone = self.sets.locals.difference(&locals).copied().collect();
+        let locals_new = locals.difference(&self.sets.locals).copied().collect();
+        let laddrs: BTreeSet<Ipv4Addr> = delta.laddrs.iter().map(|a| Ipv4Addr::from(*a)).collect();
+        let laddrs_gone = self.sets.laddrs.difference(&laddrs).copied().collect();
+        let laddrs_new = laddrs.difference(&self.sets.laddrs).copied().collect();
+        // `update_batch` sends old − new and new − old: given disjoint sets, exactly these.
+        let old = Wanted {
+            services: svc_gone,
+            vips: vips_gone,
+            nat_replies: nat_gone,
+            locals: locals_gone,
+            laddrs: laddrs_gone,
+            fullnat_ports: self.sets.fullnat_ports,
+        };
+        let new = Wanted {
+            services: svc_new,
+            vips: vips_new,
+            nat_replies: nat_new,
+            locals: locals_new,
+            laddrs: laddrs_new,
+            fullnat_ports: self.sets.fullnat_ports,
+        };
+        let batch = update_batch(self.hook, &old, &new);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.sock
+            .commit(&batch)
+            .map_err(KernelFilterError::Rejected)?;
+        patch(&mut self.sets.services, &old.services, &new.services);
+        patch(&mut self.sets.vips, &old.vips, &new.vips);
+        patch(
+            &mut self.sets.nat_replies,
+            &old.nat_replies,
+            &new.nat_replies,
+        );
+        patch(&mut self.sets.locals, &old.locals, &new.locals);
+        patch(&mut self.sets.laddrs, &old.laddrs, &new.laddrs);
+        Ok(())
+    }
+}
+
 impl Drop for KernelFilter {
     fn drop(&mut self) {
         // Closing the socket would delete the tables too; deleting them first reports a

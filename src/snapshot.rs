@@ -1,14 +1,21 @@
 //! The immutable, compiled view of the configuration that workers forward with.
 //!
 //! Invariants: workers load one snapshot per batch and hold it for the whole batch. Control
-//! never mutates a published snapshot (scheduler cursors are atomics inside it, advanced by
-//! workers, and belong to that snapshot alone). Everything a worker reads to forward one packet
-//! is reachable from one `Arc<Snapshot>` plus the neighbour slots, which are per real address
-//! and updated in place by control (one atomic word each).
+//! never mutates a published snapshot (scheduler cursors are atomics inside a service's entry,
+//! advanced by workers; an entry no change touched is shared, cursor included, by consecutive
+//! snapshots, as IPVS keeps a service's scheduler state across changes to other services).
+//! Everything a worker reads to forward one packet is reachable from one `Arc<Snapshot>` plus
+//! the neighbour slots, which are per real address and updated in place by control (one
+//! atomic word each).
 //!
-//! Publication is build aside → `ArcSwap::store` → the old snapshot is freed when the last
-//! worker drops its guard (IPVS: "No more failures, attach state", then `call_rcu`).
+//! Publication is build aside → `ArcSwap::store` → the old snapshot is freed once no worker
+//! holds it, on the control thread (IPVS: "No more failures, attach state", then `call_rcu`).
+//! Building aside costs what changed, not what the table holds: see [`Compiler`].
 
+mod compile;
+mod paged;
+
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -16,10 +23,16 @@ use arc_swap::ArcSwap;
 
 use crate::conns::Thresholds;
 use crate::flow::tcp_state::Timeouts;
+use crate::model::change::Touched;
 use crate::model::{
-    ForwardMethod, Protocol, ProxyVersion, RealId, ServiceKey, ServiceTable, Tunnel,
+    ForwardMethod, Protocol, ProxyVersion, RealId, ServiceKey, ServiceTable, Tunnel, VirtualService,
 };
 use crate::sched::{Dest, Scheduler};
+pub use compile::{Compiler, Delta, Planned};
+use paged::Paged;
+
+/// The smallest service index (slots; a power of two).
+const MIN_INDEX: usize = 8;
 
 /// IPVS's `FTPPORT`: persistent FTP services share one template per client across ports.
 const FTP_PORT: u16 = 21;
@@ -227,40 +240,184 @@ pub enum SnapshotError {
     SourceIsVip(Ipv4Addr, ServiceKey, Ipv4Addr),
 }
 
+impl ServiceEntry {
+    /// Compiles one service: its reals placed on their next hops, its scheduler built.
+    pub fn compile(
+        svc: &VirtualService,
+        placement: &mut dyn Placement,
+    ) -> Result<ServiceEntry, SnapshotError> {
+        let mut reals = Vec::with_capacity(svc.reals.len());
+        let mut paths = Vec::with_capacity(svc.reals.len());
+        for r in &svc.reals {
+            let hop = placement.next_hop(r.addr, r.forward)?;
+            reals.push(Dest {
+                id: r.id,
+                addr: u32::from(r.addr),
+                port: r.port,
+                weight: r.weight,
+                last_weight: r.last_weight,
+                thresholds: Thresholds {
+                    upper: r.upper_threshold,
+                    lower: r.lower_threshold,
+                },
+            });
+            let xmit = match r.forward {
+                ForwardMethod::Route => Xmit::Route,
+                ForwardMethod::Masq => Xmit::Masq { port: r.port },
+                ForwardMethod::Tunnel(encap) => Xmit::Tunnel {
+                    encap,
+                    end: placement.tunnel_end(r.addr, hop)?,
+                },
+                // Whether the source is a VIP depends on every other service: the compiler
+                // checks it (`Compiler::check_sources`).
+                ForwardMethod::FullNat => Xmit::FullNat {
+                    port: r.port,
+                    source: placement.tunnel_end(r.addr, hop)?.source,
+                },
+            };
+            paths.push(RealPath { xmit, hop });
+        }
+        let scheduler = Scheduler::build(svc.scheduler, &reals, svc.sched_flags, svc.key.port);
+        let persistence = svc.persistence_timeout.map(|t| Persistence {
+            timeout_ms: t.saturating_mul(1000),
+            netmask: u32::from(svc.persistence_netmask),
+            template_vport: if svc.key.port == FTP_PORT {
+                0
+            } else {
+                svc.key.port
+            },
+            fwmark: svc.key.fwmark,
+        });
+        Ok(ServiceEntry {
+            key: svc.key,
+            scheduler,
+            persistence,
+            // A fwmark service applies OPS to its UDP packets only (the datapath checks).
+            ops: svc.ops && (svc.key.proto == Protocol::Udp || svc.key.is_fwmark()),
+            reals,
+            paths,
+            laddrs: svc.local_addrs.iter().map(|l| u32::from(l.addr)).collect(),
+            proxy: svc.proxy_protocol,
+        })
+    }
+
+    /// The FullNAT reals that take the director's address towards them as local address
+    /// (the service has none of its own): (real, that address).
+    fn default_sources(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let own = !self.laddrs.is_empty();
+        self.reals
+            .iter()
+            .zip(&self.paths)
+            .filter_map(move |(d, p)| match p.xmit {
+                Xmit::FullNat { source, .. } if !own => Some((d.addr, source)),
+                _ => None,
+            })
+    }
+
+    /// Every FullNAT local address its flows may take, sorted: its own, else its FullNAT
+    /// reals' default sources.
+    fn laddrs_in_use(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.laddrs.clone();
+        v.extend(self.default_sources().map(|(_, source)| source));
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The default sources alone, sorted (those must not be VIPs).
+    fn sources_in_use(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.default_sources().map(|(_, source)| source).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The (protocol, real address, port) keys its masquerading and FullNAT reals answer from, given the
+    /// (protocol, VIP, port) keys that reach this service: a real's own port, or (a fwmark
+    /// service's real with port 0, which keeps the packet's port) every port that reaches it.
+    fn nat_replies(&self, reaching: &[ServiceKey]) -> Vec<ServiceKey> {
+        let mut out = Vec::new();
+        for (d, p) in self.reals.iter().zip(&self.paths) {
+            let (Xmit::Masq { port } | Xmit::FullNat { port, .. }) = p.xmit else {
+                continue;
+            };
+            let addr = Ipv4Addr::from(d.addr);
+            if port != 0 {
+                if self.key.is_fwmark() {
+                    out.push(ServiceKey::addr(Protocol::Tcp, addr, port));
+                    out.push(ServiceKey::addr(Protocol::Udp, addr, port));
+                } else {
+                    out.push(ServiceKey::addr(self.key.proto, addr, port));
+                }
+                continue;
+            }
+            out.extend(
+                reaching
+                    .iter()
+                    .map(|k| ServiceKey::addr(k.proto, addr, k.port)),
+            );
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// Where a real is: its service's slot + 1 (0 = no such real) and its position there.
+#[derive(Clone, Copy, Debug, Default)]
+struct RealLoc {
+    svc: u32,
+    position: u32,
+}
+
+/// The compiled configuration. Built by a [`Compiler`] from the previous snapshot: every
+/// service the changes did not touch is the same `Arc<ServiceEntry>` (and the same scheduler
+/// state) in both, and the tables below share every page the changes did not touch.
 #[derive(Debug)]
 pub struct Snapshot {
     pub generation: u64,
     /// Flow timeouts per TCP state and for UDP (`--set tcp tcpfin udp`).
     pub timeouts: Timeouts,
-    services: Vec<ServiceEntry>,
+    /// Services by slot: a service keeps its slot for as long as it exists; `None` = free.
+    services: Paged<Option<Arc<ServiceEntry>>>,
     /// Open-addressing index of (protocol, VIP, port) → service: address services, and the
     /// ports of mark rules expanded onto their fwmark service (which take precedence).
-    index: Vec<IndexSlot>,
+    index: Paged<IndexSlot>,
     index_mask: usize,
-    /// `real_by_id[id]` = (service index, position in its reals) + 1 packed, 0 = absent.
-    real_by_id: Vec<(u32, u32)>,
+    /// Where each real is, by id.
+    real_by_id: Paged<RealLoc>,
     /// The routes replies take back to their clients.
     pub routes: Routes,
     /// The director's own addresses.
-    local_addrs: Vec<u32>,
+    local_addrs: Arc<[u32]>,
     /// The director's address on each served interface, by egress index (0 = none).
-    interface_addrs: Vec<u32>,
-    /// (address, port) of every masquerading real: where the replies uvs rewrites come from.
-    nat_sources: Vec<(u32, u16)>,
+    interface_addrs: Arc<[u32]>,
+    /// VIPs with at least one forwarded key, sorted.
+    vips: Arc<[Ipv4Addr]>,
+    /// (address, port) of every masquerading and FullNAT real: where the replies uvs
+    /// rewrites come from.
+    nat_sources: Arc<[(u32, u16)]>,
     /// The same as (protocol, address, port) keys, for the kernel filter.
-    nat_replies: Vec<ServiceKey>,
+    nat_replies: Arc<[ServiceKey]>,
     /// Every FullNAT local address in use (sorted): the services' own and the reals' default
     /// sources.
-    laddrs: Vec<u32>,
+    laddrs: Arc<[u32]>,
 }
 
-/// One slot of the service index; `svc` = service index + 1 (0 = empty).
-#[derive(Clone, Copy, Debug, Default)]
+/// One slot of the service index; `svc` = service slot + 1 (0 = empty).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct IndexSlot {
     vip: u32,
     svc: u32,
     port: u16,
     proto: u8,
+}
+
+impl IndexSlot {
+    fn key(&self) -> Option<ServiceKey> {
+        let proto = Protocol::from_number(self.proto)?;
+        Some(ServiceKey::addr(proto, Ipv4Addr::from(self.vip), self.port))
+    }
 }
 
 fn service_hash(proto: u8, vip: u32, port: u16) -> u64 {
@@ -274,199 +431,48 @@ impl Snapshot {
         Snapshot {
             generation: 0,
             timeouts: Timeouts::default(),
-            services: Vec::new(),
-            index: vec![IndexSlot::default(); 1],
-            index_mask: 0,
-            real_by_id: Vec::new(),
+            services: Paged::new(0),
+            index: Paged::new(MIN_INDEX),
+            index_mask: MIN_INDEX - 1,
+            real_by_id: Paged::new(0),
             routes: Routes::default(),
-            local_addrs: Vec::new(),
-            interface_addrs: Vec::new(),
-            nat_sources: Vec::new(),
-            nat_replies: Vec::new(),
-            laddrs: Vec::new(),
+            local_addrs: Arc::from(Vec::new()),
+            interface_addrs: Arc::from(Vec::new()),
+            vips: Arc::from(Vec::new()),
+            nat_sources: Arc::from(Vec::new()),
+            nat_replies: Arc::from(Vec::new()),
+            laddrs: Arc::from(Vec::new()),
         }
     }
 
-    /// Compiles a service table. Fails (and nothing is published) if a real server cannot be
-    /// placed on an interface.
+    /// Compiles a whole service table. Fails (and nothing is published) if a real server
+    /// cannot be placed on an interface. The control thread compiles changes incrementally
+    /// instead ([`Compiler`]).
     pub fn build(
         table: &ServiceTable,
         generation: u64,
         placement: &mut dyn Placement,
     ) -> Result<Snapshot, SnapshotError> {
-        let mut services = Vec::with_capacity(table.services().len());
-        let mut max_id = 0usize;
-        let vips = table.vips();
-        for svc in table.services() {
-            let mut reals = Vec::with_capacity(svc.reals.len());
-            let mut paths = Vec::with_capacity(svc.reals.len());
-            for r in &svc.reals {
-                let hop = placement.next_hop(r.addr, r.forward)?;
-                max_id = max_id.max(r.id.index());
-                reals.push(Dest {
-                    id: r.id,
-                    addr: u32::from(r.addr),
-                    port: r.port,
-                    weight: r.weight,
-                    last_weight: r.last_weight,
-                    thresholds: Thresholds {
-                        upper: r.upper_threshold,
-                        lower: r.lower_threshold,
-                    },
-                });
-                let xmit = match r.forward {
-                    ForwardMethod::Route => Xmit::Route,
-                    ForwardMethod::Masq => Xmit::Masq { port: r.port },
-                    ForwardMethod::Tunnel(encap) => Xmit::Tunnel {
-                        encap,
-                        end: placement.tunnel_end(r.addr, hop)?,
-                    },
-                    ForwardMethod::FullNat => {
-                        let source = placement.tunnel_end(r.addr, hop)?.source;
-                        if svc.local_addrs.is_empty() && vips.contains(&Ipv4Addr::from(source)) {
-                            return Err(SnapshotError::SourceIsVip(
-                                r.addr,
-                                svc.key,
-                                Ipv4Addr::from(source),
-                            ));
-                        }
-                        Xmit::FullNat {
-                            port: r.port,
-                            source,
-                        }
-                    }
-                };
-                paths.push(RealPath { xmit, hop });
-            }
-            let scheduler = Scheduler::build(svc.scheduler, &reals, svc.sched_flags, svc.key.port);
-            let persistence = svc.persistence_timeout.map(|t| Persistence {
-                timeout_ms: t.saturating_mul(1000),
-                netmask: u32::from(svc.persistence_netmask),
-                template_vport: if svc.key.port == FTP_PORT {
-                    0
-                } else {
-                    svc.key.port
-                },
-                fwmark: svc.key.fwmark,
-            });
-            services.push(ServiceEntry {
-                key: svc.key,
-                scheduler,
-                persistence,
-                // A fwmark service applies OPS to its UDP packets only (the datapath checks).
-                ops: svc.ops && (svc.key.proto == Protocol::Udp || svc.key.is_fwmark()),
-                reals,
-                paths,
-                laddrs: svc.local_addrs.iter().map(|l| u32::from(l.addr)).collect(),
-                proxy: svc.proxy_protocol,
-            });
-        }
-        // Index entries: mark rules first (IPVS finds fwmark services before address ones),
-        // then address services whose (protocol, VIP, port) no mark rule took.
-        let position = |k: &ServiceKey| services.iter().position(|s| s.key == *k);
-        let mut entries: Vec<(ServiceKey, usize)> = Vec::new();
-        for (k, svc) in table.marked_keys() {
-            if let Some(i) = position(&svc) {
-                entries.push((k, i));
-            }
-        }
-        for (i, s) in services.iter().enumerate() {
-            if !s.key.is_fwmark() && !entries.iter().any(|(k, _)| *k == s.key) {
-                entries.push((s.key, i));
-            }
-        }
-        let cap = (entries.len() * 2).max(8).next_power_of_two();
-        let mask = cap - 1;
-        let mut index = vec![IndexSlot::default(); cap];
-        for (k, i) in entries {
-            let (proto, vip) = (k.proto.number(), u32::from(k.vip));
-            let mut slot = service_hash(proto, vip, k.port) as usize & mask;
-            while index[slot].svc != 0 {
-                slot = (slot + 1) & mask;
-            }
-            index[slot] = IndexSlot {
-                vip,
-                svc: i as u32 + 1,
-                port: k.port,
-                proto,
-            };
-        }
-        let mut real_by_id = vec![(0u32, 0u32); max_id + 1];
-        for (si, s) in services.iter().enumerate() {
-            for (ri, r) in s.reals.iter().enumerate() {
-                real_by_id[r.id.index()] = (si as u32 + 1, ri as u32);
-            }
-        }
-        // A masquerading real answers from its port, or (a fwmark service's real with port 0,
-        // which keeps the packet's port) from every port the service's mark rules cover.
-        let mut nat_replies: Vec<ServiceKey> = Vec::new();
-        for (i, svc) in services.iter().enumerate() {
-            for (d, p) in svc.reals.iter().zip(&svc.paths) {
-                let (Xmit::Masq { port } | Xmit::FullNat { port, .. }) = p.xmit else {
-                    continue;
-                };
-                let addr = Ipv4Addr::from(d.addr);
-                if port != 0 {
-                    let protos: Vec<Protocol> = if svc.key.is_fwmark() {
-                        vec![Protocol::Tcp, Protocol::Udp]
-                    } else {
-                        vec![svc.key.proto]
-                    };
-                    nat_replies.extend(protos.into_iter().map(|p| ServiceKey::addr(p, addr, port)));
-                    continue;
-                }
-                for e in index.iter().filter(|e| e.svc as usize == i + 1) {
-                    if let Some(proto) = Protocol::from_number(e.proto) {
-                        nat_replies.push(ServiceKey::addr(proto, addr, e.port));
-                    }
-                }
-            }
-        }
-        nat_replies.sort();
-        nat_replies.dedup();
-        let mut nat_sources: Vec<(u32, u16)> = nat_replies
-            .iter()
-            .map(|k| (u32::from(k.vip), k.port))
-            .collect();
-        nat_sources.sort_unstable();
-        nat_sources.dedup();
-        let mut local_addrs = placement.local_addrs();
-        local_addrs.sort_unstable();
-        let mut laddrs: Vec<u32> = services
-            .iter()
-            .flat_map(|s| {
-                let own = s.laddrs.iter().copied();
-                let sources = s.paths.iter().filter_map(|p| match p.xmit {
-                    Xmit::FullNat { source, .. } if s.laddrs.is_empty() => Some(source),
-                    _ => None,
-                });
-                own.chain(sources)
-            })
-            .collect();
-        laddrs.sort_unstable();
-        laddrs.dedup();
-        let interface_addrs = (0..=u16::MAX)
-            .map_while(|e| placement.interface_addr(e))
-            .collect();
-        Ok(Snapshot {
-            generation,
-            timeouts: Timeouts::default(),
-            services,
-            index,
-            index_mask: mask,
-            real_by_id,
-            routes: Routes::new(placement.routes()?),
-            local_addrs,
-            interface_addrs,
-            nat_sources,
-            nat_replies,
-            laddrs,
-        })
+        let mut c = Compiler::default();
+        let next = c.plan(
+            &Snapshot::empty(),
+            table,
+            &BTreeSet::new(),
+            &Touched::all(),
+            placement,
+        )?;
+        Ok(c.commit(next).with_generation(generation))
     }
 
     /// The same snapshot with other flow timeouts.
     pub fn with_timeouts(mut self, timeouts: Timeouts) -> Snapshot {
         self.timeouts = timeouts;
+        self
+    }
+
+    /// The same snapshot with another generation number.
+    pub fn with_generation(mut self, generation: u64) -> Snapshot {
+        self.generation = generation;
         self
     }
 
@@ -480,7 +486,7 @@ impl Snapshot {
                 return None;
             }
             if e.port == dport && e.vip == daddr && e.proto == proto {
-                return self.services.get(e.svc as usize - 1);
+                return self.services.get(e.svc as usize - 1)?.as_deref();
             }
             slot = (slot + 1) & self.index_mask;
         }
@@ -489,39 +495,43 @@ impl Snapshot {
     /// A real server by id, if it still exists in this snapshot.
     #[inline]
     pub fn real(&self, id: RealId) -> Option<Real<'_>> {
-        let &(si, ri) = self.real_by_id.get(id.index())?;
-        if si == 0 {
+        let loc = self.real_by_id.get(id.index())?;
+        if loc.svc == 0 {
             return None;
         }
-        self.services.get(si as usize - 1)?.real(ri as usize)
+        self.services
+            .get(loc.svc as usize - 1)?
+            .as_deref()?
+            .real(loc.position as usize)
     }
 
-    pub fn services(&self) -> &[ServiceEntry] {
-        &self.services
+    /// Every service, in slot order (the order they were first compiled in).
+    pub fn services(&self) -> impl Iterator<Item = &ServiceEntry> {
+        self.services.iter().filter_map(|s| s.as_deref())
+    }
+
+    /// The compiled entry of a service, shared: the same allocation in every snapshot until
+    /// a change touches that service.
+    pub fn shared_service(&self, key: &ServiceKey) -> Option<&Arc<ServiceEntry>> {
+        self.services.iter().flatten().find(|s| s.key == *key)
     }
 
     /// Every (protocol, VIP, port) this snapshot forwards (address services and the expanded
-    /// mark rules), for the kernel filter.
+    /// mark rules), sorted, for the kernel filter.
     pub fn forwarded_keys(&self) -> Vec<ServiceKey> {
         let mut v: Vec<ServiceKey> = self
             .index
             .iter()
             .filter(|e| e.svc != 0)
-            .filter_map(|e| {
-                let proto = Protocol::from_number(e.proto)?;
-                Some(ServiceKey::addr(proto, Ipv4Addr::from(e.vip), e.port))
-            })
+            .filter_map(IndexSlot::key)
             .collect();
         v.sort();
         v
     }
 
-    /// VIPs with at least one service or marked port, for the receive filter and ARP.
-    pub fn vips(&self) -> Vec<Ipv4Addr> {
-        let mut v: Vec<Ipv4Addr> = self.forwarded_keys().iter().map(|k| k.vip).collect();
-        v.sort();
-        v.dedup();
-        v
+    /// VIPs with at least one service or marked port, sorted, for the receive filter and ARP.
+    pub fn vips(&self) -> &[Ipv4Addr] {
+        &self.vips
     }
 
     /// Whether `addr` is one of the director's own addresses.
@@ -683,13 +693,7 @@ pub(crate) mod tests {
             ]
         );
         assert_eq!(s.vips(), vec![vip]);
-        let p = |s: &Snapshot| {
-            s.services()
-                .iter()
-                .find(|e| e.key == fwm)
-                .unwrap()
-                .persistence
-        };
+        let p = |s: &Snapshot| s.services().find(|e| e.key == fwm).unwrap().persistence;
         assert_eq!(p(&s), None);
         let mut spec = ServiceSpec::new(fwm, SchedulerKind::Rr);
         spec.persistence_timeout = Some(60);

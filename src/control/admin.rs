@@ -2,16 +2,23 @@
 //! live, report figures, list connections, zero statistics, start a trace. The wire protocol
 //! that carries them is `crate::ctl`'s business, one layer up.
 //!
-//! A change is applied as build aside → publish → free later: the new service table is
-//! validated and compiled into a snapshot (placing every real on its next hop); the kernel
-//! filter and the workers' socket filters are updated; only then is the snapshot published with
-//! one atomic store. Any failure before the publish leaves the running state as it was.
+//! A change is applied as build aside → publish → free later: the change is applied to the
+//! service table in place (with a journal to take it back), the services it touched are
+//! compiled again into the next snapshot, which shares every other service with the previous
+//! one (`snapshot::Compiler`); the kernel filter gets the set elements that change, and the
+//! workers' socket filters are re-attached only when the VIPs or NAT reply sources change;
+//! only then is the snapshot published with one atomic store, and the replaced one is freed
+//! on the control thread once no worker holds it. Any failure before the publish leaves the
+//! running state as it was. What a change costs is what it touches: a weight change compiles
+//! one service, whatever the number of services (bench/README.md, `cargo bench --bench
+//! control`).
 //! Established flows keep their real server across changes (they live in the workers' flow
 //! tables, keyed by real id); a real set to weight 0 gets no new flows but keeps its
 //! established ones (quiescing); a deleted real's flows are dropped (`real_removed`), as IPVS
 //! does with `expire_nodest_conn = 0`.
 
-use std::collections::BTreeSet;
+use std::cell::OnceCell;
+use std::collections::{BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,9 +30,9 @@ use crate::datapath::worker::{FlowRecord, WorkerRequest};
 use crate::flow::{TcpState, Timeouts};
 use crate::io::filter::{fanout_program, receive_filter};
 use crate::io::socket::{attach_filter, set_fanout_program};
-use crate::kernel_filter::Filtered;
-use crate::model::change::{Change, Refused, apply};
-use crate::model::{Protocol, RealId, ServiceKey};
+use crate::kernel_filter::FilterDelta;
+use crate::model::change::{Change, Refused, Structure, Touched};
+use crate::model::{Protocol, RealId, ServiceKey, ServiceTable};
 use crate::snapshot::{Real, Snapshot, Xmit};
 use crate::trace::session::{StreamMode, start_session};
 use crate::wire::ipv4_from_u32;
@@ -77,6 +84,28 @@ fn dest_port(real: Real<'_>, asked: u16) -> u16 {
     }
 }
 
+/// Every configured VIP, sorted: the snapshot's, and those of the services handed to the
+/// director's own stack (`local`), which the snapshot leaves out — what `table.vips()` gives
+/// without going through every service.
+fn configured_vips(
+    snap: &Snapshot,
+    table: &ServiceTable,
+    local: &BTreeSet<ServiceKey>,
+) -> Vec<Ipv4Addr> {
+    let mut vips = snap.vips().to_vec();
+    for k in local.iter().filter(|k| table.service(k).is_some()) {
+        if k.is_fwmark() {
+            let rules = table.mark_rules().iter().filter(|r| r.mark == k.fwmark);
+            vips.extend(rules.map(|r| r.vip));
+        } else {
+            vips.push(k.vip);
+        }
+    }
+    vips.sort();
+    vips.dedup();
+    vips
+}
+
 impl Control {
     /// Applies `changes` and publishes the result; `local` = the services handed to the
     /// director's own stack (health's local sorry server, see `health::book`): they stay in
@@ -86,43 +115,83 @@ impl Control {
         changes: &[Change],
         local: &BTreeSet<ServiceKey>,
     ) -> Result<(), Refused> {
-        let next = apply(&self.state, changes)?;
+        let journal = self.state.apply_in_place(changes)?;
+        match self.publish_state(Touched::of(changes), Structure::of(changes), local) {
+            Ok(()) => {
+                for c in changes {
+                    log::debug!("applied: {c:?}");
+                }
+                if let [one] = changes {
+                    log::info!("applied: {one:?}");
+                } else {
+                    log::info!("applied {} changes", changes.len());
+                }
+                Ok(())
+            }
+            Err(r) => {
+                self.state.undo(journal);
+                Err(r)
+            }
+        }
+    }
+
+    /// Compiles `self.state` into the next snapshot (again only for the `touched` services)
+    /// and publishes it: the kernel filter first (the elements that change), the workers'
+    /// socket filters only when the VIPs or the NAT reply sources change, then the snapshot
+    /// with one store. A failure before the store leaves everything as it was (the caller
+    /// takes the state back).
+    pub(crate) fn publish_state(
+        &mut self,
+        mut touched: Touched,
+        structure: Structure,
+        local: &BTreeSet<ServiceKey>,
+    ) -> Result<(), Refused> {
+        // A service handed to the director's own stack, or taken back, is compiled again.
+        for k in self.health.local.symmetric_difference(local) {
+            touched.add(*k);
+        }
+        let prev = self.snapshot.load_full();
         // Placement on a copy, so a refused change leaves the slots as they were.
         let mut placer = self.placer.clone();
-        let generation = self.snapshot.load().generation + 1;
-        let t = next.timeouts;
-        let published = crate::health::book::published(&next.table, local);
-        let snap = Snapshot::build(&published, generation, &mut placer)
-            .map_err(|e| Refused::whole(e.to_string()))?
-            .with_timeouts(Timeouts::with_set(t.tcp, t.tcpfin, t.udp));
-        // The expanded (protocol, VIP, port) keys, mark rules included.
-        let keys = snap.forwarded_keys();
+        let hops_before = placer.hops();
+        let planned = self
+            .compiler
+            .plan(&prev, &self.state.table, local, &touched, &mut placer)
+            .map_err(|e| Refused::whole(e.to_string()))?;
+        let snap = planned.snapshot();
+        let d = &planned.delta;
         if let Some(kf) = &mut self.kernel_filter {
-            let filtered = Filtered {
-                services: &keys,
-                nat_replies: snap.nat_replies(),
+            let delta = FilterDelta {
+                services_added: &d.keys_added,
+                services_removed: &d.keys_removed,
+                vips: snap.vips(),
+                nat_replies_added: &d.nat_added,
+                nat_replies_removed: &d.nat_removed,
                 locals: snap.local_addrs(),
                 laddrs: snap.laddrs(),
-                fullnat_ports: self.local_ports.range,
             };
-            kf.update(&filtered)
+            kf.apply(&delta)
                 .map_err(|e| Refused::whole(format!("cannot update the kernel filter: {e}")))?;
         }
-        let vips = snap.vips();
-        let program = receive_filter(&vips, snap.nat_sources(), snap.laddrs(), self.arp.vip_mac());
-        for &(iface, fd) in &self.ring_fds {
-            let name = self.interfaces.get(iface).map_or("?", |i| i.name.as_str());
-            if let Err(e) = attach_filter(fd, &program, name) {
-                log::warn!("cannot update a worker's socket filter: {e}");
+        // The receive filter depends on the VIPs, the NAT reply sources and the local
+        // addresses only: a weight or health change leaves the workers' sockets alone.
+        if d.vips_changed || d.nat_sources_changed || d.laddrs_changed || d.full {
+            let program = receive_filter(
+                snap.vips(),
+                snap.nat_sources(),
+                snap.laddrs(),
+                self.arp.vip_mac(),
+            );
+            for &(iface, fd) in &self.ring_fds {
+                let name = self.interfaces.get(iface).map_or("?", |i| i.name.as_str());
+                if let Err(e) = attach_filter(fd, &program, name) {
+                    log::warn!("cannot update a worker's socket filter: {e}");
+                }
             }
         }
         // Before the snapshot: a new masquerading real's replies must already reach the worker
         // of their flow when its first flow is scheduled.
-        let old = self.snapshot.load();
-        let steering_changed =
-            snap.nat_sources() != old.nat_sources() || snap.laddrs() != old.laddrs();
-        drop(old);
-        if steering_changed && self.workers.len() > 1 {
+        if (d.nat_sources_changed || d.laddrs_changed) && self.workers.len() > 1 {
             let program = fanout_program(snap.nat_sources(), snap.laddrs());
             let mut done = Vec::new();
             for &(iface, fd) in &self.ring_fds {
@@ -137,35 +206,72 @@ impl Control {
             }
         }
         // Before the snapshot: a worker must hold the ports of a local address before a flow
-        // may need one.
+        // may need one (only the addresses it lacks are sent).
         self.local_ports
             .provision(snap.laddrs(), &self.worker_requests);
-        self.snapshot.store(Arc::new(snap));
+        let t = self.state.timeouts;
+        let full = d.full;
+        let snap = self
+            .compiler
+            .commit(planned)
+            .with_timeouts(Timeouts::with_set(t.tcp, t.tcpfin, t.udp));
+        let snap = Arc::new(snap);
+        let old = self.snapshot.swap(Arc::clone(&snap));
+        self.retire(old);
         let now = crate::io::clock::now_ms();
-        // ARP keeps answering for local services' VIPs too (the kernel filter no longer
-        // drops those requests, so the director's kernel may answer as well, with the same
-        // MAC) — except VIPs standing by (VRRP BACKUP), which are not answered.
-        let mut arp_vips = next.table.vips();
-        arp_vips.sort();
-        self.arp.set_vips(self.ha.arp_vips(arp_vips), now);
-        // Configured local addresses the kernel does not own are uvs's to answer for.
-        let local_addrs = next
-            .table
-            .local_addrs()
-            .into_iter()
-            .filter(|a| !self.placer.is_local(*a))
-            .collect();
-        self.arp.set_local_addrs(local_addrs, now);
-        let resolve = super::health::with_managed_reals(&self.health.book, &next.table);
-        self.arp
-            .set_neighbors(placer.neighbors(&resolve), &self.neigh);
-        self.placer = placer;
-        for c in changes {
-            log::info!("applied: {c:?}");
+        if structure.vips || full {
+            // ARP keeps answering for local services' VIPs too (the kernel filter no longer
+            // drops those requests, so the director's kernel may answer as well, with the
+            // same MAC) — except VIPs standing by (VRRP BACKUP), which are not answered.
+            let arp_vips = configured_vips(&snap, &self.state.table, local);
+            self.arp.set_vips(self.ha.arp_vips(arp_vips), now);
         }
-        self.state = next;
+        if structure.laddrs || full {
+            // Configured local addresses the kernel does not own are uvs's to answer for.
+            let local_addrs = self
+                .state
+                .table
+                .local_addrs()
+                .into_iter()
+                .filter(|a| !placer.is_local(*a))
+                .collect();
+            self.arp.set_local_addrs(local_addrs, now);
+        }
+        if structure.reals || full || placer.hops() != hops_before {
+            let (table, book) = (&self.state.table, &self.health.book);
+            // Reals health removed stay resolved: their checks must see them come back. Looked
+            // for only if a next hop is no configured real's.
+            let absent: OnceCell<HashSet<Ipv4Addr>> = OnceCell::new();
+            let wanted = |a: Ipv4Addr| {
+                table.has_real_at(a)
+                    || absent
+                        .get_or_init(|| {
+                            let gone = book.absent_reals(table).into_iter();
+                            gone.map(|(_, spec)| spec.addr).collect()
+                        })
+                        .contains(&a)
+            };
+            let neighbors = placer.neighbors_where(&wanted);
+            self.arp.set_neighbors(neighbors, &self.neigh);
+        }
+        self.placer = placer;
         self.health.local = local.clone();
+        self.free_retired();
         Ok(())
+    }
+
+    /// Keeps a replaced snapshot until no worker holds it any more, so that freeing it (every
+    /// service only it still shares) happens here, on the control thread, never on a worker
+    /// at the end of its batch.
+    fn retire(&mut self, old: Arc<Snapshot>) {
+        self.retired.push(old);
+    }
+
+    /// Frees the retired snapshots no worker holds any more. `ArcSwap` turns a reader's
+    /// borrowed load into a counted reference when the pointer is replaced, so the count is
+    /// exact: 1 = only this list.
+    pub(crate) fn free_retired(&mut self) {
+        self.retired.retain(|s| Arc::strong_count(s) > 1);
     }
 
     /// Raw (monotonic) traffic sums of one real across workers.
@@ -287,5 +393,50 @@ impl Control {
         let session = start_session(&self.trace, mode, filter, stream, names)?;
         self.trace_sessions.push(session);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::model::{MarkRule, SchedulerKind, ServiceSpec};
+    use crate::snapshot::tests::AllOnLink;
+
+    #[test]
+    fn arp_answers_every_configured_vip_local_services_included() {
+        let vip = |last| Ipv4Addr::new(10, 0, 0, last);
+        let mut t = ServiceTable::new();
+        let keys = [
+            ServiceKey::addr(Protocol::Tcp, vip(100), 80),
+            ServiceKey::addr(Protocol::Tcp, vip(101), 80),
+            ServiceKey::addr(Protocol::Udp, vip(101), 53),
+            ServiceKey::fwmark(7),
+        ];
+        for k in keys {
+            t.add_service(ServiceSpec::new(k, SchedulerKind::Rr))
+                .unwrap();
+        }
+        t.add_mark_rule(MarkRule {
+            proto: Protocol::Tcp,
+            vip: vip(102),
+            ports: vec![443],
+            mark: 7,
+        })
+        .unwrap();
+        let mut want = t.vips();
+        want.sort();
+        // Handed to the director's stack: 10.0.0.100:80 (its VIP only it has) and the fwmark
+        // service (whose rule's VIP only it reaches).
+        let local: BTreeSet<ServiceKey> = [keys[0], keys[3]].into_iter().collect();
+        let snap = Snapshot::build(
+            &crate::health::book::published(&t, &local),
+            1,
+            &mut AllOnLink,
+        )
+        .unwrap();
+        assert_eq!(snap.vips(), [vip(101)]);
+        assert_eq!(configured_vips(&snap, &t, &local), want);
     }
 }

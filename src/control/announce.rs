@@ -242,7 +242,7 @@ impl Control {
         keys.into_iter()
             .map(|(vip, key)| {
                 let sorry = self.health.book.sorry_active(&key);
-                match snap.services().iter().find(|s| s.key == key) {
+                match snap.shared_service(&key) {
                     // Handed to the director's own stack (a sorry server on the director).
                     None => ServiceView {
                         vip,

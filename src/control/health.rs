@@ -9,8 +9,8 @@ use crossbeam_channel::Receiver;
 use super::Control;
 use crate::health::Report;
 use crate::health::book::{Book, HealthListing, Plan};
-use crate::model::change::{Change, Refused, apply};
-use crate::model::{ServiceKey, ServiceTable};
+use crate::model::ServiceKey;
+use crate::model::change::{Change, Refused, Structure, Touched};
 
 /// How often a reconciliation the model refused is retried.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -61,44 +61,73 @@ pub fn run_commands(commands: Vec<String>) {
     }
 }
 
-/// `table` plus every managed real it lacks (weight 0), so the ARP engine keeps resolving
-/// removed reals: their checks (through-the-VIP needs the MAC) must see them come back.
-pub fn with_managed_reals(book: &Book, table: &ServiceTable) -> ServiceTable {
-    let missing = book.absent_reals(table);
-    if missing.is_empty() {
-        return table.clone();
-    }
-    let mut t = table.clone();
-    for (key, spec) in missing {
-        let _ = t.add_real(&key, spec);
-    }
-    t
-}
-
 impl Control {
     /// An operator's changes (uvsadm): accepted or refused as a whole; when accepted, health
     /// rewrites what it must (a down real stays at weight 0 or absent) in the same transaction.
+    /// Only the services the changes name are reconciled and saved for a refusal: a change
+    /// costs what it touches, also with 10,000 checked services.
     pub fn apply_operator(&mut self, changes: &[Change]) -> Result<(), Refused> {
         if self.health.book.is_empty() {
             let local = self.health.local.clone();
             return self.publish(changes, &local);
         }
-        let next = apply(&self.state, changes)?;
-        let mut book = self.health.book.clone();
-        book.operator_changes(changes, &self.state.table);
-        let plan = book.reconcile(&next.table);
-        let mut all = changes.to_vec();
-        all.extend(plan.changes.iter().cloned());
-        self.publish(&all, &plan.local)?;
+        let touched = Touched::of(changes);
+        let saved = self.health.book.save(&touched);
+        self.health
+            .book
+            .operator_changes(changes, &self.state.table);
+        let journal = match self.state.apply_in_place(changes) {
+            Ok(j) => j,
+            Err(r) => {
+                self.health.book.restore(saved);
+                return Err(r);
+            }
+        };
+        let plan = if touched.all {
+            self.health.book.reconcile(&self.state.table)
+        } else {
+            let keys: Vec<ServiceKey> = touched.keys.iter().copied().collect();
+            let local = self.health.local.clone();
+            self.health
+                .book
+                .reconcile_keys(&self.state.table, &keys, &local)
+        };
+        let kept = match self.state.apply_in_place(&plan.changes) {
+            Ok(j) => j,
+            Err(mut r) => {
+                self.state.undo(journal);
+                self.health.book.restore(saved);
+                r.change = r.change.map(|i| i + changes.len());
+                return Err(r);
+            }
+        };
+        let mut all_touched = touched;
+        let plan_touched = Touched::of(&plan.changes);
+        all_touched.all |= plan_touched.all;
+        for k in plan_touched.keys {
+            all_touched.add(k);
+        }
+        let structure = Structure::of(changes).merge(Structure::of(&plan.changes));
+        if let Err(r) = self.publish_state(all_touched, structure, &plan.local) {
+            self.state.undo(kept);
+            self.state.undo(journal);
+            self.health.book.restore(saved);
+            return Err(r);
+        }
+        for c in changes {
+            log::info!("applied: {c:?}");
+        }
         for c in &plan.changes {
             log::info!("health: kept after the operator's change: {c:?}");
         }
-        self.health.book = book;
         run_commands(plan.commands);
         Ok(())
     }
 
-    /// Drains the checkers' reports; reconciles when something changed.
+    /// Drains the checkers' reports; when something changed, reconciles the services it
+    /// changed and applies the result as one publication. A check that stands for 2,000
+    /// services (one real behind all of them) is one report and one publication, and so are
+    /// all the reports that arrived since the last turn of the control loop.
     pub fn drain_health(&mut self) {
         let Some(rx) = &self.health.reports else {
             return;
@@ -111,8 +140,12 @@ impl Control {
             }
         }
         let retry = self.health.retry_at.is_some_and(|t| Instant::now() >= t);
-        if changed || retry {
+        if retry {
             let plan = self.health.book.reconcile(&self.state.table);
+            self.apply_plan(plan);
+        } else if changed {
+            let local = self.health.local.clone();
+            let plan = self.health.book.reconcile_dirty(&self.state.table, &local);
             self.apply_plan(plan);
         }
     }
@@ -128,6 +161,7 @@ impl Control {
             self.health.retry_at = None;
             return;
         }
+        let n = changes.len();
         match self.publish(&changes, &local) {
             Err(r) => {
                 log::error!(
@@ -137,7 +171,12 @@ impl Control {
                 );
                 self.health.retry_at = Some(Instant::now() + RETRY_EVERY);
             }
-            Ok(()) => self.health.retry_at = None,
+            Ok(()) => {
+                if n > 1 {
+                    log::info!("health: {n} changes applied in one publication");
+                }
+                self.health.retry_at = None
+            }
         }
     }
 

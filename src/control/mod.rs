@@ -31,9 +31,10 @@ use crate::io::socket::{RingStats, recv_frame, send_frame, take_ring_stats, wait
 use crate::kernel_filter::KernelFilter;
 use crate::metrics::{Backend, Endpoint, Figures, RingFigures, WorkerFigures};
 use crate::model::change::{AdminState, diff};
+use crate::model::change::{Structure, Touched};
 use crate::neigh::arp::{ArpEngine, ArpIgnore, Outgoing};
 use crate::neigh::cache::NeighTable;
-use crate::snapshot::SharedSnapshot;
+use crate::snapshot::{Compiler, SharedSnapshot, Snapshot};
 use crate::trace::events::{ArpSnapshot, arp_event, arp_events, vrrp_events};
 use crate::trace::session::{Session, dropped_by_reason, pump};
 use crate::vrrp::control::HaRuntime;
@@ -71,6 +72,11 @@ pub struct Control {
     /// The configured state the admin interface changes.
     pub state: AdminState,
     pub snapshot: SharedSnapshot,
+    /// What the next snapshot is compiled from besides the published one (see
+    /// `snapshot::Compiler`); always the books of the snapshot published last.
+    pub compiler: Compiler,
+    /// Replaced snapshots a worker may still hold: freed here once none does.
+    pub retired: Vec<Arc<Snapshot>>,
     pub placer: Placer,
     pub kernel_filter: Option<KernelFilter>,
     pub stats: StatsKeeper,
@@ -103,20 +109,21 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(3);
 impl Control {
     /// Runs until SIGINT or SIGTERM.
     pub fn run(&mut self) {
-        let mut pollfds: Vec<libc::pollfd> = self
+        let pollfd = |fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let fixed: Vec<libc::pollfd> = self
             .arp_sockets
             .iter()
             .map(|fd| fd.as_raw_fd())
             .chain(self.metrics.as_ref().map(|m| m.raw_fd()))
-            .chain(self.admin.as_ref().map(|a| a.fds()).unwrap_or_default())
             .chain(self.ha.fds())
             .chain(self.route_watch.as_ref().map(|w| w.raw_fd()))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
+            .map(pollfd)
             .collect();
+        let mut pollfds = fixed.clone();
         let mut last_ring_read = Instant::now();
         let mut last_estimate = Instant::now();
         let mut out = Vec::new();
@@ -129,6 +136,11 @@ impl Control {
             // With an announcement, a stop first withdraws the VIPs and drains.
             if signals::stop_requested() && self.may_stop(ready) {
                 break;
+            }
+            // The admin socket's descriptors change as connections come and go.
+            pollfds.clone_from(&fixed);
+            if let Some(a) = &self.admin {
+                pollfds.extend(a.fds().into_iter().map(pollfd));
             }
             wait_readable(&mut pollfds, TICK_MS);
             let now = clock::now_ms();
@@ -164,7 +176,7 @@ impl Control {
             // VRRP adverts and timers, sync messages; VRRP state changes go to `uvs trace`.
             let before = (!self.trace_sessions.is_empty()).then(|| self.ha.status().instances);
             self.ha
-                .poll(&mut self.arp, self.snapshot.load().vips(), now);
+                .poll(&mut self.arp, self.snapshot.load().vips().to_vec(), now);
             if let Some(b) = before {
                 for (ips, line) in vrrp_events(&b, &self.ha.status().instances) {
                     arp_event(&self.trace_sessions, &ips, &line);
@@ -201,6 +213,7 @@ impl Control {
             }
             self.drain_health();
             self.announce_turn(ready);
+            self.free_retired();
             if last_ring_read.elapsed() >= RING_STATS_EVERY {
                 self.read_ring_stats();
                 last_ring_read = Instant::now();
@@ -263,7 +276,7 @@ impl Control {
             Ok(routes) => {
                 self.placer.routes = routes;
                 let local = self.health.local.clone();
-                match self.publish(&[], &local) {
+                match self.publish_state(Touched::all(), Structure::all(), &local) {
                     Ok(()) => log::info!("routes changed: next hops recomputed"),
                     Err(r) => log::error!(
                         "routes changed, but the configuration no longer places: {} (keeping the previous next hops)",

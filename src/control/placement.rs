@@ -10,7 +10,7 @@
 //! `IP_VS_RT_MODE_CONNECT`, caching the route's preferred source): the route's `src`, else the
 //! egress interface's address on the next hop's network, else its first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use crate::interfaces::{Interface, same_network};
@@ -48,17 +48,28 @@ impl Placer {
     /// call after a successful `Snapshot::build` with this placer), and every gateway of a
     /// route that leaves by a served interface.
     pub fn neighbors(&self, table: &ServiceTable) -> Vec<Neighbor> {
+        let addrs: HashSet<Ipv4Addr> = table.reals().map(|(_, r)| r.addr).collect();
+        self.neighbors_of(&addrs)
+    }
+
+    /// [`Placer::neighbors`] for reals at `addrs`.
+    pub fn neighbors_of(&self, addrs: &HashSet<Ipv4Addr>) -> Vec<Neighbor> {
+        self.neighbors_where(&|a| addrs.contains(&a))
+    }
+
+    /// [`Placer::neighbors`] for the placed addresses `wanted` keeps (asked once per next
+    /// hop placed, not once per real).
+    pub fn neighbors_where(&self, wanted: &dyn Fn(Ipv4Addr) -> bool) -> Vec<Neighbor> {
         let mut out: Vec<Neighbor> = Vec::new();
+        let mut seen = HashSet::new();
         let mut add = |egress: u16, addr: Ipv4Addr, slot: u32| {
-            if !out.iter().any(|n| n.slot == slot) {
+            if seen.insert(slot) {
                 out.push(Neighbor::new(slot, usize::from(egress), addr));
             }
         };
-        for (_, r) in table.reals() {
-            for (&(egress, addr), &slot) in &self.slots {
-                if addr == r.addr {
-                    add(egress, addr, slot);
-                }
+        for (&(egress, addr), &slot) in &self.slots {
+            if wanted(addr) {
+                add(egress, addr, slot);
             }
         }
         for r in &self.routes {
@@ -70,6 +81,11 @@ impl Placer {
         }
         out.sort_by_key(|n| n.slot);
         out
+    }
+
+    /// Next hops placed so far (placing a real on a new one adds one).
+    pub fn hops(&self) -> usize {
+        self.slots.len()
     }
 
     fn egress_of(&self, ifindex: u32) -> Option<u16> {

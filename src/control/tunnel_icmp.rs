@@ -62,7 +62,7 @@ pub fn translate(snap: &Snapshot, packet: &[u8]) -> Option<Translated> {
         return None;
     }
     let (source, real) = (ipv4::src(outer), ipv4::dst(outer));
-    let encap = snap.services().iter().find_map(|s| {
+    let encap = snap.services().find_map(|s| {
         s.paths
             .iter()
             .zip(&s.reals)

@@ -33,7 +33,9 @@ impl AdminServer {
 
 impl AdminPort for AdminServer {
     fn fds(&self) -> Vec<RawFd> {
-        vec![self.listener.as_raw_fd()]
+        let mut fds = vec![self.listener.as_raw_fd()];
+        fds.extend(self.conns.fds());
+        fds
     }
 
     fn serve(&mut self, control: &mut Control) {

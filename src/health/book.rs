@@ -26,7 +26,7 @@
 //! the VIP. When a real returns the service is published again, in the same transaction as
 //! the weight changes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -72,6 +72,9 @@ struct ServiceState {
     quorum_down_cmd: Option<String>,
     quorum_up: bool,
     reals: Vec<RealState>,
+    /// Deleted by the operator: no longer managed, its reports are ignored. Kept in place so
+    /// that positions never move (a refused change puts a state back where it was).
+    ended: bool,
 }
 
 impl ServiceState {
@@ -121,8 +124,24 @@ pub struct Plan {
 #[derive(Clone, Debug, Default)]
 pub struct Book {
     services: Vec<ServiceState>,
+    /// Position of each service in `services`.
+    by_key: HashMap<ServiceKey, usize>,
     /// Commands produced by reports, handed out with the next plan.
     pending: Vec<String>,
+    /// Services whose desired state reports changed since the last reconciliation.
+    dirty: BTreeSet<ServiceKey>,
+}
+
+/// What [`Book::save`] keeps to take an operator's change back.
+#[derive(Debug)]
+pub struct BookSave(Saved);
+
+#[derive(Debug)]
+enum Saved {
+    /// The states of the services a change touches, by position, and the pending commands.
+    Some(Vec<(usize, ServiceState)>, Vec<String>),
+    /// Everything (a `-C`).
+    All(Box<Book>),
 }
 
 fn is_local(addr: Ipv4Addr, own: &[Ipv4Addr]) -> bool {
@@ -178,19 +197,37 @@ impl Book {
                 quorum_down_cmd: sh.quorum_down.clone(),
                 quorum_up: true,
                 reals,
+                ended: false,
             };
             // Start from the state the reals start in (alpha: all down), without hysteresis.
             s.quorum_up = s.live_weight() >= u64::from(s.quorum.max(1));
             services.push(s);
         }
+        let by_key = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.key, i))
+            .collect();
         Book {
             services,
+            by_key,
             pending: Vec::new(),
+            dirty: BTreeSet::new(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
+        self.services.iter().all(|s| s.ended)
+    }
+
+    fn position(&self, key: &ServiceKey) -> Option<usize> {
+        let i = *self.by_key.get(key)?;
+        self.services.get(i).filter(|s| !s.ended).map(|_| i)
+    }
+
+    fn service_mut(&mut self, key: &ServiceKey) -> Option<&mut ServiceState> {
+        let i = self.position(key)?;
+        self.services.get_mut(i)
     }
 
     /// Whether the sorry server of service `key` stands in for its reals (quorum lost).
@@ -202,53 +239,98 @@ impl Book {
     }
 
     fn real_mut(&mut self, key: &ServiceKey, addr: Ipv4Addr) -> Option<&mut RealState> {
-        self.services
-            .iter_mut()
-            .find(|s| s.key == *key)?
+        self.service_mut(key)?
             .reals
             .iter_mut()
             .find(|r| r.addr == addr)
     }
 
-    /// Records one check. Returns whether the desired state may have changed.
+    /// Records one check, for every service it stands for. Returns whether the desired state
+    /// may have changed (those services are then reconciled by [`Book::reconcile_dirty`]).
     pub fn on_report(&mut self, r: &Report) -> bool {
-        let Some(real) = self.real_mut(&r.service, r.addr) else {
-            return false;
-        };
-        real.checks += 1;
-        if !r.passed {
-            real.failures += 1;
-        }
-        real.last_latency = r.latency;
-        real.last_message.clone_from(&r.message);
-        let changed = real.alive != r.up || real.dyn_weight != r.weight;
-        let mut cmd = None;
-        if real.alive != r.up {
-            real.transitions += 1;
-            cmd = if r.up {
-                real.notify_up.clone()
-            } else {
-                real.notify_down.clone()
+        let mut any = false;
+        let mut logged = false;
+        for key in r.services.iter() {
+            let Some(real) = self.real_mut(key, r.addr) else {
+                continue;
             };
-            log::warn!(
-                "health: {} real {} is {} ({})",
-                r.service,
-                r.addr,
-                if r.up { "UP" } else { "DOWN" },
-                r.message
-            );
-        } else if r.transition == Some(Transition::Weight) {
-            log::info!(
-                "health: {} real {} dynamic weight {:?}",
-                r.service,
-                r.addr,
-                r.weight
-            );
+            real.checks += 1;
+            if !r.passed {
+                real.failures += 1;
+            }
+            real.last_latency = r.latency;
+            real.last_message.clone_from(&r.message);
+            let changed = real.alive != r.up || real.dyn_weight != r.weight;
+            let mut cmd = None;
+            if real.alive != r.up {
+                real.transitions += 1;
+                cmd = if r.up {
+                    real.notify_up.clone()
+                } else {
+                    real.notify_down.clone()
+                };
+                // One line per check, not per service: a real behind 2,000 services fails once.
+                if !logged {
+                    let more = match r.services.len() {
+                        1 => String::new(),
+                        n => format!(" (and in {} more services)", n - 1),
+                    };
+                    log::warn!(
+                        "health: {key} real {} is {} ({}){more}",
+                        r.addr,
+                        if r.up { "UP" } else { "DOWN" },
+                        r.message
+                    );
+                    logged = true;
+                }
+            } else if r.transition == Some(Transition::Weight) && !logged {
+                log::info!(
+                    "health: {key} real {} dynamic weight {:?}",
+                    r.addr,
+                    r.weight
+                );
+                logged = true;
+            }
+            real.alive = r.up;
+            real.dyn_weight = r.weight;
+            self.pending.extend(cmd);
+            if changed {
+                self.dirty.insert(*key);
+                any = true;
+            }
         }
-        real.alive = r.up;
-        real.dyn_weight = r.weight;
-        self.pending.extend(cmd);
-        changed
+        any
+    }
+
+    /// Saves what [`Book::operator_changes`] and a reconciliation of `touched` may change, so
+    /// that a refused change can be taken back with [`Book::restore`].
+    pub fn save(&self, touched: &crate::model::change::Touched) -> BookSave {
+        if touched.all {
+            return BookSave(Saved::All(Box::new(self.clone())));
+        }
+        let states = touched
+            .keys
+            .iter()
+            .filter_map(|k| {
+                let i = *self.by_key.get(k)?;
+                Some((i, self.services.get(i)?.clone()))
+            })
+            .collect();
+        BookSave(Saved::Some(states, self.pending.clone()))
+    }
+
+    pub fn restore(&mut self, saved: BookSave) {
+        match saved.0 {
+            Saved::All(book) => *self = *book,
+            Saved::Some(states, pending) => {
+                for (i, s) in states {
+                    if let Some(slot) = self.services.get_mut(i) {
+                        *slot = s;
+                    }
+                }
+                self.pending = pending;
+            }
+        }
     }
 
     /// Takes an operator's (already accepted) changes into account: an edit or re-add of a
@@ -268,7 +350,7 @@ impl Book {
                     let present = before
                         .service(key)
                         .is_some_and(|s| s.reals.iter().any(|r| r.addr == *addr));
-                    if let Some(s) = self.services.iter_mut().find(|s| s.key == *key)
+                    if let Some(s) = self.service_mut(key)
                         && present
                     {
                         s.reals.retain(|r| r.addr != *addr);
@@ -277,22 +359,57 @@ impl Book {
                         );
                     }
                 }
-                Change::DeleteService(key) => self.services.retain(|s| s.key != *key),
-                Change::Clear => self.services.clear(),
+                Change::DeleteService(key) => {
+                    if let Some(s) = self.service_mut(key) {
+                        s.ended = true;
+                    }
+                }
+                Change::Clear => self.services.iter_mut().for_each(|s| s.ended = true),
                 _ => {}
             }
         }
     }
 
     /// The changes that make `table` what health wants, and the services to hand to the
-    /// director's own stack.
+    /// director's own stack: every service (at start, and to retry).
     pub fn reconcile(&mut self, table: &ServiceTable) -> Plan {
+        self.dirty.clear();
+        let keys: Vec<ServiceKey> = self
+            .services
+            .iter()
+            .filter(|s| !s.ended)
+            .map(|s| s.key)
+            .collect();
+        self.reconcile_keys(table, &keys, &BTreeSet::new())
+    }
+
+    /// [`Book::reconcile`] for the services reports changed since the last reconciliation
+    /// only: what one round of checks found is one plan, however many services it touches.
+    /// `local` = the services handed to the director's own stack now.
+    pub fn reconcile_dirty(&mut self, table: &ServiceTable, local: &BTreeSet<ServiceKey>) -> Plan {
+        let keys: Vec<ServiceKey> = std::mem::take(&mut self.dirty).into_iter().collect();
+        self.reconcile_keys(table, &keys, local)
+    }
+
+    /// Reconciles the services `keys` (managed ones; others are skipped); the plan's `local`
+    /// is `local` updated for them.
+    pub fn reconcile_keys(
+        &mut self,
+        table: &ServiceTable,
+        keys: &[ServiceKey],
+        local: &BTreeSet<ServiceKey>,
+    ) -> Plan {
         let mut plan = Plan {
             commands: std::mem::take(&mut self.pending),
+            local: local.clone(),
             ..Plan::default()
         };
-        for s in &mut self.services {
-            let Some(svc) = table.service(&s.key) else {
+        for key in keys {
+            plan.local.remove(key);
+            let Some(svc) = table.service(key) else {
+                continue;
+            };
+            let Some(s) = self.service_mut(key) else {
                 continue;
             };
             let up = s.quorum_next();
@@ -355,7 +472,7 @@ impl Book {
     /// Managed reals that `table` lacks (removed by health), with their configured spec.
     pub fn absent_reals(&self, table: &ServiceTable) -> Vec<(ServiceKey, RealSpec)> {
         let mut out = Vec::new();
-        for s in &self.services {
+        for s in self.services.iter().filter(|s| !s.ended) {
             let Some(svc) = table.service(&s.key) else {
                 continue;
             };
@@ -374,6 +491,7 @@ impl Book {
             services: self
                 .services
                 .iter()
+                .filter(|s| !s.ended)
                 .map(|s| {
                     let svc = table.service(&s.key);
                     ServiceHealthRow {
@@ -526,7 +644,7 @@ mod tests {
 
     fn report(addr: Ipv4Addr, up: bool) -> Report {
         Report {
-            service: key(),
+            services: std::sync::Arc::from([key()]),
             addr,
             passed: up,
             up,

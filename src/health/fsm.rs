@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 /// Timing and thresholds of one checker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Timing {
     pub interval: Duration,
     pub timeout: Duration,

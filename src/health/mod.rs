@@ -29,6 +29,7 @@ pub mod probe;
 pub mod vip;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -37,7 +38,7 @@ use crate::model::{ForwardMethod, ServiceKey};
 use fsm::{Fsm, Outcome, Timing, Transition};
 
 /// HTTP check settings (keepalived HTTP_GET `url { … }`, ldirectord `request`/`receive`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HttpCheck {
     /// `GET` or `HEAD`.
     pub method: String,
@@ -69,7 +70,7 @@ impl Default for HttpCheck {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum CheckKind {
     /// No checker: always up (keepalived: a real_server without a checker).
     None,
@@ -96,7 +97,7 @@ impl CheckKind {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CheckSpec {
     pub kind: CheckKind,
     /// Connect address; default the real's address.
@@ -221,7 +222,9 @@ pub fn parse_sorry(s: &str, default_port: u16) -> Result<SocketAddrV4, String> {
 /// One finished check, sent from a health thread to the control thread.
 #[derive(Clone, Debug)]
 pub struct Report {
-    pub service: ServiceKey,
+    /// Every service whose real this check stands for (one checker serves every service that
+    /// asks for the same check of the same real, see [`Runner`]).
+    pub services: Arc<[ServiceKey]>,
     pub addr: Ipv4Addr,
     pub passed: bool,
     /// The checker's state after this check.
@@ -232,9 +235,14 @@ pub struct Report {
     pub message: String,
 }
 
-/// A checker ready to run on its own thread.
+/// A checker ready to run on its own thread. One checker serves every service that asks for
+/// the same check (kind, target, timing) of the same real — keepalived checks a real once per
+/// virtual server, so a real behind 2,000 services gets 2,000 identical probes per interval;
+/// uvs sends one, and its report moves all 2,000 at once (one publication, see
+/// `control::health`).
 pub struct Runner {
-    pub service: ServiceKey,
+    /// The services it reports for (a through-the-VIP check's all share one VIP and port).
+    pub services: Arc<[ServiceKey]>,
     pub addr: Ipv4Addr,
     /// The real's port: a check without `connect_port` probes it (a NAT real listens on its
     /// own port; a DR real on the service's).
@@ -260,14 +268,14 @@ impl Runner {
             CheckKind::Tcp => probe::tcp(self.target(), timeout),
             CheckKind::Http(h) => probe::http(h, self.regex.as_ref(), self.target(), timeout),
             CheckKind::Misc { command, dynamic } => probe::misc(command, *dynamic, timeout),
-            CheckKind::ThroughVip => match &self.vip_path {
-                Some(p) => vip::probe(
+            CheckKind::ThroughVip => match (&self.vip_path, self.services.first()) {
+                (Some(p), Some(svc)) => vip::probe(
                     p,
-                    self.service.vip,
-                    self.spec.connect_port.unwrap_or(self.service.port),
+                    svc.vip,
+                    self.spec.connect_port.unwrap_or(svc.port),
                     timeout,
                 ),
-                None => Outcome::Fail("through-the-VIP: the real is not on a served link".into()),
+                _ => Outcome::Fail("through-the-VIP: the real is not on a served link".into()),
             },
         }
     }
@@ -306,7 +314,7 @@ impl Runner {
                 Outcome::Fail(m) => (false, m.clone()),
             };
             let report = Report {
-                service: self.service,
+                services: Arc::clone(&self.services),
                 addr: self.addr,
                 passed,
                 up: fsm.is_up(),

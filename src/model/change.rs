@@ -8,7 +8,10 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{LocalAddr, MarkRule, ModelError, RealSpec, ServiceKey, ServiceSpec, ServiceTable};
+use super::{
+    Counters, LocalAddr, MarkRule, ModelError, RealSpec, ServiceKey, ServiceSpec, ServiceTable,
+    Undo,
+};
 
 /// One change to the configuration, as one ipvsadm command expresses it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,33 +87,105 @@ impl Refused {
 /// Applies `changes` to a copy of `state`.
 pub fn apply(state: &AdminState, changes: &[Change]) -> Result<AdminState, Refused> {
     let mut next = state.clone();
-    for (i, change) in changes.iter().enumerate() {
-        apply_one(&mut next, change).map_err(|e| Refused {
-            message: e.to_string(),
-            change: Some(i),
-        })?;
-    }
+    let _committed = next.apply_in_place(changes)?;
     Ok(next)
 }
 
-fn apply_one(s: &mut AdminState, change: &Change) -> Result<(), ModelError> {
-    match change {
-        Change::AddService(spec) => s.table.add_service(*spec),
-        Change::EditService(spec) => s.table.edit_service(*spec),
-        Change::DeleteService(key) => s.table.delete_service(key),
-        Change::AddReal(key, spec) => s.table.add_real(key, *spec).map(|_| ()),
-        Change::EditReal(key, spec) => s.table.edit_real(key, *spec),
-        Change::DeleteReal(key, addr, port) => s.table.delete_real(key, *addr, *port),
-        Change::AddMarkRule(rule) => s.table.add_mark_rule(rule.clone()),
-        Change::DeleteMarkRule(rule) => s.table.delete_mark_rule(rule),
-        Change::AddLocalAddr(key, la) => s.table.add_local_addr(key, la.clone()),
-        Change::DeleteLocalAddr(key, addr) => s.table.delete_local_addr(key, *addr),
-        Change::Clear => {
-            s.table.clear();
-            Ok(())
+/// How to take back a list of changes applied in place: what each one overwrote, newest
+/// last. Holding it keeps the overwritten services alive; dropping it commits.
+#[derive(Debug)]
+#[must_use = "a journal not undone commits the changes"]
+pub struct Journal {
+    undo: Vec<Undo>,
+    counters: Counters,
+    timeouts: TimeoutsSecs,
+}
+
+impl AdminState {
+    /// Applies `changes` in place, all or nothing: on a refusal the state is exactly as it
+    /// was. What it costs is what the changes touch (an edit copies the one service it edits;
+    /// nothing else is copied), not the size of the table.
+    pub fn apply_in_place(&mut self, changes: &[Change]) -> Result<Journal, Refused> {
+        let mut journal = Journal {
+            undo: Vec::with_capacity(changes.len()),
+            counters: self.table.counters(),
+            timeouts: self.timeouts,
+        };
+        for (i, change) in changes.iter().enumerate() {
+            if let Err(e) = apply_one(self, change, &mut journal.undo) {
+                self.undo(journal);
+                return Err(Refused {
+                    message: e.to_string(),
+                    change: Some(i),
+                });
+            }
         }
+        Ok(journal)
+    }
+
+    /// Takes back the changes `journal` recorded (the last ones applied to this state).
+    pub fn undo(&mut self, journal: Journal) {
+        for u in journal.undo.into_iter().rev() {
+            self.table.undo(u);
+        }
+        self.table.set_counters(journal.counters);
+        self.timeouts = journal.timeouts;
+    }
+}
+
+fn apply_one(s: &mut AdminState, change: &Change, log: &mut Vec<Undo>) -> Result<(), ModelError> {
+    let t = &mut s.table;
+    // Each arm records what it overwrote only once the change is accepted (a refused change
+    // changes nothing).
+    match change {
+        Change::AddService(spec) => {
+            t.add_service(*spec)?;
+            log.push(Undo::Appended);
+        }
+        Change::EditService(spec) => {
+            let before = t.saved(&spec.key);
+            t.edit_service(*spec)?;
+            log.extend(before.map(|(i, svc)| Undo::Replaced(i, svc)));
+        }
+        Change::DeleteService(key) => log.push(t.remove_service(key)?),
+        Change::AddReal(key, spec) => {
+            let before = t.saved(key);
+            t.add_real(key, *spec)?;
+            log.extend(before.map(|(i, svc)| Undo::Replaced(i, svc)));
+        }
+        Change::EditReal(key, spec) => {
+            let before = t.saved(key);
+            t.edit_real(key, *spec)?;
+            log.extend(before.map(|(i, svc)| Undo::Replaced(i, svc)));
+        }
+        Change::DeleteReal(key, addr, port) => {
+            let before = t.saved(key);
+            t.delete_real(key, *addr, *port)?;
+            log.extend(before.map(|(i, svc)| Undo::Replaced(i, svc)));
+        }
+        Change::AddMarkRule(rule) => {
+            let before = t.mark_rules().to_vec();
+            t.add_mark_rule(rule.clone())?;
+            log.push(Undo::MarkRules(before));
+        }
+        Change::DeleteMarkRule(rule) => {
+            let before = t.mark_rules().to_vec();
+            t.delete_mark_rule(rule)?;
+            log.push(Undo::MarkRules(before));
+        }
+        Change::AddLocalAddr(key, la) => {
+            let before = t.saved(key);
+            t.add_local_addr(key, la.clone())?;
+            log.extend(before.map(|(i, svc)| Undo::Replaced(i, svc)));
+        }
+        Change::DeleteLocalAddr(key, addr) => {
+            let before = t.saved(key);
+            t.delete_local_addr(key, *addr)?;
+            log.extend(before.map(|(i, svc)| Undo::Replaced(i, svc)));
+        }
+        Change::Clear => log.push(t.take_all()),
         Change::SetTimeouts { tcp, tcpfin, udp } => {
-            // ipvsadm: 0 means "leave unchanged".
+            // ipvsadm: 0 means "leave unchanged". The journal restores the timeouts whole.
             if *tcp != 0 {
                 s.timeouts.tcp = *tcp;
             }
@@ -120,9 +195,9 @@ fn apply_one(s: &mut AdminState, change: &Change) -> Result<(), ModelError> {
             if *udp != 0 {
                 s.timeouts.udp = *udp;
             }
-            Ok(())
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -169,6 +244,99 @@ mod tests {
             1,
             "first change not kept"
         );
+    }
+
+    #[test]
+    fn a_refused_list_applied_in_place_leaves_the_state_exactly_as_it_was() {
+        let k = |port| ServiceKey { port, ..key() };
+        let rs = |last| Ipv4Addr::new(10, 0, 0, last);
+        let mut state = apply(
+            &AdminState::default(),
+            &[
+                Change::AddService(ServiceSpec::new(k(80), SchedulerKind::Rr)),
+                Change::AddService(ServiceSpec::new(k(81), SchedulerKind::Rr)),
+                Change::AddService(ServiceSpec::new(k(82), SchedulerKind::Rr)),
+                Change::AddReal(k(81), RealSpec::route(rs(11), 81)),
+                Change::AddReal(k(82), RealSpec::route(rs(12), 82)),
+            ],
+        )
+        .unwrap();
+        let before = state.clone();
+        let mut heavier = RealSpec::route(rs(11), 81);
+        heavier.weight = 9;
+        let rule = MarkRule {
+            proto: Protocol::Tcp,
+            vip: key().vip,
+            ports: vec![443],
+            mark: 1,
+        };
+        // Every kind of change, then one that is refused.
+        let refused = state
+            .apply_in_place(&[
+                Change::DeleteService(k(80)),
+                Change::EditReal(k(81), heavier),
+                Change::AddReal(k(81), RealSpec::route(rs(13), 81)),
+                Change::DeleteReal(k(82), rs(12), 82),
+                Change::AddService(ServiceSpec::new(k(90), SchedulerKind::Wlc)),
+                Change::AddMarkRule(rule),
+                Change::SetTimeouts {
+                    tcp: 5,
+                    tcpfin: 5,
+                    udp: 5,
+                },
+                Change::Clear,
+                Change::AddService(ServiceSpec::new(k(80), SchedulerKind::Sh)),
+                Change::DeleteService(k(81)),
+            ])
+            .unwrap_err();
+        assert_eq!(refused.change, Some(9));
+        assert_eq!(state, before);
+        // And the table still works as before: its key index points at the right places.
+        assert_eq!(state.table.service(&k(82)).unwrap().reals.len(), 1);
+        let next_id = state
+            .table
+            .add_real(&k(80), RealSpec::route(rs(14), 80))
+            .unwrap();
+        let mut again = before.clone();
+        assert_eq!(
+            again.table.add_real(&k(80), RealSpec::route(rs(14), 80)),
+            Ok(next_id),
+            "real ids continue from where they were"
+        );
+    }
+
+    #[test]
+    fn deleting_services_anywhere_keeps_every_other_found_by_key_and_in_order() {
+        let k = |port| ServiceKey { port, ..key() };
+        let mut state = AdminState::default();
+        let adds: Vec<Change> = (1000..1100)
+            .map(|p| Change::AddService(ServiceSpec::new(k(p), SchedulerKind::Rr)))
+            .collect();
+        let _ = state.apply_in_place(&adds).unwrap();
+        let gone = [1000, 1050, 1099, 1001];
+        let dels: Vec<Change> = gone.iter().map(|&p| Change::DeleteService(k(p))).collect();
+        let _ = state.apply_in_place(&dels).unwrap();
+        let _ = state
+            .apply_in_place(&[Change::AddService(ServiceSpec::new(
+                k(1000),
+                SchedulerKind::Wlc,
+            ))])
+            .unwrap();
+        let order: Vec<u16> = state.table.services().iter().map(|s| s.key.port).collect();
+        let mut want: Vec<u16> = (1000..1100).filter(|p| !gone.contains(p)).collect();
+        want.push(1000);
+        assert_eq!(
+            order, want,
+            "configuration order, the re-added service last"
+        );
+        for p in want {
+            assert_eq!(state.table.service(&k(p)).map(|s| s.key), Some(k(p)));
+        }
+        assert_eq!(
+            state.table.service(&k(1000)).unwrap().scheduler,
+            SchedulerKind::Wlc
+        );
+        assert!(state.table.service(&k(1050)).is_none());
     }
 
     #[test]
@@ -417,5 +585,101 @@ mod diff_fwmark_tests {
         assert_eq!(real(&next.table).len(), 1);
         assert_eq!(real(&next.table)[0].id, real(&current)[0].id, "kept its id");
         assert!(diff(&next.table, &desired).is_empty());
+    }
+}
+
+/// The services a list of changes may have changed: what a snapshot compiled from the
+/// previous one must compile again (see `snapshot::Compiler`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// Everything must be compiled again (`-C`, a mark rule, new routes).
+    pub all: bool,
+    pub keys: std::collections::BTreeSet<ServiceKey>,
+}
+
+impl Touched {
+    pub fn all() -> Touched {
+        Touched {
+            all: true,
+            ..Touched::default()
+        }
+    }
+
+    /// The services `changes` name; everything for a `-C` or a mark rule (which moves
+    /// (protocol, VIP, port) keys between services). Timeouts touch no service.
+    pub fn of(changes: &[Change]) -> Touched {
+        let mut t = Touched::default();
+        for c in changes {
+            match c {
+                Change::AddService(spec) | Change::EditService(spec) => t.add(spec.key),
+                Change::DeleteService(key)
+                | Change::AddReal(key, _)
+                | Change::EditReal(key, _)
+                | Change::DeleteReal(key, ..)
+                | Change::AddLocalAddr(key, _)
+                | Change::DeleteLocalAddr(key, _) => t.add(*key),
+                Change::AddMarkRule(_) | Change::DeleteMarkRule(_) | Change::Clear => t.all = true,
+                Change::SetTimeouts { .. } => {}
+            }
+        }
+        t
+    }
+
+    pub fn add(&mut self, key: ServiceKey) {
+        if !self.all {
+            self.keys.insert(key);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.keys.is_empty()
+    }
+}
+
+/// What a list of changes may change beyond the services' own entries: the configured VIPs
+/// and local addresses (ARP answers them) and the set of reals (ARP resolves them). A weight
+/// change does none of these.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Structure {
+    /// Services or mark rules were added or removed.
+    pub vips: bool,
+    /// Reals were added or removed (a service with its reals, too).
+    pub reals: bool,
+    /// FullNAT local addresses were added or removed (a service with its own, too).
+    pub laddrs: bool,
+}
+
+impl Structure {
+    pub fn all() -> Structure {
+        Structure {
+            vips: true,
+            reals: true,
+            laddrs: true,
+        }
+    }
+
+    pub fn of(changes: &[Change]) -> Structure {
+        let mut s = Structure::default();
+        for c in changes {
+            match c {
+                Change::AddService(_)
+                | Change::DeleteService(_)
+                | Change::Clear
+                | Change::AddMarkRule(_)
+                | Change::DeleteMarkRule(_) => s = Structure::all(),
+                Change::AddReal(..) | Change::DeleteReal(..) => s.reals = true,
+                Change::AddLocalAddr(..) | Change::DeleteLocalAddr(..) => s.laddrs = true,
+                Change::EditService(_) | Change::EditReal(..) | Change::SetTimeouts { .. } => {}
+            }
+        }
+        s
+    }
+
+    pub fn merge(self, other: Structure) -> Structure {
+        Structure {
+            vips: self.vips || other.vips,
+            reals: self.reals || other.reals,
+            laddrs: self.laddrs || other.laddrs,
+        }
     }
 }

@@ -10,9 +10,11 @@
 
 pub mod change;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 /// Transport protocol of a virtual service (`-t` / `-u` in ipvsadm).
 #[derive(
@@ -614,6 +616,18 @@ pub enum ModelError {
     BadInterface(String),
 }
 
+/// One more (`up`) or one fewer real at `addr`.
+fn count(counts: &mut HashMap<Ipv4Addr, u32>, addr: Ipv4Addr, up: bool) {
+    if up {
+        *counts.entry(addr).or_default() += 1;
+    } else if let Some(n) = counts.get_mut(&addr) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(&addr);
+        }
+    }
+}
+
 /// The port a real gets. Direct routing: the service port, as ipvsadm forces it ("The
 /// destination port must be equal to service port … DROUTE"), except in a fwmark service,
 /// where ipvsadm keeps the given port ("Don't worry about this if fwmark is used"; usually 0).
@@ -623,18 +637,80 @@ fn real_port(key: &ServiceKey, given: u16, method: ForwardMethod) -> u16 {
     if keeps_given { given } else { key.port }
 }
 
-/// Upper bound on real servers alive at once; sizes the neighbour (MAC) slot array that workers
-/// read without locks.
-pub const MAX_REALS: usize = 4096;
+/// Upper bound on real servers alive at once (a real that serves N services counts N times,
+/// as in IPVS, where each is a destination of its own). Real ids are never reused and the
+/// per-real counters cover 2^16 ids over the daemon's life (`conns`, `datapath::counters`), so
+/// this leaves room for changes after loading a table this large.
+pub const MAX_REALS: usize = 1 << 15;
 
 /// The whole configured state: services in the order they were added.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// Services are shared (`Arc`) so that copying the table, and a change to one service, cost
+/// what that one service costs: an edit copies the service it edits (copy-on-write) and leaves
+/// the others shared with every earlier copy of the table. A lookup by key is a hash lookup
+/// and a binary search: each service carries the sequence number it was added with, which
+/// stays valid when services before it go (a position would not, and renumbering 10,000
+/// positions is what deleting the first service would then cost).
+#[derive(Clone, Debug, Default, Eq)]
 pub struct ServiceTable {
-    services: Vec<VirtualService>,
+    services: Vec<Arc<VirtualService>>,
+    /// Sequence number of each service in `services`, at the same position (ascending).
+    seqs: Vec<u64>,
+    /// Sequence number of each service.
+    by_key: HashMap<ServiceKey, u64>,
+    next_seq: u64,
     next_real_id: u32,
+    /// Reals of every service, counted as they are added and removed.
+    live_reals: usize,
+    /// Reals (of any service) at each address: which addresses ARP must resolve, without
+    /// going through every service.
+    real_addrs: HashMap<Ipv4Addr, u32>,
     /// Mark rules, in the order they were added. `-C` leaves them alone, as `ipvsadm -C`
     /// leaves iptables' mangle rules alone.
     mark_rules: Vec<MarkRule>,
+}
+
+/// What one accepted change overwrote, so that a list of changes applied in place can be
+/// taken back (`change::AdminState::apply_in_place`). Undone in reverse order, each entry
+/// finds the table exactly as the change left it.
+#[derive(Debug)]
+pub(crate) enum Undo {
+    /// The service at this position was edited: the previous version.
+    Replaced(usize, Arc<VirtualService>),
+    /// A service was appended.
+    Appended,
+    /// The service at this position, with this sequence number, was deleted.
+    Removed(usize, u64, Arc<VirtualService>),
+    /// Every service (`-C`), with their sequence numbers, the key index and the real
+    /// addresses' counts.
+    Cleared(
+        Vec<Arc<VirtualService>>,
+        Vec<u64>,
+        HashMap<ServiceKey, u64>,
+        HashMap<Ipv4Addr, u32>,
+    ),
+    /// The mark rules before a mark-rule change.
+    MarkRules(Vec<MarkRule>),
+}
+
+/// Two tables are equal when they hold the same services in the same order, the same mark
+/// rules and counters, however they came to (sequence numbers are bookkeeping).
+impl PartialEq for ServiceTable {
+    fn eq(&self, other: &ServiceTable) -> bool {
+        self.services == other.services
+            && self.mark_rules == other.mark_rules
+            && self.next_real_id == other.next_real_id
+            && self.live_reals == other.live_reals
+    }
+}
+
+/// What the undo journal restores whole after a list of changes: the real-id and service
+/// sequence counters and the count of live reals.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Counters {
+    next_real_id: u32,
+    live_reals: usize,
+    next_seq: u64,
 }
 
 impl ServiceTable {
@@ -642,37 +718,124 @@ impl ServiceTable {
         ServiceTable::default()
     }
 
-    pub fn services(&self) -> &[VirtualService] {
+    /// Whether some service has a real at `addr`.
+    pub fn has_real_at(&self, addr: Ipv4Addr) -> bool {
+        self.real_addrs.contains_key(&addr)
+    }
+
+    fn count_reals(&mut self, svc: &VirtualService, up: bool) {
+        for r in &svc.reals {
+            count(&mut self.real_addrs, r.addr, up);
+        }
+    }
+
+    /// Position of a service in `services`.
+    fn position(&self, key: &ServiceKey) -> Option<usize> {
+        let seq = self.by_key.get(key)?;
+        self.seqs.binary_search(seq).ok()
+    }
+
+    pub fn services(&self) -> &[Arc<VirtualService>] {
         &self.services
     }
 
     pub fn service(&self, key: &ServiceKey) -> Option<&VirtualService> {
-        self.services.iter().find(|s| s.key == *key)
+        self.position(key)
+            .and_then(|i| self.services.get(i))
+            .map(|s| &**s)
     }
 
+    /// The service by key, shared (what a snapshot keeps to tell whether it changed).
+    pub fn shared_service(&self, key: &ServiceKey) -> Option<&Arc<VirtualService>> {
+        self.position(key).and_then(|i| self.services.get(i))
+    }
+
+    /// Copy-on-write: the service is copied only if an earlier copy of the table shares it.
     fn service_mut(&mut self, key: &ServiceKey) -> Result<&mut VirtualService, ModelError> {
-        self.services
-            .iter_mut()
-            .find(|s| s.key == *key)
-            .ok_or(ModelError::NoService(*key))
+        let i = self.position(key).ok_or(ModelError::NoService(*key))?;
+        let svc = self
+            .services
+            .get_mut(i)
+            .ok_or(ModelError::NoService(*key))?;
+        Ok(Arc::make_mut(svc))
+    }
+
+    /// Position and current version of a service, for the undo journal.
+    pub(crate) fn saved(&self, key: &ServiceKey) -> Option<(usize, Arc<VirtualService>)> {
+        let i = self.position(key)?;
+        Some((i, Arc::clone(self.services.get(i)?)))
+    }
+
+    /// Counters the undo journal restores as they were before a list of changes.
+    pub(crate) fn counters(&self) -> Counters {
+        Counters {
+            next_real_id: self.next_real_id,
+            live_reals: self.live_reals,
+            next_seq: self.next_seq,
+        }
+    }
+
+    pub(crate) fn set_counters(&mut self, c: Counters) {
+        self.next_real_id = c.next_real_id;
+        self.live_reals = c.live_reals;
+        self.next_seq = c.next_seq;
+    }
+
+    /// Takes back one change (see [`Undo`]).
+    pub(crate) fn undo(&mut self, undo: Undo) {
+        match undo {
+            Undo::Replaced(i, svc) => {
+                if let Some(now) = self.services.get(i).cloned() {
+                    self.count_reals(&now, false);
+                    self.count_reals(&svc, true);
+                }
+                if let Some(slot) = self.services.get_mut(i) {
+                    *slot = svc;
+                }
+            }
+            Undo::Appended => {
+                if let Some(svc) = self.services.pop() {
+                    self.seqs.pop();
+                    self.by_key.remove(&svc.key);
+                    self.count_reals(&svc, false);
+                }
+            }
+            Undo::Removed(i, seq, svc) => {
+                let i = i.min(self.services.len());
+                self.by_key.insert(svc.key, seq);
+                self.count_reals(&svc, true);
+                self.services.insert(i, svc);
+                self.seqs.insert(i, seq);
+            }
+            Undo::Cleared(services, seqs, by_key, real_addrs) => {
+                self.services = services;
+                self.seqs = seqs;
+                self.by_key = by_key;
+                self.real_addrs = real_addrs;
+            }
+            Undo::MarkRules(rules) => self.mark_rules = rules,
+        }
     }
 
     /// Every real server of every service, with its service.
     pub fn reals(&self) -> impl Iterator<Item = (&VirtualService, &RealServer)> {
         self.services
             .iter()
-            .flat_map(|s| s.reals.iter().map(move |r| (s, r)))
+            .flat_map(|s| s.reals.iter().map(move |r| (&**s, r)))
     }
 
     pub fn add_service(&mut self, spec: ServiceSpec) -> Result<(), ModelError> {
-        if self.service(&spec.key).is_some() {
+        if self.by_key.contains_key(&spec.key) {
             return Err(ModelError::ServiceExists(spec.key));
         }
         if spec.key.port == 0 && !spec.key.is_fwmark() {
             return Err(ModelError::ZeroPort(spec.key));
         }
         spec.check()?;
-        self.services.push(VirtualService {
+        self.by_key.insert(spec.key, self.next_seq);
+        self.seqs.push(self.next_seq);
+        self.next_seq += 1;
+        self.services.push(Arc::new(VirtualService {
             key: spec.key,
             scheduler: spec.scheduler,
             persistence_timeout: spec.persistence_timeout,
@@ -682,7 +845,7 @@ impl ServiceTable {
             proxy_protocol: spec.proxy_protocol,
             local_addrs: Vec::new(),
             reals: Vec::new(),
-        });
+        }));
         Ok(())
     }
 
@@ -704,8 +867,8 @@ impl ServiceTable {
         if self.vips().contains(&la.addr) {
             return Err(ModelError::LocalAddrIsVip(la.addr));
         }
-        let known = self.local_addrs().contains(&la.addr);
-        if !known && self.local_addrs().len() >= MAX_LOCAL_ADDRS {
+        let all = self.local_addrs();
+        if !all.contains(&la.addr) && all.len() >= MAX_LOCAL_ADDRS {
             return Err(ModelError::TooManyLocalAddrs(MAX_LOCAL_ADDRS));
         }
         let svc = self.service_mut(key)?;
@@ -743,12 +906,18 @@ impl ServiceTable {
     }
 
     pub fn delete_service(&mut self, key: &ServiceKey) -> Result<(), ModelError> {
-        let before = self.services.len();
-        self.services.retain(|s| s.key != *key);
-        if self.services.len() == before {
-            return Err(ModelError::NoService(*key));
-        }
-        Ok(())
+        self.remove_service(key).map(|_| ())
+    }
+
+    /// Deletes a service and hands it over with where it was (for the undo journal).
+    pub(crate) fn remove_service(&mut self, key: &ServiceKey) -> Result<Undo, ModelError> {
+        let i = self.position(key).ok_or(ModelError::NoService(*key))?;
+        let seq = self.by_key.remove(key).unwrap_or_default();
+        let gone = self.services.remove(i);
+        self.seqs.remove(i);
+        self.live_reals = self.live_reals.saturating_sub(gone.reals.len());
+        self.count_reals(&gone, false);
+        Ok(Undo::Removed(i, seq, gone))
     }
 
     /// Adds a real server. For direct routing the port is forced to the service port, as
@@ -760,12 +929,11 @@ impl ServiceTable {
         if let ForwardMethod::Tunnel(t) = spec.forward {
             t.check()?;
         }
-        let live = self.reals().count();
-        if live >= MAX_REALS - 1 {
+        if self.live_reals >= MAX_REALS - 1 {
             return Err(ModelError::TooManyReals(MAX_REALS - 1));
         }
         let next = self.next_real_id.checked_add(1);
-        let svc = self.service_mut(key)?;
+        let svc = self.service(key).ok_or(ModelError::NoService(*key))?;
         let port = real_port(&svc.key, spec.port, spec.forward);
         if svc
             .reals
@@ -778,7 +946,7 @@ impl ServiceTable {
             .and_then(NonZeroU32::new)
             .map(RealId)
             .ok_or(ModelError::TooManyReals(MAX_REALS - 1))?;
-        svc.reals.push(RealServer {
+        self.service_mut(key)?.reals.push(RealServer {
             id,
             addr: spec.addr,
             port,
@@ -789,6 +957,8 @@ impl ServiceTable {
             lower_threshold: spec.lower_threshold,
         });
         self.next_real_id = id.0.get();
+        self.live_reals += 1;
+        count(&mut self.real_addrs, spec.addr, true);
         Ok(id)
     }
 
@@ -799,13 +969,17 @@ impl ServiceTable {
         if let ForwardMethod::Tunnel(t) = spec.forward {
             t.check()?;
         }
-        let svc = self.service_mut(key)?;
+        let svc = self.service(key).ok_or(ModelError::NoService(*key))?;
         let port = real_port(&svc.key, spec.port, spec.forward);
-        let real = svc
+        let i = svc
             .reals
-            .iter_mut()
-            .find(|r| r.addr == spec.addr && r.port == port)
+            .iter()
+            .position(|r| r.addr == spec.addr && r.port == port)
             .ok_or(ModelError::NoReal(*key, spec.addr, port))?;
+        let svc = self.service_mut(key)?;
+        let Some(real) = svc.reals.get_mut(i) else {
+            return Err(ModelError::NoReal(*key, spec.addr, port));
+        };
         real.weight = spec.weight;
         if spec.weight > 0 {
             real.last_weight = spec.weight;
@@ -824,36 +998,45 @@ impl ServiceTable {
         addr: Ipv4Addr,
         port: u16,
     ) -> Result<(), ModelError> {
-        let svc = self.service_mut(key)?;
+        let svc = self.service(key).ok_or(ModelError::NoService(*key))?;
         let port = if port == 0 { svc.key.port } else { port };
-        let before = svc.reals.len();
-        svc.reals.retain(|r| !(r.addr == addr && r.port == port));
-        if svc.reals.len() == before {
-            return Err(ModelError::NoReal(*key, addr, port));
-        }
+        let i = svc
+            .reals
+            .iter()
+            .position(|r| r.addr == addr && r.port == port)
+            .ok_or(ModelError::NoReal(*key, addr, port))?;
+        self.service_mut(key)?.reals.remove(i);
+        self.live_reals = self.live_reals.saturating_sub(1);
+        count(&mut self.real_addrs, addr, false);
         Ok(())
     }
 
     /// Removes every service (`ipvsadm -C`). Real ids keep counting up, never reused.
     pub fn clear(&mut self) {
-        self.services.clear();
+        self.take_all();
+    }
+
+    /// Removes every service and hands them over (for the undo journal).
+    pub(crate) fn take_all(&mut self) -> Undo {
+        self.live_reals = 0;
+        Undo::Cleared(
+            std::mem::take(&mut self.services),
+            std::mem::take(&mut self.seqs),
+            std::mem::take(&mut self.by_key),
+            std::mem::take(&mut self.real_addrs),
+        )
     }
 
     /// Distinct VIPs, in first-seen order: those of address services, then those of mark
     /// rules whose mark has a fwmark service.
     pub fn vips(&self) -> Vec<Ipv4Addr> {
-        let mut vips: Vec<Ipv4Addr> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let marked = self.marked_keys();
         let addr = self.services.iter().filter(|s| !s.key.is_fwmark());
-        for vip in addr
-            .map(|s| s.key.vip)
+        addr.map(|s| s.key.vip)
             .chain(marked.iter().map(|(k, _)| k.vip))
-        {
-            if !vips.contains(&vip) {
-                vips.push(vip);
-            }
-        }
-        vips
+            .filter(|vip| seen.insert(*vip))
+            .collect()
     }
 
     pub fn mark_rules(&self) -> &[MarkRule] {
@@ -926,11 +1109,12 @@ impl ServiceTable {
     /// rule takes over, then the marked keys. What the kernel filter must drop.
     pub fn forwarded_keys(&self) -> Vec<ServiceKey> {
         let marked: Vec<ServiceKey> = self.marked_keys().into_iter().map(|(k, _)| k).collect();
+        let taken: std::collections::HashSet<ServiceKey> = marked.iter().copied().collect();
         let mut out: Vec<ServiceKey> = self
             .services
             .iter()
             .map(|s| s.key)
-            .filter(|k| !k.is_fwmark() && !marked.contains(k))
+            .filter(|k| !k.is_fwmark() && !taken.contains(k))
             .collect();
         out.extend(marked);
         out

@@ -360,7 +360,7 @@ fn both_ends_are_rewritten_with_valid_checksums_and_the_syn_loses_its_timestamps
     assert_eq!(wire::be32(tcp_of(f), 8), 1001);
     assert_eq!(ipv4::checksum(&f[14..34]), 0);
     assert_eq!(l4_check(f), 0);
-    let rs1 = r.snap.services()[0].reals[0].id;
+    let rs1 = r.snap.services().next().unwrap().reals[0].id;
     let out = r
         .counters
         .real(rs1)

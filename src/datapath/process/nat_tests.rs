@@ -264,7 +264,7 @@ fn a_reply_comes_back_from_the_vip_by_the_route_to_the_client() {
     );
     assert_eq!(ipv4::checksum(&f[14..34]), 0);
     assert_eq!(l4_check(f), 0);
-    let rs1 = r.snap.services()[0].reals[0].id;
+    let rs1 = r.snap.services().next().unwrap().reals[0].id;
     assert_eq!(
         r.counters
             .real(rs1)
