@@ -830,3 +830,64 @@ pub fn upload_and_verify(lab: &Lab, url: &str, data: &[u8], tag: &str) -> String
     );
     name.to_string()
 }
+/// Starts a slow upload (`bytes` at `rate`) through the VIP: a long-lived connection whose
+/// every segment goes through the director. Returns (pid, output file, expected tail).
+pub fn start_slow_upload(
+    lab: &mut Lab,
+    url: &str,
+    tag: &str,
+    bytes: usize,
+    rate: &str,
+) -> (u32, PathBuf, String) {
+    let data = pseudo_random(bytes, 0x5eed + bytes as u64);
+    let file = lab.dir().join(format!("up-{tag}.bin"));
+    std::fs::write(&file, &data).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let out = lab.dir().join(format!("up-{tag}.out"));
+    let at = format!("@{}", path_str(&file));
+    let pid = lab
+        .spawn(
+            "client",
+            &[
+                "curl",
+                "-sS",
+                "--noproxy",
+                "*",
+                "--max-time",
+                "60",
+                "--limit-rate",
+                rate,
+                "-o",
+                path_str(&out),
+                "-H",
+                "Content-Type: application/octet-stream",
+                "--data-binary",
+                &at,
+                url,
+            ],
+            &lab.dir().join(format!("up-{tag}.log")),
+        )
+        .unwrap();
+    let want = format!(
+        "bytes={} fnv={:016x}",
+        data.len(),
+        uvs::lab::responder::fnv1a64(&data)
+    );
+    (pid, out, want)
+}
+
+/// Waits for the uploads of [`start_slow_upload`]; how many did not arrive intact.
+pub fn broken_uploads(lab: &mut Lab, uploads: &[(u32, PathBuf, String)]) -> usize {
+    let mut broken = 0;
+    for (pid, out, want) in uploads {
+        assert!(
+            wait_exit(lab, *pid, Duration::from_secs(30)),
+            "upload still running"
+        );
+        let body = std::fs::read_to_string(out).unwrap_or_default();
+        if !body.trim().ends_with(want.as_str()) {
+            broken += 1;
+            eprintln!("broken upload: got {body:?}, want …{want}");
+        }
+    }
+    broken
+}

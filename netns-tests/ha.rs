@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use uvs::lab::{Lab, addr, fmt_mac};
 
-use crate::common::{self, Ctx, Director, path_str, poll, pseudo_random};
+use crate::common::{self, Ctx, Director, path_str, poll};
 
 const DIR2_ADDR: &str = "10.0.0.3";
 const DIR2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x03, 0];
@@ -178,61 +178,13 @@ fn now_ns() -> u128 {
         .as_nanos()
 }
 
-/// Starts a slow upload (`bytes` at `rate`) through the VIP: a long-lived connection whose
-/// every segment goes through the director. Returns (pid, output file, expected tail).
+/// A slow upload to the VIP (see [`common::start_slow_upload`]).
 fn start_slow_upload(lab: &mut Lab, tag: &str, bytes: usize, rate: &str) -> (u32, PathBuf, String) {
-    let data = pseudo_random(bytes, 0x5eed + bytes as u64);
-    let file = lab.dir().join(format!("up-{tag}.bin"));
-    std::fs::write(&file, &data).unwrap();
-    let out = lab.dir().join(format!("up-{tag}.out"));
-    let at = format!("@{}", path_str(&file));
-    let url = format!("http://{}/", addr::VIP);
-    let pid = lab
-        .spawn(
-            "client",
-            &[
-                "curl",
-                "-sS",
-                "--noproxy",
-                "*",
-                "--max-time",
-                "60",
-                "--limit-rate",
-                rate,
-                "-o",
-                path_str(&out),
-                "-H",
-                "Content-Type: application/octet-stream",
-                "--data-binary",
-                &at,
-                &url,
-            ],
-            &lab.dir().join(format!("up-{tag}.log")),
-        )
-        .unwrap();
-    let want = format!(
-        "bytes={} fnv={:016x}",
-        data.len(),
-        uvs::lab::responder::fnv1a64(&data)
-    );
-    (pid, out, want)
+    common::start_slow_upload(lab, &format!("http://{}/", addr::VIP), tag, bytes, rate)
 }
 
-/// Waits for the uploads of [`start_slow_upload`]; how many did not arrive intact.
 fn broken_uploads(lab: &mut Lab, uploads: &[(u32, PathBuf, String)]) -> usize {
-    let mut broken = 0;
-    for (pid, out, want) in uploads {
-        assert!(
-            common::wait_exit(lab, *pid, Duration::from_secs(30)),
-            "upload still running"
-        );
-        let body = std::fs::read_to_string(out).unwrap_or_default();
-        if !body.trim().ends_with(want.as_str()) {
-            broken += 1;
-            eprintln!("broken upload: got {body:?}, want …{want}");
-        }
-    }
-    broken
+    common::broken_uploads(lab, uploads)
 }
 
 #[test]

@@ -28,6 +28,7 @@ mod reuse;
 mod scale;
 mod schedulers;
 mod soak;
+mod takeover;
 mod trace;
 mod tun;
 mod two_arm;

@@ -9,7 +9,7 @@ use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
@@ -62,6 +62,8 @@ pub struct RunArgs {
     pub keepalived: Option<PathBuf>,
     /// ldirectord.cf to serve.
     pub ldirectord: Option<PathBuf>,
+    /// `--takeover`: adopt the connections of the uvs running in this namespace, which exits.
+    pub takeover: bool,
 }
 
 /// Reads and merges the configuration inputs; refuses with file, line and problem. With
@@ -170,10 +172,47 @@ fn take_instance_lock() -> Result<UnixListener> {
     })
 }
 
+/// How long `--takeover` waits for the old process to be gone.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
+
+/// The instance lock, waiting up to `wait` for a stopping director to release it.
+fn take_instance_lock_within(wait: Duration) -> Result<UnixListener> {
+    let until = Instant::now() + wait;
+    loop {
+        match take_instance_lock() {
+            Ok(l) => return Ok(l),
+            Err(e) if Instant::now() >= until => {
+                return Err(e.context(format!(
+                    "the uvs taken over from did not exit within {} s",
+                    wait.as_secs()
+                )));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
 pub fn run(args: &RunArgs) -> Result<()> {
     let cfg = load_config(args)?;
     check_privileges()?;
-    let _lock = take_instance_lock()?;
+    // A takeover asks only once the configuration is known good: a refused one leaves the
+    // running director as it was.
+    let handed_over = if args.takeover {
+        let location = match &args.admin_socket {
+            Some(p) => crate::ctl::backend::SocketLocation::Path(p.clone()),
+            None => crate::ctl::backend::SocketLocation::Abstract,
+        };
+        let asked = Instant::now();
+        let entries = crate::ctl::takeover::ask(location).map_err(|e| anyhow::anyhow!(e))?;
+        Some((asked, entries))
+    } else {
+        None
+    };
+    let _lock = match handed_over {
+        // The old process holds its lock until everything else of it is gone.
+        Some(_) => take_instance_lock_within(TAKEOVER_WAIT)?,
+        None => take_instance_lock()?,
+    };
     // First, so a refusal leaves nothing set up. Held until `run` returns; the kernel also
     // withdraws it if the process dies.
     let _cpu_latency = hold_cpu_latency(cfg.ring.cpu_latency_us)?;
@@ -272,6 +311,19 @@ pub fn run(args: &RunArgs) -> Result<()> {
         cfg.sync.as_ref(),
         cfg.flow_table.capacity as usize,
     )?;
+    if let Some((_, entries)) = &handed_over {
+        let inherited = crate::ctl::takeover::inherit(entries, &table);
+        let now = crate::io::clock::now_ms();
+        for r in &inherited.records {
+            ha.hooks.synced.learn(r, now);
+        }
+        log::info!(
+            "takeover: {} connection(s) to adopt; {} FullNAT and {} of services or reals no longer configured left behind",
+            inherited.records.len(),
+            inherited.fullnat,
+            inherited.unknown
+        );
+    }
 
     // FullNAT ports: each worker's pools of the first snapshot's local addresses, handed to
     // it before it starts; later ones come through its requests.
@@ -432,6 +484,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         })
         .collect::<std::io::Result<_>>()
         .context("cannot start worker threads")?;
+    if let Some((asked, _)) = &handed_over {
+        log::info!(
+            "takeover: forwarding again {} ms after the old uvs was asked to stop receiving",
+            asked.elapsed().as_millis()
+        );
+    }
 
     log::info!(
         "uvs serving {} service(s) on {} with {} worker(s), {:?} rings; VIPs {:?}",

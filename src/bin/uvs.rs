@@ -60,6 +60,11 @@ enum Command {
         /// ldirectord.cf: serve its virtual services with their health checks.
         #[arg(long, value_name = "FILE")]
         ldirectord: Option<PathBuf>,
+        /// Take over from the uvs running in this network namespace (a restart or an upgrade):
+        /// it stops receiving, hands over every connection and exits; this one starts and
+        /// adopts them, so no established connection breaks. Give the same arguments.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Show the health-check state of a running director (asks its admin socket).
     Health {
@@ -439,6 +444,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             admin_socket,
             keepalived,
             ldirectord,
+            takeover,
         } => {
             let args = uvs::daemon::RunArgs {
                 config,
@@ -450,6 +456,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 admin_socket,
                 keepalived,
                 ldirectord,
+                takeover,
             };
             uvs::daemon::run(&args)
         }

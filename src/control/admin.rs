@@ -28,7 +28,7 @@ use super::stats::Stats;
 use crate::datapath::tap::TraceFilter;
 use crate::datapath::worker::{FlowRecord, WorkerRequest};
 use crate::flow::{TcpState, Timeouts};
-use crate::io::filter::{fanout_program, receive_filter};
+use crate::io::filter::{drop_all, fanout_program, receive_filter};
 use crate::io::socket::{attach_filter, set_fanout_program};
 use crate::kernel_filter::FilterDelta;
 use crate::model::change::{Change, Refused, Structure, Touched};
@@ -39,6 +39,10 @@ use crate::wire::ipv4_from_u32;
 
 /// How long a connection listing waits for each worker.
 const DUMP_WAIT: Duration = Duration::from_millis(500);
+/// After a handover detaches the receive filters: long enough for the workers to forward
+/// what their rings already hold (a batch takes microseconds; an idle worker wakes within
+/// its poll bound), so no flow changes after the listing.
+const HANDOVER_DRAIN: Duration = Duration::from_millis(30);
 
 /// Live figures of one real server.
 #[derive(Clone, Copy, Debug, Default)]
@@ -326,6 +330,29 @@ impl Control {
             self.stats.zero(id, raw);
         }
         Ok(())
+    }
+
+    /// `uvs run --takeover` asked for everything: stop receiving (every worker socket gets a
+    /// filter that accepts nothing; the nftables table stays, so the kernel keeps out of the
+    /// service traffic until this process is gone), let the workers finish their rings, list
+    /// every connection and stop at once. The new process adopts the connections from the
+    /// listing as a backup adopts synced ones.
+    pub fn hand_over(&mut self) -> Vec<ConnRow> {
+        let nothing = drop_all();
+        for &(iface, fd) in &self.ring_fds {
+            let name = self.interfaces.get(iface).map_or("?", |i| i.name.as_str());
+            if let Err(e) = attach_filter(fd, &nothing, name) {
+                log::warn!("handover: cannot detach a worker's socket: {e}");
+            }
+        }
+        std::thread::sleep(HANDOVER_DRAIN);
+        let rows = self.connections();
+        log::info!(
+            "handing over {} connection(s) to a new uvs (uvs run --takeover); stopping",
+            rows.len()
+        );
+        crate::io::signals::request_stop_now();
+        rows
     }
 
     /// `-Lc`: every worker's flows, then the persistence templates.

@@ -147,6 +147,11 @@ impl Backend for MemoryBackend {
                 change: None,
                 exit_code: EXIT_REFUSED,
             }),
+            Request::Handover => Reply::Refused(Refusal {
+                message: "the in-memory director has no connections to hand over".into(),
+                change: None,
+                exit_code: EXIT_REFUSED,
+            }),
         })
     }
 }

@@ -15,3 +15,4 @@ pub mod proto;
 pub mod report;
 pub mod serve;
 pub mod server;
+pub mod takeover;

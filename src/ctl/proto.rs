@@ -63,6 +63,10 @@ pub enum Request {
     /// resume need root or CAP_NET_ADMIN. Added without a version change: an older daemon
     /// refuses it as a malformed message.
     Announce(AnnounceCommand),
+    /// `uvs run --takeover`: stop receiving, answer every connection (as `Connections`) and
+    /// exit at once, so the new process adopts them. Needs root or CAP_NET_ADMIN. Added
+    /// without a version change: an older daemon refuses it as a malformed message.
+    Handover,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -490,6 +494,7 @@ mod pinned {
                 },
             }),
             Request::Announce(AnnounceCommand::Drain),
+            Request::Handover,
         ];
         let replies = vec![
             Reply::Done,

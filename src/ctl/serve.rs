@@ -75,6 +75,9 @@ pub fn handle(control: &mut Control, req: Request) -> Reply {
         Request::Connections => {
             Reply::Connections(control.connections().into_iter().map(conn_entry).collect())
         }
+        Request::Handover => {
+            Reply::Connections(control.hand_over().into_iter().map(conn_entry).collect())
+        }
         Request::Zero(key) => outcome(control.zero(key)),
         Request::Health => Reply::Health(health_listing(control.health_listing())),
         Request::Ha => Reply::Ha(ha_status(control.ha.status())),

@@ -146,6 +146,7 @@ fn respond(
                     | Request::Trace(_)
                     | Request::SyncDaemon(_)
                     | Request::Announce(AnnounceCommand::Drain | AnnounceCommand::Resume)
+                    | Request::Handover
             );
             if changes && !peer.may_change {
                 log::warn!(

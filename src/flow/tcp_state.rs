@@ -40,6 +40,11 @@ impl TcpState {
         }
     }
 
+    /// The state `ipvsadm -Lnc` names `name` (see [`TcpState::name`]).
+    pub fn from_name(name: &str) -> Option<TcpState> {
+        (0..=10u8).map(TcpState::from_u8).find(|s| s.name() == name)
+    }
+
     /// Name as `ipvsadm -Lnc` prints it.
     pub const fn name(self) -> &'static str {
         match self {

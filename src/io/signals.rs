@@ -76,3 +76,10 @@ pub fn request_reload() {
 pub fn request_stop() {
     STOP.store(true, Ordering::SeqCst);
 }
+
+/// A stop that skips the graceful drain, as a second signal does (after a handover the new
+/// process already serves every connection).
+pub fn request_stop_now() {
+    STOPS.fetch_max(2, Ordering::SeqCst);
+    STOP.store(true, Ordering::SeqCst);
+}
