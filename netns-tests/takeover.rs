@@ -40,16 +40,29 @@ fn takeover_under_load(lab: &mut Lab, rules: &str, url: &str, tag: &str) {
         "the old uvs did not exit after the handover:\n{}",
         old.tail()
     );
-    let log = new.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("forwarding again"))
-        .unwrap_or_else(|| panic!("no takeover line in the new uvs's log:\n{log}"));
-    eprintln!("{tag}: {}", line.split("] ").last().unwrap_or(line));
+    // The new one takes the old one's admin socket and nftables table once it is gone.
+    let log = common::poll(Duration::from_secs(5), || {
+        let log = new.log();
+        log.contains("takeover complete").then_some(log)
+    })
+    .unwrap_or_else(|| panic!("{tag}: the takeover did not complete:\n{}", new.log()));
+    for line in log.lines().filter(|l| l.contains("takeover")) {
+        eprintln!("{tag}: {}", line.split("] ").last().unwrap_or(line));
+    }
     assert!(
-        log.contains(&format!("takeover: {UPLOADS} connection(s) to adopt")),
+        log.contains(&format!("takeover: {UPLOADS} connection(s) adopted")),
         "{log}"
     );
+    let tables = lab
+        .exec_ok("dir", &["nft", "list", "tables"])
+        .unwrap_or_default();
+    assert!(
+        tables.contains("uvs"),
+        "no uvs table after the takeover: {tables}"
+    );
+    let listed = new.uvsadm(&["-Lnc"]).checked();
+    let adopted = listed.lines().filter(|l| l.contains("ESTABLISHED")).count();
+    assert_eq!(adopted, UPLOADS, "after the takeover:\n{listed}");
 
     let broken = common::broken_uploads(lab, &uploads);
     assert_eq!(

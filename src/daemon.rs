@@ -4,12 +4,11 @@
 //! what was done (RAII), including the nftables table.
 
 use std::os::fd::AsRawFd;
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
@@ -38,10 +37,6 @@ use crate::model::change::{AdminState, TimeoutsSecs, Touched, apply};
 use crate::neigh::arp::{ArpEngine, ArpInterface};
 use crate::neigh::cache::NeighTable;
 use crate::snapshot::{Compiler, Snapshot};
-
-/// The abstract Unix socket name that marks "a uvs serves this network namespace" (abstract
-/// names are per namespace and vanish with the process, so a killed instance leaves no lock).
-pub const INSTANCE_LOCK: &[u8] = b"uvs/instance";
 
 /// Neighbour slots available (distinct real-server addresses per interface).
 const NEIGH_SLOTS: usize = crate::model::MAX_REALS;
@@ -162,8 +157,7 @@ fn check_privileges() -> Result<()> {
 }
 
 fn take_instance_lock() -> Result<UnixListener> {
-    let addr = UnixAddr::from_abstract_name(INSTANCE_LOCK).context("abstract socket name")?;
-    UnixListener::bind_addr(&addr).map_err(|e| {
+    crate::ctl::server::instance_lock().map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             anyhow::anyhow!("another uvs is already running in this network namespace")
         } else {
@@ -172,46 +166,26 @@ fn take_instance_lock() -> Result<UnixListener> {
     })
 }
 
-/// How long `--takeover` waits for the old process to be gone.
-const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
-
-/// The instance lock, waiting up to `wait` for a stopping director to release it.
-fn take_instance_lock_within(wait: Duration) -> Result<UnixListener> {
-    let until = Instant::now() + wait;
-    loop {
-        match take_instance_lock() {
-            Ok(l) => return Ok(l),
-            Err(e) if Instant::now() >= until => {
-                return Err(e.context(format!(
-                    "the uvs taken over from did not exit within {} s",
-                    wait.as_secs()
-                )));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(1)),
-        }
-    }
-}
-
 pub fn run(args: &RunArgs) -> Result<()> {
     let cfg = load_config(args)?;
     check_privileges()?;
-    // A takeover asks only once the configuration is known good: a refused one leaves the
-    // running director as it was.
-    let handed_over = if args.takeover {
-        let location = match &args.admin_socket {
-            Some(p) => crate::ctl::backend::SocketLocation::Path(p.clone()),
-            None => crate::ctl::backend::SocketLocation::Abstract,
-        };
-        let asked = Instant::now();
-        let entries = crate::ctl::takeover::ask(location).map_err(|e| anyhow::anyhow!(e))?;
-        Some((asked, entries))
-    } else {
+    // A takeover starts beside the running director: what only one may hold (this lock, the
+    // admin socket, the metrics port, the nftables table) it takes once the old one is gone
+    // (`control::takeover`). VRRP, the sync daemon and the announcement device would need
+    // their state handed over too.
+    if args.takeover {
+        if !cfg.vrrp.is_empty() || cfg.sync.is_some() || cfg.announce.is_some() {
+            bail!(
+                "--takeover is not supported with VRRP, the sync daemon or [announce]: fail over to the peer director (or drain) instead"
+            );
+        }
+        crate::ctl::takeover::check_reachable(&admin_location(args))
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
+    let _lock = if args.takeover {
         None
-    };
-    let _lock = match handed_over {
-        // The old process holds its lock until everything else of it is gone.
-        Some(_) => take_instance_lock_within(TAKEOVER_WAIT)?,
-        None => take_instance_lock()?,
+    } else {
+        Some(take_instance_lock()?)
     };
     // First, so a refusal leaves nothing set up. Held until `run` returns; the kernel also
     // withdraws it if the process dies.
@@ -260,8 +234,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let snapshot = compiler.commit(planned);
     let neigh = Arc::new(NeighTable::new(NEIGH_SLOTS));
     let neighbors = placer.neighbors(&cfg.services);
-    let admin = crate::ctl::server::bind(args.admin_socket.as_deref())
-        .map_err(|e| anyhow::anyhow!("cannot open the admin socket: {e}"))?;
+    let admin = if args.takeover {
+        None
+    } else {
+        Some(
+            crate::ctl::server::bind(args.admin_socket.as_deref())
+                .map_err(|e| anyhow::anyhow!("cannot open the admin socket: {e}"))?,
+        )
+    };
     let vips = snapshot.vips().to_vec();
     let nat_sources = snapshot.nat_sources().to_vec();
     let nat_replies = snapshot.nat_replies().to_vec();
@@ -279,18 +259,20 @@ pub fn run(args: &RunArgs) -> Result<()> {
         )
         .context("cannot start the ldirectord autoreload thread")?;
     }
-    let metrics = match cfg.metrics {
+    let metrics = match cfg.metrics.filter(|_| !args.takeover) {
         Some(addr) => Some(
             crate::metrics::Endpoint::bind(addr)
                 .with_context(|| format!("cannot listen for metrics on {addr}"))?,
         ),
         None => None,
     };
-    let kernel_filter = if cfg.kernel_filter {
-        let hook = match cfg.arp.vip_mac {
-            Some(_) => ServiceHook::Prerouting,
-            None => ServiceHook::Ingress,
-        };
+    let hook = match cfg.arp.vip_mac {
+        Some(_) => ServiceHook::Prerouting,
+        None => ServiceHook::Ingress,
+    };
+    let kernel_filter = if args.takeover {
+        None
+    } else if cfg.kernel_filter {
         let filtered = Filtered {
             services: &service_keys,
             nat_replies: &nat_replies,
@@ -311,19 +293,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
         cfg.sync.as_ref(),
         cfg.flow_table.capacity as usize,
     )?;
-    if let Some((_, entries)) = &handed_over {
-        let inherited = crate::ctl::takeover::inherit(entries, &table);
-        let now = crate::io::clock::now_ms();
-        for r in &inherited.records {
-            ha.hooks.synced.learn(r, now);
-        }
-        log::info!(
-            "takeover: {} connection(s) to adopt; {} FullNAT and {} of services or reals no longer configured left behind",
-            inherited.records.len(),
-            inherited.fullnat,
-            inherited.unknown
-        );
-    }
 
     // FullNAT ports: each worker's pools of the first snapshot's local addresses, handed to
     // it before it starts; later ones come through its requests.
@@ -338,7 +307,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         .collect();
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
     let stop = Arc::new(AtomicBool::new(false));
-    let filter = receive_filter(&vips, &nat_sources, &laddrs, cfg.arp.vip_mac);
+    // A takeover's rings accept nothing until the old process has stopped receiving.
+    let filter = if args.takeover {
+        crate::io::filter::drop_all()
+    } else {
+        receive_filter(&vips, &nat_sources, &laddrs, cfg.arp.vip_mac)
+    };
     let fanout_program = crate::io::filter::fanout_program(&nat_sources, &laddrs);
     let tx_capacity = match cfg.ring.version {
         RingVersion::V3 => (cfg.ring.block_size as usize / 64).max(256),
@@ -484,12 +458,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
         })
         .collect::<std::io::Result<_>>()
         .context("cannot start worker threads")?;
-    if let Some((asked, _)) = &handed_over {
-        log::info!(
-            "takeover: forwarding again {} ms after the old uvs was asked to stop receiving",
-            asked.elapsed().as_millis()
-        );
-    }
 
     log::info!(
         "uvs serving {} service(s) on {} with {} worker(s), {:?} rings; VIPs {:?}",
@@ -521,7 +489,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         placer,
         kernel_filter,
         stats: StatsKeeper::default(),
-        admin: Some(Box::new(AdminServer::new(admin))),
+        admin: admin.map(|l| Box::new(AdminServer::new(l)) as Box<dyn crate::control::AdminPort>),
         reload: {
             let args = args.clone();
             Some(Box::new(move || Ok(load_config(&args)?.services)))
@@ -535,6 +503,18 @@ pub fn run(args: &RunArgs) -> Result<()> {
         trace_sessions: Vec::new(),
         announce,
         tunnel_icmp,
+        takeover: args.takeover.then(|| {
+            crate::control::takeover::Phase::Starting(Box::new(
+                crate::ctl::takeover::Handover::new(
+                    admin_location(args),
+                    args.admin_socket.clone(),
+                    cfg.metrics,
+                    cfg.kernel_filter.then(|| (if_names.clone(), hook)),
+                    cfg.fullnat_ports,
+                ),
+            ))
+        }),
+        instance_lock: None,
     };
     // Every socket is open now: the announcement device goes first if uvs is killed.
     if let Some(a) = &mut control.announce {
@@ -549,10 +529,21 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     // Removes the nftables table and closes the admin socket.
     drop(control);
-    if let Some(p) = &args.ready_file {
+    // Unless a process that took over has written its own since.
+    if let Some(p) = &args.ready_file
+        && std::fs::read_to_string(p).is_ok_and(|t| t.trim() == std::process::id().to_string())
+    {
         let _ = std::fs::remove_file(p);
     }
     Ok(())
+}
+
+/// Where the admin socket of this namespace's director is.
+fn admin_location(args: &RunArgs) -> crate::ctl::backend::SocketLocation {
+    match &args.admin_socket {
+        Some(p) => crate::ctl::backend::SocketLocation::Path(p.clone()),
+        None => crate::ctl::backend::SocketLocation::Abstract,
+    }
 }
 
 /// Takes the `[ring] cpu_latency_us` request, if the configuration asks for one.

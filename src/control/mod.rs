@@ -12,6 +12,7 @@ pub mod fullnat;
 pub mod health;
 pub mod placement;
 pub mod stats;
+pub mod takeover;
 pub mod tunnel_icmp;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -82,6 +83,10 @@ pub struct Control {
     pub stats: StatsKeeper,
     pub admin: Option<Box<dyn AdminPort>>,
     pub metrics: Option<Endpoint>,
+    /// `uvs run --takeover` in progress (see [`takeover`]).
+    pub takeover: Option<takeover::Phase>,
+    /// The instance lock, when it came from a takeover (else `daemon::run` holds it).
+    pub instance_lock: Option<Box<dyn std::any::Any>>,
     /// Written (with the PID) once uvs can forward: every real server's MAC is known, or
     /// [`READY_TIMEOUT`] has passed (then the unresolved ones are logged).
     pub ready_file: Option<std::path::PathBuf>,
@@ -214,6 +219,7 @@ impl Control {
             self.drain_health();
             self.announce_turn(ready);
             self.free_retired();
+            self.takeover_turn();
             if last_ring_read.elapsed() >= RING_STATS_EVERY {
                 self.read_ring_stats();
                 last_ring_read = Instant::now();
@@ -296,7 +302,7 @@ impl Control {
         }
     }
 
-    fn announce_ready_when_resolved(&self, waited: Duration) -> bool {
+    fn announce_ready_when_resolved(&mut self, waited: Duration) -> bool {
         let unresolved: Vec<String> = self
             .arp
             .neighbors
@@ -307,6 +313,8 @@ impl Control {
         if !unresolved.is_empty() && waited < READY_TIMEOUT {
             return false;
         }
+        // A takeover starts receiving now, with every MAC known.
+        self.take_over_now();
         if unresolved.is_empty() {
             log::info!("ready: every real server's MAC is known");
         } else {

@@ -45,6 +45,15 @@ pub fn peer_of(stream: &UnixStream) -> io::Result<Peer> {
     })
 }
 
+/// The abstract Unix socket name that marks "a uvs serves this network namespace" (abstract
+/// names are per namespace and vanish with the process, so a killed instance leaves no lock).
+pub const INSTANCE_LOCK: &[u8] = b"uvs/instance";
+
+/// Takes the instance lock; `AddrInUse` while another uvs holds it.
+pub fn instance_lock() -> io::Result<UnixListener> {
+    UnixListener::bind_addr(&SocketAddr::from_abstract_name(INSTANCE_LOCK)?)
+}
+
 /// Binds the admin socket: the abstract name, or a filesystem path.
 pub fn bind(path: Option<&Path>) -> io::Result<UnixListener> {
     let l = match path {

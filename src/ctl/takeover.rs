@@ -1,24 +1,32 @@
 //! `uvs run --takeover`: the new process's side of a restart or upgrade that breaks no
 //! connection. uvs's connection table lives in the process, so the running director hands it
-//! over: asked with [`Request::Handover`], it stops receiving (its nftables table stays until
-//! it exits, keeping the kernel out of the service traffic), lets its workers finish their
-//! rings, answers every connection and exits at once. The new process, started with the same
-//! arguments, waits for the instance lock the old one held to its last moment, starts as
-//! usual, and puts the connections in its synced table, from which a worker adopts each on
-//! its next packet with the real (and state) it had, as a backup adopts a failed MASTER's
-//! (`sync`): whatever the scheduler, persistent or not, DR, NAT or TUN.
+//! over. The new process starts beside it (its rings accepting nothing yet, see
+//! `control::takeover`); once ready it asks with [`Request::Handover`]: the old process stops
+//! receiving, lets its workers finish their rings, answers every connection and exits at
+//! once. The new one attaches its receive filters at once and puts the connections in its
+//! synced table, from which a worker adopts each on its next packet with the real (and
+//! state) it had, as a backup adopts a failed MASTER's (`sync`): whatever the scheduler, DR,
+//! NAT or TUN. When the old process is gone, the new one takes its instance lock, admin
+//! socket, metrics port and nftables table ([`Handover::inherit`]).
 //!
 //! Not handed over: FullNAT connections (their local address and port are not in the listing,
 //! as they are not in IPVS's sync), persistence templates (a persistent client's next *new*
-//! connection is scheduled afresh), the VRRP state (the new process starts its instances as
-//! configured), the statistics and rate estimates.
+//! connection is scheduled afresh), the statistics and rate estimates. A director with VRRP,
+//! the sync daemon or `[announce]` refuses `--takeover` (see `daemon::run`).
 
-use std::net::Ipv4Addr;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
+use crate::control::takeover::{Inheritance, Takeover};
 use crate::ctl::backend::{Backend, SocketBackend, SocketLocation};
 use crate::ctl::proto::{ConnEntry, Reply, Request};
+use crate::ctl::serve::AdminServer;
 use crate::flow::{FlowKey, TcpState};
+use crate::kernel_filter::{Filtered, KernelFilter, ServiceHook};
+use crate::metrics::Endpoint;
 use crate::model::{ForwardMethod, Protocol, ServiceKey, ServiceTable};
+use crate::snapshot::Snapshot;
 use crate::sync::SyncRecord;
 
 /// Asks the director on `location` to hand over and stop. Its answer is the connection list
@@ -36,6 +44,18 @@ pub fn ask(location: SocketLocation) -> Result<Vec<ConnEntry>, String> {
         )),
         Err(e) => Err(format!("no running uvs to take over from: {e}")),
     }
+}
+
+/// Fails unless a director answers on `location` (a `--takeover` with no one to take over from
+/// stops before it opens anything).
+pub fn check_reachable(location: &SocketLocation) -> Result<(), String> {
+    let mut backend = SocketBackend {
+        location: location.clone(),
+    };
+    backend
+        .call(&Request::Ha)
+        .map(|_| ())
+        .map_err(|e| format!("no running uvs to take over from: {e}"))
 }
 
 /// What the new process does with the handed-over list.
@@ -105,15 +125,135 @@ pub fn inherit(entries: &[ConnEntry], table: &ServiceTable) -> Inherited {
     out
 }
 
-/// For messages: `a.b.c.d:port`.
-pub fn endpoint((a, p): (Ipv4Addr, u16)) -> String {
-    format!("{a}:{p}")
+/// How long the new process waits for the old one to be gone after the handover.
+const OLD_EXIT_WAIT: Duration = Duration::from_secs(10);
+
+/// The takeover steps of `daemon::run`: where the old process is, and how to open what it
+/// holds once it is gone.
+pub struct Handover {
+    pub location: SocketLocation,
+    /// `--admin-socket` (else the abstract name).
+    pub admin_socket: Option<PathBuf>,
+    pub metrics: Option<SocketAddr>,
+    /// `Some` when the configuration wants the kernel filter: the interfaces and the hook.
+    pub kernel_filter: Option<(Vec<String>, ServiceHook)>,
+    pub fullnat_ports: (u16, u16),
+    /// Set by the handover; what is already taken while the rest waits.
+    since: Option<Instant>,
+    lock: Option<std::os::unix::net::UnixListener>,
+    admin: Option<AdminServer>,
+}
+
+impl Handover {
+    pub fn new(
+        location: SocketLocation,
+        admin_socket: Option<PathBuf>,
+        metrics: Option<SocketAddr>,
+        kernel_filter: Option<(Vec<String>, ServiceHook)>,
+        fullnat_ports: (u16, u16),
+    ) -> Handover {
+        Handover {
+            location,
+            admin_socket,
+            metrics,
+            kernel_filter,
+            fullnat_ports,
+            since: None,
+            lock: None,
+            admin: None,
+        }
+    }
+
+    /// Still waiting after the handover: an error once the old process has had its time.
+    fn waiting(&self, what: &str) -> Option<Result<Inheritance, String>> {
+        match self.since {
+            Some(t) if t.elapsed() > OLD_EXIT_WAIT => Some(Err(format!(
+                "the old uvs did not release {what} within {} s",
+                OLD_EXIT_WAIT.as_secs()
+            ))),
+            _ => None,
+        }
+    }
+}
+
+impl Takeover for Handover {
+    fn hand_over(&mut self, table: &ServiceTable) -> Result<Vec<SyncRecord>, String> {
+        let entries = ask(self.location.clone())?;
+        self.since = Some(Instant::now());
+        let inherited = inherit(&entries, table);
+        if inherited.fullnat + inherited.unknown > 0 {
+            log::warn!(
+                "takeover: {} FullNAT connection(s) cannot be adopted, {} belong to services or reals no longer configured",
+                inherited.fullnat,
+                inherited.unknown
+            );
+        }
+        Ok(inherited.records)
+    }
+
+    fn inherit(&mut self, snapshot: &Snapshot) -> Option<Result<Inheritance, String>> {
+        if self.lock.is_none() {
+            match crate::ctl::server::instance_lock() {
+                Ok(l) => self.lock = Some(l),
+                Err(_) => return self.waiting("its instance lock"),
+            }
+        }
+        if self.admin.is_none() {
+            match crate::ctl::server::bind(self.admin_socket.as_deref()) {
+                Ok(l) => self.admin = Some(AdminServer::new(l)),
+                Err(_) => return self.waiting("the admin socket"),
+            }
+        }
+        let kernel_filter = match &self.kernel_filter {
+            None => None,
+            Some((interfaces, hook)) => {
+                let keys = snapshot.forwarded_keys();
+                let filtered = Filtered {
+                    services: &keys,
+                    nat_replies: snapshot.nat_replies(),
+                    locals: snapshot.local_addrs(),
+                    laddrs: snapshot.laddrs(),
+                    fullnat_ports: self.fullnat_ports,
+                };
+                // The old table goes with the old process's netlink socket, a moment after
+                // its lock.
+                match KernelFilter::install(interfaces, &filtered, *hook) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        return self
+                            .waiting("its nftables table")
+                            .map(|r| r.map_err(|m| format!("{m}: {e}")));
+                    }
+                }
+            }
+        };
+        let metrics = match self.metrics {
+            None => None,
+            Some(addr) => match Endpoint::bind(addr) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    log::warn!("takeover: cannot listen for metrics on {addr}: {e}");
+                    None
+                }
+            },
+        };
+        let (Some(lock), Some(admin)) = (self.lock.take(), self.admin.take()) else {
+            return Some(Err("takeover: lost track of the lock".into()));
+        };
+        Some(Ok(Inheritance {
+            instance_lock: Box::new(lock),
+            admin: Box::new(admin),
+            metrics,
+            kernel_filter,
+        }))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::rules;
+    use std::net::Ipv4Addr;
 
     fn table(text: &str) -> ServiceTable {
         rules::parse(
