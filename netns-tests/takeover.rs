@@ -60,9 +60,20 @@ fn takeover_under_load(lab: &mut Lab, rules: &str, url: &str, tag: &str) {
         tables.contains("uvs"),
         "no uvs table after the takeover: {tables}"
     );
-    let listed = new.uvsadm(&["-Lnc"]).checked();
-    let adopted = listed.lines().filter(|l| l.contains("ESTABLISHED")).count();
-    assert_eq!(adopted, UPLOADS, "after the takeover:\n{listed}");
+    // Each connection is adopted on its next packet (a rate-limited upload pauses between
+    // bursts).
+    let established = || {
+        let listed = new.uvsadm(&["-Lnc"]).checked();
+        let n = listed.lines().filter(|l| l.contains("ESTABLISHED")).count();
+        (n, listed)
+    };
+    if common::poll(Duration::from_secs(3), || {
+        (established().0 == UPLOADS).then_some(())
+    })
+    .is_none()
+    {
+        panic!("{tag}: after the takeover:\n{}", established().1);
+    }
 
     let broken = common::broken_uploads(lab, &uploads);
     assert_eq!(
@@ -89,6 +100,27 @@ fn takeover_keeps_dr_connections() {
         lab.start_builtin_http(rs, rs, 80, &common::uvs_exe())
             .unwrap_or_else(|e| panic!("web server on {rs}: {e:#}"));
     }
+    // With no director to take over from: refused, nothing started.
+    let exe = common::uvs_exe();
+    let out = lab
+        .exec(
+            "dir",
+            &[
+                common::path_str(&exe),
+                "run",
+                "--takeover",
+                "--interface",
+                "eth0",
+                "--metrics",
+                "off",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no running uvs to take over from"),
+        "{err}"
+    );
     let url = format!("http://{}/", addr::VIP);
     takeover_under_load(&mut lab, &common::dr_rules('t', 80), &url, "dr");
 }
