@@ -150,6 +150,15 @@ pub fn with_reserved(current: &str, range: (u16, u16)) -> String {
 /// Keeps the director's kernel from picking uvs's local ports for its own connections: the
 /// part of `ours` inside `ip_local_port_range` goes into `ip_local_reserved_ports` (kept
 /// after uvs exits: a reserved port only means the kernel does not pick it by itself).
+/// Below this many ephemeral ports left to the kernel, the reservation is worth a warning.
+const MIN_EPHEMERAL_LEFT: u32 = 1024;
+
+/// The kernel's ephemeral ports `ephemeral` that `reserved` (a part of them) leaves.
+fn ephemeral_left(ephemeral: (u16, u16), reserved: (u16, u16)) -> u32 {
+    let size = |(a, b): (u16, u16)| u32::from(b).saturating_sub(u32::from(a)) + 1;
+    size(ephemeral).saturating_sub(size(reserved))
+}
+
 pub fn reserve_ports(ours: (u16, u16)) {
     let range = crate::io::sysctl::read("net/ipv4/ip_local_port_range").ok();
     let ephemeral = range.as_deref().and_then(|r| {
@@ -159,9 +168,20 @@ pub fn reserve_ports(ours: (u16, u16)) {
             _ => None,
         }
     });
-    let Some(clash) = ephemeral.and_then(|e| overlap(ours, e)) else {
+    let Some((e, clash)) = ephemeral.and_then(|e| Some((e, overlap(ours, e)?))) else {
         return;
     };
+    let left = ephemeral_left(e, clash);
+    if left < MIN_EPHEMERAL_LEFT {
+        log::warn!(
+            "fullnat: ports {}-{} leave the kernel {left} ephemeral port(s) of {}-{} for the director's own connections (health checks, uvsadm's metrics clients, …): they fail with 'Cannot assign requested address' once those are used; keep [fullnat] ports below {}",
+            ours.0,
+            ours.1,
+            e.0,
+            e.1,
+            e.0
+        );
+    }
     const KEY: &str = "net/ipv4/ip_local_reserved_ports";
     let current = crate::io::sysctl::read(KEY).unwrap_or_default();
     let wanted = with_reserved(&current, clash);
@@ -185,6 +205,13 @@ pub fn reserve_ports(ours: (u16, u16)) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_reservation_leaves_the_kernel() {
+        assert_eq!(ephemeral_left((32768, 60999), (32768, 60999)), 0);
+        assert_eq!(ephemeral_left((32768, 60999), (32768, 40000)), 20999);
+        assert_eq!(ephemeral_left((32768, 60999), (60000, 60999)), 27232);
+    }
 
     #[test]
     fn only_the_part_of_our_ports_the_kernel_could_pick_is_reserved() {
