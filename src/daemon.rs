@@ -380,7 +380,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
         // Room for a pool per worker per local address of a change, and a flow dump.
         let (requests_tx, requests) = crossbeam_channel::bounded(64);
-        worker_requests.push(requests_tx);
+        let wakeup = Arc::new(
+            crate::io::wakeup::Wakeup::new().context("cannot create a worker's wake-up eventfd")?,
+        );
+        worker_requests.push(crate::datapath::worker::WorkerInbox {
+            requests: requests_tx,
+            wakeup: Arc::clone(&wakeup),
+        });
         forwarder.tap = trace.tap(w);
         workers.push(Worker {
             index: w,
@@ -396,6 +402,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             neigh: Arc::clone(&neigh),
             stop: Arc::clone(&stop),
             requests,
+            wakeup,
         });
     }
 

@@ -39,10 +39,10 @@ use crate::wire::ipv4_from_u32;
 
 /// How long a connection listing waits for each worker.
 const DUMP_WAIT: Duration = Duration::from_millis(500);
-/// After a handover detaches the receive filters: long enough for the workers to forward
-/// what their rings already hold (a batch takes microseconds; an idle worker wakes within
-/// its poll bound), so no flow changes after the listing.
-const HANDOVER_DRAIN: Duration = Duration::from_millis(30);
+/// After a handover detaches the receive filters, before the listing: a worker serves a
+/// request only after forwarding everything its rings hold, so this covers only a frame the
+/// kernel was handing to a ring while its filter changed.
+const HANDOVER_DRAIN: Duration = Duration::from_millis(5);
 
 /// Live figures of one real server.
 #[derive(Clone, Copy, Debug, Default)]
@@ -361,7 +361,7 @@ impl Control {
         let mut pending = Vec::new();
         for tx in &self.worker_requests {
             let (reply, rx) = crossbeam_channel::bounded(1);
-            if tx.send(WorkerRequest::DumpFlows(reply)).is_ok() {
+            if tx.send(WorkerRequest::DumpFlows(reply)) {
                 pending.push(rx);
             }
         }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::datapath::fullnat::{LaddrCounters, PortPool};
-use crate::datapath::worker::WorkerRequest;
+use crate::datapath::worker::{WorkerInbox, WorkerRequest};
 
 /// In-use ports and refused connections of one local address, all workers together.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -79,22 +79,15 @@ impl LocalPortPlan {
 
     /// Sends the workers the pools of the local addresses of `laddrs` they lack. Call before
     /// publishing the snapshot that uses them.
-    pub fn provision(
-        &mut self,
-        laddrs: &[u32],
-        requests: &[crossbeam_channel::Sender<WorkerRequest>],
-    ) {
+    pub fn provision(&mut self, laddrs: &[u32], requests: &[WorkerInbox]) {
         for (addr, pools) in self.pools_for(laddrs) {
             for (w, (pool, counters)) in pools.into_iter().enumerate() {
                 let Some(tx) = requests.get(w) else { continue };
-                if tx
-                    .send(WorkerRequest::LocalPorts {
-                        addr,
-                        pool,
-                        counters,
-                    })
-                    .is_err()
-                {
+                if !tx.send(WorkerRequest::LocalPorts {
+                    addr,
+                    pool,
+                    counters,
+                }) {
                     log::warn!("fullnat: worker {w} is gone; its ports of {addr:#x} were not sent");
                 }
             }
@@ -239,8 +232,13 @@ mod tests {
         let (tx0, rx0) = crossbeam_channel::unbounded();
         let (tx1, rx1) = crossbeam_channel::unbounded();
         let a = u32::from(Ipv4Addr::new(10, 1, 0, 1));
-        plan.provision(&[a], &[tx0.clone(), tx1.clone()]);
-        plan.provision(&[a], &[tx0, tx1]);
+        let inbox = |tx| WorkerInbox {
+            requests: tx,
+            wakeup: Arc::new(crate::io::wakeup::Wakeup::new().unwrap()),
+        };
+        let inboxes = [inbox(tx0), inbox(tx1)];
+        plan.provision(&[a], &inboxes);
+        plan.provision(&[a], &inboxes);
         let take = |rx: &crossbeam_channel::Receiver<WorkerRequest>| -> Vec<(u32, Box<PortPool>, Arc<LaddrCounters>)> {
             rx.try_iter()
                 .filter_map(|r| match r {

@@ -23,7 +23,7 @@ use crate::conns::ConnCounts;
 use crate::datapath::counters::{DropReason, ReuseReason, WorkerCounters};
 use crate::datapath::tap::TraceHub;
 use crate::datapath::templates::TemplateTable;
-use crate::datapath::worker::WorkerRequest;
+use crate::datapath::worker::WorkerInbox;
 use crate::interfaces::Interface;
 use crate::io::clock;
 use crate::io::sd_notify;
@@ -61,7 +61,7 @@ pub struct Control {
     pub arp: ArpEngine,
     pub neigh: Arc<NeighTable>,
     pub workers: Vec<Arc<WorkerCounters>>,
-    pub worker_requests: Vec<crossbeam_channel::Sender<WorkerRequest>>,
+    pub worker_requests: Vec<WorkerInbox>,
     pub conns: Arc<ConnCounts>,
     /// Persistence templates, shared with the workers (listed by `-Lc`).
     pub templates: Arc<TemplateTable>,

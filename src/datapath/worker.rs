@@ -19,6 +19,7 @@ use crate::io::clock;
 use crate::io::ring::RxRing;
 use crate::io::socket::wait_readable;
 use crate::io::tx::{Forwarding, TxQueue};
+use crate::io::wakeup::Wakeup;
 use crate::model::RealId;
 use crate::neigh::cache::NeighTable;
 use crate::snapshot::SharedSnapshot;
@@ -64,6 +65,24 @@ pub enum WorkerRequest {
     },
 }
 
+/// How the control thread reaches a worker: its request queue, and the wake-up that gets an
+/// idle worker out of `poll` to serve it.
+#[derive(Clone)]
+pub struct WorkerInbox {
+    pub requests: crossbeam_channel::Sender<WorkerRequest>,
+    pub wakeup: Arc<Wakeup>,
+}
+
+impl WorkerInbox {
+    /// Queues `req` (waiting while the queue is full, as the worker empties it between
+    /// rounds) and wakes the worker; false if the worker is gone.
+    pub fn send(&self, req: WorkerRequest) -> bool {
+        let sent = self.requests.send(req).is_ok();
+        self.wakeup.wake();
+        sent
+    }
+}
+
 /// One receive ring of a worker (one per served interface).
 pub struct RxPort {
     pub fd: OwnedFd,
@@ -88,6 +107,8 @@ pub struct Worker {
     pub neigh: Arc<NeighTable>,
     pub stop: Arc<AtomicBool>,
     pub requests: crossbeam_channel::Receiver<WorkerRequest>,
+    /// Rung with each request (see [`WorkerInbox`]).
+    pub wakeup: Arc<Wakeup>,
 }
 
 impl Worker {
@@ -110,6 +131,11 @@ impl Worker {
                 events: libc::POLLIN | libc::POLLERR,
                 revents: 0,
             })
+            .chain(std::iter::once(libc::pollfd {
+                fd: self.wakeup.raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }))
             .collect();
         let c = Arc::clone(&self.counters);
         let mut coalescer = Coalescer::new(self.coalesce);
@@ -225,6 +251,12 @@ impl Worker {
                 let snap = self.snapshot.load();
                 self.forwarder
                     .expire_some(&snap, clock::now_ms(), EXPIRE_PER_IDLE);
+            } else if pollfds
+                .last()
+                .is_some_and(|p| p.revents & libc::POLLIN != 0)
+            {
+                // Woken for a request: served at the top of the next round.
+                self.wakeup.clear();
             }
         }
     }

@@ -39,6 +39,7 @@ pub mod tun;
 pub mod tx;
 pub mod udp;
 pub mod unix;
+pub mod wakeup;
 
 /// Size of `struct virtio_net_hdr`, which precedes every frame on a `PACKET_VNET_HDR` socket.
 pub const VNET_HDR_LEN: usize = 10;
