@@ -44,13 +44,18 @@ pub fn load(path: &Path, base: &ServiceTable) -> Result<ServiceTable, ConfigErro
 
 /// Applies every line of `text` to a clone of `base`. Returns the new table only if every line
 /// was accepted; otherwise the error names the first bad line (`path` is only used in errors).
+///
+/// Host names come from `/etc/hosts` only, never from DNS: the daemon reads its rules on the
+/// control thread when it reloads (SIGHUP), and a resolver waiting on an unreachable name
+/// server (5 s a try) would stall ARP and VRRP there. `uvsadm -R` asks the system resolver, as
+/// ipvsadm does, in its own process.
 pub fn parse(text: &str, path: &Path, base: &ServiceTable) -> Result<ServiceTable, ConfigError> {
     let at = |line: usize, message: String| ConfigError::At {
         path: path.to_path_buf(),
         line,
         message,
     };
-    let changes = changes_from_text(text, &Names::system(), "ipvsadm")
+    let changes = changes_from_text(text, &Names::files(), "ipvsadm")
         .map_err(|e| at(e.line, parse_message(&e)))?;
     if let Some(c) = changes
         .iter()

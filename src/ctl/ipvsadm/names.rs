@@ -29,6 +29,13 @@ impl Names {
         Names::default()
     }
 
+    /// `/etc/services` and `/etc/hosts` without the system resolver: never waits on DNS.
+    pub fn files() -> Names {
+        let services = std::fs::read_to_string("/etc/services").unwrap_or_default();
+        let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        Names::from_text(&services, &hosts)
+    }
+
     /// The system's `/etc/services` and `/etc/hosts` (missing files mean no names).
     pub fn system() -> Names {
         let services = std::fs::read_to_string("/etc/services").unwrap_or_default();
