@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-targets=${TARGETS:-"frame arp toml_config rules admin_request tunnel_endpoint"}
+targets=${TARGETS:-"frame arp toml_config rules admin_request tunnel_endpoint keepalived_conf ldirectord_conf"}
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "installing cargo-fuzz" >&2

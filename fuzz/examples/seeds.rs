@@ -77,6 +77,22 @@ fn main() {
             );
         }
     }
+    for (dir, target, ext) in [
+        ("../configs/keepalived", "keepalived_conf", "conf"),
+        ("../configs/ha", "keepalived_conf", "conf"),
+        ("../configs/ldirectord", "ldirectord_conf", "cf"),
+    ] {
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.extension().is_some_and(|e| e == ext) {
+                write(
+                    target,
+                    &p.file_name().unwrap().to_string_lossy(),
+                    &fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
     write(
         "rules",
         "basic",
