@@ -88,10 +88,72 @@ pub fn setup(testno: u32) -> Option<Ctx> {
         eprintln!("skipping: {why}");
         return None;
     }
+    sweep_dead_runs();
+    claim(&prefix);
     Some(Ctx {
         _guard: guard,
         prefix,
     })
+}
+
+impl Drop for Ctx {
+    /// The test's labs (declared after its `Ctx`) are gone by now: nothing left to sweep.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(Path::new(CLAIMS).join(&self.prefix));
+    }
+}
+
+/// Where each test's prefix records the PID of the test process that uses it.
+const CLAIMS: &str = "/run/uvs-netns-tests";
+
+/// Records that this process uses `prefix`, so a later run can clean up after it if it is
+/// killed before its labs' teardown runs (a SIGKILL, a timeout: no unwinding, no `Drop`).
+fn claim(prefix: &str) {
+    let dir = Path::new(CLAIMS);
+    let _ = std::fs::create_dir_all(dir);
+    let _ = std::fs::write(dir.join(prefix), std::process::id().to_string());
+}
+
+/// Deletes the namespaces of every claimed prefix whose test process is gone, and the processes
+/// left in them (started by that run), then the claim.
+fn sweep_dead_runs() {
+    let Ok(entries) = std::fs::read_dir(CLAIMS) else {
+        return;
+    };
+    let namespaces = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for e in entries.flatten() {
+        let prefix = e.file_name().to_string_lossy().into_owned();
+        let pid = std::fs::read_to_string(e.path()).unwrap_or_default();
+        if Path::new("/proc").join(pid.trim()).exists() {
+            continue;
+        }
+        for ns in namespaces
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&prefix))
+        {
+            let pids = Command::new("ip")
+                .args(["netns", "pids", ns])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for p in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                // SAFETY: kill has no memory effects; these processes were started in this
+                // test prefix's namespaces by the run that is gone.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            eprintln!("removing {ns}, left by a killed test run");
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_file(e.path());
+    }
 }
 
 impl Ctx {
